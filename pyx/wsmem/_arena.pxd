@@ -1,0 +1,135 @@
+# The arena: blocks, pins, bump allocation, cycles, policies.  C-level state;
+# the allocation fast path (arena_bump) touches no Python object.
+#
+# Locking: every function here runs with the GIL held, which serialises pins
+# released from other threads against the owner thread's cycle changes.  The
+# owner-thread rule (one thread allocates) is enforced by the callers.
+from cpython.ref cimport PyObject
+from wsmem._pages cimport PageRegion
+
+# Pins are recorded in lines: an escaped view keeps its own bytes rounded out
+# to LINE-byte boundaries out of reuse, never a page.
+cdef enum:
+    LINE_SHIFT = 7
+    LINE = 128
+
+# Policy codes (mirror the enums of wsmem._config).
+cdef enum:
+    LEARN_NONE = 0
+    LEARN_FIRST_LOOP = 1
+    LEARN_OVER_TIME = 2
+    SPILL_EXTERNAL = 0
+    SPILL_REALLOCATE = 1
+    SPILL_FAIL = 2
+    ALLOC_STRICT = 0
+    ALLOC_OVERALLOCATE = 1
+    RESET_BLOCK_LEFT = 0
+    RESET_ENDOFBUFFER = 1
+    LOC_HOST = 0
+    LOC_PINNED = 1
+    LOC_DEVICE = 2
+    LOC_MMAP = 3
+    DEBUG_OFF = 0
+    DEBUG_SPILL_EVERYTHING = 1
+    DEBUG_BYPASS_EVERYTHING = 2
+
+cdef struct Pin:
+    # A live export (buffer view, ndarray, DLPack capsule) of arena memory.
+    Block* block            # the block holding the bytes; kept alive by this pin
+    size_t lo               # line-rounded offsets [lo, hi) within block
+    size_t hi
+    unsigned long long generation
+    PyObject* owner         # strong ref: the WsArray exported (shape/dtype/traceback for leaks())
+    Pin* prev               # links in block.pins
+    Pin* next
+
+cdef struct Block:
+    PageRegion region       # owned: released when refs drops to 0
+    size_t size             # usable bytes (the logical capacity; region may be larger)
+    Py_ssize_t refs         # 1 while the arena uses it + 1 per live pin; freed at 0
+    Pin* pins               # live pins on this block (owned by their exporters)
+    size_t n_pins
+    bint is_main            # main (bump) block, else a spill (one allocation)
+    ArenaState* state       # borrowed: the arena that made it (alive while any block lives)
+    Block* prev             # links in state.blocks (every live block of the arena)
+    Block* next
+    Block* next_spill       # links in state.spills (spills of the open cycle)
+
+cdef struct ArenaState:
+    # Heap-allocated so that blocks kept alive by pins never point at a dead
+    # Arena: freed when the arena is gone and its last block is released.
+    Block* blocks           # every live block (main, spills, retired ones kept by pins)
+    Block* spills           # spill blocks of the open cycle (arena holds a ref on each)
+    size_t n_live_blocks
+    bint arena_alive
+
+cdef class Arena:
+    # --- allocation state.  Invariants: cursor <= limit <= main.size; cursor
+    # is a multiple of `alignment` (relative to an aligned block start); every
+    # byte in [cursor, limit) of `main` is free of live pins.
+    cdef Block* main                # owned ref (refs counts it); NULL while capacity is 0
+    cdef size_t cursor              # bump offset within main
+    cdef size_t limit               # end of the hole being filled
+    cdef size_t* holes              # owned (malloc): [start0, end0, start1, end1, ...] after the current hole
+    cdef size_t n_holes
+    cdef size_t hole_index
+    cdef ArenaState* state          # owned jointly with the blocks; see ArenaState
+    cdef size_t alignment           # power of two
+    # --- cycle state
+    cdef unsigned long long generation
+    cdef int depth                  # open `with` frames (re-entry nests); > 0 means open
+    cdef bint destroyed
+    cdef unsigned long owner_thread
+    cdef bint init_pending          # initialize() requested while open
+    # --- statistics (cycle_* describe the open cycle, else the last one)
+    cdef size_t cycle_bytes
+    cdef size_t spilled_bytes
+    cdef size_t spilled_count
+    cdef size_t last_cycle_bytes
+    cdef size_t peak_cycle_bytes
+    cdef size_t learn_peak          # max cycle_bytes since the last (re)initialisation
+    cdef unsigned long long cycles
+    cdef bint initialized           # learning finished (or learning == none)
+    # --- configuration (validated by wsmem._config)
+    cdef int learning, spill, allocation, reset, location
+    cdef size_t initial_size, min_size, max_size, cycles_before_init
+    cdef double overallocation
+    cdef bint track
+    cdef bytes mmap_path            # file behind LOC_MMAP blocks
+    cdef bint mmap_temp             # mmap_path is a temporary file: unlink once mapped
+    cdef readonly object name
+
+    cdef int _configure(self, object cfg) except -1
+    cdef int set_capacity(self, size_t size) except -1
+    cdef size_t learned_size(self, size_t peak) noexcept
+    cdef int begin_cycle(self) except -1
+    cdef int end_cycle(self) except -1
+    cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL
+    cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL
+    cdef int release_all(self) except -1
+    cdef int check_owner(self) except -1
+    cdef void _drop_blocks(self) noexcept
+    cdef size_t pinned_bytes(self) noexcept
+    cdef size_t capacity(self) noexcept
+
+# Allocate `nbytes` (rounded up to the alignment) in the open cycle: a bump
+# within the current hole, else the slow path (next hole, spill, or
+# WorkspaceOverflowError).  *block receives the owning block (NULL for 0 bytes).
+cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL
+
+# Validity of an array born in generation `gen` of arena `a`.
+cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:
+    return a.generation == gen and a.depth > 0 and not a.destroyed
+
+cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
+                     object owner) except NULL
+cdef void pin_release(Pin* pin) noexcept
+
+# Per-thread state: the innermost active arena (None under scope_out or when
+# no workspace is open).  The strong references live in wsmem._workspace's
+# per-thread stack; these read and write a C thread-local borrowed pointer.
+cdef object current_arena()
+cdef void set_current_arena(object arena)
+# Process-wide debug mode (DEBUG_*), as ND4J's workspace manager has it.
+cdef int get_debug_mode() noexcept
+cdef void set_debug_mode(int mode) noexcept

@@ -1,0 +1,517 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""The workspace arena: blocks, pins, bump allocation, cycles and policies.
+
+Memory model
+------------
+A workspace owns one *main block* (the learned capacity) and, per cycle, any
+number of *spill blocks* (one allocation each).  Allocation bumps a cursor
+through the free *holes* of the main block; a cycle's end resets the cursor.
+
+Exports that cannot be invalidated (buffer views, ndarrays, DLPack capsules)
+hold a :c:type:`Pin`: a line-rounded byte range of one block.  A pin keeps its
+block alive (``Block.refs``) even after the workspace shrinks, grows or is
+destroyed, and at the next cycle start the pinned ranges of the main block are
+left out of the holes, so no allocation can ever be handed memory that a live
+view can still read.  Pins are O(1) to create and release; the sorted hole
+list is built only at cycle start, and only when pins exist.
+"""
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from cpython.pythread cimport PyThread_get_thread_ident
+from libc.stdlib cimport malloc, calloc, free, qsort
+from libc.string cimport strerror
+
+from wsmem._pages cimport (PageRegion, pages_map_host, pages_map_file, pages_malloc,
+                           pages_release)
+
+import os
+import tempfile
+
+from wsmem._errors import WorkspaceError, WorkspaceOverflowError
+
+cdef extern from *:
+    """
+    static __thread PyObject *wsmem_tls_top = NULL;
+    static char wsmem_zero_area[4096] __attribute__((aligned(4096)));
+    """
+    PyObject* wsmem_tls_top
+    char wsmem_zero_area[4096]
+
+# Spills below this size come from posix_memalign, larger ones from mmap.
+cdef size_t SPILL_MMAP_THRESHOLD = 256 * 1024
+# Largest single request accepted (guards size arithmetic against overflow).
+cdef size_t MAX_REQUEST = (<size_t>1) << 62
+
+cdef int _debug_mode = DEBUG_OFF
+
+
+cdef object current_arena():
+    if wsmem_tls_top == NULL:
+        return None
+    return <object>wsmem_tls_top
+
+
+cdef void set_current_arena(object arena):
+    global wsmem_tls_top
+    wsmem_tls_top = NULL if arena is None else <PyObject*>arena
+
+
+cdef int get_debug_mode() noexcept:
+    return _debug_mode
+
+
+cdef void set_debug_mode(int mode) noexcept:
+    global _debug_mode
+    _debug_mode = mode
+
+
+cdef inline size_t _round_up(size_t n, size_t a) noexcept nogil:
+    return (n + a - 1) & ~(a - 1)
+
+
+def _nbytes_str(size_t n):
+    if n < 1024:
+        return f"{n} B"
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    if n < 1 << 30:
+        return f"{n / (1 << 20):.1f} MiB"
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+# ---------------------------------------------------------------- blocks
+
+cdef Block* _block_new(ArenaState* st, size_t size, bint is_main, Arena arena) except NULL:
+    """Map a block of `size` usable bytes and link it into `st.blocks` (refs = 1)."""
+    cdef Block* b = <Block*>calloc(1, sizeof(Block))
+    cdef int err
+    cdef size_t align = arena.alignment
+    cdef const char* path
+    if b == NULL:
+        raise MemoryError("wsmem: out of memory for a block header")
+    if is_main and arena.location == LOC_MMAP:
+        path = arena.mmap_path
+        with nogil:
+            err = pages_map_file(&b.region, size, path)
+    elif is_main or size >= SPILL_MMAP_THRESHOLD:
+        with nogil:
+            err = pages_map_host(&b.region, size, align)
+    else:
+        err = pages_malloc(&b.region, size, align)
+    if err != 0:
+        free(b)
+        what = "block" if is_main else "spill"
+        raise WorkspaceOverflowError(
+            f"workspace {arena.name!r}: the system refused {_nbytes_str(size)} for a {what} "
+            f"({strerror(err).decode()}). Free memory, lower max_size/initial_size, or use "
+            f"a smaller batch.", arena._stats_or_none())
+    b.size = size
+    b.refs = 1
+    b.is_main = is_main
+    b.state = st
+    b.next = st.blocks
+    if st.blocks != NULL:
+        st.blocks.prev = b
+    st.blocks = b
+    st.n_live_blocks += 1
+    return b
+
+
+cdef void _block_decref(Block* b) noexcept:
+    """Drop one reference; unmap and unlink the block at zero."""
+    cdef ArenaState* st
+    b.refs -= 1
+    if b.refs > 0:
+        return
+    st = b.state
+    if b.prev != NULL:
+        b.prev.next = b.next
+    else:
+        st.blocks = b.next
+    if b.next != NULL:
+        b.next.prev = b.prev
+    st.n_live_blocks -= 1
+    with nogil:
+        pages_release(&b.region)
+    free(b)
+    if st.n_live_blocks == 0 and not st.arena_alive:
+        free(st)
+
+
+# ---------------------------------------------------------------- pins
+
+cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
+                     object owner) except NULL:
+    """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until released."""
+    cdef Pin* p = <Pin*>malloc(sizeof(Pin))
+    cdef size_t off_lo, off_hi
+    if p == NULL:
+        raise MemoryError("wsmem: out of memory for a pin record")
+    off_lo = <size_t>(lo - block.region.ptr)
+    off_hi = <size_t>(hi - block.region.ptr)
+    p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT
+    p.hi = _round_up(off_hi, LINE)
+    p.block = block
+    p.generation = generation
+    p.owner = <PyObject*>owner
+    Py_INCREF(owner)
+    p.prev = NULL
+    p.next = block.pins
+    if block.pins != NULL:
+        block.pins.prev = p
+    block.pins = p
+    block.n_pins += 1
+    block.refs += 1
+    return p
+
+
+cdef void pin_release(Pin* p) noexcept:
+    """Release a pin (GIL held).  The owner is released last: it may be the
+    only reference keeping the arena alive."""
+    cdef Block* b = p.block
+    cdef PyObject* owner = p.owner
+    if p.prev != NULL:
+        p.prev.next = p.next
+    else:
+        b.pins = p.next
+    if p.next != NULL:
+        p.next.prev = p.prev
+    b.n_pins -= 1
+    free(p)
+    _block_decref(b)
+    Py_XDECREF(owner)
+
+
+cdef int _cmp_range(const void* a, const void* b) noexcept nogil:
+    cdef size_t x = (<size_t*>a)[0]
+    cdef size_t y = (<size_t*>b)[0]
+    return -1 if x < y else (1 if x > y else 0)
+
+
+cdef size_t _merged_ranges(Block* b, size_t** out) except? 0:
+    """Sorted, merged [lo, hi) pairs of the live pins of `b` (malloc'd in *out)."""
+    cdef size_t n = 0, m = 0, i
+    cdef Pin* p = b.pins
+    cdef size_t* r
+    out[0] = NULL
+    if b.n_pins == 0:
+        return 0
+    r = <size_t*>malloc(2 * b.n_pins * sizeof(size_t))
+    if r == NULL:
+        raise MemoryError("wsmem: out of memory while listing pins")
+    while p != NULL:
+        r[2 * n] = p.lo
+        r[2 * n + 1] = p.hi if p.hi < b.size else _round_up(b.size, LINE)
+        n += 1
+        p = p.next
+    qsort(r, n, 2 * sizeof(size_t), _cmp_range)
+    for i in range(1, n):
+        if r[2 * i] <= r[2 * m + 1]:
+            if r[2 * i + 1] > r[2 * m + 1]:
+                r[2 * m + 1] = r[2 * i + 1]
+        else:
+            m += 1
+            r[2 * m] = r[2 * i]
+            r[2 * m + 1] = r[2 * i + 1]
+    out[0] = r
+    return m + 1
+
+
+# ---------------------------------------------------------------- allocation
+
+cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:
+    cdef size_t sz = _round_up(nbytes, a.alignment)
+    cdef char* p
+    if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:
+        p = a.main.region.ptr + a.cursor
+        a.cursor += sz
+        a.cycle_bytes += sz
+        block[0] = a.main
+        return p
+    return a.alloc_slow(nbytes, block)
+
+
+cdef class Arena:
+    """C-level state of a workspace; :class:`wsmem.Workspace` is the public face."""
+
+    def __cinit__(self, *args, **kwargs):
+        self.state = <ArenaState*>calloc(1, sizeof(ArenaState))
+        if self.state == NULL:
+            raise MemoryError("wsmem: out of memory for a workspace")
+        self.state.arena_alive = True
+        self.alignment = 64
+        self.owner_thread = PyThread_get_thread_ident()
+        self.name = ""
+
+    def __dealloc__(self):
+        cdef ArenaState* st = self.state
+        if st == NULL:
+            return
+        self._drop_blocks()
+        free(self.holes)
+        self.holes = NULL
+        st.arena_alive = False
+        if st.n_live_blocks == 0:
+            free(st)
+        self.state = NULL
+        if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current
+            set_current_arena(None)
+
+    cdef void _drop_blocks(self) noexcept:
+        cdef Block* b = self.state.spills
+        cdef Block* nxt
+        self.state.spills = NULL
+        while b != NULL:
+            nxt = b.next_spill
+            _block_decref(b)
+            b = nxt
+        if self.main != NULL:
+            b = self.main
+            self.main = NULL
+            _block_decref(b)
+        self.cursor = self.limit = 0
+        self.n_holes = self.hole_index = 0
+
+    cdef int _configure(self, object cfg) except -1:
+        self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,
+                         "over_time": LEARN_OVER_TIME}[cfg.learning.value]
+        self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
+                      "fail": SPILL_FAIL}[cfg.spill.value]
+        self.allocation = {"strict": ALLOC_STRICT,
+                           "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
+        self.reset = {"block_left": RESET_BLOCK_LEFT,
+                      "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
+        self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
+                         "mmap": LOC_MMAP}[cfg.location.value]
+        self.initial_size = cfg.initial_size
+        self.min_size = cfg.min_size
+        self.max_size = cfg.max_size
+        self.cycles_before_init = cfg.cycles_before_init
+        self.overallocation = cfg.overallocation_limit
+        self.alignment = cfg.effective_alignment
+        self.initialized = self.learning == LEARN_NONE
+        if self.location == LOC_MMAP:
+            if cfg.mmap_path is None:
+                fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")
+                os.close(fd)
+                self.mmap_temp = True
+            else:
+                path = cfg.mmap_path
+                self.mmap_temp = False
+            self.mmap_path = os.fsencode(path)
+        cdef size_t initial = self.initial_size
+        if self.allocation == ALLOC_OVERALLOCATE:
+            initial = <size_t>(initial * (1.0 + self.overallocation))
+        if self.max_size and initial > self.max_size:
+            initial = self.max_size
+        self.set_capacity(initial)
+        return 0
+
+    cdef size_t capacity(self) noexcept:
+        return self.main.size if self.main != NULL else 0
+
+    cdef size_t learned_size(self, size_t peak) noexcept:
+        cdef size_t t = peak
+        if self.allocation == ALLOC_OVERALLOCATE:
+            t = <size_t>(peak * (1.0 + self.overallocation))
+        if t < self.min_size:
+            t = self.min_size
+        if self.max_size and t > self.max_size:
+            t = self.max_size
+        return t
+
+    cdef int set_capacity(self, size_t size) except -1:
+        """Replace the main block by one of `size` bytes (closed cycle only).
+
+        On failure the old block stays in place.  A replaced block that live
+        pins still reference stays mapped until the last of them is released.
+        """
+        cdef Block* new = NULL
+        cdef Block* old = self.main
+        if size == self.capacity():
+            return 0
+        if size > 0:
+            new = _block_new(self.state, size, True, self)
+            if self.location == LOC_MMAP and self.mmap_temp:
+                try:
+                    os.unlink(self.mmap_path)
+                except OSError:
+                    pass
+        self.main = new
+        self.cursor = self.limit = 0
+        if old != NULL:
+            _block_decref(old)
+        return 0
+
+    cdef int begin_cycle(self) except -1:
+        """Start a cycle: next generation, cursor at the first free hole."""
+        cdef size_t* ranges = NULL
+        cdef size_t n, i, k, start, end, prev_end
+        self.generation += 1
+        self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
+        self.n_holes = self.hole_index = 0
+        self.cursor = self.limit = 0
+        if self.main == NULL:
+            return 0
+        if self.main.n_pins == 0:
+            self.limit = self.main.size
+            return 0
+        # Pinned ranges survive from earlier cycles: allocate only in the gaps.
+        n = _merged_ranges(self.main, &ranges)
+        free(self.holes)
+        self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
+        if self.holes == NULL:
+            free(ranges)
+            raise MemoryError("wsmem: out of memory for the hole list")
+        k = 0
+        prev_end = 0
+        for i in range(n + 1):
+            end = ranges[2 * i] if i < n else self.main.size
+            start = _round_up(prev_end, self.alignment)
+            if end > start:
+                self.holes[2 * k] = start
+                self.holes[2 * k + 1] = end
+                k += 1
+            if i < n:
+                prev_end = ranges[2 * i + 1]
+        free(ranges)
+        self.n_holes = k
+        if k > 0:
+            self.cursor = self.holes[0]
+            self.limit = self.holes[1]
+            self.hole_index = 1
+        return 0
+
+    cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:
+        cdef size_t sz, s, e
+        if nbytes == 0:
+            block[0] = NULL
+            return wsmem_zero_area
+        if nbytes >= MAX_REQUEST:
+            raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
+        sz = _round_up(nbytes, self.alignment)
+        if _debug_mode == DEBUG_SPILL_EVERYTHING:
+            return self.spill_alloc(nbytes, block)
+        while self.hole_index < self.n_holes:
+            s = self.holes[2 * self.hole_index]
+            e = self.holes[2 * self.hole_index + 1]
+            self.hole_index += 1
+            if e - s >= sz:
+                self.cursor = s + sz
+                self.limit = e
+                self.cycle_bytes += sz
+                block[0] = self.main
+                return self.main.region.ptr + s
+        if self.initialized and self.spill == SPILL_FAIL:
+            raise WorkspaceOverflowError(
+                f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "
+                f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "
+                f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
+                self._stats_or_none())
+        return self.spill_alloc(nbytes, block)
+
+    cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:
+        cdef size_t sz = _round_up(nbytes, self.alignment)
+        cdef Block* b
+        if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:
+            raise WorkspaceOverflowError(
+                f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
+                f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
+                f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "
+                f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
+                self._stats_or_none())
+        b = _block_new(self.state, sz, False, self)
+        b.next_spill = self.state.spills
+        self.state.spills = b
+        self.spilled_bytes += sz
+        self.spilled_count += 1
+        self.cycle_bytes += sz
+        block[0] = b
+        return b.region.ptr
+
+    cdef int end_cycle(self) except -1:
+        """Close the cycle: free spills, learn, grow; the generation's arrays go stale."""
+        cdef Block* b = self.state.spills
+        cdef Block* nxt
+        cdef size_t target
+        self.state.spills = NULL
+        while b != NULL:
+            nxt = b.next_spill
+            _block_decref(b)
+            b = nxt
+        self.cycles += 1
+        self.last_cycle_bytes = self.cycle_bytes
+        if self.cycle_bytes > self.peak_cycle_bytes:
+            self.peak_cycle_bytes = self.cycle_bytes
+        if self.cycle_bytes > self.learn_peak:
+            self.learn_peak = self.cycle_bytes
+        self.cursor = self.limit = 0
+        self.n_holes = self.hole_index = 0
+        target = 0
+        if self.init_pending or (not self.initialized and (
+                self.learning == LEARN_FIRST_LOOP or
+                (self.learning == LEARN_OVER_TIME and
+                 self.cycles >= max(self.cycles_before_init, 1)))):
+            target = self.learned_size(self.learn_peak)
+            self.initialized = True
+            self.init_pending = False
+            self.set_capacity(target)
+        elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
+              and _debug_mode == DEBUG_OFF):
+            target = self.learned_size(self.cycle_bytes)
+            if target > self.capacity():
+                self.set_capacity(target)
+        return 0
+
+    cdef int release_all(self) except -1:
+        """destroy(): drop every block; pinned ones live on until released."""
+        self._drop_blocks()
+        return 0
+
+    cdef int check_owner(self) except -1:
+        cdef unsigned long me = PyThread_get_thread_ident()
+        if me != self.owner_thread:
+            raise WorkspaceError(
+                f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "
+                f"this thread ({me}). Workspaces are per thread: create one in each "
+                f"thread with wsmem.get_workspace(name, cfg).")
+        return 0
+
+    cdef size_t pinned_bytes(self) noexcept:
+        """Bytes kept out of reuse by live exports, line-rounded, over all blocks."""
+        cdef Block* b = self.state.blocks
+        cdef size_t total = 0, n, i
+        cdef size_t* r = NULL
+        while b != NULL:
+            if b.n_pins:
+                if b.is_main:
+                    try:
+                        n = _merged_ranges(b, &r)
+                    except MemoryError:
+                        n = 0
+                    for i in range(n):
+                        total += r[2 * i + 1] - r[2 * i]
+                    free(r)
+                    r = NULL
+                else:
+                    total += _round_up(b.size, LINE)
+            b = b.next
+        return total
+
+    def _stats_or_none(self):
+        try:
+            return self.stats()
+        except Exception:
+            return None
+
+    def _live_pins(self):
+        """[(nbytes, generation, owner)] of every live pin (for leaks())."""
+        cdef Block* b = self.state.blocks
+        cdef Pin* p
+        out = []
+        while b != NULL:
+            p = b.pins
+            while p != NULL:
+                out.append((p.hi - p.lo, p.generation, <object>p.owner))
+                p = p.next
+            b = b.next
+        return out

@@ -1,0 +1,396 @@
+"""Workspace: the public face of an arena (cycles, scopes, stats, leaks)."""
+cimport cython
+from wsmem._arena cimport (Arena, current_arena, set_current_arena, get_debug_mode,
+                           set_debug_mode, LOC_HOST, LOC_MMAP,
+                           DEBUG_OFF, DEBUG_SPILL_EVERYTHING, DEBUG_BYPASS_EVERYTHING)
+from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
+
+import threading
+import weakref
+
+import numpy as np
+
+from wsmem._config import WorkspaceConfig, Location, ResetPolicy, DebugMode, tracking_forced
+from wsmem._errors import WorkspaceError
+from wsmem._stats import WorkspaceStats, LeakInfo
+
+# Per-thread stack of active frames: a Workspace, or None for scope_out().
+# It holds the strong references; wsmem._arena's thread-local pointer
+# mirrors its top for the allocation fast path.
+_tls = threading.local()
+# Every live Workspace of the process (weakly), for diagnostics and tests.
+_all = weakref.WeakSet()
+
+
+def live_workspaces():
+    """Every Workspace alive in the process (any thread, destroyed ones included)."""
+    return list(_all)
+
+
+cdef list _stack():
+    try:
+        return _tls.stack
+    except AttributeError:
+        _tls.stack = []
+        return _tls.stack
+
+
+cdef void _push(object frame, list stack):
+    stack.append(frame)
+    set_current_arena(frame)
+
+
+cdef void _pop(object frame, list stack):
+    # Remove the innermost occurrence of this frame (normally the top).
+    cdef Py_ssize_t i
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is frame:
+            del stack[i]
+            break
+    set_current_arena(stack[-1] if stack else None)
+
+
+def _gpu_unavailable(location):
+    try:
+        import cupy  # noqa: F401
+    except Exception as exc:
+        return (f"location={location!r} needs CuPy and a CUDA device, and CuPy could not be "
+                f"imported ({type(exc).__name__}: {exc}). Install the gpu extra "
+                f"(pip install 'wsmem[gpu]') on a machine with an NVIDIA GPU, or use "
+                f"location='host'.")
+    return (f"location={location!r} (device and pinned pages through CUDA) is not available "
+            f"in this version of wsmem; use location='host'.")
+
+
+cdef class Workspace(Arena):
+    """A named cyclic arena owned by one thread (ND4J's MemoryWorkspace).
+
+    ``with ws:`` opens a cycle; leaving it ends the cycle: every array made in
+    it becomes stale and its memory is reused by the next cycle.
+
+    Parameters
+    ----------
+    name : str
+        Name used in messages, stats and the per-thread registry.
+    config : WorkspaceConfig, optional
+        Policies and sizes; keyword arguments override single fields.
+
+    Examples
+    --------
+    >>> import numpy as np, wsmem
+    >>> ws = wsmem.Workspace("doc_ws", learning="first_loop")
+    >>> for step in range(3):
+    ...     with ws:
+    ...         a = wsmem.empty((256, 256))
+    ...         a.fill(step)
+    >>> s = ws.stats()
+    >>> s.cycles, s.spilled_count, s.capacity >= 256 * 256 * 8
+    (3, 0, True)
+    >>> ws.destroy()
+    """
+
+    def __init__(self, name, config=None, **overrides):
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"workspace name must be a non-empty str, got {name!r}")
+        if config is None:
+            config = WorkspaceConfig(**overrides)
+        elif not isinstance(config, WorkspaceConfig):
+            raise TypeError(f"config must be a wsmem.WorkspaceConfig, got "
+                            f"{type(config).__name__}")
+        elif overrides:
+            config = config.replace(**overrides)
+        if config.location in (Location.DEVICE, Location.PINNED):
+            raise WorkspaceError(_gpu_unavailable(config.location.value))
+        if config.reset is ResetPolicy.ENDOFBUFFER_REACHED:
+            raise WorkspaceError("reset='endofbuffer_reached' (circular workspaces) is not "
+                                 "available in this version of wsmem; use "
+                                 "reset='block_left'.")
+        self.name = name
+        self.config = config
+        self.track = config.track or tracking_forced()
+        self._configure(config)
+        _all.add(self)
+
+    # ------------------------------------------------------------ cycles
+    def __enter__(self):
+        if self.destroyed:
+            raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one "
+                                 f"(wsmem.Workspace or wsmem.get_workspace)")
+        self.check_owner()
+        if self.depth == 0:
+            self.begin_cycle()
+        self.depth += 1
+        _push(self, _stack())
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        cdef list stack = _stack()
+        if self.depth <= 0:
+            raise WorkspaceError(f"workspace {self.name!r} is not open; __exit__ without "
+                                 "__enter__")
+        self.depth -= 1
+        _pop(self, stack)
+        if self.depth == 0:
+            try:
+                self.end_cycle()
+            except Exception:
+                if exc_type is None:
+                    raise
+        return False
+
+    def borrow(self):
+        """Make this open workspace current again, without a new cycle.
+
+        Use it to allocate in an outer workspace from inside an inner one.
+        """
+        return _Borrow(self)
+
+    def initialize(self):
+        """Size the block from what was measured so far (``learning="over_time"``).
+
+        Takes effect now when no cycle is open, else when the open cycle ends.
+        """
+        self._require_usable()
+        if self.depth > 0:
+            self.init_pending = True
+        else:
+            self.set_capacity(self.learned_size(self.learn_peak))
+            self.initialized = True
+
+    def destroy(self):
+        """Release the workspace's memory; its arrays go stale.
+
+        Memory still behind live exports (ndarray views, buffers, DLPack
+        capsules) is released when the last of them dies.  Idempotent.
+        """
+        if self.destroyed:
+            return
+        self.check_owner()
+        if self.depth > 0:
+            raise WorkspaceError(f"workspace {self.name!r} is open; destroy it after its "
+                                 f"`with` block ends")
+        self.release_all()
+        self.destroyed = True
+        try:
+            from wsmem._registry import _forget
+            _forget(self)
+        except ImportError:
+            pass
+
+    def _require_usable(self):
+        if self.destroyed:
+            raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one")
+        self.check_owner()
+
+    cdef int _require_open(self) except -1:
+        if self.depth <= 0 or self.destroyed:
+            if self.destroyed:
+                raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new "
+                                     "one")
+            raise WorkspaceError(f"workspace {self.name!r} is not open; allocate inside "
+                                 f"`with ws:` (or use the module-level wsmem.empty etc.)")
+        self.check_owner()
+        return 0
+
+    # ------------------------------------------------------------ state
+    @property
+    def is_open(self):
+        """True while a cycle is open."""
+        return self.depth > 0
+
+    @property
+    def is_destroyed(self):
+        """True after destroy()."""
+        return bool(self.destroyed)
+
+    def stats(self):
+        """Counters of the workspace (see :class:`wsmem.WorkspaceStats`)."""
+        return WorkspaceStats(
+            name=self.name,
+            location=self.config.location.value,
+            capacity=self.capacity(),
+            offset=self.cursor if self.depth > 0 else 0,
+            cycle_bytes=self.cycle_bytes,
+            last_cycle_bytes=self.last_cycle_bytes,
+            peak_cycle_bytes=self.peak_cycle_bytes,
+            spilled_bytes=self.spilled_bytes,
+            spilled_count=self.spilled_count,
+            pinned_bytes=self.pinned_bytes(),
+            cycles=self.cycles,
+            generation=self.generation,
+            pages=self.state.n_live_blocks if self.state != NULL else 0,
+            is_open=self.depth > 0,
+            initialized=bool(self.initialized),
+        )
+
+    def leaks(self):
+        """Memory still pinned by exports made in earlier (closed) cycles.
+
+        Returns
+        -------
+        list of LeakInfo
+            ``nbytes`` (line-rounded bytes held), ``shape``, ``dtype``,
+            ``generation``, and ``traceback`` (allocation site) when tracking
+            is on (``track=True`` or ``WSMEM_TRACK=1``).
+        """
+        out = []
+        for nbytes, gen, owner in self._live_pins():
+            if self.depth > 0 and gen == self.generation:
+                continue
+            out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
+                                generation=gen, traceback=owner.traceback))
+        out.sort(key=lambda l: l.generation)
+        return out
+
+    def __repr__(self):
+        state = ("destroyed" if self.destroyed else
+                 f"open, generation {self.generation}" if self.depth > 0 else "closed")
+        return (f"<wsmem.Workspace {self.name!r} {self.config.location.value} "
+                f"capacity={self.capacity()} ({state})>")
+
+    # ------------------------------------------------------------ creation
+    def empty(self, shape, dtype=float, order="C"):
+        """Uninitialised array in this (open) workspace."""
+        self._require_open()
+        return new_array(self, shape, dtype, order, INIT_NONE)
+
+    def zeros(self, shape, dtype=float, order="C"):
+        """Zeros in this (open) workspace."""
+        self._require_open()
+        return new_array(self, shape, dtype, order, INIT_ZEROS)
+
+    def ones(self, shape, dtype=float, order="C"):
+        """Ones in this (open) workspace."""
+        self._require_open()
+        a = new_array(self, shape, dtype, order, INIT_NONE)
+        a.fill(1)
+        return a
+
+    def full(self, shape, fill_value, dtype=None, order="C"):
+        """`fill_value` everywhere, in this (open) workspace."""
+        with self.borrow():
+            from wsmem._array import full
+            return full(shape, fill_value, dtype, order)
+
+    def empty_like(self, prototype, dtype=None, order="K", shape=None):
+        """Uninitialised array shaped like `prototype`, in this workspace."""
+        with self.borrow():
+            from wsmem._array import empty_like
+            return empty_like(prototype, dtype, order, shape)
+
+    def zeros_like(self, prototype, dtype=None, order="K", shape=None):
+        """Zeros shaped like `prototype`, in this workspace."""
+        with self.borrow():
+            from wsmem._array import zeros_like
+            return zeros_like(prototype, dtype, order, shape)
+
+    def ones_like(self, prototype, dtype=None, order="K", shape=None):
+        """Ones shaped like `prototype`, in this workspace."""
+        with self.borrow():
+            from wsmem._array import ones_like
+            return ones_like(prototype, dtype, order, shape)
+
+    def full_like(self, prototype, fill_value, dtype=None, order="K", shape=None):
+        """`fill_value` shaped like `prototype`, in this workspace."""
+        with self.borrow():
+            from wsmem._array import full_like
+            return full_like(prototype, fill_value, dtype, order, shape)
+
+    def asarray(self, a, dtype=None, order=None):
+        """`a` copied into this workspace (returned as is when already here)."""
+        with self.borrow():
+            from wsmem._array import asarray
+            return asarray(a, dtype, order)
+
+
+@cython.final
+cdef class _Borrow:
+    """Context manager of Workspace.borrow()."""
+    cdef Workspace ws
+
+    def __cinit__(self, Workspace ws):
+        self.ws = ws
+
+    def __enter__(self):
+        self.ws._require_open()
+        _push(self.ws, _stack())
+        return self.ws
+
+    def __exit__(self, *exc):
+        _pop(self.ws, _stack())
+        return False
+
+
+@cython.final
+cdef class _ScopeOut:
+    """Context manager of wsmem.scope_out()."""
+
+    def __enter__(self):
+        _push(None, _stack())
+        return None
+
+    def __exit__(self, *exc):
+        _pop(None, _stack())
+        return False
+
+
+def scope_out():
+    """Allocate on the plain heap until the block ends (ND4J's scopeOutOfWorkspaces).
+
+    Examples
+    --------
+    >>> import wsmem
+    >>> with wsmem.Workspace("doc_scope") as ws:
+    ...     with wsmem.scope_out():
+    ...         kept = wsmem.zeros(3)
+    >>> kept.workspace is None, kept.is_valid
+    (True, True)
+    """
+    return _ScopeOut()
+
+
+def current_workspace():
+    """The innermost active workspace of this thread, or None (heap)."""
+    return current_arena()
+
+
+_DEBUG_CODES = {DebugMode.DISABLED: DEBUG_OFF,
+                DebugMode.SPILL_EVERYTHING: DEBUG_SPILL_EVERYTHING,
+                DebugMode.BYPASS_EVERYTHING: DEBUG_BYPASS_EVERYTHING}
+_DEBUG_NAMES = {v: k for k, v in _DEBUG_CODES.items()}
+
+
+class debug_mode:
+    """Process-wide debug switch, as a context manager (ND4J's DebugMode).
+
+    ``"spill_everything"``: every allocation spills to separate memory that is
+    released at the end of its cycle (finds bugs that reuse hides).
+    ``"bypass_everything"``: workspaces hand out plain heap memory.
+    ``"disabled"``: normal operation.
+
+    Examples
+    --------
+    >>> import wsmem
+    >>> with wsmem.debug_mode("bypass_everything"):
+    ...     with wsmem.Workspace("doc_dbg") as ws:
+    ...         wsmem.empty(4).workspace is None
+    True
+    """
+
+    def __init__(self, mode):
+        self.mode = DebugMode.coerce(mode, "mode")
+        self._prev = None
+
+    def __enter__(self):
+        self._prev = get_debug_mode()
+        set_debug_mode(_DEBUG_CODES[self.mode])
+        return self.mode
+
+    def __exit__(self, *exc):
+        set_debug_mode(self._prev)
+        return False
+
+
+def get_debug_mode_name():
+    """The debug mode in force (a DebugMode)."""
+    return _DEBUG_NAMES[get_debug_mode()]

@@ -1,0 +1,34 @@
+"""Shared fixtures: every test starts and ends with clean global state, and
+no test may leave workspace memory pinned by an escaped view."""
+import gc
+
+import pytest
+
+import wsmem
+from wsmem._workspace import live_workspaces
+
+
+def _pinned():
+    return {ws.name: ws.stats().pinned_bytes for ws in live_workspaces()
+            if ws.stats().pinned_bytes}
+
+
+@pytest.fixture(autouse=True)
+def _clean_wsmem_state():
+    assert wsmem.current_workspace() is None, "a previous test left a workspace open"
+    yield
+    assert wsmem.current_workspace() is None, "test left a workspace (or scope) active"
+    assert wsmem.get_debug_mode_name() is wsmem.DebugMode.DISABLED, "debug mode left on"
+    wsmem.destroy_thread_workspaces()
+    gc.collect()
+    pinned = _pinned()
+    assert not pinned, f"workspace memory still pinned after the test: {pinned}"
+
+
+@pytest.fixture
+def ws(request):
+    """A fresh host workspace named after the test, destroyed afterwards."""
+    w = wsmem.Workspace(request.node.name[:60])
+    yield w
+    if not w.is_open:
+        w.destroy()

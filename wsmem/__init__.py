@@ -1,0 +1,39 @@
+"""wsmem: workspace (cyclic arena) memory for NumPy, after ND4J's workspaces.
+
+Code that runs the same step again and again gets its arrays from a workspace
+that hands memory out by bumping a pointer and takes it all back at the end of
+each cycle.  Arrays that escape their cycle raise WorkspaceLeakError instead
+of reading reused memory.
+
+>>> import numpy as np, wsmem
+>>> ws = wsmem.Workspace("doc_init")
+>>> for _ in range(3):
+...     with ws:
+...         a = wsmem.empty((64, 256), dtype=np.float32)
+...         b = wsmem.zeros_like(a)
+...         c = a * 0 + b + 1
+...         total = float(c.sum())
+>>> total
+16384.0
+>>> ws.destroy()
+"""
+from wsmem._config import (AllocationPolicy, DebugMode, LearningPolicy, Location,
+                           ResetPolicy, SpillPolicy, WorkspaceConfig)
+from wsmem._errors import WorkspaceError, WorkspaceLeakError, WorkspaceOverflowError
+from wsmem._stats import LeakInfo, WorkspaceStats
+from wsmem._array import (WsArray, asarray, empty, empty_like, full, full_like, ones,
+                          ones_like, zeros, zeros_like)
+from wsmem._workspace import (Workspace, current_workspace, debug_mode,
+                              get_debug_mode_name, scope_out)
+from wsmem._registry import destroy_thread_workspaces, get_workspace, thread_workspaces
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllocationPolicy", "DebugMode", "LearningPolicy", "Location", "ResetPolicy",
+    "SpillPolicy", "WorkspaceConfig", "WorkspaceError", "WorkspaceLeakError",
+    "WorkspaceOverflowError", "LeakInfo", "WorkspaceStats", "WsArray", "Workspace",
+    "asarray", "empty", "empty_like", "full", "full_like", "ones", "ones_like", "zeros",
+    "zeros_like", "current_workspace", "debug_mode", "get_debug_mode_name", "scope_out",
+    "destroy_thread_workspaces", "get_workspace", "thread_workspaces",
+]
