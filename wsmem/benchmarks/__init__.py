@@ -1,0 +1,71 @@
+"""Benchmark suites behind ``python -m wsmem bench``.
+
+A suite is a module with three names:
+
+- ``DESCRIPTION``: one line for ``--help``;
+- ``run(quick=False, *, rounds=None, target_s=None, progress=None) -> dict``:
+  measures and returns JSON-ready results (``"suite"``, ``"machine"``,
+  ``"method"``, ``"rows"``, ...); ``progress(msg)`` receives one-line status
+  messages;
+- ``format_table(results) -> str``: the results as a Markdown table.
+
+Suites are registered by name and imported only when used, so a suite whose
+dependencies are missing (e.g. a GPU suite without CuPy) costs nothing until
+it is asked for.
+
+>>> from wsmem.benchmarks import get_suite, suite_names
+>>> "alloc" in suite_names()
+True
+>>> get_suite("alloc").load().DESCRIPTION.startswith("allocation")
+True
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from types import ModuleType
+
+__all__ = ["Suite", "register_suite", "get_suite", "suite_names"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A registered benchmark suite: its name and the module that implements it."""
+
+    name: str
+    module: str   # dotted import path of a module with DESCRIPTION, run, format_table
+    summary: str  # one line for --help, available without importing the module
+
+    def load(self) -> ModuleType:
+        """Import the suite's module (ImportError names the missing dependency)."""
+        return importlib.import_module(self.module)
+
+
+# Registration order is the order in which ``bench`` runs the suites.
+_SUITES: dict[str, Suite] = {}
+
+
+def register_suite(name: str, module: str, summary: str) -> Suite:
+    """Register (or replace) the suite ``name`` implemented by ``module``."""
+    suite = Suite(name, module, summary)
+    _SUITES[name] = suite
+    return suite
+
+
+def get_suite(name: str) -> Suite:
+    """The suite registered as ``name``; KeyError lists the known ones."""
+    try:
+        return _SUITES[name]
+    except KeyError:
+        raise KeyError(f"no benchmark suite {name!r}; known suites: "
+                       f"{', '.join(_SUITES) or 'none'}") from None
+
+
+def suite_names() -> list[str]:
+    """Names of the registered suites, in run order."""
+    return list(_SUITES)
+
+
+register_suite("alloc", "wsmem.benchmarks.alloc",
+               "allocation microbenchmark: np.empty vs wsmem.empty / ws.empty / "
+               "np.asarray(wsmem.empty), 64 B .. 16 MiB")

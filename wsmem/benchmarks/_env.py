@@ -1,0 +1,66 @@
+"""Facts about the machine a benchmark ran on (shared by ``bench`` and ``info``)."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+
+__all__ = ["cpu_model", "transparent_hugepage", "cupy_status", "machine_info"]
+
+_THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() in ("model name", "Model", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def transparent_hugepage() -> str:
+    """The THP mode in force (the bracketed word of the sysfs file), or "unavailable"."""
+    try:
+        with open(_THP_PATH, encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError:
+        return "unavailable"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else text
+
+
+def cupy_status() -> str:
+    """``"cupy X.Y.Z"`` when CuPy imports, else why not (one line)."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install raising anything
+        return f"not importable ({type(exc).__name__}: {exc})".splitlines()[0]
+    return f"cupy {cupy.__version__}"
+
+
+def machine_info() -> dict:
+    """Versions and machine facts recorded with every benchmark result."""
+    import numpy as np
+
+    import wsmem
+
+    libc, libc_version = platform.libc_ver()
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "libc": f"{libc} {libc_version}".strip() or "unknown",
+        "transparent_hugepage": transparent_hugepage(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "numpy": np.__version__,
+        "wsmem": wsmem.__version__,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc)
+                    .isoformat(timespec="seconds"),
+    }
