@@ -192,8 +192,12 @@ def test_zero_copy_every_path(ws, export):
         assert isinstance(e, np.ndarray)
         assert e.ctypes.data == a.ptr
         assert e.shape == a.shape and e.strides == a.strides and e.dtype == a.dtype
-        e[1, 2] = -1.0          # writes through to a
-        assert float(a[1, 2]) == -1.0
+        if export is via_dlpack_legacy:
+            # NumPy marks arrays from legacy (unversioned) capsules read-only.
+            assert not e.flags.writeable
+        else:
+            e[1, 2] = -1.0          # writes through to a
+            assert float(a[1, 2]) == -1.0
         a[0, 0] = 42.0          # and back
         assert e[0, 0] == 42.0
         assert np.shares_memory(e, np.asarray(a))
@@ -222,11 +226,10 @@ def test_memoryview_contiguity_requests(ws):
         m = memoryview(v)     # strided request: works
         assert m.strides == (12, 4)
         assert np.asarray(m).ctypes.data == v.ptr
-        with pytest.raises(BufferError):
-            m.cast("B")        # cast needs a C-contiguous buffer
         m.release()
-        with pytest.raises(BufferError):
-            memoryview(v).tobytes() if False else bytes(v)
+        with pytest.raises(BufferError, match="contiguous"):
+            np.frombuffer(v, dtype=np.int16)     # asks for a contiguous buffer
+        assert bytes(v) == bytes(12 * 2)         # a copying consumer handles strides
         # A failed request must not leave a pin behind.
     gc.collect()
     assert ws.stats().pinned_bytes == 0
@@ -430,18 +433,24 @@ def test_dlpack_refuses_unrepresentable_dtypes(ws, dtype):
 
 # ---------------------------------------------------------------- dtypes and layouts
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=_id)
-@pytest.mark.parametrize("export", EXPORTERS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("export,dtype", [
+    pytest.param(e, d, id=f"{e.__name__}-{_id(d)}")
+    for e in EXPORTERS for d in ALL_DTYPES
+    if not (e in DLPACK_EXPORTERS and d in OTHER_DTYPES)])   # refused: tested above
 def test_every_dtype_zero_copy(ws, dtype, export):
-    if export in DLPACK_EXPORTERS and dtype in OTHER_DTYPES:
-        pytest.skip("DLPack has no code for this dtype (checked separately)")
     dt = np.dtype(dtype)
     for _ in range(2):                    # spill cycle and learned-block cycle
         with ws:
             a = wsmem.empty((3, 4), dtype=dt)
             pat = fill_pattern(a, seed=3)
             e = export(a)
-            assert e.dtype == dt
+            if export is via_array_interface:
+                # NumPy's own round trip through __array_interface__ names
+                # padding fields; wsmem must match NumPy, not do better.
+                ref = np.asarray(_IfaceOnly(np.empty(0, dt).__array_interface__))
+                assert e.dtype == ref.dtype and e.dtype.itemsize == dt.itemsize
+            else:
+                assert e.dtype == dt
             assert e.shape == (3, 4)
             assert e.ctypes.data == a.ptr
             assert e.tobytes() == pat
@@ -677,7 +686,7 @@ STALE_PATHS = {
     "bool": lambda a: bool(a[0]),
     "pickle": lambda a: pickle.dumps(a),
     "wsmem.asarray": lambda a: wsmem.asarray(a),
-    "empty_like": lambda a: np.frombuffer(a),
+    "np.frombuffer": lambda a: np.frombuffer(a),
     "matmul": lambda a: a @ a,
 }
 
@@ -719,9 +728,10 @@ def test_stale_message_names_workspace_generations_and_advice(ws):
 def test_stale_repr_and_str_do_not_raise(ws):
     with ws:
         a = wsmem.zeros((2, 2), dtype=np.int8)
-        assert "stale" not in repr(a)
+        assert ": stale" not in repr(a)
+        assert "WsArray(" in repr(a)
     r = repr(a)
-    assert "stale" in r and "(2, 2)" in r and "int8" in r
+    assert ": stale" in r and "(2, 2)" in r and "int8" in r
     assert "stale" in str(a)
     assert a.shape == (2, 2) and a.dtype == np.int8 and len(a) == 2
     assert a.is_valid is False

@@ -73,7 +73,9 @@ class DebugMode(_Policy):
 
 
 def _size(name, value):
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int number of bytes, got bool")
+    if not isinstance(value, int):
         try:
             import operator
             value = operator.index(value)
@@ -189,6 +191,10 @@ class WorkspaceConfig:
             if self.initial_size == 0:
                 raise ValueError("location='mmap' needs initial_size > 0: the size of the "
                                  "file-backed block")
+            if self.spill is SpillPolicy.REALLOCATE:
+                raise ValueError("location='mmap' cannot use spill='reallocate': the "
+                                 "file-backed block has a fixed size; use spill='external' "
+                                 "or 'fail'")
         elif self.mmap_path is not None:
             raise ValueError("mmap_path only applies to location='mmap'")
         if self.mmap_path is not None:

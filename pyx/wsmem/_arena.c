@@ -1868,7 +1868,7 @@ struct __pyx_obj_5wsmem_6_arena_Arena {
 
 
 
-/* "wsmem/_arena.pyx":233
+/* "wsmem/_arena.pyx":248
  * 
  * 
  * cdef class Arena:             # <<<<<<<<<<<<<<
@@ -3108,6 +3108,8 @@ static void (*__pyx_f_5wsmem_6_pages_pages_release)(struct __pyx_t_5wsmem_6_page
 static size_t __pyx_v_5wsmem_6_arena_SPILL_MMAP_THRESHOLD;
 static size_t __pyx_v_5wsmem_6_arena_MAX_REQUEST;
 static int __pyx_v_5wsmem_6_arena__debug_mode;
+static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *, struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *); /*proto*/
+static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *); /*proto*/
 static void __pyx_f_5wsmem_6_arena_set_current_arena(PyObject *); /*proto*/
 static CYTHON_INLINE size_t __pyx_f_5wsmem_6_arena__round_up(size_t, size_t); /*proto*/
 static struct __pyx_t_5wsmem_6_arena_Block *__pyx_f_5wsmem_6_arena__block_new(struct __pyx_t_5wsmem_6_arena_ArenaState *, size_t, int, struct __pyx_obj_5wsmem_6_arena_Arena *); /*proto*/
@@ -3166,7 +3168,7 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
     PyObject *__pyx_tuple[1];
     PyObject *__pyx_codeobj_tab[5];
-    PyObject *__pyx_string_tab[128];
+    PyObject *__pyx_string_tab[130];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
 #if CYTHON_COMPILING_IN_LIMITED_API
@@ -3222,127 +3224,129 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_GiB __pyx_string_tab[4]
 #define __pyx_kp_u_KiB __pyx_string_tab[5]
 #define __pyx_kp_u_MiB __pyx_string_tab[6]
-#define __pyx_kp_u_belongs_to_thread __pyx_string_tab[7]
-#define __pyx_kp_u_block_2 __pyx_string_tab[8]
-#define __pyx_kp_u_bytes_larger_than_any_address_s __pyx_string_tab[9]
-#define __pyx_kp_u_for_a __pyx_string_tab[10]
-#define __pyx_kp_u_is_full __pyx_string_tab[11]
-#define __pyx_kp_u_left_of __pyx_string_tab[12]
-#define __pyx_kp_u_more_would_exceed_max_size __pyx_string_tab[13]
-#define __pyx_kp_u_requested __pyx_string_tab[14]
-#define __pyx_kp_u_spilled_this_cycle_Raise_max_si __pyx_string_tab[15]
-#define __pyx_kp_u_tree_fragment __pyx_string_tab[16]
-#define __pyx_kp_u_Free_memory_lower_max_size_init __pyx_string_tab[17]
-#define __pyx_kp_u_Workspaces_are_per_thread_creat __pyx_string_tab[18]
-#define __pyx_kp_u_not_to_this_thread __pyx_string_tab[19]
-#define __pyx_kp_u__5 __pyx_string_tab[20]
-#define __pyx_kp_u_1f __pyx_string_tab[21]
-#define __pyx_kp_u_2f __pyx_string_tab[22]
-#define __pyx_kp_u_mmap_2 __pyx_string_tab[23]
-#define __pyx_kp_u__4 __pyx_string_tab[24]
-#define __pyx_kp_u_the_system_refused __pyx_string_tab[25]
-#define __pyx_kp_u__2 __pyx_string_tab[26]
-#define __pyx_kp_u_None __pyx_string_tab[27]
-#define __pyx_kp_u_cannot_allocate __pyx_string_tab[28]
-#define __pyx_kp_u_disable __pyx_string_tab[29]
-#define __pyx_kp_u_enable __pyx_string_tab[30]
-#define __pyx_kp_u_gc __pyx_string_tab[31]
-#define __pyx_kp_u_isenabled __pyx_string_tab[32]
-#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[33]
-#define __pyx_kp_u_pyx_wsmem__arena_pyx __pyx_string_tab[34]
-#define __pyx_kp_u_workspace __pyx_string_tab[35]
-#define __pyx_kp_u_wsmem __pyx_string_tab[36]
-#define __pyx_kp_u_wsmem_out_of_memory_for_a_block __pyx_string_tab[37]
-#define __pyx_kp_u_wsmem_out_of_memory_for_a_pin_re __pyx_string_tab[38]
-#define __pyx_kp_u_wsmem_out_of_memory_for_a_worksp __pyx_string_tab[39]
-#define __pyx_kp_u_wsmem_out_of_memory_for_the_hole __pyx_string_tab[40]
-#define __pyx_kp_u_wsmem_out_of_memory_while_listin __pyx_string_tab[41]
-#define __pyx_n_u_Arena __pyx_string_tab[42]
-#define __pyx_n_u_Arena___reduce_cython __pyx_string_tab[43]
-#define __pyx_n_u_Arena___setstate_cython __pyx_string_tab[44]
-#define __pyx_n_u_Arena__live_pins __pyx_string_tab[45]
-#define __pyx_n_u_Arena__stats_or_none __pyx_string_tab[46]
-#define __pyx_n_u_WorkspaceError __pyx_string_tab[47]
-#define __pyx_n_u_WorkspaceOverflowError __pyx_string_tab[48]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[49]
-#define __pyx_n_u_annotate __pyx_string_tab[50]
-#define __pyx_n_u_func __pyx_string_tab[51]
-#define __pyx_n_u_getstate __pyx_string_tab[52]
-#define __pyx_n_u_main __pyx_string_tab[53]
-#define __pyx_n_u_module __pyx_string_tab[54]
-#define __pyx_n_u_name __pyx_string_tab[55]
-#define __pyx_n_u_pyx_capi __pyx_string_tab[56]
-#define __pyx_n_u_pyx_state __pyx_string_tab[57]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[58]
-#define __pyx_n_u_qualname __pyx_string_tab[59]
-#define __pyx_n_u_reduce __pyx_string_tab[60]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[61]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[62]
-#define __pyx_n_u_set_name __pyx_string_tab[63]
-#define __pyx_n_u_setstate __pyx_string_tab[64]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[65]
-#define __pyx_n_u_test __pyx_string_tab[66]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[67]
-#define __pyx_n_u_live_pins __pyx_string_tab[68]
-#define __pyx_n_u_nbytes_str __pyx_string_tab[69]
-#define __pyx_n_u_stats_or_none __pyx_string_tab[70]
-#define __pyx_n_u_allocation __pyx_string_tab[71]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[72]
-#define __pyx_n_u_b __pyx_string_tab[73]
-#define __pyx_n_u_block __pyx_string_tab[74]
-#define __pyx_n_u_block_left __pyx_string_tab[75]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[76]
-#define __pyx_n_u_close __pyx_string_tab[77]
-#define __pyx_n_u_cycles_before_init __pyx_string_tab[78]
-#define __pyx_n_u_device __pyx_string_tab[79]
-#define __pyx_n_u_effective_alignment __pyx_string_tab[80]
-#define __pyx_n_u_endofbuffer_reached __pyx_string_tab[81]
-#define __pyx_n_u_external __pyx_string_tab[82]
-#define __pyx_n_u_fail __pyx_string_tab[83]
-#define __pyx_n_u_first_loop __pyx_string_tab[84]
-#define __pyx_n_u_fsencode __pyx_string_tab[85]
-#define __pyx_n_u_host __pyx_string_tab[86]
-#define __pyx_n_u_initial_size __pyx_string_tab[87]
-#define __pyx_n_u_items __pyx_string_tab[88]
-#define __pyx_n_u_learning __pyx_string_tab[89]
-#define __pyx_n_u_location __pyx_string_tab[90]
-#define __pyx_n_u_max_size __pyx_string_tab[91]
-#define __pyx_n_u_min_size __pyx_string_tab[92]
-#define __pyx_n_u_mkstemp __pyx_string_tab[93]
-#define __pyx_n_u_mmap __pyx_string_tab[94]
-#define __pyx_n_u_mmap_path __pyx_string_tab[95]
-#define __pyx_n_u_n __pyx_string_tab[96]
-#define __pyx_n_u_none __pyx_string_tab[97]
-#define __pyx_n_u_os __pyx_string_tab[98]
-#define __pyx_n_u_out __pyx_string_tab[99]
-#define __pyx_n_u_over_time __pyx_string_tab[100]
-#define __pyx_n_u_overallocate __pyx_string_tab[101]
-#define __pyx_n_u_overallocation_limit __pyx_string_tab[102]
-#define __pyx_n_u_p __pyx_string_tab[103]
-#define __pyx_n_u_pinned __pyx_string_tab[104]
-#define __pyx_n_u_pop __pyx_string_tab[105]
-#define __pyx_n_u_prefix __pyx_string_tab[106]
-#define __pyx_n_u_reallocate __pyx_string_tab[107]
-#define __pyx_n_u_reset __pyx_string_tab[108]
-#define __pyx_n_u_self __pyx_string_tab[109]
-#define __pyx_n_u_setdefault __pyx_string_tab[110]
-#define __pyx_n_u_spill __pyx_string_tab[111]
-#define __pyx_n_u_stats __pyx_string_tab[112]
-#define __pyx_n_u_strict __pyx_string_tab[113]
-#define __pyx_n_u_suffix __pyx_string_tab[114]
-#define __pyx_n_u_tempfile __pyx_string_tab[115]
-#define __pyx_n_u_unlink __pyx_string_tab[116]
-#define __pyx_n_u_value __pyx_string_tab[117]
-#define __pyx_n_u_values __pyx_string_tab[118]
-#define __pyx_n_u_wsmem__arena __pyx_string_tab[119]
-#define __pyx_n_u_wsmem__errors __pyx_string_tab[120]
-#define __pyx_kp_b_PyObject_void_char_struct___pyx __pyx_string_tab[121]
-#define __pyx_kp_b_int_struct___pyx_t_5wsmem_6_page __pyx_string_tab[122]
-#define __pyx_kp_b_size_t_HUGE_PAGE_HUGE_THRESHOLD __pyx_string_tab[123]
-#define __pyx_kp_b_iso88591_r_1_r_r_Q_r_Bd_r_Q_r_E_q_2Qb_V1 __pyx_string_tab[124]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[125]
-#define __pyx_kp_b_iso88591_A_4vQ_1 __pyx_string_tab[126]
-#define __pyx_kp_b_iso88591_A_F_a_b_1_Cq_7_AT_1E_xq_AQ_q __pyx_string_tab[127]
+#define __pyx_kp_u_and_cannot_be_resized_Create_th __pyx_string_tab[7]
+#define __pyx_kp_u_belongs_to_thread __pyx_string_tab[8]
+#define __pyx_kp_u_block_2 __pyx_string_tab[9]
+#define __pyx_kp_u_bytes_larger_than_any_address_s __pyx_string_tab[10]
+#define __pyx_kp_u_for_a __pyx_string_tab[11]
+#define __pyx_kp_u_is_file_backed_location_mmap_it __pyx_string_tab[12]
+#define __pyx_kp_u_is_full __pyx_string_tab[13]
+#define __pyx_kp_u_left_of __pyx_string_tab[14]
+#define __pyx_kp_u_more_would_exceed_max_size __pyx_string_tab[15]
+#define __pyx_kp_u_requested __pyx_string_tab[16]
+#define __pyx_kp_u_spilled_this_cycle_Raise_max_si __pyx_string_tab[17]
+#define __pyx_kp_u_tree_fragment __pyx_string_tab[18]
+#define __pyx_kp_u_Free_memory_lower_max_size_init __pyx_string_tab[19]
+#define __pyx_kp_u_Workspaces_are_per_thread_creat __pyx_string_tab[20]
+#define __pyx_kp_u_not_to_this_thread __pyx_string_tab[21]
+#define __pyx_kp_u__5 __pyx_string_tab[22]
+#define __pyx_kp_u_1f __pyx_string_tab[23]
+#define __pyx_kp_u_2f __pyx_string_tab[24]
+#define __pyx_kp_u_mmap_2 __pyx_string_tab[25]
+#define __pyx_kp_u__4 __pyx_string_tab[26]
+#define __pyx_kp_u_the_system_refused __pyx_string_tab[27]
+#define __pyx_kp_u__2 __pyx_string_tab[28]
+#define __pyx_kp_u_None __pyx_string_tab[29]
+#define __pyx_kp_u_cannot_allocate __pyx_string_tab[30]
+#define __pyx_kp_u_disable __pyx_string_tab[31]
+#define __pyx_kp_u_enable __pyx_string_tab[32]
+#define __pyx_kp_u_gc __pyx_string_tab[33]
+#define __pyx_kp_u_isenabled __pyx_string_tab[34]
+#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[35]
+#define __pyx_kp_u_pyx_wsmem__arena_pyx __pyx_string_tab[36]
+#define __pyx_kp_u_workspace __pyx_string_tab[37]
+#define __pyx_kp_u_wsmem __pyx_string_tab[38]
+#define __pyx_kp_u_wsmem_out_of_memory_for_a_block __pyx_string_tab[39]
+#define __pyx_kp_u_wsmem_out_of_memory_for_a_pin_re __pyx_string_tab[40]
+#define __pyx_kp_u_wsmem_out_of_memory_for_a_worksp __pyx_string_tab[41]
+#define __pyx_kp_u_wsmem_out_of_memory_for_the_hole __pyx_string_tab[42]
+#define __pyx_kp_u_wsmem_out_of_memory_while_listin __pyx_string_tab[43]
+#define __pyx_n_u_Arena __pyx_string_tab[44]
+#define __pyx_n_u_Arena___reduce_cython __pyx_string_tab[45]
+#define __pyx_n_u_Arena___setstate_cython __pyx_string_tab[46]
+#define __pyx_n_u_Arena__live_pins __pyx_string_tab[47]
+#define __pyx_n_u_Arena__stats_or_none __pyx_string_tab[48]
+#define __pyx_n_u_WorkspaceError __pyx_string_tab[49]
+#define __pyx_n_u_WorkspaceOverflowError __pyx_string_tab[50]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[51]
+#define __pyx_n_u_annotate __pyx_string_tab[52]
+#define __pyx_n_u_func __pyx_string_tab[53]
+#define __pyx_n_u_getstate __pyx_string_tab[54]
+#define __pyx_n_u_main __pyx_string_tab[55]
+#define __pyx_n_u_module __pyx_string_tab[56]
+#define __pyx_n_u_name __pyx_string_tab[57]
+#define __pyx_n_u_pyx_capi __pyx_string_tab[58]
+#define __pyx_n_u_pyx_state __pyx_string_tab[59]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[60]
+#define __pyx_n_u_qualname __pyx_string_tab[61]
+#define __pyx_n_u_reduce __pyx_string_tab[62]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[63]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[64]
+#define __pyx_n_u_set_name __pyx_string_tab[65]
+#define __pyx_n_u_setstate __pyx_string_tab[66]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[67]
+#define __pyx_n_u_test __pyx_string_tab[68]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[69]
+#define __pyx_n_u_live_pins __pyx_string_tab[70]
+#define __pyx_n_u_nbytes_str __pyx_string_tab[71]
+#define __pyx_n_u_stats_or_none __pyx_string_tab[72]
+#define __pyx_n_u_allocation __pyx_string_tab[73]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[74]
+#define __pyx_n_u_b __pyx_string_tab[75]
+#define __pyx_n_u_block __pyx_string_tab[76]
+#define __pyx_n_u_block_left __pyx_string_tab[77]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[78]
+#define __pyx_n_u_close __pyx_string_tab[79]
+#define __pyx_n_u_cycles_before_init __pyx_string_tab[80]
+#define __pyx_n_u_device __pyx_string_tab[81]
+#define __pyx_n_u_effective_alignment __pyx_string_tab[82]
+#define __pyx_n_u_endofbuffer_reached __pyx_string_tab[83]
+#define __pyx_n_u_external __pyx_string_tab[84]
+#define __pyx_n_u_fail __pyx_string_tab[85]
+#define __pyx_n_u_first_loop __pyx_string_tab[86]
+#define __pyx_n_u_fsencode __pyx_string_tab[87]
+#define __pyx_n_u_host __pyx_string_tab[88]
+#define __pyx_n_u_initial_size __pyx_string_tab[89]
+#define __pyx_n_u_items __pyx_string_tab[90]
+#define __pyx_n_u_learning __pyx_string_tab[91]
+#define __pyx_n_u_location __pyx_string_tab[92]
+#define __pyx_n_u_max_size __pyx_string_tab[93]
+#define __pyx_n_u_min_size __pyx_string_tab[94]
+#define __pyx_n_u_mkstemp __pyx_string_tab[95]
+#define __pyx_n_u_mmap __pyx_string_tab[96]
+#define __pyx_n_u_mmap_path __pyx_string_tab[97]
+#define __pyx_n_u_n __pyx_string_tab[98]
+#define __pyx_n_u_none __pyx_string_tab[99]
+#define __pyx_n_u_os __pyx_string_tab[100]
+#define __pyx_n_u_out __pyx_string_tab[101]
+#define __pyx_n_u_over_time __pyx_string_tab[102]
+#define __pyx_n_u_overallocate __pyx_string_tab[103]
+#define __pyx_n_u_overallocation_limit __pyx_string_tab[104]
+#define __pyx_n_u_p __pyx_string_tab[105]
+#define __pyx_n_u_pinned __pyx_string_tab[106]
+#define __pyx_n_u_pop __pyx_string_tab[107]
+#define __pyx_n_u_prefix __pyx_string_tab[108]
+#define __pyx_n_u_reallocate __pyx_string_tab[109]
+#define __pyx_n_u_reset __pyx_string_tab[110]
+#define __pyx_n_u_self __pyx_string_tab[111]
+#define __pyx_n_u_setdefault __pyx_string_tab[112]
+#define __pyx_n_u_spill __pyx_string_tab[113]
+#define __pyx_n_u_stats __pyx_string_tab[114]
+#define __pyx_n_u_strict __pyx_string_tab[115]
+#define __pyx_n_u_suffix __pyx_string_tab[116]
+#define __pyx_n_u_tempfile __pyx_string_tab[117]
+#define __pyx_n_u_unlink __pyx_string_tab[118]
+#define __pyx_n_u_value __pyx_string_tab[119]
+#define __pyx_n_u_values __pyx_string_tab[120]
+#define __pyx_n_u_wsmem__arena __pyx_string_tab[121]
+#define __pyx_n_u_wsmem__errors __pyx_string_tab[122]
+#define __pyx_kp_b_PyObject_void_char_struct___pyx __pyx_string_tab[123]
+#define __pyx_kp_b_int_struct___pyx_t_5wsmem_6_page __pyx_string_tab[124]
+#define __pyx_kp_b_size_t_HUGE_PAGE_HUGE_THRESHOLD __pyx_string_tab[125]
+#define __pyx_kp_b_iso88591_r_1_r_r_Q_r_Bd_r_Q_r_E_q_2Qb_V1 __pyx_string_tab[126]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[127]
+#define __pyx_kp_b_iso88591_A_4vQ_1 __pyx_string_tab[128]
+#define __pyx_kp_b_iso88591_A_F_a_b_1_Cq_7_AT_1E_xq_AQ_q __pyx_string_tab[129]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
 static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
@@ -3365,7 +3369,7 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
   for (int i=0; i<5; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<128; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<130; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
 Py_CLEAR(clear_module_state->__pyx_CommonTypesMetaclassType);
@@ -3396,7 +3400,7 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
   for (int i=0; i<5; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<128; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<130; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
 Py_VISIT(traverse_module_state->__pyx_CommonTypesMetaclassType);
@@ -3428,7 +3432,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5ws
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:
  *     return a.generation == gen and a.depth > 0 and not a.destroyed             # <<<<<<<<<<<<<<
  * 
- * cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
+ * # Pin [lo, hi) of `block` into a caller-owned record (no allocation); undo
 */
   __pyx_t_2 = (__pyx_v_a->generation == __pyx_v_gen);
 
@@ -4848,106 +4852,46 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
 /* "wsmem/_arena.pyx":142
  * # ---------------------------------------------------------------- pins
  * 
- * cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,             # <<<<<<<<<<<<<<
- *                      object owner) except NULL:
- *     """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until released."""
+ * cdef void pin_init(Pin* p, Block* block, char* lo, char* hi, unsigned long long generation,             # <<<<<<<<<<<<<<
+ *                    object owner) noexcept:
+ *     """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until pin_fini."""
 */
 
-static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_block, char *__pyx_v_lo, char *__pyx_v_hi, unsigned PY_LONG_LONG __pyx_v_generation, PyObject *__pyx_v_owner) {
-  struct __pyx_t_5wsmem_6_arena_Pin *__pyx_v_p;
+static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *__pyx_v_p, struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_block, char *__pyx_v_lo, char *__pyx_v_hi, unsigned PY_LONG_LONG __pyx_v_generation, PyObject *__pyx_v_owner) {
   size_t __pyx_v_off_lo;
   size_t __pyx_v_off_hi;
-  struct __pyx_t_5wsmem_6_arena_Pin *__pyx_r;
-  __Pyx_RefNannyDeclarations
-  int __pyx_t_1;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  size_t __pyx_t_4;
-  struct __pyx_t_5wsmem_6_arena_Pin *__pyx_t_5;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("pin_create", 0);
+  struct __pyx_t_5wsmem_6_arena_Pin *__pyx_t_1;
+  int __pyx_t_2;
 
   /* "wsmem/_arena.pyx":145
- *                      object owner) except NULL:
- *     """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until released."""
- *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))             # <<<<<<<<<<<<<<
- *     cdef size_t off_lo, off_hi
- *     if p == NULL:
-*/
-  __pyx_v_p = ((struct __pyx_t_5wsmem_6_arena_Pin *)malloc((sizeof(struct __pyx_t_5wsmem_6_arena_Pin))));
-
-  /* "wsmem/_arena.pyx":147
- *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
- *     cdef size_t off_lo, off_hi
- *     if p == NULL:             # <<<<<<<<<<<<<<
- *         raise MemoryError("wsmem: out of memory for a pin record")
- *     off_lo = <size_t>(lo - block.region.ptr)
-*/
-  __pyx_t_1 = (__pyx_v_p == NULL);
-
-  if (unlikely(__pyx_t_1)) {
-
-
-    /* "wsmem/_arena.pyx":148
- *     cdef size_t off_lo, off_hi
- *     if p == NULL:
- *         raise MemoryError("wsmem: out of memory for a pin record")             # <<<<<<<<<<<<<<
- *     off_lo = <size_t>(lo - block.region.ptr)
- *     off_hi = <size_t>(hi - block.region.ptr)
-*/
-    __pyx_t_3 = NULL;
-    __pyx_t_4 = 1;
-    {
-      PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_for_a_pin_re};
-      __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 148, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_2);
-    }
-    __Pyx_Raise(__pyx_t_2, 0, 0, 0);
-    __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 148, __pyx_L1_error)
-
-    /* "wsmem/_arena.pyx":147
- *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
- *     cdef size_t off_lo, off_hi
- *     if p == NULL:             # <<<<<<<<<<<<<<
- *         raise MemoryError("wsmem: out of memory for a pin record")
- *     off_lo = <size_t>(lo - block.region.ptr)
-*/
-  }
-
-  /* "wsmem/_arena.pyx":149
- *     if p == NULL:
- *         raise MemoryError("wsmem: out of memory for a pin record")
- *     off_lo = <size_t>(lo - block.region.ptr)             # <<<<<<<<<<<<<<
- *     off_hi = <size_t>(hi - block.region.ptr)
+ *                    object owner) noexcept:
+ *     """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until pin_fini."""
+ *     cdef size_t off_lo = <size_t>(lo - block.region.ptr)             # <<<<<<<<<<<<<<
+ *     cdef size_t off_hi = <size_t>(hi - block.region.ptr)
  *     p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT
 */
   __pyx_v_off_lo = ((size_t)(__pyx_v_lo - __pyx_v_block->region.ptr));
 
-  /* "wsmem/_arena.pyx":150
- *         raise MemoryError("wsmem: out of memory for a pin record")
- *     off_lo = <size_t>(lo - block.region.ptr)
- *     off_hi = <size_t>(hi - block.region.ptr)             # <<<<<<<<<<<<<<
+  /* "wsmem/_arena.pyx":146
+ *     """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until pin_fini."""
+ *     cdef size_t off_lo = <size_t>(lo - block.region.ptr)
+ *     cdef size_t off_hi = <size_t>(hi - block.region.ptr)             # <<<<<<<<<<<<<<
  *     p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT
  *     p.hi = _round_up(off_hi, LINE)
 */
   __pyx_v_off_hi = ((size_t)(__pyx_v_hi - __pyx_v_block->region.ptr));
 
-  /* "wsmem/_arena.pyx":151
- *     off_lo = <size_t>(lo - block.region.ptr)
- *     off_hi = <size_t>(hi - block.region.ptr)
+  /* "wsmem/_arena.pyx":147
+ *     cdef size_t off_lo = <size_t>(lo - block.region.ptr)
+ *     cdef size_t off_hi = <size_t>(hi - block.region.ptr)
  *     p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT             # <<<<<<<<<<<<<<
  *     p.hi = _round_up(off_hi, LINE)
  *     p.block = block
 */
   __pyx_v_p->lo = ((__pyx_v_off_lo >> __pyx_e_5wsmem_6_arena_LINE_SHIFT) << __pyx_e_5wsmem_6_arena_LINE_SHIFT);
 
-  /* "wsmem/_arena.pyx":152
- *     off_hi = <size_t>(hi - block.region.ptr)
+  /* "wsmem/_arena.pyx":148
+ *     cdef size_t off_hi = <size_t>(hi - block.region.ptr)
  *     p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT
  *     p.hi = _round_up(off_hi, LINE)             # <<<<<<<<<<<<<<
  *     p.block = block
@@ -4955,7 +4899,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   __pyx_v_p->hi = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_off_hi, __pyx_e_5wsmem_6_arena_LINE);
 
-  /* "wsmem/_arena.pyx":153
+  /* "wsmem/_arena.pyx":149
  *     p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT
  *     p.hi = _round_up(off_hi, LINE)
  *     p.block = block             # <<<<<<<<<<<<<<
@@ -4964,7 +4908,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   __pyx_v_p->block = __pyx_v_block;
 
-  /* "wsmem/_arena.pyx":154
+  /* "wsmem/_arena.pyx":150
  *     p.hi = _round_up(off_hi, LINE)
  *     p.block = block
  *     p.generation = generation             # <<<<<<<<<<<<<<
@@ -4973,7 +4917,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   __pyx_v_p->generation = __pyx_v_generation;
 
-  /* "wsmem/_arena.pyx":155
+  /* "wsmem/_arena.pyx":151
  *     p.block = block
  *     p.generation = generation
  *     p.owner = <PyObject*>owner             # <<<<<<<<<<<<<<
@@ -4982,7 +4926,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   __pyx_v_p->owner = ((PyObject *)__pyx_v_owner);
 
-  /* "wsmem/_arena.pyx":156
+  /* "wsmem/_arena.pyx":152
  *     p.generation = generation
  *     p.owner = <PyObject*>owner
  *     Py_INCREF(owner)             # <<<<<<<<<<<<<<
@@ -4991,7 +4935,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   Py_INCREF(__pyx_v_owner);
 
-  /* "wsmem/_arena.pyx":157
+  /* "wsmem/_arena.pyx":153
  *     p.owner = <PyObject*>owner
  *     Py_INCREF(owner)
  *     p.prev = NULL             # <<<<<<<<<<<<<<
@@ -5000,30 +4944,30 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   __pyx_v_p->prev = NULL;
 
-  /* "wsmem/_arena.pyx":158
+  /* "wsmem/_arena.pyx":154
  *     Py_INCREF(owner)
  *     p.prev = NULL
  *     p.next = block.pins             # <<<<<<<<<<<<<<
  *     if block.pins != NULL:
  *         block.pins.prev = p
 */
-  __pyx_t_5 = __pyx_v_block->pins;
+  __pyx_t_1 = __pyx_v_block->pins;
 
-  __pyx_v_p->next = __pyx_t_5;
+  __pyx_v_p->next = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":159
+  /* "wsmem/_arena.pyx":155
  *     p.prev = NULL
  *     p.next = block.pins
  *     if block.pins != NULL:             # <<<<<<<<<<<<<<
  *         block.pins.prev = p
  *     block.pins = p
 */
-  __pyx_t_1 = (__pyx_v_block->pins != NULL);
+  __pyx_t_2 = (__pyx_v_block->pins != NULL);
 
-  if (__pyx_t_1) {
+  if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":160
+    /* "wsmem/_arena.pyx":156
  *     p.next = block.pins
  *     if block.pins != NULL:
  *         block.pins.prev = p             # <<<<<<<<<<<<<<
@@ -5032,7 +4976,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
     __pyx_v_block->pins->prev = __pyx_v_p;
 
-    /* "wsmem/_arena.pyx":159
+    /* "wsmem/_arena.pyx":155
  *     p.prev = NULL
  *     p.next = block.pins
  *     if block.pins != NULL:             # <<<<<<<<<<<<<<
@@ -5041,7 +4985,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   }
 
-  /* "wsmem/_arena.pyx":161
+  /* "wsmem/_arena.pyx":157
  *     if block.pins != NULL:
  *         block.pins.prev = p
  *     block.pins = p             # <<<<<<<<<<<<<<
@@ -5050,69 +4994,47 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   __pyx_v_block->pins = __pyx_v_p;
 
-  /* "wsmem/_arena.pyx":162
+  /* "wsmem/_arena.pyx":158
  *         block.pins.prev = p
  *     block.pins = p
  *     block.n_pins += 1             # <<<<<<<<<<<<<<
  *     block.refs += 1
- *     return p
+ * 
 */
   __pyx_v_block->n_pins = (__pyx_v_block->n_pins + 1);
 
-  /* "wsmem/_arena.pyx":163
+  /* "wsmem/_arena.pyx":159
  *     block.pins = p
  *     block.n_pins += 1
  *     block.refs += 1             # <<<<<<<<<<<<<<
- *     return p
+ * 
  * 
 */
   __pyx_v_block->refs = (__pyx_v_block->refs + 1);
 
-  /* "wsmem/_arena.pyx":164
- *     block.n_pins += 1
- *     block.refs += 1
- *     return p             # <<<<<<<<<<<<<<
- * 
- * 
-*/
-  {
-
-    __pyx_r = __pyx_v_p;
-  }
-  goto __pyx_L0;
-
   /* "wsmem/_arena.pyx":142
  * # ---------------------------------------------------------------- pins
  * 
- * cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,             # <<<<<<<<<<<<<<
- *                      object owner) except NULL:
- *     """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until released."""
+ * cdef void pin_init(Pin* p, Block* block, char* lo, char* hi, unsigned long long generation,             # <<<<<<<<<<<<<<
+ *                    object owner) noexcept:
+ *     """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until pin_fini."""
 */
 
   /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_AddTraceback("wsmem._arena.pin_create", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
 
 
 
-
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":167
+/* "wsmem/_arena.pyx":162
  * 
  * 
- * cdef void pin_release(Pin* p) noexcept:             # <<<<<<<<<<<<<<
- *     """Release a pin (GIL held).  The owner is released last: it may be the
+ * cdef void pin_fini(Pin* p) noexcept:             # <<<<<<<<<<<<<<
+ *     """Undo pin_init (GIL held).  The owner is released last: it may be the
  *     only reference keeping the arena alive."""
 */
 
-static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin *__pyx_v_p) {
+static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *__pyx_v_p) {
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_b;
   PyObject *__pyx_v_owner;
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_1;
@@ -5120,31 +5042,63 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
   int __pyx_t_3;
   struct __pyx_t_5wsmem_6_arena_Pin *__pyx_t_4;
 
-  /* "wsmem/_arena.pyx":170
- *     """Release a pin (GIL held).  The owner is released last: it may be the
+  /* "wsmem/_arena.pyx":165
+ *     """Undo pin_init (GIL held).  The owner is released last: it may be the
  *     only reference keeping the arena alive."""
  *     cdef Block* b = p.block             # <<<<<<<<<<<<<<
  *     cdef PyObject* owner = p.owner
- *     if p.prev != NULL:
+ *     if b == NULL:
 */
   __pyx_t_1 = __pyx_v_p->block;
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":171
+  /* "wsmem/_arena.pyx":166
  *     only reference keeping the arena alive."""
  *     cdef Block* b = p.block
  *     cdef PyObject* owner = p.owner             # <<<<<<<<<<<<<<
- *     if p.prev != NULL:
- *         p.prev.next = p.next
+ *     if b == NULL:
+ *         return
 */
   __pyx_t_2 = __pyx_v_p->owner;
 
   __pyx_v_owner = __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":172
+  /* "wsmem/_arena.pyx":167
  *     cdef Block* b = p.block
  *     cdef PyObject* owner = p.owner
+ *     if b == NULL:             # <<<<<<<<<<<<<<
+ *         return
+ *     if p.prev != NULL:
+*/
+  __pyx_t_3 = (__pyx_v_b == NULL);
+
+  if (__pyx_t_3) {
+
+
+    /* "wsmem/_arena.pyx":168
+ *     cdef PyObject* owner = p.owner
+ *     if b == NULL:
+ *         return             # <<<<<<<<<<<<<<
+ *     if p.prev != NULL:
+ *         p.prev.next = p.next
+*/
+    {
+    }
+    goto __pyx_L0;
+
+    /* "wsmem/_arena.pyx":167
+ *     cdef Block* b = p.block
+ *     cdef PyObject* owner = p.owner
+ *     if b == NULL:             # <<<<<<<<<<<<<<
+ *         return
+ *     if p.prev != NULL:
+*/
+  }
+
+  /* "wsmem/_arena.pyx":169
+ *     if b == NULL:
+ *         return
  *     if p.prev != NULL:             # <<<<<<<<<<<<<<
  *         p.prev.next = p.next
  *     else:
@@ -5154,8 +5108,8 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_arena.pyx":173
- *     cdef PyObject* owner = p.owner
+    /* "wsmem/_arena.pyx":170
+ *         return
  *     if p.prev != NULL:
  *         p.prev.next = p.next             # <<<<<<<<<<<<<<
  *     else:
@@ -5165,17 +5119,17 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
 
     __pyx_v_p->prev->next = __pyx_t_4;
 
-    /* "wsmem/_arena.pyx":172
- *     cdef Block* b = p.block
- *     cdef PyObject* owner = p.owner
+    /* "wsmem/_arena.pyx":169
+ *     if b == NULL:
+ *         return
  *     if p.prev != NULL:             # <<<<<<<<<<<<<<
  *         p.prev.next = p.next
  *     else:
 */
-    goto __pyx_L3;
+    goto __pyx_L4;
   }
 
-  /* "wsmem/_arena.pyx":175
+  /* "wsmem/_arena.pyx":172
  *         p.prev.next = p.next
  *     else:
  *         b.pins = p.next             # <<<<<<<<<<<<<<
@@ -5187,9 +5141,9 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
 
     __pyx_v_b->pins = __pyx_t_4;
   }
-  __pyx_L3:;
+  __pyx_L4:;
 
-  /* "wsmem/_arena.pyx":176
+  /* "wsmem/_arena.pyx":173
  *     else:
  *         b.pins = p.next
  *     if p.next != NULL:             # <<<<<<<<<<<<<<
@@ -5201,18 +5155,18 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_arena.pyx":177
+    /* "wsmem/_arena.pyx":174
  *         b.pins = p.next
  *     if p.next != NULL:
  *         p.next.prev = p.prev             # <<<<<<<<<<<<<<
  *     b.n_pins -= 1
- *     free(p)
+ *     p.block = NULL
 */
     __pyx_t_4 = __pyx_v_p->prev;
 
     __pyx_v_p->next->prev = __pyx_t_4;
 
-    /* "wsmem/_arena.pyx":176
+    /* "wsmem/_arena.pyx":173
  *     else:
  *         b.pins = p.next
  *     if p.next != NULL:             # <<<<<<<<<<<<<<
@@ -5221,35 +5175,44 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
 */
   }
 
-  /* "wsmem/_arena.pyx":178
+  /* "wsmem/_arena.pyx":175
  *     if p.next != NULL:
  *         p.next.prev = p.prev
  *     b.n_pins -= 1             # <<<<<<<<<<<<<<
- *     free(p)
- *     _block_decref(b)
+ *     p.block = NULL
+ *     p.owner = NULL
 */
   __pyx_v_b->n_pins = (__pyx_v_b->n_pins - 1);
 
-  /* "wsmem/_arena.pyx":179
+  /* "wsmem/_arena.pyx":176
  *         p.next.prev = p.prev
  *     b.n_pins -= 1
- *     free(p)             # <<<<<<<<<<<<<<
+ *     p.block = NULL             # <<<<<<<<<<<<<<
+ *     p.owner = NULL
+ *     _block_decref(b)
+*/
+  __pyx_v_p->block = NULL;
+
+  /* "wsmem/_arena.pyx":177
+ *     b.n_pins -= 1
+ *     p.block = NULL
+ *     p.owner = NULL             # <<<<<<<<<<<<<<
  *     _block_decref(b)
  *     Py_XDECREF(owner)
 */
-  free(__pyx_v_p);
+  __pyx_v_p->owner = NULL;
 
-  /* "wsmem/_arena.pyx":180
- *     b.n_pins -= 1
- *     free(p)
+  /* "wsmem/_arena.pyx":178
+ *     p.block = NULL
+ *     p.owner = NULL
  *     _block_decref(b)             # <<<<<<<<<<<<<<
  *     Py_XDECREF(owner)
  * 
 */
   __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
 
-  /* "wsmem/_arena.pyx":181
- *     free(p)
+  /* "wsmem/_arena.pyx":179
+ *     p.owner = NULL
  *     _block_decref(b)
  *     Py_XDECREF(owner)             # <<<<<<<<<<<<<<
  * 
@@ -5257,21 +5220,208 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
 */
   Py_XDECREF(__pyx_v_owner);
 
-  /* "wsmem/_arena.pyx":167
+  /* "wsmem/_arena.pyx":162
  * 
  * 
- * cdef void pin_release(Pin* p) noexcept:             # <<<<<<<<<<<<<<
- *     """Release a pin (GIL held).  The owner is released last: it may be the
+ * cdef void pin_fini(Pin* p) noexcept:             # <<<<<<<<<<<<<<
+ *     """Undo pin_init (GIL held).  The owner is released last: it may be the
  *     only reference keeping the arena alive."""
 */
 
   /* function exit code */
+  __pyx_L0:;
 
 
 
 }
 
-/* "wsmem/_arena.pyx":184
+/* "wsmem/_arena.pyx":182
+ * 
+ * 
+ * cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,             # <<<<<<<<<<<<<<
+ *                      object owner) except NULL:
+ *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
+*/
+
+static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_block, char *__pyx_v_lo, char *__pyx_v_hi, unsigned PY_LONG_LONG __pyx_v_generation, PyObject *__pyx_v_owner) {
+  struct __pyx_t_5wsmem_6_arena_Pin *__pyx_v_p;
+  struct __pyx_t_5wsmem_6_arena_Pin *__pyx_r;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  size_t __pyx_t_4;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("pin_create", 0);
+
+  /* "wsmem/_arena.pyx":184
+ * cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
+ *                      object owner) except NULL:
+ *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))             # <<<<<<<<<<<<<<
+ *     if p == NULL:
+ *         raise MemoryError("wsmem: out of memory for a pin record")
+*/
+  __pyx_v_p = ((struct __pyx_t_5wsmem_6_arena_Pin *)malloc((sizeof(struct __pyx_t_5wsmem_6_arena_Pin))));
+
+  /* "wsmem/_arena.pyx":185
+ *                      object owner) except NULL:
+ *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
+ *     if p == NULL:             # <<<<<<<<<<<<<<
+ *         raise MemoryError("wsmem: out of memory for a pin record")
+ *     pin_init(p, block, lo, hi, generation, owner)
+*/
+  __pyx_t_1 = (__pyx_v_p == NULL);
+
+  if (unlikely(__pyx_t_1)) {
+
+
+    /* "wsmem/_arena.pyx":186
+ *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
+ *     if p == NULL:
+ *         raise MemoryError("wsmem: out of memory for a pin record")             # <<<<<<<<<<<<<<
+ *     pin_init(p, block, lo, hi, generation, owner)
+ *     return p
+*/
+    __pyx_t_3 = NULL;
+    __pyx_t_4 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_for_a_pin_re};
+      __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 186, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_2);
+    }
+    __Pyx_Raise(__pyx_t_2, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __PYX_ERR(0, 186, __pyx_L1_error)
+
+    /* "wsmem/_arena.pyx":185
+ *                      object owner) except NULL:
+ *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
+ *     if p == NULL:             # <<<<<<<<<<<<<<
+ *         raise MemoryError("wsmem: out of memory for a pin record")
+ *     pin_init(p, block, lo, hi, generation, owner)
+*/
+  }
+
+  /* "wsmem/_arena.pyx":187
+ *     if p == NULL:
+ *         raise MemoryError("wsmem: out of memory for a pin record")
+ *     pin_init(p, block, lo, hi, generation, owner)             # <<<<<<<<<<<<<<
+ *     return p
+ * 
+*/
+  __pyx_f_5wsmem_6_arena_pin_init(__pyx_v_p, __pyx_v_block, __pyx_v_lo, __pyx_v_hi, __pyx_v_generation, __pyx_v_owner);
+
+  /* "wsmem/_arena.pyx":188
+ *         raise MemoryError("wsmem: out of memory for a pin record")
+ *     pin_init(p, block, lo, hi, generation, owner)
+ *     return p             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  {
+
+    __pyx_r = __pyx_v_p;
+  }
+  goto __pyx_L0;
+
+  /* "wsmem/_arena.pyx":182
+ * 
+ * 
+ * cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,             # <<<<<<<<<<<<<<
+ *                      object owner) except NULL:
+ *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_AddTraceback("wsmem._arena.pin_create", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_arena.pyx":191
+ * 
+ * 
+ * cdef void pin_release(Pin* p) noexcept:             # <<<<<<<<<<<<<<
+ *     cdef PyObject* owner = p.owner
+ *     p.owner = NULL
+*/
+
+static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin *__pyx_v_p) {
+  PyObject *__pyx_v_owner;
+  PyObject *__pyx_t_1;
+
+  /* "wsmem/_arena.pyx":192
+ * 
+ * cdef void pin_release(Pin* p) noexcept:
+ *     cdef PyObject* owner = p.owner             # <<<<<<<<<<<<<<
+ *     p.owner = NULL
+ *     pin_fini(p)          # owner's reference is dropped below, after free(p)
+*/
+  __pyx_t_1 = __pyx_v_p->owner;
+
+  __pyx_v_owner = __pyx_t_1;
+
+  /* "wsmem/_arena.pyx":193
+ * cdef void pin_release(Pin* p) noexcept:
+ *     cdef PyObject* owner = p.owner
+ *     p.owner = NULL             # <<<<<<<<<<<<<<
+ *     pin_fini(p)          # owner's reference is dropped below, after free(p)
+ *     free(p)
+*/
+  __pyx_v_p->owner = NULL;
+
+  /* "wsmem/_arena.pyx":194
+ *     cdef PyObject* owner = p.owner
+ *     p.owner = NULL
+ *     pin_fini(p)          # owner's reference is dropped below, after free(p)             # <<<<<<<<<<<<<<
+ *     free(p)
+ *     Py_XDECREF(owner)
+*/
+  __pyx_f_5wsmem_6_arena_pin_fini(__pyx_v_p);
+
+  /* "wsmem/_arena.pyx":195
+ *     p.owner = NULL
+ *     pin_fini(p)          # owner's reference is dropped below, after free(p)
+ *     free(p)             # <<<<<<<<<<<<<<
+ *     Py_XDECREF(owner)
+ * 
+*/
+  free(__pyx_v_p);
+
+  /* "wsmem/_arena.pyx":196
+ *     pin_fini(p)          # owner's reference is dropped below, after free(p)
+ *     free(p)
+ *     Py_XDECREF(owner)             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  Py_XDECREF(__pyx_v_owner);
+
+  /* "wsmem/_arena.pyx":191
+ * 
+ * 
+ * cdef void pin_release(Pin* p) noexcept:             # <<<<<<<<<<<<<<
+ *     cdef PyObject* owner = p.owner
+ *     p.owner = NULL
+*/
+
+  /* function exit code */
+
+
+}
+
+/* "wsmem/_arena.pyx":199
  * 
  * 
  * cdef int _cmp_range(const void* a, const void* b) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5288,7 +5438,7 @@ static int __pyx_f_5wsmem_6_arena__cmp_range(void const *__pyx_v_a, void const *
   int __pyx_t_3;
   int __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":185
+  /* "wsmem/_arena.pyx":200
  * 
  * cdef int _cmp_range(const void* a, const void* b) noexcept nogil:
  *     cdef size_t x = (<size_t*>a)[0]             # <<<<<<<<<<<<<<
@@ -5297,7 +5447,7 @@ static int __pyx_f_5wsmem_6_arena__cmp_range(void const *__pyx_v_a, void const *
 */
   __pyx_v_x = (((size_t *)__pyx_v_a)[0]);
 
-  /* "wsmem/_arena.pyx":186
+  /* "wsmem/_arena.pyx":201
  * cdef int _cmp_range(const void* a, const void* b) noexcept nogil:
  *     cdef size_t x = (<size_t*>a)[0]
  *     cdef size_t y = (<size_t*>b)[0]             # <<<<<<<<<<<<<<
@@ -5306,7 +5456,7 @@ static int __pyx_f_5wsmem_6_arena__cmp_range(void const *__pyx_v_a, void const *
 */
   __pyx_v_y = (((size_t *)__pyx_v_b)[0]);
 
-  /* "wsmem/_arena.pyx":187
+  /* "wsmem/_arena.pyx":202
  *     cdef size_t x = (<size_t*>a)[0]
  *     cdef size_t y = (<size_t*>b)[0]
  *     return -1 if x < y else (1 if x > y else 0)             # <<<<<<<<<<<<<<
@@ -5337,7 +5487,7 @@ static int __pyx_f_5wsmem_6_arena__cmp_range(void const *__pyx_v_a, void const *
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":184
+  /* "wsmem/_arena.pyx":199
  * 
  * 
  * cdef int _cmp_range(const void* a, const void* b) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5352,7 +5502,7 @@ static int __pyx_f_5wsmem_6_arena__cmp_range(void const *__pyx_v_a, void const *
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":190
+/* "wsmem/_arena.pyx":205
  * 
  * 
  * cdef size_t _merged_ranges(Block* b, size_t** out) except? 0:             # <<<<<<<<<<<<<<
@@ -5380,7 +5530,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_merged_ranges", 0);
 
-  /* "wsmem/_arena.pyx":192
+  /* "wsmem/_arena.pyx":207
  * cdef size_t _merged_ranges(Block* b, size_t** out) except? 0:
  *     """Sorted, merged [lo, hi) pairs of the live pins of `b` (malloc'd in *out)."""
  *     cdef size_t n = 0, m = 0, i             # <<<<<<<<<<<<<<
@@ -5390,7 +5540,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   __pyx_v_n = 0;
   __pyx_v_m = 0;
 
-  /* "wsmem/_arena.pyx":193
+  /* "wsmem/_arena.pyx":208
  *     """Sorted, merged [lo, hi) pairs of the live pins of `b` (malloc'd in *out)."""
  *     cdef size_t n = 0, m = 0, i
  *     cdef Pin* p = b.pins             # <<<<<<<<<<<<<<
@@ -5401,7 +5551,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 
   __pyx_v_p = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":195
+  /* "wsmem/_arena.pyx":210
  *     cdef Pin* p = b.pins
  *     cdef size_t* r
  *     out[0] = NULL             # <<<<<<<<<<<<<<
@@ -5410,7 +5560,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   (__pyx_v_out[0]) = NULL;
 
-  /* "wsmem/_arena.pyx":196
+  /* "wsmem/_arena.pyx":211
  *     cdef size_t* r
  *     out[0] = NULL
  *     if b.n_pins == 0:             # <<<<<<<<<<<<<<
@@ -5422,7 +5572,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":197
+    /* "wsmem/_arena.pyx":212
  *     out[0] = NULL
  *     if b.n_pins == 0:
  *         return 0             # <<<<<<<<<<<<<<
@@ -5435,7 +5585,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":196
+    /* "wsmem/_arena.pyx":211
  *     cdef size_t* r
  *     out[0] = NULL
  *     if b.n_pins == 0:             # <<<<<<<<<<<<<<
@@ -5444,7 +5594,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   }
 
-  /* "wsmem/_arena.pyx":198
+  /* "wsmem/_arena.pyx":213
  *     if b.n_pins == 0:
  *         return 0
  *     r = <size_t*>malloc(2 * b.n_pins * sizeof(size_t))             # <<<<<<<<<<<<<<
@@ -5453,7 +5603,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   __pyx_v_r = ((size_t *)malloc(((2 * __pyx_v_b->n_pins) * (sizeof(size_t)))));
 
-  /* "wsmem/_arena.pyx":199
+  /* "wsmem/_arena.pyx":214
  *         return 0
  *     r = <size_t*>malloc(2 * b.n_pins * sizeof(size_t))
  *     if r == NULL:             # <<<<<<<<<<<<<<
@@ -5465,7 +5615,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_arena.pyx":200
+    /* "wsmem/_arena.pyx":215
  *     r = <size_t*>malloc(2 * b.n_pins * sizeof(size_t))
  *     if r == NULL:
  *         raise MemoryError("wsmem: out of memory while listing pins")             # <<<<<<<<<<<<<<
@@ -5478,14 +5628,14 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_while_listin};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 200, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 215, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 200, __pyx_L1_error)
+    __PYX_ERR(0, 215, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":199
+    /* "wsmem/_arena.pyx":214
  *         return 0
  *     r = <size_t*>malloc(2 * b.n_pins * sizeof(size_t))
  *     if r == NULL:             # <<<<<<<<<<<<<<
@@ -5494,7 +5644,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   }
 
-  /* "wsmem/_arena.pyx":201
+  /* "wsmem/_arena.pyx":216
  *     if r == NULL:
  *         raise MemoryError("wsmem: out of memory while listing pins")
  *     while p != NULL:             # <<<<<<<<<<<<<<
@@ -5507,7 +5657,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 
     if (!__pyx_t_2) break;
 
-    /* "wsmem/_arena.pyx":202
+    /* "wsmem/_arena.pyx":217
  *         raise MemoryError("wsmem: out of memory while listing pins")
  *     while p != NULL:
  *         r[2 * n] = p.lo             # <<<<<<<<<<<<<<
@@ -5519,7 +5669,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     (__pyx_v_r[(2 * __pyx_v_n)]) = __pyx_t_5;
 
 
-    /* "wsmem/_arena.pyx":203
+    /* "wsmem/_arena.pyx":218
  *     while p != NULL:
  *         r[2 * n] = p.lo
  *         r[2 * n + 1] = p.hi if p.hi < b.size else _round_up(b.size, LINE)             # <<<<<<<<<<<<<<
@@ -5539,7 +5689,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     (__pyx_v_r[((2 * __pyx_v_n) + 1)]) = __pyx_t_5;
 
 
-    /* "wsmem/_arena.pyx":204
+    /* "wsmem/_arena.pyx":219
  *         r[2 * n] = p.lo
  *         r[2 * n + 1] = p.hi if p.hi < b.size else _round_up(b.size, LINE)
  *         n += 1             # <<<<<<<<<<<<<<
@@ -5548,7 +5698,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
     __pyx_v_n = (__pyx_v_n + 1);
 
-    /* "wsmem/_arena.pyx":205
+    /* "wsmem/_arena.pyx":220
  *         r[2 * n + 1] = p.hi if p.hi < b.size else _round_up(b.size, LINE)
  *         n += 1
  *         p = p.next             # <<<<<<<<<<<<<<
@@ -5560,7 +5710,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     __pyx_v_p = __pyx_t_1;
   }
 
-  /* "wsmem/_arena.pyx":206
+  /* "wsmem/_arena.pyx":221
  *         n += 1
  *         p = p.next
  *     qsort(r, n, 2 * sizeof(size_t), _cmp_range)             # <<<<<<<<<<<<<<
@@ -5569,7 +5719,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   qsort(__pyx_v_r, __pyx_v_n, (2 * (sizeof(size_t))), __pyx_f_5wsmem_6_arena__cmp_range);
 
-  /* "wsmem/_arena.pyx":207
+  /* "wsmem/_arena.pyx":222
  *         p = p.next
  *     qsort(r, n, 2 * sizeof(size_t), _cmp_range)
  *     for i in range(1, n):             # <<<<<<<<<<<<<<
@@ -5583,7 +5733,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   for (__pyx_t_7 = 1; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
     __pyx_v_i = __pyx_t_7;
 
-    /* "wsmem/_arena.pyx":208
+    /* "wsmem/_arena.pyx":223
  *     qsort(r, n, 2 * sizeof(size_t), _cmp_range)
  *     for i in range(1, n):
  *         if r[2 * i] <= r[2 * m + 1]:             # <<<<<<<<<<<<<<
@@ -5595,7 +5745,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":209
+      /* "wsmem/_arena.pyx":224
  *     for i in range(1, n):
  *         if r[2 * i] <= r[2 * m + 1]:
  *             if r[2 * i + 1] > r[2 * m + 1]:             # <<<<<<<<<<<<<<
@@ -5607,7 +5757,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
       if (__pyx_t_2) {
 
 
-        /* "wsmem/_arena.pyx":210
+        /* "wsmem/_arena.pyx":225
  *         if r[2 * i] <= r[2 * m + 1]:
  *             if r[2 * i + 1] > r[2 * m + 1]:
  *                 r[2 * m + 1] = r[2 * i + 1]             # <<<<<<<<<<<<<<
@@ -5616,7 +5766,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
         (__pyx_v_r[((2 * __pyx_v_m) + 1)]) = (__pyx_v_r[((2 * __pyx_v_i) + 1)]);
 
-        /* "wsmem/_arena.pyx":209
+        /* "wsmem/_arena.pyx":224
  *     for i in range(1, n):
  *         if r[2 * i] <= r[2 * m + 1]:
  *             if r[2 * i + 1] > r[2 * m + 1]:             # <<<<<<<<<<<<<<
@@ -5625,7 +5775,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
       }
 
-      /* "wsmem/_arena.pyx":208
+      /* "wsmem/_arena.pyx":223
  *     qsort(r, n, 2 * sizeof(size_t), _cmp_range)
  *     for i in range(1, n):
  *         if r[2 * i] <= r[2 * m + 1]:             # <<<<<<<<<<<<<<
@@ -5635,7 +5785,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
       goto __pyx_L9;
     }
 
-    /* "wsmem/_arena.pyx":212
+    /* "wsmem/_arena.pyx":227
  *                 r[2 * m + 1] = r[2 * i + 1]
  *         else:
  *             m += 1             # <<<<<<<<<<<<<<
@@ -5645,7 +5795,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     /*else*/ {
       __pyx_v_m = (__pyx_v_m + 1);
 
-      /* "wsmem/_arena.pyx":213
+      /* "wsmem/_arena.pyx":228
  *         else:
  *             m += 1
  *             r[2 * m] = r[2 * i]             # <<<<<<<<<<<<<<
@@ -5654,7 +5804,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
       (__pyx_v_r[(2 * __pyx_v_m)]) = (__pyx_v_r[(2 * __pyx_v_i)]);
 
-      /* "wsmem/_arena.pyx":214
+      /* "wsmem/_arena.pyx":229
  *             m += 1
  *             r[2 * m] = r[2 * i]
  *             r[2 * m + 1] = r[2 * i + 1]             # <<<<<<<<<<<<<<
@@ -5667,7 +5817,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   }
 
 
-  /* "wsmem/_arena.pyx":215
+  /* "wsmem/_arena.pyx":230
  *             r[2 * m] = r[2 * i]
  *             r[2 * m + 1] = r[2 * i + 1]
  *     out[0] = r             # <<<<<<<<<<<<<<
@@ -5676,7 +5826,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   (__pyx_v_out[0]) = __pyx_v_r;
 
-  /* "wsmem/_arena.pyx":216
+  /* "wsmem/_arena.pyx":231
  *             r[2 * m + 1] = r[2 * i + 1]
  *     out[0] = r
  *     return m + 1             # <<<<<<<<<<<<<<
@@ -5689,7 +5839,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":190
+  /* "wsmem/_arena.pyx":205
  * 
  * 
  * cdef size_t _merged_ranges(Block* b, size_t** out) except? 0:             # <<<<<<<<<<<<<<
@@ -5714,7 +5864,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":221
+/* "wsmem/_arena.pyx":236
  * # ---------------------------------------------------------------- allocation
  * 
  * cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -5734,7 +5884,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_arena.pyx":222
+  /* "wsmem/_arena.pyx":237
  * 
  * cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:
  *     cdef size_t sz = _round_up(nbytes, a.alignment)             # <<<<<<<<<<<<<<
@@ -5743,7 +5893,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
   __pyx_v_sz = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_nbytes, __pyx_v_a->alignment);
 
-  /* "wsmem/_arena.pyx":224
+  /* "wsmem/_arena.pyx":239
  *     cdef size_t sz = _round_up(nbytes, a.alignment)
  *     cdef char* p
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:             # <<<<<<<<<<<<<<
@@ -5789,7 +5939,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":225
+    /* "wsmem/_arena.pyx":240
  *     cdef char* p
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:
  *         p = a.main.region.ptr + a.cursor             # <<<<<<<<<<<<<<
@@ -5798,7 +5948,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
     __pyx_v_p = (__pyx_v_a->main->region.ptr + __pyx_v_a->cursor);
 
-    /* "wsmem/_arena.pyx":226
+    /* "wsmem/_arena.pyx":241
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:
  *         p = a.main.region.ptr + a.cursor
  *         a.cursor += sz             # <<<<<<<<<<<<<<
@@ -5807,7 +5957,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
     __pyx_v_a->cursor = (__pyx_v_a->cursor + __pyx_v_sz);
 
-    /* "wsmem/_arena.pyx":227
+    /* "wsmem/_arena.pyx":242
  *         p = a.main.region.ptr + a.cursor
  *         a.cursor += sz
  *         a.cycle_bytes += sz             # <<<<<<<<<<<<<<
@@ -5816,7 +5966,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
     __pyx_v_a->cycle_bytes = (__pyx_v_a->cycle_bytes + __pyx_v_sz);
 
-    /* "wsmem/_arena.pyx":228
+    /* "wsmem/_arena.pyx":243
  *         a.cursor += sz
  *         a.cycle_bytes += sz
  *         block[0] = a.main             # <<<<<<<<<<<<<<
@@ -5828,7 +5978,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
     (__pyx_v_block[0]) = __pyx_t_3;
 
 
-    /* "wsmem/_arena.pyx":229
+    /* "wsmem/_arena.pyx":244
  *         a.cycle_bytes += sz
  *         block[0] = a.main
  *         return p             # <<<<<<<<<<<<<<
@@ -5841,7 +5991,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":224
+    /* "wsmem/_arena.pyx":239
  *     cdef size_t sz = _round_up(nbytes, a.alignment)
  *     cdef char* p
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:             # <<<<<<<<<<<<<<
@@ -5850,20 +6000,20 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
   }
 
-  /* "wsmem/_arena.pyx":230
+  /* "wsmem/_arena.pyx":245
  *         block[0] = a.main
  *         return p
  *     return a.alloc_slow(nbytes, block)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_a->__pyx_vtab)->alloc_slow(__pyx_v_a, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_4 == ((void *)NULL))) __PYX_ERR(0, 230, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_a->__pyx_vtab)->alloc_slow(__pyx_v_a, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_4 == ((void *)NULL))) __PYX_ERR(0, 245, __pyx_L1_error)
   {
     __pyx_r = __pyx_t_4;
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":221
+  /* "wsmem/_arena.pyx":236
  * # ---------------------------------------------------------------- allocation
  * 
  * cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -5882,7 +6032,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":236
+/* "wsmem/_arena.pyx":251
  *     """C-level state of a workspace; :class:`wsmem.Workspace` is the public face."""
  * 
  *     def __cinit__(self, *args, **kwargs):             # <<<<<<<<<<<<<<
@@ -5934,7 +6084,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "wsmem/_arena.pyx":237
+  /* "wsmem/_arena.pyx":252
  * 
  *     def __cinit__(self, *args, **kwargs):
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))             # <<<<<<<<<<<<<<
@@ -5943,7 +6093,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->state = ((struct __pyx_t_5wsmem_6_arena_ArenaState *)calloc(1, (sizeof(struct __pyx_t_5wsmem_6_arena_ArenaState))));
 
-  /* "wsmem/_arena.pyx":238
+  /* "wsmem/_arena.pyx":253
  *     def __cinit__(self, *args, **kwargs):
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))
  *         if self.state == NULL:             # <<<<<<<<<<<<<<
@@ -5955,7 +6105,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":239
+    /* "wsmem/_arena.pyx":254
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))
  *         if self.state == NULL:
  *             raise MemoryError("wsmem: out of memory for a workspace")             # <<<<<<<<<<<<<<
@@ -5968,14 +6118,14 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_for_a_worksp};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 239, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 254, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 239, __pyx_L1_error)
+    __PYX_ERR(0, 254, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":238
+    /* "wsmem/_arena.pyx":253
  *     def __cinit__(self, *args, **kwargs):
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))
  *         if self.state == NULL:             # <<<<<<<<<<<<<<
@@ -5984,7 +6134,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":240
+  /* "wsmem/_arena.pyx":255
  *         if self.state == NULL:
  *             raise MemoryError("wsmem: out of memory for a workspace")
  *         self.state.arena_alive = True             # <<<<<<<<<<<<<<
@@ -5993,7 +6143,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->state->arena_alive = 1;
 
-  /* "wsmem/_arena.pyx":241
+  /* "wsmem/_arena.pyx":256
  *             raise MemoryError("wsmem: out of memory for a workspace")
  *         self.state.arena_alive = True
  *         self.alignment = 64             # <<<<<<<<<<<<<<
@@ -6002,7 +6152,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->alignment = 64;
 
-  /* "wsmem/_arena.pyx":242
+  /* "wsmem/_arena.pyx":257
  *         self.state.arena_alive = True
  *         self.alignment = 64
  *         self.owner_thread = PyThread_get_thread_ident()             # <<<<<<<<<<<<<<
@@ -6011,7 +6161,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->owner_thread = PyThread_get_thread_ident();
 
-  /* "wsmem/_arena.pyx":243
+  /* "wsmem/_arena.pyx":258
  *         self.alignment = 64
  *         self.owner_thread = PyThread_get_thread_ident()
  *         self.name = ""             # <<<<<<<<<<<<<<
@@ -6023,7 +6173,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   __Pyx_GOTREF(__pyx_v_self->name);
   __Pyx_DECREF_SET(__pyx_v_self->name, __pyx_mstate_global->__pyx_kp_u__3);
 
-  /* "wsmem/_arena.pyx":236
+  /* "wsmem/_arena.pyx":251
  *     """C-level state of a workspace; :class:`wsmem.Workspace` is the public face."""
  * 
  *     def __cinit__(self, *args, **kwargs):             # <<<<<<<<<<<<<<
@@ -6045,7 +6195,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":245
+/* "wsmem/_arena.pyx":260
  *         self.name = ""
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -6074,7 +6224,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_arena.pyx":246
+  /* "wsmem/_arena.pyx":261
  * 
  *     def __dealloc__(self):
  *         cdef ArenaState* st = self.state             # <<<<<<<<<<<<<<
@@ -6085,7 +6235,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 
   __pyx_v_st = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":247
+  /* "wsmem/_arena.pyx":262
  *     def __dealloc__(self):
  *         cdef ArenaState* st = self.state
  *         if st == NULL:             # <<<<<<<<<<<<<<
@@ -6097,7 +6247,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":248
+    /* "wsmem/_arena.pyx":263
  *         cdef ArenaState* st = self.state
  *         if st == NULL:
  *             return             # <<<<<<<<<<<<<<
@@ -6108,7 +6258,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":247
+    /* "wsmem/_arena.pyx":262
  *     def __dealloc__(self):
  *         cdef ArenaState* st = self.state
  *         if st == NULL:             # <<<<<<<<<<<<<<
@@ -6117,7 +6267,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   }
 
-  /* "wsmem/_arena.pyx":249
+  /* "wsmem/_arena.pyx":264
  *         if st == NULL:
  *             return
  *         self._drop_blocks()             # <<<<<<<<<<<<<<
@@ -6126,7 +6276,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_blocks(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":250
+  /* "wsmem/_arena.pyx":265
  *             return
  *         self._drop_blocks()
  *         free(self.holes)             # <<<<<<<<<<<<<<
@@ -6135,7 +6285,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   free(__pyx_v_self->holes);
 
-  /* "wsmem/_arena.pyx":251
+  /* "wsmem/_arena.pyx":266
  *         self._drop_blocks()
  *         free(self.holes)
  *         self.holes = NULL             # <<<<<<<<<<<<<<
@@ -6144,7 +6294,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   __pyx_v_self->holes = NULL;
 
-  /* "wsmem/_arena.pyx":252
+  /* "wsmem/_arena.pyx":267
  *         free(self.holes)
  *         self.holes = NULL
  *         st.arena_alive = False             # <<<<<<<<<<<<<<
@@ -6153,7 +6303,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   __pyx_v_st->arena_alive = 0;
 
-  /* "wsmem/_arena.pyx":253
+  /* "wsmem/_arena.pyx":268
  *         self.holes = NULL
  *         st.arena_alive = False
  *         if st.n_live_blocks == 0:             # <<<<<<<<<<<<<<
@@ -6165,7 +6315,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":254
+    /* "wsmem/_arena.pyx":269
  *         st.arena_alive = False
  *         if st.n_live_blocks == 0:
  *             free(st)             # <<<<<<<<<<<<<<
@@ -6174,7 +6324,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
     free(__pyx_v_st);
 
-    /* "wsmem/_arena.pyx":253
+    /* "wsmem/_arena.pyx":268
  *         self.holes = NULL
  *         st.arena_alive = False
  *         if st.n_live_blocks == 0:             # <<<<<<<<<<<<<<
@@ -6183,7 +6333,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   }
 
-  /* "wsmem/_arena.pyx":255
+  /* "wsmem/_arena.pyx":270
  *         if st.n_live_blocks == 0:
  *             free(st)
  *         self.state = NULL             # <<<<<<<<<<<<<<
@@ -6192,7 +6342,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   __pyx_v_self->state = NULL;
 
-  /* "wsmem/_arena.pyx":256
+  /* "wsmem/_arena.pyx":271
  *             free(st)
  *         self.state = NULL
  *         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current             # <<<<<<<<<<<<<<
@@ -6204,16 +6354,16 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":257
+    /* "wsmem/_arena.pyx":272
  *         self.state = NULL
  *         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current
  *             set_current_arena(None)             # <<<<<<<<<<<<<<
  * 
  *     cdef void _drop_blocks(self) noexcept:
 */
-    __pyx_f_5wsmem_6_arena_set_current_arena(Py_None); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 257, __pyx_L1_error)
+    __pyx_f_5wsmem_6_arena_set_current_arena(Py_None); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":256
+    /* "wsmem/_arena.pyx":271
  *             free(st)
  *         self.state = NULL
  *         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current             # <<<<<<<<<<<<<<
@@ -6222,7 +6372,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   }
 
-  /* "wsmem/_arena.pyx":245
+  /* "wsmem/_arena.pyx":260
  *         self.name = ""
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -6239,7 +6389,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 
 }
 
-/* "wsmem/_arena.pyx":259
+/* "wsmem/_arena.pyx":274
  *             set_current_arena(None)
  * 
  *     cdef void _drop_blocks(self) noexcept:             # <<<<<<<<<<<<<<
@@ -6253,7 +6403,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":260
+  /* "wsmem/_arena.pyx":275
  * 
  *     cdef void _drop_blocks(self) noexcept:
  *         cdef Block* b = self.state.spills             # <<<<<<<<<<<<<<
@@ -6264,7 +6414,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":262
+  /* "wsmem/_arena.pyx":277
  *         cdef Block* b = self.state.spills
  *         cdef Block* nxt
  *         self.state.spills = NULL             # <<<<<<<<<<<<<<
@@ -6273,7 +6423,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->state->spills = NULL;
 
-  /* "wsmem/_arena.pyx":263
+  /* "wsmem/_arena.pyx":278
  *         cdef Block* nxt
  *         self.state.spills = NULL
  *         while b != NULL:             # <<<<<<<<<<<<<<
@@ -6286,7 +6436,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 
     if (!__pyx_t_2) break;
 
-    /* "wsmem/_arena.pyx":264
+    /* "wsmem/_arena.pyx":279
  *         self.state.spills = NULL
  *         while b != NULL:
  *             nxt = b.next_spill             # <<<<<<<<<<<<<<
@@ -6297,7 +6447,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 
     __pyx_v_nxt = __pyx_t_1;
 
-    /* "wsmem/_arena.pyx":265
+    /* "wsmem/_arena.pyx":280
  *         while b != NULL:
  *             nxt = b.next_spill
  *             _block_decref(b)             # <<<<<<<<<<<<<<
@@ -6306,7 +6456,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
     __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
 
-    /* "wsmem/_arena.pyx":266
+    /* "wsmem/_arena.pyx":281
  *             nxt = b.next_spill
  *             _block_decref(b)
  *             b = nxt             # <<<<<<<<<<<<<<
@@ -6316,7 +6466,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
     __pyx_v_b = __pyx_v_nxt;
   }
 
-  /* "wsmem/_arena.pyx":267
+  /* "wsmem/_arena.pyx":282
  *             _block_decref(b)
  *             b = nxt
  *         if self.main != NULL:             # <<<<<<<<<<<<<<
@@ -6328,7 +6478,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":268
+    /* "wsmem/_arena.pyx":283
  *             b = nxt
  *         if self.main != NULL:
  *             b = self.main             # <<<<<<<<<<<<<<
@@ -6339,7 +6489,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 
     __pyx_v_b = __pyx_t_1;
 
-    /* "wsmem/_arena.pyx":269
+    /* "wsmem/_arena.pyx":284
  *         if self.main != NULL:
  *             b = self.main
  *             self.main = NULL             # <<<<<<<<<<<<<<
@@ -6348,7 +6498,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
     __pyx_v_self->main = NULL;
 
-    /* "wsmem/_arena.pyx":270
+    /* "wsmem/_arena.pyx":285
  *             b = self.main
  *             self.main = NULL
  *             _block_decref(b)             # <<<<<<<<<<<<<<
@@ -6357,7 +6507,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
     __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
 
-    /* "wsmem/_arena.pyx":267
+    /* "wsmem/_arena.pyx":282
  *             _block_decref(b)
  *             b = nxt
  *         if self.main != NULL:             # <<<<<<<<<<<<<<
@@ -6366,7 +6516,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
   }
 
-  /* "wsmem/_arena.pyx":271
+  /* "wsmem/_arena.pyx":286
  *             self.main = NULL
  *             _block_decref(b)
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -6376,7 +6526,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":272
+  /* "wsmem/_arena.pyx":287
  *             _block_decref(b)
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0             # <<<<<<<<<<<<<<
@@ -6386,7 +6536,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
   __pyx_v_self->n_holes = 0;
   __pyx_v_self->hole_index = 0;
 
-  /* "wsmem/_arena.pyx":259
+  /* "wsmem/_arena.pyx":274
  *             set_current_arena(None)
  * 
  *     cdef void _drop_blocks(self) noexcept:             # <<<<<<<<<<<<<<
@@ -6400,7 +6550,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 
 }
 
-/* "wsmem/_arena.pyx":274
+/* "wsmem/_arena.pyx":289
  *         self.n_holes = self.hole_index = 0
  * 
  *     cdef int _configure(self, object cfg) except -1:             # <<<<<<<<<<<<<<
@@ -6429,48 +6579,48 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_configure", 0);
 
-  /* "wsmem/_arena.pyx":275
+  /* "wsmem/_arena.pyx":290
  * 
  *     cdef int _configure(self, object cfg) except -1:
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,             # <<<<<<<<<<<<<<
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 275, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_NONE); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 275, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_NONE); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_none, __pyx_t_2) < (0)) __PYX_ERR(0, 275, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_none, __pyx_t_2) < (0)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 275, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_first_loop, __pyx_t_2) < (0)) __PYX_ERR(0, 275, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_first_loop, __pyx_t_2) < (0)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":276
+  /* "wsmem/_arena.pyx":291
  *     cdef int _configure(self, object cfg) except -1:
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]             # <<<<<<<<<<<<<<
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
 */
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_OVER_TIME); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_OVER_TIME); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_over_time, __pyx_t_2) < (0)) __PYX_ERR(0, 275, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_over_time, __pyx_t_2) < (0)) __PYX_ERR(0, 290, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_learning); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_learning); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 276, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":275
+  /* "wsmem/_arena.pyx":290
  * 
  *     cdef int _configure(self, object cfg) except -1:
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,             # <<<<<<<<<<<<<<
@@ -6479,48 +6629,48 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->learning = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":277
+  /* "wsmem/_arena.pyx":292
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,             # <<<<<<<<<<<<<<
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 277, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_EXTERNAL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 277, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_EXTERNAL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_external, __pyx_t_3) < (0)) __PYX_ERR(0, 277, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_external, __pyx_t_3) < (0)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_REALLOCATE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 277, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_REALLOCATE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_reallocate, __pyx_t_3) < (0)) __PYX_ERR(0, 277, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_reallocate, __pyx_t_3) < (0)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":278
+  /* "wsmem/_arena.pyx":293
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]             # <<<<<<<<<<<<<<
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
 */
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_FAIL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_FAIL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fail, __pyx_t_3) < (0)) __PYX_ERR(0, 277, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fail, __pyx_t_3) < (0)) __PYX_ERR(0, 292, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_spill); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_spill); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 293, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":277
+  /* "wsmem/_arena.pyx":292
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,             # <<<<<<<<<<<<<<
@@ -6529,44 +6679,44 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->spill = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":279
+  /* "wsmem/_arena.pyx":294
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,             # <<<<<<<<<<<<<<
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
 */
-  __pyx_t_3 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 279, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_STRICT); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 279, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_STRICT); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_strict, __pyx_t_1) < (0)) __PYX_ERR(0, 279, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_strict, __pyx_t_1) < (0)) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_arena.pyx":280
+  /* "wsmem/_arena.pyx":295
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]             # <<<<<<<<<<<<<<
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
 */
-  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_OVERALLOCATE); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 280, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_OVERALLOCATE); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_overallocate, __pyx_t_1) < (0)) __PYX_ERR(0, 279, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_overallocate, __pyx_t_1) < (0)) __PYX_ERR(0, 294, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_allocation); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 280, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_allocation); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 280, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_t_3, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 280, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_t_3, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 280, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 295, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_arena.pyx":279
+  /* "wsmem/_arena.pyx":294
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,             # <<<<<<<<<<<<<<
@@ -6575,44 +6725,44 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->allocation = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":281
+  /* "wsmem/_arena.pyx":296
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,             # <<<<<<<<<<<<<<
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 281, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_BLOCK_LEFT); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 281, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_BLOCK_LEFT); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_block_left, __pyx_t_2) < (0)) __PYX_ERR(0, 281, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_block_left, __pyx_t_2) < (0)) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":282
+  /* "wsmem/_arena.pyx":297
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]             # <<<<<<<<<<<<<<
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
  *                          "mmap": LOC_MMAP}[cfg.location.value]
 */
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_ENDOFBUFFER); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_ENDOFBUFFER); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_endofbuffer_reached, __pyx_t_2) < (0)) __PYX_ERR(0, 281, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_endofbuffer_reached, __pyx_t_2) < (0)) __PYX_ERR(0, 296, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_reset); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_reset); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 282, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":281
+  /* "wsmem/_arena.pyx":296
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,             # <<<<<<<<<<<<<<
@@ -6621,52 +6771,52 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->reset = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":283
+  /* "wsmem/_arena.pyx":298
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,             # <<<<<<<<<<<<<<
  *                          "mmap": LOC_MMAP}[cfg.location.value]
  *         self.initial_size = cfg.initial_size
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 283, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_HOST); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 283, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_HOST); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_host, __pyx_t_3) < (0)) __PYX_ERR(0, 283, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_host, __pyx_t_3) < (0)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_PINNED); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 283, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_PINNED); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_pinned, __pyx_t_3) < (0)) __PYX_ERR(0, 283, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_pinned, __pyx_t_3) < (0)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_DEVICE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 283, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_DEVICE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_device, __pyx_t_3) < (0)) __PYX_ERR(0, 283, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_device, __pyx_t_3) < (0)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":284
+  /* "wsmem/_arena.pyx":299
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
  *                          "mmap": LOC_MMAP}[cfg.location.value]             # <<<<<<<<<<<<<<
  *         self.initial_size = cfg.initial_size
  *         self.min_size = cfg.min_size
 */
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_MMAP); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_MMAP); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 299, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mmap, __pyx_t_3) < (0)) __PYX_ERR(0, 283, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mmap, __pyx_t_3) < (0)) __PYX_ERR(0, 298, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 299, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 299, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 299, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 284, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 299, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":283
+  /* "wsmem/_arena.pyx":298
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,             # <<<<<<<<<<<<<<
@@ -6675,85 +6825,85 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->location = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":285
+  /* "wsmem/_arena.pyx":300
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
  *                          "mmap": LOC_MMAP}[cfg.location.value]
  *         self.initial_size = cfg.initial_size             # <<<<<<<<<<<<<<
  *         self.min_size = cfg.min_size
  *         self.max_size = cfg.max_size
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_initial_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_initial_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 300, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 285, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 300, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->initial_size = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":286
+  /* "wsmem/_arena.pyx":301
  *                          "mmap": LOC_MMAP}[cfg.location.value]
  *         self.initial_size = cfg.initial_size
  *         self.min_size = cfg.min_size             # <<<<<<<<<<<<<<
  *         self.max_size = cfg.max_size
  *         self.cycles_before_init = cfg.cycles_before_init
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_min_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_min_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 301, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 301, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->min_size = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":287
+  /* "wsmem/_arena.pyx":302
  *         self.initial_size = cfg.initial_size
  *         self.min_size = cfg.min_size
  *         self.max_size = cfg.max_size             # <<<<<<<<<<<<<<
  *         self.cycles_before_init = cfg.cycles_before_init
  *         self.overallocation = cfg.overallocation_limit
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_max_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_max_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 302, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 302, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->max_size = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":288
+  /* "wsmem/_arena.pyx":303
  *         self.min_size = cfg.min_size
  *         self.max_size = cfg.max_size
  *         self.cycles_before_init = cfg.cycles_before_init             # <<<<<<<<<<<<<<
  *         self.overallocation = cfg.overallocation_limit
  *         self.alignment = cfg.effective_alignment
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_cycles_before_init); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_cycles_before_init); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 288, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->cycles_before_init = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":289
+  /* "wsmem/_arena.pyx":304
  *         self.max_size = cfg.max_size
  *         self.cycles_before_init = cfg.cycles_before_init
  *         self.overallocation = cfg.overallocation_limit             # <<<<<<<<<<<<<<
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_overallocation_limit); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_overallocation_limit); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 304, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyFloat_AsDouble(__pyx_t_3); if (unlikely((__pyx_t_6 == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyFloat_AsDouble(__pyx_t_3); if (unlikely((__pyx_t_6 == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 304, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->overallocation = __pyx_t_6;
 
-  /* "wsmem/_arena.pyx":290
+  /* "wsmem/_arena.pyx":305
  *         self.cycles_before_init = cfg.cycles_before_init
  *         self.overallocation = cfg.overallocation_limit
  *         self.alignment = cfg.effective_alignment             # <<<<<<<<<<<<<<
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_effective_alignment); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_effective_alignment); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 305, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 305, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->alignment = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":291
+  /* "wsmem/_arena.pyx":306
  *         self.overallocation = cfg.overallocation_limit
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE             # <<<<<<<<<<<<<<
@@ -6762,7 +6912,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->initialized = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_NONE);
 
-  /* "wsmem/_arena.pyx":292
+  /* "wsmem/_arena.pyx":307
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:             # <<<<<<<<<<<<<<
@@ -6774,21 +6924,21 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   if (__pyx_t_7) {
 
 
-    /* "wsmem/_arena.pyx":293
+    /* "wsmem/_arena.pyx":308
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:             # <<<<<<<<<<<<<<
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")
  *                 os.close(fd)
 */
-    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 293, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 308, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_7 = (__pyx_t_3 == Py_None);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     if (__pyx_t_7) {
 
 
-      /* "wsmem/_arena.pyx":294
+      /* "wsmem/_arena.pyx":309
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")             # <<<<<<<<<<<<<<
@@ -6796,9 +6946,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *                 self.mmap_temp = True
 */
       __pyx_t_1 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_tempfile); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_tempfile); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 309, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mkstemp); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 294, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mkstemp); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 309, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       #if CYTHON_VECTORCALL
@@ -6819,13 +6969,13 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         PyObject *__pyx_callargs[3] = {__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_wsmem, __pyx_mstate_global->__pyx_kp_u_mmap_2};
         #if CYTHON_VECTORCALL
         __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[0];
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 309, __pyx_L1_error)
         __Pyx_INCREF(__pyx_t_2);
         #else
         {
           PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_prefix, __pyx_mstate_global->__pyx_n_u_suffix};
           __pyx_t_2 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 2);
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 309, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         #endif
@@ -6835,7 +6985,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         #endif
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 294, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 309, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       if ((likely(PyTuple_CheckExact(__pyx_t_3))) || (PyList_CheckExact(__pyx_t_3))) {
@@ -6844,7 +6994,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         if (unlikely(size != 2)) {
           if (size > 2) __Pyx_RaiseTooManyValuesError(2);
           else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-          __PYX_ERR(0, 294, __pyx_L1_error)
+          __PYX_ERR(0, 309, __pyx_L1_error)
         }
         #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
         if (likely(PyTuple_CheckExact(sequence))) {
@@ -6854,22 +7004,22 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
           __Pyx_INCREF(__pyx_t_2);
         } else {
           __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 294, __pyx_L1_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 309, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_8);
           __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 309, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_2);
         }
         #else
-        __pyx_t_8 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 294, __pyx_L1_error)
+        __pyx_t_8 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 309, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
-        __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 309, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
         #endif
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       } else {
         Py_ssize_t index = -1;
-        __pyx_t_1 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 294, __pyx_L1_error)
+        __pyx_t_1 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 309, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         __pyx_t_9 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1);
@@ -6877,7 +7027,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         __Pyx_GOTREF(__pyx_t_8);
         index = 1; __pyx_t_2 = __pyx_t_9(__pyx_t_1); if (unlikely(!__pyx_t_2)) goto __pyx_L5_unpacking_failed;
         __Pyx_GOTREF(__pyx_t_2);
-        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_1), 2) < (0)) __PYX_ERR(0, 294, __pyx_L1_error)
+        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_1), 2) < (0)) __PYX_ERR(0, 309, __pyx_L1_error)
         __pyx_t_9 = NULL;
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
         goto __pyx_L6_unpacking_done;
@@ -6885,7 +7035,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
         __pyx_t_9 = NULL;
         if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-        __PYX_ERR(0, 294, __pyx_L1_error)
+        __PYX_ERR(0, 309, __pyx_L1_error)
         __pyx_L6_unpacking_done:;
       }
       __pyx_v_fd = __pyx_t_8;
@@ -6893,7 +7043,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
       __pyx_v_path = __pyx_t_2;
       __pyx_t_2 = 0;
 
-      /* "wsmem/_arena.pyx":295
+      /* "wsmem/_arena.pyx":310
  *             if cfg.mmap_path is None:
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")
  *                 os.close(fd)             # <<<<<<<<<<<<<<
@@ -6901,9 +7051,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *             else:
 */
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 295, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 310, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 295, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 310, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __pyx_t_5 = 1;
@@ -6923,12 +7073,12 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_1, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 295, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 310, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "wsmem/_arena.pyx":296
+      /* "wsmem/_arena.pyx":311
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")
  *                 os.close(fd)
  *                 self.mmap_temp = True             # <<<<<<<<<<<<<<
@@ -6937,7 +7087,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
       __pyx_v_self->mmap_temp = 1;
 
-      /* "wsmem/_arena.pyx":293
+      /* "wsmem/_arena.pyx":308
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:             # <<<<<<<<<<<<<<
@@ -6947,7 +7097,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
       goto __pyx_L4;
     }
 
-    /* "wsmem/_arena.pyx":298
+    /* "wsmem/_arena.pyx":313
  *                 self.mmap_temp = True
  *             else:
  *                 path = cfg.mmap_path             # <<<<<<<<<<<<<<
@@ -6955,12 +7105,12 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *             self.mmap_path = os.fsencode(path)
 */
     /*else*/ {
-      __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 298, __pyx_L1_error)
+      __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 313, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
       __pyx_v_path = __pyx_t_3;
       __pyx_t_3 = 0;
 
-      /* "wsmem/_arena.pyx":299
+      /* "wsmem/_arena.pyx":314
  *             else:
  *                 path = cfg.mmap_path
  *                 self.mmap_temp = False             # <<<<<<<<<<<<<<
@@ -6971,7 +7121,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
     }
     __pyx_L4:;
 
-    /* "wsmem/_arena.pyx":300
+    /* "wsmem/_arena.pyx":315
  *                 path = cfg.mmap_path
  *                 self.mmap_temp = False
  *             self.mmap_path = os.fsencode(path)             # <<<<<<<<<<<<<<
@@ -6979,9 +7129,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *         if self.allocation == ALLOC_OVERALLOCATE:
 */
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 300, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 315, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 300, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 315, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_5 = 1;
@@ -7001,16 +7151,16 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 300, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 315, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 300, __pyx_L1_error)
+    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 315, __pyx_L1_error)
     __Pyx_GIVEREF(__pyx_t_3);
     __Pyx_GOTREF(__pyx_v_self->mmap_path);
     __Pyx_DECREF_SET(__pyx_v_self->mmap_path, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "wsmem/_arena.pyx":292
+    /* "wsmem/_arena.pyx":307
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:             # <<<<<<<<<<<<<<
@@ -7019,7 +7169,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":301
+  /* "wsmem/_arena.pyx":316
  *                 self.mmap_temp = False
  *             self.mmap_path = os.fsencode(path)
  *         cdef size_t initial = self.initial_size             # <<<<<<<<<<<<<<
@@ -7030,7 +7180,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 
   __pyx_v_initial = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":302
+  /* "wsmem/_arena.pyx":317
  *             self.mmap_path = os.fsencode(path)
  *         cdef size_t initial = self.initial_size
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7042,7 +7192,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   if (__pyx_t_7) {
 
 
-    /* "wsmem/_arena.pyx":303
+    /* "wsmem/_arena.pyx":318
  *         cdef size_t initial = self.initial_size
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             initial = <size_t>(initial * (1.0 + self.overallocation))             # <<<<<<<<<<<<<<
@@ -7051,7 +7201,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
     __pyx_v_initial = ((size_t)(__pyx_v_initial * (1.0 + __pyx_v_self->overallocation)));
 
-    /* "wsmem/_arena.pyx":302
+    /* "wsmem/_arena.pyx":317
  *             self.mmap_path = os.fsencode(path)
  *         cdef size_t initial = self.initial_size
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7060,7 +7210,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":304
+  /* "wsmem/_arena.pyx":319
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             initial = <size_t>(initial * (1.0 + self.overallocation))
  *         if self.max_size and initial > self.max_size:             # <<<<<<<<<<<<<<
@@ -7086,7 +7236,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   if (__pyx_t_7) {
 
 
-    /* "wsmem/_arena.pyx":305
+    /* "wsmem/_arena.pyx":320
  *             initial = <size_t>(initial * (1.0 + self.overallocation))
  *         if self.max_size and initial > self.max_size:
  *             initial = self.max_size             # <<<<<<<<<<<<<<
@@ -7097,7 +7247,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 
     __pyx_v_initial = __pyx_t_5;
 
-    /* "wsmem/_arena.pyx":304
+    /* "wsmem/_arena.pyx":319
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             initial = <size_t>(initial * (1.0 + self.overallocation))
  *         if self.max_size and initial > self.max_size:             # <<<<<<<<<<<<<<
@@ -7106,17 +7256,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":306
+  /* "wsmem/_arena.pyx":321
  *         if self.max_size and initial > self.max_size:
  *             initial = self.max_size
  *         self.set_capacity(initial)             # <<<<<<<<<<<<<<
  *         return 0
  * 
 */
-  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_initial); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 306, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_initial); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 321, __pyx_L1_error)
 
 
-  /* "wsmem/_arena.pyx":307
+  /* "wsmem/_arena.pyx":322
  *             initial = self.max_size
  *         self.set_capacity(initial)
  *         return 0             # <<<<<<<<<<<<<<
@@ -7129,7 +7279,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":274
+  /* "wsmem/_arena.pyx":289
  *         self.n_holes = self.hole_index = 0
  * 
  *     cdef int _configure(self, object cfg) except -1:             # <<<<<<<<<<<<<<
@@ -7154,7 +7304,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":309
+/* "wsmem/_arena.pyx":324
  *         return 0
  * 
  *     cdef size_t capacity(self) noexcept:             # <<<<<<<<<<<<<<
@@ -7167,7 +7317,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_capacity(struct __pyx_obj_5wsmem_6_a
   size_t __pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":310
+  /* "wsmem/_arena.pyx":325
  * 
  *     cdef size_t capacity(self) noexcept:
  *         return self.main.size if self.main != NULL else 0             # <<<<<<<<<<<<<<
@@ -7189,7 +7339,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_capacity(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":309
+  /* "wsmem/_arena.pyx":324
  *         return 0
  * 
  *     cdef size_t capacity(self) noexcept:             # <<<<<<<<<<<<<<
@@ -7203,7 +7353,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_capacity(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":312
+/* "wsmem/_arena.pyx":327
  *         return self.main.size if self.main != NULL else 0
  * 
  *     cdef size_t learned_size(self, size_t peak) noexcept:             # <<<<<<<<<<<<<<
@@ -7218,7 +7368,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   size_t __pyx_t_2;
   int __pyx_t_3;
 
-  /* "wsmem/_arena.pyx":313
+  /* "wsmem/_arena.pyx":328
  * 
  *     cdef size_t learned_size(self, size_t peak) noexcept:
  *         cdef size_t t = peak             # <<<<<<<<<<<<<<
@@ -7227,7 +7377,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   __pyx_v_t = __pyx_v_peak;
 
-  /* "wsmem/_arena.pyx":314
+  /* "wsmem/_arena.pyx":329
  *     cdef size_t learned_size(self, size_t peak) noexcept:
  *         cdef size_t t = peak
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7239,7 +7389,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":315
+    /* "wsmem/_arena.pyx":330
  *         cdef size_t t = peak
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             t = <size_t>(peak * (1.0 + self.overallocation))             # <<<<<<<<<<<<<<
@@ -7248,7 +7398,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
     __pyx_v_t = ((size_t)(__pyx_v_peak * (1.0 + __pyx_v_self->overallocation)));
 
-    /* "wsmem/_arena.pyx":314
+    /* "wsmem/_arena.pyx":329
  *     cdef size_t learned_size(self, size_t peak) noexcept:
  *         cdef size_t t = peak
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7257,7 +7407,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_arena.pyx":316
+  /* "wsmem/_arena.pyx":331
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             t = <size_t>(peak * (1.0 + self.overallocation))
  *         if t < self.min_size:             # <<<<<<<<<<<<<<
@@ -7269,7 +7419,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":317
+    /* "wsmem/_arena.pyx":332
  *             t = <size_t>(peak * (1.0 + self.overallocation))
  *         if t < self.min_size:
  *             t = self.min_size             # <<<<<<<<<<<<<<
@@ -7280,7 +7430,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 
     __pyx_v_t = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":316
+    /* "wsmem/_arena.pyx":331
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             t = <size_t>(peak * (1.0 + self.overallocation))
  *         if t < self.min_size:             # <<<<<<<<<<<<<<
@@ -7289,7 +7439,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_arena.pyx":318
+  /* "wsmem/_arena.pyx":333
  *         if t < self.min_size:
  *             t = self.min_size
  *         if self.max_size and t > self.max_size:             # <<<<<<<<<<<<<<
@@ -7315,7 +7465,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":319
+    /* "wsmem/_arena.pyx":334
  *             t = self.min_size
  *         if self.max_size and t > self.max_size:
  *             t = self.max_size             # <<<<<<<<<<<<<<
@@ -7326,7 +7476,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 
     __pyx_v_t = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":318
+    /* "wsmem/_arena.pyx":333
  *         if t < self.min_size:
  *             t = self.min_size
  *         if self.max_size and t > self.max_size:             # <<<<<<<<<<<<<<
@@ -7335,7 +7485,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_arena.pyx":320
+  /* "wsmem/_arena.pyx":335
  *         if self.max_size and t > self.max_size:
  *             t = self.max_size
  *         return t             # <<<<<<<<<<<<<<
@@ -7348,7 +7498,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":312
+  /* "wsmem/_arena.pyx":327
  *         return self.main.size if self.main != NULL else 0
  * 
  *     cdef size_t learned_size(self, size_t peak) noexcept:             # <<<<<<<<<<<<<<
@@ -7363,7 +7513,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":322
+/* "wsmem/_arena.pyx":337
  *         return t
  * 
  *     cdef int set_capacity(self, size_t size) except -1:             # <<<<<<<<<<<<<<
@@ -7384,16 +7534,20 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   PyObject *__pyx_t_6 = NULL;
   PyObject *__pyx_t_7 = NULL;
   PyObject *__pyx_t_8 = NULL;
-  PyObject *__pyx_t_9 = NULL;
-  PyObject *__pyx_t_10 = NULL;
-  size_t __pyx_t_11;
-  int __pyx_t_12;
+  PyObject *__pyx_t_9[5];
+  Py_ssize_t __pyx_t_10;
+  int __pyx_t_11;
+  PyObject *__pyx_t_12 = NULL;
+  size_t __pyx_t_13;
+  PyObject *__pyx_t_14 = NULL;
+  PyObject *__pyx_t_15 = NULL;
+  PyObject *__pyx_t_16 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_capacity", 0);
 
-  /* "wsmem/_arena.pyx":328
+  /* "wsmem/_arena.pyx":343
  *         pins still reference stays mapped until the last of them is released.
  *         """
  *         cdef Block* new = NULL             # <<<<<<<<<<<<<<
@@ -7402,7 +7556,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   __pyx_v_new = NULL;
 
-  /* "wsmem/_arena.pyx":329
+  /* "wsmem/_arena.pyx":344
  *         """
  *         cdef Block* new = NULL
  *         cdef Block* old = self.main             # <<<<<<<<<<<<<<
@@ -7413,24 +7567,24 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 
   __pyx_v_old = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":330
+  /* "wsmem/_arena.pyx":345
  *         cdef Block* new = NULL
  *         cdef Block* old = self.main
  *         if size == self.capacity():             # <<<<<<<<<<<<<<
  *             return 0
- *         if size > 0:
+ *         if self.location == LOC_MMAP and old != NULL:
 */
   __pyx_t_2 = (__pyx_v_size == ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self));
 
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":331
+    /* "wsmem/_arena.pyx":346
  *         cdef Block* old = self.main
  *         if size == self.capacity():
  *             return 0             # <<<<<<<<<<<<<<
- *         if size > 0:
- *             new = _block_new(self.state, size, True, self)
+ *         if self.location == LOC_MMAP and old != NULL:
+ *             # The file maps at offset 0: a second block would alias the first,
 */
     {
 
@@ -7438,18 +7592,134 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":330
+    /* "wsmem/_arena.pyx":345
  *         cdef Block* new = NULL
  *         cdef Block* old = self.main
  *         if size == self.capacity():             # <<<<<<<<<<<<<<
  *             return 0
- *         if size > 0:
+ *         if self.location == LOC_MMAP and old != NULL:
 */
   }
 
-  /* "wsmem/_arena.pyx":332
+  /* "wsmem/_arena.pyx":347
  *         if size == self.capacity():
  *             return 0
+ *         if self.location == LOC_MMAP and old != NULL:             # <<<<<<<<<<<<<<
+ *             # The file maps at offset 0: a second block would alias the first,
+ *             # whose bytes live views may still read.
+*/
+  __pyx_t_3 = (__pyx_v_self->location == __pyx_e_5wsmem_6_arena_LOC_MMAP);
+
+  if (__pyx_t_3) {
+
+  } else {
+
+    __pyx_t_2 = __pyx_t_3;
+
+    goto __pyx_L5_bool_binop_done;
+  }
+  __pyx_t_3 = (__pyx_v_old != NULL);
+
+
+  __pyx_t_2 = __pyx_t_3;
+
+  __pyx_L5_bool_binop_done:;
+  if (unlikely(__pyx_t_2)) {
+
+
+    /* "wsmem/_arena.pyx":350
+ *             # The file maps at offset 0: a second block would alias the first,
+ *             # whose bytes live views may still read.
+ *             raise WorkspaceError(             # <<<<<<<<<<<<<<
+ *                 f"workspace {self.name!r} is file-backed (location='mmap'): its block has "
+ *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
+*/
+    __pyx_t_5 = NULL;
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 350, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
+
+    /* "wsmem/_arena.pyx":351
+ *             # whose bytes live views may still read.
+ *             raise WorkspaceError(
+ *                 f"workspace {self.name!r} is file-backed (location='mmap'): its block has "             # <<<<<<<<<<<<<<
+ *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
+ *                 f"workspace with the initial_size you need.")
+*/
+    __pyx_t_7 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 351, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+
+    /* "wsmem/_arena.pyx":352
+ *             raise WorkspaceError(
+ *                 f"workspace {self.name!r} is file-backed (location='mmap'): its block has "
+ *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "             # <<<<<<<<<<<<<<
+ *                 f"workspace with the initial_size you need.")
+ *         if size > 0:
+*/
+    __pyx_t_8 = __Pyx_PyUnicode_From_size_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self), 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 352, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_8);
+    __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
+    __pyx_t_9[1] = __pyx_t_7;
+    __pyx_t_9[2] = __pyx_mstate_global->__pyx_kp_u_is_file_backed_location_mmap_it;
+    __pyx_t_9[3] = __pyx_t_8;
+    __pyx_t_9[4] = __pyx_mstate_global->__pyx_kp_u_and_cannot_be_resized_Create_th;
+
+    /* "wsmem/_arena.pyx":351
+ *             # whose bytes live views may still read.
+ *             raise WorkspaceError(
+ *                 f"workspace {self.name!r} is file-backed (location='mmap'): its block has "             # <<<<<<<<<<<<<<
+ *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
+ *                 f"workspace with the initial_size you need.")
+*/
+    __pyx_t_10 = 150;
+    #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
+    __pyx_t_10 += __Pyx_PyUnicode_GET_LENGTH(__pyx_t_9[1]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_9[3]);
+    #endif
+    __pyx_t_11 = 0;
+    #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
+    __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]);
+    #endif
+    __pyx_t_12 = __Pyx_PyUnicode_Join(__pyx_t_9, 5, __pyx_t_10, __pyx_t_11);
+    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 351, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_12);
+    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+    __pyx_t_13 = 1;
+    #if CYTHON_UNPACK_METHODS
+    if (unlikely(PyMethod_Check(__pyx_t_6))) {
+      __pyx_t_5 = PyMethod_GET_SELF(__pyx_t_6);
+      assert(__pyx_t_5);
+      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_6);
+      __Pyx_INCREF(__pyx_t_5);
+      __Pyx_INCREF(__pyx__function);
+      __Pyx_DECREF_SET(__pyx_t_6, __pyx__function);
+      __pyx_t_13 = 0;
+    }
+    #endif
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_t_12};
+      __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
+      __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
+      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 350, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+    }
+    __Pyx_Raise(__pyx_t_4, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __PYX_ERR(0, 350, __pyx_L1_error)
+
+    /* "wsmem/_arena.pyx":347
+ *         if size == self.capacity():
+ *             return 0
+ *         if self.location == LOC_MMAP and old != NULL:             # <<<<<<<<<<<<<<
+ *             # The file maps at offset 0: a second block would alias the first,
+ *             # whose bytes live views may still read.
+*/
+  }
+
+  /* "wsmem/_arena.pyx":354
+ *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
+ *                 f"workspace with the initial_size you need.")
  *         if size > 0:             # <<<<<<<<<<<<<<
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
@@ -7459,17 +7729,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":333
- *             return 0
+    /* "wsmem/_arena.pyx":355
+ *                 f"workspace with the initial_size you need.")
  *         if size > 0:
  *             new = _block_new(self.state, size, True, self)             # <<<<<<<<<<<<<<
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:
 */
-    __pyx_t_1 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_size, 1, __pyx_v_self); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 333, __pyx_L1_error)
+    __pyx_t_1 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_size, 1, __pyx_v_self); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 355, __pyx_L1_error)
     __pyx_v_new = __pyx_t_1;
 
-    /* "wsmem/_arena.pyx":334
+    /* "wsmem/_arena.pyx":356
  *         if size > 0:
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:             # <<<<<<<<<<<<<<
@@ -7484,15 +7754,15 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 
       __pyx_t_2 = __pyx_t_3;
 
-      goto __pyx_L6_bool_binop_done;
+      goto __pyx_L9_bool_binop_done;
     }
 
     __pyx_t_2 = __pyx_v_self->mmap_temp;
-    __pyx_L6_bool_binop_done:;
+    __pyx_L9_bool_binop_done:;
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":335
+      /* "wsmem/_arena.pyx":357
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:             # <<<<<<<<<<<<<<
@@ -7502,48 +7772,48 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
       {
         __Pyx_PyThreadState_declare
         __Pyx_PyThreadState_assign
-        __Pyx_ExceptionSave(&__pyx_t_4, &__pyx_t_5, &__pyx_t_6);
-        __Pyx_XGOTREF(__pyx_t_4);
-        __Pyx_XGOTREF(__pyx_t_5);
-        __Pyx_XGOTREF(__pyx_t_6);
+        __Pyx_ExceptionSave(&__pyx_t_14, &__pyx_t_15, &__pyx_t_16);
+        __Pyx_XGOTREF(__pyx_t_14);
+        __Pyx_XGOTREF(__pyx_t_15);
+        __Pyx_XGOTREF(__pyx_t_16);
         /*try:*/ {
 
-          /* "wsmem/_arena.pyx":336
+          /* "wsmem/_arena.pyx":358
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:
  *                     os.unlink(self.mmap_path)             # <<<<<<<<<<<<<<
  *                 except OSError:
  *                     pass
 */
-          __pyx_t_8 = NULL;
-          __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 336, __pyx_L8_error)
-          __Pyx_GOTREF(__pyx_t_9);
-          __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_unlink); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 336, __pyx_L8_error)
-          __Pyx_GOTREF(__pyx_t_10);
-          __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-          __pyx_t_11 = 1;
+          __pyx_t_6 = NULL;
+          __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 358, __pyx_L11_error)
+          __Pyx_GOTREF(__pyx_t_12);
+          __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_unlink); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 358, __pyx_L11_error)
+          __Pyx_GOTREF(__pyx_t_5);
+          __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
+          __pyx_t_13 = 1;
           #if CYTHON_UNPACK_METHODS
-          if (unlikely(PyMethod_Check(__pyx_t_10))) {
-            __pyx_t_8 = PyMethod_GET_SELF(__pyx_t_10);
-            assert(__pyx_t_8);
-            PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_10);
-            __Pyx_INCREF(__pyx_t_8);
+          if (unlikely(PyMethod_Check(__pyx_t_5))) {
+            __pyx_t_6 = PyMethod_GET_SELF(__pyx_t_5);
+            assert(__pyx_t_6);
+            PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_5);
+            __Pyx_INCREF(__pyx_t_6);
             __Pyx_INCREF(__pyx__function);
-            __Pyx_DECREF_SET(__pyx_t_10, __pyx__function);
-            __pyx_t_11 = 0;
+            __Pyx_DECREF_SET(__pyx_t_5, __pyx__function);
+            __pyx_t_13 = 0;
           }
           #endif
           {
-            PyObject *__pyx_callargs[2] = {__pyx_t_8, __pyx_v_self->mmap_path};
-            __pyx_t_7 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_10, __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-            __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-            __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-            if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 336, __pyx_L8_error)
-            __Pyx_GOTREF(__pyx_t_7);
+            PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_v_self->mmap_path};
+            __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+            __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
+            __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 358, __pyx_L11_error)
+            __Pyx_GOTREF(__pyx_t_4);
           }
-          __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+          __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-          /* "wsmem/_arena.pyx":335
+          /* "wsmem/_arena.pyx":357
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:             # <<<<<<<<<<<<<<
@@ -7551,52 +7821,54 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
  *                 except OSError:
 */
         }
+        __Pyx_XDECREF(__pyx_t_14); __pyx_t_14 = 0;
+        __Pyx_XDECREF(__pyx_t_15); __pyx_t_15 = 0;
+        __Pyx_XDECREF(__pyx_t_16); __pyx_t_16 = 0;
+        goto __pyx_L16_try_end;
+        __pyx_L11_error:;
+        __Pyx_XDECREF(__pyx_t_12); __pyx_t_12 = 0;
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-        goto __pyx_L13_try_end;
-        __pyx_L8_error:;
-        __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-        __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
 
-        /* "wsmem/_arena.pyx":337
+        /* "wsmem/_arena.pyx":359
  *                 try:
  *                     os.unlink(self.mmap_path)
  *                 except OSError:             # <<<<<<<<<<<<<<
  *                     pass
  *         self.main = new
 */
-        __pyx_t_12 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_OSError))));
-        if (__pyx_t_12) {
+        __pyx_t_11 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_OSError))));
+        if (__pyx_t_11) {
           __Pyx_ErrRestore(0,0,0);
-          goto __pyx_L9_exception_handled;
+          goto __pyx_L12_exception_handled;
         }
-        goto __pyx_L10_except_error;
+        goto __pyx_L13_except_error;
 
-        /* "wsmem/_arena.pyx":335
+        /* "wsmem/_arena.pyx":357
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:             # <<<<<<<<<<<<<<
  *                     os.unlink(self.mmap_path)
  *                 except OSError:
 */
-        __pyx_L10_except_error:;
-        __Pyx_XGIVEREF(__pyx_t_4);
-        __Pyx_XGIVEREF(__pyx_t_5);
-        __Pyx_XGIVEREF(__pyx_t_6);
-        __Pyx_ExceptionReset(__pyx_t_4, __pyx_t_5, __pyx_t_6);
+        __pyx_L13_except_error:;
+        __Pyx_XGIVEREF(__pyx_t_14);
+        __Pyx_XGIVEREF(__pyx_t_15);
+        __Pyx_XGIVEREF(__pyx_t_16);
+        __Pyx_ExceptionReset(__pyx_t_14, __pyx_t_15, __pyx_t_16);
         goto __pyx_L1_error;
-        __pyx_L9_exception_handled:;
-        __Pyx_XGIVEREF(__pyx_t_4);
-        __Pyx_XGIVEREF(__pyx_t_5);
-        __Pyx_XGIVEREF(__pyx_t_6);
-        __Pyx_ExceptionReset(__pyx_t_4, __pyx_t_5, __pyx_t_6);
-        __pyx_L13_try_end:;
+        __pyx_L12_exception_handled:;
+        __Pyx_XGIVEREF(__pyx_t_14);
+        __Pyx_XGIVEREF(__pyx_t_15);
+        __Pyx_XGIVEREF(__pyx_t_16);
+        __Pyx_ExceptionReset(__pyx_t_14, __pyx_t_15, __pyx_t_16);
+        __pyx_L16_try_end:;
       }
 
-      /* "wsmem/_arena.pyx":334
+      /* "wsmem/_arena.pyx":356
  *         if size > 0:
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:             # <<<<<<<<<<<<<<
@@ -7605,16 +7877,16 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
     }
 
-    /* "wsmem/_arena.pyx":332
- *         if size == self.capacity():
- *             return 0
+    /* "wsmem/_arena.pyx":354
+ *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
+ *                 f"workspace with the initial_size you need.")
  *         if size > 0:             # <<<<<<<<<<<<<<
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
 */
   }
 
-  /* "wsmem/_arena.pyx":339
+  /* "wsmem/_arena.pyx":361
  *                 except OSError:
  *                     pass
  *         self.main = new             # <<<<<<<<<<<<<<
@@ -7623,7 +7895,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   __pyx_v_self->main = __pyx_v_new;
 
-  /* "wsmem/_arena.pyx":340
+  /* "wsmem/_arena.pyx":362
  *                     pass
  *         self.main = new
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -7633,7 +7905,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":341
+  /* "wsmem/_arena.pyx":363
  *         self.main = new
  *         self.cursor = self.limit = 0
  *         if old != NULL:             # <<<<<<<<<<<<<<
@@ -7645,7 +7917,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":342
+    /* "wsmem/_arena.pyx":364
  *         self.cursor = self.limit = 0
  *         if old != NULL:
  *             _block_decref(old)             # <<<<<<<<<<<<<<
@@ -7654,7 +7926,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
     __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_old);
 
-    /* "wsmem/_arena.pyx":341
+    /* "wsmem/_arena.pyx":363
  *         self.main = new
  *         self.cursor = self.limit = 0
  *         if old != NULL:             # <<<<<<<<<<<<<<
@@ -7663,7 +7935,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":343
+  /* "wsmem/_arena.pyx":365
  *         if old != NULL:
  *             _block_decref(old)
  *         return 0             # <<<<<<<<<<<<<<
@@ -7676,7 +7948,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":322
+  /* "wsmem/_arena.pyx":337
  *         return t
  * 
  *     cdef int set_capacity(self, size_t size) except -1:             # <<<<<<<<<<<<<<
@@ -7686,10 +7958,12 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 
   /* function exit code */
   __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_XDECREF(__pyx_t_6);
   __Pyx_XDECREF(__pyx_t_7);
   __Pyx_XDECREF(__pyx_t_8);
-  __Pyx_XDECREF(__pyx_t_9);
-  __Pyx_XDECREF(__pyx_t_10);
+  __Pyx_XDECREF(__pyx_t_12);
   __Pyx_AddTraceback("wsmem._arena.Arena.set_capacity", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = -1;
   __pyx_L0:;
@@ -7700,7 +7974,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":345
+/* "wsmem/_arena.pyx":367
  *         return 0
  * 
  *     cdef int begin_cycle(self) except -1:             # <<<<<<<<<<<<<<
@@ -7730,7 +8004,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("begin_cycle", 0);
 
-  /* "wsmem/_arena.pyx":347
+  /* "wsmem/_arena.pyx":369
  *     cdef int begin_cycle(self) except -1:
  *         """Start a cycle: next generation, cursor at the first free hole."""
  *         cdef size_t* ranges = NULL             # <<<<<<<<<<<<<<
@@ -7739,7 +8013,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_ranges = NULL;
 
-  /* "wsmem/_arena.pyx":349
+  /* "wsmem/_arena.pyx":371
  *         cdef size_t* ranges = NULL
  *         cdef size_t n, i, k, start, end, prev_end
  *         self.generation += 1             # <<<<<<<<<<<<<<
@@ -7748,7 +8022,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_self->generation = (__pyx_v_self->generation + 1);
 
-  /* "wsmem/_arena.pyx":350
+  /* "wsmem/_arena.pyx":372
  *         cdef size_t n, i, k, start, end, prev_end
  *         self.generation += 1
  *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0             # <<<<<<<<<<<<<<
@@ -7759,7 +8033,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   __pyx_v_self->spilled_bytes = 0;
   __pyx_v_self->spilled_count = 0;
 
-  /* "wsmem/_arena.pyx":351
+  /* "wsmem/_arena.pyx":373
  *         self.generation += 1
  *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
  *         self.n_holes = self.hole_index = 0             # <<<<<<<<<<<<<<
@@ -7769,7 +8043,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   __pyx_v_self->n_holes = 0;
   __pyx_v_self->hole_index = 0;
 
-  /* "wsmem/_arena.pyx":352
+  /* "wsmem/_arena.pyx":374
  *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
  *         self.n_holes = self.hole_index = 0
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -7779,7 +8053,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":353
+  /* "wsmem/_arena.pyx":375
  *         self.n_holes = self.hole_index = 0
  *         self.cursor = self.limit = 0
  *         if self.main == NULL:             # <<<<<<<<<<<<<<
@@ -7791,7 +8065,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":354
+    /* "wsmem/_arena.pyx":376
  *         self.cursor = self.limit = 0
  *         if self.main == NULL:
  *             return 0             # <<<<<<<<<<<<<<
@@ -7804,7 +8078,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":353
+    /* "wsmem/_arena.pyx":375
  *         self.n_holes = self.hole_index = 0
  *         self.cursor = self.limit = 0
  *         if self.main == NULL:             # <<<<<<<<<<<<<<
@@ -7813,7 +8087,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":355
+  /* "wsmem/_arena.pyx":377
  *         if self.main == NULL:
  *             return 0
  *         if self.main.n_pins == 0:             # <<<<<<<<<<<<<<
@@ -7825,7 +8099,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":356
+    /* "wsmem/_arena.pyx":378
  *             return 0
  *         if self.main.n_pins == 0:
  *             self.limit = self.main.size             # <<<<<<<<<<<<<<
@@ -7836,7 +8110,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 
     __pyx_v_self->limit = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":357
+    /* "wsmem/_arena.pyx":379
  *         if self.main.n_pins == 0:
  *             self.limit = self.main.size
  *             return 0             # <<<<<<<<<<<<<<
@@ -7849,7 +8123,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":355
+    /* "wsmem/_arena.pyx":377
  *         if self.main == NULL:
  *             return 0
  *         if self.main.n_pins == 0:             # <<<<<<<<<<<<<<
@@ -7858,17 +8132,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":359
+  /* "wsmem/_arena.pyx":381
  *             return 0
  *         # Pinned ranges survive from earlier cycles: allocate only in the gaps.
  *         n = _merged_ranges(self.main, &ranges)             # <<<<<<<<<<<<<<
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
 */
-  __pyx_t_2 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_self->main, (&__pyx_v_ranges)); if (unlikely(__pyx_t_2 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 359, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_self->main, (&__pyx_v_ranges)); if (unlikely(__pyx_t_2 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 381, __pyx_L1_error)
   __pyx_v_n = __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":360
+  /* "wsmem/_arena.pyx":382
  *         # Pinned ranges survive from earlier cycles: allocate only in the gaps.
  *         n = _merged_ranges(self.main, &ranges)
  *         free(self.holes)             # <<<<<<<<<<<<<<
@@ -7877,7 +8151,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   free(__pyx_v_self->holes);
 
-  /* "wsmem/_arena.pyx":361
+  /* "wsmem/_arena.pyx":383
  *         n = _merged_ranges(self.main, &ranges)
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))             # <<<<<<<<<<<<<<
@@ -7886,7 +8160,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_self->holes = ((size_t *)malloc(((2 * (__pyx_v_n + 1)) * (sizeof(size_t)))));
 
-  /* "wsmem/_arena.pyx":362
+  /* "wsmem/_arena.pyx":384
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
  *         if self.holes == NULL:             # <<<<<<<<<<<<<<
@@ -7898,7 +8172,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":363
+    /* "wsmem/_arena.pyx":385
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
  *         if self.holes == NULL:
  *             free(ranges)             # <<<<<<<<<<<<<<
@@ -7907,7 +8181,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     free(__pyx_v_ranges);
 
-    /* "wsmem/_arena.pyx":364
+    /* "wsmem/_arena.pyx":386
  *         if self.holes == NULL:
  *             free(ranges)
  *             raise MemoryError("wsmem: out of memory for the hole list")             # <<<<<<<<<<<<<<
@@ -7920,14 +8194,14 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_for_the_hole};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_2, (2-__pyx_t_2) | (__pyx_t_2*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 364, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 386, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 364, __pyx_L1_error)
+    __PYX_ERR(0, 386, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":362
+    /* "wsmem/_arena.pyx":384
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
  *         if self.holes == NULL:             # <<<<<<<<<<<<<<
@@ -7936,7 +8210,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":365
+  /* "wsmem/_arena.pyx":387
  *             free(ranges)
  *             raise MemoryError("wsmem: out of memory for the hole list")
  *         k = 0             # <<<<<<<<<<<<<<
@@ -7945,7 +8219,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_k = 0;
 
-  /* "wsmem/_arena.pyx":366
+  /* "wsmem/_arena.pyx":388
  *             raise MemoryError("wsmem: out of memory for the hole list")
  *         k = 0
  *         prev_end = 0             # <<<<<<<<<<<<<<
@@ -7954,7 +8228,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_prev_end = 0;
 
-  /* "wsmem/_arena.pyx":367
+  /* "wsmem/_arena.pyx":389
  *         k = 0
  *         prev_end = 0
  *         for i in range(n + 1):             # <<<<<<<<<<<<<<
@@ -7968,7 +8242,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
     __pyx_v_i = __pyx_t_6;
 
-    /* "wsmem/_arena.pyx":368
+    /* "wsmem/_arena.pyx":390
  *         prev_end = 0
  *         for i in range(n + 1):
  *             end = ranges[2 * i] if i < n else self.main.size             # <<<<<<<<<<<<<<
@@ -7987,7 +8261,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 
     __pyx_v_end = __pyx_t_7;
 
-    /* "wsmem/_arena.pyx":369
+    /* "wsmem/_arena.pyx":391
  *         for i in range(n + 1):
  *             end = ranges[2 * i] if i < n else self.main.size
  *             start = _round_up(prev_end, self.alignment)             # <<<<<<<<<<<<<<
@@ -7996,7 +8270,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_start = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_prev_end, __pyx_v_self->alignment);
 
-    /* "wsmem/_arena.pyx":370
+    /* "wsmem/_arena.pyx":392
  *             end = ranges[2 * i] if i < n else self.main.size
  *             start = _round_up(prev_end, self.alignment)
  *             if end > start:             # <<<<<<<<<<<<<<
@@ -8008,7 +8282,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_arena.pyx":371
+      /* "wsmem/_arena.pyx":393
  *             start = _round_up(prev_end, self.alignment)
  *             if end > start:
  *                 self.holes[2 * k] = start             # <<<<<<<<<<<<<<
@@ -8017,7 +8291,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       (__pyx_v_self->holes[(2 * __pyx_v_k)]) = __pyx_v_start;
 
-      /* "wsmem/_arena.pyx":372
+      /* "wsmem/_arena.pyx":394
  *             if end > start:
  *                 self.holes[2 * k] = start
  *                 self.holes[2 * k + 1] = end             # <<<<<<<<<<<<<<
@@ -8026,7 +8300,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       (__pyx_v_self->holes[((2 * __pyx_v_k) + 1)]) = __pyx_v_end;
 
-      /* "wsmem/_arena.pyx":373
+      /* "wsmem/_arena.pyx":395
  *                 self.holes[2 * k] = start
  *                 self.holes[2 * k + 1] = end
  *                 k += 1             # <<<<<<<<<<<<<<
@@ -8035,7 +8309,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       __pyx_v_k = (__pyx_v_k + 1);
 
-      /* "wsmem/_arena.pyx":370
+      /* "wsmem/_arena.pyx":392
  *             end = ranges[2 * i] if i < n else self.main.size
  *             start = _round_up(prev_end, self.alignment)
  *             if end > start:             # <<<<<<<<<<<<<<
@@ -8044,7 +8318,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     }
 
-    /* "wsmem/_arena.pyx":374
+    /* "wsmem/_arena.pyx":396
  *                 self.holes[2 * k + 1] = end
  *                 k += 1
  *             if i < n:             # <<<<<<<<<<<<<<
@@ -8056,7 +8330,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_arena.pyx":375
+      /* "wsmem/_arena.pyx":397
  *                 k += 1
  *             if i < n:
  *                 prev_end = ranges[2 * i + 1]             # <<<<<<<<<<<<<<
@@ -8065,7 +8339,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       __pyx_v_prev_end = (__pyx_v_ranges[((2 * __pyx_v_i) + 1)]);
 
-      /* "wsmem/_arena.pyx":374
+      /* "wsmem/_arena.pyx":396
  *                 self.holes[2 * k + 1] = end
  *                 k += 1
  *             if i < n:             # <<<<<<<<<<<<<<
@@ -8076,7 +8350,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   }
 
 
-  /* "wsmem/_arena.pyx":376
+  /* "wsmem/_arena.pyx":398
  *             if i < n:
  *                 prev_end = ranges[2 * i + 1]
  *         free(ranges)             # <<<<<<<<<<<<<<
@@ -8085,7 +8359,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   free(__pyx_v_ranges);
 
-  /* "wsmem/_arena.pyx":377
+  /* "wsmem/_arena.pyx":399
  *                 prev_end = ranges[2 * i + 1]
  *         free(ranges)
  *         self.n_holes = k             # <<<<<<<<<<<<<<
@@ -8094,7 +8368,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_self->n_holes = __pyx_v_k;
 
-  /* "wsmem/_arena.pyx":378
+  /* "wsmem/_arena.pyx":400
  *         free(ranges)
  *         self.n_holes = k
  *         if k > 0:             # <<<<<<<<<<<<<<
@@ -8106,7 +8380,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":379
+    /* "wsmem/_arena.pyx":401
  *         self.n_holes = k
  *         if k > 0:
  *             self.cursor = self.holes[0]             # <<<<<<<<<<<<<<
@@ -8115,7 +8389,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_self->cursor = (__pyx_v_self->holes[0]);
 
-    /* "wsmem/_arena.pyx":380
+    /* "wsmem/_arena.pyx":402
  *         if k > 0:
  *             self.cursor = self.holes[0]
  *             self.limit = self.holes[1]             # <<<<<<<<<<<<<<
@@ -8124,7 +8398,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_self->limit = (__pyx_v_self->holes[1]);
 
-    /* "wsmem/_arena.pyx":381
+    /* "wsmem/_arena.pyx":403
  *             self.cursor = self.holes[0]
  *             self.limit = self.holes[1]
  *             self.hole_index = 1             # <<<<<<<<<<<<<<
@@ -8133,7 +8407,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_self->hole_index = 1;
 
-    /* "wsmem/_arena.pyx":378
+    /* "wsmem/_arena.pyx":400
  *         free(ranges)
  *         self.n_holes = k
  *         if k > 0:             # <<<<<<<<<<<<<<
@@ -8142,7 +8416,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":382
+  /* "wsmem/_arena.pyx":404
  *             self.limit = self.holes[1]
  *             self.hole_index = 1
  *         return 0             # <<<<<<<<<<<<<<
@@ -8155,7 +8429,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":345
+  /* "wsmem/_arena.pyx":367
  *         return 0
  * 
  *     cdef int begin_cycle(self) except -1:             # <<<<<<<<<<<<<<
@@ -8182,7 +8456,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":384
+/* "wsmem/_arena.pyx":406
  *         return 0
  * 
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -8219,7 +8493,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("alloc_slow", 0);
 
-  /* "wsmem/_arena.pyx":386
+  /* "wsmem/_arena.pyx":408
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:
  *         cdef size_t sz, s, e
  *         if nbytes == 0:             # <<<<<<<<<<<<<<
@@ -8231,7 +8505,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":387
+    /* "wsmem/_arena.pyx":409
  *         cdef size_t sz, s, e
  *         if nbytes == 0:
  *             block[0] = NULL             # <<<<<<<<<<<<<<
@@ -8240,7 +8514,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     (__pyx_v_block[0]) = NULL;
 
-    /* "wsmem/_arena.pyx":388
+    /* "wsmem/_arena.pyx":410
  *         if nbytes == 0:
  *             block[0] = NULL
  *             return wsmem_zero_area             # <<<<<<<<<<<<<<
@@ -8253,7 +8527,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":386
+    /* "wsmem/_arena.pyx":408
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:
  *         cdef size_t sz, s, e
  *         if nbytes == 0:             # <<<<<<<<<<<<<<
@@ -8262,7 +8536,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":389
+  /* "wsmem/_arena.pyx":411
  *             block[0] = NULL
  *             return wsmem_zero_area
  *         if nbytes >= MAX_REQUEST:             # <<<<<<<<<<<<<<
@@ -8274,7 +8548,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":390
+    /* "wsmem/_arena.pyx":412
  *             return wsmem_zero_area
  *         if nbytes >= MAX_REQUEST:
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")             # <<<<<<<<<<<<<<
@@ -8282,7 +8556,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyUnicode_From_size_t(__pyx_v_nbytes, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 390, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_From_size_t(__pyx_v_nbytes, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 412, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5[0] = __pyx_mstate_global->__pyx_kp_u_cannot_allocate;
     __pyx_t_5[1] = __pyx_t_4;
@@ -8293,7 +8567,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     #endif
     __pyx_t_7 = 0;
     __pyx_t_8 = __Pyx_PyUnicode_Join(__pyx_t_5, 3, __pyx_t_6, __pyx_t_7);
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 390, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 412, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_9 = 1;
@@ -8302,14 +8576,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 390, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 412, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 390, __pyx_L1_error)
+    __PYX_ERR(0, 412, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":389
+    /* "wsmem/_arena.pyx":411
  *             block[0] = NULL
  *             return wsmem_zero_area
  *         if nbytes >= MAX_REQUEST:             # <<<<<<<<<<<<<<
@@ -8318,7 +8592,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":391
+  /* "wsmem/_arena.pyx":413
  *         if nbytes >= MAX_REQUEST:
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
  *         sz = _round_up(nbytes, self.alignment)             # <<<<<<<<<<<<<<
@@ -8327,7 +8601,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   __pyx_v_sz = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_nbytes, __pyx_v_self->alignment);
 
-  /* "wsmem/_arena.pyx":392
+  /* "wsmem/_arena.pyx":414
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
  *         sz = _round_up(nbytes, self.alignment)
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -8339,20 +8613,20 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":393
+    /* "wsmem/_arena.pyx":415
  *         sz = _round_up(nbytes, self.alignment)
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:
  *             return self.spill_alloc(nbytes, block)             # <<<<<<<<<<<<<<
  *         while self.hole_index < self.n_holes:
  *             s = self.holes[2 * self.hole_index]
 */
-    __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 393, __pyx_L1_error)
+    __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 415, __pyx_L1_error)
     {
       __pyx_r = __pyx_t_10;
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":392
+    /* "wsmem/_arena.pyx":414
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
  *         sz = _round_up(nbytes, self.alignment)
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -8361,7 +8635,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":394
+  /* "wsmem/_arena.pyx":416
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:
  *             return self.spill_alloc(nbytes, block)
  *         while self.hole_index < self.n_holes:             # <<<<<<<<<<<<<<
@@ -8374,7 +8648,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 
     if (!__pyx_t_1) break;
 
-    /* "wsmem/_arena.pyx":395
+    /* "wsmem/_arena.pyx":417
  *             return self.spill_alloc(nbytes, block)
  *         while self.hole_index < self.n_holes:
  *             s = self.holes[2 * self.hole_index]             # <<<<<<<<<<<<<<
@@ -8383,7 +8657,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     __pyx_v_s = (__pyx_v_self->holes[(2 * __pyx_v_self->hole_index)]);
 
-    /* "wsmem/_arena.pyx":396
+    /* "wsmem/_arena.pyx":418
  *         while self.hole_index < self.n_holes:
  *             s = self.holes[2 * self.hole_index]
  *             e = self.holes[2 * self.hole_index + 1]             # <<<<<<<<<<<<<<
@@ -8392,7 +8666,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     __pyx_v_e = (__pyx_v_self->holes[((2 * __pyx_v_self->hole_index) + 1)]);
 
-    /* "wsmem/_arena.pyx":397
+    /* "wsmem/_arena.pyx":419
  *             s = self.holes[2 * self.hole_index]
  *             e = self.holes[2 * self.hole_index + 1]
  *             self.hole_index += 1             # <<<<<<<<<<<<<<
@@ -8401,7 +8675,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     __pyx_v_self->hole_index = (__pyx_v_self->hole_index + 1);
 
-    /* "wsmem/_arena.pyx":398
+    /* "wsmem/_arena.pyx":420
  *             e = self.holes[2 * self.hole_index + 1]
  *             self.hole_index += 1
  *             if e - s >= sz:             # <<<<<<<<<<<<<<
@@ -8413,7 +8687,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_arena.pyx":399
+      /* "wsmem/_arena.pyx":421
  *             self.hole_index += 1
  *             if e - s >= sz:
  *                 self.cursor = s + sz             # <<<<<<<<<<<<<<
@@ -8422,7 +8696,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
       __pyx_v_self->cursor = (__pyx_v_s + __pyx_v_sz);
 
-      /* "wsmem/_arena.pyx":400
+      /* "wsmem/_arena.pyx":422
  *             if e - s >= sz:
  *                 self.cursor = s + sz
  *                 self.limit = e             # <<<<<<<<<<<<<<
@@ -8431,7 +8705,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
       __pyx_v_self->limit = __pyx_v_e;
 
-      /* "wsmem/_arena.pyx":401
+      /* "wsmem/_arena.pyx":423
  *                 self.cursor = s + sz
  *                 self.limit = e
  *                 self.cycle_bytes += sz             # <<<<<<<<<<<<<<
@@ -8440,7 +8714,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
       __pyx_v_self->cycle_bytes = (__pyx_v_self->cycle_bytes + __pyx_v_sz);
 
-      /* "wsmem/_arena.pyx":402
+      /* "wsmem/_arena.pyx":424
  *                 self.limit = e
  *                 self.cycle_bytes += sz
  *                 block[0] = self.main             # <<<<<<<<<<<<<<
@@ -8452,7 +8726,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       (__pyx_v_block[0]) = __pyx_t_11;
 
 
-      /* "wsmem/_arena.pyx":403
+      /* "wsmem/_arena.pyx":425
  *                 self.cycle_bytes += sz
  *                 block[0] = self.main
  *                 return self.main.region.ptr + s             # <<<<<<<<<<<<<<
@@ -8465,7 +8739,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       }
       goto __pyx_L0;
 
-      /* "wsmem/_arena.pyx":398
+      /* "wsmem/_arena.pyx":420
  *             e = self.holes[2 * self.hole_index + 1]
  *             self.hole_index += 1
  *             if e - s >= sz:             # <<<<<<<<<<<<<<
@@ -8475,7 +8749,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     }
   }
 
-  /* "wsmem/_arena.pyx":404
+  /* "wsmem/_arena.pyx":426
  *                 block[0] = self.main
  *                 return self.main.region.ptr + s
  *         if self.initialized and self.spill == SPILL_FAIL:             # <<<<<<<<<<<<<<
@@ -8497,7 +8771,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":405
+    /* "wsmem/_arena.pyx":427
  *                 return self.main.region.ptr + s
  *         if self.initialized and self.spill == SPILL_FAIL:
  *             raise WorkspaceOverflowError(             # <<<<<<<<<<<<<<
@@ -8505,57 +8779,57 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "
 */
     __pyx_t_8 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 405, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 427, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
 
-    /* "wsmem/_arena.pyx":406
+    /* "wsmem/_arena.pyx":428
  *         if self.initialized and self.spill == SPILL_FAIL:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "             # <<<<<<<<<<<<<<
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
 */
-    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 406, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __Pyx_GetModuleGlobalName(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 406, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
-    __pyx_t_14 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 406, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_15 = __Pyx_PyObject_CallOneArg(__pyx_t_13, __pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 406, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_CallOneArg(__pyx_t_13, __pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-    __pyx_t_14 = __Pyx_PyObject_FormatSimple(__pyx_t_15, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 406, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_FormatSimple(__pyx_t_15, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
 
-    /* "wsmem/_arena.pyx":407
+    /* "wsmem/_arena.pyx":429
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "             # <<<<<<<<<<<<<<
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
  *                 self._stats_or_none())
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_15, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 407, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_15, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 429, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
-    __pyx_t_13 = __Pyx_PyLong_FromSize_t((__pyx_v_self->limit - __pyx_v_self->cursor)); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 407, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyLong_FromSize_t((__pyx_v_self->limit - __pyx_v_self->cursor)); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 429, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
-    __pyx_t_16 = __Pyx_PyObject_CallOneArg(__pyx_t_15, __pyx_t_13); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 407, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyObject_CallOneArg(__pyx_t_15, __pyx_t_13); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 429, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_16);
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-    __pyx_t_13 = __Pyx_PyObject_FormatSimple(__pyx_t_16, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 407, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_FormatSimple(__pyx_t_16, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 429, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_16, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 407, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_16, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 429, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_16);
-    __pyx_t_15 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 407, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 429, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
-    __pyx_t_17 = __Pyx_PyObject_CallOneArg(__pyx_t_16, __pyx_t_15); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 407, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyObject_CallOneArg(__pyx_t_16, __pyx_t_15); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 429, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_17);
     __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
-    __pyx_t_15 = __Pyx_PyObject_FormatSimple(__pyx_t_17, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 407, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_FormatSimple(__pyx_t_17, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 429, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
     __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
     __pyx_t_18[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
@@ -8568,7 +8842,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     __pyx_t_18[7] = __pyx_t_15;
     __pyx_t_18[8] = __pyx_mstate_global->__pyx_kp_u_spill_fail_Raise_initial_size_o;
 
-    /* "wsmem/_arena.pyx":406
+    /* "wsmem/_arena.pyx":428
  *         if self.initialized and self.spill == SPILL_FAIL:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "             # <<<<<<<<<<<<<<
@@ -8590,14 +8864,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     }
     #endif
     __pyx_t_17 = __Pyx_PyUnicode_Join(__pyx_t_18, 9, __pyx_t_6, __pyx_t_7);
-    if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 406, __pyx_L1_error)
+    if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 428, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_17);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
 
-    /* "wsmem/_arena.pyx":409
+    /* "wsmem/_arena.pyx":431
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
  *                 self._stats_or_none())             # <<<<<<<<<<<<<<
@@ -8611,7 +8885,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       PyObject *__pyx_callargs[2] = {__pyx_t_13, NULL};
       __pyx_t_15 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_callargs+__pyx_t_9, (1-__pyx_t_9) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
-      if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 409, __pyx_L1_error)
+      if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 431, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_15);
     }
     __pyx_t_9 = 1;
@@ -8633,14 +8907,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
       __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 405, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 427, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 405, __pyx_L1_error)
+    __PYX_ERR(0, 427, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":404
+    /* "wsmem/_arena.pyx":426
  *                 block[0] = self.main
  *                 return self.main.region.ptr + s
  *         if self.initialized and self.spill == SPILL_FAIL:             # <<<<<<<<<<<<<<
@@ -8649,20 +8923,20 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":410
+  /* "wsmem/_arena.pyx":432
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
  *                 self._stats_or_none())
  *         return self.spill_alloc(nbytes, block)             # <<<<<<<<<<<<<<
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:
 */
-  __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 410, __pyx_L1_error)
+  __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 432, __pyx_L1_error)
   {
     __pyx_r = __pyx_t_10;
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":384
+  /* "wsmem/_arena.pyx":406
  *         return 0
  * 
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -8692,7 +8966,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":412
+/* "wsmem/_arena.pyx":434
  *         return self.spill_alloc(nbytes, block)
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -8727,7 +9001,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("spill_alloc", 0);
 
-  /* "wsmem/_arena.pyx":413
+  /* "wsmem/_arena.pyx":435
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:
  *         cdef size_t sz = _round_up(nbytes, self.alignment)             # <<<<<<<<<<<<<<
@@ -8736,7 +9010,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_sz = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_nbytes, __pyx_v_self->alignment);
 
-  /* "wsmem/_arena.pyx":415
+  /* "wsmem/_arena.pyx":437
  *         cdef size_t sz = _round_up(nbytes, self.alignment)
  *         cdef Block* b
  *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:             # <<<<<<<<<<<<<<
@@ -8762,7 +9036,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":416
+    /* "wsmem/_arena.pyx":438
  *         cdef Block* b
  *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:
  *             raise WorkspaceOverflowError(             # <<<<<<<<<<<<<<
@@ -8770,67 +9044,67 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 416, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 438, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
 
-    /* "wsmem/_arena.pyx":417
+    /* "wsmem/_arena.pyx":439
  *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="             # <<<<<<<<<<<<<<
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
  *                 f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "
 */
-    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 417, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 439, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 417, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 439, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 417, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 439, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_9 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_8); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 417, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_8); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 439, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_9, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 417, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_9, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 439, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
 
-    /* "wsmem/_arena.pyx":418
+    /* "wsmem/_arena.pyx":440
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "             # <<<<<<<<<<<<<<
  *                 f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
 */
-    __pyx_t_9 = __Pyx_PyUnicode_From_size_t(__pyx_v_self->max_size, 0, ' ', 'd'); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyUnicode_From_size_t(__pyx_v_self->max_size, 0, ' ', 'd'); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 440, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 440, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_10 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 440, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_11 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_10); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_10); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 440, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    __pyx_t_10 = __Pyx_PyObject_FormatSimple(__pyx_t_11, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 418, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_FormatSimple(__pyx_t_11, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 440, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-    /* "wsmem/_arena.pyx":419
+    /* "wsmem/_arena.pyx":441
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
  *                 f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "             # <<<<<<<<<<<<<<
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
  *                 self._stats_or_none())
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 419, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 441, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_7 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spilled_bytes); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 419, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spilled_bytes); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 441, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_12 = __Pyx_PyObject_CallOneArg(__pyx_t_11, __pyx_t_7); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 419, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_CallOneArg(__pyx_t_11, __pyx_t_7); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 441, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_t_12, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 419, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_t_12, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 441, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __pyx_t_13[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
@@ -8845,7 +9119,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
     __pyx_t_13[9] = __pyx_t_7;
     __pyx_t_13[10] = __pyx_mstate_global->__pyx_kp_u_spilled_this_cycle_Raise_max_si;
 
-    /* "wsmem/_arena.pyx":417
+    /* "wsmem/_arena.pyx":439
  *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="             # <<<<<<<<<<<<<<
@@ -8864,7 +9138,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
     __pyx_t_15 |= __Pyx_PyUnicode_KIND_04(__pyx_t_13[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_13[3]) | __Pyx_PyUnicode_KIND_04(__pyx_t_13[7]) | __Pyx_PyUnicode_KIND_04(__pyx_t_13[9]);
     #endif
     __pyx_t_12 = __Pyx_PyUnicode_Join(__pyx_t_13, 11, __pyx_t_14, __pyx_t_15);
-    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 417, __pyx_L1_error)
+    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 439, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
@@ -8872,7 +9146,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
 
-    /* "wsmem/_arena.pyx":421
+    /* "wsmem/_arena.pyx":443
  *                 f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
  *                 self._stats_or_none())             # <<<<<<<<<<<<<<
@@ -8886,7 +9160,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
       PyObject *__pyx_callargs[2] = {__pyx_t_10, NULL};
       __pyx_t_7 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_callargs+__pyx_t_16, (1-__pyx_t_16) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 421, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 443, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
     }
     __pyx_t_16 = 1;
@@ -8908,14 +9182,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 416, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 438, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 416, __pyx_L1_error)
+    __PYX_ERR(0, 438, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":415
+    /* "wsmem/_arena.pyx":437
  *         cdef size_t sz = _round_up(nbytes, self.alignment)
  *         cdef Block* b
  *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:             # <<<<<<<<<<<<<<
@@ -8924,17 +9198,17 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   }
 
-  /* "wsmem/_arena.pyx":422
+  /* "wsmem/_arena.pyx":444
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
  *                 self._stats_or_none())
  *         b = _block_new(self.state, sz, False, self)             # <<<<<<<<<<<<<<
  *         b.next_spill = self.state.spills
  *         self.state.spills = b
 */
-  __pyx_t_17 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_sz, 0, __pyx_v_self); if (unlikely(__pyx_t_17 == ((void *)NULL))) __PYX_ERR(0, 422, __pyx_L1_error)
+  __pyx_t_17 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_sz, 0, __pyx_v_self); if (unlikely(__pyx_t_17 == ((void *)NULL))) __PYX_ERR(0, 444, __pyx_L1_error)
   __pyx_v_b = __pyx_t_17;
 
-  /* "wsmem/_arena.pyx":423
+  /* "wsmem/_arena.pyx":445
  *                 self._stats_or_none())
  *         b = _block_new(self.state, sz, False, self)
  *         b.next_spill = self.state.spills             # <<<<<<<<<<<<<<
@@ -8945,7 +9219,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 
   __pyx_v_b->next_spill = __pyx_t_17;
 
-  /* "wsmem/_arena.pyx":424
+  /* "wsmem/_arena.pyx":446
  *         b = _block_new(self.state, sz, False, self)
  *         b.next_spill = self.state.spills
  *         self.state.spills = b             # <<<<<<<<<<<<<<
@@ -8954,7 +9228,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->state->spills = __pyx_v_b;
 
-  /* "wsmem/_arena.pyx":425
+  /* "wsmem/_arena.pyx":447
  *         b.next_spill = self.state.spills
  *         self.state.spills = b
  *         self.spilled_bytes += sz             # <<<<<<<<<<<<<<
@@ -8963,7 +9237,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->spilled_bytes = (__pyx_v_self->spilled_bytes + __pyx_v_sz);
 
-  /* "wsmem/_arena.pyx":426
+  /* "wsmem/_arena.pyx":448
  *         self.state.spills = b
  *         self.spilled_bytes += sz
  *         self.spilled_count += 1             # <<<<<<<<<<<<<<
@@ -8972,7 +9246,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->spilled_count = (__pyx_v_self->spilled_count + 1);
 
-  /* "wsmem/_arena.pyx":427
+  /* "wsmem/_arena.pyx":449
  *         self.spilled_bytes += sz
  *         self.spilled_count += 1
  *         self.cycle_bytes += sz             # <<<<<<<<<<<<<<
@@ -8981,7 +9255,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->cycle_bytes = (__pyx_v_self->cycle_bytes + __pyx_v_sz);
 
-  /* "wsmem/_arena.pyx":428
+  /* "wsmem/_arena.pyx":450
  *         self.spilled_count += 1
  *         self.cycle_bytes += sz
  *         block[0] = b             # <<<<<<<<<<<<<<
@@ -8990,7 +9264,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   (__pyx_v_block[0]) = __pyx_v_b;
 
-  /* "wsmem/_arena.pyx":429
+  /* "wsmem/_arena.pyx":451
  *         self.cycle_bytes += sz
  *         block[0] = b
  *         return b.region.ptr             # <<<<<<<<<<<<<<
@@ -9003,7 +9277,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":412
+  /* "wsmem/_arena.pyx":434
  *         return self.spill_alloc(nbytes, block)
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -9033,7 +9307,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":431
+/* "wsmem/_arena.pyx":453
  *         return b.region.ptr
  * 
  *     cdef int end_cycle(self) except -1:             # <<<<<<<<<<<<<<
@@ -9057,7 +9331,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_arena.pyx":433
+  /* "wsmem/_arena.pyx":455
  *     cdef int end_cycle(self) except -1:
  *         """Close the cycle: free spills, learn, grow; the generation's arrays go stale."""
  *         cdef Block* b = self.state.spills             # <<<<<<<<<<<<<<
@@ -9068,7 +9342,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":436
+  /* "wsmem/_arena.pyx":458
  *         cdef Block* nxt
  *         cdef size_t target
  *         self.state.spills = NULL             # <<<<<<<<<<<<<<
@@ -9077,7 +9351,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   __pyx_v_self->state->spills = NULL;
 
-  /* "wsmem/_arena.pyx":437
+  /* "wsmem/_arena.pyx":459
  *         cdef size_t target
  *         self.state.spills = NULL
  *         while b != NULL:             # <<<<<<<<<<<<<<
@@ -9090,7 +9364,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
     if (!__pyx_t_2) break;
 
-    /* "wsmem/_arena.pyx":438
+    /* "wsmem/_arena.pyx":460
  *         self.state.spills = NULL
  *         while b != NULL:
  *             nxt = b.next_spill             # <<<<<<<<<<<<<<
@@ -9101,7 +9375,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
     __pyx_v_nxt = __pyx_t_1;
 
-    /* "wsmem/_arena.pyx":439
+    /* "wsmem/_arena.pyx":461
  *         while b != NULL:
  *             nxt = b.next_spill
  *             _block_decref(b)             # <<<<<<<<<<<<<<
@@ -9110,7 +9384,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
 
-    /* "wsmem/_arena.pyx":440
+    /* "wsmem/_arena.pyx":462
  *             nxt = b.next_spill
  *             _block_decref(b)
  *             b = nxt             # <<<<<<<<<<<<<<
@@ -9120,7 +9394,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     __pyx_v_b = __pyx_v_nxt;
   }
 
-  /* "wsmem/_arena.pyx":441
+  /* "wsmem/_arena.pyx":463
  *             _block_decref(b)
  *             b = nxt
  *         self.cycles += 1             # <<<<<<<<<<<<<<
@@ -9129,7 +9403,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   __pyx_v_self->cycles = (__pyx_v_self->cycles + 1);
 
-  /* "wsmem/_arena.pyx":442
+  /* "wsmem/_arena.pyx":464
  *             b = nxt
  *         self.cycles += 1
  *         self.last_cycle_bytes = self.cycle_bytes             # <<<<<<<<<<<<<<
@@ -9140,7 +9414,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
   __pyx_v_self->last_cycle_bytes = __pyx_t_3;
 
-  /* "wsmem/_arena.pyx":443
+  /* "wsmem/_arena.pyx":465
  *         self.cycles += 1
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:             # <<<<<<<<<<<<<<
@@ -9152,7 +9426,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":444
+    /* "wsmem/_arena.pyx":466
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:
  *             self.peak_cycle_bytes = self.cycle_bytes             # <<<<<<<<<<<<<<
@@ -9163,7 +9437,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
     __pyx_v_self->peak_cycle_bytes = __pyx_t_3;
 
-    /* "wsmem/_arena.pyx":443
+    /* "wsmem/_arena.pyx":465
  *         self.cycles += 1
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:             # <<<<<<<<<<<<<<
@@ -9172,7 +9446,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   }
 
-  /* "wsmem/_arena.pyx":445
+  /* "wsmem/_arena.pyx":467
  *         if self.cycle_bytes > self.peak_cycle_bytes:
  *             self.peak_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.learn_peak:             # <<<<<<<<<<<<<<
@@ -9184,7 +9458,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":446
+    /* "wsmem/_arena.pyx":468
  *             self.peak_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.learn_peak:
  *             self.learn_peak = self.cycle_bytes             # <<<<<<<<<<<<<<
@@ -9195,7 +9469,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
     __pyx_v_self->learn_peak = __pyx_t_3;
 
-    /* "wsmem/_arena.pyx":445
+    /* "wsmem/_arena.pyx":467
  *         if self.cycle_bytes > self.peak_cycle_bytes:
  *             self.peak_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.learn_peak:             # <<<<<<<<<<<<<<
@@ -9204,7 +9478,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   }
 
-  /* "wsmem/_arena.pyx":447
+  /* "wsmem/_arena.pyx":469
  *         if self.cycle_bytes > self.learn_peak:
  *             self.learn_peak = self.cycle_bytes
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -9214,30 +9488,30 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":448
+  /* "wsmem/_arena.pyx":470
  *             self.learn_peak = self.cycle_bytes
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0             # <<<<<<<<<<<<<<
  *         target = 0
- *         if self.init_pending or (not self.initialized and (
+ *         # first_loop learns from the first cycle that allocated anything: an
 */
   __pyx_v_self->n_holes = 0;
   __pyx_v_self->hole_index = 0;
 
-  /* "wsmem/_arena.pyx":449
+  /* "wsmem/_arena.pyx":471
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0
  *         target = 0             # <<<<<<<<<<<<<<
- *         if self.init_pending or (not self.initialized and (
- *                 self.learning == LEARN_FIRST_LOOP or
+ *         # first_loop learns from the first cycle that allocated anything: an
+ *         # empty first cycle would otherwise size the block to 0 for good.
 */
   __pyx_v_target = 0;
 
-  /* "wsmem/_arena.pyx":450
- *         self.n_holes = self.hole_index = 0
- *         target = 0
+  /* "wsmem/_arena.pyx":474
+ *         # first_loop learns from the first cycle that allocated anything: an
+ *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
- *                 self.learning == LEARN_FIRST_LOOP or
+ *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
  *                 (self.learning == LEARN_OVER_TIME and
 */
   if (!__pyx_v_self->init_pending) {
@@ -9257,14 +9531,22 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     goto __pyx_L8_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":451
- *         target = 0
+  /* "wsmem/_arena.pyx":475
+ *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (
- *                 self.learning == LEARN_FIRST_LOOP or             # <<<<<<<<<<<<<<
+ *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or             # <<<<<<<<<<<<<<
  *                 (self.learning == LEARN_OVER_TIME and
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
 */
   __pyx_t_4 = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP);
+
+  if (!__pyx_t_4) {
+
+    goto __pyx_L11_next_or;
+  } else {
+
+  }
+  __pyx_t_4 = (__pyx_v_self->learn_peak > 0);
 
   if (!__pyx_t_4) {
 
@@ -9274,10 +9556,11 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
     goto __pyx_L8_bool_binop_done;
   }
+  __pyx_L11_next_or:;
 
-  /* "wsmem/_arena.pyx":452
+  /* "wsmem/_arena.pyx":476
  *         if self.init_pending or (not self.initialized and (
- *                 self.learning == LEARN_FIRST_LOOP or
+ *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
  *                 (self.learning == LEARN_OVER_TIME and             # <<<<<<<<<<<<<<
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
  *             target = self.learned_size(self.learn_peak)
@@ -9293,8 +9576,8 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     goto __pyx_L8_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":453
- *                 self.learning == LEARN_FIRST_LOOP or
+  /* "wsmem/_arena.pyx":477
+ *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
  *                 (self.learning == LEARN_OVER_TIME and
  *                  self.cycles >= max(self.cycles_before_init, 1)))):             # <<<<<<<<<<<<<<
  *             target = self.learned_size(self.learn_peak)
@@ -9322,17 +9605,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
   __pyx_L8_bool_binop_done:;
 
-  /* "wsmem/_arena.pyx":450
- *         self.n_holes = self.hole_index = 0
- *         target = 0
+  /* "wsmem/_arena.pyx":474
+ *         # first_loop learns from the first cycle that allocated anything: an
+ *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
- *                 self.learning == LEARN_FIRST_LOOP or
+ *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
  *                 (self.learning == LEARN_OVER_TIME and
 */
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":454
+    /* "wsmem/_arena.pyx":478
  *                 (self.learning == LEARN_OVER_TIME and
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
  *             target = self.learned_size(self.learn_peak)             # <<<<<<<<<<<<<<
@@ -9341,7 +9624,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_target = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_self->learn_peak);
 
-    /* "wsmem/_arena.pyx":455
+    /* "wsmem/_arena.pyx":479
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
  *             target = self.learned_size(self.learn_peak)
  *             self.initialized = True             # <<<<<<<<<<<<<<
@@ -9350,7 +9633,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_self->initialized = 1;
 
-    /* "wsmem/_arena.pyx":456
+    /* "wsmem/_arena.pyx":480
  *             target = self.learned_size(self.learn_peak)
  *             self.initialized = True
  *             self.init_pending = False             # <<<<<<<<<<<<<<
@@ -9359,27 +9642,27 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_self->init_pending = 0;
 
-    /* "wsmem/_arena.pyx":457
+    /* "wsmem/_arena.pyx":481
  *             self.initialized = True
  *             self.init_pending = False
  *             self.set_capacity(target)             # <<<<<<<<<<<<<<
  *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *               and _debug_mode == DEBUG_OFF):
 */
-    __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 457, __pyx_L1_error)
+    __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 481, __pyx_L1_error)
 
 
-    /* "wsmem/_arena.pyx":450
- *         self.n_holes = self.hole_index = 0
- *         target = 0
+    /* "wsmem/_arena.pyx":474
+ *         # first_loop learns from the first cycle that allocated anything: an
+ *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
- *                 self.learning == LEARN_FIRST_LOOP or
+ *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
  *                 (self.learning == LEARN_OVER_TIME and
 */
     goto __pyx_L7;
   }
 
-  /* "wsmem/_arena.pyx":458
+  /* "wsmem/_arena.pyx":482
  *             self.init_pending = False
  *             self.set_capacity(target)
  *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
@@ -9390,7 +9673,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   } else {
 
     __pyx_t_2 = __pyx_v_self->initialized;
-    goto __pyx_L13_bool_binop_done;
+    goto __pyx_L14_bool_binop_done;
   }
   __pyx_t_4 = (__pyx_v_self->spill == __pyx_e_5wsmem_6_arena_SPILL_REALLOCATE);
 
@@ -9400,10 +9683,10 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
     __pyx_t_2 = __pyx_t_4;
 
-    goto __pyx_L13_bool_binop_done;
+    goto __pyx_L14_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":459
+  /* "wsmem/_arena.pyx":483
  *             self.set_capacity(target)
  *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *               and _debug_mode == DEBUG_OFF):             # <<<<<<<<<<<<<<
@@ -9418,16 +9701,16 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
     __pyx_t_2 = __pyx_t_4;
 
-    goto __pyx_L13_bool_binop_done;
+    goto __pyx_L14_bool_binop_done;
   }
   __pyx_t_4 = (__pyx_v_5wsmem_6_arena__debug_mode == __pyx_e_5wsmem_6_arena_DEBUG_OFF);
 
 
   __pyx_t_2 = __pyx_t_4;
 
-  __pyx_L13_bool_binop_done:;
+  __pyx_L14_bool_binop_done:;
 
-  /* "wsmem/_arena.pyx":458
+  /* "wsmem/_arena.pyx":482
  *             self.init_pending = False
  *             self.set_capacity(target)
  *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
@@ -9437,7 +9720,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":460
+    /* "wsmem/_arena.pyx":484
  *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *               and _debug_mode == DEBUG_OFF):
  *             target = self.learned_size(self.cycle_bytes)             # <<<<<<<<<<<<<<
@@ -9446,7 +9729,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_target = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_self->cycle_bytes);
 
-    /* "wsmem/_arena.pyx":461
+    /* "wsmem/_arena.pyx":485
  *               and _debug_mode == DEBUG_OFF):
  *             target = self.learned_size(self.cycle_bytes)
  *             if target > self.capacity():             # <<<<<<<<<<<<<<
@@ -9458,17 +9741,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":462
+      /* "wsmem/_arena.pyx":486
  *             target = self.learned_size(self.cycle_bytes)
  *             if target > self.capacity():
  *                 self.set_capacity(target)             # <<<<<<<<<<<<<<
  *         return 0
  * 
 */
-      __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 462, __pyx_L1_error)
+      __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 486, __pyx_L1_error)
 
 
-      /* "wsmem/_arena.pyx":461
+      /* "wsmem/_arena.pyx":485
  *               and _debug_mode == DEBUG_OFF):
  *             target = self.learned_size(self.cycle_bytes)
  *             if target > self.capacity():             # <<<<<<<<<<<<<<
@@ -9477,7 +9760,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     }
 
-    /* "wsmem/_arena.pyx":458
+    /* "wsmem/_arena.pyx":482
  *             self.init_pending = False
  *             self.set_capacity(target)
  *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
@@ -9487,7 +9770,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   }
   __pyx_L7:;
 
-  /* "wsmem/_arena.pyx":463
+  /* "wsmem/_arena.pyx":487
  *             if target > self.capacity():
  *                 self.set_capacity(target)
  *         return 0             # <<<<<<<<<<<<<<
@@ -9500,7 +9783,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":431
+  /* "wsmem/_arena.pyx":453
  *         return b.region.ptr
  * 
  *     cdef int end_cycle(self) except -1:             # <<<<<<<<<<<<<<
@@ -9520,7 +9803,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":465
+/* "wsmem/_arena.pyx":489
  *         return 0
  * 
  *     cdef int release_all(self) except -1:             # <<<<<<<<<<<<<<
@@ -9531,7 +9814,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self) {
   int __pyx_r;
 
-  /* "wsmem/_arena.pyx":467
+  /* "wsmem/_arena.pyx":491
  *     cdef int release_all(self) except -1:
  *         """destroy(): drop every block; pinned ones live on until released."""
  *         self._drop_blocks()             # <<<<<<<<<<<<<<
@@ -9540,7 +9823,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
 */
   ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_blocks(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":468
+  /* "wsmem/_arena.pyx":492
  *         """destroy(): drop every block; pinned ones live on until released."""
  *         self._drop_blocks()
  *         return 0             # <<<<<<<<<<<<<<
@@ -9553,7 +9836,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":465
+  /* "wsmem/_arena.pyx":489
  *         return 0
  * 
  *     cdef int release_all(self) except -1:             # <<<<<<<<<<<<<<
@@ -9567,7 +9850,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":470
+/* "wsmem/_arena.pyx":494
  *         return 0
  * 
  *     cdef int check_owner(self) except -1:             # <<<<<<<<<<<<<<
@@ -9596,7 +9879,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("check_owner", 0);
 
-  /* "wsmem/_arena.pyx":471
+  /* "wsmem/_arena.pyx":495
  * 
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()             # <<<<<<<<<<<<<<
@@ -9605,7 +9888,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_me = PyThread_get_thread_ident();
 
-  /* "wsmem/_arena.pyx":472
+  /* "wsmem/_arena.pyx":496
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:             # <<<<<<<<<<<<<<
@@ -9617,7 +9900,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":473
+    /* "wsmem/_arena.pyx":497
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:
  *             raise WorkspaceError(             # <<<<<<<<<<<<<<
@@ -9625,29 +9908,29 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 473, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 497, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
 
-    /* "wsmem/_arena.pyx":474
+    /* "wsmem/_arena.pyx":498
  *         if me != self.owner_thread:
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "             # <<<<<<<<<<<<<<
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
  *                 f"thread with wsmem.get_workspace(name, cfg).")
 */
-    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 474, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 498, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_self->owner_thread, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 474, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_self->owner_thread, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 498, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
 
-    /* "wsmem/_arena.pyx":475
+    /* "wsmem/_arena.pyx":499
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "             # <<<<<<<<<<<<<<
  *                 f"thread with wsmem.get_workspace(name, cfg).")
  *         return 0
 */
-    __pyx_t_7 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_me, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 475, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_me, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 499, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_8[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_8[1] = __pyx_t_5;
@@ -9657,7 +9940,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
     __pyx_t_8[5] = __pyx_t_7;
     __pyx_t_8[6] = __pyx_mstate_global->__pyx_kp_u_Workspaces_are_per_thread_creat;
 
-    /* "wsmem/_arena.pyx":474
+    /* "wsmem/_arena.pyx":498
  *         if me != self.owner_thread:
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "             # <<<<<<<<<<<<<<
@@ -9673,7 +9956,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
     __pyx_t_10 |= __Pyx_PyUnicode_KIND_04(__pyx_t_8[1]);
     #endif
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_8, 7, __pyx_t_9, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 474, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 498, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -9696,14 +9979,14 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 473, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 497, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 473, __pyx_L1_error)
+    __PYX_ERR(0, 497, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":472
+    /* "wsmem/_arena.pyx":496
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:             # <<<<<<<<<<<<<<
@@ -9712,7 +9995,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":477
+  /* "wsmem/_arena.pyx":501
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
  *                 f"thread with wsmem.get_workspace(name, cfg).")
  *         return 0             # <<<<<<<<<<<<<<
@@ -9725,7 +10008,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":470
+  /* "wsmem/_arena.pyx":494
  *         return 0
  * 
  *     cdef int check_owner(self) except -1:             # <<<<<<<<<<<<<<
@@ -9751,7 +10034,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":479
+/* "wsmem/_arena.pyx":503
  *         return 0
  * 
  *     cdef size_t pinned_bytes(self) noexcept:             # <<<<<<<<<<<<<<
@@ -9781,7 +10064,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pinned_bytes", 0);
 
-  /* "wsmem/_arena.pyx":481
+  /* "wsmem/_arena.pyx":505
  *     cdef size_t pinned_bytes(self) noexcept:
  *         """Bytes kept out of reuse by live exports, line-rounded, over all blocks."""
  *         cdef Block* b = self.state.blocks             # <<<<<<<<<<<<<<
@@ -9792,7 +10075,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":482
+  /* "wsmem/_arena.pyx":506
  *         """Bytes kept out of reuse by live exports, line-rounded, over all blocks."""
  *         cdef Block* b = self.state.blocks
  *         cdef size_t total = 0, n, i             # <<<<<<<<<<<<<<
@@ -9801,7 +10084,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
   __pyx_v_total = 0;
 
-  /* "wsmem/_arena.pyx":483
+  /* "wsmem/_arena.pyx":507
  *         cdef Block* b = self.state.blocks
  *         cdef size_t total = 0, n, i
  *         cdef size_t* r = NULL             # <<<<<<<<<<<<<<
@@ -9810,7 +10093,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
   __pyx_v_r = NULL;
 
-  /* "wsmem/_arena.pyx":484
+  /* "wsmem/_arena.pyx":508
  *         cdef size_t total = 0, n, i
  *         cdef size_t* r = NULL
  *         while b != NULL:             # <<<<<<<<<<<<<<
@@ -9823,7 +10106,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 
     if (!__pyx_t_2) break;
 
-    /* "wsmem/_arena.pyx":485
+    /* "wsmem/_arena.pyx":509
  *         cdef size_t* r = NULL
  *         while b != NULL:
  *             if b.n_pins:             # <<<<<<<<<<<<<<
@@ -9835,7 +10118,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":486
+      /* "wsmem/_arena.pyx":510
  *         while b != NULL:
  *             if b.n_pins:
  *                 if b.is_main:             # <<<<<<<<<<<<<<
@@ -9844,7 +10127,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
       if (__pyx_v_b->is_main) {
 
-        /* "wsmem/_arena.pyx":487
+        /* "wsmem/_arena.pyx":511
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -9860,17 +10143,17 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           __Pyx_XGOTREF(__pyx_t_5);
           /*try:*/ {
 
-            /* "wsmem/_arena.pyx":488
+            /* "wsmem/_arena.pyx":512
  *                 if b.is_main:
  *                     try:
  *                         n = _merged_ranges(b, &r)             # <<<<<<<<<<<<<<
  *                     except MemoryError:
  *                         n = 0
 */
-            __pyx_t_6 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_b, (&__pyx_v_r)); if (unlikely(__pyx_t_6 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 488, __pyx_L7_error)
+            __pyx_t_6 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_b, (&__pyx_v_r)); if (unlikely(__pyx_t_6 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 512, __pyx_L7_error)
             __pyx_v_n = __pyx_t_6;
 
-            /* "wsmem/_arena.pyx":487
+            /* "wsmem/_arena.pyx":511
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -9884,7 +10167,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           goto __pyx_L14_try_end;
           __pyx_L7_error:;
 
-          /* "wsmem/_arena.pyx":489
+          /* "wsmem/_arena.pyx":513
  *                     try:
  *                         n = _merged_ranges(b, &r)
  *                     except MemoryError:             # <<<<<<<<<<<<<<
@@ -9895,7 +10178,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           if (__pyx_t_7) {
             __Pyx_ErrRestore(0,0,0);
 
-            /* "wsmem/_arena.pyx":490
+            /* "wsmem/_arena.pyx":514
  *                         n = _merged_ranges(b, &r)
  *                     except MemoryError:
  *                         n = 0             # <<<<<<<<<<<<<<
@@ -9907,7 +10190,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           }
           goto __pyx_L9_except_error;
 
-          /* "wsmem/_arena.pyx":487
+          /* "wsmem/_arena.pyx":511
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -9928,7 +10211,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           __pyx_L14_try_end:;
         }
 
-        /* "wsmem/_arena.pyx":491
+        /* "wsmem/_arena.pyx":515
  *                     except MemoryError:
  *                         n = 0
  *                     for i in range(n):             # <<<<<<<<<<<<<<
@@ -9942,7 +10225,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
           __pyx_v_i = __pyx_t_9;
 
-          /* "wsmem/_arena.pyx":492
+          /* "wsmem/_arena.pyx":516
  *                         n = 0
  *                     for i in range(n):
  *                         total += r[2 * i + 1] - r[2 * i]             # <<<<<<<<<<<<<<
@@ -9953,7 +10236,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         }
 
 
-        /* "wsmem/_arena.pyx":493
+        /* "wsmem/_arena.pyx":517
  *                     for i in range(n):
  *                         total += r[2 * i + 1] - r[2 * i]
  *                     free(r)             # <<<<<<<<<<<<<<
@@ -9962,7 +10245,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
         free(__pyx_v_r);
 
-        /* "wsmem/_arena.pyx":494
+        /* "wsmem/_arena.pyx":518
  *                         total += r[2 * i + 1] - r[2 * i]
  *                     free(r)
  *                     r = NULL             # <<<<<<<<<<<<<<
@@ -9971,7 +10254,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
         __pyx_v_r = NULL;
 
-        /* "wsmem/_arena.pyx":486
+        /* "wsmem/_arena.pyx":510
  *         while b != NULL:
  *             if b.n_pins:
  *                 if b.is_main:             # <<<<<<<<<<<<<<
@@ -9981,7 +10264,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         goto __pyx_L6;
       }
 
-      /* "wsmem/_arena.pyx":496
+      /* "wsmem/_arena.pyx":520
  *                     r = NULL
  *                 else:
  *                     total += _round_up(b.size, LINE)             # <<<<<<<<<<<<<<
@@ -9993,7 +10276,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
       }
       __pyx_L6:;
 
-      /* "wsmem/_arena.pyx":485
+      /* "wsmem/_arena.pyx":509
  *         cdef size_t* r = NULL
  *         while b != NULL:
  *             if b.n_pins:             # <<<<<<<<<<<<<<
@@ -10002,7 +10285,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
     }
 
-    /* "wsmem/_arena.pyx":497
+    /* "wsmem/_arena.pyx":521
  *                 else:
  *                     total += _round_up(b.size, LINE)
  *             b = b.next             # <<<<<<<<<<<<<<
@@ -10014,7 +10297,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
     __pyx_v_b = __pyx_t_1;
   }
 
-  /* "wsmem/_arena.pyx":498
+  /* "wsmem/_arena.pyx":522
  *                     total += _round_up(b.size, LINE)
  *             b = b.next
  *         return total             # <<<<<<<<<<<<<<
@@ -10027,7 +10310,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":479
+  /* "wsmem/_arena.pyx":503
  *         return 0
  * 
  *     cdef size_t pinned_bytes(self) noexcept:             # <<<<<<<<<<<<<<
@@ -10050,7 +10333,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":500
+/* "wsmem/_arena.pyx":524
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
@@ -10116,7 +10399,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_stats_or_none", 0);
 
-  /* "wsmem/_arena.pyx":501
+  /* "wsmem/_arena.pyx":525
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10132,7 +10415,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "wsmem/_arena.pyx":502
+      /* "wsmem/_arena.pyx":526
  *     def _stats_or_none(self):
  *         try:
  *             return self.stats()             # <<<<<<<<<<<<<<
@@ -10146,7 +10429,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
         PyObject *__pyx_callargs[2] = {__pyx_t_5, NULL};
         __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_stats, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 502, __pyx_L3_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 526, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       {
@@ -10160,7 +10443,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
       __pyx_t_4 = 0;
       goto __pyx_L7_try_return;
 
-      /* "wsmem/_arena.pyx":501
+      /* "wsmem/_arena.pyx":525
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10172,7 +10455,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-    /* "wsmem/_arena.pyx":503
+    /* "wsmem/_arena.pyx":527
  *         try:
  *             return self.stats()
  *         except Exception:             # <<<<<<<<<<<<<<
@@ -10183,7 +10466,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     if (__pyx_t_7) {
       __Pyx_ErrRestore(0,0,0);
 
-      /* "wsmem/_arena.pyx":504
+      /* "wsmem/_arena.pyx":528
  *             return self.stats()
  *         except Exception:
  *             return None             # <<<<<<<<<<<<<<
@@ -10202,7 +10485,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     }
     goto __pyx_L5_except_error;
 
-    /* "wsmem/_arena.pyx":501
+    /* "wsmem/_arena.pyx":525
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10229,7 +10512,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     goto __pyx_L0;
   }
 
-  /* "wsmem/_arena.pyx":500
+  /* "wsmem/_arena.pyx":524
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
@@ -10249,7 +10532,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":506
+/* "wsmem/_arena.pyx":530
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
@@ -10318,7 +10601,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_live_pins", 0);
 
-  /* "wsmem/_arena.pyx":508
+  /* "wsmem/_arena.pyx":532
  *     def _live_pins(self):
  *         """[(nbytes, generation, owner)] of every live pin (for leaks())."""
  *         cdef Block* b = self.state.blocks             # <<<<<<<<<<<<<<
@@ -10329,19 +10612,19 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":510
+  /* "wsmem/_arena.pyx":534
  *         cdef Block* b = self.state.blocks
  *         cdef Pin* p
  *         out = []             # <<<<<<<<<<<<<<
  *         while b != NULL:
  *             p = b.pins
 */
-  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 510, __pyx_L1_error)
+  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 534, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_v_out = ((PyObject*)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":511
+  /* "wsmem/_arena.pyx":535
  *         cdef Pin* p
  *         out = []
  *         while b != NULL:             # <<<<<<<<<<<<<<
@@ -10354,7 +10637,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
     if (!__pyx_t_3) break;
 
-    /* "wsmem/_arena.pyx":512
+    /* "wsmem/_arena.pyx":536
  *         out = []
  *         while b != NULL:
  *             p = b.pins             # <<<<<<<<<<<<<<
@@ -10365,7 +10648,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
     __pyx_v_p = __pyx_t_4;
 
-    /* "wsmem/_arena.pyx":513
+    /* "wsmem/_arena.pyx":537
  *         while b != NULL:
  *             p = b.pins
  *             while p != NULL:             # <<<<<<<<<<<<<<
@@ -10378,33 +10661,33 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
       if (!__pyx_t_3) break;
 
-      /* "wsmem/_arena.pyx":514
+      /* "wsmem/_arena.pyx":538
  *             p = b.pins
  *             while p != NULL:
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))             # <<<<<<<<<<<<<<
  *                 p = p.next
  *             b = b.next
 */
-      __pyx_t_2 = __Pyx_PyLong_FromSize_t((__pyx_v_p->hi - __pyx_v_p->lo)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 514, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyLong_FromSize_t((__pyx_v_p->hi - __pyx_v_p->lo)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 538, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_5 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_p->generation); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 514, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_p->generation); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 538, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_6 = PyTuple_New(3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 514, __pyx_L1_error)
+      __pyx_t_6 = PyTuple_New(3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 538, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_GIVEREF(__pyx_t_2);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 514, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 538, __pyx_L1_error);
       __Pyx_GIVEREF(__pyx_t_5);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 514, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 538, __pyx_L1_error);
       __Pyx_INCREF(((PyObject *)__pyx_v_p->owner));
       __Pyx_GIVEREF(((PyObject *)__pyx_v_p->owner));
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 2, ((PyObject *)__pyx_v_p->owner)) != (0)) __PYX_ERR(0, 514, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 2, ((PyObject *)__pyx_v_p->owner)) != (0)) __PYX_ERR(0, 538, __pyx_L1_error);
       __pyx_t_2 = 0;
       __pyx_t_5 = 0;
-      __pyx_t_7 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_6); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 514, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_6); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 538, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
 
-      /* "wsmem/_arena.pyx":515
+      /* "wsmem/_arena.pyx":539
  *             while p != NULL:
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))
  *                 p = p.next             # <<<<<<<<<<<<<<
@@ -10416,7 +10699,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
       __pyx_v_p = __pyx_t_4;
     }
 
-    /* "wsmem/_arena.pyx":516
+    /* "wsmem/_arena.pyx":540
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))
  *                 p = p.next
  *             b = b.next             # <<<<<<<<<<<<<<
@@ -10427,7 +10710,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
     __pyx_v_b = __pyx_t_1;
   }
 
-  /* "wsmem/_arena.pyx":517
+  /* "wsmem/_arena.pyx":541
  *                 p = p.next
  *             b = b.next
  *         return out             # <<<<<<<<<<<<<<
@@ -10443,7 +10726,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":506
+  /* "wsmem/_arena.pyx":530
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
@@ -10986,8 +11269,8 @@ static int __Pyx_modinit_Function_export_code(__pyx_mstatetype *__pyx_mstate) {
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (unlikely(!__pyx_export_signature)) __PYX_ERR(0, 1, __pyx_L1_error)
     #endif
-    const char * __pyx_export_name = __pyx_export_signature + 322;
-    void (*const __pyx_export_pointers[])(void) = {(void (*)(void))&__pyx_f_5wsmem_6_arena_current_arena, (void (*)(void))&__pyx_f_5wsmem_6_arena_arena_alloc, (void (*)(void))&__pyx_f_5wsmem_6_arena_get_debug_mode, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_create, (void (*)(void))&__pyx_f_5wsmem_6_arena_set_current_arena, (void (*)(void))&__pyx_f_5wsmem_6_arena_set_debug_mode, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_release, (void (*)(void)) NULL};
+    const char * __pyx_export_name = __pyx_export_signature + 456;
+    void (*const __pyx_export_pointers[])(void) = {(void (*)(void))&__pyx_f_5wsmem_6_arena_current_arena, (void (*)(void))&__pyx_f_5wsmem_6_arena_arena_alloc, (void (*)(void))&__pyx_f_5wsmem_6_arena_get_debug_mode, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_create, (void (*)(void))&__pyx_f_5wsmem_6_arena_set_current_arena, (void (*)(void))&__pyx_f_5wsmem_6_arena_set_debug_mode, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_fini, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_release, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_init, (void (*)(void)) NULL};
     void (*const *__pyx_export_pointer)(void) = __pyx_export_pointers;
     const char *__pyx_export_current_signature = __pyx_export_signature;
     while (*__pyx_export_pointer) {
@@ -11029,14 +11312,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_6_arena_Arena(__pyx_mstatetype
   __pyx_vtable_5wsmem_6_arena_Arena.pinned_bytes = (size_t (*)(struct __pyx_obj_5wsmem_6_arena_Arena *))__pyx_f_5wsmem_6_arena_5Arena_pinned_bytes;
   __pyx_vtable_5wsmem_6_arena_Arena.capacity = (size_t (*)(struct __pyx_obj_5wsmem_6_arena_Arena *))__pyx_f_5wsmem_6_arena_5Arena_capacity;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_arena_Arena_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena)) __PYX_ERR(0, 233, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_arena_Arena_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena)) __PYX_ERR(0, 248, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = &__pyx_type_5wsmem_6_arena_Arena;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 233, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 248, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena);
@@ -11046,9 +11329,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_6_arena_Arena(__pyx_mstatetype
     __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_vtabptr_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 233, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Arena, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 233, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 233, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_vtabptr_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 248, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Arena, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 248, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 248, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -11534,34 +11817,34 @@ __Pyx_RefNannySetupContext("PyInit__arena", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_nbytes_str, __pyx_t_2) < (0)) __PYX_ERR(0, 71, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":500
+  /* "wsmem/_arena.pyx":524
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
  *         try:
  *             return self.stats()
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_5_stats_or_none, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__stats_or_none, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 500, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_5_stats_or_none, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__stats_or_none, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 524, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_t_2) < (0)) __PYX_ERR(0, 500, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_t_2) < (0)) __PYX_ERR(0, 524, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":506
+  /* "wsmem/_arena.pyx":530
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
  *         """[(nbytes, generation, owner)] of every live pin (for leaks())."""
  *         cdef Block* b = self.state.blocks
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_7_live_pins, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__live_pins, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 506, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_7_live_pins, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__live_pins, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 530, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_live_pins, __pyx_t_2) < (0)) __PYX_ERR(0, 506, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_live_pins, __pyx_t_2) < (0)) __PYX_ERR(0, 530, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "(tree fragment)":1
@@ -11658,7 +11941,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "wsmem/_arena.pyx":294
+  /* "wsmem/_arena.pyx":309
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")             # <<<<<<<<<<<<<<
@@ -11667,7 +11950,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_prefix, __pyx_mstate_global->__pyx_n_u_suffix};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 294, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 309, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
@@ -11708,41 +11991,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 7; } str_length_index[] = {{0},{2},{77},{2},{4},{4},{4},{19},{9},{37},{7},{10},{9},{28},{12},{109},{15},{68},{92},{22},{1},{3},{3},{5},{2},{21},{1},{4},{16},{7},{6},{2},{9},{50},{20},{10},{6},{39},{37},{36},{38},{39},{5},{23},{25},{16},{20},{14},{22},{20},{12},{8},{12},{8},{10},{8},{12},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{10},{11},{14},{10},{18},{1},{5},{10},{18},{5},{18},{6},{19},{19},{8},{4},{10},{8},{4},{12},{5},{8},{8},{8},{8},{7},{4},{9},{1},{4},{2},{3},{9},{12},{20},{1},{6},{3},{6},{10},{5},{4},{10},{5},{5},{6},{6},{8},{6},{5},{6},{12},{13}};
-    const struct { const unsigned int length: 9; } bytes_length_index[] = {{418},{243},{32},{83},{9},{22},{87}};
+    const struct { const unsigned int length: 7; } str_length_index[] = {{0},{2},{77},{2},{4},{4},{4},{76},{19},{9},{37},{7},{64},{10},{9},{28},{12},{109},{15},{68},{92},{22},{1},{3},{3},{5},{2},{21},{1},{4},{16},{7},{6},{2},{9},{50},{20},{10},{6},{39},{37},{36},{38},{39},{5},{23},{25},{16},{20},{14},{22},{20},{12},{8},{12},{8},{10},{8},{12},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{10},{11},{14},{10},{18},{1},{5},{10},{18},{5},{18},{6},{19},{19},{8},{4},{10},{8},{4},{12},{5},{8},{8},{8},{8},{7},{4},{9},{1},{4},{2},{3},{9},{12},{20},{1},{6},{3},{6},{10},{5},{4},{10},{5},{5},{6},{6},{8},{6},{5},{6},{12},{13}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{570},{243},{32},{83},{9},{22},{87}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1255 bytes) */
-static const char cstring[] = "x\332\235UKo\0337\020V\320\024u\333\240q\036(z\234\344b\311Q6p\320\007` (\354\306q\200\246\361\243i\213\236\010.wVb\314%\327$W\226z\362Q\307=\352\350c\216=\366\330\237\241c~J\207\\\255\354\304IZT\300\3621\034\316\343\3437#\350B\327\225R\251Gk9\227j\255\227\300!\227\016Aj\351%W\314\311?\260\017\306BE\302\205&\216=Z\315\325Z\220\257Y\344J\031\301=\256%\260\r\273r\033~\244\357\047\372RTF\017\034x\003~Hz\031@J\252Gp\217\026\023\217n\023\024\267\003\264t\3145p=\001\236e\026\235#W\\ \344\344\200\003H\007y\245\324&\200\302\334\203\311\001\nc\021NL\2452\300\261@\314\240\340\343\030\355#\260x\\\241\363\230\365\241\t\231N\375\220\214\210\211P\270L\261\275\320\2076\0012O\256K\212\047j\306\274\227g\246\362Nf\204\214\207\023\351\207p\342\n,\022\047L\211\214\316\272\275\244\353-R\314\226\017\n\324\276G\216\236\004\001\251\031;\351\2032\047d\271\365\372\340\235\010sp\005y$\275\224{1L\310\306o\306\036E4\034p\312\271\214h\00507A\320\024\"\323\341\275\000\271\030\2668_\210p\200\236\235\2646\272\232\027\344M\344\203^\322\007m|\3636\204\315\342b7I6\362\344a\236\024\005/7a\223\344\364\356\023B\263 \\s\2121\203\357\237\223G\301u\270\276\204\047\223\216\247\nQ\207q \010\340\270\312\264\201\014s^)\017\214Y\314*\201\214AVa\360\254\215\276\357\255\034\021\016t*\002$\214\225\223\361\203\030\372\003F\tk\236\220`\231@\223\324\3758n\2067\tlh\020^\260\245a\330\220\222A\373\001\265\222\020\263(\214\315>\240\264t\373^\235\000\317\320(\242\216t\376\235Z\047C\2718\226z\020\334\272\255\220U\034\222%$b\342\207F3\326\212\035z\347\t\327\267\017\224\034![\032IXPr\314XFP\342\222*;\326\032\273\334\355\215\320\346\304\276(el\1772\246\357\261\024\236=\247R>\304\234\261\370\230\301\035\375\362J\2130\017\332\020\350Wp\251\343l\262JEI R\230\351q\230\340\245l\327\213+a9\362\201\001\341\340\270\342\252\275\320r\340R\352K\001\216\303\206\020X:q\027B\271\204\014c\324I\2107L:F\357I\350K\215\347@1\035[\r\005f\337DkA]i4w\023-\244I\226\267]\032Y\024\007\026z\216P\301&a\340-\001\232rq$\224q\030\333\204c)\022\025\302\261""\364\031\216$\265\243<G\341C\004\\\311\201\016\355\000uf\362\264\242\003KyR\251b\326\366\321\320ysi)\007eL\231S\345\010\223\341\320\004\306\234\367\010I%\350\024r\253\211Gm\344m7)(\2648\037\205J-C\361\206\217\225\334\017uH\3268\312\314\020\021\230\227\005\206E[\271\027\326d\220p+\244/\t8\215Yi\312\222\212^\216\317{<5g\302\037\025E\351\027u\035[lD\226 &V9JR\216C\03091\277\322\004\335\321\210\253\n\343\340\232\256\324\224\366b\215\201\230n\177\262\227\276$\330`\275;22\353u\304\220[\332\220\325J\204\356\0218e\322\227\354\233x\215}\333\330h*\003\326\373\020\000`\236\346\213\027\374\333\352\333\261?\254\257\367:R{X\270\372\360\225}\352\025o\305\361>\263\324[c\324\347s\245\035Q\200\332\346\376\357\354\331\336\363\3358\364\341<\333^\047\304\000\335\313\022\n\260]\376\207\000\t\260\312\322\3267\302Ns\024\037\256\023\376\0042L\253A\250`\354\320\363\262\346\317\243\023\312\354\315{\356\262\256E\"\236\303\010\330\373\")\371\200Ja\237\306C\034\020\223.\276H\304B\030\355br\377\333L3\367:\377\202\311e\023\275N#\013%\021H\271\334Fp\316\317B\315-\266\213\224\033\227\235\316\323_vw\330\376\326\356N\263z\361\364p\347\347\247{\317\036\237^\231_\375\344\324NoN7\346+\327\247\266\276Q\337i$\267\247\007\255\344n\275]g\263w\311wf_\316\216\347W?\237>\234\036L\323\372\343\372\327\331F0\371\331\364^}p\2725_\371t~\355V\375u=\232\035\314\257\257\206\365\306\351\326\353\225\257fWgO\316\356\274^\371b\312\3474\244\365G\365\306\374\332j}\245\2761\277v\223\014\377P\037\317Wo\325\337\315\356\316\266f/\316n\236m\234\355\274\272\361\352\376\237\343\277\216\377\2762_\275]o\325\007\355\r\n\347\370\037\237|\300\333";
-    PyObject *data = __Pyx_DecompressString(cstring, 1255, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1336 bytes) */
+static const char cstring[] = "x\332\235UKo\0337\020V\320\024u\333\240q\036(zdr\221\344\310\0338\350\003\020\020\024v\3428@\323\370\321\264EO\004\305\235\225\030S\344\232\344\312RO>\352\270G\035}\314\261\307\036\3733t\314O\351\014W++q\222\006\025 .w8\234\3077\337\314\262\026k\371\\i\375\260\231\t\245\233\355\204\035\t\345\201)\243\202\022\232{\365\047t\230u\254@\341B\023\306\001\234\021\272I\362\246\003\241\265\225\"@3a;lO\355\260\237\360\3773\376\205I\231\024\306\330\300z\300\034\220\2614a\217\360J\000\026\006\300N\255;\366\271\220\270Sa\020E\253\236\331\304\026\314\000]\352\201\266\246\357Y\260\250\205\006R\306z\350\366\230\335\303\315$\200\3572-\\\037\034\036\013\203\256\047L\244)\372\364\254r\220a\260\2021\345Y\2464l\366\204<\206\224\265b\350\312\232\207\315\341P\344\315v\227\251\340\027\246\007\302\307\22025F\325\030P\274_h\335eLC\026\230\315\030\033ZG\231\024:e0\226\030-\033\212q\214\377!&}R\200\017\220vX\005\037\236\206\001\032\221\023\251a\tw}\241\303j0\321<\206\236c>Q3\326`yf\213\340U\212X\205\n\267S?\204a\342\245\315\201\343Y\253\235\264\202\003\014\334\211\376\020Lh\243\243\047$@5\353&\035\246\355)Z\256\275\336\177g\265\005\363C\364\210z=\021\344 A\033\277\327\345\362L`\316yD\233\212\321e\262*\2525TA\006B\016\352:\255D\330\207\300\227%o\0311Do2\353\267\223\016#\222\304\332*__l%\311V\226<\310\022\252L\227uc-\374\004\321\034\"\256\031\306\230\262\037\237\243\307\005\307\226\360\244\312\213\236\0060\264\366%\002\034w\251\261,\205L\024:0\316\035\244\205\004\316YZ\000y6\326l\006\247F\210\003\236J\202\204\363|2\276\037C\277\3171a#\022\024\254p\226N6\343\332\245\232\020\033*\204\027l[\320\010\223\001\367\001\265\034\021s \255K?\240\264t\373^\035\202g`5RG\371\360N\255\323\201Z\034+\323\047\267~\233\262\212K\262\204DN\302\300\032\316k\261\207\340\003\342\372\366\201V#\340K#\t\047%\317\255\343\010%,\251\262\353\234u\313\267\375\021\270\014\331\027\245\234\037L\306\370\177\254d\340\317q\254\034A\306y,&\271\303_V\030I\317~\035\002\376\206B\231\370\264i\241\243\204\210DO,\016\227\"W\365~q\205\266""\243@\014\240\203\223B\350\372B\315\201K\251/\0050\246\027D`\351\304\257\204r\t\031\316q\022!o\270\362\034\353\211\350+\003\027@q\023G\025\006\346\336DkA]\234C\302O\214T6Y\336\366\275\310\242\270p\2329R\223M\304 8\004\224\346\230\324\326C\034\023\236\367\000\251@\307*\2440R8\216\262\014d\240\010\204V}C\343\000Lj\263^\201\007\016\363\304V\205\264\236\351\364\025\310\224\303\034\264\265y\206\235#m\n\003K\214\271\230\021\n[\320k\020\316 \217\352\310\353i2\304\320\342\363\230:5\247\346\245?\317E\030\030J\326z\314\314\"\021xPC\240M\335\271+{4\210\270\rU\310\0218\003in\363\034\233^\215/\27678\334\021\177\320\030eX\364u\034\261\021Y\204\030Y\3451I5\2460h\350\027\006\241;\036\t]@\\|5\225\252\326^\354\201\210\351\017&\373\275\227\010\033\333h\215\254J\333\r9\020\016_\320j!iz\020\247l\357%\377.^\343\337W6\252\316`\033\235\370\261\340\001\237\253\027\302\333\352;q>ll\264\033\312\004\266p\365\341+\0078+\336\212\343}fq\266\306\250/\236\205\361H\001\034\233\007\177\360g\373\317\367\342\322a\027\331\266\033\024\003k]\226`\200\365\366#\002l7>^\367#A\372_\331\310\302\241\215PYjT\366\"}\032\364)J\241W\364i\216@\003I\306\253OX\203\232\375\315{\376\262n\206\355\0207\016\260\017|%\214-B\205|_B\271\350c\213\036\340z\004}d\370*SbV\322\032\037\003\377\337f\252\347\177\342\177\331D\273Q\311\250U\251Y\226\257\021\256\2133\232\005\213\327E\356\225\313F\343\351\257{\273\374`{o\267\332\275xz\264\373\313\323\375g\217\317\256\314\257~v\346\2467\247[\363\265\353SW\336(\357T\222\333\323\303Zr\267\334)\323\331\273\344\273\263\257g\047\363\253_N\037L\017\247\275\362\323\362\267\331\026\231\374bz\257<<\333\236\257}>\277v\253\374\266\034\315\016\347\327\327i\277u\266\375z\355\233\331\325\331\223\363;\257\327\276\232\2129.\275\362\223rk~m\275\274R\336\230_\273\211\206\037\225\047\363\365[\345\017\263\273\263\355\331\213\363\233\347[\347\273\257n\274\332\374k\374\367\311?W\346\353\267\313\355\362\260\276\201\341\234\374\013*\200&\234";
+    PyObject *data = __Pyx_DecompressString(cstring, 1336, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1665 bytes) */
-static const char cstring[] = "\377 ( (spil\377l=\047fail\047\377). Raise\377 initial\377_size, o\347r u\022\000#\004ext\277ernal\047\024\001\047\377realloca\377te\047. B G\257iB K\001\000M\005\000b\377elongs t\357o th%\000d  \335b(\000k +\006\000yt\377es: larg\373er\034\000an an\377y addres\377s space \375fv\000a  is \377full:  l\377eft of  \377more wou\377ld excee\337d max\251\002= \377requeste\317d,  \330\002\033\000th>B\000cycle\332\006)\005#, \271\005\\\000x\000p\215\000%\002\374\363\002\023\006outsid\376\227 t with \377wsmem.sc\357ope_\031\000().\357(tre\261\000rag_ment)\311 F\r\001\376$\000ory, lo\351w\347\000\237\005/\3152a s\371m\314 \217 batch\275.\215@Work\211\"s\343 a\361\000\232\001\307#: c\276\371 te on\254A \317each\340%\227\010ge\367t_w<\005(nam\376\315@cfg)., \307not\226C\336 \232D(.\377.1f.2f.m\277map: :\266@eW sy\313 m\325 f\203`\357d ?No\000can\374;\001\262&disabl7een\002\001gc\301`\005\002\377dno defa\377ult __re\377duce__ d\373ue\222anon-t\247riv\347`\033\000c\361a_\337_pyx/\330\"/_\216\356\000na.\016\000\270\006\361#-\006\370\": \221@\212a\334#\247d\334c\277header\014\030p{in\246`cord1\030\374\257&W\026the ho\177le list\201\022\367whi\030\004ing Nt\000sAr\243 \000\002.\212&\377cython__\376\017\005setstat\373e_\n\014live_\366<\006._!\001s_or\365_\310 e\242fErro}r\260fOverf\373`\276\021\002__Pyx\001\000D\377ict_Next\237Ref__\310Bk\001_\277__func\004\000_\271g{\005\021\000mai\232\000_\277_modul\276@_\361_\305a\"\001\253@_capqi\004\005\260\003\301A_vt\216a\036G\001qual)\005\374E\352\016F\226fex{\001\377\000\\\006s\200\010~\211.__test\266\000\367is_\315@outiwne_\240&_nb\347\207\001\362\247 r\240+\260\210\004iona\177syncio.5\006\323sb\243\210\002\250\210\002_\360\207\001cl\374P\001\201 traceb\377ackclose\376\314\207\002s_befor\373e_\260\211\001devic\177eeffect\247A\337align\213\207\001en\337dofbu\026\000r_\315r\247\206\001ed\300\211\005\366\211\001fi\375r\301\000loopfs\377encodeho\373st\372\211\titems\037learn\305`\354\211\002\267\000\262\355\210\005m\234@\247\212\001mk\246\206""\001p\374\271\206\001\275\206\001_pathn~\227aosouto\206`\037_time\005\001\256\212\005\001\010\374\210 \265 mitppi\377nnedpopp\337refix\332\212\007re\026\226\204\001el\243\000t\321\206\004\273\213\002\203\204\002\327str\323`s\342\000ix\376\253\000pfileun~\270 kvalue\000\002\321s\262\211\003\325\206\003\005\004e\253\204\001sP\357yObj\264  *(\377void)\000ch3ar\n\000S\000uc\272\207\001\347a\337obj_5\366\211\002_6\274\231\207\003\255\205\003 *, \250\214\001_\255t\005\000tr\047\007t\037\rB\376\375\213\002**)\000intu d\004s\026\032Pinx\r\346?\025, \260\003\000\005, u\373ns\200`ed PY\337_LONG\000\002, 6\344\007)\000\353\001 (\000\017\236\000\370\025\005~ \256 urrenUt\261\211\003\000\270\211\002_\230\216\002\000\201\213\001\337debug\276\206\001e\000\257pin_\267\213\003\000\343\205\001c\330+\n\365\205\001\035\014re\366`se\374\254\"\2235pages_\375P\003\000Region\374\206I\305Bconst \230\360%\0231\333C)\000\252$`\047)=\000\230\003map_\221\204\001\006\006\300\266\220\001\021\010\360\205\001$\004\354\004\316c\000\000\377HUGE_PAG\375E\004\003THRESH\377OLD\200\001\330\004\007\377\200r\210\022\2101\330\010\177\017\210r\220\021\220!\014\003\367\024\210Q\n\005\"\220B\220\373d\230\004\021E\230\026\230q\377\330\004\013\2102\210Q\210\177b\220\005\220V\2301O\001\377\n\210+\220Q\200A\330\377\010\t\330\014\023\2204\220\277v\230Q\330\017\020\010\0011\377\200A\340\010\030\230\004\230\377F\240!\340\010\016\210a\375\330\002\000b\220\003\2201\330\377\014\020\220\001\220\021\330\014\377\022\220\"\220C\220q\330\377\020\023\2207\230\"\230A\377\230T\240\022\2401\240E\377\250\021\250-\260x\270q\377\300\001\330\020\024\220A\220\tQ*\005\266\000q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1665, 2570);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1781 bytes) */
+static const char cstring[] = "\377 ( (spil\377l=\047fail\047\377). Raise\377 initial\377_size, o\347r u\022\000#\004ext\277ernal\047\024\001\047\377realloca\377te\047. B G\257iB K\001\000M\005\000a\377nd canno\177t be reI\001\357d. C0\000te \377the work\357spac\007\000ith\374\016\002n\t you n\373ee2\000belon\237gs to6\000q\000dw  bt\000k +\006\000\377ytes: la\357rgerU\000an \177any addq\000\353s [\003f\302\000a  \377is file-\377backed (\376\266\002ion=\047mm\377ap\047): it\335sT\004has\241\002fi\361x(\000\207!:\003ull:\377  left o\277f  mor\306\001u\277ld exc\253\000 \327max\265\"=\362\000qu\377ested,  \354\344\"q\000th\202\000cyc3le\346&)\005, \305%\\\000\017ss p\315\000%\002\377\"\023\006\277outsid\243@t\373 w\264!wsmem\177.scope_\031\000\377().(tree\377 fragmen\313t)\325@F\r\001$\000or?y, low\247 \237\005=/\331Ra sm\330@\317 \277batch.\231`W\316\247Es a\361\000\232\001thn\211A: c\317Con\270a\237 each\240E\227\010g\367et_\352F(nam\376\331`cfg)., \360\241a\327B\236@N\003 (..\2771f.2f.\226A:[ :\255bsy\313 m\312`7fus\275@?No\000\335d\376\262&disable{en\002\001gcis\004\003\377dno defa\377ult __re\377duce__ d\373ue\322anon-t\277rivial\033\000c~\375\204\001__pyx/\330\";/_\356\000na.\016\000\251\204\010\032\363!-\370\": \221@\212a\334#\371 \350c\234\204\003heade\375r\014\030pin re\017cord1\030\242\205\006W\026\315\205\001\377hole lis\335t\201\022whi\030\004in;g t\000sAr\243 \000\002\375.\212&cython\373__\017\005setst\357ate_\n\014liv\333e_<\006._!\001s_\327or_\310 e\242fEr\367ror\260fOver\371f\373`\021\002__Pyx\376\001\000Dict_Ne\177xtRef__\254\207\002\376k\001___func\346\004\000_g{\005\021\000mai\376\232\000__modul\306\276@__\305a\"\001\253@_c\307api\004\005\260\003\301A_vyt\216aG\001qual)\005\030\374E\352\016\226fex{\001\377\000\\\006\371s\200\010\211.__tes\335t\266\000is_\315@ou\337tine_\240&_n\311b\247\210\001\247 r\240+\274\211\004io\377nasyncioM.5\006sb\343\210\002\350\210\002_\360\207\001\363clP\001\201 trac}e\304\210\001close\314\207\002\377s_before\375_\274\212\001device\277effect\247Aa\357l""ign\213\207\001end\357ofbu\026\000r_r\346\247\206\001ed\314\212\005\202\213\001fir\376\301\000loopfse\377ncodehos\375t\206\213\titemsl\217earn\305`\272\211\005\355\210\005m,\234@\263\213\001mk\246\206\001p\323\211\001\327\211\001\277_pathn\227ao\337souto\206`_tGime\005\001\272\213\005\001\010i\377`\377limitppi\377nnedpopp\337refix\346\213\007re\026\226\204\001el\243\000t\321\206\004\307\214\002\203\204\002\327str\323`s\342\000ix\332\253\000p\361\212\001un\270 kv/alue\000\002s\262\211\003\325\206\003\372\005\004e\253\204\001sPyOb\375j\264  *(voi\177d)\000char\n\000\346S\000uc\272\207\001\347aobj\233_5\366\211\002_6\231\207\003\255\205\003 \267*, \264\215\001_t\005\000t\325r\047\007t\037\rB\275\214\002**\277)\000int d\004s\316\026\032Pinx\r?\025, |\260\003\000\005, uns\200`\377ed PY_LO\333NG\000\002, \344\007)\000\206\353\001 (\000\017\236\000\025\005~ )\341\000B\004\252\200 \376\200$\231\2002cur\257rent\267\212\003\000\276\212\002_\372\252\220\002\000\207\214\001debug~\304\207\001e\000pin_\275\214\003\341\000\351\206\001*\013\373\206\001\035\014fin\375i0\002releas\360;\003\260\221\002\305A\253Upage\367s_P\003\000Regi\363on\236i\335bcons\203t \210e\0231\363c\337>x\017)=\000\230\003map_\236\221\001\006\006\300\332\222\001\021\010\210\207\001$\004\365\004\346\204\003\000\000\377HUGE_PAG\375E\004\003THRESH\377OLD\200\001\330\004\007\377\200r\210\022\2101\330\010\177\017\210r\220\021\220!\014\003\367\024\210Q\n\005\"\220B\220\373d\230\004\021E\230\026\230q\377\330\004\013\2102\210Q\210\177b\220\005\220V\2301O\001\377\n\210+\220Q\200A\330\377\010\t\330\014\023\2204\220\277v\230Q\330\017\020\010\0011\377\200A\340\010\030\230\004\230\377F\240!\340\010\016\210a\375\330\002\000b\220\003\2201\330\377\014\020\220\001\220\021\330\014\377\022\220\"\220C\220q\330\377\020\023\2207\230\"\230A\377\230T\240\022\2401\240E\377\250\021\250-\260x\270q\377\300\001\330\020\024\220A\220\tQ*\005\266\000q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1781, 2862);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (2570 bytes) */
-static const char bytes[] = " ( (spill=\047fail\047). Raise initial_size, or use spill=\047external\047 or \047reallocate\047. B GiB KiB MiB belongs to thread  block +  bytes: larger than any address space for a  is full:  left of  more would exceed max_size= requested,  spilled this cycle). Raise max_size, allocate less per cycle, or allocate outside it with wsmem.scope_out().(tree fragment)). Free memory, lower max_size/initial_size, or use a smaller batch.). Workspaces are per thread: create one in each thread with wsmem.get_workspace(name, cfg)., not to this thread (..1f.2f.mmap: : the system refused ?Nonecannot allocate disableenablegcisenabledno default __reduce__ due to non-trivial __cinit__pyx/wsmem/_arena.pyxworkspace wsmem-wsmem: out of memory for a block headerwsmem: out of memory for a pin recordwsmem: out of memory for a workspacewsmem: out of memory for the hole listwsmem: out of memory while listing pinsArenaArena.__reduce_cython__Arena.__setstate_cython__Arena._live_pinsArena._stats_or_noneWorkspaceErrorWorkspaceOverflowError__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_capi____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_live_pins_nbytes_str_stats_or_noneallocationasyncio.coroutinesbblockblock_leftcline_in_tracebackclosecycles_before_initdeviceeffective_alignmentendofbuffer_reachedexternalfailfirst_loopfsencodehostinitial_sizeitemslearninglocationmax_sizemin_sizemkstempmmapmmap_pathnnoneosoutover_timeoverallocateoverallocation_limitppinnedpopprefixreallocateresetselfsetdefaultspillstatsstrictsuffixtempfileunlinkvaluevalueswsmem._arenawsmem._errorsPyObject *(void)\000char *(struct __pyx_obj_5wsmem_6_arena_Arena *, size_t, struct __pyx_t_5wsmem_6_arena_Block **)\000int (void)\000struct __pyx_t_5wsmem_6_arena_Pin *(struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000void (PyObject *)\000void (int)\000void (str""uct __pyx_t_5wsmem_6_arena_Pin *)\000current_arena\000arena_alloc\000get_debug_mode\000pin_create\000set_current_arena\000set_debug_mode\000pin_releaseint (struct __pyx_t_5wsmem_6_pages_PageRegion *, size_t, char const *)\000int (struct __pyx_t_5wsmem_6_pages_PageRegion *, size_t, size_t)\000\000void (struct __pyx_t_5wsmem_6_pages_PageRegion *)\000pages_map_file\000pages_malloc\000pages_map_host\000pages_releasesize_t\000\000HUGE_PAGE\000HUGE_THRESHOLD\200\001\330\004\007\200r\210\022\2101\330\010\017\210r\220\021\220!\330\004\007\200r\210\024\210Q\330\010\017\210r\220\021\220\"\220B\220d\230!\330\004\007\200r\210\024\210Q\330\010\017\210r\220\021\220\"\220E\230\026\230q\330\004\013\2102\210Q\210b\220\005\220V\2301\200\001\330\004\n\210+\220Q\200A\330\010\t\330\014\023\2204\220v\230Q\330\017\020\330\014\023\2201\200A\340\010\030\230\004\230F\240!\340\010\016\210a\330\010\016\210b\220\003\2201\330\014\020\220\001\220\021\330\014\022\220\"\220C\220q\330\020\023\2207\230\"\230A\230T\240\022\2401\240E\250\021\250-\260x\270q\300\001\330\020\024\220A\220Q\330\014\020\220\001\220\021\330\010\017\210q";
+    #else /* compression: none (2862 bytes) */
+static const char bytes[] = " ( (spill=\047fail\047). Raise initial_size, or use spill=\047external\047 or \047reallocate\047. B GiB KiB MiB and cannot be resized. Create the workspace with the initial_size you need. belongs to thread  block +  bytes: larger than any address space for a  is file-backed (location=\047mmap\047): its block has the fixed size  is full:  left of  more would exceed max_size= requested,  spilled this cycle). Raise max_size, allocate less per cycle, or allocate outside it with wsmem.scope_out().(tree fragment)). Free memory, lower max_size/initial_size, or use a smaller batch.). Workspaces are per thread: create one in each thread with wsmem.get_workspace(name, cfg)., not to this thread (..1f.2f.mmap: : the system refused ?Nonecannot allocate disableenablegcisenabledno default __reduce__ due to non-trivial __cinit__pyx/wsmem/_arena.pyxworkspace wsmem-wsmem: out of memory for a block headerwsmem: out of memory for a pin recordwsmem: out of memory for a workspacewsmem: out of memory for the hole listwsmem: out of memory while listing pinsArenaArena.__reduce_cython__Arena.__setstate_cython__Arena._live_pinsArena._stats_or_noneWorkspaceErrorWorkspaceOverflowError__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_capi____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_live_pins_nbytes_str_stats_or_noneallocationasyncio.coroutinesbblockblock_leftcline_in_tracebackclosecycles_before_initdeviceeffective_alignmentendofbuffer_reachedexternalfailfirst_loopfsencodehostinitial_sizeitemslearninglocationmax_sizemin_sizemkstempmmapmmap_pathnnoneosoutover_timeoverallocateoverallocation_limitppinnedpopprefixreallocateresetselfsetdefaultspillstatsstrictsuffixtempfileunlinkvaluevalueswsmem._arenawsmem._errorsPyObject *(void)\000char *(struct __pyx_obj_5wsmem_6_arena_Arena *, size_t, struct __pyx_t_5wsmem_6_arena_Block **)\000int (void)\000struct __pyx_t_5wsmem_6_are""na_Pin *(struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000void (PyObject *)\000void (int)\000void (struct __pyx_t_5wsmem_6_arena_Pin *)\000\000void (struct __pyx_t_5wsmem_6_arena_Pin *, struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000current_arena\000arena_alloc\000get_debug_mode\000pin_create\000set_current_arena\000set_debug_mode\000pin_fini\000pin_release\000pin_initint (struct __pyx_t_5wsmem_6_pages_PageRegion *, size_t, char const *)\000int (struct __pyx_t_5wsmem_6_pages_PageRegion *, size_t, size_t)\000\000void (struct __pyx_t_5wsmem_6_pages_PageRegion *)\000pages_map_file\000pages_malloc\000pages_map_host\000pages_releasesize_t\000\000HUGE_PAGE\000HUGE_THRESHOLD\200\001\330\004\007\200r\210\022\2101\330\010\017\210r\220\021\220!\330\004\007\200r\210\024\210Q\330\010\017\210r\220\021\220\"\220B\220d\230!\330\004\007\200r\210\024\210Q\330\010\017\210r\220\021\220\"\220E\230\026\230q\330\004\013\2102\210Q\210b\220\005\220V\2301\200\001\330\004\n\210+\220Q\200A\330\010\t\330\014\023\2204\220v\230Q\330\017\020\330\014\023\2201\200A\340\010\030\230\004\230F\240!\340\010\016\210a\330\010\016\210b\220\003\2201\330\014\020\220\001\220\021\330\014\022\220\"\220C\220q\330\020\023\2207\230\"\230A\230T\240\022\2401\240E\250\021\250-\260x\270q\300\001\330\020\024\220A\220Q\330\014\020\220\001\220\021\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 121; i++) {
+    for (int i = 0; i < 123; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 42) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 44) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -11750,8 +12033,8 @@ static const char bytes[] = " ( (spill=\047fail\047). Raise initial_size, or use
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 121; i < 128; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-121].length;
+    for (int i = 123; i < 130; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-123].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -11761,14 +12044,14 @@ static const char bytes[] = " ( (spill=\047fail\047). Raise initial_size, or use
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 128; i++) {
+    for (Py_ssize_t i = 0; i < 130; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 121;
+      PyObject **table = stringtab + 123;
       for (Py_ssize_t i=0; i<7; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
@@ -11804,7 +12087,7 @@ typedef struct {
     unsigned int num_kwonly_args : 1;
     unsigned int nlocals : 3;
     unsigned int flags : 10;
-    unsigned int first_line : 9;
+    unsigned int first_line : 10;
 } __Pyx_PyCode_New_function_description;
 #ifdef __cplusplus
 } /* anonymous namespace */
@@ -11829,12 +12112,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_nbytes_str, __pyx_mstate->__pyx_kp_b_iso88591_r_1_r_r_Q_r_Bd_r_Q_r_E_q_2Qb_V1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 500};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 524};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_stats_or_none, __pyx_mstate->__pyx_kp_b_iso88591_A_4vQ_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 506};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 530};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_live_pins, __pyx_mstate->__pyx_kp_b_iso88591_A_F_a_b_1_Cq_7_AT_1E_xq_AQ_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }

@@ -121,6 +121,11 @@ cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL
 cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:
     return a.generation == gen and a.depth > 0 and not a.destroyed
 
+# Pin [lo, hi) of `block` into a caller-owned record (no allocation); undo
+# with pin_fini.  pin_create/pin_release do the same with a malloc'd record.
+cdef void pin_init(Pin* p, Block* block, char* lo, char* hi, unsigned long long generation,
+                   object owner) noexcept
+cdef void pin_fini(Pin* p) noexcept
 cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
                      object owner) except NULL
 cdef void pin_release(Pin* pin) noexcept

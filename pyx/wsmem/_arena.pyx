@@ -139,15 +139,11 @@ cdef void _block_decref(Block* b) noexcept:
 
 # ---------------------------------------------------------------- pins
 
-cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
-                     object owner) except NULL:
-    """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until released."""
-    cdef Pin* p = <Pin*>malloc(sizeof(Pin))
-    cdef size_t off_lo, off_hi
-    if p == NULL:
-        raise MemoryError("wsmem: out of memory for a pin record")
-    off_lo = <size_t>(lo - block.region.ptr)
-    off_hi = <size_t>(hi - block.region.ptr)
+cdef void pin_init(Pin* p, Block* block, char* lo, char* hi, unsigned long long generation,
+                   object owner) noexcept:
+    """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until pin_fini."""
+    cdef size_t off_lo = <size_t>(lo - block.region.ptr)
+    cdef size_t off_hi = <size_t>(hi - block.region.ptr)
     p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT
     p.hi = _round_up(off_hi, LINE)
     p.block = block
@@ -161,14 +157,15 @@ cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long genera
     block.pins = p
     block.n_pins += 1
     block.refs += 1
-    return p
 
 
-cdef void pin_release(Pin* p) noexcept:
-    """Release a pin (GIL held).  The owner is released last: it may be the
+cdef void pin_fini(Pin* p) noexcept:
+    """Undo pin_init (GIL held).  The owner is released last: it may be the
     only reference keeping the arena alive."""
     cdef Block* b = p.block
     cdef PyObject* owner = p.owner
+    if b == NULL:
+        return
     if p.prev != NULL:
         p.prev.next = p.next
     else:
@@ -176,8 +173,26 @@ cdef void pin_release(Pin* p) noexcept:
     if p.next != NULL:
         p.next.prev = p.prev
     b.n_pins -= 1
-    free(p)
+    p.block = NULL
+    p.owner = NULL
     _block_decref(b)
+    Py_XDECREF(owner)
+
+
+cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
+                     object owner) except NULL:
+    cdef Pin* p = <Pin*>malloc(sizeof(Pin))
+    if p == NULL:
+        raise MemoryError("wsmem: out of memory for a pin record")
+    pin_init(p, block, lo, hi, generation, owner)
+    return p
+
+
+cdef void pin_release(Pin* p) noexcept:
+    cdef PyObject* owner = p.owner
+    p.owner = NULL
+    pin_fini(p)          # owner's reference is dropped below, after free(p)
+    free(p)
     Py_XDECREF(owner)
 
 
@@ -329,6 +344,13 @@ cdef class Arena:
         cdef Block* old = self.main
         if size == self.capacity():
             return 0
+        if self.location == LOC_MMAP and old != NULL:
+            # The file maps at offset 0: a second block would alias the first,
+            # whose bytes live views may still read.
+            raise WorkspaceError(
+                f"workspace {self.name!r} is file-backed (location='mmap'): its block has "
+                f"the fixed size {self.capacity()} and cannot be resized. Create the "
+                f"workspace with the initial_size you need.")
         if size > 0:
             new = _block_new(self.state, size, True, self)
             if self.location == LOC_MMAP and self.mmap_temp:
@@ -447,8 +469,10 @@ cdef class Arena:
         self.cursor = self.limit = 0
         self.n_holes = self.hole_index = 0
         target = 0
+        # first_loop learns from the first cycle that allocated anything: an
+        # empty first cycle would otherwise size the block to 0 for good.
         if self.init_pending or (not self.initialized and (
-                self.learning == LEARN_FIRST_LOOP or
+                (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
                 (self.learning == LEARN_OVER_TIME and
                  self.cycles >= max(self.cycles_before_init, 1)))):
             target = self.learned_size(self.learn_peak)

@@ -26,7 +26,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
 from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_create,
-                           pin_release, current_arena, get_debug_mode,
+                           pin_release, pin_init, pin_fini, current_arena, get_debug_mode,
                            DEBUG_BYPASS_EVERYTHING)
 
 import operator
@@ -153,6 +153,14 @@ cdef cnp.dtype _as_dtype(object dtype):
 
 cdef int _parse_shape(object shape, cnp.npy_intp* dims) except -1:
     """Fill dims from an int or a sequence of ints; return ndim."""
+    try:
+        return _parse_shape_into(shape, dims)
+    except OverflowError:
+        raise ValueError("Maximum allowed dimension exceeded (a shape entry does not fit "
+                         "in a C ssize_t)") from None
+
+
+cdef int _parse_shape_into(object shape, cnp.npy_intp* dims) except -1:
     cdef Py_ssize_t n, i, v
     if PyLong_Check(shape):
         v = PyLong_AsSsize_t(shape)
@@ -290,7 +298,8 @@ cdef WsArray new_array(Arena arena, object shape, object dtype, object order, in
     a._ws = arena
     a._gen = arena.generation
     if arena.track:
-        a._tb = traceback.extract_stack()[:-2]
+        # Cython functions make no Python frames: the last entry is the caller's line.
+        a._tb = traceback.extract_stack()
     if init == INIT_ZEROS and nbytes:
         if nbytes > 65536:
             with nogil:
@@ -308,18 +317,17 @@ cdef Arena _target():
 # ---------------------------------------------------------------- pins as objects
 
 @cython.final
+@cython.freelist(64)
 cdef class _ExportPin:
     """Base object of an exported ndarray/DLPack tensor: holds a pin on the
     array's bytes until it dies.  Also a 1-D byte buffer over them (used as
     the `data` of __array_interface__, so NumPy keeps it as the base)."""
-    cdef Pin* pin           # owned; released in __dealloc__
+    cdef Pin rec            # the pin, embedded (rec.block is NULL when inactive)
     cdef char* buf          # first element of the exported array
     cdef Py_ssize_t length  # bytes from buf to the end of the extent
 
     def __dealloc__(self):
-        if self.pin != NULL:
-            pin_release(self.pin)
-            self.pin = NULL
+        pin_fini(&self.rec)
 
     def __getbuffer__(self, Py_buffer* view, int flags):
         view.buf = self.buf
@@ -412,8 +420,8 @@ cdef object _root_base(object r):
 cdef object _view_owner(cnp.ndarray r):
     """The WsArray whose pinned memory `r` views, or None."""
     base = _root_base(r)
-    if type(base) is _ExportPin and (<_ExportPin>base).pin != NULL:
-        return <object>(<_ExportPin>base).pin.owner
+    if type(base) is _ExportPin and (<_ExportPin>base).rec.block != NULL:
+        return <object>(<_ExportPin>base).rec.owner
     return None
 
 
@@ -614,7 +622,7 @@ cdef class WsArray:
             return self
         p = _ExportPin.__new__(_ExportPin)
         _extent(self, &lo, &hi)
-        p.pin = pin_create(self._block, lo, hi, self._gen, self)
+        pin_init(&p.rec, self._block, lo, hi, self._gen, self)
         p.buf = self._data
         p.length = hi - self._data
         return p

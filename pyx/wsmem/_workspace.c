@@ -4255,7 +4255,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5ws
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:
  *     return a.generation == gen and a.depth > 0 and not a.destroyed             # <<<<<<<<<<<<<<
  * 
- * cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
+ * # Pin [lo, hi) of `block` into a caller-owned record (no allocation); undo
 */
   __pyx_t_2 = (__pyx_v_a->generation == __pyx_v_gen);
 

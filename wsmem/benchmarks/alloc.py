@@ -15,7 +15,9 @@ Variants (each size gets its own fresh workspace per variant, default config,
 - ``wsmem.empty``: module-level function, allocates in the innermost open
   workspace;
 - ``ws.empty``: method on the workspace object;
-- ``np.asarray(wsmem.empty)``: a zero-copy ndarray view of a workspace array.
+- ``np.asarray(wsmem.empty)``: a zero-copy ndarray view of a workspace array
+  (NumPy imports it through the buffer protocol, which it always tries first).
+- ``wsmem.empty(...).numpy()``: the same view built directly in Cython.
 
 Method: every variant is warmed up first (the workspace learns its size in
 its first cycle), then the number of cycles per round is calibrated so a
@@ -42,7 +44,7 @@ from wsmem.benchmarks._env import machine_info
 __all__ = ["DESCRIPTION", "SIZES", "VARIANTS", "ALLOCS_PER_CYCLE", "run", "format_table"]
 
 DESCRIPTION = ("allocation microbenchmark: 100 float64 arrays per cycle, np.empty vs "
-               "wsmem.empty, ws.empty and np.asarray(wsmem.empty)")
+               "wsmem.empty, ws.empty, np.asarray(wsmem.empty) and .numpy()")
 
 ALLOCS_PER_CYCLE = 100
 SIZES = (64, 1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)  # bytes per array
@@ -99,18 +101,24 @@ def _ws_empty_cycles(shape, dtype, ws) -> CycleFn:
     return cycles
 
 
-def _asarray_cycles(shape, dtype, ws) -> CycleFn:
-    empty, asarray = wsmem.empty, np.asarray
+def _view_cycles(to_ndarray):
+    def make(shape, dtype, ws) -> CycleFn:
+        empty = wsmem.empty
 
-    def cycles(n):
-        clock = time.perf_counter_ns
-        t0 = clock()
-        for _ in range(n):
-            with ws:
-                held = [asarray(empty(shape, dtype)) for _ in _PER_CYCLE]
-                del held  # views pin their memory: drop them inside the cycle
-        return clock() - t0
-    return cycles
+        def cycles(n):
+            clock = time.perf_counter_ns
+            t0 = clock()
+            for _ in range(n):
+                with ws:
+                    held = [to_ndarray(empty(shape, dtype)) for _ in _PER_CYCLE]
+                    del held  # views pin their memory: drop them inside the cycle
+            return clock() - t0
+        return cycles
+    return make
+
+
+_asarray_cycles = _view_cycles(np.asarray)
+_numpy_cycles = _view_cycles(wsmem.WsArray.numpy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +136,7 @@ VARIANTS = (
     Variant("wsmem_empty", "wsmem.empty", True, _wsmem_empty_cycles),
     Variant("ws_empty", "ws.empty", True, _ws_empty_cycles),
     Variant("asarray_wsmem_empty", "np.asarray(wsmem.empty)", True, _asarray_cycles),
+    Variant("numpy_wsmem_empty", "wsmem.empty(...).numpy()", True, _numpy_cycles),
 )
 _PEER = VARIANTS[0]
 
@@ -244,7 +253,7 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
     >>> from wsmem.benchmarks import alloc
     >>> res = alloc.run(tiny=True, sizes=[1024])
     >>> [r["variant"] for r in res["rows"]]
-    ['np_empty', 'wsmem_empty', 'ws_empty', 'asarray_wsmem_empty']
+    ['np_empty', 'wsmem_empty', 'ws_empty', 'asarray_wsmem_empty', 'numpy_wsmem_empty']
     >>> res["steady_state_ok"]
     True
     """
