@@ -388,13 +388,29 @@ def test_dlpack_copy_true(ws):
         del out, out2, view
 
 
-def test_dlpack_copy_true_does_not_pin(ws):
+def test_dlpack_copy_true_does_not_pin_the_source(make_ws):
+    ws = make_ws(capture=False)          # the copy itself comes from the heap
     with ws:
         a = wsmem.full(64, 1.0)
         out = np.from_dlpack(a, copy=True)
+        assert not np.shares_memory(out, np.asarray(a))
     gc.collect()
     assert ws.stats().pinned_bytes == 0
     np.testing.assert_array_equal(out, np.ones(64))
+
+
+def test_dlpack_copy_true_survives_cycles(ws):
+    with ws:
+        a = wsmem.full(64, 1.0)
+        out = np.from_dlpack(a, copy=True)
+    for _ in range(3):
+        with ws:
+            wsmem.full(64, -5.0)
+            wsmem.full(640, -5.0)
+    np.testing.assert_array_equal(out, np.ones(64))
+    del out
+    gc.collect()
+    assert ws.stats().pinned_bytes == 0
 
 
 @pytest.mark.parametrize("stream", [0, 1, -1])

@@ -16,8 +16,10 @@ def _r(n, a=ALIGN):
 
 @pytest.fixture
 def pair():
-    outer = wsmem.Workspace("EXT", learning="none", initial_size=1 << 16)
-    inner = wsmem.Workspace("INT", learning="none", initial_size=1 << 16)
+    # capture=False: these tests check offsets of explicit allocations to the
+    # byte; NumPy's own temporaries (np.array(...) here) would shift them.
+    outer = wsmem.Workspace("EXT", learning="none", initial_size=1 << 16, capture=False)
+    inner = wsmem.Workspace("INT", learning="none", initial_size=1 << 16, capture=False)
     yield outer, inner
     outer.destroy()
     inner.destroy()

@@ -627,3 +627,21 @@ def test_exception_in_with_closes_cycle(ws):
     assert not ws.is_open and wsmem.current_workspace() is None
     assert not a.is_valid
     gc.collect()
+
+
+def test_views_of_empty_arrays_stay_in_their_workspace(make_ws):
+    ws, other = make_ws("e"), make_ws("eo")
+    with ws:
+        a = wsmem.empty((0, 3))
+        assert a.workspace is ws
+        v = a[::2]
+        assert v.workspace is ws and v.generation == a.generation
+        with wsmem.scope_out():
+            h = a[:, 1:]
+            assert h.workspace is ws          # a view, not a heap copy
+            assert h.generation == a.generation
+        with other:
+            t = a.T
+            assert t.workspace is ws and t.shape == (3, 0)
+    assert not v.is_valid
+    assert not h.is_valid and not t.is_valid

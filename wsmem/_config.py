@@ -199,8 +199,11 @@ class WorkspaceConfig:
             raise ValueError("mmap_path only applies to location='mmap'")
         if self.mmap_path is not None:
             set_(self, "mmap_path", os.fspath(self.mmap_path))
-        set_(self, "capture", bool(self.capture))
-        set_(self, "track", bool(self.track))
+        for flag in ("capture", "track"):
+            value = getattr(self, flag)
+            if not isinstance(value, (bool, int)) or isinstance(value, int) and value not in (0, 1):
+                raise TypeError(f"{flag} must be True or False, got {value!r}")
+            set_(self, flag, bool(value))
 
     @property
     def effective_alignment(self) -> int:

@@ -43,15 +43,16 @@ class LeakInfo:
     """Memory pinned by a view from an earlier cycle (see Workspace.leaks())."""
 
     nbytes: int
-    shape: tuple
-    dtype: np.dtype
+    shape: tuple | None          # None for a NumPy array captured by the workspace
+    dtype: np.dtype | None
     generation: int
     traceback: _tb.StackSummary | None = None
 
     def format(self) -> str:
         """Human-readable description, with the allocation traceback if recorded."""
-        head = (f"{self.nbytes} bytes pinned by a view of a {self.shape} {self.dtype} "
-                f"array from generation {self.generation}")
+        what = (f"a view of a {self.shape} {self.dtype} array" if self.shape is not None
+                else "a NumPy array allocated in the workspace")
+        head = f"{self.nbytes} bytes pinned by {what} from generation {self.generation}"
         if self.traceback is None:
             return head + " (allocation site unknown: set track=True or WSMEM_TRACK=1)"
         return head + ", allocated at:\n" + "".join(self.traceback.format())

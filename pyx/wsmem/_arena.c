@@ -9319,17 +9319,24 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_b;
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_nxt;
   size_t __pyx_v_target;
+  PyObject *__pyx_v_learn = NULL;
+  PyObject *__pyx_v_grow = NULL;
+  size_t __pyx_v_need;
   int __pyx_r;
+  __Pyx_RefNannyDeclarations
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_1;
   int __pyx_t_2;
   size_t __pyx_t_3;
-  int __pyx_t_4;
-  long __pyx_t_5;
-  size_t __pyx_t_6;
-  int __pyx_t_7;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  int __pyx_t_6;
+  long __pyx_t_7;
+  size_t __pyx_t_8;
+  int __pyx_t_9;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("end_cycle", 0);
 
   /* "wsmem/_arena.pyx":455
  *     cdef int end_cycle(self) except -1:
@@ -9419,7 +9426,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:             # <<<<<<<<<<<<<<
  *             self.peak_cycle_bytes = self.cycle_bytes
- *         if self.cycle_bytes > self.learn_peak:
+ *         self.cursor = self.limit = 0
 */
   __pyx_t_2 = (__pyx_v_self->cycle_bytes > __pyx_v_self->peak_cycle_bytes);
 
@@ -9430,8 +9437,8 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:
  *             self.peak_cycle_bytes = self.cycle_bytes             # <<<<<<<<<<<<<<
- *         if self.cycle_bytes > self.learn_peak:
- *             self.learn_peak = self.cycle_bytes
+ *         self.cursor = self.limit = 0
+ *         self.n_holes = self.hole_index = 0
 */
     __pyx_t_3 = __pyx_v_self->cycle_bytes;
 
@@ -9442,296 +9449,379 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:             # <<<<<<<<<<<<<<
  *             self.peak_cycle_bytes = self.cycle_bytes
- *         if self.cycle_bytes > self.learn_peak:
+ *         self.cursor = self.limit = 0
 */
   }
 
   /* "wsmem/_arena.pyx":467
  *         if self.cycle_bytes > self.peak_cycle_bytes:
  *             self.peak_cycle_bytes = self.cycle_bytes
- *         if self.cycle_bytes > self.learn_peak:             # <<<<<<<<<<<<<<
- *             self.learn_peak = self.cycle_bytes
- *         self.cursor = self.limit = 0
-*/
-  __pyx_t_2 = (__pyx_v_self->cycle_bytes > __pyx_v_self->learn_peak);
-
-  if (__pyx_t_2) {
-
-
-    /* "wsmem/_arena.pyx":468
- *             self.peak_cycle_bytes = self.cycle_bytes
- *         if self.cycle_bytes > self.learn_peak:
- *             self.learn_peak = self.cycle_bytes             # <<<<<<<<<<<<<<
- *         self.cursor = self.limit = 0
- *         self.n_holes = self.hole_index = 0
-*/
-    __pyx_t_3 = __pyx_v_self->cycle_bytes;
-
-    __pyx_v_self->learn_peak = __pyx_t_3;
-
-    /* "wsmem/_arena.pyx":467
- *         if self.cycle_bytes > self.peak_cycle_bytes:
- *             self.peak_cycle_bytes = self.cycle_bytes
- *         if self.cycle_bytes > self.learn_peak:             # <<<<<<<<<<<<<<
- *             self.learn_peak = self.cycle_bytes
- *         self.cursor = self.limit = 0
-*/
-  }
-
-  /* "wsmem/_arena.pyx":469
- *         if self.cycle_bytes > self.learn_peak:
- *             self.learn_peak = self.cycle_bytes
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
  *         self.n_holes = self.hole_index = 0
- *         target = 0
+ *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
 */
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":470
- *             self.learn_peak = self.cycle_bytes
+  /* "wsmem/_arena.pyx":468
+ *             self.peak_cycle_bytes = self.cycle_bytes
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0             # <<<<<<<<<<<<<<
- *         target = 0
- *         # first_loop learns from the first cycle that allocated anything: an
+ *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
+ *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
 */
   __pyx_v_self->n_holes = 0;
   __pyx_v_self->hole_index = 0;
 
-  /* "wsmem/_arena.pyx":471
+  /* "wsmem/_arena.pyx":469
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0
- *         target = 0             # <<<<<<<<<<<<<<
+ *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)             # <<<<<<<<<<<<<<
+ *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
+ *                 and _debug_mode == DEBUG_OFF)
+*/
+  if (!__pyx_v_self->init_pending) {
+  } else {
+    __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_v_self->init_pending); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 469, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_4 = __pyx_t_5;
+    __pyx_t_5 = 0;
+    goto __pyx_L6_bool_binop_done;
+  }
+  __pyx_t_2 = (!__pyx_v_self->initialized);
+
+  if (__pyx_t_2) {
+
+  } else {
+    __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 469, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_4 = __pyx_t_5;
+    __pyx_t_5 = 0;
+
+    goto __pyx_L6_bool_binop_done;
+  }
+  __pyx_t_2 = (__pyx_v_self->learning != __pyx_e_5wsmem_6_arena_LEARN_NONE);
+
+  __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 469, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_5);
+  __pyx_t_4 = __pyx_t_5;
+  __pyx_t_5 = 0;
+
+  __pyx_L6_bool_binop_done:;
+  __pyx_v_learn = __pyx_t_4;
+  __pyx_t_4 = 0;
+
+  /* "wsmem/_arena.pyx":470
+ *         self.n_holes = self.hole_index = 0
+ *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
+ *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
+ *                 and _debug_mode == DEBUG_OFF)
+ *         if learn or grow:
+*/
+  if (__pyx_v_self->initialized) {
+  } else {
+    __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_v_self->initialized); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 470, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_4 = __pyx_t_5;
+    __pyx_t_5 = 0;
+    goto __pyx_L9_bool_binop_done;
+  }
+  __pyx_t_2 = (__pyx_v_self->spill == __pyx_e_5wsmem_6_arena_SPILL_REALLOCATE);
+
+  if (__pyx_t_2) {
+
+  } else {
+    __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 470, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_4 = __pyx_t_5;
+    __pyx_t_5 = 0;
+
+    goto __pyx_L9_bool_binop_done;
+  }
+
+  /* "wsmem/_arena.pyx":471
+ *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
+ *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
+ *                 and _debug_mode == DEBUG_OFF)             # <<<<<<<<<<<<<<
+ *         if learn or grow:
+ *             # What the next cycle needs: this cycle's bytes, plus what is still
+*/
+  if (__pyx_v_self->spilled_bytes) {
+  } else {
+
+    /* "wsmem/_arena.pyx":470
+ *         self.n_holes = self.hole_index = 0
+ *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
+ *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
+ *                 and _debug_mode == DEBUG_OFF)
+ *         if learn or grow:
+*/
+    __pyx_t_5 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spilled_bytes); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 470, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_4 = __pyx_t_5;
+    __pyx_t_5 = 0;
+    goto __pyx_L9_bool_binop_done;
+  }
+
+  /* "wsmem/_arena.pyx":471
+ *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
+ *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
+ *                 and _debug_mode == DEBUG_OFF)             # <<<<<<<<<<<<<<
+ *         if learn or grow:
+ *             # What the next cycle needs: this cycle's bytes, plus what is still
+*/
+  __pyx_t_2 = (__pyx_v_5wsmem_6_arena__debug_mode == __pyx_e_5wsmem_6_arena_DEBUG_OFF);
+
+  __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 471, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_5);
+  __pyx_t_4 = __pyx_t_5;
+  __pyx_t_5 = 0;
+
+  __pyx_L9_bool_binop_done:;
+  __pyx_v_grow = __pyx_t_4;
+  __pyx_t_4 = 0;
+
+  /* "wsmem/_arena.pyx":472
+ *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
+ *                 and _debug_mode == DEBUG_OFF)
+ *         if learn or grow:             # <<<<<<<<<<<<<<
+ *             # What the next cycle needs: this cycle's bytes, plus what is still
+ *             # pinned now (arrays that outlive the cycle, such as a loop's last
+*/
+  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_learn); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 472, __pyx_L1_error)
+  if (!__pyx_t_6) {
+
+  } else {
+
+    __pyx_t_2 = __pyx_t_6;
+
+    goto __pyx_L14_bool_binop_done;
+  }
+  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_grow); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 472, __pyx_L1_error)
+
+  __pyx_t_2 = __pyx_t_6;
+
+  __pyx_L14_bool_binop_done:;
+  if (__pyx_t_2) {
+
+
+    /* "wsmem/_arena.pyx":476
+ *             # pinned now (arrays that outlive the cycle, such as a loop's last
+ *             # results still bound to names when the next cycle starts).
+ *             need = self.cycle_bytes + self.pinned_bytes()             # <<<<<<<<<<<<<<
+ *             if need > self.learn_peak:
+ *                 self.learn_peak = need
+*/
+    __pyx_v_need = (__pyx_v_self->cycle_bytes + ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->pinned_bytes(__pyx_v_self));
+
+    /* "wsmem/_arena.pyx":477
+ *             # results still bound to names when the next cycle starts).
+ *             need = self.cycle_bytes + self.pinned_bytes()
+ *             if need > self.learn_peak:             # <<<<<<<<<<<<<<
+ *                 self.learn_peak = need
+ *         # first_loop learns from the first cycle that allocated anything: an
+*/
+    __pyx_t_2 = (__pyx_v_need > __pyx_v_self->learn_peak);
+
+    if (__pyx_t_2) {
+
+
+      /* "wsmem/_arena.pyx":478
+ *             need = self.cycle_bytes + self.pinned_bytes()
+ *             if need > self.learn_peak:
+ *                 self.learn_peak = need             # <<<<<<<<<<<<<<
  *         # first_loop learns from the first cycle that allocated anything: an
  *         # empty first cycle would otherwise size the block to 0 for good.
 */
-  __pyx_v_target = 0;
+      __pyx_v_self->learn_peak = __pyx_v_need;
 
-  /* "wsmem/_arena.pyx":474
+      /* "wsmem/_arena.pyx":477
+ *             # results still bound to names when the next cycle starts).
+ *             need = self.cycle_bytes + self.pinned_bytes()
+ *             if need > self.learn_peak:             # <<<<<<<<<<<<<<
+ *                 self.learn_peak = need
+ *         # first_loop learns from the first cycle that allocated anything: an
+*/
+    }
+
+    /* "wsmem/_arena.pyx":472
+ *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
+ *                 and _debug_mode == DEBUG_OFF)
+ *         if learn or grow:             # <<<<<<<<<<<<<<
+ *             # What the next cycle needs: this cycle's bytes, plus what is still
+ *             # pinned now (arrays that outlive the cycle, such as a loop's last
+*/
+  }
+
+  /* "wsmem/_arena.pyx":481
  *         # first_loop learns from the first cycle that allocated anything: an
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
- *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
+ *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
  *                 (self.learning == LEARN_OVER_TIME and
 */
   if (!__pyx_v_self->init_pending) {
   } else {
 
     __pyx_t_2 = __pyx_v_self->init_pending;
-    goto __pyx_L8_bool_binop_done;
+    goto __pyx_L18_bool_binop_done;
   }
-  __pyx_t_4 = (!__pyx_v_self->initialized);
+  __pyx_t_6 = (!__pyx_v_self->initialized);
 
-  if (__pyx_t_4) {
+  if (__pyx_t_6) {
 
   } else {
 
-    __pyx_t_2 = __pyx_t_4;
+    __pyx_t_2 = __pyx_t_6;
 
-    goto __pyx_L8_bool_binop_done;
+    goto __pyx_L18_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":475
+  /* "wsmem/_arena.pyx":482
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (
- *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or             # <<<<<<<<<<<<<<
+ *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or             # <<<<<<<<<<<<<<
  *                 (self.learning == LEARN_OVER_TIME and
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
 */
-  __pyx_t_4 = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP);
+  __pyx_t_6 = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP);
 
-  if (!__pyx_t_4) {
+  if (!__pyx_t_6) {
 
-    goto __pyx_L11_next_or;
+    goto __pyx_L21_next_or;
   } else {
 
   }
-  __pyx_t_4 = (__pyx_v_self->learn_peak > 0);
+  __pyx_t_6 = (__pyx_v_self->cycle_bytes > 0);
 
-  if (!__pyx_t_4) {
+  if (!__pyx_t_6) {
 
   } else {
 
-    __pyx_t_2 = __pyx_t_4;
+    __pyx_t_2 = __pyx_t_6;
 
-    goto __pyx_L8_bool_binop_done;
+    goto __pyx_L18_bool_binop_done;
   }
-  __pyx_L11_next_or:;
+  __pyx_L21_next_or:;
 
-  /* "wsmem/_arena.pyx":476
+  /* "wsmem/_arena.pyx":483
  *         if self.init_pending or (not self.initialized and (
- *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
+ *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
  *                 (self.learning == LEARN_OVER_TIME and             # <<<<<<<<<<<<<<
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
- *             target = self.learned_size(self.learn_peak)
-*/
-  __pyx_t_4 = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_OVER_TIME);
-
-  if (__pyx_t_4) {
-
-  } else {
-
-    __pyx_t_2 = __pyx_t_4;
-
-    goto __pyx_L8_bool_binop_done;
-  }
-
-  /* "wsmem/_arena.pyx":477
- *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
- *                 (self.learning == LEARN_OVER_TIME and
- *                  self.cycles >= max(self.cycles_before_init, 1)))):             # <<<<<<<<<<<<<<
- *             target = self.learned_size(self.learn_peak)
  *             self.initialized = True
 */
+  __pyx_t_6 = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_OVER_TIME);
 
-  __pyx_t_5 = 1;
+  if (__pyx_t_6) {
 
-  __pyx_t_3 = __pyx_v_self->cycles_before_init;
-  __pyx_t_4 = (__pyx_t_5 > __pyx_t_3);
-
-  if (__pyx_t_4) {
-
-    __pyx_t_6 = __pyx_t_5;
   } else {
 
-    __pyx_t_6 = __pyx_t_3;
+    __pyx_t_2 = __pyx_t_6;
+
+    goto __pyx_L18_bool_binop_done;
   }
 
-  __pyx_t_4 = (__pyx_v_self->cycles >= __pyx_t_6);
+  /* "wsmem/_arena.pyx":484
+ *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
+ *                 (self.learning == LEARN_OVER_TIME and
+ *                  self.cycles >= max(self.cycles_before_init, 1)))):             # <<<<<<<<<<<<<<
+ *             self.initialized = True
+ *             self.init_pending = False
+*/
+
+  __pyx_t_7 = 1;
+
+  __pyx_t_3 = __pyx_v_self->cycles_before_init;
+  __pyx_t_6 = (__pyx_t_7 > __pyx_t_3);
+
+  if (__pyx_t_6) {
+
+    __pyx_t_8 = __pyx_t_7;
+  } else {
+
+    __pyx_t_8 = __pyx_t_3;
+  }
+
+  __pyx_t_6 = (__pyx_v_self->cycles >= __pyx_t_8);
 
 
 
-  __pyx_t_2 = __pyx_t_4;
+  __pyx_t_2 = __pyx_t_6;
 
-  __pyx_L8_bool_binop_done:;
+  __pyx_L18_bool_binop_done:;
 
-  /* "wsmem/_arena.pyx":474
+  /* "wsmem/_arena.pyx":481
  *         # first_loop learns from the first cycle that allocated anything: an
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
- *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
+ *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
  *                 (self.learning == LEARN_OVER_TIME and
 */
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":478
+    /* "wsmem/_arena.pyx":485
  *                 (self.learning == LEARN_OVER_TIME and
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
- *             target = self.learned_size(self.learn_peak)             # <<<<<<<<<<<<<<
- *             self.initialized = True
- *             self.init_pending = False
-*/
-    __pyx_v_target = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_self->learn_peak);
-
-    /* "wsmem/_arena.pyx":479
- *                  self.cycles >= max(self.cycles_before_init, 1)))):
- *             target = self.learned_size(self.learn_peak)
  *             self.initialized = True             # <<<<<<<<<<<<<<
  *             self.init_pending = False
- *             self.set_capacity(target)
+ *             self.set_capacity(self.learned_size(self.learn_peak))
 */
     __pyx_v_self->initialized = 1;
 
-    /* "wsmem/_arena.pyx":480
- *             target = self.learned_size(self.learn_peak)
+    /* "wsmem/_arena.pyx":486
+ *                  self.cycles >= max(self.cycles_before_init, 1)))):
  *             self.initialized = True
  *             self.init_pending = False             # <<<<<<<<<<<<<<
- *             self.set_capacity(target)
- *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
+ *             self.set_capacity(self.learned_size(self.learn_peak))
+ *         elif grow:
 */
     __pyx_v_self->init_pending = 0;
 
-    /* "wsmem/_arena.pyx":481
+    /* "wsmem/_arena.pyx":487
  *             self.initialized = True
  *             self.init_pending = False
- *             self.set_capacity(target)             # <<<<<<<<<<<<<<
- *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
- *               and _debug_mode == DEBUG_OFF):
+ *             self.set_capacity(self.learned_size(self.learn_peak))             # <<<<<<<<<<<<<<
+ *         elif grow:
+ *             target = self.learned_size(need)
 */
-    __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 481, __pyx_L1_error)
+    __pyx_t_9 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_self->learn_peak)); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 487, __pyx_L1_error)
 
 
-    /* "wsmem/_arena.pyx":474
+    /* "wsmem/_arena.pyx":481
  *         # first_loop learns from the first cycle that allocated anything: an
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
- *                 (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
+ *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
  *                 (self.learning == LEARN_OVER_TIME and
 */
-    goto __pyx_L7;
+    goto __pyx_L17;
   }
 
-  /* "wsmem/_arena.pyx":482
+  /* "wsmem/_arena.pyx":488
  *             self.init_pending = False
- *             self.set_capacity(target)
- *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
- *               and _debug_mode == DEBUG_OFF):
- *             target = self.learned_size(self.cycle_bytes)
-*/
-  if (__pyx_v_self->initialized) {
-  } else {
-
-    __pyx_t_2 = __pyx_v_self->initialized;
-    goto __pyx_L14_bool_binop_done;
-  }
-  __pyx_t_4 = (__pyx_v_self->spill == __pyx_e_5wsmem_6_arena_SPILL_REALLOCATE);
-
-  if (__pyx_t_4) {
-
-  } else {
-
-    __pyx_t_2 = __pyx_t_4;
-
-    goto __pyx_L14_bool_binop_done;
-  }
-
-  /* "wsmem/_arena.pyx":483
- *             self.set_capacity(target)
- *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
- *               and _debug_mode == DEBUG_OFF):             # <<<<<<<<<<<<<<
- *             target = self.learned_size(self.cycle_bytes)
+ *             self.set_capacity(self.learned_size(self.learn_peak))
+ *         elif grow:             # <<<<<<<<<<<<<<
+ *             target = self.learned_size(need)
  *             if target > self.capacity():
 */
-  __pyx_t_4 = (__pyx_v_self->spilled_bytes != 0);
-
-  if (__pyx_t_4) {
-
-  } else {
-
-    __pyx_t_2 = __pyx_t_4;
-
-    goto __pyx_L14_bool_binop_done;
-  }
-  __pyx_t_4 = (__pyx_v_5wsmem_6_arena__debug_mode == __pyx_e_5wsmem_6_arena_DEBUG_OFF);
-
-
-  __pyx_t_2 = __pyx_t_4;
-
-  __pyx_L14_bool_binop_done:;
-
-  /* "wsmem/_arena.pyx":482
- *             self.init_pending = False
- *             self.set_capacity(target)
- *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
- *               and _debug_mode == DEBUG_OFF):
- *             target = self.learned_size(self.cycle_bytes)
-*/
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_grow); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 488, __pyx_L1_error)
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":484
- *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
- *               and _debug_mode == DEBUG_OFF):
- *             target = self.learned_size(self.cycle_bytes)             # <<<<<<<<<<<<<<
+    /* "wsmem/_arena.pyx":489
+ *             self.set_capacity(self.learned_size(self.learn_peak))
+ *         elif grow:
+ *             target = self.learned_size(need)             # <<<<<<<<<<<<<<
  *             if target > self.capacity():
  *                 self.set_capacity(target)
 */
-    __pyx_v_target = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_self->cycle_bytes);
+    __pyx_v_target = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_need);
 
-    /* "wsmem/_arena.pyx":485
- *               and _debug_mode == DEBUG_OFF):
- *             target = self.learned_size(self.cycle_bytes)
+    /* "wsmem/_arena.pyx":490
+ *         elif grow:
+ *             target = self.learned_size(need)
  *             if target > self.capacity():             # <<<<<<<<<<<<<<
  *                 self.set_capacity(target)
  *         return 0
@@ -9741,36 +9831,36 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":486
- *             target = self.learned_size(self.cycle_bytes)
+      /* "wsmem/_arena.pyx":491
+ *             target = self.learned_size(need)
  *             if target > self.capacity():
  *                 self.set_capacity(target)             # <<<<<<<<<<<<<<
  *         return 0
  * 
 */
-      __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 486, __pyx_L1_error)
+      __pyx_t_9 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 491, __pyx_L1_error)
 
 
-      /* "wsmem/_arena.pyx":485
- *               and _debug_mode == DEBUG_OFF):
- *             target = self.learned_size(self.cycle_bytes)
+      /* "wsmem/_arena.pyx":490
+ *         elif grow:
+ *             target = self.learned_size(need)
  *             if target > self.capacity():             # <<<<<<<<<<<<<<
  *                 self.set_capacity(target)
  *         return 0
 */
     }
 
-    /* "wsmem/_arena.pyx":482
+    /* "wsmem/_arena.pyx":488
  *             self.init_pending = False
- *             self.set_capacity(target)
- *         elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
- *               and _debug_mode == DEBUG_OFF):
- *             target = self.learned_size(self.cycle_bytes)
+ *             self.set_capacity(self.learned_size(self.learn_peak))
+ *         elif grow:             # <<<<<<<<<<<<<<
+ *             target = self.learned_size(need)
+ *             if target > self.capacity():
 */
   }
-  __pyx_L7:;
+  __pyx_L17:;
 
-  /* "wsmem/_arena.pyx":487
+  /* "wsmem/_arena.pyx":492
  *             if target > self.capacity():
  *                 self.set_capacity(target)
  *         return 0             # <<<<<<<<<<<<<<
@@ -9793,17 +9883,23 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
   /* function exit code */
   __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
   __Pyx_AddTraceback("wsmem._arena.Arena.end_cycle", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = -1;
   __pyx_L0:;
 
 
 
+  __Pyx_XDECREF(__pyx_v_learn);
+  __Pyx_XDECREF(__pyx_v_grow);
 
+
+  __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":489
+/* "wsmem/_arena.pyx":494
  *         return 0
  * 
  *     cdef int release_all(self) except -1:             # <<<<<<<<<<<<<<
@@ -9814,7 +9910,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self) {
   int __pyx_r;
 
-  /* "wsmem/_arena.pyx":491
+  /* "wsmem/_arena.pyx":496
  *     cdef int release_all(self) except -1:
  *         """destroy(): drop every block; pinned ones live on until released."""
  *         self._drop_blocks()             # <<<<<<<<<<<<<<
@@ -9823,7 +9919,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
 */
   ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_blocks(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":492
+  /* "wsmem/_arena.pyx":497
  *         """destroy(): drop every block; pinned ones live on until released."""
  *         self._drop_blocks()
  *         return 0             # <<<<<<<<<<<<<<
@@ -9836,7 +9932,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":489
+  /* "wsmem/_arena.pyx":494
  *         return 0
  * 
  *     cdef int release_all(self) except -1:             # <<<<<<<<<<<<<<
@@ -9850,7 +9946,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":494
+/* "wsmem/_arena.pyx":499
  *         return 0
  * 
  *     cdef int check_owner(self) except -1:             # <<<<<<<<<<<<<<
@@ -9879,7 +9975,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("check_owner", 0);
 
-  /* "wsmem/_arena.pyx":495
+  /* "wsmem/_arena.pyx":500
  * 
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()             # <<<<<<<<<<<<<<
@@ -9888,7 +9984,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_me = PyThread_get_thread_ident();
 
-  /* "wsmem/_arena.pyx":496
+  /* "wsmem/_arena.pyx":501
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:             # <<<<<<<<<<<<<<
@@ -9900,7 +9996,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":497
+    /* "wsmem/_arena.pyx":502
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:
  *             raise WorkspaceError(             # <<<<<<<<<<<<<<
@@ -9908,29 +10004,29 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 497, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 502, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
 
-    /* "wsmem/_arena.pyx":498
+    /* "wsmem/_arena.pyx":503
  *         if me != self.owner_thread:
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "             # <<<<<<<<<<<<<<
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
  *                 f"thread with wsmem.get_workspace(name, cfg).")
 */
-    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 498, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 503, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_self->owner_thread, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 498, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_self->owner_thread, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 503, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
 
-    /* "wsmem/_arena.pyx":499
+    /* "wsmem/_arena.pyx":504
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "             # <<<<<<<<<<<<<<
  *                 f"thread with wsmem.get_workspace(name, cfg).")
  *         return 0
 */
-    __pyx_t_7 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_me, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 499, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_me, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 504, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_8[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_8[1] = __pyx_t_5;
@@ -9940,7 +10036,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
     __pyx_t_8[5] = __pyx_t_7;
     __pyx_t_8[6] = __pyx_mstate_global->__pyx_kp_u_Workspaces_are_per_thread_creat;
 
-    /* "wsmem/_arena.pyx":498
+    /* "wsmem/_arena.pyx":503
  *         if me != self.owner_thread:
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "             # <<<<<<<<<<<<<<
@@ -9956,7 +10052,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
     __pyx_t_10 |= __Pyx_PyUnicode_KIND_04(__pyx_t_8[1]);
     #endif
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_8, 7, __pyx_t_9, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 498, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 503, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -9979,14 +10075,14 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 497, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 502, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 497, __pyx_L1_error)
+    __PYX_ERR(0, 502, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":496
+    /* "wsmem/_arena.pyx":501
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:             # <<<<<<<<<<<<<<
@@ -9995,7 +10091,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":501
+  /* "wsmem/_arena.pyx":506
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
  *                 f"thread with wsmem.get_workspace(name, cfg).")
  *         return 0             # <<<<<<<<<<<<<<
@@ -10008,7 +10104,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":494
+  /* "wsmem/_arena.pyx":499
  *         return 0
  * 
  *     cdef int check_owner(self) except -1:             # <<<<<<<<<<<<<<
@@ -10034,7 +10130,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":503
+/* "wsmem/_arena.pyx":508
  *         return 0
  * 
  *     cdef size_t pinned_bytes(self) noexcept:             # <<<<<<<<<<<<<<
@@ -10064,7 +10160,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pinned_bytes", 0);
 
-  /* "wsmem/_arena.pyx":505
+  /* "wsmem/_arena.pyx":510
  *     cdef size_t pinned_bytes(self) noexcept:
  *         """Bytes kept out of reuse by live exports, line-rounded, over all blocks."""
  *         cdef Block* b = self.state.blocks             # <<<<<<<<<<<<<<
@@ -10075,7 +10171,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":506
+  /* "wsmem/_arena.pyx":511
  *         """Bytes kept out of reuse by live exports, line-rounded, over all blocks."""
  *         cdef Block* b = self.state.blocks
  *         cdef size_t total = 0, n, i             # <<<<<<<<<<<<<<
@@ -10084,7 +10180,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
   __pyx_v_total = 0;
 
-  /* "wsmem/_arena.pyx":507
+  /* "wsmem/_arena.pyx":512
  *         cdef Block* b = self.state.blocks
  *         cdef size_t total = 0, n, i
  *         cdef size_t* r = NULL             # <<<<<<<<<<<<<<
@@ -10093,7 +10189,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
   __pyx_v_r = NULL;
 
-  /* "wsmem/_arena.pyx":508
+  /* "wsmem/_arena.pyx":513
  *         cdef size_t total = 0, n, i
  *         cdef size_t* r = NULL
  *         while b != NULL:             # <<<<<<<<<<<<<<
@@ -10106,7 +10202,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 
     if (!__pyx_t_2) break;
 
-    /* "wsmem/_arena.pyx":509
+    /* "wsmem/_arena.pyx":514
  *         cdef size_t* r = NULL
  *         while b != NULL:
  *             if b.n_pins:             # <<<<<<<<<<<<<<
@@ -10118,7 +10214,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":510
+      /* "wsmem/_arena.pyx":515
  *         while b != NULL:
  *             if b.n_pins:
  *                 if b.is_main:             # <<<<<<<<<<<<<<
@@ -10127,7 +10223,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
       if (__pyx_v_b->is_main) {
 
-        /* "wsmem/_arena.pyx":511
+        /* "wsmem/_arena.pyx":516
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -10143,17 +10239,17 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           __Pyx_XGOTREF(__pyx_t_5);
           /*try:*/ {
 
-            /* "wsmem/_arena.pyx":512
+            /* "wsmem/_arena.pyx":517
  *                 if b.is_main:
  *                     try:
  *                         n = _merged_ranges(b, &r)             # <<<<<<<<<<<<<<
  *                     except MemoryError:
  *                         n = 0
 */
-            __pyx_t_6 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_b, (&__pyx_v_r)); if (unlikely(__pyx_t_6 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 512, __pyx_L7_error)
+            __pyx_t_6 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_b, (&__pyx_v_r)); if (unlikely(__pyx_t_6 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 517, __pyx_L7_error)
             __pyx_v_n = __pyx_t_6;
 
-            /* "wsmem/_arena.pyx":511
+            /* "wsmem/_arena.pyx":516
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -10167,7 +10263,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           goto __pyx_L14_try_end;
           __pyx_L7_error:;
 
-          /* "wsmem/_arena.pyx":513
+          /* "wsmem/_arena.pyx":518
  *                     try:
  *                         n = _merged_ranges(b, &r)
  *                     except MemoryError:             # <<<<<<<<<<<<<<
@@ -10178,7 +10274,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           if (__pyx_t_7) {
             __Pyx_ErrRestore(0,0,0);
 
-            /* "wsmem/_arena.pyx":514
+            /* "wsmem/_arena.pyx":519
  *                         n = _merged_ranges(b, &r)
  *                     except MemoryError:
  *                         n = 0             # <<<<<<<<<<<<<<
@@ -10190,7 +10286,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           }
           goto __pyx_L9_except_error;
 
-          /* "wsmem/_arena.pyx":511
+          /* "wsmem/_arena.pyx":516
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -10211,7 +10307,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           __pyx_L14_try_end:;
         }
 
-        /* "wsmem/_arena.pyx":515
+        /* "wsmem/_arena.pyx":520
  *                     except MemoryError:
  *                         n = 0
  *                     for i in range(n):             # <<<<<<<<<<<<<<
@@ -10225,7 +10321,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
           __pyx_v_i = __pyx_t_9;
 
-          /* "wsmem/_arena.pyx":516
+          /* "wsmem/_arena.pyx":521
  *                         n = 0
  *                     for i in range(n):
  *                         total += r[2 * i + 1] - r[2 * i]             # <<<<<<<<<<<<<<
@@ -10236,7 +10332,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         }
 
 
-        /* "wsmem/_arena.pyx":517
+        /* "wsmem/_arena.pyx":522
  *                     for i in range(n):
  *                         total += r[2 * i + 1] - r[2 * i]
  *                     free(r)             # <<<<<<<<<<<<<<
@@ -10245,7 +10341,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
         free(__pyx_v_r);
 
-        /* "wsmem/_arena.pyx":518
+        /* "wsmem/_arena.pyx":523
  *                         total += r[2 * i + 1] - r[2 * i]
  *                     free(r)
  *                     r = NULL             # <<<<<<<<<<<<<<
@@ -10254,7 +10350,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
         __pyx_v_r = NULL;
 
-        /* "wsmem/_arena.pyx":510
+        /* "wsmem/_arena.pyx":515
  *         while b != NULL:
  *             if b.n_pins:
  *                 if b.is_main:             # <<<<<<<<<<<<<<
@@ -10264,7 +10360,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         goto __pyx_L6;
       }
 
-      /* "wsmem/_arena.pyx":520
+      /* "wsmem/_arena.pyx":525
  *                     r = NULL
  *                 else:
  *                     total += _round_up(b.size, LINE)             # <<<<<<<<<<<<<<
@@ -10276,7 +10372,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
       }
       __pyx_L6:;
 
-      /* "wsmem/_arena.pyx":509
+      /* "wsmem/_arena.pyx":514
  *         cdef size_t* r = NULL
  *         while b != NULL:
  *             if b.n_pins:             # <<<<<<<<<<<<<<
@@ -10285,7 +10381,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
     }
 
-    /* "wsmem/_arena.pyx":521
+    /* "wsmem/_arena.pyx":526
  *                 else:
  *                     total += _round_up(b.size, LINE)
  *             b = b.next             # <<<<<<<<<<<<<<
@@ -10297,7 +10393,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
     __pyx_v_b = __pyx_t_1;
   }
 
-  /* "wsmem/_arena.pyx":522
+  /* "wsmem/_arena.pyx":527
  *                     total += _round_up(b.size, LINE)
  *             b = b.next
  *         return total             # <<<<<<<<<<<<<<
@@ -10310,7 +10406,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":503
+  /* "wsmem/_arena.pyx":508
  *         return 0
  * 
  *     cdef size_t pinned_bytes(self) noexcept:             # <<<<<<<<<<<<<<
@@ -10333,7 +10429,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":524
+/* "wsmem/_arena.pyx":529
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
@@ -10399,7 +10495,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_stats_or_none", 0);
 
-  /* "wsmem/_arena.pyx":525
+  /* "wsmem/_arena.pyx":530
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10415,7 +10511,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "wsmem/_arena.pyx":526
+      /* "wsmem/_arena.pyx":531
  *     def _stats_or_none(self):
  *         try:
  *             return self.stats()             # <<<<<<<<<<<<<<
@@ -10429,7 +10525,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
         PyObject *__pyx_callargs[2] = {__pyx_t_5, NULL};
         __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_stats, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 526, __pyx_L3_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 531, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       {
@@ -10443,7 +10539,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
       __pyx_t_4 = 0;
       goto __pyx_L7_try_return;
 
-      /* "wsmem/_arena.pyx":525
+      /* "wsmem/_arena.pyx":530
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10455,7 +10551,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-    /* "wsmem/_arena.pyx":527
+    /* "wsmem/_arena.pyx":532
  *         try:
  *             return self.stats()
  *         except Exception:             # <<<<<<<<<<<<<<
@@ -10466,7 +10562,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     if (__pyx_t_7) {
       __Pyx_ErrRestore(0,0,0);
 
-      /* "wsmem/_arena.pyx":528
+      /* "wsmem/_arena.pyx":533
  *             return self.stats()
  *         except Exception:
  *             return None             # <<<<<<<<<<<<<<
@@ -10485,7 +10581,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     }
     goto __pyx_L5_except_error;
 
-    /* "wsmem/_arena.pyx":525
+    /* "wsmem/_arena.pyx":530
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10512,7 +10608,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     goto __pyx_L0;
   }
 
-  /* "wsmem/_arena.pyx":524
+  /* "wsmem/_arena.pyx":529
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
@@ -10532,7 +10628,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":530
+/* "wsmem/_arena.pyx":535
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
@@ -10601,7 +10697,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_live_pins", 0);
 
-  /* "wsmem/_arena.pyx":532
+  /* "wsmem/_arena.pyx":537
  *     def _live_pins(self):
  *         """[(nbytes, generation, owner)] of every live pin (for leaks())."""
  *         cdef Block* b = self.state.blocks             # <<<<<<<<<<<<<<
@@ -10612,19 +10708,19 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":534
+  /* "wsmem/_arena.pyx":539
  *         cdef Block* b = self.state.blocks
  *         cdef Pin* p
  *         out = []             # <<<<<<<<<<<<<<
  *         while b != NULL:
  *             p = b.pins
 */
-  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 534, __pyx_L1_error)
+  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 539, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_v_out = ((PyObject*)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":535
+  /* "wsmem/_arena.pyx":540
  *         cdef Pin* p
  *         out = []
  *         while b != NULL:             # <<<<<<<<<<<<<<
@@ -10637,7 +10733,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
     if (!__pyx_t_3) break;
 
-    /* "wsmem/_arena.pyx":536
+    /* "wsmem/_arena.pyx":541
  *         out = []
  *         while b != NULL:
  *             p = b.pins             # <<<<<<<<<<<<<<
@@ -10648,7 +10744,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
     __pyx_v_p = __pyx_t_4;
 
-    /* "wsmem/_arena.pyx":537
+    /* "wsmem/_arena.pyx":542
  *         while b != NULL:
  *             p = b.pins
  *             while p != NULL:             # <<<<<<<<<<<<<<
@@ -10661,33 +10757,33 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
       if (!__pyx_t_3) break;
 
-      /* "wsmem/_arena.pyx":538
+      /* "wsmem/_arena.pyx":543
  *             p = b.pins
  *             while p != NULL:
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))             # <<<<<<<<<<<<<<
  *                 p = p.next
  *             b = b.next
 */
-      __pyx_t_2 = __Pyx_PyLong_FromSize_t((__pyx_v_p->hi - __pyx_v_p->lo)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 538, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyLong_FromSize_t((__pyx_v_p->hi - __pyx_v_p->lo)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 543, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_5 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_p->generation); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 538, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_p->generation); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 543, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_6 = PyTuple_New(3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 538, __pyx_L1_error)
+      __pyx_t_6 = PyTuple_New(3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 543, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_GIVEREF(__pyx_t_2);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 538, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 543, __pyx_L1_error);
       __Pyx_GIVEREF(__pyx_t_5);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 538, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 543, __pyx_L1_error);
       __Pyx_INCREF(((PyObject *)__pyx_v_p->owner));
       __Pyx_GIVEREF(((PyObject *)__pyx_v_p->owner));
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 2, ((PyObject *)__pyx_v_p->owner)) != (0)) __PYX_ERR(0, 538, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 2, ((PyObject *)__pyx_v_p->owner)) != (0)) __PYX_ERR(0, 543, __pyx_L1_error);
       __pyx_t_2 = 0;
       __pyx_t_5 = 0;
-      __pyx_t_7 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_6); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 538, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_6); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 543, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
 
-      /* "wsmem/_arena.pyx":539
+      /* "wsmem/_arena.pyx":544
  *             while p != NULL:
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))
  *                 p = p.next             # <<<<<<<<<<<<<<
@@ -10699,7 +10795,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
       __pyx_v_p = __pyx_t_4;
     }
 
-    /* "wsmem/_arena.pyx":540
+    /* "wsmem/_arena.pyx":545
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))
  *                 p = p.next
  *             b = b.next             # <<<<<<<<<<<<<<
@@ -10710,7 +10806,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
     __pyx_v_b = __pyx_t_1;
   }
 
-  /* "wsmem/_arena.pyx":541
+  /* "wsmem/_arena.pyx":546
  *                 p = p.next
  *             b = b.next
  *         return out             # <<<<<<<<<<<<<<
@@ -10726,7 +10822,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":530
+  /* "wsmem/_arena.pyx":535
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
@@ -11817,34 +11913,34 @@ __Pyx_RefNannySetupContext("PyInit__arena", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_nbytes_str, __pyx_t_2) < (0)) __PYX_ERR(0, 71, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":524
+  /* "wsmem/_arena.pyx":529
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
  *         try:
  *             return self.stats()
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_5_stats_or_none, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__stats_or_none, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 524, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_5_stats_or_none, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__stats_or_none, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 529, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_t_2) < (0)) __PYX_ERR(0, 524, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_t_2) < (0)) __PYX_ERR(0, 529, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":530
+  /* "wsmem/_arena.pyx":535
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
  *         """[(nbytes, generation, owner)] of every live pin (for leaks())."""
  *         cdef Block* b = self.state.blocks
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_7_live_pins, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__live_pins, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 530, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_7_live_pins, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__live_pins, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 535, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_live_pins, __pyx_t_2) < (0)) __PYX_ERR(0, 530, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_live_pins, __pyx_t_2) < (0)) __PYX_ERR(0, 535, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "(tree fragment)":1
@@ -12112,12 +12208,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_nbytes_str, __pyx_mstate->__pyx_kp_b_iso88591_r_1_r_r_Q_r_Bd_r_Q_r_E_q_2Qb_V1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 524};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 529};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_stats_or_none, __pyx_mstate->__pyx_kp_b_iso88591_A_4vQ_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 530};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 535};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_live_pins, __pyx_mstate->__pyx_kp_b_iso88591_A_F_a_b_1_Cq_7_AT_1E_xq_AQ_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }

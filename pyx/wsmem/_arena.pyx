@@ -464,24 +464,29 @@ cdef class Arena:
         self.last_cycle_bytes = self.cycle_bytes
         if self.cycle_bytes > self.peak_cycle_bytes:
             self.peak_cycle_bytes = self.cycle_bytes
-        if self.cycle_bytes > self.learn_peak:
-            self.learn_peak = self.cycle_bytes
         self.cursor = self.limit = 0
         self.n_holes = self.hole_index = 0
-        target = 0
+        learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
+        grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
+                and _debug_mode == DEBUG_OFF)
+        if learn or grow:
+            # What the next cycle needs: this cycle's bytes, plus what is still
+            # pinned now (arrays that outlive the cycle, such as a loop's last
+            # results still bound to names when the next cycle starts).
+            need = self.cycle_bytes + self.pinned_bytes()
+            if need > self.learn_peak:
+                self.learn_peak = need
         # first_loop learns from the first cycle that allocated anything: an
         # empty first cycle would otherwise size the block to 0 for good.
         if self.init_pending or (not self.initialized and (
-                (self.learning == LEARN_FIRST_LOOP and self.learn_peak > 0) or
+                (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
                 (self.learning == LEARN_OVER_TIME and
                  self.cycles >= max(self.cycles_before_init, 1)))):
-            target = self.learned_size(self.learn_peak)
             self.initialized = True
             self.init_pending = False
-            self.set_capacity(target)
-        elif (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
-              and _debug_mode == DEBUG_OFF):
-            target = self.learned_size(self.cycle_bytes)
+            self.set_capacity(self.learned_size(self.learn_peak))
+        elif grow:
+            target = self.learned_size(need)
             if target > self.capacity():
                 self.set_capacity(target)
         return 0

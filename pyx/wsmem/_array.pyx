@@ -25,6 +25,8 @@ from libc.stdint cimport int64_t, uint64_t, int32_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
+from wsmem._capture cimport (captured_in, heap_copy, take_error, set_handler,
+                             restore_handler)
 from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_create,
                            pin_release, pin_init, pin_fini, current_arena, get_debug_mode,
                            DEBUG_BYPASS_EVERYTHING)
@@ -253,9 +255,11 @@ cdef inline WsArray _blank(int nd):
     return a
 
 
-cdef WsArray _wrap_ndarray(cnp.ndarray arr, Arena ws, unsigned long long gen, Block* block):
+cdef WsArray _wrap_ndarray(cnp.ndarray arr, Arena ws, unsigned long long gen, Block* block,
+                           bint keep=False):
     """A WsArray over an ndarray's memory: heap (ws None, arr kept as owner)
-    or a view of arena memory in (ws, gen, block)."""
+    or arena memory in (ws, gen, block); `keep` also holds arr (an ndarray
+    NumPy allocated in the workspace: it owns, and pins, that memory)."""
     cdef int nd = cnp.PyArray_NDIM(arr)
     cdef WsArray a = _blank(nd)
     cdef int i
@@ -267,7 +271,7 @@ cdef WsArray _wrap_ndarray(cnp.ndarray arr, Arena ws, unsigned long long gen, Bl
     a._ws = ws
     a._gen = gen
     a._block = block
-    a._base = arr if ws is None else None
+    a._base = arr if (ws is None or keep) else None
     return a
 
 
@@ -422,6 +426,8 @@ cdef object _view_owner(cnp.ndarray r):
     base = _root_base(r)
     if type(base) is _ExportPin and (<_ExportPin>base).rec.block != NULL:
         return <object>(<_ExportPin>base).rec.owner
+    if type(base) is WsArray:       # a view of a size-0 array (nothing to pin)
+        return base
     return None
 
 
@@ -432,6 +438,8 @@ cdef object _adopt(object r):
     cdef WsArray src
     cdef WsArray out
     cdef Arena arena
+    cdef unsigned long long gen = 0
+    cdef Block* block = NULL
     if _is_ndarray(r):
         owner = _view_owner(<cnp.ndarray>r)
         if owner is not None:
@@ -440,6 +448,10 @@ cdef object _adopt(object r):
                 return _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
         if (<cnp.ndarray>r).dtype.hasobject:
             return r
+        ws_of = captured_in(r, &gen, &block)
+        if ws_of is not None:
+            # NumPy allocated it in a live workspace (capture): zero copy.
+            return _wrap_ndarray(<cnp.ndarray>r, <Arena>ws_of, gen, block, True)
         arena = _target()
         if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
             return _wrap_ndarray(<cnp.ndarray>r, None, 0, NULL)
@@ -461,6 +473,15 @@ cdef object _from_result(WsArray self, object v, object r):
     if _is_ndarray(r) and self._ws is None and r.base is not None and _root_base(r) is _root_base(v):
         return _wrap_ndarray(<cnp.ndarray>r, None, 0, NULL)
     return _adopt(r)
+
+
+cdef int _reraise_workspace_error(object exc) except -1:
+    """NumPy reports a refused captured allocation as its own MemoryError;
+    raise the workspace's WorkspaceOverflowError (with stats) instead."""
+    err = take_error()
+    if err is not None and not isinstance(exc, type(err)):
+        raise err from exc
+    return 0
 
 
 cdef tuple _ufunc_dtypes_cache_key(tuple ins):
@@ -518,10 +539,13 @@ cdef object _ufunc_call(object ufunc, tuple inputs, dict kwargs):
     dts = _resolve_cache.get(key)
     if dts is None:
         nin = ufunc.nin
+        token = set_handler(None)   # one-time NumPy temporaries stay off the workspace
         try:
             dts = ufunc.resolve_dtypes(key[1] + (None,) * ufunc.nout)[nin:]
         except Exception:
             return None
+        finally:
+            restore_handler(token)
         if len(_resolve_cache) > 4096:
             _resolve_cache.clear()
         _resolve_cache[key] = dts
@@ -829,6 +853,22 @@ cdef class WsArray:
 
     # ------------------------------------------------------------ NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        take_error()
+        try:
+            return self._array_ufunc(ufunc, method, inputs, kwargs)
+        except MemoryError as exc:
+            _reraise_workspace_error(exc)
+            raise
+
+    def __array_function__(self, func, types, args, kwargs):
+        take_error()
+        try:
+            return _adopt(func(*_unwrap(args), **_unwrap(kwargs)))
+        except MemoryError as exc:
+            _reraise_workspace_error(exc)
+            raise
+
+    def _array_ufunc(self, ufunc, method, tuple inputs, dict kwargs):
         out = kwargs.get("out")
         if method == "__call__" and out is None:
             r = _ufunc_call(ufunc, inputs, kwargs)
@@ -843,9 +883,6 @@ cdef class WsArray:
             return out
         return _adopt(getattr(ufunc, method)(*conv_in, **kwargs))
 
-    def __array_function__(self, func, types, args, kwargs):
-        return _adopt(func(*_unwrap(args), **_unwrap(kwargs)))
-
     # ------------------------------------------------------------ copies
     def detach(self):
         """Copy to heap memory that no workspace cycle invalidates.
@@ -855,7 +892,7 @@ cdef class WsArray:
         WsArray
             A heap array (``workspace is None``) equal to this one.
         """
-        return _wrap_ndarray(np.array(self._view(), copy=True, order="K"), None, 0, NULL)
+        return _wrap_ndarray(heap_copy(self._view()), None, 0, NULL)
 
     def leverage_to(self, ws):
         """Copy into workspace `ws` (which must be open in this thread).
@@ -955,7 +992,12 @@ cdef class WsArray:
         attr = getattr(v, name)
         if callable(attr):
             def method(*args, **kwargs):
-                return _from_result(self, v, attr(*_unwrap(args), **_unwrap(kwargs)))
+                take_error()
+                try:
+                    return _from_result(self, v, attr(*_unwrap(args), **_unwrap(kwargs)))
+                except MemoryError as exc:
+                    _reraise_workspace_error(exc)
+                    raise
             method.__name__ = name
             method.__doc__ = attr.__doc__
             return method
@@ -1218,13 +1260,40 @@ def ones(shape, dtype=float, order="C"):
     return a
 
 
+cdef object _scalar_dtype(object value):
+    """dtype NumPy would infer for `value`, without allocating an array (under
+    capture, np.asarray/np.result_type would put a 0-d temporary in the workspace)."""
+    t = type(value)
+    if t is float:
+        return np.dtype(np.float64)
+    if t is bool:
+        return np.dtype(np.bool_)
+    if t is int:
+        return np.dtype(np.int64) if -(1 << 63) <= value < (1 << 63) else np.asarray(value).dtype
+    if t is complex:
+        return np.dtype(np.complex128)
+    if isinstance(value, np.generic):
+        return value.dtype
+    return np.asarray(_unwrap(value)).dtype
+
+
+cdef int _fill(WsArray a, object value) except -1:
+    """Fill with a scalar (ndarray.fill packs it without allocating) or
+    broadcast an array-like (np.copyto)."""
+    if isinstance(value, (int, float, complex, bool, np.generic)):
+        a._view().fill(value)
+    else:
+        np.copyto(a._view(), _unwrap(value), casting="unsafe")
+    return 0
+
+
 def full(shape, fill_value, dtype=None, order="C"):
     """Array filled with `fill_value` in the current workspace."""
     cdef WsArray a
     if dtype is None:
-        dtype = np.asarray(_unwrap(fill_value)).dtype
+        dtype = _scalar_dtype(fill_value)
     a = new_array(_target(), shape, dtype, order, INIT_NONE)
-    np.copyto(a._view(), _unwrap(fill_value), casting="unsafe")
+    _fill(a, fill_value)
     return a
 
 
@@ -1267,7 +1336,7 @@ def full_like(prototype, fill_value, dtype=None, order="K", shape=None):
     """`fill_value` shaped like `prototype`, in the current workspace."""
     s, d, o = _like(prototype, dtype, order, shape)
     cdef WsArray a = new_array(_target(), s, d, o, INIT_NONE)
-    np.copyto(a._view(), _unwrap(fill_value), casting="unsafe")
+    _fill(a, fill_value)
     return a
 
 

@@ -2049,6 +2049,58 @@ enum  {
   __pyx_e_5wsmem_6_array_INIT_NONE = 0,
   __pyx_e_5wsmem_6_array_INIT_ZEROS = 1
 };
+struct __pyx_t_5wsmem_8_capture_CapHdr;
+struct __pyx_t_5wsmem_8_capture_FreeSlot;
+struct __pyx_t_5wsmem_8_capture_CapCtx;
+
+/* "wsmem/_capture.pxd":12
+ *     size_t size         # bytes NumPy asked for
+ * 
+ * cdef enum:             # <<<<<<<<<<<<<<
+ *     FREE_SLOTS = 256    # buckets of the within-cycle free table (power of two)
+ * 
+*/
+enum  {
+  __pyx_e_5wsmem_8_capture_FREE_SLOTS = 0x100
+};
+
+/* "wsmem/_capture.pxd":7
+ * from wsmem._arena cimport Arena, Block, Pin
+ * 
+ * cdef struct CapHdr:             # <<<<<<<<<<<<<<
+ *     # Precedes every captured allocation (64 bytes, so data stays 64-aligned).
+ *     Pin pin             # pin.block NULL: heap memory (fallback or reuse list entry)
+*/
+struct __pyx_t_5wsmem_8_capture_CapHdr {
+  struct __pyx_t_5wsmem_6_arena_Pin pin;
+  size_t size;
+};
+
+/* "wsmem/_capture.pxd":15
+ *     FREE_SLOTS = 256    # buckets of the within-cycle free table (power of two)
+ * 
+ * cdef struct FreeSlot:             # <<<<<<<<<<<<<<
+ *     size_t size         # 0: empty bucket
+ *     CapHdr* head        # freed allocations of exactly `size` bytes (linked by pin.next)
+*/
+struct __pyx_t_5wsmem_8_capture_FreeSlot {
+  size_t size;
+  struct __pyx_t_5wsmem_8_capture_CapHdr *head;
+};
+
+/* "wsmem/_capture.pxd":19
+ *     CapHdr* head        # freed allocations of exactly `size` bytes (linked by pin.next)
+ * 
+ * cdef struct CapCtx:             # <<<<<<<<<<<<<<
+ *     # Owned by the handler capsule (freed by its destructor, when the last
+ *     # ndarray allocated through it is gone).
+*/
+struct __pyx_t_5wsmem_8_capture_CapCtx {
+  PyObject *arena;
+  unsigned PY_LONG_LONG free_gen;
+  size_t n_free;
+  struct __pyx_t_5wsmem_8_capture_FreeSlot free[__pyx_e_5wsmem_8_capture_FREE_SLOTS];
+};
 
 /* "wsmem/_arena.pxd":66
  *     bint arena_alive
@@ -2127,16 +2179,17 @@ struct __pyx_obj_5wsmem_6_array_WsArray {
  * 
  * cdef class Workspace(Arena):             # <<<<<<<<<<<<<<
  *     cdef readonly object config     # the WorkspaceConfig it was made with
- *     cdef object __weakref__
+ *     cdef object _handler            # NEP 49 capsule (capture=True), else None; arrays
 */
 struct __pyx_obj_5wsmem_10_workspace_Workspace {
   struct __pyx_obj_5wsmem_6_arena_Arena __pyx_base;
   PyObject *config;
+  PyObject *_handler;
   PyObject *__weakref__;
 };
 
 
-/* "wsmem/_workspace.pyx":306
+/* "wsmem/_workspace.pyx":328
  * 
  * 
  * @cython.final             # <<<<<<<<<<<<<<
@@ -2149,7 +2202,7 @@ struct __pyx_obj_5wsmem_10_workspace__Borrow {
 };
 
 
-/* "wsmem/_workspace.pyx":324
+/* "wsmem/_workspace.pyx":346
  * 
  * 
  * @cython.final             # <<<<<<<<<<<<<<
@@ -2206,7 +2259,7 @@ struct __pyx_vtabstruct_5wsmem_6_array_WsArray {
 static struct __pyx_vtabstruct_5wsmem_6_array_WsArray *__pyx_vtabptr_5wsmem_6_array_WsArray;
 
 
-/* "wsmem/_workspace.pyx":65
+/* "wsmem/_workspace.pyx":75
  * 
  * 
  * cdef class Workspace(Arena):             # <<<<<<<<<<<<<<
@@ -2691,6 +2744,11 @@ static CYTHON_INLINE PyObject *__Pyx_GetItemInt_Fast(PyObject *o, Py_ssize_t i,
 static int __Pyx_DelItem_Generic(PyObject *o, PyObject *j);
 static CYTHON_INLINE int __Pyx_DelItemInt_Fast(PyObject *o, Py_ssize_t i, int wraparound);
 
+/* WriteUnraisableException.proto */
+static void __Pyx_WriteUnraisable(const char *name, int clineno,
+                                  int lineno, const char *filename,
+                                  int full_traceback, int nogil);
+
 /* py_dict_items.proto (used by OwnedDictNext) */
 #define __Pyx_PyDict_items_TypePtr  (&PyDictKeys_Type)
 #define __Pyx_PyDict_items_Check(obj)  PyObject_TypeCheck((obj), __Pyx_PyDictItems_TypePtr)
@@ -3165,6 +3223,20 @@ static CYTHON_INLINE PyObject *__Pyx_PyObject_GetItem(PyObject *obj, PyObject *k
 #define __Pyx_RaiseTypeErrorWithTypes(message, type_obj1, type_obj2) __Pyx_RaiseErrorWithTypes1(PyExc_TypeError, "%.1s" message, "", type_obj1, type_obj2)
 CYTHON_UNUSED
 static void __Pyx_RaiseErrorWithTypes1(PyObject* exc_type, const char *message, const char *arg, PyTypeObject *type_obj1, PyTypeObject *type_obj2);
+
+/* DeallocKeepAlive.proto */
+#if CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
+#define __Pyx_DeallocKeepAliveBegin(o) do {\
+        _Py_atomic_store_uintptr_relaxed(&(o)->ob_tid, _Py_ThreadId());\
+        _Py_atomic_store_uint32_relaxed(&(o)->ob_ref_local, 1);\
+        _Py_atomic_store_ssize_relaxed(&(o)->ob_ref_shared, 0);\
+    } while (0)
+#define __Pyx_DeallocKeepAliveEnd(o)\
+        _Py_atomic_store_uint32_relaxed(&(o)->ob_ref_local, 0)
+#else
+#define __Pyx_DeallocKeepAliveBegin(o) Py_SET_REFCNT(o, Py_REFCNT(o) + 1)
+#define __Pyx_DeallocKeepAliveEnd(o)   Py_SET_REFCNT(o, Py_REFCNT(o) - 1)
+#endif
 
 /* CallNextTpDealloc.proto */
 static void __Pyx_call_next_tp_dealloc(PyObject* obj, destructor current_tp_dealloc);
@@ -3650,6 +3722,12 @@ static void (*__pyx_f_5wsmem_6_arena_set_debug_mode)(int); /*proto*/
 /* Module declarations from "wsmem._array" */
 static struct __pyx_obj_5wsmem_6_array_WsArray *(*__pyx_f_5wsmem_6_array_new_array)(struct __pyx_obj_5wsmem_6_arena_Arena *, PyObject *, PyObject *, PyObject *, int); /*proto*/
 
+/* Module declarations from "wsmem._capture" */
+static PyObject *(*__pyx_f_5wsmem_8_capture_make_handler)(struct __pyx_obj_5wsmem_6_arena_Arena *); /*proto*/
+static void (*__pyx_f_5wsmem_8_capture_detach_handler)(PyObject *); /*proto*/
+static PyObject *(*__pyx_f_5wsmem_8_capture_set_handler)(PyObject *); /*proto*/
+static void (*__pyx_f_5wsmem_8_capture_restore_handler)(PyObject *); /*proto*/
+
 /* Module declarations from "wsmem._workspace" */
 static PyObject *__pyx_7genexpr__pyx_v_5wsmem_10_workspace_k;
 static PyObject *__pyx_7genexpr__pyx_v_5wsmem_10_workspace_v;
@@ -3672,30 +3750,31 @@ static const char __pyx_k_Workspace_the_public_face_of_an[] = "Workspace: the pu
 static PyObject *__pyx_pf_5wsmem_10_workspace_live_workspaces(CYTHON_UNUSED PyObject *__pyx_self); /* proto */
 static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_location); /* proto */
 static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_name, PyObject *__pyx_v_config, PyObject *__pyx_v_overrides); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_exc_type, CYTHON_UNUSED PyObject *__pyx_v_exc, CYTHON_UNUSED PyObject *__pyx_v_tb); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6borrow(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12_require_usable(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
+static void __pyx_pf_5wsmem_10_workspace_9Workspace_2__dealloc__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__enter__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6__exit__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_exc_type, CYTHON_UNUSED PyObject *__pyx_v_exc, CYTHON_UNUSED PyObject *__pyx_v_tb); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8borrow(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10initialize(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12destroy(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14_require_usable(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_7is_open___get__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12is_destroyed___get__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16stats(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
 static PyObject *__pyx_lambda_funcdef_lambda(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_l); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_20empty(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_22zeros(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_24ones(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_fill_value, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_fill_value, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_a, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18leaks(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_20__repr__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_22empty(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_24zeros(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26ones(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28full(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_fill_value, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30empty_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32zeros_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34ones_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36full_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_fill_value, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_38asarray(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_a, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order); /* proto */
 static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6config___get__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_38__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_40__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_40__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_42__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state); /* proto */
 static int __pyx_pf_5wsmem_10_workspace_7_Borrow___cinit__(struct __pyx_obj_5wsmem_10_workspace__Borrow *__pyx_v_self, struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_ws); /* proto */
 static PyObject *__pyx_pf_5wsmem_10_workspace_7_Borrow_2__enter__(struct __pyx_obj_5wsmem_10_workspace__Borrow *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_5wsmem_10_workspace_7_Borrow_4__exit__(struct __pyx_obj_5wsmem_10_workspace__Borrow *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v_exc); /* proto */
@@ -3815,7 +3894,7 @@ namespace {
     PyObject *__pyx_k__9;
     PyObject *__pyx_tuple[7];
     PyObject *__pyx_codeobj_tab[37];
-    PyObject *__pyx_string_tab[252];
+    PyObject *__pyx_string_tab[254];
     PyObject *__pyx_number_tab[3];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -3899,7 +3978,7 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_open_generation __pyx_string_tab[31]
 #define __pyx_kp_u_pyx_wsmem__workspace_pyx __pyx_string_tab[32]
 #define __pyx_kp_u_reset_endofbuffer_reached_circul __pyx_string_tab[33]
-#define __pyx_kp_u_scope_out_line_337 __pyx_string_tab[34]
+#define __pyx_kp_u_scope_out_line_359 __pyx_string_tab[34]
 #define __pyx_kp_u_self_holes_self_main_self_state __pyx_string_tab[35]
 #define __pyx_kp_u_workspace __pyx_string_tab[36]
 #define __pyx_kp_u_workspace_name_must_be_a_non_emp __pyx_string_tab[37]
@@ -3997,126 +4076,128 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_asyncio_coroutines __pyx_string_tab[129]
 #define __pyx_n_u_borrow __pyx_string_tab[130]
 #define __pyx_n_u_capacity __pyx_string_tab[131]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[132]
-#define __pyx_n_u_closed __pyx_string_tab[133]
-#define __pyx_n_u_coerce __pyx_string_tab[134]
-#define __pyx_n_u_config __pyx_string_tab[135]
-#define __pyx_n_u_cupy __pyx_string_tab[136]
-#define __pyx_n_u_current_workspace __pyx_string_tab[137]
-#define __pyx_n_u_cycle_bytes __pyx_string_tab[138]
-#define __pyx_n_u_cycles __pyx_string_tab[139]
-#define __pyx_n_u_debug_mode __pyx_string_tab[140]
-#define __pyx_n_u_debug_mode___enter __pyx_string_tab[141]
-#define __pyx_n_u_debug_mode___exit __pyx_string_tab[142]
-#define __pyx_n_u_debug_mode___init __pyx_string_tab[143]
-#define __pyx_n_u_destroy __pyx_string_tab[144]
-#define __pyx_n_u_destroyed __pyx_string_tab[145]
-#define __pyx_n_u_dtype __pyx_string_tab[146]
-#define __pyx_n_u_empty __pyx_string_tab[147]
-#define __pyx_n_u_empty_like __pyx_string_tab[148]
-#define __pyx_n_u_exc __pyx_string_tab[149]
-#define __pyx_n_u_exc_type __pyx_string_tab[150]
-#define __pyx_n_u_fill __pyx_string_tab[151]
-#define __pyx_n_u_fill_value __pyx_string_tab[152]
-#define __pyx_n_u_full __pyx_string_tab[153]
-#define __pyx_n_u_full_like __pyx_string_tab[154]
-#define __pyx_n_u_gen __pyx_string_tab[155]
-#define __pyx_n_u_generation __pyx_string_tab[156]
-#define __pyx_n_u_get_debug_mode_name __pyx_string_tab[157]
-#define __pyx_n_u_initialize __pyx_string_tab[158]
-#define __pyx_n_u_initialized __pyx_string_tab[159]
-#define __pyx_n_u_is_open __pyx_string_tab[160]
-#define __pyx_n_u_items __pyx_string_tab[161]
-#define __pyx_n_u_key __pyx_string_tab[162]
-#define __pyx_n_u_l __pyx_string_tab[163]
-#define __pyx_n_u_last_cycle_bytes __pyx_string_tab[164]
-#define __pyx_n_u_leaks __pyx_string_tab[165]
-#define __pyx_n_u_leaks_locals_lambda __pyx_string_tab[166]
-#define __pyx_n_u_live_workspaces __pyx_string_tab[167]
-#define __pyx_n_u_local __pyx_string_tab[168]
-#define __pyx_n_u_location __pyx_string_tab[169]
-#define __pyx_n_u_mode __pyx_string_tab[170]
-#define __pyx_n_u_name_2 __pyx_string_tab[171]
-#define __pyx_n_u_nbytes __pyx_string_tab[172]
-#define __pyx_n_u_np __pyx_string_tab[173]
-#define __pyx_n_u_numpy __pyx_string_tab[174]
-#define __pyx_n_u_offset __pyx_string_tab[175]
-#define __pyx_n_u_ones __pyx_string_tab[176]
-#define __pyx_n_u_ones_like __pyx_string_tab[177]
-#define __pyx_n_u_order __pyx_string_tab[178]
-#define __pyx_n_u_out __pyx_string_tab[179]
-#define __pyx_n_u_owner __pyx_string_tab[180]
-#define __pyx_n_u_pages __pyx_string_tab[181]
-#define __pyx_n_u_peak_cycle_bytes __pyx_string_tab[182]
-#define __pyx_n_u_pinned_bytes __pyx_string_tab[183]
-#define __pyx_n_u_pop __pyx_string_tab[184]
-#define __pyx_n_u_prototype __pyx_string_tab[185]
-#define __pyx_n_u_replace __pyx_string_tab[186]
-#define __pyx_n_u_reset __pyx_string_tab[187]
-#define __pyx_n_u_scope_out __pyx_string_tab[188]
-#define __pyx_n_u_self __pyx_string_tab[189]
-#define __pyx_n_u_setdefault __pyx_string_tab[190]
-#define __pyx_n_u_shape __pyx_string_tab[191]
-#define __pyx_n_u_sort __pyx_string_tab[192]
-#define __pyx_n_u_spilled_bytes __pyx_string_tab[193]
-#define __pyx_n_u_spilled_count __pyx_string_tab[194]
-#define __pyx_n_u_stack __pyx_string_tab[195]
-#define __pyx_n_u_state __pyx_string_tab[196]
-#define __pyx_n_u_stats __pyx_string_tab[197]
-#define __pyx_n_u_tb __pyx_string_tab[198]
-#define __pyx_n_u_threading __pyx_string_tab[199]
-#define __pyx_n_u_traceback __pyx_string_tab[200]
-#define __pyx_n_u_track __pyx_string_tab[201]
-#define __pyx_n_u_tracking_forced __pyx_string_tab[202]
-#define __pyx_n_u_update __pyx_string_tab[203]
-#define __pyx_n_u_use_setstate __pyx_string_tab[204]
-#define __pyx_n_u_value __pyx_string_tab[205]
-#define __pyx_n_u_values __pyx_string_tab[206]
-#define __pyx_n_u_weakref __pyx_string_tab[207]
-#define __pyx_n_u_ws __pyx_string_tab[208]
-#define __pyx_n_u_wsmem__array __pyx_string_tab[209]
-#define __pyx_n_u_wsmem__config __pyx_string_tab[210]
-#define __pyx_n_u_wsmem__errors __pyx_string_tab[211]
-#define __pyx_n_u_wsmem__registry __pyx_string_tab[212]
-#define __pyx_n_u_wsmem__stats __pyx_string_tab[213]
-#define __pyx_n_u_wsmem__workspace __pyx_string_tab[214]
-#define __pyx_n_u_zeros __pyx_string_tab[215]
-#define __pyx_n_u_zeros_like __pyx_string_tab[216]
-#define __pyx_kp_b_PyObject_void_int_void_void_PyOb __pyx_string_tab[217]
-#define __pyx_kp_b_size_t_HUGE_PAGE_HUGE_THRESHOLD __pyx_string_tab[218]
-#define __pyx_kp_b_struct___pyx_obj_5wsmem_6_array __pyx_string_tab[219]
-#define __pyx_kp_b_iso88591_1A_AT_l_1_Kq __pyx_string_tab[220]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[221]
-#define __pyx_kp_b_iso88591_q_a __pyx_string_tab[222]
-#define __pyx_kp_b_iso88591_4q __pyx_string_tab[223]
-#define __pyx_kp_b_iso88591_q_a_2 __pyx_string_tab[224]
-#define __pyx_kp_b_iso88591__11 __pyx_string_tab[225]
-#define __pyx_kp_b_iso88591_q_0_kQR_9HAQ_7_1L_a_1 __pyx_string_tab[226]
-#define __pyx_kp_b_iso88591_q_l_vWE_Q_q_q_q_awk_awk __pyx_string_tab[227]
-#define __pyx_kp_b_iso88591_9A __pyx_string_tab[228]
-#define __pyx_kp_b_iso88591_A_4q_Qd_L __pyx_string_tab[229]
-#define __pyx_kp_b_iso88591_A_4q_Qd_L_4wc_A_Ja_QfF_q __pyx_string_tab[230]
-#define __pyx_kp_b_iso88591_A_AT_fA_q __pyx_string_tab[231]
-#define __pyx_kp_b_iso88591_A_AV6_q __pyx_string_tab[232]
-#define __pyx_kp_b_iso88591_A_C_Q_Qd_vQ_t1 __pyx_string_tab[233]
-#define __pyx_kp_b_iso88591_A_HIWAV1_IQ __pyx_string_tab[234]
-#define __pyx_kp_b_iso88591_A_I_1_a_1D_t1 __pyx_string_tab[235]
-#define __pyx_kp_b_iso88591_A_QfF_q __pyx_string_tab[236]
-#define __pyx_kp_b_iso88591_A_at1_q __pyx_string_tab[237]
-#define __pyx_kp_b_iso88591_A_4wc_Qd_Ja_AV1_4wc_Ja_9Cq_q __pyx_string_tab[238]
-#define __pyx_kp_b_iso88591_A_Q_Q_T_T_4_gRwa_A_T_T_a_a_4q_t1 __pyx_string_tab[239]
-#define __pyx_kp_b_iso88591_A_A_4wb_Qd_q_A_q __pyx_string_tab[240]
-#define __pyx_kp_b_iso88591_A_waq __pyx_string_tab[241]
-#define __pyx_kp_b_iso88591_A_4q_L_4wb_Qd_L_M_1A __pyx_string_tab[242]
-#define __pyx_kp_b_iso88591_A_a_HE_k_t7_Bd_c_Q_waxq_xvU_Q_5 __pyx_string_tab[243]
-#define __pyx_kp_b_iso88591_Zq __pyx_string_tab[244]
-#define __pyx_kp_b_iso88591_1_Q_7_3gQ __pyx_string_tab[245]
-#define __pyx_kp_b_iso88591_Q_N_IQfG7_aq_q __pyx_string_tab[246]
-#define __pyx_kp_b_iso88591_a_N_y_wgWA __pyx_string_tab[247]
-#define __pyx_kp_b_iso88591_Q_9A_wa __pyx_string_tab[248]
-#define __pyx_kp_b_iso88591_k_Q_Qk_q __pyx_string_tab[249]
-#define __pyx_kp_b_iso88591_L_Q_4q_7 __pyx_string_tab[250]
-#define __pyx_kp_b_iso88591_5_A_Q_9A_G7 __pyx_string_tab[251]
+#define __pyx_n_u_capture __pyx_string_tab[132]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[133]
+#define __pyx_n_u_closed __pyx_string_tab[134]
+#define __pyx_n_u_coerce __pyx_string_tab[135]
+#define __pyx_n_u_config __pyx_string_tab[136]
+#define __pyx_n_u_cupy __pyx_string_tab[137]
+#define __pyx_n_u_current_workspace __pyx_string_tab[138]
+#define __pyx_n_u_cycle_bytes __pyx_string_tab[139]
+#define __pyx_n_u_cycles __pyx_string_tab[140]
+#define __pyx_n_u_debug_mode __pyx_string_tab[141]
+#define __pyx_n_u_debug_mode___enter __pyx_string_tab[142]
+#define __pyx_n_u_debug_mode___exit __pyx_string_tab[143]
+#define __pyx_n_u_debug_mode___init __pyx_string_tab[144]
+#define __pyx_n_u_destroy __pyx_string_tab[145]
+#define __pyx_n_u_destroyed __pyx_string_tab[146]
+#define __pyx_n_u_dtype __pyx_string_tab[147]
+#define __pyx_n_u_empty __pyx_string_tab[148]
+#define __pyx_n_u_empty_like __pyx_string_tab[149]
+#define __pyx_n_u_exc __pyx_string_tab[150]
+#define __pyx_n_u_exc_type __pyx_string_tab[151]
+#define __pyx_n_u_fill __pyx_string_tab[152]
+#define __pyx_n_u_fill_value __pyx_string_tab[153]
+#define __pyx_n_u_full __pyx_string_tab[154]
+#define __pyx_n_u_full_like __pyx_string_tab[155]
+#define __pyx_n_u_gen __pyx_string_tab[156]
+#define __pyx_n_u_generation __pyx_string_tab[157]
+#define __pyx_n_u_get_debug_mode_name __pyx_string_tab[158]
+#define __pyx_n_u_initialize __pyx_string_tab[159]
+#define __pyx_n_u_initialized __pyx_string_tab[160]
+#define __pyx_n_u_is_open __pyx_string_tab[161]
+#define __pyx_n_u_items __pyx_string_tab[162]
+#define __pyx_n_u_key __pyx_string_tab[163]
+#define __pyx_n_u_l __pyx_string_tab[164]
+#define __pyx_n_u_last_cycle_bytes __pyx_string_tab[165]
+#define __pyx_n_u_leaks __pyx_string_tab[166]
+#define __pyx_n_u_leaks_locals_lambda __pyx_string_tab[167]
+#define __pyx_n_u_live_workspaces __pyx_string_tab[168]
+#define __pyx_n_u_local __pyx_string_tab[169]
+#define __pyx_n_u_location __pyx_string_tab[170]
+#define __pyx_n_u_mode __pyx_string_tab[171]
+#define __pyx_n_u_name_2 __pyx_string_tab[172]
+#define __pyx_n_u_nbytes __pyx_string_tab[173]
+#define __pyx_n_u_np __pyx_string_tab[174]
+#define __pyx_n_u_numpy __pyx_string_tab[175]
+#define __pyx_n_u_offset __pyx_string_tab[176]
+#define __pyx_n_u_ones __pyx_string_tab[177]
+#define __pyx_n_u_ones_like __pyx_string_tab[178]
+#define __pyx_n_u_order __pyx_string_tab[179]
+#define __pyx_n_u_out __pyx_string_tab[180]
+#define __pyx_n_u_owner __pyx_string_tab[181]
+#define __pyx_n_u_pages __pyx_string_tab[182]
+#define __pyx_n_u_peak_cycle_bytes __pyx_string_tab[183]
+#define __pyx_n_u_pinned_bytes __pyx_string_tab[184]
+#define __pyx_n_u_pop __pyx_string_tab[185]
+#define __pyx_n_u_prototype __pyx_string_tab[186]
+#define __pyx_n_u_replace __pyx_string_tab[187]
+#define __pyx_n_u_reset __pyx_string_tab[188]
+#define __pyx_n_u_scope_out __pyx_string_tab[189]
+#define __pyx_n_u_self __pyx_string_tab[190]
+#define __pyx_n_u_setdefault __pyx_string_tab[191]
+#define __pyx_n_u_shape __pyx_string_tab[192]
+#define __pyx_n_u_sort __pyx_string_tab[193]
+#define __pyx_n_u_spilled_bytes __pyx_string_tab[194]
+#define __pyx_n_u_spilled_count __pyx_string_tab[195]
+#define __pyx_n_u_stack __pyx_string_tab[196]
+#define __pyx_n_u_state __pyx_string_tab[197]
+#define __pyx_n_u_stats __pyx_string_tab[198]
+#define __pyx_n_u_tb __pyx_string_tab[199]
+#define __pyx_n_u_threading __pyx_string_tab[200]
+#define __pyx_n_u_traceback __pyx_string_tab[201]
+#define __pyx_n_u_track __pyx_string_tab[202]
+#define __pyx_n_u_tracking_forced __pyx_string_tab[203]
+#define __pyx_n_u_update __pyx_string_tab[204]
+#define __pyx_n_u_use_setstate __pyx_string_tab[205]
+#define __pyx_n_u_value __pyx_string_tab[206]
+#define __pyx_n_u_values __pyx_string_tab[207]
+#define __pyx_n_u_weakref __pyx_string_tab[208]
+#define __pyx_n_u_ws __pyx_string_tab[209]
+#define __pyx_n_u_wsmem__array __pyx_string_tab[210]
+#define __pyx_n_u_wsmem__config __pyx_string_tab[211]
+#define __pyx_n_u_wsmem__errors __pyx_string_tab[212]
+#define __pyx_n_u_wsmem__registry __pyx_string_tab[213]
+#define __pyx_n_u_wsmem__stats __pyx_string_tab[214]
+#define __pyx_n_u_wsmem__workspace __pyx_string_tab[215]
+#define __pyx_n_u_zeros __pyx_string_tab[216]
+#define __pyx_n_u_zeros_like __pyx_string_tab[217]
+#define __pyx_kp_b_PyObject_PyObject_PyObject_struc __pyx_string_tab[218]
+#define __pyx_kp_b_PyObject_void_int_void_void_PyOb __pyx_string_tab[219]
+#define __pyx_kp_b_size_t_HUGE_PAGE_HUGE_THRESHOLD __pyx_string_tab[220]
+#define __pyx_kp_b_struct___pyx_obj_5wsmem_6_array __pyx_string_tab[221]
+#define __pyx_kp_b_iso88591_1A_AT_l_1_Kq __pyx_string_tab[222]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[223]
+#define __pyx_kp_b_iso88591_q_a __pyx_string_tab[224]
+#define __pyx_kp_b_iso88591_4q __pyx_string_tab[225]
+#define __pyx_kp_b_iso88591_q_a_2 __pyx_string_tab[226]
+#define __pyx_kp_b_iso88591__11 __pyx_string_tab[227]
+#define __pyx_kp_b_iso88591_q_0_kQR_9HAQ_7_1L_a_1 __pyx_string_tab[228]
+#define __pyx_kp_b_iso88591_q_l_vWE_Q_q_q_q_awk_awk __pyx_string_tab[229]
+#define __pyx_kp_b_iso88591_9A __pyx_string_tab[230]
+#define __pyx_kp_b_iso88591_A_4q_Qd_L __pyx_string_tab[231]
+#define __pyx_kp_b_iso88591_A_4q_Qd_L_4wc_A_Ja_QfF_q __pyx_string_tab[232]
+#define __pyx_kp_b_iso88591_A_AT_fA_q __pyx_string_tab[233]
+#define __pyx_kp_b_iso88591_A_AV6_q __pyx_string_tab[234]
+#define __pyx_kp_b_iso88591_A_C_Q_Qd_vQ_t1 __pyx_string_tab[235]
+#define __pyx_kp_b_iso88591_A_HIWAV1_IQ __pyx_string_tab[236]
+#define __pyx_kp_b_iso88591_A_I_1_a_1D_t1 __pyx_string_tab[237]
+#define __pyx_kp_b_iso88591_A_QfF_q __pyx_string_tab[238]
+#define __pyx_kp_b_iso88591_A_at1_q __pyx_string_tab[239]
+#define __pyx_kp_b_iso88591_A_4wc_Qd_Ja_AV1_4wc_Ja_9Cq_q __pyx_string_tab[240]
+#define __pyx_kp_b_iso88591_A_Q_Q_T_T_4_gRwa_A_T_T_a_a_4q_t1 __pyx_string_tab[241]
+#define __pyx_kp_b_iso88591_A_A_4wb_Qd_q_A_q __pyx_string_tab[242]
+#define __pyx_kp_b_iso88591_A_waq __pyx_string_tab[243]
+#define __pyx_kp_b_iso88591_A_4q_L_4wb_Qd_L_M_1A __pyx_string_tab[244]
+#define __pyx_kp_b_iso88591_A_a_HE_k_t7_Bd_c_Q_z_7_81G86_hfE __pyx_string_tab[245]
+#define __pyx_kp_b_iso88591_Zq __pyx_string_tab[246]
+#define __pyx_kp_b_iso88591_1_Q_7_3gQ __pyx_string_tab[247]
+#define __pyx_kp_b_iso88591_Q_N_IQfG7_aq_q __pyx_string_tab[248]
+#define __pyx_kp_b_iso88591_a_N_y_wgWA __pyx_string_tab[249]
+#define __pyx_kp_b_iso88591_Q_9A_wa __pyx_string_tab[250]
+#define __pyx_kp_b_iso88591_k_Q_Qk_q __pyx_string_tab[251]
+#define __pyx_kp_b_iso88591_L_Q_4q_7 __pyx_string_tab[252]
+#define __pyx_kp_b_iso88591_5_A_Q_9A_G7 __pyx_string_tab[253]
 #define __pyx_int_0 __pyx_number_tab[0]
 #define __pyx_int_1 __pyx_number_tab[1]
 #define __pyx_int_238750788 __pyx_number_tab[2]
@@ -4166,7 +4247,7 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_k__9);
   for (int i=0; i<7; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
   for (int i=0; i<37; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<252; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<254; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<3; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -4222,7 +4303,7 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_k__9);
   for (int i=0; i<7; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
   for (int i=0; i<37; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<252; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<254; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<3; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -6180,7 +6261,7 @@ static CYTHON_INLINE NPY_DATETIMEUNIT __pyx_f_5numpy_get_datetime64_unit(PyObjec
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":25
+/* "wsmem/_workspace.pyx":26
  * 
  * 
  * def live_workspaces():             # <<<<<<<<<<<<<<
@@ -6215,16 +6296,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_live_workspaces(CYTHON_UNUSED PyOb
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("live_workspaces", 0);
 
-  /* "wsmem/_workspace.pyx":27
+  /* "wsmem/_workspace.pyx":28
  * def live_workspaces():
  *     """Every Workspace alive in the process (any thread, destroyed ones included)."""
  *     return list(_all)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_all); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 27, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_all); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 28, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PySequence_ListKeepNew(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 27, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PySequence_ListKeepNew(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 28, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -6238,7 +6319,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_live_workspaces(CYTHON_UNUSED PyOb
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":25
+  /* "wsmem/_workspace.pyx":26
  * 
  * 
  * def live_workspaces():             # <<<<<<<<<<<<<<
@@ -6258,7 +6339,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_live_workspaces(CYTHON_UNUSED PyOb
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":30
+/* "wsmem/_workspace.pyx":31
  * 
  * 
  * cdef list _stack():             # <<<<<<<<<<<<<<
@@ -6283,7 +6364,7 @@ static PyObject *__pyx_f_5wsmem_10_workspace__stack(void) {
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_stack", 0);
 
-  /* "wsmem/_workspace.pyx":31
+  /* "wsmem/_workspace.pyx":32
  * 
  * cdef list _stack():
  *     try:             # <<<<<<<<<<<<<<
@@ -6299,19 +6380,19 @@ static PyObject *__pyx_f_5wsmem_10_workspace__stack(void) {
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "wsmem/_workspace.pyx":32
+      /* "wsmem/_workspace.pyx":33
  * cdef list _stack():
  *     try:
  *         return _tls.stack             # <<<<<<<<<<<<<<
  *     except AttributeError:
  *         _tls.stack = []
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_tls); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 32, __pyx_L3_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_tls); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 33, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_stack); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 32, __pyx_L3_error)
+      __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_stack); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 33, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (!(likely(PyList_CheckExact(__pyx_t_5))||((__pyx_t_5) == Py_None) || __Pyx_RaiseUnexpectedTypeError("list", __pyx_t_5))) __PYX_ERR(0, 32, __pyx_L3_error)
+      if (!(likely(PyList_CheckExact(__pyx_t_5))||((__pyx_t_5) == Py_None) || __Pyx_RaiseUnexpectedTypeError("list", __pyx_t_5))) __PYX_ERR(0, 33, __pyx_L3_error)
       {
         PyObject *__pyx_temp;
         {
@@ -6323,7 +6404,7 @@ static PyObject *__pyx_f_5wsmem_10_workspace__stack(void) {
       __pyx_t_5 = 0;
       goto __pyx_L7_try_return;
 
-      /* "wsmem/_workspace.pyx":31
+      /* "wsmem/_workspace.pyx":32
  * 
  * cdef list _stack():
  *     try:             # <<<<<<<<<<<<<<
@@ -6335,7 +6416,7 @@ static PyObject *__pyx_f_5wsmem_10_workspace__stack(void) {
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-    /* "wsmem/_workspace.pyx":33
+    /* "wsmem/_workspace.pyx":34
  *     try:
  *         return _tls.stack
  *     except AttributeError:             # <<<<<<<<<<<<<<
@@ -6345,39 +6426,39 @@ static PyObject *__pyx_f_5wsmem_10_workspace__stack(void) {
     __pyx_t_6 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_AttributeError))));
     if (__pyx_t_6) {
       __Pyx_AddTraceback("wsmem._workspace._stack", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_5, &__pyx_t_4, &__pyx_t_7) < 0) __PYX_ERR(0, 33, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_5, &__pyx_t_4, &__pyx_t_7) < 0) __PYX_ERR(0, 34, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_5);
       __Pyx_XGOTREF(__pyx_t_4);
       __Pyx_XGOTREF(__pyx_t_7);
 
-      /* "wsmem/_workspace.pyx":34
+      /* "wsmem/_workspace.pyx":35
  *         return _tls.stack
  *     except AttributeError:
  *         _tls.stack = []             # <<<<<<<<<<<<<<
  *         return _tls.stack
  * 
 */
-      __pyx_t_8 = PyList_New(0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 34, __pyx_L5_except_error)
+      __pyx_t_8 = PyList_New(0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 35, __pyx_L5_except_error)
       __Pyx_GOTREF(__pyx_t_8);
-      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_tls); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 34, __pyx_L5_except_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_tls); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 35, __pyx_L5_except_error)
       __Pyx_GOTREF(__pyx_t_9);
-      if (__Pyx_PyObject_SetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_stack, __pyx_t_8) < (0)) __PYX_ERR(0, 34, __pyx_L5_except_error)
+      if (__Pyx_PyObject_SetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_stack, __pyx_t_8) < (0)) __PYX_ERR(0, 35, __pyx_L5_except_error)
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
 
-      /* "wsmem/_workspace.pyx":35
+      /* "wsmem/_workspace.pyx":36
  *     except AttributeError:
  *         _tls.stack = []
  *         return _tls.stack             # <<<<<<<<<<<<<<
  * 
  * 
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_tls); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 35, __pyx_L5_except_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_tls); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 36, __pyx_L5_except_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_stack); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 35, __pyx_L5_except_error)
+      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_stack); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 36, __pyx_L5_except_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-      if (!(likely(PyList_CheckExact(__pyx_t_8))||((__pyx_t_8) == Py_None) || __Pyx_RaiseUnexpectedTypeError("list", __pyx_t_8))) __PYX_ERR(0, 35, __pyx_L5_except_error)
+      if (!(likely(PyList_CheckExact(__pyx_t_8))||((__pyx_t_8) == Py_None) || __Pyx_RaiseUnexpectedTypeError("list", __pyx_t_8))) __PYX_ERR(0, 36, __pyx_L5_except_error)
       {
         PyObject *__pyx_temp;
         {
@@ -6394,7 +6475,7 @@ static PyObject *__pyx_f_5wsmem_10_workspace__stack(void) {
     }
     goto __pyx_L5_except_error;
 
-    /* "wsmem/_workspace.pyx":31
+    /* "wsmem/_workspace.pyx":32
  * 
  * cdef list _stack():
  *     try:             # <<<<<<<<<<<<<<
@@ -6421,7 +6502,7 @@ static PyObject *__pyx_f_5wsmem_10_workspace__stack(void) {
     goto __pyx_L0;
   }
 
-  /* "wsmem/_workspace.pyx":30
+  /* "wsmem/_workspace.pyx":31
  * 
  * 
  * cdef list _stack():             # <<<<<<<<<<<<<<
@@ -6444,65 +6525,138 @@ static PyObject *__pyx_f_5wsmem_10_workspace__stack(void) {
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":38
+/* "wsmem/_workspace.pyx":39
  * 
  * 
- * cdef void _push(object frame, list stack):             # <<<<<<<<<<<<<<
- *     stack.append(frame)
- *     set_current_arena(frame)
+ * cdef void _push(object frame, list stack) except *:             # <<<<<<<<<<<<<<
+ *     """Make `frame` (a Workspace, or None for the heap) current; NumPy's
+ *     memory handler follows it (the workspace's when it captures, else
 */
 
 static void __pyx_f_5wsmem_10_workspace__push(PyObject *__pyx_v_frame, PyObject *__pyx_v_stack) {
+  PyObject *__pyx_v_handler = NULL;
+  PyObject *__pyx_v_token = NULL;
+  __Pyx_RefNannyDeclarations
   int __pyx_t_1;
+  PyObject *__pyx_t_2 = NULL;
+  int __pyx_t_3;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("_push", 0);
 
-  /* "wsmem/_workspace.pyx":39
- * 
- * cdef void _push(object frame, list stack):
- *     stack.append(frame)             # <<<<<<<<<<<<<<
+  /* "wsmem/_workspace.pyx":43
+ *     memory handler follows it (the workspace's when it captures, else
+ *     NumPy's default).  Each stack entry is (frame, handler token)."""
+ *     handler = None             # <<<<<<<<<<<<<<
+ *     if frame is not None:
+ *         handler = (<Workspace>frame)._handler
+*/
+  __Pyx_INCREF(Py_None);
+  __pyx_v_handler = Py_None;
+
+  /* "wsmem/_workspace.pyx":44
+ *     NumPy's default).  Each stack entry is (frame, handler token)."""
+ *     handler = None
+ *     if frame is not None:             # <<<<<<<<<<<<<<
+ *         handler = (<Workspace>frame)._handler
+ *     token = set_handler(handler)
+*/
+  __pyx_t_1 = (__pyx_v_frame != Py_None);
+  if (__pyx_t_1) {
+
+
+    /* "wsmem/_workspace.pyx":45
+ *     handler = None
+ *     if frame is not None:
+ *         handler = (<Workspace>frame)._handler             # <<<<<<<<<<<<<<
+ *     token = set_handler(handler)
+ *     stack.append((frame, token))
+*/
+    __pyx_t_2 = ((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_frame)->_handler;
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_DECREF_SET(__pyx_v_handler, __pyx_t_2);
+    __pyx_t_2 = 0;
+
+    /* "wsmem/_workspace.pyx":44
+ *     NumPy's default).  Each stack entry is (frame, handler token)."""
+ *     handler = None
+ *     if frame is not None:             # <<<<<<<<<<<<<<
+ *         handler = (<Workspace>frame)._handler
+ *     token = set_handler(handler)
+*/
+  }
+
+  /* "wsmem/_workspace.pyx":46
+ *     if frame is not None:
+ *         handler = (<Workspace>frame)._handler
+ *     token = set_handler(handler)             # <<<<<<<<<<<<<<
+ *     stack.append((frame, token))
+ *     set_current_arena(frame)
+*/
+  __pyx_t_2 = __pyx_f_5wsmem_8_capture_set_handler(__pyx_v_handler); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 46, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_v_token = __pyx_t_2;
+  __pyx_t_2 = 0;
+
+  /* "wsmem/_workspace.pyx":47
+ *         handler = (<Workspace>frame)._handler
+ *     token = set_handler(handler)
+ *     stack.append((frame, token))             # <<<<<<<<<<<<<<
  *     set_current_arena(frame)
  * 
 */
   if (unlikely(__pyx_v_stack == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "append");
-    __PYX_ERR(0, 39, __pyx_L1_error)
+    __PYX_ERR(0, 47, __pyx_L1_error)
   }
-  __pyx_t_1 = __Pyx_PyList_Append(__pyx_v_stack, __pyx_v_frame); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 39, __pyx_L1_error)
+  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 47, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __Pyx_INCREF(__pyx_v_frame);
+  __Pyx_GIVEREF(__pyx_v_frame);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_v_frame) != (0)) __PYX_ERR(0, 47, __pyx_L1_error);
+  __Pyx_INCREF(__pyx_v_token);
+  __Pyx_GIVEREF(__pyx_v_token);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_v_token) != (0)) __PYX_ERR(0, 47, __pyx_L1_error);
+  __pyx_t_3 = __Pyx_PyList_Append(__pyx_v_stack, __pyx_t_2); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 47, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
 
-  /* "wsmem/_workspace.pyx":40
- * cdef void _push(object frame, list stack):
- *     stack.append(frame)
+  /* "wsmem/_workspace.pyx":48
+ *     token = set_handler(handler)
+ *     stack.append((frame, token))
  *     set_current_arena(frame)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_f_5wsmem_6_arena_set_current_arena(__pyx_v_frame); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 40, __pyx_L1_error)
+  __pyx_f_5wsmem_6_arena_set_current_arena(__pyx_v_frame); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 48, __pyx_L1_error)
 
-  /* "wsmem/_workspace.pyx":38
+  /* "wsmem/_workspace.pyx":39
  * 
  * 
- * cdef void _push(object frame, list stack):             # <<<<<<<<<<<<<<
- *     stack.append(frame)
- *     set_current_arena(frame)
+ * cdef void _push(object frame, list stack) except *:             # <<<<<<<<<<<<<<
+ *     """Make `frame` (a Workspace, or None for the heap) current; NumPy's
+ *     memory handler follows it (the workspace's when it captures, else
 */
 
   /* function exit code */
   goto __pyx_L0;
   __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_2);
   __Pyx_AddTraceback("wsmem._workspace._push", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_L0:;
+  __Pyx_XDECREF(__pyx_v_handler);
+  __Pyx_XDECREF(__pyx_v_token);
 
+  __Pyx_RefNannyFinishContext();
 }
 
-/* "wsmem/_workspace.pyx":43
+/* "wsmem/_workspace.pyx":51
  * 
  * 
- * cdef void _pop(object frame, list stack):             # <<<<<<<<<<<<<<
- *     # Remove the innermost occurrence of this frame (normally the top).
- *     cdef Py_ssize_t i
+ * cdef void _pop(object frame, list stack) noexcept:             # <<<<<<<<<<<<<<
+ *     # Remove the innermost entry of this frame (normally the top) and restore
+ *     # the NumPy handler that was current when it was pushed.
 */
 
 static void __pyx_f_5wsmem_10_workspace__pop(PyObject *__pyx_v_frame, PyObject *__pyx_v_stack) {
@@ -6511,133 +6665,160 @@ static void __pyx_f_5wsmem_10_workspace__pop(PyObject *__pyx_v_frame, PyObject *
   Py_ssize_t __pyx_t_1;
   Py_ssize_t __pyx_t_2;
   PyObject *__pyx_t_3 = NULL;
-  int __pyx_t_4;
-  PyObject *__pyx_t_5 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  int __pyx_t_5;
+  PyObject *__pyx_t_6 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_pop", 0);
 
-  /* "wsmem/_workspace.pyx":46
- *     # Remove the innermost occurrence of this frame (normally the top).
+  /* "wsmem/_workspace.pyx":55
+ *     # the NumPy handler that was current when it was pushed.
  *     cdef Py_ssize_t i
  *     for i in range(len(stack) - 1, -1, -1):             # <<<<<<<<<<<<<<
- *         if stack[i] is frame:
- *             del stack[i]
+ *         if stack[i][0] is frame:
+ *             restore_handler(stack[i][1])
 */
   if (unlikely(__pyx_v_stack == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 46, __pyx_L1_error)
+    __PYX_ERR(0, 55, __pyx_L1_error)
   }
-  __pyx_t_1 = __Pyx_PyList_GET_SIZE(__pyx_v_stack); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 46, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyList_GET_SIZE(__pyx_v_stack); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 55, __pyx_L1_error)
   for (__pyx_t_2 = (__pyx_t_1 - 1); __pyx_t_2 > -1L; __pyx_t_2-=1) {
     __pyx_v_i = __pyx_t_2;
 
-    /* "wsmem/_workspace.pyx":47
+    /* "wsmem/_workspace.pyx":56
  *     cdef Py_ssize_t i
  *     for i in range(len(stack) - 1, -1, -1):
- *         if stack[i] is frame:             # <<<<<<<<<<<<<<
+ *         if stack[i][0] is frame:             # <<<<<<<<<<<<<<
+ *             restore_handler(stack[i][1])
  *             del stack[i]
- *             break
 */
     if (unlikely(__pyx_v_stack == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 47, __pyx_L1_error)
+      __PYX_ERR(0, 56, __pyx_L1_error)
     }
-    __pyx_t_3 = __Pyx_GetItemInt_List(__pyx_v_stack, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 47, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_GetItemInt_List(__pyx_v_stack, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 56, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = (__pyx_t_3 == __pyx_v_frame);
+    __pyx_t_4 = __Pyx_GetItemInt(__pyx_t_3, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 56, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (__pyx_t_4) {
+    __pyx_t_5 = (__pyx_t_4 == __pyx_v_frame);
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (__pyx_t_5) {
 
 
-      /* "wsmem/_workspace.pyx":48
+      /* "wsmem/_workspace.pyx":57
  *     for i in range(len(stack) - 1, -1, -1):
- *         if stack[i] is frame:
- *             del stack[i]             # <<<<<<<<<<<<<<
+ *         if stack[i][0] is frame:
+ *             restore_handler(stack[i][1])             # <<<<<<<<<<<<<<
+ *             del stack[i]
  *             break
- *     set_current_arena(stack[-1] if stack else None)
 */
       if (unlikely(__pyx_v_stack == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-        __PYX_ERR(0, 48, __pyx_L1_error)
+        __PYX_ERR(0, 57, __pyx_L1_error)
       }
-      if (unlikely((__Pyx_DelItemInt(__pyx_v_stack, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument) < 0))) __PYX_ERR(0, 48, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_GetItemInt_List(__pyx_v_stack, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 57, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+      __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_4, 1, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 57, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __pyx_f_5wsmem_8_capture_restore_handler(__pyx_t_3); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 57, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "wsmem/_workspace.pyx":49
- *         if stack[i] is frame:
+      /* "wsmem/_workspace.pyx":58
+ *         if stack[i][0] is frame:
+ *             restore_handler(stack[i][1])
+ *             del stack[i]             # <<<<<<<<<<<<<<
+ *             break
+ *     set_current_arena(stack[-1][0] if stack else None)
+*/
+      if (unlikely(__pyx_v_stack == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
+        __PYX_ERR(0, 58, __pyx_L1_error)
+      }
+      if (unlikely((__Pyx_DelItemInt(__pyx_v_stack, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument) < 0))) __PYX_ERR(0, 58, __pyx_L1_error)
+
+      /* "wsmem/_workspace.pyx":59
+ *             restore_handler(stack[i][1])
  *             del stack[i]
  *             break             # <<<<<<<<<<<<<<
- *     set_current_arena(stack[-1] if stack else None)
+ *     set_current_arena(stack[-1][0] if stack else None)
  * 
 */
       goto __pyx_L4_break;
 
-      /* "wsmem/_workspace.pyx":47
+      /* "wsmem/_workspace.pyx":56
  *     cdef Py_ssize_t i
  *     for i in range(len(stack) - 1, -1, -1):
- *         if stack[i] is frame:             # <<<<<<<<<<<<<<
+ *         if stack[i][0] is frame:             # <<<<<<<<<<<<<<
+ *             restore_handler(stack[i][1])
  *             del stack[i]
- *             break
 */
     }
   }
   __pyx_L4_break:;
 
 
-  /* "wsmem/_workspace.pyx":50
+  /* "wsmem/_workspace.pyx":60
  *             del stack[i]
  *             break
- *     set_current_arena(stack[-1] if stack else None)             # <<<<<<<<<<<<<<
+ *     set_current_arena(stack[-1][0] if stack else None)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  if (__pyx_v_stack == Py_None) __pyx_t_4 = 0;
+  if (__pyx_v_stack == Py_None) __pyx_t_5 = 0;
   else
   {
     Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_v_stack);
-    if (unlikely(((!CYTHON_ASSUME_SAFE_SIZE) && __pyx_temp < 0))) __PYX_ERR(0, 50, __pyx_L1_error)
-    __pyx_t_4 = (__pyx_temp != 0);
+    if (unlikely(((!CYTHON_ASSUME_SAFE_SIZE) && __pyx_temp < 0))) __PYX_ERR(0, 60, __pyx_L1_error)
+    __pyx_t_5 = (__pyx_temp != 0);
   }
 
-  if (__pyx_t_4) {
+  if (__pyx_t_5) {
     if (unlikely(__pyx_v_stack == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 50, __pyx_L1_error)
+      __PYX_ERR(0, 60, __pyx_L1_error)
     }
-    __pyx_t_5 = __Pyx_GetItemInt_List(__pyx_v_stack, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 50, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_3 = __pyx_t_5;
-    __pyx_t_5 = 0;
+    __pyx_t_4 = __Pyx_GetItemInt_List(__pyx_v_stack, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 60, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_6 = __Pyx_GetItemInt(__pyx_t_4, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 60, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __pyx_t_3 = __pyx_t_6;
+    __pyx_t_6 = 0;
   } else {
     __Pyx_INCREF(Py_None);
     __pyx_t_3 = Py_None;
   }
 
-  __pyx_f_5wsmem_6_arena_set_current_arena(__pyx_t_3); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 50, __pyx_L1_error)
+  __pyx_f_5wsmem_6_arena_set_current_arena(__pyx_t_3); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 60, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_workspace.pyx":43
+  /* "wsmem/_workspace.pyx":51
  * 
  * 
- * cdef void _pop(object frame, list stack):             # <<<<<<<<<<<<<<
- *     # Remove the innermost occurrence of this frame (normally the top).
- *     cdef Py_ssize_t i
+ * cdef void _pop(object frame, list stack) noexcept:             # <<<<<<<<<<<<<<
+ *     # Remove the innermost entry of this frame (normally the top) and restore
+ *     # the NumPy handler that was current when it was pushed.
 */
 
   /* function exit code */
   goto __pyx_L0;
   __pyx_L1_error:;
   __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_5);
-  __Pyx_AddTraceback("wsmem._workspace._pop", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_WriteUnraisable("wsmem._workspace._pop", __pyx_clineno, __pyx_lineno, __pyx_filename, 1, 0);
   __pyx_L0:;
 
 
   __Pyx_RefNannyFinishContext();
 }
 
-/* "wsmem/_workspace.pyx":53
+/* "wsmem/_workspace.pyx":63
  * 
  * 
  * def _gpu_unavailable(location):             # <<<<<<<<<<<<<<
@@ -6685,32 +6866,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_location,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 53, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 63, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 53, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 63, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_gpu_unavailable", 0) < (0)) __PYX_ERR(0, 53, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_gpu_unavailable", 0) < (0)) __PYX_ERR(0, 63, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_gpu_unavailable", 1, 1, 1, i); __PYX_ERR(0, 53, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_gpu_unavailable", 1, 1, 1, i); __PYX_ERR(0, 63, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 53, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 63, __pyx_L3_error)
     }
     __pyx_v_location = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_gpu_unavailable", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 53, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_gpu_unavailable", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 63, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -6763,7 +6944,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_gpu_unavailable", 0);
 
-  /* "wsmem/_workspace.pyx":54
+  /* "wsmem/_workspace.pyx":64
  * 
  * def _gpu_unavailable(location):
  *     try:             # <<<<<<<<<<<<<<
@@ -6779,20 +6960,20 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "wsmem/_workspace.pyx":55
+      /* "wsmem/_workspace.pyx":65
  * def _gpu_unavailable(location):
  *     try:
  *         import cupy  # noqa: F401             # <<<<<<<<<<<<<<
  *     except Exception as exc:
  *         return (f"location={location!r} needs CuPy and a CUDA device, and CuPy could not be "
 */
-      __pyx_t_5 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_cupy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 55, __pyx_L3_error)
+      __pyx_t_5 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_cupy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 65, __pyx_L3_error)
       __pyx_t_4 = __pyx_t_5;
       __Pyx_GOTREF(__pyx_t_4);
       __pyx_v_cupy = __pyx_t_4;
       __pyx_t_4 = 0;
 
-      /* "wsmem/_workspace.pyx":54
+      /* "wsmem/_workspace.pyx":64
  * 
  * def _gpu_unavailable(location):
  *     try:             # <<<<<<<<<<<<<<
@@ -6807,7 +6988,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
     __pyx_L3_error:;
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-    /* "wsmem/_workspace.pyx":56
+    /* "wsmem/_workspace.pyx":66
  *     try:
  *         import cupy  # noqa: F401
  *     except Exception as exc:             # <<<<<<<<<<<<<<
@@ -6817,7 +6998,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
     __pyx_t_6 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_Exception))));
     if (__pyx_t_6) {
       __Pyx_AddTraceback("wsmem._workspace._gpu_unavailable", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_7, &__pyx_t_8) < 0) __PYX_ERR(0, 56, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_7, &__pyx_t_8) < 0) __PYX_ERR(0, 66, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __Pyx_XGOTREF(__pyx_t_7);
       __Pyx_XGOTREF(__pyx_t_8);
@@ -6825,29 +7006,29 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
       __pyx_v_exc = __pyx_t_7;
       /*try:*/ {
 
-        /* "wsmem/_workspace.pyx":57
+        /* "wsmem/_workspace.pyx":67
  *         import cupy  # noqa: F401
  *     except Exception as exc:
  *         return (f"location={location!r} needs CuPy and a CUDA device, and CuPy could not be "             # <<<<<<<<<<<<<<
  *                 f"imported ({type(exc).__name__}: {exc}). Install the gpu extra "
  *                 f"(pip install 'wsmem[gpu]') on a machine with an NVIDIA GPU, or use "
 */
-        __pyx_t_9 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_location), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 57, __pyx_L14_error)
+        __pyx_t_9 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_location), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 67, __pyx_L14_error)
         __Pyx_GOTREF(__pyx_t_9);
 
-        /* "wsmem/_workspace.pyx":58
+        /* "wsmem/_workspace.pyx":68
  *     except Exception as exc:
  *         return (f"location={location!r} needs CuPy and a CUDA device, and CuPy could not be "
  *                 f"imported ({type(exc).__name__}: {exc}). Install the gpu extra "             # <<<<<<<<<<<<<<
  *                 f"(pip install 'wsmem[gpu]') on a machine with an NVIDIA GPU, or use "
  *                 f"location='host'.")
 */
-        __pyx_t_10 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_exc)), __pyx_mstate_global->__pyx_n_u_name); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 58, __pyx_L14_error)
+        __pyx_t_10 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_exc)), __pyx_mstate_global->__pyx_n_u_name); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 68, __pyx_L14_error)
         __Pyx_GOTREF(__pyx_t_10);
-        __pyx_t_11 = __Pyx_PyObject_FormatSimple(__pyx_t_10, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 58, __pyx_L14_error)
+        __pyx_t_11 = __Pyx_PyObject_FormatSimple(__pyx_t_10, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 68, __pyx_L14_error)
         __Pyx_GOTREF(__pyx_t_11);
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        __pyx_t_10 = __Pyx_PyObject_FormatSimple(__pyx_v_exc, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 58, __pyx_L14_error)
+        __pyx_t_10 = __Pyx_PyObject_FormatSimple(__pyx_v_exc, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 68, __pyx_L14_error)
         __Pyx_GOTREF(__pyx_t_10);
         __pyx_t_12[0] = __pyx_mstate_global->__pyx_kp_u_location_2;
         __pyx_t_12[1] = __pyx_t_9;
@@ -6857,7 +7038,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
         __pyx_t_12[5] = __pyx_t_10;
         __pyx_t_12[6] = __pyx_mstate_global->__pyx_kp_u_Install_the_gpu_extra_pip_insta;
 
-        /* "wsmem/_workspace.pyx":57
+        /* "wsmem/_workspace.pyx":67
  *         import cupy  # noqa: F401
  *     except Exception as exc:
  *         return (f"location={location!r} needs CuPy and a CUDA device, and CuPy could not be "             # <<<<<<<<<<<<<<
@@ -6873,7 +7054,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
         __pyx_t_6 |= __Pyx_PyUnicode_KIND_04(__pyx_t_12[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_12[3]) | __Pyx_PyUnicode_KIND_04(__pyx_t_12[5]);
         #endif
         __pyx_t_14 = __Pyx_PyUnicode_Join(__pyx_t_12, 7, __pyx_t_13, __pyx_t_6);
-        if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 57, __pyx_L14_error)
+        if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 67, __pyx_L14_error)
         __Pyx_GOTREF(__pyx_t_14);
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
@@ -6893,7 +7074,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
         goto __pyx_L13_return;
       }
 
-      /* "wsmem/_workspace.pyx":56
+      /* "wsmem/_workspace.pyx":66
  *     try:
  *         import cupy  # noqa: F401
  *     except Exception as exc:             # <<<<<<<<<<<<<<
@@ -6946,7 +7127,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
     }
     goto __pyx_L5_except_error;
 
-    /* "wsmem/_workspace.pyx":54
+    /* "wsmem/_workspace.pyx":64
  * 
  * def _gpu_unavailable(location):
  *     try:             # <<<<<<<<<<<<<<
@@ -6968,14 +7149,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
     __pyx_L8_try_end:;
   }
 
-  /* "wsmem/_workspace.pyx":61
+  /* "wsmem/_workspace.pyx":71
  *                 f"(pip install 'wsmem[gpu]') on a machine with an NVIDIA GPU, or use "
  *                 f"location='host'.")
  *     return (f"location={location!r} (device and pinned pages through CUDA) is not available "             # <<<<<<<<<<<<<<
  *             f"in this version of wsmem; use location='host'.")
  * 
 */
-  __pyx_t_8 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_location), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 61, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_location), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 71, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __pyx_t_22[0] = __pyx_mstate_global->__pyx_kp_u_location_2;
   __pyx_t_22[1] = __pyx_t_8;
@@ -6989,7 +7170,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
   __pyx_t_15 |= __Pyx_PyUnicode_KIND_04(__pyx_t_22[1]);
   #endif
   __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_22, 3, __pyx_t_13, __pyx_t_15);
-  if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 61, __pyx_L1_error)
+  if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 71, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
   {
@@ -7003,7 +7184,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
   __pyx_t_7 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":53
+  /* "wsmem/_workspace.pyx":63
  * 
  * 
  * def _gpu_unavailable(location):             # <<<<<<<<<<<<<<
@@ -7030,7 +7211,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_2_gpu_unavailable(CYTHON_UNUSED Py
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":92
+/* "wsmem/_workspace.pyx":102
  *     """
  * 
  *     def __init__(self, name, config=None, **overrides):             # <<<<<<<<<<<<<<
@@ -7064,35 +7245,35 @@ static int __pyx_pw_5wsmem_10_workspace_9Workspace_1__init__(PyObject *__pyx_v_s
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_name_2,&__pyx_mstate_global->__pyx_n_u_config,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_VARARGS(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 92, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 102, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_VARARGS(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 92, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 102, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_VARARGS(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 92, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 102, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, __pyx_v_overrides, values, kwd_pos_args, __pyx_kwds_len, "__init__", 1) < (0)) __PYX_ERR(0, 92, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, __pyx_v_overrides, values, kwd_pos_args, __pyx_kwds_len, "__init__", 1) < (0)) __PYX_ERR(0, 102, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 0, 1, 2, i); __PYX_ERR(0, 92, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 0, 1, 2, i); __PYX_ERR(0, 102, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_VARARGS(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 92, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 102, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_VARARGS(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 92, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 102, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -7103,7 +7284,7 @@ static int __pyx_pw_5wsmem_10_workspace_9Workspace_1__init__(PyObject *__pyx_v_s
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 92, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 0, 1, 2, __pyx_nargs); __PYX_ERR(0, 102, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7148,7 +7329,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   __Pyx_RefNannySetupContext("__init__", 0);
   __Pyx_INCREF(__pyx_v_config);
 
-  /* "wsmem/_workspace.pyx":93
+  /* "wsmem/_workspace.pyx":103
  * 
  *     def __init__(self, name, config=None, **overrides):
  *         if not isinstance(name, str) or not name:             # <<<<<<<<<<<<<<
@@ -7167,7 +7348,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_v_name); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 93, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_v_name); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 103, __pyx_L1_error)
   __pyx_t_2 = (!__pyx_t_3);
 
 
@@ -7178,7 +7359,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_workspace.pyx":94
+    /* "wsmem/_workspace.pyx":104
  *     def __init__(self, name, config=None, **overrides):
  *         if not isinstance(name, str) or not name:
  *             raise TypeError(f"workspace name must be a non-empty str, got {name!r}")             # <<<<<<<<<<<<<<
@@ -7186,9 +7367,9 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
  *             config = WorkspaceConfig(**overrides)
 */
     __pyx_t_5 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 94, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 104, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_workspace_name_must_be_a_non_emp, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 94, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_workspace_name_must_be_a_non_emp, __pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 104, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_8 = 1;
@@ -7197,14 +7378,14 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 94, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 104, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 94, __pyx_L1_error)
+    __PYX_ERR(0, 104, __pyx_L1_error)
 
-    /* "wsmem/_workspace.pyx":93
+    /* "wsmem/_workspace.pyx":103
  * 
  *     def __init__(self, name, config=None, **overrides):
  *         if not isinstance(name, str) or not name:             # <<<<<<<<<<<<<<
@@ -7213,7 +7394,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
 */
   }
 
-  /* "wsmem/_workspace.pyx":95
+  /* "wsmem/_workspace.pyx":105
  *         if not isinstance(name, str) or not name:
  *             raise TypeError(f"workspace name must be a non-empty str, got {name!r}")
  *         if config is None:             # <<<<<<<<<<<<<<
@@ -7224,25 +7405,25 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_workspace.pyx":96
+    /* "wsmem/_workspace.pyx":106
  *             raise TypeError(f"workspace name must be a non-empty str, got {name!r}")
  *         if config is None:
  *             config = WorkspaceConfig(**overrides)             # <<<<<<<<<<<<<<
  *         elif not isinstance(config, WorkspaceConfig):
  *             raise TypeError(f"config must be a wsmem.WorkspaceConfig, got "
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceConfig); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 96, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceConfig); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 106, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_7 = PyDict_Copy(__pyx_v_overrides); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 96, __pyx_L1_error)
+    __pyx_t_7 = PyDict_Copy(__pyx_v_overrides); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 106, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_5 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_empty_tuple, __pyx_t_7); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 96, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_empty_tuple, __pyx_t_7); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 106, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF_SET(__pyx_v_config, __pyx_t_5);
     __pyx_t_5 = 0;
 
-    /* "wsmem/_workspace.pyx":95
+    /* "wsmem/_workspace.pyx":105
  *         if not isinstance(name, str) or not name:
  *             raise TypeError(f"workspace name must be a non-empty str, got {name!r}")
  *         if config is None:             # <<<<<<<<<<<<<<
@@ -7252,16 +7433,16 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
     goto __pyx_L6;
   }
 
-  /* "wsmem/_workspace.pyx":97
+  /* "wsmem/_workspace.pyx":107
  *         if config is None:
  *             config = WorkspaceConfig(**overrides)
  *         elif not isinstance(config, WorkspaceConfig):             # <<<<<<<<<<<<<<
  *             raise TypeError(f"config must be a wsmem.WorkspaceConfig, got "
  *                             f"{type(config).__name__}")
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceConfig); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 97, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceConfig); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 107, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_1 = PyObject_IsInstance(__pyx_v_config, __pyx_t_5); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 97, __pyx_L1_error)
+  __pyx_t_1 = PyObject_IsInstance(__pyx_v_config, __pyx_t_5); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 107, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __pyx_t_2 = (!__pyx_t_1);
 
@@ -7269,7 +7450,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_workspace.pyx":98
+    /* "wsmem/_workspace.pyx":108
  *             config = WorkspaceConfig(**overrides)
  *         elif not isinstance(config, WorkspaceConfig):
  *             raise TypeError(f"config must be a wsmem.WorkspaceConfig, got "             # <<<<<<<<<<<<<<
@@ -7278,27 +7459,27 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
 */
     __pyx_t_7 = NULL;
 
-    /* "wsmem/_workspace.pyx":99
+    /* "wsmem/_workspace.pyx":109
  *         elif not isinstance(config, WorkspaceConfig):
  *             raise TypeError(f"config must be a wsmem.WorkspaceConfig, got "
  *                             f"{type(config).__name__}")             # <<<<<<<<<<<<<<
  *         elif overrides:
  *             config = config.replace(**overrides)
 */
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_config)), __pyx_mstate_global->__pyx_n_u_name); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 99, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_config)), __pyx_mstate_global->__pyx_n_u_name); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 109, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_t_4, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 99, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimple(__pyx_t_4, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 109, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-    /* "wsmem/_workspace.pyx":98
+    /* "wsmem/_workspace.pyx":108
  *             config = WorkspaceConfig(**overrides)
  *         elif not isinstance(config, WorkspaceConfig):
  *             raise TypeError(f"config must be a wsmem.WorkspaceConfig, got "             # <<<<<<<<<<<<<<
  *                             f"{type(config).__name__}")
  *         elif overrides:
 */
-    __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_config_must_be_a_wsmem_Workspace, __pyx_t_6); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 98, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_config_must_be_a_wsmem_Workspace, __pyx_t_6); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 108, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_8 = 1;
@@ -7307,14 +7488,14 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
       __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 98, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 108, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __Pyx_Raise(__pyx_t_5, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __PYX_ERR(0, 98, __pyx_L1_error)
+    __PYX_ERR(0, 108, __pyx_L1_error)
 
-    /* "wsmem/_workspace.pyx":97
+    /* "wsmem/_workspace.pyx":107
  *         if config is None:
  *             config = WorkspaceConfig(**overrides)
  *         elif not isinstance(config, WorkspaceConfig):             # <<<<<<<<<<<<<<
@@ -7323,7 +7504,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
 */
   }
 
-  /* "wsmem/_workspace.pyx":100
+  /* "wsmem/_workspace.pyx":110
  *             raise TypeError(f"config must be a wsmem.WorkspaceConfig, got "
  *                             f"{type(config).__name__}")
  *         elif overrides:             # <<<<<<<<<<<<<<
@@ -7332,32 +7513,32 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
 */
   {
     Py_ssize_t __pyx_temp = __Pyx_PyDict_GET_SIZE(__pyx_v_overrides);
-    if (unlikely(((!CYTHON_ASSUME_SAFE_SIZE) && __pyx_temp < 0))) __PYX_ERR(0, 100, __pyx_L1_error)
+    if (unlikely(((!CYTHON_ASSUME_SAFE_SIZE) && __pyx_temp < 0))) __PYX_ERR(0, 110, __pyx_L1_error)
     __pyx_t_2 = (__pyx_temp != 0);
   }
 
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_workspace.pyx":101
+    /* "wsmem/_workspace.pyx":111
  *                             f"{type(config).__name__}")
  *         elif overrides:
  *             config = config.replace(**overrides)             # <<<<<<<<<<<<<<
  *         if config.location in (Location.DEVICE, Location.PINNED):
  *             raise WorkspaceError(_gpu_unavailable(config.location.value))
 */
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_replace); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 101, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_replace); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 111, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_4 = PyDict_Copy(__pyx_v_overrides); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 101, __pyx_L1_error)
+    __pyx_t_4 = PyDict_Copy(__pyx_v_overrides); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 111, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_7 = __Pyx_PyObject_Call(__pyx_t_5, __pyx_mstate_global->__pyx_empty_tuple, __pyx_t_4); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 101, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_Call(__pyx_t_5, __pyx_mstate_global->__pyx_empty_tuple, __pyx_t_4); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 111, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF_SET(__pyx_v_config, __pyx_t_7);
     __pyx_t_7 = 0;
 
-    /* "wsmem/_workspace.pyx":100
+    /* "wsmem/_workspace.pyx":110
  *             raise TypeError(f"config must be a wsmem.WorkspaceConfig, got "
  *                             f"{type(config).__name__}")
  *         elif overrides:             # <<<<<<<<<<<<<<
@@ -7367,21 +7548,21 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   }
   __pyx_L6:;
 
-  /* "wsmem/_workspace.pyx":102
+  /* "wsmem/_workspace.pyx":112
  *         elif overrides:
  *             config = config.replace(**overrides)
  *         if config.location in (Location.DEVICE, Location.PINNED):             # <<<<<<<<<<<<<<
  *             raise WorkspaceError(_gpu_unavailable(config.location.value))
  *         if config.reset is ResetPolicy.ENDOFBUFFER_REACHED:
 */
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 112, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_Location); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_Location); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 112, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_DEVICE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_DEVICE); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 112, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_7, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 102, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_7, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 112, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (!__pyx_t_1) {
 
@@ -7391,12 +7572,12 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
 
     goto __pyx_L8_bool_binop_done;
   }
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_Location); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_Location); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 112, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_PINNED); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 102, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_PINNED); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 112, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_7, __pyx_t_4, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 102, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_7, __pyx_t_4, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 112, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   __pyx_t_2 = __pyx_t_1;
@@ -7409,7 +7590,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_workspace.pyx":103
+    /* "wsmem/_workspace.pyx":113
  *             config = config.replace(**overrides)
  *         if config.location in (Location.DEVICE, Location.PINNED):
  *             raise WorkspaceError(_gpu_unavailable(config.location.value))             # <<<<<<<<<<<<<<
@@ -7417,14 +7598,14 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
  *             raise WorkspaceError("reset='endofbuffer_reached' (circular workspaces) is not "
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 103, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 113, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_9 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_gpu_unavailable); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 103, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_gpu_unavailable); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 113, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 103, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 113, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 103, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 113, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __pyx_t_8 = 1;
@@ -7445,7 +7626,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
       __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 103, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 113, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __pyx_t_8 = 1;
@@ -7466,14 +7647,14 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 103, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 113, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
     }
     __Pyx_Raise(__pyx_t_7, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __PYX_ERR(0, 103, __pyx_L1_error)
+    __PYX_ERR(0, 113, __pyx_L1_error)
 
-    /* "wsmem/_workspace.pyx":102
+    /* "wsmem/_workspace.pyx":112
  *         elif overrides:
  *             config = config.replace(**overrides)
  *         if config.location in (Location.DEVICE, Location.PINNED):             # <<<<<<<<<<<<<<
@@ -7482,18 +7663,18 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
 */
   }
 
-  /* "wsmem/_workspace.pyx":104
+  /* "wsmem/_workspace.pyx":114
  *         if config.location in (Location.DEVICE, Location.PINNED):
  *             raise WorkspaceError(_gpu_unavailable(config.location.value))
  *         if config.reset is ResetPolicy.ENDOFBUFFER_REACHED:             # <<<<<<<<<<<<<<
  *             raise WorkspaceError("reset='endofbuffer_reached' (circular workspaces) is not "
  *                                  "available in this version of wsmem; use "
 */
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_reset); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 104, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_reset); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 114, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ResetPolicy); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 104, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ResetPolicy); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 114, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ENDOFBUFFER_REACHED); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 104, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_ENDOFBUFFER_REACHED); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 114, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __pyx_t_1 = (__pyx_t_7 == __pyx_t_6);
@@ -7502,7 +7683,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_workspace.pyx":105
+    /* "wsmem/_workspace.pyx":115
  *             raise WorkspaceError(_gpu_unavailable(config.location.value))
  *         if config.reset is ResetPolicy.ENDOFBUFFER_REACHED:
  *             raise WorkspaceError("reset='endofbuffer_reached' (circular workspaces) is not "             # <<<<<<<<<<<<<<
@@ -7510,7 +7691,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
  *                                  "reset='block_left'.")
 */
     __pyx_t_7 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 105, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 115, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_8 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -7529,14 +7710,14 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
       __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 105, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 115, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     __Pyx_Raise(__pyx_t_6, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __PYX_ERR(0, 105, __pyx_L1_error)
+    __PYX_ERR(0, 115, __pyx_L1_error)
 
-    /* "wsmem/_workspace.pyx":104
+    /* "wsmem/_workspace.pyx":114
  *         if config.location in (Location.DEVICE, Location.PINNED):
  *             raise WorkspaceError(_gpu_unavailable(config.location.value))
  *         if config.reset is ResetPolicy.ENDOFBUFFER_REACHED:             # <<<<<<<<<<<<<<
@@ -7545,7 +7726,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
 */
   }
 
-  /* "wsmem/_workspace.pyx":108
+  /* "wsmem/_workspace.pyx":118
  *                                  "available in this version of wsmem; use "
  *                                  "reset='block_left'.")
  *         self.name = name             # <<<<<<<<<<<<<<
@@ -7557,7 +7738,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   __Pyx_GOTREF(__pyx_v_self->__pyx_base.name);
   __Pyx_DECREF_SET(__pyx_v_self->__pyx_base.name, __pyx_v_name);
 
-  /* "wsmem/_workspace.pyx":109
+  /* "wsmem/_workspace.pyx":119
  *                                  "reset='block_left'.")
  *         self.name = name
  *         self.config = config             # <<<<<<<<<<<<<<
@@ -7569,16 +7750,16 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   __Pyx_GOTREF(__pyx_v_self->config);
   __Pyx_DECREF_SET(__pyx_v_self->config, __pyx_v_config);
 
-  /* "wsmem/_workspace.pyx":110
+  /* "wsmem/_workspace.pyx":120
  *         self.name = name
  *         self.config = config
  *         self.track = config.track or tracking_forced()             # <<<<<<<<<<<<<<
  *         self._configure(config)
- *         _all.add(self)
+ *         if config.capture:
 */
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_track); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 110, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_track); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 120, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 110, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 120, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   if (!__pyx_t_2) {
 
@@ -7589,7 +7770,7 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
     goto __pyx_L11_bool_binop_done;
   }
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_tracking_forced); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 110, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_tracking_forced); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 120, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __pyx_t_8 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -7608,10 +7789,10 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
     __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 110, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 120, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 110, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 120, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
   __pyx_t_1 = __pyx_t_2;
@@ -7619,27 +7800,64 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   __pyx_L11_bool_binop_done:;
   __pyx_v_self->__pyx_base.track = __pyx_t_1;
 
-  /* "wsmem/_workspace.pyx":111
+  /* "wsmem/_workspace.pyx":121
  *         self.config = config
  *         self.track = config.track or tracking_forced()
  *         self._configure(config)             # <<<<<<<<<<<<<<
+ *         if config.capture:
+ *             self._handler = make_handler(self)
+*/
+  __pyx_t_13 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._configure(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), __pyx_v_config); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 121, __pyx_L1_error)
+
+
+  /* "wsmem/_workspace.pyx":122
+ *         self.track = config.track or tracking_forced()
+ *         self._configure(config)
+ *         if config.capture:             # <<<<<<<<<<<<<<
+ *             self._handler = make_handler(self)
+ *         _all.add(self)
+*/
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_config, __pyx_mstate_global->__pyx_n_u_capture); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 122, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_6);
+  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 122, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+  if (__pyx_t_1) {
+
+
+    /* "wsmem/_workspace.pyx":123
+ *         self._configure(config)
+ *         if config.capture:
+ *             self._handler = make_handler(self)             # <<<<<<<<<<<<<<
  *         _all.add(self)
  * 
 */
-  __pyx_t_13 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base._configure(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), __pyx_v_config); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 111, __pyx_L1_error)
+    __pyx_t_6 = __pyx_f_5wsmem_8_capture_make_handler(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 123, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
+    __Pyx_GIVEREF(__pyx_t_6);
+    __Pyx_GOTREF(__pyx_v_self->_handler);
+    __Pyx_DECREF_SET(__pyx_v_self->_handler, __pyx_t_6);
+    __pyx_t_6 = 0;
 
-
-  /* "wsmem/_workspace.pyx":112
+    /* "wsmem/_workspace.pyx":122
  *         self.track = config.track or tracking_forced()
  *         self._configure(config)
+ *         if config.capture:             # <<<<<<<<<<<<<<
+ *             self._handler = make_handler(self)
+ *         _all.add(self)
+*/
+  }
+
+  /* "wsmem/_workspace.pyx":124
+ *         if config.capture:
+ *             self._handler = make_handler(self)
  *         _all.add(self)             # <<<<<<<<<<<<<<
  * 
- *     # ------------------------------------------------------------ cycles
+ *     def __dealloc__(self):
 */
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_all); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 112, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_all); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 124, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_add); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 112, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_add); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 124, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __pyx_t_8 = 1;
@@ -7659,12 +7877,12 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
     __pyx_t_6 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 112, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 124, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-  /* "wsmem/_workspace.pyx":92
+  /* "wsmem/_workspace.pyx":102
  *     """
  * 
  *     def __init__(self, name, config=None, **overrides):             # <<<<<<<<<<<<<<
@@ -7693,7 +7911,79 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":115
+/* "wsmem/_workspace.pyx":126
+ *         _all.add(self)
+ * 
+ *     def __dealloc__(self):             # <<<<<<<<<<<<<<
+ *         # NumPy arrays allocated through the handler may outlive us: they
+ *         # keep the capsule, and from now on it frees only.
+*/
+
+/* Python wrapper */
+static void __pyx_pw_5wsmem_10_workspace_9Workspace_3__dealloc__(PyObject *__pyx_v_self); /*proto*/
+static void __pyx_pw_5wsmem_10_workspace_9Workspace_3__dealloc__(PyObject *__pyx_v_self) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__dealloc__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_pf_5wsmem_10_workspace_9Workspace_2__dealloc__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+}
+
+static void __pyx_pf_5wsmem_10_workspace_9Workspace_2__dealloc__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  PyObject *__pyx_t_2 = NULL;
+  __Pyx_RefNannySetupContext("__dealloc__", 0);
+
+  /* "wsmem/_workspace.pyx":129
+ *         # NumPy arrays allocated through the handler may outlive us: they
+ *         # keep the capsule, and from now on it frees only.
+ *         if self._handler is not None:             # <<<<<<<<<<<<<<
+ *             detach_handler(self._handler)
+ * 
+*/
+  __pyx_t_1 = (__pyx_v_self->_handler != Py_None);
+  if (__pyx_t_1) {
+
+
+    /* "wsmem/_workspace.pyx":130
+ *         # keep the capsule, and from now on it frees only.
+ *         if self._handler is not None:
+ *             detach_handler(self._handler)             # <<<<<<<<<<<<<<
+ * 
+ *     # ------------------------------------------------------------ cycles
+*/
+    __pyx_t_2 = __pyx_v_self->_handler;
+    __Pyx_INCREF(__pyx_t_2);
+    __pyx_f_5wsmem_8_capture_detach_handler(__pyx_t_2);
+    __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+    /* "wsmem/_workspace.pyx":129
+ *         # NumPy arrays allocated through the handler may outlive us: they
+ *         # keep the capsule, and from now on it frees only.
+ *         if self._handler is not None:             # <<<<<<<<<<<<<<
+ *             detach_handler(self._handler)
+ * 
+*/
+  }
+
+  /* "wsmem/_workspace.pyx":126
+ *         _all.add(self)
+ * 
+ *     def __dealloc__(self):             # <<<<<<<<<<<<<<
+ *         # NumPy arrays allocated through the handler may outlive us: they
+ *         # keep the capsule, and from now on it frees only.
+*/
+
+  /* function exit code */
+
+  __Pyx_RefNannyFinishContext();
+}
+
+/* "wsmem/_workspace.pyx":133
  * 
  *     # ------------------------------------------------------------ cycles
  *     def __enter__(self):             # <<<<<<<<<<<<<<
@@ -7702,16 +7992,16 @@ static int __pyx_pf_5wsmem_10_workspace_9Workspace___init__(struct __pyx_obj_5ws
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_3__enter__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_5__enter__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_2__enter__, "Workspace.__enter__(self)");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_3__enter__ = {"__enter__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_3__enter__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_2__enter__};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_3__enter__(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_4__enter__, "Workspace.__enter__(self)");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_5__enter__ = {"__enter__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_5__enter__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_4__enter__};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_5__enter__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -7737,14 +8027,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("__enter__", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_4__enter__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__enter__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
@@ -7762,7 +8052,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__enter__", 0);
 
-  /* "wsmem/_workspace.pyx":116
+  /* "wsmem/_workspace.pyx":134
  *     # ------------------------------------------------------------ cycles
  *     def __enter__(self):
  *         if self.destroyed:             # <<<<<<<<<<<<<<
@@ -7771,7 +8061,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
 */
   if (unlikely(__pyx_v_self->__pyx_base.destroyed)) {
 
-    /* "wsmem/_workspace.pyx":117
+    /* "wsmem/_workspace.pyx":135
  *     def __enter__(self):
  *         if self.destroyed:
  *             raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one "             # <<<<<<<<<<<<<<
@@ -7779,9 +8069,9 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
  *         self.check_owner()
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 117, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 135, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 117, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 135, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_5[1] = __pyx_t_4;
@@ -7795,7 +8085,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
     __pyx_t_7 |= __Pyx_PyUnicode_KIND_04(__pyx_t_5[1]);
     #endif
     __pyx_t_8 = __Pyx_PyUnicode_Join(__pyx_t_5, 3, __pyx_t_6, __pyx_t_7);
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 117, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 135, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_9 = 1;
@@ -7816,14 +8106,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 117, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 135, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 117, __pyx_L1_error)
+    __PYX_ERR(0, 135, __pyx_L1_error)
 
-    /* "wsmem/_workspace.pyx":116
+    /* "wsmem/_workspace.pyx":134
  *     # ------------------------------------------------------------ cycles
  *     def __enter__(self):
  *         if self.destroyed:             # <<<<<<<<<<<<<<
@@ -7832,17 +8122,17 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
 */
   }
 
-  /* "wsmem/_workspace.pyx":119
+  /* "wsmem/_workspace.pyx":137
  *             raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one "
  *                                  f"(wsmem.Workspace or wsmem.get_workspace)")
  *         self.check_owner()             # <<<<<<<<<<<<<<
  *         if self.depth == 0:
  *             self.begin_cycle()
 */
-  __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.check_owner(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 119, __pyx_L1_error)
+  __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.check_owner(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 137, __pyx_L1_error)
 
 
-  /* "wsmem/_workspace.pyx":120
+  /* "wsmem/_workspace.pyx":138
  *                                  f"(wsmem.Workspace or wsmem.get_workspace)")
  *         self.check_owner()
  *         if self.depth == 0:             # <<<<<<<<<<<<<<
@@ -7854,17 +8144,17 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
   if (__pyx_t_10) {
 
 
-    /* "wsmem/_workspace.pyx":121
+    /* "wsmem/_workspace.pyx":139
  *         self.check_owner()
  *         if self.depth == 0:
  *             self.begin_cycle()             # <<<<<<<<<<<<<<
  *         self.depth += 1
  *         _push(self, _stack())
 */
-    __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.begin_cycle(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 121, __pyx_L1_error)
+    __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.begin_cycle(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 139, __pyx_L1_error)
 
 
-    /* "wsmem/_workspace.pyx":120
+    /* "wsmem/_workspace.pyx":138
  *                                  f"(wsmem.Workspace or wsmem.get_workspace)")
  *         self.check_owner()
  *         if self.depth == 0:             # <<<<<<<<<<<<<<
@@ -7873,7 +8163,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
 */
   }
 
-  /* "wsmem/_workspace.pyx":122
+  /* "wsmem/_workspace.pyx":140
  *         if self.depth == 0:
  *             self.begin_cycle()
  *         self.depth += 1             # <<<<<<<<<<<<<<
@@ -7882,19 +8172,19 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
 */
   __pyx_v_self->__pyx_base.depth = (__pyx_v_self->__pyx_base.depth + 1);
 
-  /* "wsmem/_workspace.pyx":123
+  /* "wsmem/_workspace.pyx":141
  *             self.begin_cycle()
  *         self.depth += 1
  *         _push(self, _stack())             # <<<<<<<<<<<<<<
  *         return self
  * 
 */
-  __pyx_t_1 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 123, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_f_5wsmem_10_workspace__push(((PyObject *)__pyx_v_self), ((PyObject*)__pyx_t_1)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 123, __pyx_L1_error)
+  __pyx_f_5wsmem_10_workspace__push(((PyObject *)__pyx_v_self), ((PyObject*)__pyx_t_1)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_workspace.pyx":124
+  /* "wsmem/_workspace.pyx":142
  *         self.depth += 1
  *         _push(self, _stack())
  *         return self             # <<<<<<<<<<<<<<
@@ -7912,7 +8202,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
   }
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":115
+  /* "wsmem/_workspace.pyx":133
  * 
  *     # ------------------------------------------------------------ cycles
  *     def __enter__(self):             # <<<<<<<<<<<<<<
@@ -7935,7 +8225,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":126
+/* "wsmem/_workspace.pyx":144
  *         return self
  * 
  *     def __exit__(self, exc_type, exc, tb):             # <<<<<<<<<<<<<<
@@ -7944,16 +8234,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_2__enter__(struct __pyx
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_5__exit__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_7__exit__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_4__exit__, "Workspace.__exit__(self, exc_type, exc, tb)");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_5__exit__ = {"__exit__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_5__exit__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_4__exit__};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_5__exit__(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_6__exit__, "Workspace.__exit__(self, exc_type, exc, tb)");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_7__exit__ = {"__exit__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_7__exit__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_6__exit__};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_7__exit__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -7985,38 +8275,38 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_exc_type,&__pyx_mstate_global->__pyx_n_u_exc,&__pyx_mstate_global->__pyx_n_u_tb,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 126, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 144, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 126, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 144, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 126, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 144, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 126, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 144, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__exit__", 0) < (0)) __PYX_ERR(0, 126, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__exit__", 0) < (0)) __PYX_ERR(0, 144, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__exit__", 1, 3, 3, i); __PYX_ERR(0, 126, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__exit__", 1, 3, 3, i); __PYX_ERR(0, 144, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 126, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 144, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 126, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 144, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 126, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 144, __pyx_L3_error)
     }
     __pyx_v_exc_type = values[0];
     __pyx_v_exc = values[1];
@@ -8024,7 +8314,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__exit__", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 126, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__exit__", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 144, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8035,7 +8325,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_exc_type, __pyx_v_exc, __pyx_v_tb);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_6__exit__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_exc_type, __pyx_v_exc, __pyx_v_tb);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -8045,7 +8335,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_exc_type, CYTHON_UNUSED PyObject *__pyx_v_exc, CYTHON_UNUSED PyObject *__pyx_v_tb) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6__exit__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_exc_type, CYTHON_UNUSED PyObject *__pyx_v_exc, CYTHON_UNUSED PyObject *__pyx_v_tb) {
   PyObject *__pyx_v_stack = 0;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -8067,19 +8357,19 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__exit__", 0);
 
-  /* "wsmem/_workspace.pyx":127
+  /* "wsmem/_workspace.pyx":145
  * 
  *     def __exit__(self, exc_type, exc, tb):
  *         cdef list stack = _stack()             # <<<<<<<<<<<<<<
  *         if self.depth <= 0:
  *             raise WorkspaceError(f"workspace {self.name!r} is not open; __exit__ without "
 */
-  __pyx_t_1 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 127, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 145, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_stack = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "wsmem/_workspace.pyx":128
+  /* "wsmem/_workspace.pyx":146
  *     def __exit__(self, exc_type, exc, tb):
  *         cdef list stack = _stack()
  *         if self.depth <= 0:             # <<<<<<<<<<<<<<
@@ -8091,7 +8381,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_workspace.pyx":129
+    /* "wsmem/_workspace.pyx":147
  *         cdef list stack = _stack()
  *         if self.depth <= 0:
  *             raise WorkspaceError(f"workspace {self.name!r} is not open; __exit__ without "             # <<<<<<<<<<<<<<
@@ -8099,9 +8389,9 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
  *         self.depth -= 1
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 129, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 147, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 129, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 147, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_6[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_6[1] = __pyx_t_5;
@@ -8115,7 +8405,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
     __pyx_t_8 |= __Pyx_PyUnicode_KIND_04(__pyx_t_6[1]);
     #endif
     __pyx_t_9 = __Pyx_PyUnicode_Join(__pyx_t_6, 3, __pyx_t_7, __pyx_t_8);
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 129, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 147, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __pyx_t_10 = 1;
@@ -8136,14 +8426,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 129, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 147, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 129, __pyx_L1_error)
+    __PYX_ERR(0, 147, __pyx_L1_error)
 
-    /* "wsmem/_workspace.pyx":128
+    /* "wsmem/_workspace.pyx":146
  *     def __exit__(self, exc_type, exc, tb):
  *         cdef list stack = _stack()
  *         if self.depth <= 0:             # <<<<<<<<<<<<<<
@@ -8152,7 +8442,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
 */
   }
 
-  /* "wsmem/_workspace.pyx":131
+  /* "wsmem/_workspace.pyx":149
  *             raise WorkspaceError(f"workspace {self.name!r} is not open; __exit__ without "
  *                                  "__enter__")
  *         self.depth -= 1             # <<<<<<<<<<<<<<
@@ -8161,16 +8451,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
 */
   __pyx_v_self->__pyx_base.depth = (__pyx_v_self->__pyx_base.depth - 1);
 
-  /* "wsmem/_workspace.pyx":132
+  /* "wsmem/_workspace.pyx":150
  *                                  "__enter__")
  *         self.depth -= 1
  *         _pop(self, stack)             # <<<<<<<<<<<<<<
  *         if self.depth == 0:
  *             try:
 */
-  __pyx_f_5wsmem_10_workspace__pop(((PyObject *)__pyx_v_self), __pyx_v_stack); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 132, __pyx_L1_error)
+  __pyx_f_5wsmem_10_workspace__pop(((PyObject *)__pyx_v_self), __pyx_v_stack);
 
-  /* "wsmem/_workspace.pyx":133
+  /* "wsmem/_workspace.pyx":151
  *         self.depth -= 1
  *         _pop(self, stack)
  *         if self.depth == 0:             # <<<<<<<<<<<<<<
@@ -8182,7 +8472,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_workspace.pyx":134
+    /* "wsmem/_workspace.pyx":152
  *         _pop(self, stack)
  *         if self.depth == 0:
  *             try:             # <<<<<<<<<<<<<<
@@ -8198,17 +8488,17 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
       __Pyx_XGOTREF(__pyx_t_13);
       /*try:*/ {
 
-        /* "wsmem/_workspace.pyx":135
+        /* "wsmem/_workspace.pyx":153
  *         if self.depth == 0:
  *             try:
  *                 self.end_cycle()             # <<<<<<<<<<<<<<
  *             except Exception:
  *                 if exc_type is None:
 */
-        __pyx_t_8 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.end_cycle(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 135, __pyx_L5_error)
+        __pyx_t_8 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.end_cycle(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 153, __pyx_L5_error)
 
 
-        /* "wsmem/_workspace.pyx":134
+        /* "wsmem/_workspace.pyx":152
  *         _pop(self, stack)
  *         if self.depth == 0:
  *             try:             # <<<<<<<<<<<<<<
@@ -8227,7 +8517,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
 
-      /* "wsmem/_workspace.pyx":136
+      /* "wsmem/_workspace.pyx":154
  *             try:
  *                 self.end_cycle()
  *             except Exception:             # <<<<<<<<<<<<<<
@@ -8237,12 +8527,12 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
       __pyx_t_8 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_Exception))));
       if (__pyx_t_8) {
         __Pyx_AddTraceback("wsmem._workspace.Workspace.__exit__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_4, &__pyx_t_9) < 0) __PYX_ERR(0, 136, __pyx_L7_except_error)
+        if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_4, &__pyx_t_9) < 0) __PYX_ERR(0, 154, __pyx_L7_except_error)
         __Pyx_XGOTREF(__pyx_t_1);
         __Pyx_XGOTREF(__pyx_t_4);
         __Pyx_XGOTREF(__pyx_t_9);
 
-        /* "wsmem/_workspace.pyx":137
+        /* "wsmem/_workspace.pyx":155
  *                 self.end_cycle()
  *             except Exception:
  *                 if exc_type is None:             # <<<<<<<<<<<<<<
@@ -8253,7 +8543,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
         if (unlikely(__pyx_t_2)) {
 
 
-          /* "wsmem/_workspace.pyx":138
+          /* "wsmem/_workspace.pyx":156
  *             except Exception:
  *                 if exc_type is None:
  *                     raise             # <<<<<<<<<<<<<<
@@ -8265,9 +8555,9 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
           __Pyx_XGIVEREF(__pyx_t_9);
           __Pyx_ErrRestoreWithState(__pyx_t_1, __pyx_t_4, __pyx_t_9);
           __pyx_t_1 = 0;  __pyx_t_4 = 0;  __pyx_t_9 = 0; 
-          __PYX_ERR(0, 138, __pyx_L7_except_error)
+          __PYX_ERR(0, 156, __pyx_L7_except_error)
 
-          /* "wsmem/_workspace.pyx":137
+          /* "wsmem/_workspace.pyx":155
  *                 self.end_cycle()
  *             except Exception:
  *                 if exc_type is None:             # <<<<<<<<<<<<<<
@@ -8282,7 +8572,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
       }
       goto __pyx_L7_except_error;
 
-      /* "wsmem/_workspace.pyx":134
+      /* "wsmem/_workspace.pyx":152
  *         _pop(self, stack)
  *         if self.depth == 0:
  *             try:             # <<<<<<<<<<<<<<
@@ -8303,7 +8593,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
       __pyx_L10_try_end:;
     }
 
-    /* "wsmem/_workspace.pyx":133
+    /* "wsmem/_workspace.pyx":151
  *         self.depth -= 1
  *         _pop(self, stack)
  *         if self.depth == 0:             # <<<<<<<<<<<<<<
@@ -8312,7 +8602,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
 */
   }
 
-  /* "wsmem/_workspace.pyx":139
+  /* "wsmem/_workspace.pyx":157
  *                 if exc_type is None:
  *                     raise
  *         return False             # <<<<<<<<<<<<<<
@@ -8330,7 +8620,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
   }
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":126
+  /* "wsmem/_workspace.pyx":144
  *         return self
  * 
  *     def __exit__(self, exc_type, exc, tb):             # <<<<<<<<<<<<<<
@@ -8354,7 +8644,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":141
+/* "wsmem/_workspace.pyx":159
  *         return False
  * 
  *     def borrow(self):             # <<<<<<<<<<<<<<
@@ -8363,16 +8653,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_4__exit__(struct __pyx_
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_7borrow(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_9borrow(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_6borrow, "Workspace.borrow(self)\n\nMake this open workspace current again, without a new cycle.\n\nUse it to allocate in an outer workspace from inside an inner one.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_7borrow = {"borrow", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_7borrow, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_6borrow};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_7borrow(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_8borrow, "Workspace.borrow(self)\n\nMake this open workspace current again, without a new cycle.\n\nUse it to allocate in an outer workspace from inside an inner one.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_9borrow = {"borrow", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_9borrow, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_8borrow};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_9borrow(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -8398,14 +8688,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("borrow", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_6borrow(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_8borrow(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6borrow(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8borrow(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
@@ -8416,7 +8706,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6borrow(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("borrow", 0);
 
-  /* "wsmem/_workspace.pyx":146
+  /* "wsmem/_workspace.pyx":164
  *         Use it to allocate in an outer workspace from inside an inner one.
  *         """
  *         return _Borrow(self)             # <<<<<<<<<<<<<<
@@ -8429,7 +8719,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6borrow(struct __pyx_ob
     PyObject *__pyx_callargs[2] = {__pyx_t_2, ((PyObject *)__pyx_v_self)};
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__Borrow, __pyx_callargs+__pyx_t_3, (2-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 146, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 164, __pyx_L1_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_1);
   }
   {
@@ -8443,7 +8733,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6borrow(struct __pyx_ob
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":141
+  /* "wsmem/_workspace.pyx":159
  *         return False
  * 
  *     def borrow(self):             # <<<<<<<<<<<<<<
@@ -8463,7 +8753,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6borrow(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":148
+/* "wsmem/_workspace.pyx":166
  *         return _Borrow(self)
  * 
  *     def initialize(self):             # <<<<<<<<<<<<<<
@@ -8472,16 +8762,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6borrow(struct __pyx_ob
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_9initialize(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_11initialize(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_8initialize, "Workspace.initialize(self)\n\nSize the block from what was measured so far (``learning=\"over_time\"``).\n\nTakes effect now when no cycle is open, else when the open cycle ends.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_9initialize = {"initialize", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_9initialize, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_8initialize};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_9initialize(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_10initialize, "Workspace.initialize(self)\n\nSize the block from what was measured so far (``learning=\"over_time\"``).\n\nTakes effect now when no cycle is open, else when the open cycle ends.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_11initialize = {"initialize", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_11initialize, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_10initialize};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_11initialize(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -8507,14 +8797,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("initialize", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_10initialize(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10initialize(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
@@ -8527,7 +8817,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("initialize", 0);
 
-  /* "wsmem/_workspace.pyx":153
+  /* "wsmem/_workspace.pyx":171
  *         Takes effect now when no cycle is open, else when the open cycle ends.
  *         """
  *         self._require_usable()             # <<<<<<<<<<<<<<
@@ -8541,12 +8831,12 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __py
     PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_require_usable, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 153, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 171, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_workspace.pyx":154
+  /* "wsmem/_workspace.pyx":172
  *         """
  *         self._require_usable()
  *         if self.depth > 0:             # <<<<<<<<<<<<<<
@@ -8558,7 +8848,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __py
   if (__pyx_t_4) {
 
 
-    /* "wsmem/_workspace.pyx":155
+    /* "wsmem/_workspace.pyx":173
  *         self._require_usable()
  *         if self.depth > 0:
  *             self.init_pending = True             # <<<<<<<<<<<<<<
@@ -8567,7 +8857,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __py
 */
     __pyx_v_self->__pyx_base.init_pending = 1;
 
-    /* "wsmem/_workspace.pyx":154
+    /* "wsmem/_workspace.pyx":172
  *         """
  *         self._require_usable()
  *         if self.depth > 0:             # <<<<<<<<<<<<<<
@@ -8577,7 +8867,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __py
     goto __pyx_L3;
   }
 
-  /* "wsmem/_workspace.pyx":157
+  /* "wsmem/_workspace.pyx":175
  *             self.init_pending = True
  *         else:
  *             self.set_capacity(self.learned_size(self.learn_peak))             # <<<<<<<<<<<<<<
@@ -8585,10 +8875,10 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __py
  * 
 */
   /*else*/ {
-    __pyx_t_5 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.set_capacity(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.learned_size(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), __pyx_v_self->__pyx_base.learn_peak)); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 157, __pyx_L1_error)
+    __pyx_t_5 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.set_capacity(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.learned_size(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), __pyx_v_self->__pyx_base.learn_peak)); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 175, __pyx_L1_error)
 
 
-    /* "wsmem/_workspace.pyx":158
+    /* "wsmem/_workspace.pyx":176
  *         else:
  *             self.set_capacity(self.learned_size(self.learn_peak))
  *             self.initialized = True             # <<<<<<<<<<<<<<
@@ -8599,7 +8889,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __py
   }
   __pyx_L3:;
 
-  /* "wsmem/_workspace.pyx":148
+  /* "wsmem/_workspace.pyx":166
  *         return _Borrow(self)
  * 
  *     def initialize(self):             # <<<<<<<<<<<<<<
@@ -8621,7 +8911,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __py
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":160
+/* "wsmem/_workspace.pyx":178
  *             self.initialized = True
  * 
  *     def destroy(self):             # <<<<<<<<<<<<<<
@@ -8630,16 +8920,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_8initialize(struct __py
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_11destroy(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_13destroy(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_10destroy, "Workspace.destroy(self)\n\nRelease the workspace\047s memory; its arrays go stale.\n\nMemory still behind live exports (ndarray views, buffers, DLPack\ncapsules) is released when the last of them dies.  Idempotent.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_11destroy = {"destroy", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_11destroy, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_10destroy};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_11destroy(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_12destroy, "Workspace.destroy(self)\n\nRelease the workspace\047s memory; its arrays go stale.\n\nMemory still behind live exports (ndarray views, buffers, DLPack\ncapsules) is released when the last of them dies.  Idempotent.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_13destroy = {"destroy", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_13destroy, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_12destroy};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_13destroy(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -8665,14 +8955,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("destroy", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_12destroy(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12destroy(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
   PyObject *__pyx_v__forget = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -8695,7 +8985,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("destroy", 0);
 
-  /* "wsmem/_workspace.pyx":166
+  /* "wsmem/_workspace.pyx":184
  *         capsules) is released when the last of them dies.  Idempotent.
  *         """
  *         if self.destroyed:             # <<<<<<<<<<<<<<
@@ -8704,7 +8994,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
 */
   if (__pyx_v_self->__pyx_base.destroyed) {
 
-    /* "wsmem/_workspace.pyx":167
+    /* "wsmem/_workspace.pyx":185
  *         """
  *         if self.destroyed:
  *             return             # <<<<<<<<<<<<<<
@@ -8721,7 +9011,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_workspace.pyx":166
+    /* "wsmem/_workspace.pyx":184
  *         capsules) is released when the last of them dies.  Idempotent.
  *         """
  *         if self.destroyed:             # <<<<<<<<<<<<<<
@@ -8730,17 +9020,17 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
 */
   }
 
-  /* "wsmem/_workspace.pyx":168
+  /* "wsmem/_workspace.pyx":186
  *         if self.destroyed:
  *             return
  *         self.check_owner()             # <<<<<<<<<<<<<<
  *         if self.depth > 0:
  *             raise WorkspaceError(f"workspace {self.name!r} is open; destroy it after its "
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.check_owner(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 168, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.check_owner(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 186, __pyx_L1_error)
 
 
-  /* "wsmem/_workspace.pyx":169
+  /* "wsmem/_workspace.pyx":187
  *             return
  *         self.check_owner()
  *         if self.depth > 0:             # <<<<<<<<<<<<<<
@@ -8752,7 +9042,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_workspace.pyx":170
+    /* "wsmem/_workspace.pyx":188
  *         self.check_owner()
  *         if self.depth > 0:
  *             raise WorkspaceError(f"workspace {self.name!r} is open; destroy it after its "             # <<<<<<<<<<<<<<
@@ -8760,9 +9050,9 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
  *         self.release_all()
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 170, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 188, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 170, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 188, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_7[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_7[1] = __pyx_t_6;
@@ -8776,7 +9066,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
     __pyx_t_1 |= __Pyx_PyUnicode_KIND_04(__pyx_t_7[1]);
     #endif
     __pyx_t_9 = __Pyx_PyUnicode_Join(__pyx_t_7, 3, __pyx_t_8, __pyx_t_1);
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 170, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 188, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_10 = 1;
@@ -8797,14 +9087,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 170, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 188, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 170, __pyx_L1_error)
+    __PYX_ERR(0, 188, __pyx_L1_error)
 
-    /* "wsmem/_workspace.pyx":169
+    /* "wsmem/_workspace.pyx":187
  *             return
  *         self.check_owner()
  *         if self.depth > 0:             # <<<<<<<<<<<<<<
@@ -8813,17 +9103,17 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
 */
   }
 
-  /* "wsmem/_workspace.pyx":172
+  /* "wsmem/_workspace.pyx":190
  *             raise WorkspaceError(f"workspace {self.name!r} is open; destroy it after its "
  *                                  f"`with` block ends")
  *         self.release_all()             # <<<<<<<<<<<<<<
  *         self.destroyed = True
  *         try:
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.release_all(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 172, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.release_all(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 190, __pyx_L1_error)
 
 
-  /* "wsmem/_workspace.pyx":173
+  /* "wsmem/_workspace.pyx":191
  *                                  f"`with` block ends")
  *         self.release_all()
  *         self.destroyed = True             # <<<<<<<<<<<<<<
@@ -8832,7 +9122,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
 */
   __pyx_v_self->__pyx_base.destroyed = 1;
 
-  /* "wsmem/_workspace.pyx":174
+  /* "wsmem/_workspace.pyx":192
  *         self.release_all()
  *         self.destroyed = True
  *         try:             # <<<<<<<<<<<<<<
@@ -8848,7 +9138,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
     __Pyx_XGOTREF(__pyx_t_13);
     /*try:*/ {
 
-      /* "wsmem/_workspace.pyx":175
+      /* "wsmem/_workspace.pyx":193
  *         self.destroyed = True
  *         try:
  *             from wsmem._registry import _forget             # <<<<<<<<<<<<<<
@@ -8857,14 +9147,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
 */
       {
         PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_forget};
-        __pyx_t_14 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__registry, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 175, __pyx_L5_error)
+        __pyx_t_14 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__registry, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 193, __pyx_L5_error)
       }
       __pyx_t_3 = __pyx_t_14;
       __Pyx_GOTREF(__pyx_t_3);
       {
         PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_forget};
         __pyx_t_8 = 0; {
-          __pyx_t_5 = __Pyx_ImportFrom(__pyx_t_3, __pyx_imported_names[__pyx_t_8]); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 175, __pyx_L5_error)
+          __pyx_t_5 = __Pyx_ImportFrom(__pyx_t_3, __pyx_imported_names[__pyx_t_8]); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 193, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_5);
           switch (__pyx_t_8) {
             case 0:
@@ -8878,7 +9168,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "wsmem/_workspace.pyx":176
+      /* "wsmem/_workspace.pyx":194
  *         try:
  *             from wsmem._registry import _forget
  *             _forget(self)             # <<<<<<<<<<<<<<
@@ -8905,12 +9195,12 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_9, __pyx_callargs+__pyx_t_10, (2-__pyx_t_10) | (__pyx_t_10*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 176, __pyx_L5_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 194, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "wsmem/_workspace.pyx":174
+      /* "wsmem/_workspace.pyx":192
  *         self.release_all()
  *         self.destroyed = True
  *         try:             # <<<<<<<<<<<<<<
@@ -8929,7 +9219,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
 
-    /* "wsmem/_workspace.pyx":177
+    /* "wsmem/_workspace.pyx":195
  *             from wsmem._registry import _forget
  *             _forget(self)
  *         except ImportError:             # <<<<<<<<<<<<<<
@@ -8943,7 +9233,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
     }
     goto __pyx_L7_except_error;
 
-    /* "wsmem/_workspace.pyx":174
+    /* "wsmem/_workspace.pyx":192
  *         self.release_all()
  *         self.destroyed = True
  *         try:             # <<<<<<<<<<<<<<
@@ -8964,7 +9254,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
     __pyx_L10_try_end:;
   }
 
-  /* "wsmem/_workspace.pyx":160
+  /* "wsmem/_workspace.pyx":178
  *             self.initialized = True
  * 
  *     def destroy(self):             # <<<<<<<<<<<<<<
@@ -8990,7 +9280,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":180
+/* "wsmem/_workspace.pyx":198
  *             pass
  * 
  *     def _require_usable(self):             # <<<<<<<<<<<<<<
@@ -8999,16 +9289,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_10destroy(struct __pyx_
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_13_require_usable(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_15_require_usable(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_12_require_usable, "Workspace._require_usable(self)");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_13_require_usable = {"_require_usable", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_13_require_usable, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_12_require_usable};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_13_require_usable(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_14_require_usable, "Workspace._require_usable(self)");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_15_require_usable = {"_require_usable", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_15_require_usable, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_14_require_usable};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_15_require_usable(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -9034,14 +9324,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("_require_usable", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_12_require_usable(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_14_require_usable(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12_require_usable(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14_require_usable(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
@@ -9058,7 +9348,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12_require_usable(struc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_require_usable", 0);
 
-  /* "wsmem/_workspace.pyx":181
+  /* "wsmem/_workspace.pyx":199
  * 
  *     def _require_usable(self):
  *         if self.destroyed:             # <<<<<<<<<<<<<<
@@ -9067,7 +9357,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12_require_usable(struc
 */
   if (unlikely(__pyx_v_self->__pyx_base.destroyed)) {
 
-    /* "wsmem/_workspace.pyx":182
+    /* "wsmem/_workspace.pyx":200
  *     def _require_usable(self):
  *         if self.destroyed:
  *             raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one")             # <<<<<<<<<<<<<<
@@ -9075,9 +9365,9 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12_require_usable(struc
  * 
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 182, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 200, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 182, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 200, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_5[1] = __pyx_t_4;
@@ -9091,7 +9381,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12_require_usable(struc
     __pyx_t_7 |= __Pyx_PyUnicode_KIND_04(__pyx_t_5[1]);
     #endif
     __pyx_t_8 = __Pyx_PyUnicode_Join(__pyx_t_5, 3, __pyx_t_6, __pyx_t_7);
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 182, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 200, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_9 = 1;
@@ -9112,14 +9402,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12_require_usable(struc
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 182, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 200, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 182, __pyx_L1_error)
+    __PYX_ERR(0, 200, __pyx_L1_error)
 
-    /* "wsmem/_workspace.pyx":181
+    /* "wsmem/_workspace.pyx":199
  * 
  *     def _require_usable(self):
  *         if self.destroyed:             # <<<<<<<<<<<<<<
@@ -9128,17 +9418,17 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12_require_usable(struc
 */
   }
 
-  /* "wsmem/_workspace.pyx":183
+  /* "wsmem/_workspace.pyx":201
  *         if self.destroyed:
  *             raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one")
  *         self.check_owner()             # <<<<<<<<<<<<<<
  * 
  *     cdef int _require_open(self) except -1:
 */
-  __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.check_owner(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 183, __pyx_L1_error)
+  __pyx_t_7 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.check_owner(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 201, __pyx_L1_error)
 
 
-  /* "wsmem/_workspace.pyx":180
+  /* "wsmem/_workspace.pyx":198
  *             pass
  * 
  *     def _require_usable(self):             # <<<<<<<<<<<<<<
@@ -9163,7 +9453,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12_require_usable(struc
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":185
+/* "wsmem/_workspace.pyx":203
  *         self.check_owner()
  * 
  *     cdef int _require_open(self) except -1:             # <<<<<<<<<<<<<<
@@ -9190,7 +9480,7 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_require_open", 0);
 
-  /* "wsmem/_workspace.pyx":186
+  /* "wsmem/_workspace.pyx":204
  * 
  *     cdef int _require_open(self) except -1:
  *         if self.depth <= 0 or self.destroyed:             # <<<<<<<<<<<<<<
@@ -9213,7 +9503,7 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_workspace.pyx":187
+    /* "wsmem/_workspace.pyx":205
  *     cdef int _require_open(self) except -1:
  *         if self.depth <= 0 or self.destroyed:
  *             if self.destroyed:             # <<<<<<<<<<<<<<
@@ -9222,7 +9512,7 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
 */
     if (unlikely(__pyx_v_self->__pyx_base.destroyed)) {
 
-      /* "wsmem/_workspace.pyx":188
+      /* "wsmem/_workspace.pyx":206
  *         if self.depth <= 0 or self.destroyed:
  *             if self.destroyed:
  *                 raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new "             # <<<<<<<<<<<<<<
@@ -9230,9 +9520,9 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
  *             raise WorkspaceError(f"workspace {self.name!r} is not open; allocate inside "
 */
       __pyx_t_4 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 188, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 206, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 188, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 206, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __pyx_t_7[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
       __pyx_t_7[1] = __pyx_t_6;
@@ -9246,7 +9536,7 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
       __pyx_t_9 |= __Pyx_PyUnicode_KIND_04(__pyx_t_7[1]);
       #endif
       __pyx_t_10 = __Pyx_PyUnicode_Join(__pyx_t_7, 3, __pyx_t_8, __pyx_t_9);
-      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 188, __pyx_L1_error)
+      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 206, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __pyx_t_11 = 1;
@@ -9267,14 +9557,14 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 188, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 206, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 188, __pyx_L1_error)
+      __PYX_ERR(0, 206, __pyx_L1_error)
 
-      /* "wsmem/_workspace.pyx":187
+      /* "wsmem/_workspace.pyx":205
  *     cdef int _require_open(self) except -1:
  *         if self.depth <= 0 or self.destroyed:
  *             if self.destroyed:             # <<<<<<<<<<<<<<
@@ -9283,7 +9573,7 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
 */
     }
 
-    /* "wsmem/_workspace.pyx":190
+    /* "wsmem/_workspace.pyx":208
  *                 raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new "
  *                                      "one")
  *             raise WorkspaceError(f"workspace {self.name!r} is not open; allocate inside "             # <<<<<<<<<<<<<<
@@ -9291,9 +9581,9 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
  *         self.check_owner()
 */
     __pyx_t_5 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 190, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 208, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 190, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 208, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_7[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_7[1] = __pyx_t_4;
@@ -9307,7 +9597,7 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
     __pyx_t_9 |= __Pyx_PyUnicode_KIND_04(__pyx_t_7[1]);
     #endif
     __pyx_t_6 = __Pyx_PyUnicode_Join(__pyx_t_7, 3, __pyx_t_8, __pyx_t_9);
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 190, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 208, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_11 = 1;
@@ -9328,14 +9618,14 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 190, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 208, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 190, __pyx_L1_error)
+    __PYX_ERR(0, 208, __pyx_L1_error)
 
-    /* "wsmem/_workspace.pyx":186
+    /* "wsmem/_workspace.pyx":204
  * 
  *     cdef int _require_open(self) except -1:
  *         if self.depth <= 0 or self.destroyed:             # <<<<<<<<<<<<<<
@@ -9344,17 +9634,17 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
 */
   }
 
-  /* "wsmem/_workspace.pyx":192
+  /* "wsmem/_workspace.pyx":210
  *             raise WorkspaceError(f"workspace {self.name!r} is not open; allocate inside "
  *                                  f"`with ws:` (or use the module-level wsmem.empty etc.)")
  *         self.check_owner()             # <<<<<<<<<<<<<<
  *         return 0
  * 
 */
-  __pyx_t_9 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.check_owner(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 192, __pyx_L1_error)
+  __pyx_t_9 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.check_owner(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 210, __pyx_L1_error)
 
 
-  /* "wsmem/_workspace.pyx":193
+  /* "wsmem/_workspace.pyx":211
  *                                  f"`with ws:` (or use the module-level wsmem.empty etc.)")
  *         self.check_owner()
  *         return 0             # <<<<<<<<<<<<<<
@@ -9367,7 +9657,7 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
   }
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":185
+  /* "wsmem/_workspace.pyx":203
  *         self.check_owner()
  * 
  *     cdef int _require_open(self) except -1:             # <<<<<<<<<<<<<<
@@ -9390,7 +9680,7 @@ static int __pyx_f_5wsmem_10_workspace_9Workspace__require_open(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":196
+/* "wsmem/_workspace.pyx":214
  * 
  *     # ------------------------------------------------------------ state
  *     @property             # <<<<<<<<<<<<<<
@@ -9422,14 +9712,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_7is_open___get__(struct
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_workspace.pyx":199
+  /* "wsmem/_workspace.pyx":217
  *     def is_open(self):
  *         """True while a cycle is open."""
  *         return self.depth > 0             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyBool_FromLong((__pyx_v_self->__pyx_base.depth > 0)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 199, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyBool_FromLong((__pyx_v_self->__pyx_base.depth > 0)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 217, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -9442,7 +9732,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_7is_open___get__(struct
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":196
+  /* "wsmem/_workspace.pyx":214
  * 
  *     # ------------------------------------------------------------ state
  *     @property             # <<<<<<<<<<<<<<
@@ -9461,7 +9751,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_7is_open___get__(struct
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":201
+/* "wsmem/_workspace.pyx":219
  *         return self.depth > 0
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -9494,7 +9784,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12is_destroyed___get__(
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_workspace.pyx":204
+  /* "wsmem/_workspace.pyx":222
  *     def is_destroyed(self):
  *         """True after destroy()."""
  *         return bool(self.destroyed)             # <<<<<<<<<<<<<<
@@ -9503,7 +9793,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12is_destroyed___get__(
 */
   __pyx_t_1 = __pyx_v_self->__pyx_base.destroyed;
 
-  __pyx_t_2 = __Pyx_PyBool_FromLong((!(!__pyx_t_1))); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 204, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyBool_FromLong((!(!__pyx_t_1))); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 222, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
 
   {
@@ -9517,7 +9807,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12is_destroyed___get__(
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":201
+  /* "wsmem/_workspace.pyx":219
  *         return self.depth > 0
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -9536,7 +9826,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12is_destroyed___get__(
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":206
+/* "wsmem/_workspace.pyx":224
  *         return bool(self.destroyed)
  * 
  *     def stats(self):             # <<<<<<<<<<<<<<
@@ -9545,16 +9835,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_12is_destroyed___get__(
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_15stats(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_17stats(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_14stats, "Workspace.stats(self)\n\nCounters of the workspace (see :class:`wsmem.WorkspaceStats`).");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_15stats = {"stats", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_15stats, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_14stats};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_15stats(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_16stats, "Workspace.stats(self)\n\nCounters of the workspace (see :class:`wsmem.WorkspaceStats`).");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_17stats = {"stats", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_17stats, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_16stats};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_17stats(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -9580,14 +9870,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("stats", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_14stats(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_16stats(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16stats(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
@@ -9615,7 +9905,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("stats", 0);
 
-  /* "wsmem/_workspace.pyx":208
+  /* "wsmem/_workspace.pyx":226
  *     def stats(self):
  *         """Counters of the workspace (see :class:`wsmem.WorkspaceStats`)."""
  *         return WorkspaceStats(             # <<<<<<<<<<<<<<
@@ -9623,33 +9913,33 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
  *             location=self.config.location.value,
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceStats); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 208, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceStats); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 226, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
 
-  /* "wsmem/_workspace.pyx":210
+  /* "wsmem/_workspace.pyx":228
  *         return WorkspaceStats(
  *             name=self.name,
  *             location=self.config.location.value,             # <<<<<<<<<<<<<<
  *             capacity=self.capacity(),
  *             offset=self.cursor if self.depth > 0 else 0,
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_self->config, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 210, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_self->config, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 228, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 210, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 228, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_workspace.pyx":211
+  /* "wsmem/_workspace.pyx":229
  *             name=self.name,
  *             location=self.config.location.value,
  *             capacity=self.capacity(),             # <<<<<<<<<<<<<<
  *             offset=self.cursor if self.depth > 0 else 0,
  *             cycle_bytes=self.cycle_bytes,
 */
-  __pyx_t_4 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.capacity(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self))); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 211, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.capacity(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self))); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 229, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
 
-  /* "wsmem/_workspace.pyx":212
+  /* "wsmem/_workspace.pyx":230
  *             location=self.config.location.value,
  *             capacity=self.capacity(),
  *             offset=self.cursor if self.depth > 0 else 0,             # <<<<<<<<<<<<<<
@@ -9659,7 +9949,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
   __pyx_t_7 = (__pyx_v_self->__pyx_base.depth > 0);
 
   if (__pyx_t_7) {
-    __pyx_t_8 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.cursor); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 212, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.cursor); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 230, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __pyx_t_6 = __pyx_t_8;
     __pyx_t_8 = 0;
@@ -9669,87 +9959,87 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
   }
 
 
-  /* "wsmem/_workspace.pyx":213
+  /* "wsmem/_workspace.pyx":231
  *             capacity=self.capacity(),
  *             offset=self.cursor if self.depth > 0 else 0,
  *             cycle_bytes=self.cycle_bytes,             # <<<<<<<<<<<<<<
  *             last_cycle_bytes=self.last_cycle_bytes,
  *             peak_cycle_bytes=self.peak_cycle_bytes,
 */
-  __pyx_t_8 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.cycle_bytes); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 213, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.cycle_bytes); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 231, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
 
-  /* "wsmem/_workspace.pyx":214
+  /* "wsmem/_workspace.pyx":232
  *             offset=self.cursor if self.depth > 0 else 0,
  *             cycle_bytes=self.cycle_bytes,
  *             last_cycle_bytes=self.last_cycle_bytes,             # <<<<<<<<<<<<<<
  *             peak_cycle_bytes=self.peak_cycle_bytes,
  *             spilled_bytes=self.spilled_bytes,
 */
-  __pyx_t_9 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.last_cycle_bytes); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 214, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.last_cycle_bytes); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 232, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
 
-  /* "wsmem/_workspace.pyx":215
+  /* "wsmem/_workspace.pyx":233
  *             cycle_bytes=self.cycle_bytes,
  *             last_cycle_bytes=self.last_cycle_bytes,
  *             peak_cycle_bytes=self.peak_cycle_bytes,             # <<<<<<<<<<<<<<
  *             spilled_bytes=self.spilled_bytes,
  *             spilled_count=self.spilled_count,
 */
-  __pyx_t_10 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.peak_cycle_bytes); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 215, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.peak_cycle_bytes); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 233, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
 
-  /* "wsmem/_workspace.pyx":216
+  /* "wsmem/_workspace.pyx":234
  *             last_cycle_bytes=self.last_cycle_bytes,
  *             peak_cycle_bytes=self.peak_cycle_bytes,
  *             spilled_bytes=self.spilled_bytes,             # <<<<<<<<<<<<<<
  *             spilled_count=self.spilled_count,
  *             pinned_bytes=self.pinned_bytes(),
 */
-  __pyx_t_11 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.spilled_bytes); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 216, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.spilled_bytes); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 234, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
 
-  /* "wsmem/_workspace.pyx":217
+  /* "wsmem/_workspace.pyx":235
  *             peak_cycle_bytes=self.peak_cycle_bytes,
  *             spilled_bytes=self.spilled_bytes,
  *             spilled_count=self.spilled_count,             # <<<<<<<<<<<<<<
  *             pinned_bytes=self.pinned_bytes(),
  *             cycles=self.cycles,
 */
-  __pyx_t_12 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.spilled_count); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 217, __pyx_L1_error)
+  __pyx_t_12 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.spilled_count); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 235, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_12);
 
-  /* "wsmem/_workspace.pyx":218
+  /* "wsmem/_workspace.pyx":236
  *             spilled_bytes=self.spilled_bytes,
  *             spilled_count=self.spilled_count,
  *             pinned_bytes=self.pinned_bytes(),             # <<<<<<<<<<<<<<
  *             cycles=self.cycles,
  *             generation=self.generation,
 */
-  __pyx_t_13 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.pinned_bytes(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self))); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 218, __pyx_L1_error)
+  __pyx_t_13 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.pinned_bytes(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self))); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 236, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_13);
 
-  /* "wsmem/_workspace.pyx":219
+  /* "wsmem/_workspace.pyx":237
  *             spilled_count=self.spilled_count,
  *             pinned_bytes=self.pinned_bytes(),
  *             cycles=self.cycles,             # <<<<<<<<<<<<<<
  *             generation=self.generation,
  *             pages=self.state.n_live_blocks if self.state != NULL else 0,
 */
-  __pyx_t_14 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_self->__pyx_base.cycles); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 219, __pyx_L1_error)
+  __pyx_t_14 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_self->__pyx_base.cycles); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 237, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_14);
 
-  /* "wsmem/_workspace.pyx":220
+  /* "wsmem/_workspace.pyx":238
  *             pinned_bytes=self.pinned_bytes(),
  *             cycles=self.cycles,
  *             generation=self.generation,             # <<<<<<<<<<<<<<
  *             pages=self.state.n_live_blocks if self.state != NULL else 0,
  *             is_open=self.depth > 0,
 */
-  __pyx_t_15 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_self->__pyx_base.generation); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 220, __pyx_L1_error)
+  __pyx_t_15 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_self->__pyx_base.generation); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 238, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_15);
 
-  /* "wsmem/_workspace.pyx":221
+  /* "wsmem/_workspace.pyx":239
  *             cycles=self.cycles,
  *             generation=self.generation,
  *             pages=self.state.n_live_blocks if self.state != NULL else 0,             # <<<<<<<<<<<<<<
@@ -9759,7 +10049,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
   __pyx_t_7 = (__pyx_v_self->__pyx_base.state != NULL);
 
   if (__pyx_t_7) {
-    __pyx_t_17 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.state->n_live_blocks); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 221, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyLong_FromSize_t(__pyx_v_self->__pyx_base.state->n_live_blocks); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 239, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_17);
     __pyx_t_16 = __pyx_t_17;
     __pyx_t_17 = 0;
@@ -9769,17 +10059,17 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
   }
 
 
-  /* "wsmem/_workspace.pyx":222
+  /* "wsmem/_workspace.pyx":240
  *             generation=self.generation,
  *             pages=self.state.n_live_blocks if self.state != NULL else 0,
  *             is_open=self.depth > 0,             # <<<<<<<<<<<<<<
  *             initialized=bool(self.initialized),
  *         )
 */
-  __pyx_t_17 = __Pyx_PyBool_FromLong((__pyx_v_self->__pyx_base.depth > 0)); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 222, __pyx_L1_error)
+  __pyx_t_17 = __Pyx_PyBool_FromLong((__pyx_v_self->__pyx_base.depth > 0)); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 240, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_17);
 
-  /* "wsmem/_workspace.pyx":223
+  /* "wsmem/_workspace.pyx":241
  *             pages=self.state.n_live_blocks if self.state != NULL else 0,
  *             is_open=self.depth > 0,
  *             initialized=bool(self.initialized),             # <<<<<<<<<<<<<<
@@ -9788,12 +10078,12 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
 */
   __pyx_t_7 = __pyx_v_self->__pyx_base.initialized;
 
-  __pyx_t_18 = __Pyx_PyBool_FromLong((!(!__pyx_t_7))); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 223, __pyx_L1_error)
+  __pyx_t_18 = __Pyx_PyBool_FromLong((!(!__pyx_t_7))); if (unlikely(!__pyx_t_18)) __PYX_ERR(0, 241, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_18);
 
   #if CYTHON_VECTORCALL
 
-  /* "wsmem/_workspace.pyx":208
+  /* "wsmem/_workspace.pyx":226
  *     def stats(self):
  *         """Counters of the workspace (see :class:`wsmem.WorkspaceStats`)."""
  *         return WorkspaceStats(             # <<<<<<<<<<<<<<
@@ -9817,13 +10107,13 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
     PyObject *__pyx_callargs[16] = {__pyx_t_2, __pyx_v_self->__pyx_base.name, __pyx_t_5, __pyx_t_4, __pyx_t_6, __pyx_t_8, __pyx_t_9, __pyx_t_10, __pyx_t_11, __pyx_t_12, __pyx_t_13, __pyx_t_14, __pyx_t_15, __pyx_t_16, __pyx_t_17, __pyx_t_18};
     #if CYTHON_VECTORCALL
     __pyx_t_20 = __pyx_mstate_global->__pyx_tuple[0];
-    if (unlikely(!__pyx_t_20)) __PYX_ERR(0, 208, __pyx_L1_error)
+    if (unlikely(!__pyx_t_20)) __PYX_ERR(0, 226, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_20);
     #else
     {
       PyObject *__pyx_temp[15] = {__pyx_mstate_global->__pyx_n_u_name_2, __pyx_mstate_global->__pyx_n_u_location, __pyx_mstate_global->__pyx_n_u_capacity, __pyx_mstate_global->__pyx_n_u_offset, __pyx_mstate_global->__pyx_n_u_cycle_bytes, __pyx_mstate_global->__pyx_n_u_last_cycle_bytes, __pyx_mstate_global->__pyx_n_u_peak_cycle_bytes, __pyx_mstate_global->__pyx_n_u_spilled_bytes, __pyx_mstate_global->__pyx_n_u_spilled_count, __pyx_mstate_global->__pyx_n_u_pinned_bytes, __pyx_mstate_global->__pyx_n_u_cycles, __pyx_mstate_global->__pyx_n_u_generation, __pyx_mstate_global->__pyx_n_u_pages, __pyx_mstate_global->__pyx_n_u_is_open, __pyx_mstate_global->__pyx_n_u_initialized};
       __pyx_t_20 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 15);
-      if (unlikely(!__pyx_t_20)) __PYX_ERR(0, 208, __pyx_L1_error)
+      if (unlikely(!__pyx_t_20)) __PYX_ERR(0, 226, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_20);
     }
     #endif
@@ -9847,7 +10137,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
     __Pyx_DECREF(__pyx_t_18); __pyx_t_18 = 0;
     __Pyx_DECREF(__pyx_t_20); __pyx_t_20 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 208, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 226, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -9861,7 +10151,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":206
+  /* "wsmem/_workspace.pyx":224
  *         return bool(self.destroyed)
  * 
  *     def stats(self):             # <<<<<<<<<<<<<<
@@ -9897,7 +10187,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":226
+/* "wsmem/_workspace.pyx":244
  *         )
  * 
  *     def leaks(self):             # <<<<<<<<<<<<<<
@@ -9906,16 +10196,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_14stats(struct __pyx_ob
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_17leaks(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_19leaks(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_16leaks, "Workspace.leaks(self)\n\nMemory still pinned by exports made in earlier (closed) cycles.\n\nReturns\n-------\nlist of LeakInfo\n    ``nbytes`` (line-rounded bytes held), ``shape``, ``dtype``,\n    ``generation``, and ``traceback`` (allocation site) when tracking\n    is on (``track=True`` or ``WSMEM_TRACK=1``).");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_17leaks = {"leaks", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_17leaks, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_16leaks};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_17leaks(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_18leaks, "Workspace.leaks(self)\n\nMemory still pinned by exports made in earlier (closed) cycles.\n\nReturns\n-------\nlist of LeakInfo\n    ``nbytes`` (line-rounded bytes held), ``shape``, ``dtype``,\n    ``generation``, and ``traceback`` (allocation site) when tracking\n    is on (``track=True`` or ``WSMEM_TRACK=1``).");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_19leaks = {"leaks", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_19leaks, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_18leaks};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_19leaks(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -9941,16 +10231,16 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("leaks", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_18leaks(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":242
- *             out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
- *                                 generation=gen, traceback=owner.traceback))
+/* "wsmem/_workspace.pyx":264
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=None, dtype=None, generation=gen,
+ *                                     traceback=owner))
  *         out.sort(key=lambda l: l.generation)             # <<<<<<<<<<<<<<
  *         return out
  * 
@@ -9995,32 +10285,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_l,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 242, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 264, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 242, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 264, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "lambda", 0) < (0)) __PYX_ERR(0, 242, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "lambda", 0) < (0)) __PYX_ERR(0, 264, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("lambda", 1, 1, 1, i); __PYX_ERR(0, 242, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("lambda", 1, 1, 1, i); __PYX_ERR(0, 264, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 242, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 264, __pyx_L3_error)
     }
     __pyx_v_l = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("lambda", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 242, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("lambda", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 264, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -10049,7 +10339,7 @@ static PyObject *__pyx_lambda_funcdef_lambda(CYTHON_UNUSED PyObject *__pyx_self,
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("lambda", 0);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_l, __pyx_mstate_global->__pyx_n_u_generation); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 242, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_l, __pyx_mstate_global->__pyx_n_u_generation); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 264, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -10073,7 +10363,7 @@ static PyObject *__pyx_lambda_funcdef_lambda(CYTHON_UNUSED PyObject *__pyx_self,
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":226
+/* "wsmem/_workspace.pyx":244
  *         )
  * 
  *     def leaks(self):             # <<<<<<<<<<<<<<
@@ -10081,7 +10371,7 @@ static PyObject *__pyx_lambda_funcdef_lambda(CYTHON_UNUSED PyObject *__pyx_self,
  * 
 */
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18leaks(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
   PyObject *__pyx_v_out = NULL;
   PyObject *__pyx_v_nbytes = NULL;
   PyObject *__pyx_v_gen = NULL;
@@ -10108,19 +10398,19 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("leaks", 0);
 
-  /* "wsmem/_workspace.pyx":236
+  /* "wsmem/_workspace.pyx":254
  *             is on (``track=True`` or ``WSMEM_TRACK=1``).
  *         """
  *         out = []             # <<<<<<<<<<<<<<
  *         for nbytes, gen, owner in self._live_pins():
  *             if self.depth > 0 and gen == self.generation:
 */
-  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 236, __pyx_L1_error)
+  __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 254, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_out = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "wsmem/_workspace.pyx":237
+  /* "wsmem/_workspace.pyx":255
  *         """
  *         out = []
  *         for nbytes, gen, owner in self._live_pins():             # <<<<<<<<<<<<<<
@@ -10134,7 +10424,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
     PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_live_pins, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 237, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 255, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   if (likely(PyList_CheckExact(__pyx_t_1)) || PyTuple_CheckExact(__pyx_t_1)) {
@@ -10142,9 +10432,9 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
     __pyx_t_4 = 0;
     __pyx_t_5 = NULL;
   } else {
-    __pyx_t_4 = -1; __pyx_t_2 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 237, __pyx_L1_error)
+    __pyx_t_4 = -1; __pyx_t_2 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 255, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_5 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 237, __pyx_L1_error)
+    __pyx_t_5 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 255, __pyx_L1_error)
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   for (;;) {
@@ -10153,7 +10443,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
         {
           Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_2);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 237, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
           #endif
           if (__pyx_t_4 >= __pyx_temp) break;
         }
@@ -10163,7 +10453,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
         {
           Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_2);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 237, __pyx_L1_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 255, __pyx_L1_error)
           #endif
           if (__pyx_t_4 >= __pyx_temp) break;
         }
@@ -10174,13 +10464,13 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
         #endif
         ++__pyx_t_4;
       }
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 237, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 255, __pyx_L1_error)
     } else {
       __pyx_t_1 = __pyx_t_5(__pyx_t_2);
       if (unlikely(!__pyx_t_1)) {
         PyObject* exc_type = PyErr_Occurred();
         if (exc_type) {
-          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 237, __pyx_L1_error)
+          if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 255, __pyx_L1_error)
           PyErr_Clear();
         }
         break;
@@ -10193,7 +10483,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
       if (unlikely(size != 3)) {
         if (size > 3) __Pyx_RaiseTooManyValuesError(3);
         else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-        __PYX_ERR(0, 237, __pyx_L1_error)
+        __PYX_ERR(0, 255, __pyx_L1_error)
       }
       #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
       if (likely(PyTuple_CheckExact(sequence))) {
@@ -10205,27 +10495,27 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
         __Pyx_INCREF(__pyx_t_8);
       } else {
         __pyx_t_6 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 237, __pyx_L1_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 255, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_6);
         __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 237, __pyx_L1_error)
+        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 255, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_7);
         __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 237, __pyx_L1_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 255, __pyx_L1_error)
         __Pyx_XGOTREF(__pyx_t_8);
       }
       #else
-      __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 237, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 255, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 237, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 255, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_8 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 237, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 255, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       #endif
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     } else {
       Py_ssize_t index = -1;
-      __pyx_t_9 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 237, __pyx_L1_error)
+      __pyx_t_9 = PyObject_GetIter(__pyx_t_1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 255, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_9);
@@ -10235,7 +10525,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
       __Pyx_GOTREF(__pyx_t_7);
       index = 2; __pyx_t_8 = __pyx_t_10(__pyx_t_9); if (unlikely(!__pyx_t_8)) goto __pyx_L5_unpacking_failed;
       __Pyx_GOTREF(__pyx_t_8);
-      if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_9), 3) < (0)) __PYX_ERR(0, 237, __pyx_L1_error)
+      if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_9), 3) < (0)) __PYX_ERR(0, 255, __pyx_L1_error)
       __pyx_t_10 = NULL;
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       goto __pyx_L6_unpacking_done;
@@ -10243,7 +10533,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __pyx_t_10 = NULL;
       if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-      __PYX_ERR(0, 237, __pyx_L1_error)
+      __PYX_ERR(0, 255, __pyx_L1_error)
       __pyx_L6_unpacking_done:;
     }
     __Pyx_XDECREF_SET(__pyx_v_nbytes, __pyx_t_6);
@@ -10253,12 +10543,12 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
     __Pyx_XDECREF_SET(__pyx_v_owner, __pyx_t_8);
     __pyx_t_8 = 0;
 
-    /* "wsmem/_workspace.pyx":238
+    /* "wsmem/_workspace.pyx":256
  *         out = []
  *         for nbytes, gen, owner in self._live_pins():
  *             if self.depth > 0 and gen == self.generation:             # <<<<<<<<<<<<<<
  *                 continue
- *             out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
+ *             if isinstance(owner, WsArray):
 */
     __pyx_t_12 = (__pyx_v_self->__pyx_base.depth > 0);
 
@@ -10270,9 +10560,9 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
 
       goto __pyx_L8_bool_binop_done;
     }
-    __pyx_t_1 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_self->__pyx_base.generation); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 238, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_self->__pyx_base.generation); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 256, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_12 = __Pyx_PyObject_CompareBoolEq_object_int(__pyx_v_gen, __pyx_t_1, Py_EQ); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(0, 238, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_CompareBoolEq_object_int(__pyx_v_gen, __pyx_t_1, Py_EQ); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(0, 256, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
     __pyx_t_11 = __pyx_t_12;
@@ -10281,101 +10571,192 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
     if (__pyx_t_11) {
 
 
-      /* "wsmem/_workspace.pyx":239
+      /* "wsmem/_workspace.pyx":257
  *         for nbytes, gen, owner in self._live_pins():
  *             if self.depth > 0 and gen == self.generation:
  *                 continue             # <<<<<<<<<<<<<<
- *             out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
- *                                 generation=gen, traceback=owner.traceback))
+ *             if isinstance(owner, WsArray):
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
 */
       goto __pyx_L3_continue;
 
-      /* "wsmem/_workspace.pyx":238
+      /* "wsmem/_workspace.pyx":256
  *         out = []
  *         for nbytes, gen, owner in self._live_pins():
  *             if self.depth > 0 and gen == self.generation:             # <<<<<<<<<<<<<<
  *                 continue
- *             out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
+ *             if isinstance(owner, WsArray):
 */
     }
 
-    /* "wsmem/_workspace.pyx":240
+    /* "wsmem/_workspace.pyx":258
  *             if self.depth > 0 and gen == self.generation:
  *                 continue
- *             out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,             # <<<<<<<<<<<<<<
- *                                 generation=gen, traceback=owner.traceback))
+ *             if isinstance(owner, WsArray):             # <<<<<<<<<<<<<<
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
+ *                                     generation=gen, traceback=owner.traceback))
+*/
+    __pyx_t_11 = __Pyx_TypeCheck(__pyx_v_owner, __pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray); 
+    if (__pyx_t_11) {
+
+
+      /* "wsmem/_workspace.pyx":259
+ *                 continue
+ *             if isinstance(owner, WsArray):
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,             # <<<<<<<<<<<<<<
+ *                                     generation=gen, traceback=owner.traceback))
+ *             else:   # a NumPy array captured by the workspace (shape unknown to us)
+*/
+      __pyx_t_8 = NULL;
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_LeakInfo); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 259, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+      __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_owner, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 259, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_owner, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 259, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_9);
+
+      /* "wsmem/_workspace.pyx":260
+ *             if isinstance(owner, WsArray):
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
+ *                                     generation=gen, traceback=owner.traceback))             # <<<<<<<<<<<<<<
+ *             else:   # a NumPy array captured by the workspace (shape unknown to us)
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=None, dtype=None, generation=gen,
+*/
+      __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_v_owner, __pyx_mstate_global->__pyx_n_u_traceback); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 260, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_13);
+      #if CYTHON_VECTORCALL
+
+      /* "wsmem/_workspace.pyx":259
+ *                 continue
+ *             if isinstance(owner, WsArray):
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,             # <<<<<<<<<<<<<<
+ *                                     generation=gen, traceback=owner.traceback))
+ *             else:   # a NumPy array captured by the workspace (shape unknown to us)
+*/
+      #endif
+      __pyx_t_3 = 1;
+      #if CYTHON_UNPACK_METHODS
+      if (unlikely(PyMethod_Check(__pyx_t_7))) {
+        __pyx_t_8 = PyMethod_GET_SELF(__pyx_t_7);
+        assert(__pyx_t_8);
+        PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_7);
+        __Pyx_INCREF(__pyx_t_8);
+        __Pyx_INCREF(__pyx__function);
+        __Pyx_DECREF_SET(__pyx_t_7, __pyx__function);
+        __pyx_t_3 = 0;
+      }
+      #endif
+      {
+        PyObject *__pyx_callargs[6] = {__pyx_t_8, __pyx_v_nbytes, __pyx_t_6, __pyx_t_9, __pyx_v_gen, __pyx_t_13};
+        #if CYTHON_VECTORCALL
+        __pyx_t_14 = __pyx_mstate_global->__pyx_tuple[1];
+        if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 259, __pyx_L1_error)
+        __Pyx_INCREF(__pyx_t_14);
+        #else
+        {
+          PyObject *__pyx_temp[5] = {__pyx_mstate_global->__pyx_n_u_nbytes, __pyx_mstate_global->__pyx_n_u_shape, __pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_generation, __pyx_mstate_global->__pyx_n_u_traceback};
+          __pyx_t_14 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 5);
+          if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 259, __pyx_L1_error)
+          __Pyx_GOTREF(__pyx_t_14);
+        }
+        #endif
+        __pyx_t_1 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_14);
+        __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+        #if CYTHON_VECTORCALL
+        #endif
+        __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+        __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
+        __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+        __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
+        __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 259, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_1);
+      }
+      __pyx_t_15 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_1); if (unlikely(__pyx_t_15 == ((int)-1))) __PYX_ERR(0, 259, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+
+
+      /* "wsmem/_workspace.pyx":258
+ *             if self.depth > 0 and gen == self.generation:
+ *                 continue
+ *             if isinstance(owner, WsArray):             # <<<<<<<<<<<<<<
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
+ *                                     generation=gen, traceback=owner.traceback))
+*/
+      goto __pyx_L10;
+    }
+
+    /* "wsmem/_workspace.pyx":262
+ *                                     generation=gen, traceback=owner.traceback))
+ *             else:   # a NumPy array captured by the workspace (shape unknown to us)
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=None, dtype=None, generation=gen,             # <<<<<<<<<<<<<<
+ *                                     traceback=owner))
  *         out.sort(key=lambda l: l.generation)
 */
-    __pyx_t_8 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_LeakInfo); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 240, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_owner, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 240, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_owner, __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 240, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_9);
+    /*else*/ {
+      __pyx_t_7 = NULL;
+      __Pyx_GetModuleGlobalName(__pyx_t_14, __pyx_mstate_global->__pyx_n_u_LeakInfo); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 262, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_14);
 
-    /* "wsmem/_workspace.pyx":241
- *                 continue
- *             out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
- *                                 generation=gen, traceback=owner.traceback))             # <<<<<<<<<<<<<<
+      /* "wsmem/_workspace.pyx":263
+ *             else:   # a NumPy array captured by the workspace (shape unknown to us)
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=None, dtype=None, generation=gen,
+ *                                     traceback=owner))             # <<<<<<<<<<<<<<
  *         out.sort(key=lambda l: l.generation)
  *         return out
 */
-    __pyx_t_13 = __Pyx_PyObject_GetAttrStr(__pyx_v_owner, __pyx_mstate_global->__pyx_n_u_traceback); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 241, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_13);
-    #if CYTHON_VECTORCALL
+      #if CYTHON_VECTORCALL
 
-    /* "wsmem/_workspace.pyx":240
- *             if self.depth > 0 and gen == self.generation:
- *                 continue
- *             out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,             # <<<<<<<<<<<<<<
- *                                 generation=gen, traceback=owner.traceback))
+      /* "wsmem/_workspace.pyx":262
+ *                                     generation=gen, traceback=owner.traceback))
+ *             else:   # a NumPy array captured by the workspace (shape unknown to us)
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=None, dtype=None, generation=gen,             # <<<<<<<<<<<<<<
+ *                                     traceback=owner))
  *         out.sort(key=lambda l: l.generation)
 */
-    #endif
-    __pyx_t_3 = 1;
-    #if CYTHON_UNPACK_METHODS
-    if (unlikely(PyMethod_Check(__pyx_t_7))) {
-      __pyx_t_8 = PyMethod_GET_SELF(__pyx_t_7);
-      assert(__pyx_t_8);
-      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_7);
-      __Pyx_INCREF(__pyx_t_8);
-      __Pyx_INCREF(__pyx__function);
-      __Pyx_DECREF_SET(__pyx_t_7, __pyx__function);
-      __pyx_t_3 = 0;
-    }
-    #endif
-    {
-      PyObject *__pyx_callargs[6] = {__pyx_t_8, __pyx_v_nbytes, __pyx_t_6, __pyx_t_9, __pyx_v_gen, __pyx_t_13};
-      #if CYTHON_VECTORCALL
-      __pyx_t_14 = __pyx_mstate_global->__pyx_tuple[1];
-      if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 240, __pyx_L1_error)
-      __Pyx_INCREF(__pyx_t_14);
-      #else
-      {
-        PyObject *__pyx_temp[5] = {__pyx_mstate_global->__pyx_n_u_nbytes, __pyx_mstate_global->__pyx_n_u_shape, __pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_generation, __pyx_mstate_global->__pyx_n_u_traceback};
-        __pyx_t_14 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 5);
-        if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 240, __pyx_L1_error)
-        __Pyx_GOTREF(__pyx_t_14);
+      #endif
+      __pyx_t_3 = 1;
+      #if CYTHON_UNPACK_METHODS
+      if (unlikely(PyMethod_Check(__pyx_t_14))) {
+        __pyx_t_7 = PyMethod_GET_SELF(__pyx_t_14);
+        assert(__pyx_t_7);
+        PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_14);
+        __Pyx_INCREF(__pyx_t_7);
+        __Pyx_INCREF(__pyx__function);
+        __Pyx_DECREF_SET(__pyx_t_14, __pyx__function);
+        __pyx_t_3 = 0;
       }
       #endif
-      __pyx_t_1 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_14);
-      __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-      #if CYTHON_VECTORCALL
-      #endif
-      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-      __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-      __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 240, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_1);
+      {
+        PyObject *__pyx_callargs[6] = {__pyx_t_7, __pyx_v_nbytes, Py_None, Py_None, __pyx_v_gen, __pyx_v_owner};
+        #if CYTHON_VECTORCALL
+        __pyx_t_13 = __pyx_mstate_global->__pyx_tuple[1];
+        if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 262, __pyx_L1_error)
+        __Pyx_INCREF(__pyx_t_13);
+        #else
+        {
+          PyObject *__pyx_temp[5] = {__pyx_mstate_global->__pyx_n_u_nbytes, __pyx_mstate_global->__pyx_n_u_shape, __pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_generation, __pyx_mstate_global->__pyx_n_u_traceback};
+          __pyx_t_13 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 5);
+          if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 262, __pyx_L1_error)
+          __Pyx_GOTREF(__pyx_t_13);
+        }
+        #endif
+        __pyx_t_1 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_14, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_13);
+        __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+        #if CYTHON_VECTORCALL
+        #endif
+        __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+        __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 262, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_1);
+      }
+      __pyx_t_15 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_1); if (unlikely(__pyx_t_15 == ((int)-1))) __PYX_ERR(0, 262, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+
     }
-    __pyx_t_15 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_1); if (unlikely(__pyx_t_15 == ((int)-1))) __PYX_ERR(0, 240, __pyx_L1_error)
-    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+    __pyx_L10:;
 
-
-    /* "wsmem/_workspace.pyx":237
+    /* "wsmem/_workspace.pyx":255
  *         """
  *         out = []
  *         for nbytes, gen, owner in self._live_pins():             # <<<<<<<<<<<<<<
@@ -10386,47 +10767,47 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":242
- *             out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
- *                                 generation=gen, traceback=owner.traceback))
+  /* "wsmem/_workspace.pyx":264
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=None, dtype=None, generation=gen,
+ *                                     traceback=owner))
  *         out.sort(key=lambda l: l.generation)             # <<<<<<<<<<<<<<
  *         return out
  * 
 */
   __pyx_t_1 = __pyx_v_out;
   __Pyx_INCREF(__pyx_t_1);
-  __pyx_t_7 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_5leaks___pyx_lambda_funcdef_lambda, 0, __pyx_mstate_global->__pyx_n_u_leaks_locals_lambda, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 242, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_7);
+  __pyx_t_14 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_5leaks___pyx_lambda_funcdef_lambda, 0, __pyx_mstate_global->__pyx_n_u_leaks_locals_lambda, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0])); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 264, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_14);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_3 = 0;
   {
-    PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_t_7};
+    PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_t_14};
     #if CYTHON_VECTORCALL
-    __pyx_t_14 = __pyx_mstate_global->__pyx_tuple[2];
-    if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 242, __pyx_L1_error)
-    __Pyx_INCREF(__pyx_t_14);
+    __pyx_t_13 = __pyx_mstate_global->__pyx_tuple[2];
+    if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 264, __pyx_L1_error)
+    __Pyx_INCREF(__pyx_t_13);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_key};
-      __pyx_t_14 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
-      if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 242, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_14);
+      __pyx_t_13 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
+      if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 264, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_13);
     }
     #endif
-    __pyx_t_2 = __Pyx_Object_VectorcallMethodKwds((PyObject*)__pyx_mstate_global->__pyx_n_u_sort, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_14);
+    __pyx_t_2 = __Pyx_Object_VectorcallMethodKwds((PyObject*)__pyx_mstate_global->__pyx_n_u_sort, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_13);
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
     #if CYTHON_VECTORCALL
     #endif
-    __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 242, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 264, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":243
- *                                 generation=gen, traceback=owner.traceback))
+  /* "wsmem/_workspace.pyx":265
+ *                                     traceback=owner))
  *         out.sort(key=lambda l: l.generation)
  *         return out             # <<<<<<<<<<<<<<
  * 
@@ -10443,7 +10824,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
   }
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":226
+  /* "wsmem/_workspace.pyx":244
  *         )
  * 
  *     def leaks(self):             # <<<<<<<<<<<<<<
@@ -10473,7 +10854,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":245
+/* "wsmem/_workspace.pyx":267
  *         return out
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -10482,21 +10863,21 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_16leaks(struct __pyx_ob
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_19__repr__(PyObject *__pyx_v_self); /*proto*/
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_19__repr__(PyObject *__pyx_v_self) {
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_21__repr__(PyObject *__pyx_v_self); /*proto*/
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_21__repr__(PyObject *__pyx_v_self) {
   CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
   PyObject *__pyx_r = 0;
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__repr__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_20__repr__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_20__repr__(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
   PyObject *__pyx_v_state = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -10514,7 +10895,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__repr__", 0);
 
-  /* "wsmem/_workspace.pyx":246
+  /* "wsmem/_workspace.pyx":268
  * 
  *     def __repr__(self):
  *         state = ("destroyed" if self.destroyed else             # <<<<<<<<<<<<<<
@@ -10526,7 +10907,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx
     __pyx_t_1 = __pyx_mstate_global->__pyx_n_u_destroyed;
   } else {
 
-    /* "wsmem/_workspace.pyx":247
+    /* "wsmem/_workspace.pyx":269
  *     def __repr__(self):
  *         state = ("destroyed" if self.destroyed else
  *                  f"open, generation {self.generation}" if self.depth > 0 else "closed")             # <<<<<<<<<<<<<<
@@ -10536,9 +10917,9 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx
     __pyx_t_3 = (__pyx_v_self->__pyx_base.depth > 0);
 
     if (__pyx_t_3) {
-      __pyx_t_4 = __Pyx_PyUnicode_From_unsigned_PY_LONG_LONG(__pyx_v_self->__pyx_base.generation, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 247, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PyUnicode_From_unsigned_PY_LONG_LONG(__pyx_v_self->__pyx_base.generation, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 269, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
-      __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_open_generation, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 247, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_open_generation, __pyx_t_4); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 269, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __pyx_t_2 = __pyx_t_5;
@@ -10554,34 +10935,34 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx
   __pyx_v_state = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "wsmem/_workspace.pyx":248
+  /* "wsmem/_workspace.pyx":270
  *         state = ("destroyed" if self.destroyed else
  *                  f"open, generation {self.generation}" if self.depth > 0 else "closed")
  *         return (f"<wsmem.Workspace {self.name!r} {self.config.location.value} "             # <<<<<<<<<<<<<<
  *                 f"capacity={self.capacity()} ({state})>")
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 248, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->__pyx_base.name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_self->config, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 248, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_self->config, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 248, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyObject_FormatSimple(__pyx_t_5, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 248, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_FormatSimple(__pyx_t_5, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":249
+  /* "wsmem/_workspace.pyx":271
  *                  f"open, generation {self.generation}" if self.depth > 0 else "closed")
  *         return (f"<wsmem.Workspace {self.name!r} {self.config.location.value} "
  *                 f"capacity={self.capacity()} ({state})>")             # <<<<<<<<<<<<<<
  * 
  *     # ------------------------------------------------------------ creation
 */
-  __pyx_t_5 = __Pyx_PyUnicode_From_size_t(((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.capacity(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)), 0, ' ', 'd'); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 249, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyUnicode_From_size_t(((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->__pyx_base.capacity(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self)), 0, ' ', 'd'); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 271, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_4 = __Pyx_PyUnicode_Unicode(__pyx_v_state); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 249, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyUnicode_Unicode(__pyx_v_state); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 271, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_6[0] = __pyx_mstate_global->__pyx_kp_u_wsmem_Workspace;
   __pyx_t_6[1] = __pyx_t_1;
@@ -10593,7 +10974,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx
   __pyx_t_6[7] = __pyx_t_4;
   __pyx_t_6[8] = __pyx_mstate_global->__pyx_kp_u__6;
 
-  /* "wsmem/_workspace.pyx":248
+  /* "wsmem/_workspace.pyx":270
  *         state = ("destroyed" if self.destroyed else
  *                  f"open, generation {self.generation}" if self.depth > 0 else "closed")
  *         return (f"<wsmem.Workspace {self.name!r} {self.config.location.value} "             # <<<<<<<<<<<<<<
@@ -10612,7 +10993,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx
   __pyx_t_8 |= __Pyx_PyUnicode_KIND_04(__pyx_t_6[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_6[3]) | __Pyx_PyUnicode_KIND_04(__pyx_t_6[7]);
   #endif
   __pyx_t_9 = __Pyx_PyUnicode_Join(__pyx_t_6, 9, __pyx_t_7, __pyx_t_8);
-  if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 248, __pyx_L1_error)
+  if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -10629,7 +11010,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx
   __pyx_t_9 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":245
+  /* "wsmem/_workspace.pyx":267
  *         return out
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -10653,7 +11034,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":252
+/* "wsmem/_workspace.pyx":274
  * 
  *     # ------------------------------------------------------------ creation
  *     def empty(self, shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -10662,16 +11043,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_18__repr__(struct __pyx
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_21empty(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_23empty(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_20empty, "Workspace.empty(self, shape, dtype=float, order=\047C\047)\n\nUninitialised array in this (open) workspace.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_21empty = {"empty", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_21empty, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_20empty};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_21empty(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_22empty, "Workspace.empty(self, shape, dtype=float, order=\047C\047)\n\nUninitialised array in this (open) workspace.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_23empty = {"empty", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_23empty, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_22empty};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_23empty(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -10703,44 +11084,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_shape,&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_order,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 252, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 274, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 252, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 274, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 252, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 274, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 252, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 274, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "empty", 0) < (0)) __PYX_ERR(0, 252, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "empty", 0) < (0)) __PYX_ERR(0, 274, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(__pyx_mstate_global->__pyx_k__7);
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_C));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("empty", 0, 1, 3, i); __PYX_ERR(0, 252, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("empty", 0, 1, 3, i); __PYX_ERR(0, 274, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 252, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 274, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 252, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 274, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 252, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 274, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -10753,7 +11134,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("empty", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 252, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("empty", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 274, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -10764,7 +11145,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_20empty(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_22empty(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -10774,7 +11155,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_20empty(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_22empty(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_t_1;
@@ -10784,24 +11165,24 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_20empty(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("empty", 0);
 
-  /* "wsmem/_workspace.pyx":254
+  /* "wsmem/_workspace.pyx":276
  *     def empty(self, shape, dtype=float, order="C"):
  *         """Uninitialised array in this (open) workspace."""
  *         self._require_open()             # <<<<<<<<<<<<<<
  *         return new_array(self, shape, dtype, order, INIT_NONE)
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->_require_open(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 254, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->_require_open(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 276, __pyx_L1_error)
 
 
-  /* "wsmem/_workspace.pyx":255
+  /* "wsmem/_workspace.pyx":277
  *         """Uninitialised array in this (open) workspace."""
  *         self._require_open()
  *         return new_array(self, shape, dtype, order, INIT_NONE)             # <<<<<<<<<<<<<<
  * 
  *     def zeros(self, shape, dtype=float, order="C"):
 */
-  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 255, __pyx_L1_error)
+  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 277, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -10814,7 +11195,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_20empty(struct __pyx_ob
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":252
+  /* "wsmem/_workspace.pyx":274
  * 
  *     # ------------------------------------------------------------ creation
  *     def empty(self, shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -10833,7 +11214,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_20empty(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":257
+/* "wsmem/_workspace.pyx":279
  *         return new_array(self, shape, dtype, order, INIT_NONE)
  * 
  *     def zeros(self, shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -10842,16 +11223,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_20empty(struct __pyx_ob
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_23zeros(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_25zeros(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_22zeros, "Workspace.zeros(self, shape, dtype=float, order=\047C\047)\n\nZeros in this (open) workspace.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_23zeros = {"zeros", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_23zeros, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_22zeros};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_23zeros(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_24zeros, "Workspace.zeros(self, shape, dtype=float, order=\047C\047)\n\nZeros in this (open) workspace.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_25zeros = {"zeros", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_25zeros, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_24zeros};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_25zeros(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -10883,44 +11264,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_shape,&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_order,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 257, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 279, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 257, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 279, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 257, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 279, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 257, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 279, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "zeros", 0) < (0)) __PYX_ERR(0, 257, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "zeros", 0) < (0)) __PYX_ERR(0, 279, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(__pyx_mstate_global->__pyx_k__8);
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_C));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("zeros", 0, 1, 3, i); __PYX_ERR(0, 257, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("zeros", 0, 1, 3, i); __PYX_ERR(0, 279, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 257, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 279, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 257, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 279, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 257, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 279, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -10933,7 +11314,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("zeros", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 257, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("zeros", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 279, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -10944,7 +11325,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_22zeros(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_24zeros(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -10954,7 +11335,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_22zeros(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_24zeros(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_t_1;
@@ -10964,24 +11345,24 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_22zeros(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("zeros", 0);
 
-  /* "wsmem/_workspace.pyx":259
+  /* "wsmem/_workspace.pyx":281
  *     def zeros(self, shape, dtype=float, order="C"):
  *         """Zeros in this (open) workspace."""
  *         self._require_open()             # <<<<<<<<<<<<<<
  *         return new_array(self, shape, dtype, order, INIT_ZEROS)
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->_require_open(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 259, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->_require_open(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 281, __pyx_L1_error)
 
 
-  /* "wsmem/_workspace.pyx":260
+  /* "wsmem/_workspace.pyx":282
  *         """Zeros in this (open) workspace."""
  *         self._require_open()
  *         return new_array(self, shape, dtype, order, INIT_ZEROS)             # <<<<<<<<<<<<<<
  * 
  *     def ones(self, shape, dtype=float, order="C"):
 */
-  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_ZEROS)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 260, __pyx_L1_error)
+  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_ZEROS)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -10994,7 +11375,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_22zeros(struct __pyx_ob
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":257
+  /* "wsmem/_workspace.pyx":279
  *         return new_array(self, shape, dtype, order, INIT_NONE)
  * 
  *     def zeros(self, shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -11013,7 +11394,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_22zeros(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":262
+/* "wsmem/_workspace.pyx":284
  *         return new_array(self, shape, dtype, order, INIT_ZEROS)
  * 
  *     def ones(self, shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -11022,16 +11403,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_22zeros(struct __pyx_ob
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_25ones(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_27ones(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_24ones, "Workspace.ones(self, shape, dtype=float, order=\047C\047)\n\nOnes in this (open) workspace.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_25ones = {"ones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_25ones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_24ones};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_25ones(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_26ones, "Workspace.ones(self, shape, dtype=float, order=\047C\047)\n\nOnes in this (open) workspace.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_27ones = {"ones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_27ones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_26ones};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_27ones(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -11063,44 +11444,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_shape,&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_order,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 262, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 284, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 262, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 284, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 262, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 284, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 262, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 284, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "ones", 0) < (0)) __PYX_ERR(0, 262, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "ones", 0) < (0)) __PYX_ERR(0, 284, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(__pyx_mstate_global->__pyx_k__9);
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_C));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("ones", 0, 1, 3, i); __PYX_ERR(0, 262, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("ones", 0, 1, 3, i); __PYX_ERR(0, 284, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 262, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 284, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 262, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 284, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 262, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 284, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -11113,7 +11494,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("ones", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 262, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("ones", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 284, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -11124,7 +11505,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_24ones(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_26ones(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -11134,7 +11515,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_24ones(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26ones(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order) {
   struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_a = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -11147,29 +11528,29 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_24ones(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("ones", 0);
 
-  /* "wsmem/_workspace.pyx":264
+  /* "wsmem/_workspace.pyx":286
  *     def ones(self, shape, dtype=float, order="C"):
  *         """Ones in this (open) workspace."""
  *         self._require_open()             # <<<<<<<<<<<<<<
  *         a = new_array(self, shape, dtype, order, INIT_NONE)
  *         a.fill(1)
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->_require_open(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->__pyx_base.__pyx_vtab)->_require_open(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 286, __pyx_L1_error)
 
 
-  /* "wsmem/_workspace.pyx":265
+  /* "wsmem/_workspace.pyx":287
  *         """Ones in this (open) workspace."""
  *         self._require_open()
  *         a = new_array(self, shape, dtype, order, INIT_NONE)             # <<<<<<<<<<<<<<
  *         a.fill(1)
  *         return a
 */
-  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 265, __pyx_L1_error)
+  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_self), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 287, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_v_a = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":266
+  /* "wsmem/_workspace.pyx":288
  *         self._require_open()
  *         a = new_array(self, shape, dtype, order, INIT_NONE)
  *         a.fill(1)             # <<<<<<<<<<<<<<
@@ -11183,12 +11564,12 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_24ones(struct __pyx_obj
     PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_int_1};
     __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_fill, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 266, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 288, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":267
+  /* "wsmem/_workspace.pyx":289
  *         a = new_array(self, shape, dtype, order, INIT_NONE)
  *         a.fill(1)
  *         return a             # <<<<<<<<<<<<<<
@@ -11206,7 +11587,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_24ones(struct __pyx_obj
   }
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":262
+  /* "wsmem/_workspace.pyx":284
  *         return new_array(self, shape, dtype, order, INIT_ZEROS)
  * 
  *     def ones(self, shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -11227,7 +11608,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_24ones(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":269
+/* "wsmem/_workspace.pyx":291
  *         return a
  * 
  *     def full(self, shape, fill_value, dtype=None, order="C"):             # <<<<<<<<<<<<<<
@@ -11236,16 +11617,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_24ones(struct __pyx_obj
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_27full(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_29full(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_26full, "Workspace.full(self, shape, fill_value, dtype=None, order=\047C\047)\n\n`fill_value` everywhere, in this (open) workspace.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_27full = {"full", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_27full, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_26full};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_27full(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_28full, "Workspace.full(self, shape, fill_value, dtype=None, order=\047C\047)\n\n`fill_value` everywhere, in this (open) workspace.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_29full = {"full", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_29full, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_28full};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_29full(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -11278,50 +11659,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_shape,&__pyx_mstate_global->__pyx_n_u_fill_value,&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_order,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 269, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 291, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 269, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 291, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 269, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 291, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 269, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 291, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 269, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 291, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "full", 0) < (0)) __PYX_ERR(0, 269, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "full", 0) < (0)) __PYX_ERR(0, 291, __pyx_L3_error)
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_C));
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("full", 0, 2, 4, i); __PYX_ERR(0, 269, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("full", 0, 2, 4, i); __PYX_ERR(0, 291, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 269, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 291, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 269, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 291, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 269, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 291, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 269, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 291, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -11335,7 +11716,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("full", 0, 2, 4, __pyx_nargs); __PYX_ERR(0, 269, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("full", 0, 2, 4, __pyx_nargs); __PYX_ERR(0, 291, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -11346,7 +11727,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_26full(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_shape, __pyx_v_fill_value, __pyx_v_dtype, __pyx_v_order);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_28full(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_shape, __pyx_v_fill_value, __pyx_v_dtype, __pyx_v_order);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -11356,7 +11737,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_fill_value, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28full(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_shape, PyObject *__pyx_v_fill_value, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order) {
   PyObject *__pyx_v_full = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -11378,7 +11759,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("full", 0);
 
-  /* "wsmem/_workspace.pyx":271
+  /* "wsmem/_workspace.pyx":293
  *     def full(self, shape, fill_value, dtype=None, order="C"):
  *         """`fill_value` everywhere, in this (open) workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -11393,13 +11774,13 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
       PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_borrow, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 271, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 293, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 271, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 293, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 271, __pyx_L3_error)
+    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 293, __pyx_L3_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_3 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -11418,7 +11799,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 271, __pyx_L3_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 293, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -11433,7 +11814,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
         __Pyx_XGOTREF(__pyx_t_9);
         /*try:*/ {
 
-          /* "wsmem/_workspace.pyx":272
+          /* "wsmem/_workspace.pyx":294
  *         """`fill_value` everywhere, in this (open) workspace."""
  *         with self.borrow():
  *             from wsmem._array import full             # <<<<<<<<<<<<<<
@@ -11442,14 +11823,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
 */
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_full};
-            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 272, __pyx_L7_error)
+            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 294, __pyx_L7_error)
           }
           __pyx_t_1 = __pyx_t_10;
           __Pyx_GOTREF(__pyx_t_1);
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_full};
             __pyx_t_11 = 0; {
-              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 272, __pyx_L7_error)
+              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 294, __pyx_L7_error)
               __Pyx_GOTREF(__pyx_t_2);
               switch (__pyx_t_11) {
                 case 0:
@@ -11463,7 +11844,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
           }
           __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-          /* "wsmem/_workspace.pyx":273
+          /* "wsmem/_workspace.pyx":295
  *         with self.borrow():
  *             from wsmem._array import full
  *             return full(shape, fill_value, dtype, order)             # <<<<<<<<<<<<<<
@@ -11490,7 +11871,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
             __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (5-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
             __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 273, __pyx_L7_error)
+            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 295, __pyx_L7_error)
             __Pyx_GOTREF(__pyx_t_1);
           }
           {
@@ -11504,7 +11885,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
           __pyx_t_1 = 0;
           goto __pyx_L11_try_return;
 
-          /* "wsmem/_workspace.pyx":271
+          /* "wsmem/_workspace.pyx":293
  *     def full(self, shape, fill_value, dtype=None, order="C"):
  *         """`fill_value` everywhere, in this (open) workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -11519,23 +11900,23 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         /*except:*/ {
           __Pyx_AddTraceback("wsmem._workspace.Workspace.full", __pyx_clineno, __pyx_lineno, __pyx_filename);
-          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 271, __pyx_L9_except_error)
+          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 293, __pyx_L9_except_error)
           __Pyx_XGOTREF(__pyx_t_1);
           __Pyx_XGOTREF(__pyx_t_6);
           __Pyx_XGOTREF(__pyx_t_2);
           {
             PyObject* __pyx_temp[3] = {__pyx_t_1, __pyx_t_6, __pyx_t_2};
-            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 271, __pyx_L9_except_error)
+            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 293, __pyx_L9_except_error)
             __Pyx_GOTREF(__pyx_t_5);
           }
           __pyx_t_10 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_t_5, NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 271, __pyx_L9_except_error)
+          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 293, __pyx_L9_except_error)
           __Pyx_GOTREF(__pyx_t_10);
           __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_10);
           __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-          if (__pyx_t_12 < (0)) __PYX_ERR(0, 271, __pyx_L9_except_error)
+          if (__pyx_t_12 < (0)) __PYX_ERR(0, 293, __pyx_L9_except_error)
           __pyx_t_13 = (!__pyx_t_12);
 
 
@@ -11546,7 +11927,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
             __Pyx_XGIVEREF(__pyx_t_2);
             __Pyx_ErrRestoreWithState(__pyx_t_1, __pyx_t_6, __pyx_t_2);
             __pyx_t_1 = 0;  __pyx_t_6 = 0;  __pyx_t_2 = 0; 
-            __PYX_ERR(0, 271, __pyx_L9_except_error)
+            __PYX_ERR(0, 293, __pyx_L9_except_error)
           }
           __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
           __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -11577,7 +11958,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
         if (__pyx_t_4) {
           __pyx_t_9 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 271, __pyx_L1_error)
+          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 293, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_9);
           __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         }
@@ -11589,7 +11970,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
         if (__pyx_t_4) {
           __pyx_t_8 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 271, __pyx_L1_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 293, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_8);
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         }
@@ -11606,7 +11987,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
     __pyx_L16:;
   }
 
-  /* "wsmem/_workspace.pyx":269
+  /* "wsmem/_workspace.pyx":291
  *         return a
  * 
  *     def full(self, shape, fill_value, dtype=None, order="C"):             # <<<<<<<<<<<<<<
@@ -11631,7 +12012,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":275
+/* "wsmem/_workspace.pyx":297
  *             return full(shape, fill_value, dtype, order)
  * 
  *     def empty_like(self, prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -11640,16 +12021,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_26full(struct __pyx_obj
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_29empty_like(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_31empty_like(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_28empty_like, "Workspace.empty_like(self, prototype, dtype=None, order=\047K\047, shape=None)\n\nUninitialised array shaped like `prototype`, in this workspace.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_29empty_like = {"empty_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_29empty_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_28empty_like};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_29empty_like(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_30empty_like, "Workspace.empty_like(self, prototype, dtype=None, order=\047K\047, shape=None)\n\nUninitialised array shaped like `prototype`, in this workspace.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_31empty_like = {"empty_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_31empty_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_30empty_like};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_31empty_like(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -11682,53 +12063,53 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_prototype,&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_order,&__pyx_mstate_global->__pyx_n_u_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 275, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 297, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 275, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 297, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 275, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 297, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 275, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 297, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 275, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 297, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "empty_like", 0) < (0)) __PYX_ERR(0, 275, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "empty_like", 0) < (0)) __PYX_ERR(0, 297, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_K));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("empty_like", 0, 1, 4, i); __PYX_ERR(0, 275, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("empty_like", 0, 1, 4, i); __PYX_ERR(0, 297, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 275, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 297, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 275, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 297, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 275, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 297, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 275, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 297, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -11743,7 +12124,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("empty_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 275, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("empty_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 297, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -11754,7 +12135,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_30empty_like(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -11764,7 +12145,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30empty_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape) {
   PyObject *__pyx_v_empty_like = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -11786,7 +12167,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("empty_like", 0);
 
-  /* "wsmem/_workspace.pyx":277
+  /* "wsmem/_workspace.pyx":299
  *     def empty_like(self, prototype, dtype=None, order="K", shape=None):
  *         """Uninitialised array shaped like `prototype`, in this workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -11801,13 +12182,13 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_borrow, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 277, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 299, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 277, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 299, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 277, __pyx_L3_error)
+    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 299, __pyx_L3_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_3 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -11826,7 +12207,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 277, __pyx_L3_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 299, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -11841,7 +12222,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
         __Pyx_XGOTREF(__pyx_t_9);
         /*try:*/ {
 
-          /* "wsmem/_workspace.pyx":278
+          /* "wsmem/_workspace.pyx":300
  *         """Uninitialised array shaped like `prototype`, in this workspace."""
  *         with self.borrow():
  *             from wsmem._array import empty_like             # <<<<<<<<<<<<<<
@@ -11850,14 +12231,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
 */
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_empty_like};
-            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 278, __pyx_L7_error)
+            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 300, __pyx_L7_error)
           }
           __pyx_t_1 = __pyx_t_10;
           __Pyx_GOTREF(__pyx_t_1);
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_empty_like};
             __pyx_t_11 = 0; {
-              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 278, __pyx_L7_error)
+              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 300, __pyx_L7_error)
               __Pyx_GOTREF(__pyx_t_2);
               switch (__pyx_t_11) {
                 case 0:
@@ -11871,7 +12252,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
           }
           __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-          /* "wsmem/_workspace.pyx":279
+          /* "wsmem/_workspace.pyx":301
  *         with self.borrow():
  *             from wsmem._array import empty_like
  *             return empty_like(prototype, dtype, order, shape)             # <<<<<<<<<<<<<<
@@ -11898,7 +12279,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
             __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (5-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
             __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 279, __pyx_L7_error)
+            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 301, __pyx_L7_error)
             __Pyx_GOTREF(__pyx_t_1);
           }
           {
@@ -11912,7 +12293,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
           __pyx_t_1 = 0;
           goto __pyx_L11_try_return;
 
-          /* "wsmem/_workspace.pyx":277
+          /* "wsmem/_workspace.pyx":299
  *     def empty_like(self, prototype, dtype=None, order="K", shape=None):
  *         """Uninitialised array shaped like `prototype`, in this workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -11927,23 +12308,23 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         /*except:*/ {
           __Pyx_AddTraceback("wsmem._workspace.Workspace.empty_like", __pyx_clineno, __pyx_lineno, __pyx_filename);
-          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 277, __pyx_L9_except_error)
+          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 299, __pyx_L9_except_error)
           __Pyx_XGOTREF(__pyx_t_1);
           __Pyx_XGOTREF(__pyx_t_6);
           __Pyx_XGOTREF(__pyx_t_2);
           {
             PyObject* __pyx_temp[3] = {__pyx_t_1, __pyx_t_6, __pyx_t_2};
-            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 277, __pyx_L9_except_error)
+            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 299, __pyx_L9_except_error)
             __Pyx_GOTREF(__pyx_t_5);
           }
           __pyx_t_10 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_t_5, NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 277, __pyx_L9_except_error)
+          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 299, __pyx_L9_except_error)
           __Pyx_GOTREF(__pyx_t_10);
           __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_10);
           __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-          if (__pyx_t_12 < (0)) __PYX_ERR(0, 277, __pyx_L9_except_error)
+          if (__pyx_t_12 < (0)) __PYX_ERR(0, 299, __pyx_L9_except_error)
           __pyx_t_13 = (!__pyx_t_12);
 
 
@@ -11954,7 +12335,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
             __Pyx_XGIVEREF(__pyx_t_2);
             __Pyx_ErrRestoreWithState(__pyx_t_1, __pyx_t_6, __pyx_t_2);
             __pyx_t_1 = 0;  __pyx_t_6 = 0;  __pyx_t_2 = 0; 
-            __PYX_ERR(0, 277, __pyx_L9_except_error)
+            __PYX_ERR(0, 299, __pyx_L9_except_error)
           }
           __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
           __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -11985,7 +12366,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
         if (__pyx_t_4) {
           __pyx_t_9 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 277, __pyx_L1_error)
+          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 299, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_9);
           __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         }
@@ -11997,7 +12378,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
         if (__pyx_t_4) {
           __pyx_t_8 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 277, __pyx_L1_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 299, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_8);
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         }
@@ -12014,7 +12395,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
     __pyx_L16:;
   }
 
-  /* "wsmem/_workspace.pyx":275
+  /* "wsmem/_workspace.pyx":297
  *             return full(shape, fill_value, dtype, order)
  * 
  *     def empty_like(self, prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -12039,7 +12420,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":281
+/* "wsmem/_workspace.pyx":303
  *             return empty_like(prototype, dtype, order, shape)
  * 
  *     def zeros_like(self, prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -12048,16 +12429,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_28empty_like(struct __p
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_31zeros_like(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_33zeros_like(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_30zeros_like, "Workspace.zeros_like(self, prototype, dtype=None, order=\047K\047, shape=None)\n\nZeros shaped like `prototype`, in this workspace.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_31zeros_like = {"zeros_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_31zeros_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_30zeros_like};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_31zeros_like(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_32zeros_like, "Workspace.zeros_like(self, prototype, dtype=None, order=\047K\047, shape=None)\n\nZeros shaped like `prototype`, in this workspace.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_33zeros_like = {"zeros_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_33zeros_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_32zeros_like};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_33zeros_like(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -12090,53 +12471,53 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_prototype,&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_order,&__pyx_mstate_global->__pyx_n_u_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 281, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 303, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 281, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 281, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 281, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 281, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "zeros_like", 0) < (0)) __PYX_ERR(0, 281, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "zeros_like", 0) < (0)) __PYX_ERR(0, 303, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_K));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("zeros_like", 0, 1, 4, i); __PYX_ERR(0, 281, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("zeros_like", 0, 1, 4, i); __PYX_ERR(0, 303, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 281, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 281, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 281, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 281, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 303, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -12151,7 +12532,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("zeros_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 281, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("zeros_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 303, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -12162,7 +12543,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_32zeros_like(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -12172,7 +12553,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32zeros_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape) {
   PyObject *__pyx_v_zeros_like = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -12194,7 +12575,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("zeros_like", 0);
 
-  /* "wsmem/_workspace.pyx":283
+  /* "wsmem/_workspace.pyx":305
  *     def zeros_like(self, prototype, dtype=None, order="K", shape=None):
  *         """Zeros shaped like `prototype`, in this workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -12209,13 +12590,13 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
       PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_borrow, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 283, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 305, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 283, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 305, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 283, __pyx_L3_error)
+    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 305, __pyx_L3_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_3 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -12234,7 +12615,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 283, __pyx_L3_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 305, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -12249,7 +12630,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
         __Pyx_XGOTREF(__pyx_t_9);
         /*try:*/ {
 
-          /* "wsmem/_workspace.pyx":284
+          /* "wsmem/_workspace.pyx":306
  *         """Zeros shaped like `prototype`, in this workspace."""
  *         with self.borrow():
  *             from wsmem._array import zeros_like             # <<<<<<<<<<<<<<
@@ -12258,14 +12639,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
 */
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_zeros_like};
-            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 284, __pyx_L7_error)
+            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 306, __pyx_L7_error)
           }
           __pyx_t_1 = __pyx_t_10;
           __Pyx_GOTREF(__pyx_t_1);
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_zeros_like};
             __pyx_t_11 = 0; {
-              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 284, __pyx_L7_error)
+              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 306, __pyx_L7_error)
               __Pyx_GOTREF(__pyx_t_2);
               switch (__pyx_t_11) {
                 case 0:
@@ -12279,7 +12660,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
           }
           __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-          /* "wsmem/_workspace.pyx":285
+          /* "wsmem/_workspace.pyx":307
  *         with self.borrow():
  *             from wsmem._array import zeros_like
  *             return zeros_like(prototype, dtype, order, shape)             # <<<<<<<<<<<<<<
@@ -12306,7 +12687,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
             __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (5-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
             __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 285, __pyx_L7_error)
+            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 307, __pyx_L7_error)
             __Pyx_GOTREF(__pyx_t_1);
           }
           {
@@ -12320,7 +12701,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
           __pyx_t_1 = 0;
           goto __pyx_L11_try_return;
 
-          /* "wsmem/_workspace.pyx":283
+          /* "wsmem/_workspace.pyx":305
  *     def zeros_like(self, prototype, dtype=None, order="K", shape=None):
  *         """Zeros shaped like `prototype`, in this workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -12335,23 +12716,23 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         /*except:*/ {
           __Pyx_AddTraceback("wsmem._workspace.Workspace.zeros_like", __pyx_clineno, __pyx_lineno, __pyx_filename);
-          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 283, __pyx_L9_except_error)
+          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 305, __pyx_L9_except_error)
           __Pyx_XGOTREF(__pyx_t_1);
           __Pyx_XGOTREF(__pyx_t_6);
           __Pyx_XGOTREF(__pyx_t_2);
           {
             PyObject* __pyx_temp[3] = {__pyx_t_1, __pyx_t_6, __pyx_t_2};
-            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 283, __pyx_L9_except_error)
+            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 305, __pyx_L9_except_error)
             __Pyx_GOTREF(__pyx_t_5);
           }
           __pyx_t_10 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_t_5, NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 283, __pyx_L9_except_error)
+          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 305, __pyx_L9_except_error)
           __Pyx_GOTREF(__pyx_t_10);
           __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_10);
           __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-          if (__pyx_t_12 < (0)) __PYX_ERR(0, 283, __pyx_L9_except_error)
+          if (__pyx_t_12 < (0)) __PYX_ERR(0, 305, __pyx_L9_except_error)
           __pyx_t_13 = (!__pyx_t_12);
 
 
@@ -12362,7 +12743,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
             __Pyx_XGIVEREF(__pyx_t_2);
             __Pyx_ErrRestoreWithState(__pyx_t_1, __pyx_t_6, __pyx_t_2);
             __pyx_t_1 = 0;  __pyx_t_6 = 0;  __pyx_t_2 = 0; 
-            __PYX_ERR(0, 283, __pyx_L9_except_error)
+            __PYX_ERR(0, 305, __pyx_L9_except_error)
           }
           __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
           __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -12393,7 +12774,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
         if (__pyx_t_4) {
           __pyx_t_9 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 283, __pyx_L1_error)
+          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 305, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_9);
           __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         }
@@ -12405,7 +12786,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
         if (__pyx_t_4) {
           __pyx_t_8 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 283, __pyx_L1_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 305, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_8);
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         }
@@ -12422,7 +12803,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
     __pyx_L16:;
   }
 
-  /* "wsmem/_workspace.pyx":281
+  /* "wsmem/_workspace.pyx":303
  *             return empty_like(prototype, dtype, order, shape)
  * 
  *     def zeros_like(self, prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -12447,7 +12828,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":287
+/* "wsmem/_workspace.pyx":309
  *             return zeros_like(prototype, dtype, order, shape)
  * 
  *     def ones_like(self, prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -12456,16 +12837,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_30zeros_like(struct __p
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_33ones_like(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_35ones_like(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_32ones_like, "Workspace.ones_like(self, prototype, dtype=None, order=\047K\047, shape=None)\n\nOnes shaped like `prototype`, in this workspace.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_33ones_like = {"ones_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_33ones_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_32ones_like};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_33ones_like(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_34ones_like, "Workspace.ones_like(self, prototype, dtype=None, order=\047K\047, shape=None)\n\nOnes shaped like `prototype`, in this workspace.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_35ones_like = {"ones_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_35ones_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_34ones_like};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_35ones_like(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -12498,53 +12879,53 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_prototype,&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_order,&__pyx_mstate_global->__pyx_n_u_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 287, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 309, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 287, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 309, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 287, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 309, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 287, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 309, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 287, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 309, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "ones_like", 0) < (0)) __PYX_ERR(0, 287, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "ones_like", 0) < (0)) __PYX_ERR(0, 309, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_K));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("ones_like", 0, 1, 4, i); __PYX_ERR(0, 287, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("ones_like", 0, 1, 4, i); __PYX_ERR(0, 309, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 287, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 309, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 287, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 309, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 287, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 309, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 287, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 309, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -12559,7 +12940,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("ones_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 287, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("ones_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 309, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -12570,7 +12951,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_34ones_like(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -12580,7 +12961,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34ones_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape) {
   PyObject *__pyx_v_ones_like = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -12602,7 +12983,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("ones_like", 0);
 
-  /* "wsmem/_workspace.pyx":289
+  /* "wsmem/_workspace.pyx":311
  *     def ones_like(self, prototype, dtype=None, order="K", shape=None):
  *         """Ones shaped like `prototype`, in this workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -12617,13 +12998,13 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
       PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_borrow, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 289, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 311, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 289, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 311, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 289, __pyx_L3_error)
+    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 311, __pyx_L3_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_3 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -12642,7 +13023,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 289, __pyx_L3_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 311, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -12657,7 +13038,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
         __Pyx_XGOTREF(__pyx_t_9);
         /*try:*/ {
 
-          /* "wsmem/_workspace.pyx":290
+          /* "wsmem/_workspace.pyx":312
  *         """Ones shaped like `prototype`, in this workspace."""
  *         with self.borrow():
  *             from wsmem._array import ones_like             # <<<<<<<<<<<<<<
@@ -12666,14 +13047,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
 */
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_ones_like};
-            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 290, __pyx_L7_error)
+            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 312, __pyx_L7_error)
           }
           __pyx_t_1 = __pyx_t_10;
           __Pyx_GOTREF(__pyx_t_1);
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_ones_like};
             __pyx_t_11 = 0; {
-              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 290, __pyx_L7_error)
+              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 312, __pyx_L7_error)
               __Pyx_GOTREF(__pyx_t_2);
               switch (__pyx_t_11) {
                 case 0:
@@ -12687,7 +13068,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
           }
           __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-          /* "wsmem/_workspace.pyx":291
+          /* "wsmem/_workspace.pyx":313
  *         with self.borrow():
  *             from wsmem._array import ones_like
  *             return ones_like(prototype, dtype, order, shape)             # <<<<<<<<<<<<<<
@@ -12714,7 +13095,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
             __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (5-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
             __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 291, __pyx_L7_error)
+            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 313, __pyx_L7_error)
             __Pyx_GOTREF(__pyx_t_1);
           }
           {
@@ -12728,7 +13109,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
           __pyx_t_1 = 0;
           goto __pyx_L11_try_return;
 
-          /* "wsmem/_workspace.pyx":289
+          /* "wsmem/_workspace.pyx":311
  *     def ones_like(self, prototype, dtype=None, order="K", shape=None):
  *         """Ones shaped like `prototype`, in this workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -12743,23 +13124,23 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         /*except:*/ {
           __Pyx_AddTraceback("wsmem._workspace.Workspace.ones_like", __pyx_clineno, __pyx_lineno, __pyx_filename);
-          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 289, __pyx_L9_except_error)
+          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 311, __pyx_L9_except_error)
           __Pyx_XGOTREF(__pyx_t_1);
           __Pyx_XGOTREF(__pyx_t_6);
           __Pyx_XGOTREF(__pyx_t_2);
           {
             PyObject* __pyx_temp[3] = {__pyx_t_1, __pyx_t_6, __pyx_t_2};
-            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 289, __pyx_L9_except_error)
+            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 311, __pyx_L9_except_error)
             __Pyx_GOTREF(__pyx_t_5);
           }
           __pyx_t_10 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_t_5, NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 289, __pyx_L9_except_error)
+          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 311, __pyx_L9_except_error)
           __Pyx_GOTREF(__pyx_t_10);
           __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_10);
           __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-          if (__pyx_t_12 < (0)) __PYX_ERR(0, 289, __pyx_L9_except_error)
+          if (__pyx_t_12 < (0)) __PYX_ERR(0, 311, __pyx_L9_except_error)
           __pyx_t_13 = (!__pyx_t_12);
 
 
@@ -12770,7 +13151,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
             __Pyx_XGIVEREF(__pyx_t_2);
             __Pyx_ErrRestoreWithState(__pyx_t_1, __pyx_t_6, __pyx_t_2);
             __pyx_t_1 = 0;  __pyx_t_6 = 0;  __pyx_t_2 = 0; 
-            __PYX_ERR(0, 289, __pyx_L9_except_error)
+            __PYX_ERR(0, 311, __pyx_L9_except_error)
           }
           __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
           __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -12801,7 +13182,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
         if (__pyx_t_4) {
           __pyx_t_9 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 289, __pyx_L1_error)
+          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 311, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_9);
           __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         }
@@ -12813,7 +13194,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
         if (__pyx_t_4) {
           __pyx_t_8 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 289, __pyx_L1_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 311, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_8);
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         }
@@ -12830,7 +13211,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
     __pyx_L16:;
   }
 
-  /* "wsmem/_workspace.pyx":287
+  /* "wsmem/_workspace.pyx":309
  *             return zeros_like(prototype, dtype, order, shape)
  * 
  *     def ones_like(self, prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -12855,7 +13236,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":293
+/* "wsmem/_workspace.pyx":315
  *             return ones_like(prototype, dtype, order, shape)
  * 
  *     def full_like(self, prototype, fill_value, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -12864,16 +13245,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_32ones_like(struct __py
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_35full_like(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_37full_like(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_34full_like, "Workspace.full_like(self, prototype, fill_value, dtype=None, order=\047K\047, shape=None)\n\n`fill_value` shaped like `prototype`, in this workspace.");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_35full_like = {"full_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_35full_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_34full_like};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_35full_like(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_36full_like, "Workspace.full_like(self, prototype, fill_value, dtype=None, order=\047K\047, shape=None)\n\n`fill_value` shaped like `prototype`, in this workspace.");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_37full_like = {"full_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_37full_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_36full_like};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_37full_like(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -12907,59 +13288,59 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_prototype,&__pyx_mstate_global->__pyx_n_u_fill_value,&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_order,&__pyx_mstate_global->__pyx_n_u_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 293, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 315, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 315, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 315, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 315, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 315, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 315, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "full_like", 0) < (0)) __PYX_ERR(0, 293, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "full_like", 0) < (0)) __PYX_ERR(0, 315, __pyx_L3_error)
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_K));
       if (!values[4]) values[4] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("full_like", 0, 2, 5, i); __PYX_ERR(0, 293, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("full_like", 0, 2, 5, i); __PYX_ERR(0, 315, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 315, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 315, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 315, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 315, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 293, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 315, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -12975,7 +13356,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("full_like", 0, 2, 5, __pyx_nargs); __PYX_ERR(0, 293, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("full_like", 0, 2, 5, __pyx_nargs); __PYX_ERR(0, 315, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -12986,7 +13367,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_prototype, __pyx_v_fill_value, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_36full_like(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_prototype, __pyx_v_fill_value, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -12996,7 +13377,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_fill_value, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36full_like(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_prototype, PyObject *__pyx_v_fill_value, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order, PyObject *__pyx_v_shape) {
   PyObject *__pyx_v_full_like = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -13018,7 +13399,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("full_like", 0);
 
-  /* "wsmem/_workspace.pyx":295
+  /* "wsmem/_workspace.pyx":317
  *     def full_like(self, prototype, fill_value, dtype=None, order="K", shape=None):
  *         """`fill_value` shaped like `prototype`, in this workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -13033,13 +13414,13 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
       PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_borrow, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 295, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 317, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 295, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 317, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 295, __pyx_L3_error)
+    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 317, __pyx_L3_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_3 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -13058,7 +13439,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L3_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 317, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -13073,7 +13454,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
         __Pyx_XGOTREF(__pyx_t_9);
         /*try:*/ {
 
-          /* "wsmem/_workspace.pyx":296
+          /* "wsmem/_workspace.pyx":318
  *         """`fill_value` shaped like `prototype`, in this workspace."""
  *         with self.borrow():
  *             from wsmem._array import full_like             # <<<<<<<<<<<<<<
@@ -13082,14 +13463,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
 */
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_full_like};
-            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 296, __pyx_L7_error)
+            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 318, __pyx_L7_error)
           }
           __pyx_t_1 = __pyx_t_10;
           __Pyx_GOTREF(__pyx_t_1);
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_full_like};
             __pyx_t_11 = 0; {
-              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 296, __pyx_L7_error)
+              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 318, __pyx_L7_error)
               __Pyx_GOTREF(__pyx_t_2);
               switch (__pyx_t_11) {
                 case 0:
@@ -13103,7 +13484,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
           }
           __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-          /* "wsmem/_workspace.pyx":297
+          /* "wsmem/_workspace.pyx":319
  *         with self.borrow():
  *             from wsmem._array import full_like
  *             return full_like(prototype, fill_value, dtype, order, shape)             # <<<<<<<<<<<<<<
@@ -13130,7 +13511,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
             __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (6-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
             __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 297, __pyx_L7_error)
+            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 319, __pyx_L7_error)
             __Pyx_GOTREF(__pyx_t_1);
           }
           {
@@ -13144,7 +13525,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
           __pyx_t_1 = 0;
           goto __pyx_L11_try_return;
 
-          /* "wsmem/_workspace.pyx":295
+          /* "wsmem/_workspace.pyx":317
  *     def full_like(self, prototype, fill_value, dtype=None, order="K", shape=None):
  *         """`fill_value` shaped like `prototype`, in this workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -13159,23 +13540,23 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         /*except:*/ {
           __Pyx_AddTraceback("wsmem._workspace.Workspace.full_like", __pyx_clineno, __pyx_lineno, __pyx_filename);
-          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 295, __pyx_L9_except_error)
+          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 317, __pyx_L9_except_error)
           __Pyx_XGOTREF(__pyx_t_1);
           __Pyx_XGOTREF(__pyx_t_6);
           __Pyx_XGOTREF(__pyx_t_2);
           {
             PyObject* __pyx_temp[3] = {__pyx_t_1, __pyx_t_6, __pyx_t_2};
-            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 295, __pyx_L9_except_error)
+            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 317, __pyx_L9_except_error)
             __Pyx_GOTREF(__pyx_t_5);
           }
           __pyx_t_10 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_t_5, NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 295, __pyx_L9_except_error)
+          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 317, __pyx_L9_except_error)
           __Pyx_GOTREF(__pyx_t_10);
           __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_10);
           __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-          if (__pyx_t_12 < (0)) __PYX_ERR(0, 295, __pyx_L9_except_error)
+          if (__pyx_t_12 < (0)) __PYX_ERR(0, 317, __pyx_L9_except_error)
           __pyx_t_13 = (!__pyx_t_12);
 
 
@@ -13186,7 +13567,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
             __Pyx_XGIVEREF(__pyx_t_2);
             __Pyx_ErrRestoreWithState(__pyx_t_1, __pyx_t_6, __pyx_t_2);
             __pyx_t_1 = 0;  __pyx_t_6 = 0;  __pyx_t_2 = 0; 
-            __PYX_ERR(0, 295, __pyx_L9_except_error)
+            __PYX_ERR(0, 317, __pyx_L9_except_error)
           }
           __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
           __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -13217,7 +13598,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
         if (__pyx_t_4) {
           __pyx_t_9 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 295, __pyx_L1_error)
+          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 317, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_9);
           __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         }
@@ -13229,7 +13610,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
         if (__pyx_t_4) {
           __pyx_t_8 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 295, __pyx_L1_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 317, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_8);
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         }
@@ -13246,7 +13627,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
     __pyx_L16:;
   }
 
-  /* "wsmem/_workspace.pyx":293
+  /* "wsmem/_workspace.pyx":315
  *             return ones_like(prototype, dtype, order, shape)
  * 
  *     def full_like(self, prototype, fill_value, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -13271,7 +13652,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":299
+/* "wsmem/_workspace.pyx":321
  *             return full_like(prototype, fill_value, dtype, order, shape)
  * 
  *     def asarray(self, a, dtype=None, order=None):             # <<<<<<<<<<<<<<
@@ -13280,16 +13661,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_34full_like(struct __py
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_37asarray(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_39asarray(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_36asarray, "Workspace.asarray(self, a, dtype=None, order=None)\n\n`a` copied into this workspace (returned as is when already here).");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_37asarray = {"asarray", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_37asarray, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_36asarray};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_37asarray(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_38asarray, "Workspace.asarray(self, a, dtype=None, order=None)\n\n`a` copied into this workspace (returned as is when already here).");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_39asarray = {"asarray", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_39asarray, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_38asarray};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_39asarray(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -13321,44 +13702,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_a,&__pyx_mstate_global->__pyx_n_u_dtype,&__pyx_mstate_global->__pyx_n_u_order,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 299, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 321, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 299, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 321, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 299, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 321, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 299, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 321, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "asarray", 0) < (0)) __PYX_ERR(0, 299, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "asarray", 0) < (0)) __PYX_ERR(0, 321, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("asarray", 0, 1, 3, i); __PYX_ERR(0, 299, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("asarray", 0, 1, 3, i); __PYX_ERR(0, 321, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 299, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 321, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 299, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 321, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 299, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 321, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -13371,7 +13752,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("asarray", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 299, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("asarray", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 321, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -13382,7 +13763,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_a, __pyx_v_dtype, __pyx_v_order);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_38asarray(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v_a, __pyx_v_dtype, __pyx_v_order);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -13392,7 +13773,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_a, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_38asarray(struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, PyObject *__pyx_v_a, PyObject *__pyx_v_dtype, PyObject *__pyx_v_order) {
   PyObject *__pyx_v_asarray = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -13414,7 +13795,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("asarray", 0);
 
-  /* "wsmem/_workspace.pyx":301
+  /* "wsmem/_workspace.pyx":323
  *     def asarray(self, a, dtype=None, order=None):
  *         """`a` copied into this workspace (returned as is when already here)."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -13429,13 +13810,13 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
       PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_borrow, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 301, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 323, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 301, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_exit); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 323, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 301, __pyx_L3_error)
+    __pyx_t_6 = __Pyx_PyObject_LookupSpecial(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 323, __pyx_L3_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_3 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -13454,7 +13835,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 301, __pyx_L3_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 323, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -13469,7 +13850,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
         __Pyx_XGOTREF(__pyx_t_9);
         /*try:*/ {
 
-          /* "wsmem/_workspace.pyx":302
+          /* "wsmem/_workspace.pyx":324
  *         """`a` copied into this workspace (returned as is when already here)."""
  *         with self.borrow():
  *             from wsmem._array import asarray             # <<<<<<<<<<<<<<
@@ -13478,14 +13859,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
 */
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_asarray};
-            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 302, __pyx_L7_error)
+            __pyx_t_10 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 324, __pyx_L7_error)
           }
           __pyx_t_1 = __pyx_t_10;
           __Pyx_GOTREF(__pyx_t_1);
           {
             PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_asarray};
             __pyx_t_11 = 0; {
-              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 302, __pyx_L7_error)
+              __pyx_t_2 = __Pyx_ImportFrom(__pyx_t_1, __pyx_imported_names[__pyx_t_11]); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 324, __pyx_L7_error)
               __Pyx_GOTREF(__pyx_t_2);
               switch (__pyx_t_11) {
                 case 0:
@@ -13499,7 +13880,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
           }
           __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-          /* "wsmem/_workspace.pyx":303
+          /* "wsmem/_workspace.pyx":325
  *         with self.borrow():
  *             from wsmem._array import asarray
  *             return asarray(a, dtype, order)             # <<<<<<<<<<<<<<
@@ -13526,7 +13907,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
             __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_3, (4-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
             __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 303, __pyx_L7_error)
+            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 325, __pyx_L7_error)
             __Pyx_GOTREF(__pyx_t_1);
           }
           {
@@ -13540,7 +13921,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
           __pyx_t_1 = 0;
           goto __pyx_L11_try_return;
 
-          /* "wsmem/_workspace.pyx":301
+          /* "wsmem/_workspace.pyx":323
  *     def asarray(self, a, dtype=None, order=None):
  *         """`a` copied into this workspace (returned as is when already here)."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -13555,23 +13936,23 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         /*except:*/ {
           __Pyx_AddTraceback("wsmem._workspace.Workspace.asarray", __pyx_clineno, __pyx_lineno, __pyx_filename);
-          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 301, __pyx_L9_except_error)
+          if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_2) < 0) __PYX_ERR(0, 323, __pyx_L9_except_error)
           __Pyx_XGOTREF(__pyx_t_1);
           __Pyx_XGOTREF(__pyx_t_6);
           __Pyx_XGOTREF(__pyx_t_2);
           {
             PyObject* __pyx_temp[3] = {__pyx_t_1, __pyx_t_6, __pyx_t_2};
-            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 301, __pyx_L9_except_error)
+            __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 323, __pyx_L9_except_error)
             __Pyx_GOTREF(__pyx_t_5);
           }
           __pyx_t_10 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_t_5, NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 301, __pyx_L9_except_error)
+          if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 323, __pyx_L9_except_error)
           __Pyx_GOTREF(__pyx_t_10);
           __pyx_t_12 = __Pyx_PyObject_IsTrue(__pyx_t_10);
           __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-          if (__pyx_t_12 < (0)) __PYX_ERR(0, 301, __pyx_L9_except_error)
+          if (__pyx_t_12 < (0)) __PYX_ERR(0, 323, __pyx_L9_except_error)
           __pyx_t_13 = (!__pyx_t_12);
 
 
@@ -13582,7 +13963,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
             __Pyx_XGIVEREF(__pyx_t_2);
             __Pyx_ErrRestoreWithState(__pyx_t_1, __pyx_t_6, __pyx_t_2);
             __pyx_t_1 = 0;  __pyx_t_6 = 0;  __pyx_t_2 = 0; 
-            __PYX_ERR(0, 301, __pyx_L9_except_error)
+            __PYX_ERR(0, 323, __pyx_L9_except_error)
           }
           __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
           __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -13613,7 +13994,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
         if (__pyx_t_4) {
           __pyx_t_9 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 301, __pyx_L1_error)
+          if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 323, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_9);
           __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         }
@@ -13625,7 +14006,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
         if (__pyx_t_4) {
           __pyx_t_8 = __Pyx_PyObject_Call(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3], NULL);
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 301, __pyx_L1_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 323, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_8);
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         }
@@ -13642,7 +14023,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
     __pyx_L16:;
   }
 
-  /* "wsmem/_workspace.pyx":299
+  /* "wsmem/_workspace.pyx":321
  *             return full_like(prototype, fill_value, dtype, order, shape)
  * 
  *     def asarray(self, a, dtype=None, order=None):             # <<<<<<<<<<<<<<
@@ -13671,8 +14052,8 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_36asarray(struct __pyx_
  * 
  * cdef class Workspace(Arena):
  *     cdef readonly object config     # the WorkspaceConfig it was made with             # <<<<<<<<<<<<<<
- *     cdef object __weakref__
- * 
+ *     cdef object _handler            # NEP 49 capsule (capture=True), else None; arrays
+ *                                     # allocated through it keep it alive after us
 */
 
 /* Python wrapper */
@@ -13741,16 +14122,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_6config___get__(struct 
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_39__reduce_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_41__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_38__reduce_cython__, "Workspace.__reduce_cython__(self)");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_39__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_39__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_38__reduce_cython__};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_39__reduce_cython__(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_40__reduce_cython__, "Workspace.__reduce_cython__(self)");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_41__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_41__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_40__reduce_cython__};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_41__reduce_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -13776,14 +14157,14 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
   if (unlikely(__pyx_kwds_len < 0)) return NULL;
   if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("__reduce_cython__", __pyx_kwds); return NULL;}
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_38__reduce_cython__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_40__reduce_cython__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_38__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_40__reduce_cython__(CYTHON_UNUSED struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -13823,16 +14204,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_38__reduce_cython__(CYT
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_41__setstate_cython__(PyObject *__pyx_v_self, 
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_43__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_40__setstate_cython__, "Workspace.__setstate_cython__(self, __pyx_state)");
-static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_41__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_41__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_40__setstate_cython__};
-static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_41__setstate_cython__(PyObject *__pyx_v_self, 
+PyDoc_STRVAR(__pyx_doc_5wsmem_10_workspace_9Workspace_42__setstate_cython__, "Workspace.__setstate_cython__(self, __pyx_state)");
+static PyMethodDef __pyx_mdef_5wsmem_10_workspace_9Workspace_43__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_43__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_42__setstate_cython__};
+static PyObject *__pyx_pw_5wsmem_10_workspace_9Workspace_43__setstate_cython__(PyObject *__pyx_v_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -13898,7 +14279,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_40__setstate_cython__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_5wsmem_10_workspace_9Workspace_42__setstate_cython__(((struct __pyx_obj_5wsmem_10_workspace_Workspace *)__pyx_v_self), __pyx_v___pyx_state);
 
   /* function exit code */
   for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
@@ -13908,7 +14289,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_40__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_42__setstate_cython__(CYTHON_UNUSED struct __pyx_obj_5wsmem_10_workspace_Workspace *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   int __pyx_lineno = 0;
@@ -13940,7 +14321,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9Workspace_40__setstate_cython__(C
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":311
+/* "wsmem/_workspace.pyx":333
  *     cdef Workspace ws
  * 
  *     def __cinit__(self, Workspace ws):             # <<<<<<<<<<<<<<
@@ -13986,32 +14367,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_ws,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 311, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 333, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 311, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 333, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 311, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 333, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, i); __PYX_ERR(0, 311, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, i); __PYX_ERR(0, 333, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 311, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 333, __pyx_L3_error)
     }
     __pyx_v_ws = ((struct __pyx_obj_5wsmem_10_workspace_Workspace *)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 311, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 333, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -14022,7 +14403,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return -1;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_ws), __pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, 1, "ws", 0))) __PYX_ERR(0, 311, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_ws), __pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, 1, "ws", 0))) __PYX_ERR(0, 333, __pyx_L1_error)
   __pyx_r = __pyx_pf_5wsmem_10_workspace_7_Borrow___cinit__(((struct __pyx_obj_5wsmem_10_workspace__Borrow *)__pyx_v_self), __pyx_v_ws);
 
   /* function exit code */
@@ -14047,7 +14428,7 @@ static int __pyx_pf_5wsmem_10_workspace_7_Borrow___cinit__(struct __pyx_obj_5wsm
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "wsmem/_workspace.pyx":312
+  /* "wsmem/_workspace.pyx":334
  * 
  *     def __cinit__(self, Workspace ws):
  *         self.ws = ws             # <<<<<<<<<<<<<<
@@ -14059,7 +14440,7 @@ static int __pyx_pf_5wsmem_10_workspace_7_Borrow___cinit__(struct __pyx_obj_5wsm
   __Pyx_GOTREF((PyObject *)__pyx_v_self->ws);
   __Pyx_DECREF_SET(__pyx_v_self->ws, __pyx_v_ws);
 
-  /* "wsmem/_workspace.pyx":311
+  /* "wsmem/_workspace.pyx":333
  *     cdef Workspace ws
  * 
  *     def __cinit__(self, Workspace ws):             # <<<<<<<<<<<<<<
@@ -14074,7 +14455,7 @@ static int __pyx_pf_5wsmem_10_workspace_7_Borrow___cinit__(struct __pyx_obj_5wsm
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":314
+/* "wsmem/_workspace.pyx":336
  *         self.ws = ws
  * 
  *     def __enter__(self):             # <<<<<<<<<<<<<<
@@ -14136,17 +14517,17 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_7_Borrow_2__enter__(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__enter__", 0);
 
-  /* "wsmem/_workspace.pyx":315
+  /* "wsmem/_workspace.pyx":337
  * 
  *     def __enter__(self):
  *         self.ws._require_open()             # <<<<<<<<<<<<<<
  *         _push(self.ws, _stack())
  *         return self.ws
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->ws->__pyx_base.__pyx_vtab)->_require_open(__pyx_v_self->ws); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 315, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_10_workspace_Workspace *)__pyx_v_self->ws->__pyx_base.__pyx_vtab)->_require_open(__pyx_v_self->ws); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 337, __pyx_L1_error)
 
 
-  /* "wsmem/_workspace.pyx":316
+  /* "wsmem/_workspace.pyx":338
  *     def __enter__(self):
  *         self.ws._require_open()
  *         _push(self.ws, _stack())             # <<<<<<<<<<<<<<
@@ -14155,13 +14536,13 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_7_Borrow_2__enter__(struct __pyx_o
 */
   __pyx_t_2 = ((PyObject *)__pyx_v_self->ws);
   __Pyx_INCREF(__pyx_t_2);
-  __pyx_t_3 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 316, __pyx_L1_error)
+  __pyx_t_3 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 338, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_f_5wsmem_10_workspace__push(__pyx_t_2, ((PyObject*)__pyx_t_3)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 316, __pyx_L1_error)
+  __pyx_f_5wsmem_10_workspace__push(__pyx_t_2, ((PyObject*)__pyx_t_3)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 338, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_workspace.pyx":317
+  /* "wsmem/_workspace.pyx":339
  *         self.ws._require_open()
  *         _push(self.ws, _stack())
  *         return self.ws             # <<<<<<<<<<<<<<
@@ -14179,7 +14560,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_7_Borrow_2__enter__(struct __pyx_o
   }
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":314
+  /* "wsmem/_workspace.pyx":336
  *         self.ws = ws
  * 
  *     def __enter__(self):             # <<<<<<<<<<<<<<
@@ -14199,7 +14580,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_7_Borrow_2__enter__(struct __pyx_o
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":319
+/* "wsmem/_workspace.pyx":341
  *         return self.ws
  * 
  *     def __exit__(self, *exc):             # <<<<<<<<<<<<<<
@@ -14247,7 +14628,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_7_Borrow_4__exit__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__exit__", 0);
 
-  /* "wsmem/_workspace.pyx":320
+  /* "wsmem/_workspace.pyx":342
  * 
  *     def __exit__(self, *exc):
  *         _pop(self.ws, _stack())             # <<<<<<<<<<<<<<
@@ -14256,13 +14637,13 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_7_Borrow_4__exit__(struct __pyx_ob
 */
   __pyx_t_1 = ((PyObject *)__pyx_v_self->ws);
   __Pyx_INCREF(__pyx_t_1);
-  __pyx_t_2 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 342, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_f_5wsmem_10_workspace__pop(__pyx_t_1, ((PyObject*)__pyx_t_2)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_f_5wsmem_10_workspace__pop(__pyx_t_1, ((PyObject*)__pyx_t_2));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":321
+  /* "wsmem/_workspace.pyx":343
  *     def __exit__(self, *exc):
  *         _pop(self.ws, _stack())
  *         return False             # <<<<<<<<<<<<<<
@@ -14280,7 +14661,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_7_Borrow_4__exit__(struct __pyx_ob
   }
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":319
+  /* "wsmem/_workspace.pyx":341
  *         return self.ws
  * 
  *     def __exit__(self, *exc):             # <<<<<<<<<<<<<<
@@ -14506,7 +14887,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_7_Borrow_8__setstate_cython__(CYTH
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":328
+/* "wsmem/_workspace.pyx":350
  *     """Context manager of wsmem.scope_out()."""
  * 
  *     def __enter__(self):             # <<<<<<<<<<<<<<
@@ -14566,19 +14947,19 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9_ScopeOut___enter__(CYTHON_UNUSED
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__enter__", 0);
 
-  /* "wsmem/_workspace.pyx":329
+  /* "wsmem/_workspace.pyx":351
  * 
  *     def __enter__(self):
  *         _push(None, _stack())             # <<<<<<<<<<<<<<
  *         return None
  * 
 */
-  __pyx_t_1 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 351, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_f_5wsmem_10_workspace__push(Py_None, ((PyObject*)__pyx_t_1)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 329, __pyx_L1_error)
+  __pyx_f_5wsmem_10_workspace__push(Py_None, ((PyObject*)__pyx_t_1)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 351, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_workspace.pyx":330
+  /* "wsmem/_workspace.pyx":352
  *     def __enter__(self):
  *         _push(None, _stack())
  *         return None             # <<<<<<<<<<<<<<
@@ -14595,7 +14976,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9_ScopeOut___enter__(CYTHON_UNUSED
   }
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":328
+  /* "wsmem/_workspace.pyx":350
  *     """Context manager of wsmem.scope_out()."""
  * 
  *     def __enter__(self):             # <<<<<<<<<<<<<<
@@ -14614,7 +14995,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9_ScopeOut___enter__(CYTHON_UNUSED
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":332
+/* "wsmem/_workspace.pyx":354
  *         return None
  * 
  *     def __exit__(self, *exc):             # <<<<<<<<<<<<<<
@@ -14661,19 +15042,19 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9_ScopeOut_2__exit__(CYTHON_UNUSED
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__exit__", 0);
 
-  /* "wsmem/_workspace.pyx":333
+  /* "wsmem/_workspace.pyx":355
  * 
  *     def __exit__(self, *exc):
  *         _pop(None, _stack())             # <<<<<<<<<<<<<<
  *         return False
  * 
 */
-  __pyx_t_1 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 333, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_10_workspace__stack(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 355, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_f_5wsmem_10_workspace__pop(Py_None, ((PyObject*)__pyx_t_1)); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 333, __pyx_L1_error)
+  __pyx_f_5wsmem_10_workspace__pop(Py_None, ((PyObject*)__pyx_t_1));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_workspace.pyx":334
+  /* "wsmem/_workspace.pyx":356
  *     def __exit__(self, *exc):
  *         _pop(None, _stack())
  *         return False             # <<<<<<<<<<<<<<
@@ -14691,7 +15072,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9_ScopeOut_2__exit__(CYTHON_UNUSED
   }
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":332
+  /* "wsmem/_workspace.pyx":354
  *         return None
  * 
  *     def __exit__(self, *exc):             # <<<<<<<<<<<<<<
@@ -15170,7 +15551,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_9_ScopeOut_6__setstate_cython__(st
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":337
+/* "wsmem/_workspace.pyx":359
  * 
  * 
  * def scope_out():             # <<<<<<<<<<<<<<
@@ -15206,7 +15587,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_4scope_out(CYTHON_UNUSED PyObject 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("scope_out", 0);
 
-  /* "wsmem/_workspace.pyx":349
+  /* "wsmem/_workspace.pyx":371
  *     (True, True)
  *     """
  *     return _ScopeOut()             # <<<<<<<<<<<<<<
@@ -15219,7 +15600,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_4scope_out(CYTHON_UNUSED PyObject 
     PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__ScopeOut, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 349, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 371, __pyx_L1_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_1);
   }
   {
@@ -15233,7 +15614,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_4scope_out(CYTHON_UNUSED PyObject 
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":337
+  /* "wsmem/_workspace.pyx":359
  * 
  * 
  * def scope_out():             # <<<<<<<<<<<<<<
@@ -15253,7 +15634,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_4scope_out(CYTHON_UNUSED PyObject 
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":352
+/* "wsmem/_workspace.pyx":374
  * 
  * 
  * def current_workspace():             # <<<<<<<<<<<<<<
@@ -15287,14 +15668,14 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_6current_workspace(CYTHON_UNUSED P
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("current_workspace", 0);
 
-  /* "wsmem/_workspace.pyx":354
+  /* "wsmem/_workspace.pyx":376
  * def current_workspace():
  *     """The innermost active workspace of this thread, or None (heap)."""
  *     return current_arena()             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = __pyx_f_5wsmem_6_arena_current_arena(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 354, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_6_arena_current_arena(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 376, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -15307,7 +15688,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_6current_workspace(CYTHON_UNUSED P
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":352
+  /* "wsmem/_workspace.pyx":374
  * 
  * 
  * def current_workspace():             # <<<<<<<<<<<<<<
@@ -15326,7 +15707,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_6current_workspace(CYTHON_UNUSED P
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":380
+/* "wsmem/_workspace.pyx":402
  *     """
  * 
  *     def __init__(self, mode):             # <<<<<<<<<<<<<<
@@ -15375,39 +15756,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_self,&__pyx_mstate_global->__pyx_n_u_mode,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 380, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 402, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 380, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 402, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 380, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 402, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 380, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 402, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, i); __PYX_ERR(0, 380, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, i); __PYX_ERR(0, 402, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 380, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 402, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 380, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 402, __pyx_L3_error)
     }
     __pyx_v_self = values[0];
     __pyx_v_mode = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 380, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 402, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -15441,7 +15822,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_10debug_mode___init__(CYTHON_UNUSE
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "wsmem/_workspace.pyx":381
+  /* "wsmem/_workspace.pyx":403
  * 
  *     def __init__(self, mode):
  *         self.mode = DebugMode.coerce(mode, "mode")             # <<<<<<<<<<<<<<
@@ -15449,9 +15830,9 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_10debug_mode___init__(CYTHON_UNUSE
  * 
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_DebugMode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 381, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_DebugMode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 403, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_coerce); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 381, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_coerce); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 403, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -15471,22 +15852,22 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_10debug_mode___init__(CYTHON_UNUSE
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 381, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 403, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  if (__Pyx_PyObject_SetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_mode, __pyx_t_1) < (0)) __PYX_ERR(0, 381, __pyx_L1_error)
+  if (__Pyx_PyObject_SetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_mode, __pyx_t_1) < (0)) __PYX_ERR(0, 403, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_workspace.pyx":382
+  /* "wsmem/_workspace.pyx":404
  *     def __init__(self, mode):
  *         self.mode = DebugMode.coerce(mode, "mode")
  *         self._prev = None             # <<<<<<<<<<<<<<
  * 
  *     def __enter__(self):
 */
-  if (__Pyx_PyObject_SetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_prev, Py_None) < (0)) __PYX_ERR(0, 382, __pyx_L1_error)
+  if (__Pyx_PyObject_SetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_prev, Py_None) < (0)) __PYX_ERR(0, 404, __pyx_L1_error)
 
-  /* "wsmem/_workspace.pyx":380
+  /* "wsmem/_workspace.pyx":402
  *     """
  * 
  *     def __init__(self, mode):             # <<<<<<<<<<<<<<
@@ -15510,7 +15891,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_10debug_mode___init__(CYTHON_UNUSE
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":384
+/* "wsmem/_workspace.pyx":406
  *         self._prev = None
  * 
  *     def __enter__(self):             # <<<<<<<<<<<<<<
@@ -15558,32 +15939,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_self,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 384, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 406, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 384, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 406, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__enter__", 0) < (0)) __PYX_ERR(0, 384, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__enter__", 0) < (0)) __PYX_ERR(0, 406, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__enter__", 1, 1, 1, i); __PYX_ERR(0, 384, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__enter__", 1, 1, 1, i); __PYX_ERR(0, 406, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 384, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 406, __pyx_L3_error)
     }
     __pyx_v_self = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__enter__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 384, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__enter__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 406, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -15616,46 +15997,46 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_10debug_mode_2__enter__(CYTHON_UNU
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__enter__", 0);
 
-  /* "wsmem/_workspace.pyx":385
+  /* "wsmem/_workspace.pyx":407
  * 
  *     def __enter__(self):
  *         self._prev = get_debug_mode()             # <<<<<<<<<<<<<<
  *         set_debug_mode(_DEBUG_CODES[self.mode])
  *         return self.mode
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_f_5wsmem_6_arena_get_debug_mode()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 385, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_f_5wsmem_6_arena_get_debug_mode()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (__Pyx_PyObject_SetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_prev, __pyx_t_1) < (0)) __PYX_ERR(0, 385, __pyx_L1_error)
+  if (__Pyx_PyObject_SetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_prev, __pyx_t_1) < (0)) __PYX_ERR(0, 407, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_workspace.pyx":386
+  /* "wsmem/_workspace.pyx":408
  *     def __enter__(self):
  *         self._prev = get_debug_mode()
  *         set_debug_mode(_DEBUG_CODES[self.mode])             # <<<<<<<<<<<<<<
  *         return self.mode
  * 
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_DEBUG_CODES); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 386, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_DEBUG_CODES); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 408, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_mode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 386, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_mode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 408, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetItem(__pyx_t_1, __pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 386, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetItem(__pyx_t_1, __pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 408, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 386, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 408, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_f_5wsmem_6_arena_set_debug_mode(__pyx_t_4);
 
 
-  /* "wsmem/_workspace.pyx":387
+  /* "wsmem/_workspace.pyx":409
  *         self._prev = get_debug_mode()
  *         set_debug_mode(_DEBUG_CODES[self.mode])
  *         return self.mode             # <<<<<<<<<<<<<<
  * 
  *     def __exit__(self, *exc):
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_mode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 387, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_mode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 409, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   {
     PyObject *__pyx_temp;
@@ -15668,7 +16049,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_10debug_mode_2__enter__(CYTHON_UNU
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":384
+  /* "wsmem/_workspace.pyx":406
  *         self._prev = None
  * 
  *     def __enter__(self):             # <<<<<<<<<<<<<<
@@ -15689,7 +16070,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_10debug_mode_2__enter__(CYTHON_UNU
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":389
+/* "wsmem/_workspace.pyx":411
  *         return self.mode
  * 
  *     def __exit__(self, *exc):             # <<<<<<<<<<<<<<
@@ -15744,33 +16125,33 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_self,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 389, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 411, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         default:
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 389, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 411, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
       const Py_ssize_t used_pos_args = (kwd_pos_args < 1) ? kwd_pos_args : 1;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, used_pos_args, __pyx_kwds_len, "__exit__", 0) < (0)) __PYX_ERR(0, 389, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, used_pos_args, __pyx_kwds_len, "__exit__", 0) < (0)) __PYX_ERR(0, 411, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__exit__", 0, 1, 1, i); __PYX_ERR(0, 389, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__exit__", 0, 1, 1, i); __PYX_ERR(0, 411, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs < 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 389, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 411, __pyx_L3_error)
     }
     __pyx_v_self = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__exit__", 0, 1, 1, __pyx_nargs); __PYX_ERR(0, 389, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__exit__", 0, 1, 1, __pyx_nargs); __PYX_ERR(0, 411, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -15803,21 +16184,21 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_10debug_mode_4__exit__(CYTHON_UNUS
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__exit__", 0);
 
-  /* "wsmem/_workspace.pyx":390
+  /* "wsmem/_workspace.pyx":412
  * 
  *     def __exit__(self, *exc):
  *         set_debug_mode(self._prev)             # <<<<<<<<<<<<<<
  *         return False
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_prev); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 390, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_self, __pyx_mstate_global->__pyx_n_u_prev); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 412, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_2 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 390, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_2 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 412, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_f_5wsmem_6_arena_set_debug_mode(__pyx_t_2);
 
 
-  /* "wsmem/_workspace.pyx":391
+  /* "wsmem/_workspace.pyx":413
  *     def __exit__(self, *exc):
  *         set_debug_mode(self._prev)
  *         return False             # <<<<<<<<<<<<<<
@@ -15835,7 +16216,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_10debug_mode_4__exit__(CYTHON_UNUS
   }
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":389
+  /* "wsmem/_workspace.pyx":411
  *         return self.mode
  * 
  *     def __exit__(self, *exc):             # <<<<<<<<<<<<<<
@@ -15854,7 +16235,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_10debug_mode_4__exit__(CYTHON_UNUS
   return __pyx_r;
 }
 
-/* "wsmem/_workspace.pyx":394
+/* "wsmem/_workspace.pyx":416
  * 
  * 
  * def get_debug_mode_name():             # <<<<<<<<<<<<<<
@@ -15890,16 +16271,16 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_8get_debug_mode_name(CYTHON_UNUSED
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("get_debug_mode_name", 0);
 
-  /* "wsmem/_workspace.pyx":396
+  /* "wsmem/_workspace.pyx":418
  * def get_debug_mode_name():
  *     """The debug mode in force (a DebugMode)."""
  *     return _DEBUG_NAMES[get_debug_mode()]             # <<<<<<<<<<<<<<
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_DEBUG_NAMES); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 396, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_DEBUG_NAMES); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 418, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_t_2 = __pyx_f_5wsmem_6_arena_get_debug_mode();
 
-  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_1, __pyx_t_2, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 396, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_GetItemInt(__pyx_t_1, __pyx_t_2, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 418, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
@@ -15914,7 +16295,7 @@ static PyObject *__pyx_pf_5wsmem_10_workspace_8get_debug_mode_name(CYTHON_UNUSED
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_workspace.pyx":394
+  /* "wsmem/_workspace.pyx":416
  * 
  * 
  * def get_debug_mode_name():             # <<<<<<<<<<<<<<
@@ -16222,6 +16603,7 @@ static PyObject *__pyx_tp_new__initialisation_5wsmem_10_workspace_Workspace(PyOb
   struct __pyx_obj_5wsmem_10_workspace_Workspace *p = ((struct __pyx_obj_5wsmem_10_workspace_Workspace *)o);
   p->__pyx_base.__pyx_vtab = (struct __pyx_vtabstruct_5wsmem_6_arena_Arena*)__pyx_vtabptr_5wsmem_10_workspace_Workspace;
   p->config = Py_None; Py_INCREF(Py_None);
+  p->_handler = Py_None; Py_INCREF(Py_None);
   return o;
 }
 
@@ -16250,7 +16632,16 @@ static void __pyx_tp_dealloc_5wsmem_10_workspace_Workspace(PyObject *o) {
   #endif
   PyObject_GC_UnTrack(o);
   if (p->__weakref__) PyObject_ClearWeakRefs(o);
+  {
+    PyObject *etype, *eval, *etb;
+    __Pyx_PyErr_FetchException(&etype, &eval, &etb);
+    __Pyx_DeallocKeepAliveBegin(o);
+    __pyx_pw_5wsmem_10_workspace_9Workspace_3__dealloc__(o);
+    __Pyx_DeallocKeepAliveEnd(o);
+    __Pyx_PyErr_RestoreException(etype, eval, etb);
+  }
   Py_CLEAR(p->config);
+  Py_CLEAR(p->_handler);
   #if CYTHON_USE_TYPE_SPECS
   PyObject *tp = (PyObject*)Py_TYPE(o);
   #endif
@@ -16285,6 +16676,9 @@ static int __pyx_tp_traverse_5wsmem_10_workspace_Workspace(PyObject *o, visitpro
   if (p->config) {
     e = (*v)(p->config, a); if (e) return e;
   }
+  if (p->_handler) {
+    e = (*v)(p->_handler, a); if (e) return e;
+  }
   return 0;
 }
 
@@ -16300,6 +16694,9 @@ static int __pyx_tp_clear_5wsmem_10_workspace_Workspace(PyObject *o) {
   { __Pyx_call_next_tp_clear(o, __pyx_tp_clear_5wsmem_10_workspace_Workspace); }
   tmp = ((PyObject*)p->config);
   p->config = Py_None; Py_INCREF(Py_None);
+  Py_XDECREF(tmp);
+  tmp = ((PyObject*)p->_handler);
+  p->_handler = Py_None; Py_INCREF(Py_None);
   Py_XDECREF(tmp);
   return 0;
 }
@@ -16317,25 +16714,25 @@ static PyObject *__pyx_getprop_5wsmem_10_workspace_9Workspace_config(PyObject *o
 }
 
 static PyMethodDef __pyx_methods_5wsmem_10_workspace_Workspace[] = {
-  {"__enter__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_3__enter__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_2__enter__},
-  {"__exit__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_5__exit__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_4__exit__},
-  {"borrow", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_7borrow, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_6borrow},
-  {"initialize", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_9initialize, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_8initialize},
-  {"destroy", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_11destroy, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_10destroy},
-  {"_require_usable", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_13_require_usable, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_12_require_usable},
-  {"stats", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_15stats, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_14stats},
-  {"leaks", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_17leaks, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_16leaks},
-  {"empty", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_21empty, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_20empty},
-  {"zeros", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_23zeros, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_22zeros},
-  {"ones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_25ones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_24ones},
-  {"full", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_27full, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_26full},
-  {"empty_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_29empty_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_28empty_like},
-  {"zeros_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_31zeros_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_30zeros_like},
-  {"ones_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_33ones_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_32ones_like},
-  {"full_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_35full_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_34full_like},
-  {"asarray", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_37asarray, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_36asarray},
-  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_39__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_38__reduce_cython__},
-  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_41__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_40__setstate_cython__},
+  {"__enter__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_5__enter__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_4__enter__},
+  {"__exit__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_7__exit__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_6__exit__},
+  {"borrow", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_9borrow, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_8borrow},
+  {"initialize", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_11initialize, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_10initialize},
+  {"destroy", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_13destroy, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_12destroy},
+  {"_require_usable", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_15_require_usable, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_14_require_usable},
+  {"stats", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_17stats, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_16stats},
+  {"leaks", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_19leaks, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_18leaks},
+  {"empty", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_23empty, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_22empty},
+  {"zeros", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_25zeros, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_24zeros},
+  {"ones", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_27ones, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_26ones},
+  {"full", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_29full, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_28full},
+  {"empty_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_31empty_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_30empty_like},
+  {"zeros_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_33zeros_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_32zeros_like},
+  {"ones_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_35ones_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_34ones_like},
+  {"full_like", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_37full_like, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_36full_like},
+  {"asarray", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_39asarray, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_38asarray},
+  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_41__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_40__reduce_cython__},
+  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_5wsmem_10_workspace_9Workspace_43__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_5wsmem_10_workspace_9Workspace_42__setstate_cython__},
   {0, 0, 0, 0}
 };
 
@@ -16354,7 +16751,7 @@ static PyMemberDef __pyx_type_5wsmem_10_workspace_Workspace_members[] = {
 };
 static PyType_Slot __pyx_type_5wsmem_10_workspace_Workspace_slots[] = {
   {Py_tp_dealloc, (void *)__pyx_tp_dealloc_5wsmem_10_workspace_Workspace},
-  {Py_tp_repr, (void *)__pyx_pw_5wsmem_10_workspace_9Workspace_19__repr__},
+  {Py_tp_repr, (void *)__pyx_pw_5wsmem_10_workspace_9Workspace_21__repr__},
   {Py_tp_doc, (void *)PyDoc_STR("Workspace(name, config=None, **overrides)\n\nA named cyclic arena owned by one thread (ND4J\047s MemoryWorkspace).\n\n``with ws:`` opens a cycle; leaving it ends the cycle: every array made in\nit becomes stale and its memory is reused by the next cycle.\n\nParameters\n----------\nname : str\n    Name used in messages, stats and the per-thread registry.\nconfig : WorkspaceConfig, optional\n    Policies and sizes; keyword arguments override single fields.\n\nExamples\n--------\n>>> import numpy as np, wsmem\n>>> ws = wsmem.Workspace(\"doc_ws\", learning=\"first_loop\")\n>>> for step in range(3):\n...     with ws:\n...         a = wsmem.empty((256, 256))\n...         a.fill(step)\n>>> s = ws.stats()\n>>> s.cycles, s.spilled_count, s.capacity >= 256 * 256 * 8\n(3, 0, True)\n>>> ws.destroy()")},
   {Py_tp_traverse, (void *)__pyx_tp_traverse_5wsmem_10_workspace_Workspace},
   {Py_tp_clear, (void *)__pyx_tp_clear_5wsmem_10_workspace_Workspace},
@@ -16384,7 +16781,7 @@ static PyTypeObject __pyx_type_5wsmem_10_workspace_Workspace = {
   0, /*tp_getattr*/
   0, /*tp_setattr*/
   0, /*tp_as_async*/
-  __pyx_pw_5wsmem_10_workspace_9Workspace_19__repr__, /*tp_repr*/
+  __pyx_pw_5wsmem_10_workspace_9Workspace_21__repr__, /*tp_repr*/
   0, /*tp_as_number*/
   0, /*tp_as_sequence*/
   0, /*tp_as_mapping*/
@@ -16890,11 +17287,11 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_10_workspace_Workspace(__pyx_m
   __pyx_vtable_5wsmem_10_workspace_Workspace.__pyx_base = *__pyx_vtabptr_5wsmem_6_arena_Arena;
   __pyx_vtable_5wsmem_10_workspace_Workspace._require_open = (int (*)(struct __pyx_obj_5wsmem_10_workspace_Workspace *))__pyx_f_5wsmem_10_workspace_9Workspace__require_open;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 65, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 75, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_10_workspace_Workspace_spec, __pyx_t_1);
   __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-  if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace)) __PYX_ERR(0, 65, __pyx_L1_error)
+  if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace)) __PYX_ERR(0, 75, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace = &__pyx_type_5wsmem_10_workspace_Workspace;
   #endif
@@ -16902,7 +17299,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_10_workspace_Workspace(__pyx_m
   __pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace->tp_base = __pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena;
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace) < (0)) __PYX_ERR(0, 65, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace) < (0)) __PYX_ERR(0, 75, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace);
@@ -16912,12 +17309,12 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_10_workspace_Workspace(__pyx_m
     __pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_vtabptr_5wsmem_10_workspace_Workspace) < (0)) __PYX_ERR(0, 65, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Workspace, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace) < (0)) __PYX_ERR(0, 65, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_vtabptr_5wsmem_10_workspace_Workspace) < (0)) __PYX_ERR(0, 75, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Workspace, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace) < (0)) __PYX_ERR(0, 75, __pyx_L1_error)
   #if CYTHON_USE_TYPE_SLOTS
   if (__pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace->tp_weaklistoffset == 0) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace->tp_weaklistoffset = offsetof(struct __pyx_obj_5wsmem_10_workspace_Workspace, __weakref__);
   #endif
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace) < (0)) __PYX_ERR(0, 65, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace_Workspace) < (0)) __PYX_ERR(0, 75, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -16935,14 +17332,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_10_workspace__Borrow(__pyx_mst
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_5wsmem_10_workspace__Borrow", 0);
   /*--- Exttype __pyx_obj_5wsmem_10_workspace__Borrow ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_10_workspace__Borrow_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow)) __PYX_ERR(0, 306, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_10_workspace__Borrow_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow)) __PYX_ERR(0, 328, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow = &__pyx_type_5wsmem_10_workspace__Borrow;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow) < (0)) __PYX_ERR(0, 306, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow) < (0)) __PYX_ERR(0, 328, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow);
@@ -16952,8 +17349,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_10_workspace__Borrow(__pyx_mst
     __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Borrow, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow) < (0)) __PYX_ERR(0, 306, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow) < (0)) __PYX_ERR(0, 306, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Borrow, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow) < (0)) __PYX_ERR(0, 328, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__Borrow) < (0)) __PYX_ERR(0, 328, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -16970,14 +17367,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_10_workspace__ScopeOut(__pyx_m
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_5wsmem_10_workspace__ScopeOut", 0);
   /*--- Exttype __pyx_obj_5wsmem_10_workspace__ScopeOut ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_10_workspace__ScopeOut_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut)) __PYX_ERR(0, 324, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_10_workspace__ScopeOut_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut)) __PYX_ERR(0, 346, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut = &__pyx_type_5wsmem_10_workspace__ScopeOut;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut) < (0)) __PYX_ERR(0, 324, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut) < (0)) __PYX_ERR(0, 346, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut);
@@ -16987,8 +17384,8 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_10_workspace__ScopeOut(__pyx_m
     __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_ScopeOut, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut) < (0)) __PYX_ERR(0, 324, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut) < (0)) __PYX_ERR(0, 324, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_ScopeOut, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut) < (0)) __PYX_ERR(0, 346, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_10_workspace__ScopeOut) < (0)) __PYX_ERR(0, 346, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -17251,6 +17648,26 @@ static int __Pyx_modinit_Function_import_code(__pyx_mstatetype *__pyx_mstate) {
     #endif
     const char * __pyx_import_name = __pyx_import_signature + 124;
     void (**const __pyx_import_pointers[])(void) = {(void (**)(void))&__pyx_f_5wsmem_6_array_new_array, (void (**)(void)) NULL};
+    void (**const *__pyx_import_pointer)(void) = __pyx_import_pointers;
+    const char *__pyx_import_current_signature = __pyx_import_signature;
+    while (*__pyx_import_pointer) {
+      if (__Pyx_ImportFunction_3_3_1(__pyx_t_1, __pyx_import_name, *__pyx_import_pointer, __pyx_import_current_signature) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
+      ++__pyx_import_pointer;
+      __pyx_import_name = strchr(__pyx_import_name, '\0') + 1;
+      __pyx_import_signature = strchr(__pyx_import_signature, '\0') + 1;
+      if (*__pyx_import_signature != '\0') __pyx_import_current_signature = __pyx_import_signature;
+    }
+    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  }
+  {
+    __pyx_t_1 = PyImport_ImportModule("wsmem._capture"); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+    const char * __pyx_import_signature = __Pyx_PyBytes_AsString(__pyx_mstate_global->__pyx_kp_b_PyObject_PyObject_PyObject_struc);
+    #if !CYTHON_ASSUME_SAFE_MACROS
+    if (unlikely(!__pyx_import_signature)) __PYX_ERR(0, 1, __pyx_L1_error)
+    #endif
+    const char * __pyx_import_name = __pyx_import_signature + 94;
+    void (**const __pyx_import_pointers[])(void) = {(void (**)(void))&__pyx_f_5wsmem_8_capture_set_handler, (void (**)(void))&__pyx_f_5wsmem_8_capture_make_handler, (void (**)(void))&__pyx_f_5wsmem_8_capture_detach_handler, (void (**)(void))&__pyx_f_5wsmem_8_capture_restore_handler, (void (**)(void)) NULL};
     void (**const *__pyx_import_pointer)(void) = __pyx_import_pointers;
     const char *__pyx_import_current_signature = __pyx_import_signature;
     while (*__pyx_import_pointer) {
@@ -17574,46 +17991,46 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
   if (__Pyx_InitAfterSharedUtility() < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   /*--- Execution code ---*/
 
-  /* "wsmem/_workspace.pyx":8
- * from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
+  /* "wsmem/_workspace.pyx":9
+ * from wsmem._capture cimport make_handler, detach_handler, set_handler, restore_handler
  * 
  * import threading             # <<<<<<<<<<<<<<
  * import weakref
  * 
 */
-  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_threading, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 8, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_threading, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 9, __pyx_L1_error)
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_threading, __pyx_t_2) < (0)) __PYX_ERR(0, 8, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_threading, __pyx_t_2) < (0)) __PYX_ERR(0, 9, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":9
+  /* "wsmem/_workspace.pyx":10
  * 
  * import threading
  * import weakref             # <<<<<<<<<<<<<<
  * 
  * import numpy as np
 */
-  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_weakref, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 9, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_weakref, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 10, __pyx_L1_error)
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_weakref, __pyx_t_2) < (0)) __PYX_ERR(0, 9, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_weakref, __pyx_t_2) < (0)) __PYX_ERR(0, 10, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":11
+  /* "wsmem/_workspace.pyx":12
  * import weakref
  * 
  * import numpy as np             # <<<<<<<<<<<<<<
  * 
  * from wsmem._config import WorkspaceConfig, Location, ResetPolicy, DebugMode, tracking_forced
 */
-  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 11, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 12, __pyx_L1_error)
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_np, __pyx_t_2) < (0)) __PYX_ERR(0, 11, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_np, __pyx_t_2) < (0)) __PYX_ERR(0, 12, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":13
+  /* "wsmem/_workspace.pyx":14
  * import numpy as np
  * 
  * from wsmem._config import WorkspaceConfig, Location, ResetPolicy, DebugMode, tracking_forced             # <<<<<<<<<<<<<<
@@ -17622,37 +18039,13 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WorkspaceConfig,__pyx_mstate_global->__pyx_n_u_Location,__pyx_mstate_global->__pyx_n_u_ResetPolicy,__pyx_mstate_global->__pyx_n_u_DebugMode,__pyx_mstate_global->__pyx_n_u_tracking_forced};
-    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__config, __pyx_imported_names, 5, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 13, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__config, __pyx_imported_names, 5, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 14, __pyx_L1_error)
   }
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WorkspaceConfig,__pyx_mstate_global->__pyx_n_u_Location,__pyx_mstate_global->__pyx_n_u_ResetPolicy,__pyx_mstate_global->__pyx_n_u_DebugMode,__pyx_mstate_global->__pyx_n_u_tracking_forced};
     for (__pyx_t_3=0; __pyx_t_3 < 5; __pyx_t_3++) {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 13, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_4);
-      if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_imported_names[__pyx_t_3], __pyx_t_4) < (0)) __PYX_ERR(0, 13, __pyx_L1_error)
-      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    }
-  }
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-
-  /* "wsmem/_workspace.pyx":14
- * 
- * from wsmem._config import WorkspaceConfig, Location, ResetPolicy, DebugMode, tracking_forced
- * from wsmem._errors import WorkspaceError             # <<<<<<<<<<<<<<
- * from wsmem._stats import WorkspaceStats, LeakInfo
- * 
-*/
-  {
-    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WorkspaceError};
-    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__errors, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 14, __pyx_L1_error)
-  }
-  __pyx_t_2 = __pyx_t_1;
-  __Pyx_GOTREF(__pyx_t_2);
-  {
-    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WorkspaceError};
-    __pyx_t_3 = 0; {
       __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 14, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_imported_names[__pyx_t_3], __pyx_t_4) < (0)) __PYX_ERR(0, 14, __pyx_L1_error)
@@ -17662,21 +18055,21 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "wsmem/_workspace.pyx":15
- * from wsmem._config import WorkspaceConfig, Location, ResetPolicy, DebugMode, tracking_forced
- * from wsmem._errors import WorkspaceError
- * from wsmem._stats import WorkspaceStats, LeakInfo             # <<<<<<<<<<<<<<
  * 
- * # Per-thread stack of active frames: a Workspace, or None for scope_out().
+ * from wsmem._config import WorkspaceConfig, Location, ResetPolicy, DebugMode, tracking_forced
+ * from wsmem._errors import WorkspaceError             # <<<<<<<<<<<<<<
+ * from wsmem._stats import WorkspaceStats, LeakInfo
+ * 
 */
   {
-    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WorkspaceStats,__pyx_mstate_global->__pyx_n_u_LeakInfo};
-    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__stats, __pyx_imported_names, 2, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 15, __pyx_L1_error)
+    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WorkspaceError};
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__errors, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 15, __pyx_L1_error)
   }
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
   {
-    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WorkspaceStats,__pyx_mstate_global->__pyx_n_u_LeakInfo};
-    for (__pyx_t_3=0; __pyx_t_3 < 2; __pyx_t_3++) {
+    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WorkspaceError};
+    __pyx_t_3 = 0; {
       __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 15, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_imported_names[__pyx_t_3], __pyx_t_4) < (0)) __PYX_ERR(0, 15, __pyx_L1_error)
@@ -17685,7 +18078,31 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":20
+  /* "wsmem/_workspace.pyx":16
+ * from wsmem._config import WorkspaceConfig, Location, ResetPolicy, DebugMode, tracking_forced
+ * from wsmem._errors import WorkspaceError
+ * from wsmem._stats import WorkspaceStats, LeakInfo             # <<<<<<<<<<<<<<
+ * 
+ * # Per-thread stack of active frames: a Workspace, or None for scope_out().
+*/
+  {
+    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WorkspaceStats,__pyx_mstate_global->__pyx_n_u_LeakInfo};
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_wsmem__stats, __pyx_imported_names, 2, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 16, __pyx_L1_error)
+  }
+  __pyx_t_2 = __pyx_t_1;
+  __Pyx_GOTREF(__pyx_t_2);
+  {
+    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WorkspaceStats,__pyx_mstate_global->__pyx_n_u_LeakInfo};
+    for (__pyx_t_3=0; __pyx_t_3 < 2; __pyx_t_3++) {
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 16, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+      if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_imported_names[__pyx_t_3], __pyx_t_4) < (0)) __PYX_ERR(0, 16, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    }
+  }
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "wsmem/_workspace.pyx":21
  * # It holds the strong references; wsmem._arena's thread-local pointer
  * # mirrors its top for the allocation fast path.
  * _tls = threading.local()             # <<<<<<<<<<<<<<
@@ -17693,9 +18110,9 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
  * _all = weakref.WeakSet()
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_threading); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 20, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_threading); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 21, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_local); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 20, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_local); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 21, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __pyx_t_7 = 1;
@@ -17704,13 +18121,13 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 20, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 21, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_tls, __pyx_t_2) < (0)) __PYX_ERR(0, 20, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_tls, __pyx_t_2) < (0)) __PYX_ERR(0, 21, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":22
+  /* "wsmem/_workspace.pyx":23
  * _tls = threading.local()
  * # Every live Workspace of the process (weakly), for diagnostics and tests.
  * _all = weakref.WeakSet()             # <<<<<<<<<<<<<<
@@ -17718,9 +18135,9 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
  * 
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_weakref); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 22, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_weakref); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 23, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WeakSet); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 22, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WeakSet); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 23, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_7 = 1;
@@ -17729,163 +18146,163 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 22, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 23, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_all, __pyx_t_2) < (0)) __PYX_ERR(0, 22, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_all, __pyx_t_2) < (0)) __PYX_ERR(0, 23, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":25
+  /* "wsmem/_workspace.pyx":26
  * 
  * 
  * def live_workspaces():             # <<<<<<<<<<<<<<
  *     """Every Workspace alive in the process (any thread, destroyed ones included)."""
  *     return list(_all)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_1live_workspaces, 0, __pyx_mstate_global->__pyx_n_u_live_workspaces, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 25, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_1live_workspaces, 0, __pyx_mstate_global->__pyx_n_u_live_workspaces, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 26, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_live_workspaces, __pyx_t_2) < (0)) __PYX_ERR(0, 25, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_live_workspaces, __pyx_t_2) < (0)) __PYX_ERR(0, 26, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":53
+  /* "wsmem/_workspace.pyx":63
  * 
  * 
  * def _gpu_unavailable(location):             # <<<<<<<<<<<<<<
  *     try:
  *         import cupy  # noqa: F401
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_3_gpu_unavailable, 0, __pyx_mstate_global->__pyx_n_u_gpu_unavailable, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 53, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_3_gpu_unavailable, 0, __pyx_mstate_global->__pyx_n_u_gpu_unavailable, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 63, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_gpu_unavailable, __pyx_t_2) < (0)) __PYX_ERR(0, 53, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_gpu_unavailable, __pyx_t_2) < (0)) __PYX_ERR(0, 63, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":115
+  /* "wsmem/_workspace.pyx":133
  * 
  *     # ------------------------------------------------------------ cycles
  *     def __enter__(self):             # <<<<<<<<<<<<<<
  *         if self.destroyed:
  *             raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one "
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_3__enter__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace___enter, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 115, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_5__enter__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace___enter, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 133, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_enter, __pyx_t_2) < (0)) __PYX_ERR(0, 115, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_enter, __pyx_t_2) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":126
+  /* "wsmem/_workspace.pyx":144
  *         return self
  * 
  *     def __exit__(self, exc_type, exc, tb):             # <<<<<<<<<<<<<<
  *         cdef list stack = _stack()
  *         if self.depth <= 0:
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_5__exit__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace___exit, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_7__exit__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace___exit, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_exit, __pyx_t_2) < (0)) __PYX_ERR(0, 126, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_exit, __pyx_t_2) < (0)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":141
+  /* "wsmem/_workspace.pyx":159
  *         return False
  * 
  *     def borrow(self):             # <<<<<<<<<<<<<<
  *         """Make this open workspace current again, without a new cycle.
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_7borrow, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_borrow, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 141, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_9borrow, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_borrow, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 159, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_borrow, __pyx_t_2) < (0)) __PYX_ERR(0, 141, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_borrow, __pyx_t_2) < (0)) __PYX_ERR(0, 159, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":148
+  /* "wsmem/_workspace.pyx":166
  *         return _Borrow(self)
  * 
  *     def initialize(self):             # <<<<<<<<<<<<<<
  *         """Size the block from what was measured so far (``learning="over_time"``).
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_9initialize, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_initialize, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 148, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_11initialize, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_initialize, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 166, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_initialize, __pyx_t_2) < (0)) __PYX_ERR(0, 148, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_initialize, __pyx_t_2) < (0)) __PYX_ERR(0, 166, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":160
+  /* "wsmem/_workspace.pyx":178
  *             self.initialized = True
  * 
  *     def destroy(self):             # <<<<<<<<<<<<<<
  *         """Release the workspace's memory; its arrays go stale.
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_11destroy, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_destroy, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 160, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_13destroy, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_destroy, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 178, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_destroy, __pyx_t_2) < (0)) __PYX_ERR(0, 160, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_destroy, __pyx_t_2) < (0)) __PYX_ERR(0, 178, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":180
+  /* "wsmem/_workspace.pyx":198
  *             pass
  * 
  *     def _require_usable(self):             # <<<<<<<<<<<<<<
  *         if self.destroyed:
  *             raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one")
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_13_require_usable, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace__require_usable, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 180, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_15_require_usable, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace__require_usable, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 198, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_require_usable, __pyx_t_2) < (0)) __PYX_ERR(0, 180, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_require_usable, __pyx_t_2) < (0)) __PYX_ERR(0, 198, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":206
+  /* "wsmem/_workspace.pyx":224
  *         return bool(self.destroyed)
  * 
  *     def stats(self):             # <<<<<<<<<<<<<<
  *         """Counters of the workspace (see :class:`wsmem.WorkspaceStats`)."""
  *         return WorkspaceStats(
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_15stats, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_stats, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 206, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_17stats, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_stats, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 224, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_stats, __pyx_t_2) < (0)) __PYX_ERR(0, 206, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_stats, __pyx_t_2) < (0)) __PYX_ERR(0, 224, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":226
+  /* "wsmem/_workspace.pyx":244
  *         )
  * 
  *     def leaks(self):             # <<<<<<<<<<<<<<
  *         """Memory still pinned by exports made in earlier (closed) cycles.
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_17leaks, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_leaks, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 226, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_19leaks, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_leaks, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 244, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_leaks, __pyx_t_2) < (0)) __PYX_ERR(0, 226, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_leaks, __pyx_t_2) < (0)) __PYX_ERR(0, 244, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":252
+  /* "wsmem/_workspace.pyx":274
  * 
  *     # ------------------------------------------------------------ creation
  *     def empty(self, shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -17897,20 +18314,20 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
   __Pyx_GIVEREF((&PyFloat_Type));
   {
     PyObject* __pyx_temp[2] = {((PyObject *)(&PyFloat_Type)), __pyx_mstate_global->__pyx_n_u_C};
-    __pyx_t_2 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 252, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 274, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_21empty, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_empty, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 252, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_23empty, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_empty, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 274, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_empty, __pyx_t_5) < (0)) __PYX_ERR(0, 252, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_empty, __pyx_t_5) < (0)) __PYX_ERR(0, 274, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":257
+  /* "wsmem/_workspace.pyx":279
  *         return new_array(self, shape, dtype, order, INIT_NONE)
  * 
  *     def zeros(self, shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -17922,20 +18339,20 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
   __Pyx_GIVEREF((&PyFloat_Type));
   {
     PyObject* __pyx_temp[2] = {((PyObject *)(&PyFloat_Type)), __pyx_mstate_global->__pyx_n_u_C};
-    __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 257, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 279, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_23zeros, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_zeros, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 257, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_25zeros, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_zeros, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 279, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_t_5);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_zeros, __pyx_t_2) < (0)) __PYX_ERR(0, 257, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_zeros, __pyx_t_2) < (0)) __PYX_ERR(0, 279, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":262
+  /* "wsmem/_workspace.pyx":284
  *         return new_array(self, shape, dtype, order, INIT_ZEROS)
  * 
  *     def ones(self, shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -17947,113 +18364,113 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
   __Pyx_GIVEREF((&PyFloat_Type));
   {
     PyObject* __pyx_temp[2] = {((PyObject *)(&PyFloat_Type)), __pyx_mstate_global->__pyx_n_u_C};
-    __pyx_t_2 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 262, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 284, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_25ones, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_ones, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_27ones, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_ones, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 284, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_ones, __pyx_t_5) < (0)) __PYX_ERR(0, 262, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_ones, __pyx_t_5) < (0)) __PYX_ERR(0, 284, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":269
+  /* "wsmem/_workspace.pyx":291
  *         return a
  * 
  *     def full(self, shape, fill_value, dtype=None, order="C"):             # <<<<<<<<<<<<<<
  *         """`fill_value` everywhere, in this (open) workspace."""
  *         with self.borrow():
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_27full, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_full, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 269, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_29full, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_full, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[4]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_full, __pyx_t_5) < (0)) __PYX_ERR(0, 269, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_full, __pyx_t_5) < (0)) __PYX_ERR(0, 291, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":275
+  /* "wsmem/_workspace.pyx":297
  *             return full(shape, fill_value, dtype, order)
  * 
  *     def empty_like(self, prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
  *         """Uninitialised array shaped like `prototype`, in this workspace."""
  *         with self.borrow():
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_29empty_like, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_empty_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 275, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_31empty_like, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_empty_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_empty_like, __pyx_t_5) < (0)) __PYX_ERR(0, 275, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_empty_like, __pyx_t_5) < (0)) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":281
+  /* "wsmem/_workspace.pyx":303
  *             return empty_like(prototype, dtype, order, shape)
  * 
  *     def zeros_like(self, prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
  *         """Zeros shaped like `prototype`, in this workspace."""
  *         with self.borrow():
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_31zeros_like, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_zeros_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 281, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_33zeros_like, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_zeros_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_zeros_like, __pyx_t_5) < (0)) __PYX_ERR(0, 281, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_zeros_like, __pyx_t_5) < (0)) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":287
+  /* "wsmem/_workspace.pyx":309
  *             return zeros_like(prototype, dtype, order, shape)
  * 
  *     def ones_like(self, prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
  *         """Ones shaped like `prototype`, in this workspace."""
  *         with self.borrow():
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_33ones_like, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_ones_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 287, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_35ones_like, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_ones_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 309, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_ones_like, __pyx_t_5) < (0)) __PYX_ERR(0, 287, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_ones_like, __pyx_t_5) < (0)) __PYX_ERR(0, 309, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":293
+  /* "wsmem/_workspace.pyx":315
  *             return ones_like(prototype, dtype, order, shape)
  * 
  *     def full_like(self, prototype, fill_value, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
  *         """`fill_value` shaped like `prototype`, in this workspace."""
  *         with self.borrow():
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_35full_like, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_full_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_37full_like, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_full_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 315, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[5]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_full_like, __pyx_t_5) < (0)) __PYX_ERR(0, 293, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_full_like, __pyx_t_5) < (0)) __PYX_ERR(0, 315, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":299
+  /* "wsmem/_workspace.pyx":321
  *             return full_like(prototype, fill_value, dtype, order, shape)
  * 
  *     def asarray(self, a, dtype=None, order=None):             # <<<<<<<<<<<<<<
  *         """`a` copied into this workspace (returned as is when already here)."""
  *         with self.borrow():
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_37asarray, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_asarray, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_39asarray, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace_asarray, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_5, __pyx_mstate_global->__pyx_tuple[6]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_asarray, __pyx_t_5) < (0)) __PYX_ERR(0, 299, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace_Workspace, __pyx_mstate_global->__pyx_n_u_asarray, __pyx_t_5) < (0)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -18061,7 +18478,7 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
  *     raise TypeError, "self.holes,self.main,self.state cannot be converted to a Python object for pickling"
  * def __setstate_cython__(self, __pyx_state):
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_39__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_5)) __PYX_ERR(2, 1, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_41__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_5)) __PYX_ERR(2, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -18075,7 +18492,7 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     raise TypeError, "self.holes,self.main,self.state cannot be converted to a Python object for pickling"
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_41__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_5)) __PYX_ERR(2, 3, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9Workspace_43__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Workspace___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_5)) __PYX_ERR(2, 3, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
@@ -18083,34 +18500,34 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(2, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":314
+  /* "wsmem/_workspace.pyx":336
  *         self.ws = ws
  * 
  *     def __enter__(self):             # <<<<<<<<<<<<<<
  *         self.ws._require_open()
  *         _push(self.ws, _stack())
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_7_Borrow_3__enter__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Borrow___enter, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 314, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_7_Borrow_3__enter__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Borrow___enter, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__Borrow, __pyx_mstate_global->__pyx_n_u_enter, __pyx_t_5) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__Borrow, __pyx_mstate_global->__pyx_n_u_enter, __pyx_t_5) < (0)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":319
+  /* "wsmem/_workspace.pyx":341
  *         return self.ws
  * 
  *     def __exit__(self, *exc):             # <<<<<<<<<<<<<<
  *         _pop(self.ws, _stack())
  *         return False
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_7_Borrow_5__exit__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Borrow___exit, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_7_Borrow_5__exit__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Borrow___exit, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 341, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__Borrow, __pyx_mstate_global->__pyx_n_u_exit, __pyx_t_5) < (0)) __PYX_ERR(0, 319, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__Borrow, __pyx_mstate_global->__pyx_n_u_exit, __pyx_t_5) < (0)) __PYX_ERR(0, 341, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -18140,34 +18557,34 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(2, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":328
+  /* "wsmem/_workspace.pyx":350
  *     """Context manager of wsmem.scope_out()."""
  * 
  *     def __enter__(self):             # <<<<<<<<<<<<<<
  *         _push(None, _stack())
  *         return None
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9_ScopeOut_1__enter__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ScopeOut___enter, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 328, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9_ScopeOut_1__enter__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ScopeOut___enter, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 350, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__ScopeOut, __pyx_mstate_global->__pyx_n_u_enter, __pyx_t_5) < (0)) __PYX_ERR(0, 328, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__ScopeOut, __pyx_mstate_global->__pyx_n_u_enter, __pyx_t_5) < (0)) __PYX_ERR(0, 350, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":332
+  /* "wsmem/_workspace.pyx":354
  *         return None
  * 
  *     def __exit__(self, *exc):             # <<<<<<<<<<<<<<
  *         _pop(None, _stack())
  *         return False
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9_ScopeOut_3__exit__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ScopeOut___exit, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 332, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9_ScopeOut_3__exit__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_ScopeOut___exit, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 354, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__ScopeOut, __pyx_mstate_global->__pyx_n_u_exit, __pyx_t_5) < (0)) __PYX_ERR(0, 332, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__ScopeOut, __pyx_mstate_global->__pyx_n_u_exit, __pyx_t_5) < (0)) __PYX_ERR(0, 354, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":1
@@ -18197,95 +18614,95 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
   if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_10_workspace__ScopeOut, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_5) < (0)) __PYX_ERR(2, 17, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":337
+  /* "wsmem/_workspace.pyx":359
  * 
  * 
  * def scope_out():             # <<<<<<<<<<<<<<
  *     """Allocate on the plain heap until the block ends (ND4J's scopeOutOfWorkspaces).
  * 
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_5scope_out, 0, __pyx_mstate_global->__pyx_n_u_scope_out, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 337, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_5scope_out, 0, __pyx_mstate_global->__pyx_n_u_scope_out, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 359, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_scope_out, __pyx_t_5) < (0)) __PYX_ERR(0, 337, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_scope_out, __pyx_t_5) < (0)) __PYX_ERR(0, 359, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":352
+  /* "wsmem/_workspace.pyx":374
  * 
  * 
  * def current_workspace():             # <<<<<<<<<<<<<<
  *     """The innermost active workspace of this thread, or None (heap)."""
  *     return current_arena()
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_7current_workspace, 0, __pyx_mstate_global->__pyx_n_u_current_workspace, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[31])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 352, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_7current_workspace, 0, __pyx_mstate_global->__pyx_n_u_current_workspace, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[31])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 374, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_current_workspace, __pyx_t_5) < (0)) __PYX_ERR(0, 352, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_current_workspace, __pyx_t_5) < (0)) __PYX_ERR(0, 374, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":357
+  /* "wsmem/_workspace.pyx":379
  * 
  * 
  * _DEBUG_CODES = {DebugMode.DISABLED: DEBUG_OFF,             # <<<<<<<<<<<<<<
  *                 DebugMode.SPILL_EVERYTHING: DEBUG_SPILL_EVERYTHING,
  *                 DebugMode.BYPASS_EVERYTHING: DEBUG_BYPASS_EVERYTHING}
 */
-  __pyx_t_5 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 357, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DebugMode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 357, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DebugMode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DISABLED); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 357, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DISABLED); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_DEBUG_OFF); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 357, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_DEBUG_OFF); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_5, __pyx_t_6, __pyx_t_2) < (0)) __PYX_ERR(0, 357, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_5, __pyx_t_6, __pyx_t_2) < (0)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":358
+  /* "wsmem/_workspace.pyx":380
  * 
  * _DEBUG_CODES = {DebugMode.DISABLED: DEBUG_OFF,
  *                 DebugMode.SPILL_EVERYTHING: DEBUG_SPILL_EVERYTHING,             # <<<<<<<<<<<<<<
  *                 DebugMode.BYPASS_EVERYTHING: DEBUG_BYPASS_EVERYTHING}
  * _DEBUG_NAMES = {v: k for k, v in _DEBUG_CODES.items()}
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DebugMode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 358, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DebugMode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 380, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_SPILL_EVERYTHING); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 358, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_SPILL_EVERYTHING); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 380, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_DEBUG_SPILL_EVERYTHING); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 358, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_DEBUG_SPILL_EVERYTHING); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 380, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_5, __pyx_t_6, __pyx_t_2) < (0)) __PYX_ERR(0, 357, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_5, __pyx_t_6, __pyx_t_2) < (0)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":359
+  /* "wsmem/_workspace.pyx":381
  * _DEBUG_CODES = {DebugMode.DISABLED: DEBUG_OFF,
  *                 DebugMode.SPILL_EVERYTHING: DEBUG_SPILL_EVERYTHING,
  *                 DebugMode.BYPASS_EVERYTHING: DEBUG_BYPASS_EVERYTHING}             # <<<<<<<<<<<<<<
  * _DEBUG_NAMES = {v: k for k, v in _DEBUG_CODES.items()}
  * 
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DebugMode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 359, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DebugMode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 381, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_BYPASS_EVERYTHING); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 359, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_BYPASS_EVERYTHING); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 381, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_DEBUG_BYPASS_EVERYTHING); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 359, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_DEBUG_BYPASS_EVERYTHING); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 381, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_5, __pyx_t_6, __pyx_t_2) < (0)) __PYX_ERR(0, 357, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_5, __pyx_t_6, __pyx_t_2) < (0)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_DEBUG_CODES, __pyx_t_5) < (0)) __PYX_ERR(0, 357, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_DEBUG_CODES, __pyx_t_5) < (0)) __PYX_ERR(0, 379, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":360
+  /* "wsmem/_workspace.pyx":382
  *                 DebugMode.SPILL_EVERYTHING: DEBUG_SPILL_EVERYTHING,
  *                 DebugMode.BYPASS_EVERYTHING: DEBUG_BYPASS_EVERYTHING}
  * _DEBUG_NAMES = {v: k for k, v in _DEBUG_CODES.items()}             # <<<<<<<<<<<<<<
@@ -18293,16 +18710,16 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
  * 
 */
   { /* enter inner scope */
-    __pyx_t_5 = PyDict_New(); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 360, __pyx_L4_error)
+    __pyx_t_5 = PyDict_New(); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 382, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_3 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_DEBUG_CODES); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 360, __pyx_L4_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_DEBUG_CODES); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 382, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_6);
     if (unlikely(__pyx_t_6 == Py_None)) {
       PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "items");
-      __PYX_ERR(0, 360, __pyx_L4_error)
+      __PYX_ERR(0, 382, __pyx_L4_error)
     }
-    __pyx_t_4 = __Pyx_dict_iterator(__pyx_t_6, 0, __pyx_mstate_global->__pyx_n_u_items, (&__pyx_t_8), (&__pyx_t_9)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 360, __pyx_L4_error)
+    __pyx_t_4 = __Pyx_dict_iterator(__pyx_t_6, 0, __pyx_mstate_global->__pyx_n_u_items, (&__pyx_t_8), (&__pyx_t_9)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 382, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_XDECREF(__pyx_t_2);
@@ -18311,7 +18728,7 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
     while (1) {
       __pyx_t_10 = __Pyx_dict_iter_next(__pyx_t_2, __pyx_t_8, &__pyx_t_3, &__pyx_t_4, &__pyx_t_6, NULL, __pyx_t_9);
       if (unlikely(__pyx_t_10 == 0)) break;
-      if (unlikely(__pyx_t_10 == -1)) __PYX_ERR(0, 360, __pyx_L4_error)
+      if (unlikely(__pyx_t_10 == -1)) __PYX_ERR(0, 382, __pyx_L4_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_XGOTREF(__pyx_7genexpr__pyx_v_5wsmem_10_workspace_k);
@@ -18322,7 +18739,7 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
       __Pyx_DECREF_SET(__pyx_7genexpr__pyx_v_5wsmem_10_workspace_v, __pyx_t_6);
       __Pyx_GIVEREF(__pyx_t_6);
       __pyx_t_6 = 0;
-      if (unlikely(PyDict_SetItem(__pyx_t_5, __pyx_7genexpr__pyx_v_5wsmem_10_workspace_v, __pyx_7genexpr__pyx_v_5wsmem_10_workspace_k))) __PYX_ERR(0, 360, __pyx_L4_error)
+      if (unlikely(PyDict_SetItem(__pyx_t_5, __pyx_7genexpr__pyx_v_5wsmem_10_workspace_v, __pyx_7genexpr__pyx_v_5wsmem_10_workspace_k))) __PYX_ERR(0, 382, __pyx_L4_error)
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_GOTREF(__pyx_7genexpr__pyx_v_5wsmem_10_workspace_k);
@@ -18338,93 +18755,93 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
     goto __pyx_L1_error;
     __pyx_L7_exit_scope:;
   } /* exit inner scope */
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_DEBUG_NAMES, __pyx_t_5) < (0)) __PYX_ERR(0, 360, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_DEBUG_NAMES, __pyx_t_5) < (0)) __PYX_ERR(0, 382, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":363
+  /* "wsmem/_workspace.pyx":385
  * 
  * 
  * class debug_mode:             # <<<<<<<<<<<<<<
  *     """Process-wide debug switch, as a context manager (ND4J's DebugMode).
  * 
 */
-  __pyx_t_5 = __Pyx_Py3MetaclassPrepare((PyObject *) NULL, __pyx_mstate_global->__pyx_empty_tuple, __pyx_mstate_global->__pyx_n_u_debug_mode, __pyx_mstate_global->__pyx_n_u_debug_mode, (PyObject *) NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_kp_u_Process_wide_debug_switch_as_a_c); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 363, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_Py3MetaclassPrepare((PyObject *) NULL, __pyx_mstate_global->__pyx_empty_tuple, __pyx_mstate_global->__pyx_n_u_debug_mode, __pyx_mstate_global->__pyx_n_u_debug_mode, (PyObject *) NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_kp_u_Process_wide_debug_switch_as_a_c); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 385, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
 
-  /* "wsmem/_workspace.pyx":380
+  /* "wsmem/_workspace.pyx":402
  *     """
  * 
  *     def __init__(self, mode):             # <<<<<<<<<<<<<<
  *         self.mode = DebugMode.coerce(mode, "mode")
  *         self._prev = None
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_10debug_mode_1__init__, 0, __pyx_mstate_global->__pyx_n_u_debug_mode___init, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[32])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 380, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_10debug_mode_1__init__, 0, __pyx_mstate_global->__pyx_n_u_debug_mode___init, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[32])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 402, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetNameInClass(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_init, __pyx_t_2) < (0)) __PYX_ERR(0, 380, __pyx_L1_error)
+  if (__Pyx_SetNameInClass(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_init, __pyx_t_2) < (0)) __PYX_ERR(0, 402, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":384
+  /* "wsmem/_workspace.pyx":406
  *         self._prev = None
  * 
  *     def __enter__(self):             # <<<<<<<<<<<<<<
  *         self._prev = get_debug_mode()
  *         set_debug_mode(_DEBUG_CODES[self.mode])
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_10debug_mode_3__enter__, 0, __pyx_mstate_global->__pyx_n_u_debug_mode___enter, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[33])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 384, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_10debug_mode_3__enter__, 0, __pyx_mstate_global->__pyx_n_u_debug_mode___enter, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[33])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 406, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetNameInClass(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_enter, __pyx_t_2) < (0)) __PYX_ERR(0, 384, __pyx_L1_error)
+  if (__Pyx_SetNameInClass(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_enter, __pyx_t_2) < (0)) __PYX_ERR(0, 406, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":389
+  /* "wsmem/_workspace.pyx":411
  *         return self.mode
  * 
  *     def __exit__(self, *exc):             # <<<<<<<<<<<<<<
  *         set_debug_mode(self._prev)
  *         return False
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_10debug_mode_5__exit__, 0, __pyx_mstate_global->__pyx_n_u_debug_mode___exit, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[34])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 389, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_10debug_mode_5__exit__, 0, __pyx_mstate_global->__pyx_n_u_debug_mode___exit, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[34])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 411, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetNameInClass(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_exit, __pyx_t_2) < (0)) __PYX_ERR(0, 389, __pyx_L1_error)
+  if (__Pyx_SetNameInClass(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_exit, __pyx_t_2) < (0)) __PYX_ERR(0, 411, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_workspace.pyx":363
+  /* "wsmem/_workspace.pyx":385
  * 
  * 
  * class debug_mode:             # <<<<<<<<<<<<<<
  *     """Process-wide debug switch, as a context manager (ND4J's DebugMode).
  * 
 */
-  __pyx_t_2 = __Pyx_Py3ClassCreate(((PyObject*)&PyType_Type), __pyx_mstate_global->__pyx_n_u_debug_mode, __pyx_mstate_global->__pyx_empty_tuple, __pyx_t_5, NULL, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 363, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_Py3ClassCreate(((PyObject*)&PyType_Type), __pyx_mstate_global->__pyx_n_u_debug_mode, __pyx_mstate_global->__pyx_empty_tuple, __pyx_t_5, NULL, 0, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 385, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_debug_mode, __pyx_t_2) < (0)) __PYX_ERR(0, 363, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_debug_mode, __pyx_t_2) < (0)) __PYX_ERR(0, 385, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_workspace.pyx":394
+  /* "wsmem/_workspace.pyx":416
  * 
  * 
  * def get_debug_mode_name():             # <<<<<<<<<<<<<<
  *     """The debug mode in force (a DebugMode)."""
  *     return _DEBUG_NAMES[get_debug_mode()]
 */
-  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9get_debug_mode_name, 0, __pyx_mstate_global->__pyx_n_u_get_debug_mode_name, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[35])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 394, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_10_workspace_9get_debug_mode_name, 0, __pyx_mstate_global->__pyx_n_u_get_debug_mode_name, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__workspace, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[35])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_5);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_get_debug_mode_name, __pyx_t_5) < (0)) __PYX_ERR(0, 394, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_get_debug_mode_name, __pyx_t_5) < (0)) __PYX_ERR(0, 416, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
   /* "(tree fragment)":4
@@ -18449,7 +18866,7 @@ __Pyx_RefNannySetupContext("PyInit__workspace", 0);
 */
   __pyx_t_5 = __Pyx_PyDict_NewPresized(1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_scope_out_line_337, __pyx_mstate_global->__pyx_kp_u_Allocate_on_the_plain_heap_until) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_scope_out_line_359, __pyx_mstate_global->__pyx_kp_u_Allocate_on_the_plain_heap_until) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_test, __pyx_t_5) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
@@ -18512,7 +18929,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "wsmem/_workspace.pyx":208
+  /* "wsmem/_workspace.pyx":226
  *     def stats(self):
  *         """Counters of the workspace (see :class:`wsmem.WorkspaceStats`)."""
  *         return WorkspaceStats(             # <<<<<<<<<<<<<<
@@ -18521,40 +18938,40 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[15] = {__pyx_mstate_global->__pyx_n_u_name_2, __pyx_mstate_global->__pyx_n_u_location, __pyx_mstate_global->__pyx_n_u_capacity, __pyx_mstate_global->__pyx_n_u_offset, __pyx_mstate_global->__pyx_n_u_cycle_bytes, __pyx_mstate_global->__pyx_n_u_last_cycle_bytes, __pyx_mstate_global->__pyx_n_u_peak_cycle_bytes, __pyx_mstate_global->__pyx_n_u_spilled_bytes, __pyx_mstate_global->__pyx_n_u_spilled_count, __pyx_mstate_global->__pyx_n_u_pinned_bytes, __pyx_mstate_global->__pyx_n_u_cycles, __pyx_mstate_global->__pyx_n_u_generation, __pyx_mstate_global->__pyx_n_u_pages, __pyx_mstate_global->__pyx_n_u_is_open, __pyx_mstate_global->__pyx_n_u_initialized};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 15); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 208, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 15); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 226, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
 
-  /* "wsmem/_workspace.pyx":240
- *             if self.depth > 0 and gen == self.generation:
+  /* "wsmem/_workspace.pyx":259
  *                 continue
- *             out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,             # <<<<<<<<<<<<<<
- *                                 generation=gen, traceback=owner.traceback))
- *         out.sort(key=lambda l: l.generation)
+ *             if isinstance(owner, WsArray):
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,             # <<<<<<<<<<<<<<
+ *                                     generation=gen, traceback=owner.traceback))
+ *             else:   # a NumPy array captured by the workspace (shape unknown to us)
 */
   {
     PyObject* __pyx_temp[5] = {__pyx_mstate_global->__pyx_n_u_nbytes, __pyx_mstate_global->__pyx_n_u_shape, __pyx_mstate_global->__pyx_n_u_dtype, __pyx_mstate_global->__pyx_n_u_generation, __pyx_mstate_global->__pyx_n_u_traceback};
-    __pyx_mstate_global->__pyx_tuple[1] = __Pyx_PyTuple_FromArray(__pyx_temp, 5); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 240, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[1] = __Pyx_PyTuple_FromArray(__pyx_temp, 5); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 259, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[1]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "wsmem/_workspace.pyx":242
- *             out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
- *                                 generation=gen, traceback=owner.traceback))
+  /* "wsmem/_workspace.pyx":264
+ *                 out.append(LeakInfo(nbytes=nbytes, shape=None, dtype=None, generation=gen,
+ *                                     traceback=owner))
  *         out.sort(key=lambda l: l.generation)             # <<<<<<<<<<<<<<
  *         return out
  * 
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_key};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 242, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 264, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
 
-  /* "wsmem/_workspace.pyx":271
+  /* "wsmem/_workspace.pyx":293
  *     def full(self, shape, fill_value, dtype=None, order="C"):
  *         """`fill_value` everywhere, in this (open) workspace."""
  *         with self.borrow():             # <<<<<<<<<<<<<<
@@ -18563,12 +18980,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {Py_None, Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 271, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 293, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "wsmem/_workspace.pyx":269
+  /* "wsmem/_workspace.pyx":291
  *         return a
  * 
  *     def full(self, shape, fill_value, dtype=None, order="C"):             # <<<<<<<<<<<<<<
@@ -18577,12 +18994,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {Py_None, __pyx_mstate_global->__pyx_n_u_C};
-    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 269, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 291, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "wsmem/_workspace.pyx":275
+  /* "wsmem/_workspace.pyx":297
  *             return full(shape, fill_value, dtype, order)
  * 
  *     def empty_like(self, prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -18591,12 +19008,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {Py_None, __pyx_mstate_global->__pyx_n_u_K, Py_None};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 275, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 297, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "wsmem/_workspace.pyx":299
+  /* "wsmem/_workspace.pyx":321
  *             return full_like(prototype, fill_value, dtype, order, shape)
  * 
  *     def asarray(self, a, dtype=None, order=None):             # <<<<<<<<<<<<<<
@@ -18605,7 +19022,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 299, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 321, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
@@ -18646,38 +19063,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 10; } str_length_index[] = {{1},{2},{103},{10},{40},{83},{48},{63},{32},{73},{15},{108},{2},{1},{2},{17},{1},{317},{4},{179},{535},{8},{44},{7},{6},{2},{9},{9},{50},{39},{34},{17},{24},{116},{20},{83},{10},{44},{8},{17},{1},{6},{8},{9},{19},{1},{8},{8},{6},{11},{16},{7},{9},{19},{18},{27},{29},{25},{17},{16},{17},{15},{20},{14},{19},{20},{15},{14},{19},{15},{15},{20},{15},{14},{14},{7},{17},{16},{25},{27},{12},{12},{9},{19},{18},{27},{29},{20},{12},{17},{8},{7},{9},{8},{8},{12},{8},{8},{13},{10},{8},{7},{11},{14},{12},{11},{10},{24},{14},{12},{10},{17},{13},{12},{12},{19},{8},{4},{5},{7},{16},{13},{10},{5},{15},{4},{1},{3},{7},{18},{6},{8},{18},{6},{6},{6},{4},{17},{11},{6},{10},{20},{19},{19},{7},{9},{5},{5},{10},{3},{8},{4},{10},{4},{9},{3},{10},{19},{10},{11},{7},{5},{3},{1},{16},{5},{23},{15},{5},{8},{4},{4},{6},{2},{5},{6},{4},{9},{5},{3},{5},{5},{16},{12},{3},{9},{7},{5},{9},{4},{10},{5},{4},{13},{13},{5},{5},{5},{2},{9},{9},{5},{15},{6},{12},{5},{6},{7},{2},{12},{13},{13},{15},{12},{16},{5},{10}};
-    const struct { const unsigned int length: 8; } bytes_length_index[] = {{118},{32},{133},{52},{9},{11},{11},{13},{9},{55},{94},{11},{31},{72},{20},{18},{31},{24},{31},{18},{16},{92},{153},{55},{13},{82},{102},{6},{35},{45},{31},{39},{39},{37},{41}};
+    const struct { const unsigned int length: 10; } str_length_index[] = {{1},{2},{103},{10},{40},{83},{48},{63},{32},{73},{15},{108},{2},{1},{2},{17},{1},{317},{4},{179},{535},{8},{44},{7},{6},{2},{9},{9},{50},{39},{34},{17},{24},{116},{20},{83},{10},{44},{8},{17},{1},{6},{8},{9},{19},{1},{8},{8},{6},{11},{16},{7},{9},{19},{18},{27},{29},{25},{17},{16},{17},{15},{20},{14},{19},{20},{15},{14},{19},{15},{15},{20},{15},{14},{14},{7},{17},{16},{25},{27},{12},{12},{9},{19},{18},{27},{29},{20},{12},{17},{8},{7},{9},{8},{8},{12},{8},{8},{13},{10},{8},{7},{11},{14},{12},{11},{10},{24},{14},{12},{10},{17},{13},{12},{12},{19},{8},{4},{5},{7},{16},{13},{10},{5},{15},{4},{1},{3},{7},{18},{6},{8},{7},{18},{6},{6},{6},{4},{17},{11},{6},{10},{20},{19},{19},{7},{9},{5},{5},{10},{3},{8},{4},{10},{4},{9},{3},{10},{19},{10},{11},{7},{5},{3},{1},{16},{5},{23},{15},{5},{8},{4},{4},{6},{2},{5},{6},{4},{9},{5},{3},{5},{5},{16},{12},{3},{9},{7},{5},{9},{4},{10},{5},{4},{13},{13},{5},{5},{5},{2},{9},{9},{5},{15},{6},{12},{5},{6},{7},{2},{12},{13},{13},{15},{12},{16},{5},{10}};
+    const struct { const unsigned int length: 8; } bytes_length_index[] = {{149},{118},{32},{133},{52},{9},{11},{11},{13},{9},{55},{94},{11},{31},{72},{20},{18},{31},{24},{31},{18},{16},{92},{153},{55},{13},{82},{147},{6},{35},{45},{31},{39},{39},{37},{41}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2783 bytes) */
-static const char cstring[] = "x\332\255W\315s\333\306\025\027g\344Xv\250H\212\3458\037\316t\345q\"\322\221\231jl\307\215\277:\264HKr\024\231\222\3741i\232BK`A\242\004\001\022\013\220b\353\351\350\310#\2168\362\210#\217:\352\350#\217<\372O\310\237\320\367vA\200\244\344v:S\216\004\354\276}\273\357\353\367\336[\020\222!\031\215\265\014\225\021ji\244aX\026\203\027\2550N\334\252c{\225*\331xU\310g\211\301\211e\273\204\266\250a\322\262\311\210a\001\007P[\314\341\206m\021[\047m^g\365\207\304\343\214\230\266J] ?^\255\332\334]\315\021\2256\250j\270\235\307\243\223\354\006\263\036\022EaG\206\253(\244m\270U\333s\221`\271\314\001\312\004\0375\305\211(\226\033\032#\207\310\017\002\037\034\222\214\355\010\221n\225\221\272\255y&\273m\262\0263\245:9Vo\270\035\302\\5\047\214\220\307i\214\273\216\335!\006X\244\2038\030py\346!)\203\244\032a\226\006\362\031\203\347\206W\352\010\367P\341\013\"\035\266&HbM\265=S\023\312\226A\301z\303v\\\360b\206\264)\037Ib\332C\242:\014-\240pl\233\330\026\373\257\353\031i\301\033\333\251q\360\036#`\251$U\230\253\264G\344l\306u\030#\272C+up^6\233#\333\026w\301e\302\047\225\206G\330\221\353P\222i\030\rt\240XZ\025\047\375\n\253\277\255fA\034\310\255S\265j\240^\350[j\221\335\327\333\205\355<\331,\275Z#\221\223\247\343\232}\222{@\036M\353\371\347\374(\\\266%th\230\024\360Re\264A<\3135\244bc\216\316\354\026\356>_\345\204\253\020\237\027\236\373B\217\017\343\331\334\345\313\004~\305#Zo\230\214\213\311\355\350\047&O\236<\211\334.\335\023\023#\220L(\227\271\241\331\252\"\004\335\310\022\210\000\200Hl\310\345r\370\032\337$\270\024\200e&;\311\203\277\032k\270\344q\304\371\017\346\330<s\047\033\213\306\325\\\034\"D\336.\204tM\322\r\256\264\250ih\202;\363\322\361`\001\237r;2\356\332.\"\232\272d\243\003\211a\341\001\0323\2152s\300\255f\207\000j\014\025\221\013L\026)\025K\267\357\376\351\256\200\244\303\376\316T\2003\367\312\252I9\207T\206\334,{\206\351b\316v\032\214\003@t\322\261=\001p\342\332\220\361|b\003\204\307\"\234\271\"N\253\324\002l\213\260+\260\335\260*\253D3\034\020b\264\030\356~FM\316r%""\307\206h\361\333m\314O\215\225\275\n\341\340K\265\272\206^\246\220%\220\330G.\240\314\202\372\342\3041/ \353\317\266\306F\201><\274\301\033\206i*\220\305\016X\017\002o\034\036> b:\252\004Xr\004\027G\r8kPt\014\201X\330\300$<gH\2508\314d\224\203\235T\232\003\200C\207`\306\253\035\025*YF7\020\203\240\005\227\033\035\206P\257\202\035\010\276H\245r\007\2354\255S\034aN\252\350|,ac`\227\352\304gh\006\307\332\251\211\255\226\355\324\251\211\005\311\021\346\374_`.\374\256@\031\004\234\237\3258\373A\244O\245\207V\256\234\237\034b[RW3w\263gA.6 \234\305\200j\232\002\360a\020~\335\250\220\272\307E\231\244\323\2027\304\372\032\251@\031\215\374\304,|VT\203\313\221\026W\037\313\006\204\351\3243\261a8L\363T\006\035C\363\004\034-\333\272\r\331\3212\300\273\212\242\032\0266\030\313\2537:9E\265\035\226\253\303>\203:\016\355\020\035\332\231L\001\351\331q6\257N\301?\323\034\330@@KfEa#\215\316\321\367\302\226\357\223\222\234\003\242\303 \201\036\257\002\334l\275\354\351:45(\360j\225i\253$\243\032\216\352\231\324\031\003\320\377\334c#\001\242\214*&\323\241\034\307\005\213dL\254\344w\356\334\317rf\352\271\252\r\220Z\023\303:\240S\216\240\021@\312\250\"\2751&\020\"\220\344Jk))\311\312c\227\261\236\020\035:@\303Pkpn%\ty2\262h\235\215E\027\203 [/T*\031\325G&\255\2275\372\344\351/\245\374\301\201R|]\334\377\345\345\326\366\356\346F\241\370z{\243X\330>\310?\335)\026\342\202P\334-\274x\366\364\325\263g\305}e\277\230\337\330*\026~\332a\264\266m\351\366N\004\205\322\366\356n\261\260\217\256(\331\246\241v\016J\333;;c\207\277\201\r\007\314\215q\026\017r\361Uc\202$\256#\343\224\010^\252\360\306\344\022\010\025><o\321aM\017\212\244\342\t(\047\013\224\013\344%\204\262\3558v;\231G7\202\204 \33485UL\2436v\250\356\231\346\344l\212\001\223\000\362\301\370\307\030\r\312b\215\047S\310\334\251\331\324\031h\352\030\207hyS\323\311\0352\245\343i\021\354t\342\331\001\236\246<\025\306G\257$\"c\004\021\217d>\025\215d\341L,\224B\361\351\253Me\343E\241x\020\215w\363?\303\370 \272d\304\2031\271\343$)y\2142-{l\351\254t""\245\3249\202\377\002tie\027\372\336>\323\025%\352\244\014\327E\257U\340&g\270\254\216\004\rY\361\r\005XIT\032)\242\350\236%\026*#Y\360\223\305MQ0\251\305\233\271T\036\214\023q\033\306\021&\247x\2636\276\032\016\366KA\201B\245@MRk\334\253\313\031\224\025\250\217r\034\311\301!^\034\344\310\263D\035`\211\003$\275\345\"\322\361\320\246G\315\221\310Qu>\353\276\021\201\035\341\004<\030\253\311\307,<\307\263.d\010\274\340& }\006\245\t/\304p\225\005\335\342\352\251\300-\013\3528\024C\250\204\000\314\026S\340\356\302\321\370\326Tv*\256\311)4\252(7)\357X\252a\347\342\335\\\346\350\350\033F\305\332\n\256W\340R\255\2622Uk\252i\303\rC\265\231\243F\215N\365\032\035\325s\034\210b\322\026\304}C)w\300\0001\344I\273NF\t\032\047i\002\005\023$\031\374\250^\304\037\022\032FJ\024\211\244R\260#\025\376D\014u\2703\341?\336@=\206\245\".\027\320\324\222\276\206\036M\244\211\320$E$\031A\253V\260%\"\210y\215uL\000\237\253\214\031*\252\214x\344\036a\3776\371\223\334\250\023\210\240$\035P,\217z<JE\241\2268\305j\210\316l\353:\340\001kS\\\237lGc\030&\273\r\232\213/\327\006\010\033\327@~\325Fc\273\321pl\327FO@\022\230 V\264\321\270qbc\204yt\273\340U\n\327e\350\372\342\2529:d4\201\357>\013\301\t\311\203\010\025\365\321-\303w3\243\032t\311\030\0358\220\017\240\"ZU\000~C\203-\320\306c\200\213x\210\007o\203\005\016\323\333\\\336\221\024\201\312h,\341\025M\030\226\324\021\227\303*\006``\304(\324\211\306\261\217E\225NJu\251\363Bv\367[\231\226mh\331\031\303\202\253\203\034\342\223d\022\216\021\005X\2623#hC\025\261\350\314$Vf0\225\047\031\370\004\003\007\334(\356\314\314\326\253\315\242R\312o\026\345\350\345\326~\361`\353\305N\001\214\360T\274\331aU\201\353\207rO\230\241\374 \035\241\274\341yqy\273\225\371O\234 W\311\343\223\334Z#\211\031\037\036\013\303\260B\n)\307\251\341\354\205\341\302\342p\366\343\356\343 5\234[\364?\016\326\203\374p\361z\220\017^\366\226z7{f\177\245\277\376\373G3\027\346\273?\371\315 \205{.w\277\363\367p\260\332k\206\037\205\3648\365\036N\270\333m\372)9|\004\234\237\364\"\372\343@P""\377\0204\007\344\217\375\217O\036\236\326\006{\373\303\331+\376\217\301V/\337\333\033\316^<~\353\337\017V\206s\337\205\353\341\316\311\047\247\024UZ?N\375>7s\371+\\X\364\205z\027\341\340\217\0023\\\301=\255\356\033\277\030,\007{\303\271O}\340\271\3467\337\343\003\327\232\303\271\205\301\302\255\360fH\303v\277vz\355]\352\375$e\tN\377|\346B\272\373\243\237?\316\017\347\204\001\303\364\247~\256\227\352]\017\367B\255\017g\246\273;\240\376\007\226\337\313e\271\330\366\325`i\230^\364\323\340@Xx\356\323\341\334|w\257\253\373\317\320\202\205n\363X,\344\273/\375\253\276\216\\c\264\327\376\017\260=\241lt\377\205\206\341\001\232\377\215\337\302\311B\327\365\327\345\362\226\277\035\274\001\347\275\016\327q\272\r\361\310\313\301\337z@\371\314\247\376\333\336z\257\020\246\306\266\235\325\006\371\334`=\236\177\031|\333\233\264\347\214\301\302.\251\361\372\004\347\374pq\331\177\036\320\341\225\345\341\"\006w#h\016\227\257Fg\203\367\205E\351%\177\331\207\327U\377ep\255w)\\\222\303/z+\303\364\025\377\256\377O\300\\%\334\207\020\321a\372\363`\026\334\224\376\032\261\030\277\276\014n\202\220\321\353\013\000\300oa\264\031\002tM\330\003j\337\364\365\301\365\034h\275zr\345\3449 *\275\354\027\202\213\201\203g\210\203\361\270\343\374\357\227g.\315\017\322\327\203\374\310\2322\2044\2758X$\275\324{\210\347|\260\027h\275\333a\263?\333\317c\200\027\202\246\334\266\010\314\324\307Iz\346RZ\002d~8\t\nq\330\371\250Iw\177\306\220_\002\237\014\2262\020)\260a\335\317CB\302\211\3133\227\026\272T\206\272\010\356\271\331\253\365Aq\214\345\375\340F\360\024T\272\331S\303\345po\270(\350\250\312Q\320\354]\354\035\205\255\376\253\223\314\351\267\357.\274\333\033\222\357\302{\375\313\047\337\2344Q\245{~J\370\037\203\342\377\005\330S\003\310\314\267\341\372\373\371%\377\032\352\n\272|\0039\t\272@F\006w\202Joo0Kz\363\341\036*\276\033\254Dx\003\004o\366\356\207\253}4\241{\265K\273Mq\352`v\245\367uHc\346\205n\047H\005\237\005m\010\353\233~~0\233\r\257\367\177=M\235#\360G\210\311\257\341E\214\375`\366V\270\206Yz""\016\333\003\010H-\274\326\277\330\007akP/\316;\013\300\000\301~\033\336\357\257\014f\357\365\377z\372\325\273\374\007E\246\373\233\047\367OW\376\r\006e>\252";
-    PyObject *data = __Pyx_DecompressString(cstring, 2783, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2846 bytes) */
+static const char cstring[] = "x\332\255WKs\333F\022&\253\224Xv\250H\212\3458\017\247v\344R\226d\"3\253\212\035\307\317-Z\244%9\212LI\266T\331l\026\032\002\003\022K\020 1\000)f][:\362\210#\216<\342\310\243\216:\372\310#\217\372\t\376\t\333=\000\001\222\222\367Q\265,\t\230\351\231\351\347\327\335\003B2$\243\260\226&3B\r\20544\303`\360\242\025\306\211]\265L\247R%\353\257\013\371,\32181L\233\320\026\325tZ\326\031\321\014\330\001\324\026\263\270f\032\304TI\233\327Y\375\021q8#\272)S\033\310O\322U\223\333\351\034\221i\203\312\232\335y2\342d6\230\361\210H\022;\326lI\"m\315\256\232\216\215\004\303f\026P&\366Q]pD\261\\S\0309\302\375 \360\341\021\311\230\226\020iW\031\251\233\212\243\263;:k1=P\047\307\352\r\273C\230-\347\204\021\001;\205q\3332;D\003\213T\020\007\003\036\360<\"e\220T#\314P@>c\360\\wJ\035\341\036*|A\002\207\255\n\222X\223MGW\204\262eP\260\3360-\033\274\230!m\312G\222\230\362\210\310\026C\013(\260m\023\323`\377q=\023XphZ5\016\336c\004,\rH\025fK\355\0219\233\261-\306\210j\321J\035\234\227\315\346\310\226\301mp\231\360I\245\341\020vl[\224d\032Z\003\035(\226\322\202\323\257\260\372[:\013\342@n\235\312U\r\365B\337R\203\354\034l\025\266\362d\243\364z\225\204N\236\216k\366i\356!y<\255\347\237\363\243p\231\206\320\241\241S\300K\225\321\006q\014[\013\024\033stf\247p\367E\232\023.C|^:\366K5b\306\263\271k\327\010\374\212\307\264\336\320\031\027\223;\341OL\236>}\032\272=pOD\014A2\241\\\346\266b\312\222\020t;K \002\000\"q \227\313\341k\374\220\330%\001,3\331\311=\370\253\261\206M\236\204;\177g\226\3113\337g#\321\270\232\213B\204\310\333\201\220\256\006t\215K-\252k\212\330\235ye9\260\200\317\3408n\3341mD4\265\311z\007\022\303@\006\n\323\2652\263\300\255z\207\000j4\031\221\013\233\014R*\226\356\334\375\361\256\200\244\305\376\316d\2003w\312\262N9\207T\206\334,;\232nc\316v\032\214\003@T\3221\035\001pb\233\220\361|\342\000\204\307 \234\331\"Nij\000\266E\330%8\256\031\2254Q4\013\204h-\206\247\237S\235\263\\\3112!Z\374N\033\363Sae\247B8\370R\256\256\242\227)d\t$\366\261\r(3\240\276XQ\314\013\270\365gSa\243@""\037\035\335\346\rM\327%\310b\013\254\007\201\267\217\216\036\0221\035U\002,9b\027G\r8kPt\014\201X\230\260IxN\013\240b1\235Q\016v\322\300\034\000\034:\0043^\356\310P\3112\252\206\030\004-xp\320b\010\365*\330\201\340\013U*w\320I\323:E\021\346\244\212\316\307\0226\006\366@\235\210\207\242q\254\235\2128j\230V\235\352X\220,a\316\377\005\346\302\357\022\224A\300\371E\215\263\357E\372Tz(\345\312\345\311!\216\305u5s7{\021\344\342\000\302Y\014\250\242H\000\037\006\341W\265\n\251;\\\224I:-x]\254\257\222\n\224\321\320O\314\300gE\326x0R\242\352c\230\2000\225::6\014\213)\216\314\240c(\216\200\243a\032w ;Z\032xW\222d\315\300\006c8\365F\047\047\311\246\305ru8\247Q\313\242\035\242B;\013R \360\354\3706\247N\301?\323;\260\201\200\226\314\010\303F\032\235\343\357\204-\337\305%9\007D\213A\002=I\003\334L\265\354\250*45(\360r\225)i\222\2215Kvtj\215\001\350\177\356\261\241\000QF%\235\251P\216\243\202E2:V\362\357\357=\310r\246\253\271\252\t\220Z\025\303:\2403\030A#\200\224\221EzcL D \311\016\254\245\244\024T\036\263\214\365\204\250\320\001\032\232\\\003\276\2258\344\361\310\240u6\026]\014B\320z\241R\005Q}\254\323zY\241O\237\375R\312\357\357K\305\203\342\336/\2576\267v6\326\013\305\203\255\365bak?\377l\273X\210\nBq\247\360\362\371\263\327\317\237\027\367\244\275b~}\263X\370i\233\321\332\226\241\232\333!\024J[;;\305\302\036\272\242d\352\232\334\331/mmo\2171?\204\003\373\314\216p\026\rr\321Uc\202$\256#\343\224\020^\262\360\306\344\022\010\025>\274l\321bM\007\212\244\344\010(\307\013\224\013\344\305\204\262iYf;\236\2077\202\230 \33485\225t\2556\306Tut}r6\265\001\223\000\362A\373}\214\006e\261\306\343)d\356\324l\212\007\232:\266C\264\274\251\351\344\211 \245\243i\021\354\264\242\331>r\223\236\t\343\303W\034\2211\202\210G<\237\212F\274p!\026R\241\370\354\365\206\264\376\262P\334\017\307;\371\237a\274\037^2\242\301\230\334qR y\2142-{l\351\242t\251\3249\206\377\002tii\007\372\336\036S%)\354\244\014\327E\257\225\340&\247\331\254\216\004\005\267\342\033\n\260\024\2534RDR\035C,TF\262\340\027\0247I""\302\244\026of\323\2001N\304m\030G\230\234\342\315\332\370jX\330/\005\005\n\225\0045I\256q\247\036\314\240\254@}\014\306\241\034\034\342\305!\0309\206\250\003,v@@o\331\210td\332t\250>\0229\252\316\027\3357\"\260c\234\200\007#5\371\230\205\227x\326\206\014\201\027\334\004\002\237Ai\302\0131\\eA\267\250zJp\313\202:\016\305\020*!\000\263\305$\270\273p4\2765\225\235\222\255s\n\215*\314M\312;\206\254\231\271\3504\017rt\364\r\003o\333\201\373\017\226X\210\200\004wk\231\225\251\\\223u\023.\032\262\311,9\354w\262\323\350\310\216eA0\343\356 \256\035R\271\003v\210!\217\273v<\212A9I\023`\230 \005\030\010\313F\364=\241`\300D\255\210\013\006;\226\341O\204R\205\253\023\376\343E\324aX1\242\252\001\275-no\350\330X\232\210P\\K\342\021tl\t;#b\231\327XG\007\014\332\322\230\241\242\330\210G\3561\266q\235?\315\215\032\202\210M\334\010\305\362\250\325\243T\024j\010.FC4hSU\001\026X\242\2422eZ\n\303h\231m\320\\|\3006@\330\270\006\301\307m86\033\r\313\264M\364\004\344\202\016bE7\215\372\047\366G\230\207\227\014^\245pk\206\346/n\234#&\243\t|\376\031\210Q\310!\004\252(\223v\031>\237\031U\240YF\350\300A\360\000*\202V\006\3747\0248\002\335<\302\271\210\207x\3606X`1\265\315\203\253\222$\300\031\216\003x\205\023\206\225u\264\313b\025\r00\332(\324\t\307\221\217E\261\216+v\251\3632h\362\337d\342a61F\006\206\216\214\227-Lt\270\021H\367\004K\351\007P\n\342#\345\361\211gZ\246\006\237\276\343\\\022\230\331x9\326\231\225\250\323\032\213&\n\026\253j4\205\010\330p\357\032\315\307\244#\323lB3\340Z\023\014/J\t(\260%\233\030\345\233\320,1\t`\241\314\344\006>\261\201\003\230%;\221\330|\275Q\224J\371\215b0z\265\271W\334\337|\271]\370w\216\200\350H\207</.\226\377\265\313VIl\306\373\307\3020\254\336B\312Ir8\363\301p~a8\363Q\367\211\227\034\316.\270\037yk^~\270p\313\313{\257z\213\275\225\236\336_\356\257\275\3730\361\301\\\367\047\267\351%\361\314\265\356\267\356.\016\322\275\246\377\241OO\222\347\300\341n\267\351&\203\341c\330\371q/\244?\361\004\365\017^s@\376\324\377\350\364\321Ym\260\2737\234\271\356>\3606{""\371\336\356p\346\312\311\033\367\276\267<\234\375\326_\363\267O?>\243\250\322\332I\362\335l\342\332\227\270\260\340\n\365\256\000\343\017=\335_\3063\255\356\241[\364\226\274\335\341\354\047.\354\271\3516\317\361\201k\315\341\354\374`\376\033\177\305\247~\273_;\273\3716y>IY\004\356\237%>Hu\037\270\371\223\374pV\0300L}\342\346z\311\336-\177\327W\372\3003\325\335\006\365\337\263|\036,\007\213mW\366\026\207\251\0057\005\016\204\205\027.\035\316\316uw\273\252\373\034-\230\3576O\304B\276\373\312\275\341\252\270k\214v\340\376\000\307c\312z\367\237h\0302P\334\257\335\026N\346\273\266\273\026,o\272[\336!8\357\300_\303\351\026\304#\037\014\376\326\003\312\247.u\337\364\326z\005?9v\354\2426\270\317\366\326\242\371\027\336\037{\223\366\\0X\330\025h\2746\261sn\270\260\344\276\360\350\360\372\322p\001\203\273\3565\207K7B\336\340}aQj\321]r\341u\303}\345\335\354]\365\027\203\341\347\275\345a\352\272{\327\375\007`\256\342\357A\210\3500\365\2317\003nJ}\205X\214^_x+ d\364\372\034\000\360\233\037\036\206\000\335\024\366\200\332+\256:\270\225\003\255\323\247\327O_\000\242RKn\301\273\342Y\310C0Fv\047\371w\327\022W\347\006\251[^~dM\031B\232Z\030,\220^\362\034\3429\347\355zJ\357\216\337\354\317\364\363\030\340y\257\031\034[\200\315\324\305I*q5\025\000dn8\t\n\301\354r\324\244\272?c\310\257\202O\006\213\031\210\024\330\260\346\346!!\201\343R\342\352|\227\006\241.\202{Vz\265>(\216\261\274\357\335\366\236\201J+=\331_\362w\207\013\202\376\273\267\350\245\3016p=\244\222\367#D\177\303\377\261\377\303\351\215\323\352\231\372\266\2109\267\362\235\357\364_\234\262\263\265\363\013\333>=m\235\035\274}488\034\256\344|\212\372\337s\223\"X\030A\367/^\263\227\034@\032\277\361\327\316\347\026\335\233h\030(\3765$p*`\366\275W\351\355\016fHo\316\337E+w\274\345\020\234\000\367\215\336}?\335G{\2737\272\264\333\024\\\0073\313\275\257|\032m\236\357v\274\244\367\251\327\006\014\034\366\363\203\231\254\177\253\377\353Y\362\022\201\017 \200\277\372W\020(\203\231o\374UL\351K\266=\204\350\325\374\233\375+}\020\266""\n\305\3452^\200\034@\306\033\377~\177y0s\257\377\327\263/\337\346\337+2\325\3378\275\177\266\374/<\235\211.";
+    PyObject *data = __Pyx_DecompressString(cstring, 2846, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3713 bytes) */
-static const char cstring[] = "\377  ( (dev\377ice and \337pinne\004\000ag\377es throu\377gh CUDA)\377 is not \377availabl\317e in\037\000\023\000ve\377rsion of\377 wsmem; \377use loca\375t\024\000=\047host\377\047. capac\357ity=B\005ope\377n; __exi\377t__ with\367out\r\001nter\230\017\000k\004\"\003alM\002s\001s\237ide `,\001n\000:\337` (orn\002th\377e module\277-level\211\003.\377empty et\363c.\300\002q\003dest_roy i\317\000fl\000\272\006\000sN\003` b\271\000ko end\357\000ee\003\000\257CuPy\232\"a\207\" \362\253#,\255\"\027\002coul\365d\232\"b\225 mpor\375t\303 ( was \376c\004ed; cre\373at\346  new \267one\000\035 (\314\".\337Works\273 e |\347\000\r\003get_w\017\005\377)(tree f\377ragment)\177). Inst\260 \376\301@e gpu e\377xtra (pi\251p\265@\025\003\047\251B[\033\000]\373\047)\214\000 a ma\307chi\224\001\211@\215` N\377VIDIA GP\347U, \336$\310M)>.7: <\230\r?A\247E\226`\356\224Apla\255`hea\177p until\224\002\376\336((ND4J\047s\367 sc\224`OutO\375f\354\006s).\n\n \377   Exampwles\010\002---\000\000\373--\025\002>>> ip\362\"\375c\014\006\236dmem\273\047\277(\"doc_d\002\"\273) \237@ws:[\002.\313..c\001 *\010\212\002_o\317ut()\026\013\214\001ke\357pt =\337dzer\237os(3)\207\006\032\001.\264\232F\273\205\001N\360@, \023\002i\177s_valid\323\002\177(True, \002\001\3549\003%\001No\247`tha\377t Cython\376\374\205\001deliber\376\301`ly stri\371c\266\204\001\"\000n PEP\357-484\300\206\002rej\367ect\311 ubcl\337asses\230\206\001bu\367ilt\260\206\001ypes\376\236`f you n\377eed to p\366%\000 s\047\007then\357 set\274b\047an\367not\312\206\002_typ\377ing\047 dir\356b\000ive:\001Fal\377se.Proce\357ss-w\234\206\001deb\377ug switc\373h,\342!a con\357text\343`nag\327er \354ED\047\001Mo\373de\341E``\"sp\377ill_ever|\373\000n\000\"``: \n\002\321 \203\207\004\357\207\001!\002s\274\001se\373pa\225! memo\327ry \265\"i\245cre\377leased a\256\311\003end\251\210\001i\240 c\377ycle (fi\264\351\206\001\256\000s3\003re\277\210\001h\307ide\371a\370a\220\000by8\241!\204\r\374\205\006s h\276\211\001\277\210\001\354\342\204\010""\211\003.\n=\004dis\372\270\211\001d\312\002norma\357l op\317Aionl\242\204B\363\"_m\313 (\"\240\017q)\321\204\026\333\207\006\231\205\003dbg\207\205\0238\205\206\001\220\210\003\323\211\002(4)\323\204\017\251\206\002\374\321\204\001\262\206\002add_no\373te\374@fig m\237ust b\202\211\001\316\210\014C\373on\035\000, got\355 \241$en\346\213\001gci\365s\004\003d\315\213\006no d\337efaul\255\213\001re\377duce__ d\375u\212\204\002non-tr\367ivi\333 __ci\375n\335\213\001numpy.\177_core.m5\000\377iarray f\307ail\375\204\003\273\207\003\033\tum\307ath\021\016\264\214\001\243\000en\276\260D pyx/\365\214\002/\372\211\212\007.\022\000reset\377=\047endofb\377uffer_re\377ached\047 (\377circular\341 \267g\263\215.Z\004\253\214\002_le\357ft\047.\250\210\006 (l\376\306\212\001337)sel\377f.holes,\336\006\002main\004\003st\362\214\214\001c\332\206\002\220Aconv\375e\267\214\002to a P\366\364\207\003ob\314\207\001 for_ pickU\000g\316\210\007\036\330\210\007name\323H\201A\365\215\003\367str\320C<lam\377bda>BYPA\377SS_EVERY\377THINGCDE\377VICEDISA\357BLED\210\207\006END\377OFBUFFER\377_REACHED\377KLeakInf\373oL\332\217\004PINNE\373DR\350!Polic\277ySPILLR\010W\316.\000Set\274\215\006\305\215\006._\203_e\345\217\003\006\n\212\220\002\031\t\330dcv\203\212\002__4\tset\277\"\375_\n\020requirge_u\356\206\002l\007as\365b~}\007borrow\215\007\360\225\220\004\236\007\275\220\002\000\014_lik=e\301\007full\000\013\022\014\276\201\205\001ializ*\010l\272\310 s\205\047one\000\013s\000V\014\253a%\010\356\214\002\304\047\375\214\002\211\013\315\206\003\352\266\220\006E\345\000r\304\220\006Sta\017ts_B\370\002\000\004\210G\006\010\340\232\223\002\027\007\377,0\007\373._DE\377BUG_CODE]S\005\004NAM\t\000S\336\217\004\001_\001\005m\010\007\tt\003\032\010l\r5\010\336l\017_Pyx\001\000Di\377ct_NextR\357ef__\303\215\004e__\373__\230\216\002_geti\027tem\r\001d\047\001\027\000\234\220\001\371_\224\204\006\232\225\005__fun\305c5\001g\356eC\000\327\210\003__<\321\206\001Q\001metaS\003`\000\260\210\225\003h\001\231\206""\001\003\002eww\001p\351r\254\215\001\201\002p\243\000che\317cksu\202\000\n\001re?sult__\026\001\330\204\003\336\006\002type\017\003unf\203\207\002e_\270&\047\003vt\225\227\001\236\327\001qualk\005\226\212\005_\331_\253M\t\005ex\213!se\313t_\237\005s\327\010\3070te{st\277 all_\257\"\367for\215\225\001gpu_\273un\231\230\006_is\353\212\001o\377utine_li\377ve_pins_\366\372\000v_\220\206\013_tls\357aadd\225\206\004asy\377ncio.cor\3228\003s\236\206\003\274\230\005c\330\211\001_i\377n_traceb\377ackclose\277dcoerc\342\214\004c\377upycurre9n\237\226\010\353\217\002_by\276\000\366\217\002\001s\245\216\007\257\216\007\216\210\007\006\013\243\231\002\032\n\324\214\003\204\305\230\004\340\227\006d\246A\361\230\002\366\230\002\245\207\002e\363xc\000\000\272\222\001efil\031l\000\001\376\223\001ue\265\207\001\271\207\001\313\207\002\017geng\317\214\006\337\227\001\304\217\007\226B<\273\207\007\305\207\007dis_\307\232\001\301\204\001\177skeylla\232@\330\336\010\341\207\002\346\207\002.<\222\233\001ls\003>.\202\213\005\220B\271\221\007\032\002\262\233\005\300\220\001\332\320\213\001n\252\"np\274\216\002of\217fset\246\210\001\252\210\001\200\211\002o\367rde\243Aowne\373rp\266\234\001peak_\370\340(\320\234\003\361#poppr\367oto\312\204\001replp\275@\243\216\002\341\226\006\252\215\001set\327\217\004\377shapesor\315t\214\224\002ed\266C\005\005co\233un\375\212\001ck\305\215\002\233\211\002t\377bthreadi\323ng\225f\243ak\000\002in\357g_fo\242`dup\327dat\344\223\001_\275\213\005va\367lue\000\002swea\277krefws\373\232\003_\220\247\220\002\005\004\302\221\003\022\004e\317\211\001\036\005r\177egistry.\004\340\252\212\002:\004\243\233\006\243\230\002\241\212\007PyO\376\330\216\003*(void)\237\000int \004\004\r\001 \315(\030\007)\000\014\003 \000)\000~\323\204\005arena\000\236k\341\000\307\206\001\023\013\331\206\001\221\224\007siz\377e_t\000\000HUG\277E_PAGE\004\003T\377HRESHOLD\237struc\207\237\001\231\210\001oobj_5\325\237\002_6\203#o_WsA\270\222\002*(\016\031\337ena_A\233\001 *\303, \337\007""\000\t\n\013\324\002ne\375w\351#\200\001\330\004\005\330\377\017\020\330\004\013\210=\230\377\001\330\010\020\220\013\2301\377\230A\330\020\034\230A\230\377T\240\021\240$\240l\260\377!\2601\360\006\000\005\r\277\210K\220q\230\0010\001\n\357\210+\220Q9\001\047\240q\177\250\006\250a\200\001\340?\000_4\210q\220\001\005\003<\047\000\343\016\240\021\004W\000\035\001\037\230q\377\320 0\260\013\270;\300\377k\320QR\330\004\023\220\3779\230H\240A\240Q\330\377\004\007\200|\2207\230!\377\330\010+\2501\250L\270\367\016\300a\217\0011\200\001\360o\010\000\n\033\025\001\020\220\232\002}\007\200\000\006\230l\250!0\001\377v\210W\220E\230\024\230\337Q\330\010\022\220:\000\027\220\347q\340\010\002\000L\001q\330\010\377\017\320\017*\250$\250a\377\250w\260k\300\027\310\001\365\340\004\013\021[\000\030\000\005\014\377\2109\220A\200A\330\010\373\013\210\276\000\330\014\022\220.\377\240\001\240\034\250Q\250d\235\260\216\000\014\210L\361\000\010\024\340\371\010\032\0026\003w\220c\230\021\237\330\014\020\220\014\276 \026\000J\377\220a\330\010\r\210Q\210wf\220F\327\001\017\210qc\001\377\014\210A\210T\220\025\220\271f\"\001\t\010V\2206<\000\010\316\035\006C\210~\325\001=\001d\220\367%\220v\342\001\017\210t\220}1?\003H\220I\230W\272 \257V\2501\330\203\000I\215@A\366\003\003^\240\017\000\026\220a\220?|\2401\240D\250\323@.\006\314|\017$\001t\230@\000\227\004\032\230\047&\240\001\303\n\203*\340\320\005\302\001\367V\2201\355\n\r\330\020\024\377\220J\230a\330\023\024\330\375\020\331AC\230q\330\024\025\361\330\316\003\373 \315\002\014\021\220\024\377\220Q\330\014\025\220T\230\337\027\240\t\250\021\005\003\031\240\377!\330\014\023\2204\220{\356\361`g\250R\262@a\330\014\377\030\230\004\230A\330\014\035|\210\204\001\000\004\330\014\032\230$b\000\266\000\004\014\031\376@]\2506\004q\317\330\014\027\220\314\001\304@$\220\357f\320\034.\303@\047\270\023\373\270J\317`\014\024\220D\230\237\007\230r\240\021R\004\336\204\001\200\377A\360\n\000\t\r\320\014\373\034\230\375Dw\220b\230\001~\305@\320\020 \240\001""\340\315@\377\r\230Q\230d\240-\250\357q\260\004\260\212\000\020\220\017;\230q1\003\020\210w\345 \t\001o\014\000\t\014\272c\r\330\207k\320H\002\264.\322`\263AM\357A\t\330\237\014\021\320\021(\247@\376\0001\337\220A\330\017\020\223\000\024\000\367\t\017\210\277`\014\210H\220\377E\230\031\240$\240k\260|\334`\377A7\230\"\230B\220\000\377$\240c\250\024\250Q\330\371\020\023\002\207\001x\230q\240\007\377\240x\250v\260U\270(\377\300&\310\005\310Q\330 \377+\2505\260\n\270%\270\235q\340\204\0015\220\001\373\"\345a\220\375Z,\000\001\320\004\037\230|\177\2501\340\r\021\220\027\365\001\326\211\000%\240\236@\023\216\206\001\2303\377\230g\240Q\320\004 \240\327\r\250Q\353\204\001N\242\206\001\014\210\376\355`\220f\230G\2407\250\375\047\223\000\010\t\210\025\210a\375\210\360\205\001\210q\320\004!\240\367\035\250a$\006\017\210y\230\377\001\230\026\230w\240g\250\377W\260A\320\004)\250\034\357\260[\300\001^\0209\230A\357\230[\250\007\370A\320\004*\277\250,\260k\300\021\205\020:~\216@k\250\027\260\007\260j\000\357,\250L\2708\0214\220q\376\352@|\2507\260!\320\004\1775\260\\\300\033\310AZ\026\177\014\260G\2707\300!";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3713, 5676);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3808 bytes) */
+static const char cstring[] = "\377  ( (dev\377ice and \337pinne\004\000ag\377es throu\377gh CUDA)\377 is not \377availabl\317e in\037\000\023\000ve\377rsion of\377 wsmem; \377use loca\375t\024\000=\047host\377\047. capac\357ity=B\005ope\377n; __exi\377t__ with\367out\r\001nter\230\017\000k\004\"\003alM\002s\001s\237ide `,\001n\000:\337` (orn\002th\377e module\277-level\211\003.\377empty et\363c.\300\002q\003dest_roy i\317\000fl\000\272\006\000sN\003` b\271\000ko end\357\000ee\003\000\257CuPy\232\"a\207\" \362\253#,\255\"\027\002coul\365d\232\"b\225 mpor\375t\303 ( was \376c\004ed; cre\373at\346  new \267one\000\035 (\314\".\337Works\273 e |\347\000\r\003get_w\017\005\377)(tree f\377ragment)\177). Inst\260 \376\301@e gpu e\377xtra (pi\251p\265@\025\003\047\251B[\033\000]\373\047)\214\000 a ma\307chi\224\001\211@\215` N\377VIDIA GP\347U, \336$\310M)>.7: <\230\r?A\247E\226`\356\224Apla\255`hea\177p until\224\002\376\336((ND4J\047s\367 sc\224`OutO\375f\354\006s).\n\n \377   Exampwles\010\002---\000\000\373--\025\002>>> ip\362\"\375c\014\006\236dmem\273\047\277(\"doc_d\002\"\273) \237@ws:[\002.\313..c\001 *\010\212\002_o\317ut()\026\013\214\001ke\357pt =\337dzer\237os(3)\207\006\032\001.\264\232F\273\205\001N\360@, \023\002i\177s_valid\323\002\177(True, \002\001\3549\003%\001No\247`tha\377t Cython\376\374\205\001deliber\376\301`ly stri\371c\266\204\001\"\000n PEP\357-484\300\206\002rej\367ect\311 ubcl\337asses\230\206\001bu\367ilt\260\206\001ypes\376\236`f you n\377eed to p\366%\000 s\047\007then\357 set\274b\047an\367not\312\206\002_typ\377ing\047 dir\356b\000ive:\001Fal\377se.Proce\357ss-w\234\206\001deb\377ug switc\373h,\342!a con\357text\343`nag\327er \354ED\047\001Mo\373de\341E``\"sp\377ill_ever|\373\000n\000\"``: \n\002\321 \203\207\004\357\207\001!\002s\274\001se\373pa\225! memo\327ry \265\"i\245cre\377leased a\256\311\003end\251\210\001i\240 c\377ycle (fi\264\351\206\001\256\000s3\003re\277\210\001h\307ide\371a\370a\220\000by8\241!\204\r\374\205\006s h\276\211\001\277\210\001\354\342\204\010""\211\003.\n=\004dis\372\270\211\001d\312\002norma\357l op\317Aionl\242\204B\363\"_m\313 (\"\240\017q)\321\204\026\333\207\006\231\205\003dbg\207\205\0238\205\206\001\220\210\003\323\211\002(4)\323\204\017\251\206\002\374\321\204\001\262\206\002add_no\373te\374@fig m\237ust b\202\211\001\316\210\014C\373on\035\000, got\355 \241$en\346\213\001gci\365s\004\003d\315\213\006no d\337efaul\255\213\001re\377duce__ d\375u\212\204\002non-tr\367ivi\333 __ci\375n\335\213\001numpy.\177_core.m5\000\377iarray f\307ail\375\204\003\273\207\003\033\tum\307ath\021\016\264\214\001\243\000en\276\260D pyx/\365\214\002/\372\211\212\007.\022\000reset\377=\047endofb\377uffer_re\377ached\047 (\377circular\341 \267g\263\215.Z\004\253\214\002_le\357ft\047.\250\210\006 (l\376\306\212\001359)sel\377f.holes,\336\006\002main\004\003st\362\214\214\001c\332\206\002\220Aconv\375e\267\214\002to a P\366\364\207\003ob\314\207\001 for_ pickU\000g\316\210\007\036\330\210\007name\323H\201A\365\215\003\367str\320C<lam\377bda>BYPA\377SS_EVERY\377THINGCDE\377VICEDISA\357BLED\210\207\006END\377OFBUFFER\377_REACHED\377KLeakInf\373oL\332\217\004PINNE\373DR\350!Polic\277ySPILLR\010W\316.\000Set\274\215\006\305\215\006._\203_e\345\217\003\006\n\212\220\002\031\t\330dcv\203\212\002__4\tset\277\"\375_\n\020requirge_u\356\206\002l\007as\365b~}\007borrow\215\007\360\225\220\004\236\007\275\220\002\000\014_lik=e\301\007full\000\013\022\014\276\201\205\001ializ*\010l\272\310 s\205\047one\000\013s\000V\014\253a%\010\356\214\002\304\047\375\214\002\211\013\315\206\003\352\266\220\006E\345\000r\304\220\006Sta\017ts_B\370\002\000\004\210G\006\010\340\232\223\002\027\007\377,0\007\373._DE\377BUG_CODE]S\005\004NAM\t\000S\336\217\004\001_\001\005m\010\007\tt\003\032\010l\r5\010\336l\017_Pyx\001\000Di\377ct_NextR\357ef__\303\215\004e__\373__\230\216\002_geti\027tem\r\001d\047\001\027\000\234\220\001\371_\224\204\006\232\225\005__fun\305c5\001g\356eC\000\327\210\003__<\321\206\001Q\001metaS\003`\000\260\210\225\003h\001\231\206""\001\003\002eww\001p\351r\254\215\001\201\002p\243\000che\317cksu\202\000\n\001re?sult__\026\001\330\204\003\336\006\002type\017\003unf\203\207\002e_\270&\047\003vt\225\227\001\236\327\001qualk\005\226\212\005_\331_\253M\t\005ex\213!se\313t_\237\005s\327\010\3070te{st\277 all_\257\"\367for\215\225\001gpu_\273un\231\230\006_is\353\212\001o\377utine_li\377ve_pins_\366\372\000v_\220\206\013_tls\357aadd\225\206\004asy\377ncio.cor\3628\003s\236\206\003\274\230\005capt\357urec\337\211\001_in\377_traceba\377ckclosed\337coerc\351\214\004cu\377pycurren\234\246\226\010\362\217\002_by\305\000\375\217\002s\000\254\216\007\266\216\007\225\210\007\006\013\252\231\002\032\n\333\214\003\314\230\004\302\347\227\006d\255A\370\230\002\375\230\002\254\207\002ex\371c\000\000\301\222\001efill\214\000\001\205\224\001ue\274\207\001\300\207\001\322\207\002g\007eng\326\214\006\346\227\001\313\217\007\235B\302\207\007\236\314\207\007dis_\316\232\001\310\204\001s?keylla\241@\336\010\354\350\207\002\355\207\002.<\231\233\001ls>\001.\211\213\005\227B\300\221\007\032\002\271\233\005\307\220\001\327\213\001\355n\252\"np\303\216\002off\307set\255\210\001\261\210\001\207\211\002or\373de\252Aowner}p\275\234\001peak_\340(\374\327\234\003\361#poppro{to\321\204\001repl\275@\270\252\216\002\350\226\006\261\215\001set\336\217\004s\377hapesort\346\223\224\002ed\266C\005\005cou\315n\204\213\001ck\314\215\002\242\211\002tb\377threadin\351g\225f\243ak\000\002ing\367_fo\242`dupd\353at\353\223\001_\304\213\005val\373ue\000\002sweak_refws\202\233\003_\256\220\002\310\005\004\311\221\003\022\004e\326\211\001\036\005re?gistry.\004\261\212\002p:\004\252\233\006\252\230\002\250\212\007PyO\337\216\003\333*(\001\007)\000\014\010st\347ruc\232\236\001\254\207\001obj\333_5\350\236\002_6\222\000en\377a_Arena \377*)\000void \3629\n\000\326\206\001\231\225\001ler\000_make_\005\005d\251\210\001\375h\006\006restor\370\026\006\212\010Q\001)\000int\303 (\005\003T\017r\003 \000)\000\n\350\205\005a\220\001\000\263\204\013\210""\002\023\013\365\207\001\376\255\225\007size_t\000\377\000HUGE_PA\373GE\004\003THRES\357HOLD\355\031rayo_WsA\324\223\002*(\214\201$\303, \364\047\000\t\n\013\324\002ne\375w\376C\200\001\330\004\005\330\377\017\020\330\004\013\210=\230\377\001\330\010\020\220\013\2301\377\230A\330\020\034\230A\230\377T\240\021\240$\240l\260\377!\2601\360\006\000\005\r\277\210K\220q\230\0010\001\n\357\210+\220Q9\001\047\240q\177\250\006\250a\200\001\340?\000_4\210q\220\001\005\003<\047\000\343\016\240\021\004W\000\035\001\037\230q\377\320 0\260\013\270;\300\377k\320QR\330\004\023\220\3779\230H\240A\240Q\330\377\004\007\200|\2207\230!\377\330\010+\2501\250L\270\367\016\300a\217\0011\200\001\360o\010\000\n\033\025\001\020\220\232\002}\007\200\000\006\230l\250!0\001\377v\210W\220E\230\024\230\337Q\330\010\022\220:\000\027\220\347q\340\010\002\000L\001q\330\010\377\017\320\017*\250$\250a\377\250w\260k\300\027\310\001\365\340\004\013\021[\000\030\000\005\014\377\2109\220A\200A\330\010\373\013\210\276\000\330\014\022\220.\377\240\001\240\034\250Q\250d\235\260\216\000\014\210L\361\000\010\024\340\371\010\032\0026\003w\220c\230\021\237\330\014\020\220\014\276 \026\000J\377\220a\330\010\r\210Q\210wf\220F\327\001\017\210qc\001\377\014\210A\210T\220\025\220\271f\"\001\t\010V\2206<\000\010\316\035\006C\210~\325\001=\001d\220\367%\220v\342\001\017\210t\220}1?\003H\220I\230W\272 \257V\2501\330\203\000I\215@A\366\003\003^\240\017\000\026\220a\220?|\2401\240D\250\323@.\006\314|\017$\001t\230@\000\227\004\032\230\047&\240\001\303\n\203*\340\320\005\302\001\367V\2201\355\n\r\330\020\024\377\220J\230a\330\023\024\330\375\020\331AC\230q\330\024\025\361\330\316\003\373 \315\002\014\021\220\024\377\220Q\330\014\025\220T\230\337\027\240\t\250\021\005\003\031\240\377!\330\014\023\2204\220{\356\361`g\250R\262@a\330\014\377\030\230\004\230A\330\014\035|\210\204\001\000\004\330\014\032\230$b\000\266\000\004\014\031\376@]\2506\004q\317\330\014\027\220\314\001\304@$\220\357f\320\034.\303@\047\270\023\373\270J""\317`\014\024\220D\230\237\007\230r\240\021R\004\336\204\001\200\377A\360\n\000\t\r\320\014\373\034\230\375Dw\220b\230\001~\305@\320\020 \240\001\340\315@\377\r\230Q\230d\240-\250\357q\260\004\260\212\000\020\220\017;\230q1\003\020\210w\345 \t\001o\014\000\t\014\272c\r\330\207k\320H\002\264.\322`\263AM\357A\t\330\237\014\021\320\021(\247@\376\0001\337\220A\330\017\020\223\000\024\000\367\t\017\210\277`\014\210H\220\377E\230\031\240$\240k\260|\334`\377A7\230\"\230B\220\000\377$\240c\250\024\250Q\330}\020\023\002z\230\021\230\047\331\000\276\370 7\230!\2308\373@G\377\2508\2606\270\025\270h\357\300f\310E\360\205\001$/\250\377u\260J\270e\3001\340\376\026\016\026\270v\300V\310;\377\320VW\330$.\250a\316\215\205\0015\220\001\250B\222\204\001\220Z\377\230q\240\001\320\004\037\230\377|\2501\340\r\021\220\027\254\242!\266\000%\240\313@\023\273\206\001\230\3773\230g\240Q\320\004 \257\240\r\250Q\230\205\001N\317\206\001\014\377\210I\220Q\220f\230G\357\2407\250\047\300\000\010\t\210\357\025\210a\210\235\206\001\210q\320\277\004!\240\035\250a$\006\017\377\210y\230\001\230\026\230w\377\240g\250W\260A\320\004\177)\250\034\260[\300\001^\020\1779\230A\230[\250\007\245a\377\320\004*\250,\260k\300\365\021\205\020:\273@k\250\027\260{\007\260j\000,\250L\2708\021\3674\220q\227`|\2507\260\377!\320\0045\260\\\300\033\373\310AZ\026\014\260G\2707\003\300!";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3808, 5877);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (5676 bytes) */
-static const char bytes[] = "  ( (device and pinned pages through CUDA) is not available in this version of wsmem; use location=\047host\047. capacity= is not open; __exit__ without __enter__ is not open; allocate inside `with ws:` (or use the module-level wsmem.empty etc.) is open; destroy it after its `with` block ends needs CuPy and a CUDA device, and CuPy could not be imported ( was destroyed; create a new one was destroyed; create a new one (wsmem.Workspace or wsmem.get_workspace)(tree fragment)). Install the gpu extra (pip install \047wsmem[gpu]\047) on a machine with an NVIDIA GPU, or use location=\047host\047.)>.: <wsmem.Workspace ?Allocate on the plain heap until the block ends (ND4J\047s scopeOutOfWorkspaces).\n\n    Examples\n    --------\n    >>> import wsmem\n    >>> with wsmem.Workspace(\"doc_scope\") as ws:\n    ...     with wsmem.scope_out():\n    ...         kept = wsmem.zeros(3)\n    >>> kept.workspace is None, kept.is_valid\n    (True, True)\n    NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.Process-wide debug switch, as a context manager (ND4J\047s DebugMode).\n\n    ``\"spill_everything\"``: every allocation spills to separate memory that is\n    released at the end of its cycle (finds bugs that reuse hides).\n    ``\"bypass_everything\"``: workspaces hand out plain heap memory.\n    ``\"disabled\"``: normal operation.\n\n    Examples\n    --------\n    >>> import wsmem\n    >>> with wsmem.debug_mode(\"bypass_everything\"):\n    ...     with wsmem.Workspace(\"doc_dbg\") as ws:\n    ...         wsmem.empty(4).workspace is None\n    True\n    add_noteconfig must be a wsmem.WorkspaceConfig, got disableenablegcisenabledlocation=no default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importopen, generation pyx/wsmem/_workspace.pyxreset=\047endofbuffer_reached\047 (circular works""paces) is not available in this version of wsmem; use reset=\047block_left\047.scope_out (line 337)self.holes,self.main,self.state cannot be converted to a Python object for picklingworkspace workspace name must be a non-empty str, got <lambda>BYPASS_EVERYTHINGCDEVICEDISABLEDDebugModeENDOFBUFFER_REACHEDKLeakInfoLocationPINNEDResetPolicySPILL_EVERYTHINGWeakSetWorkspaceWorkspace.__enter__Workspace.__exit__Workspace.__reduce_cython__Workspace.__setstate_cython__Workspace._require_usableWorkspace.asarrayWorkspace.borrowWorkspace.destroyWorkspace.emptyWorkspace.empty_likeWorkspace.fullWorkspace.full_likeWorkspace.initializeWorkspace.leaksWorkspace.onesWorkspace.ones_likeWorkspace.statsWorkspace.zerosWorkspace.zeros_likeWorkspaceConfigWorkspaceErrorWorkspaceStats_Borrow_Borrow.__enter___Borrow.__exit___Borrow.__reduce_cython___Borrow.__setstate_cython___DEBUG_CODES_DEBUG_NAMES_ScopeOut_ScopeOut.__enter___ScopeOut.__exit___ScopeOut.__reduce_cython___ScopeOut.__setstate_cython____Pyx_PyDict_NextRef__annotate____class_getitem____dict____doc____enter____exit____func____getstate____init____main____metaclass____module____name____new____prepare____pyx_checksum__pyx_result__pyx_state__pyx_type__pyx_unpickle__ScopeOut__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___all_dict_forget_gpu_unavailable_is_coroutine_live_pins_prev_require_usable_tlsaaddasarrayasyncio.coroutinesborrowcapacitycline_in_tracebackclosedcoerceconfigcupycurrent_workspacecycle_bytescyclesdebug_modedebug_mode.__enter__debug_mode.__exit__debug_mode.__init__destroydestroyeddtypeemptyempty_likeexcexc_typefillfill_valuefullfull_likegengenerationget_debug_mode_nameinitializeinitializedis_openitemskeyllast_cycle_bytesleaksleaks.<locals>.<lambda>live_workspaceslocallocationmodenamenbytesnpnumpyoffsetonesones_likeorderoutownerpagespeak_cycle_bytespinned_bytespopprototypereplaceresetscope_outselfsetdefaultshapesortspilled_bytesspilled_countstackstatestat""stbthreadingtracebacktracktracking_forcedupdateuse_setstatevaluevaluesweakrefwswsmem._arraywsmem._configwsmem._errorswsmem._registrywsmem._statswsmem._workspacezeroszeros_likePyObject *(void)\000int (void)\000void (PyObject *)\000void (int)\000current_arena\000get_debug_mode\000set_current_arena\000set_debug_modesize_t\000\000HUGE_PAGE\000HUGE_THRESHOLDstruct __pyx_obj_5wsmem_6_array_WsArray *(struct __pyx_obj_5wsmem_6_arena_Arena *, PyObject *, PyObject *, PyObject *, int)\000new_array\200\001\330\004\005\330\017\020\330\004\013\210=\230\001\330\010\020\220\013\2301\230A\330\020\034\230A\230T\240\021\240$\240l\260!\2601\360\006\000\005\r\210K\220q\230\001\200\001\330\004\n\210+\220Q\200\001\330\004\047\240q\250\006\250a\200\001\340\004\013\2104\210q\220\001\200\001\340\004\013\210<\220q\230\016\240a\200\001\340\004\013\210=\230\001\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\2209\230H\240A\240Q\330\004\007\200|\2207\230!\330\010+\2501\250L\270\016\300a\330\004\013\2101\200\001\360\010\000\n\033\230!\330\010\020\220\001\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220q\330\004\007\200q\330\010\017\320\017*\250$\250a\250w\260k\300\027\310\001\340\010\017\320\017*\250$\250a\250w\260k\300\021\200\001\360\030\000\005\014\2109\220A\200A\330\010\013\2104\210q\330\014\022\220.\240\001\240\034\250Q\250d\260!\330\010\014\210L\230\001\200A\330\010\013\2104\210q\330\014\022\220.\240\001\240\034\250Q\250d\260!\340\010\014\210L\230\001\330\010\013\2104\210w\220c\230\021\330\014\020\220\014\230A\330\010\014\210J\220a\330\010\r\210Q\210f\220F\230!\330\010\017\210q\200A\330\010\014\210A\210T\220\025\220f\230A\330\010\017\210q\200A\330\010\014\210A\210V\2206\230\021\330\010\017\210q\200A\330\010\014\210C\210~\230Q\330\010\r\210Q\210d\220%\220v\230Q\330\010\017\210t\2201\200A\330\010\014\210H\220I\230W\240A\240V\2501\330\010\014\210I\220Q\200A\330\010\014\210I\220^\2401\330\010""\026\220a\220|\2401\240D\250\001\330\010\017\210t\2201\200A\330\010\r\210Q\210f\220F\230!\330\010\017\210q\200A\330\010\026\220a\220t\2301\330\010\017\210q\200A\330\010\032\230&\240\001\330\010\013\2104\210w\220c\230\021\330\014\022\220.\240\001\240\034\250Q\250d\260!\340\010\014\210J\220a\330\010\014\210A\210V\2201\330\010\013\2104\210w\220c\230\021\330\014\r\330\020\024\220J\230a\330\023\024\330\020\023\2209\230C\230q\330\024\025\330\010\017\210q\200A\340\010\017\210~\230Q\330\014\021\220\024\220Q\330\014\025\220T\230\027\240\t\250\021\330\014\025\220T\230\031\240!\330\014\023\2204\220{\240$\240g\250R\250w\260a\330\014\030\230\004\230A\330\014\035\230T\240\021\330\014\035\230T\240\021\330\014\032\230$\230a\330\014\032\230$\230a\330\014\031\230\024\230]\250!\330\014\023\2204\220q\330\014\027\220t\2301\330\014\022\220$\220f\320\034.\250d\260\047\270\023\270J\300a\330\014\024\220D\230\007\230r\240\021\330\014\030\230\004\230A\230T\240\021\200A\360\n\000\t\r\320\014\034\230A\330\010\013\2104\210w\220b\230\001\330\014\020\320\020 \240\001\340\014\020\220\r\230Q\230d\240-\250q\260\004\260A\330\014\020\220\017\230q\200A\360\n\000\t\020\210w\220a\220q\200A\360\014\000\t\014\2104\210q\330\014\r\330\010\014\210L\230\001\330\010\013\2104\210w\220b\230\001\330\014\022\220.\240\001\240\034\250Q\250d\260!\340\010\014\210L\230\001\330\010\014\210M\230\021\330\010\t\330\014\021\320\021(\250\001\330\014\023\2201\220A\330\017\020\200A\360\024\000\t\017\210a\330\010\014\210H\220E\230\031\240$\240k\260\021\330\014\017\210t\2207\230\"\230B\230d\240$\240c\250\024\250Q\330\020\021\330\014\017\210w\220a\220x\230q\240\007\240x\250v\260U\270(\300&\310\005\310Q\330 +\2505\260\n\270%\270q\330\010\013\2105\220\001\220\024\220Q\330\010\017\210q\220Z\230q\240\001\320\004\037\230|\2501\340\r\021\220\027\230\001\330\014\021\320\021%\240Q\330\014\023\2207\230!\2303\230g\240Q\320\004 \240\r\250Q\340\010\014\210N\230!\330\010\014\210I\220Q\220f\230G\2407\250\047\260\021\330\010\t\210\025\210a\210q""\330\010\017\210q\320\004!\240\035\250a\340\010\014\210N\230!\330\010\017\210y\230\001\230\026\230w\240g\250W\260A\320\004)\250\034\260[\300\001\340\r\021\220\027\230\001\330\014\021\320\021%\240Q\330\014\023\2209\230A\230[\250\007\250w\260a\320\004*\250,\260k\300\021\340\r\021\220\027\230\001\330\014\021\320\021%\240Q\330\014\023\220:\230Q\230k\250\027\260\007\260q\320\004,\250L\270\001\340\r\021\220\027\230\001\330\014\021\320\021%\240Q\330\014\023\2204\220q\230\007\230|\2507\260!\320\0045\260\\\300\033\310A\340\r\021\220\027\230\001\330\014\021\320\021%\240Q\330\014\023\2209\230A\230[\250\014\260G\2707\300!";
+    #else /* compression: none (5877 bytes) */
+static const char bytes[] = "  ( (device and pinned pages through CUDA) is not available in this version of wsmem; use location=\047host\047. capacity= is not open; __exit__ without __enter__ is not open; allocate inside `with ws:` (or use the module-level wsmem.empty etc.) is open; destroy it after its `with` block ends needs CuPy and a CUDA device, and CuPy could not be imported ( was destroyed; create a new one was destroyed; create a new one (wsmem.Workspace or wsmem.get_workspace)(tree fragment)). Install the gpu extra (pip install \047wsmem[gpu]\047) on a machine with an NVIDIA GPU, or use location=\047host\047.)>.: <wsmem.Workspace ?Allocate on the plain heap until the block ends (ND4J\047s scopeOutOfWorkspaces).\n\n    Examples\n    --------\n    >>> import wsmem\n    >>> with wsmem.Workspace(\"doc_scope\") as ws:\n    ...     with wsmem.scope_out():\n    ...         kept = wsmem.zeros(3)\n    >>> kept.workspace is None, kept.is_valid\n    (True, True)\n    NoneNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.Process-wide debug switch, as a context manager (ND4J\047s DebugMode).\n\n    ``\"spill_everything\"``: every allocation spills to separate memory that is\n    released at the end of its cycle (finds bugs that reuse hides).\n    ``\"bypass_everything\"``: workspaces hand out plain heap memory.\n    ``\"disabled\"``: normal operation.\n\n    Examples\n    --------\n    >>> import wsmem\n    >>> with wsmem.debug_mode(\"bypass_everything\"):\n    ...     with wsmem.Workspace(\"doc_dbg\") as ws:\n    ...         wsmem.empty(4).workspace is None\n    True\n    add_noteconfig must be a wsmem.WorkspaceConfig, got disableenablegcisenabledlocation=no default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importopen, generation pyx/wsmem/_workspace.pyxreset=\047endofbuffer_reached\047 (circular works""paces) is not available in this version of wsmem; use reset=\047block_left\047.scope_out (line 359)self.holes,self.main,self.state cannot be converted to a Python object for picklingworkspace workspace name must be a non-empty str, got <lambda>BYPASS_EVERYTHINGCDEVICEDISABLEDDebugModeENDOFBUFFER_REACHEDKLeakInfoLocationPINNEDResetPolicySPILL_EVERYTHINGWeakSetWorkspaceWorkspace.__enter__Workspace.__exit__Workspace.__reduce_cython__Workspace.__setstate_cython__Workspace._require_usableWorkspace.asarrayWorkspace.borrowWorkspace.destroyWorkspace.emptyWorkspace.empty_likeWorkspace.fullWorkspace.full_likeWorkspace.initializeWorkspace.leaksWorkspace.onesWorkspace.ones_likeWorkspace.statsWorkspace.zerosWorkspace.zeros_likeWorkspaceConfigWorkspaceErrorWorkspaceStats_Borrow_Borrow.__enter___Borrow.__exit___Borrow.__reduce_cython___Borrow.__setstate_cython___DEBUG_CODES_DEBUG_NAMES_ScopeOut_ScopeOut.__enter___ScopeOut.__exit___ScopeOut.__reduce_cython___ScopeOut.__setstate_cython____Pyx_PyDict_NextRef__annotate____class_getitem____dict____doc____enter____exit____func____getstate____init____main____metaclass____module____name____new____prepare____pyx_checksum__pyx_result__pyx_state__pyx_type__pyx_unpickle__ScopeOut__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___all_dict_forget_gpu_unavailable_is_coroutine_live_pins_prev_require_usable_tlsaaddasarrayasyncio.coroutinesborrowcapacitycapturecline_in_tracebackclosedcoerceconfigcupycurrent_workspacecycle_bytescyclesdebug_modedebug_mode.__enter__debug_mode.__exit__debug_mode.__init__destroydestroyeddtypeemptyempty_likeexcexc_typefillfill_valuefullfull_likegengenerationget_debug_mode_nameinitializeinitializedis_openitemskeyllast_cycle_bytesleaksleaks.<locals>.<lambda>live_workspaceslocallocationmodenamenbytesnpnumpyoffsetonesones_likeorderoutownerpagespeak_cycle_bytespinned_bytespopprototypereplaceresetscope_outselfsetdefaultshapesortspilled_bytesspilled_countstackst""atestatstbthreadingtracebacktracktracking_forcedupdateuse_setstatevaluevaluesweakrefwswsmem._arraywsmem._configwsmem._errorswsmem._registrywsmem._statswsmem._workspacezeroszeros_likePyObject *(PyObject *)\000PyObject *(struct __pyx_obj_5wsmem_6_arena_Arena *)\000void (PyObject *)\000\000set_handler\000make_handler\000detach_handler\000restore_handlerPyObject *(void)\000int (void)\000void (PyObject *)\000void (int)\000current_arena\000get_debug_mode\000set_current_arena\000set_debug_modesize_t\000\000HUGE_PAGE\000HUGE_THRESHOLDstruct __pyx_obj_5wsmem_6_array_WsArray *(struct __pyx_obj_5wsmem_6_arena_Arena *, PyObject *, PyObject *, PyObject *, int)\000new_array\200\001\330\004\005\330\017\020\330\004\013\210=\230\001\330\010\020\220\013\2301\230A\330\020\034\230A\230T\240\021\240$\240l\260!\2601\360\006\000\005\r\210K\220q\230\001\200\001\330\004\n\210+\220Q\200\001\330\004\047\240q\250\006\250a\200\001\340\004\013\2104\210q\220\001\200\001\340\004\013\210<\220q\230\016\240a\200\001\340\004\013\210=\230\001\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\2209\230H\240A\240Q\330\004\007\200|\2207\230!\330\010+\2501\250L\270\016\300a\330\004\013\2101\200\001\360\010\000\n\033\230!\330\010\020\220\001\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220q\330\004\007\200q\330\010\017\320\017*\250$\250a\250w\260k\300\027\310\001\340\010\017\320\017*\250$\250a\250w\260k\300\021\200\001\360\030\000\005\014\2109\220A\200A\330\010\013\2104\210q\330\014\022\220.\240\001\240\034\250Q\250d\260!\330\010\014\210L\230\001\200A\330\010\013\2104\210q\330\014\022\220.\240\001\240\034\250Q\250d\260!\340\010\014\210L\230\001\330\010\013\2104\210w\220c\230\021\330\014\020\220\014\230A\330\010\014\210J\220a\330\010\r\210Q\210f\220F\230!\330\010\017\210q\200A\330\010\014\210A\210T\220\025\220f\230A\330\010\017\210q\200A\330\010\014\210A\210V\2206\230\021\330\010\017\210q\200A\330\010\014\210C""\210~\230Q\330\010\r\210Q\210d\220%\220v\230Q\330\010\017\210t\2201\200A\330\010\014\210H\220I\230W\240A\240V\2501\330\010\014\210I\220Q\200A\330\010\014\210I\220^\2401\330\010\026\220a\220|\2401\240D\250\001\330\010\017\210t\2201\200A\330\010\r\210Q\210f\220F\230!\330\010\017\210q\200A\330\010\026\220a\220t\2301\330\010\017\210q\200A\330\010\032\230&\240\001\330\010\013\2104\210w\220c\230\021\330\014\022\220.\240\001\240\034\250Q\250d\260!\340\010\014\210J\220a\330\010\014\210A\210V\2201\330\010\013\2104\210w\220c\230\021\330\014\r\330\020\024\220J\230a\330\023\024\330\020\023\2209\230C\230q\330\024\025\330\010\017\210q\200A\340\010\017\210~\230Q\330\014\021\220\024\220Q\330\014\025\220T\230\027\240\t\250\021\330\014\025\220T\230\031\240!\330\014\023\2204\220{\240$\240g\250R\250w\260a\330\014\030\230\004\230A\330\014\035\230T\240\021\330\014\035\230T\240\021\330\014\032\230$\230a\330\014\032\230$\230a\330\014\031\230\024\230]\250!\330\014\023\2204\220q\330\014\027\220t\2301\330\014\022\220$\220f\320\034.\250d\260\047\270\023\270J\300a\330\014\024\220D\230\007\230r\240\021\330\014\030\230\004\230A\230T\240\021\200A\360\n\000\t\r\320\014\034\230A\330\010\013\2104\210w\220b\230\001\330\014\020\320\020 \240\001\340\014\020\220\r\230Q\230d\240-\250q\260\004\260A\330\014\020\220\017\230q\200A\360\n\000\t\020\210w\220a\220q\200A\360\014\000\t\014\2104\210q\330\014\r\330\010\014\210L\230\001\330\010\013\2104\210w\220b\230\001\330\014\022\220.\240\001\240\034\250Q\250d\260!\340\010\014\210L\230\001\330\010\014\210M\230\021\330\010\t\330\014\021\320\021(\250\001\330\014\023\2201\220A\330\017\020\200A\360\024\000\t\017\210a\330\010\014\210H\220E\230\031\240$\240k\260\021\330\014\017\210t\2207\230\"\230B\230d\240$\240c\250\024\250Q\330\020\021\330\014\017\210z\230\021\230\047\240\021\330\020\023\2207\230!\2308\2401\240G\2508\2606\270\025\270h\300f\310E\320QR\330$/\250u\260J\270e\3001\340\020\023\2207\230!\2308\2401\240G\2508\2606\270\026\270v\300V\310;\320VW\330$.\250a\330""\010\013\2105\220\001\220\024\220Q\330\010\017\210q\220Z\230q\240\001\320\004\037\230|\2501\340\r\021\220\027\230\001\330\014\021\320\021%\240Q\330\014\023\2207\230!\2303\230g\240Q\320\004 \240\r\250Q\340\010\014\210N\230!\330\010\014\210I\220Q\220f\230G\2407\250\047\260\021\330\010\t\210\025\210a\210q\330\010\017\210q\320\004!\240\035\250a\340\010\014\210N\230!\330\010\017\210y\230\001\230\026\230w\240g\250W\260A\320\004)\250\034\260[\300\001\340\r\021\220\027\230\001\330\014\021\320\021%\240Q\330\014\023\2209\230A\230[\250\007\250w\260a\320\004*\250,\260k\300\021\340\r\021\220\027\230\001\330\014\021\320\021%\240Q\330\014\023\220:\230Q\230k\250\027\260\007\260q\320\004,\250L\270\001\340\r\021\220\027\230\001\330\014\021\320\021%\240Q\330\014\023\2204\220q\230\007\230|\2507\260!\320\0045\260\\\300\033\310A\340\r\021\220\027\230\001\330\014\021\320\021%\240Q\330\014\023\2209\230A\230[\250\014\260G\2707\300!";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 217; i++) {
+    for (int i = 0; i < 218; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 38) PyUnicode_InternInPlace(&string);
@@ -18688,8 +19105,8 @@ static const char bytes[] = "  ( (device and pinned pages through CUDA) is not a
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 217; i < 252; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-217].length;
+    for (int i = 218; i < 254; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-218].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -18699,15 +19116,15 @@ static const char bytes[] = "  ( (device and pinned pages through CUDA) is not a
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 252; i++) {
+    for (Py_ssize_t i = 0; i < 254; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 217;
-      for (Py_ssize_t i=0; i<35; ++i) {
+      PyObject **table = stringtab + 218;
+      for (Py_ssize_t i=0; i<36; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -18794,102 +19211,102 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 242};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 264};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_l};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_lambda, __pyx_mstate->__pyx_kp_b_iso88591_Zq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 25};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 26};
     PyObject* const varnames[] = {0};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_live_workspaces, __pyx_mstate->__pyx_kp_b_iso88591_4q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 53};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 63};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_location, __pyx_mstate->__pyx_n_u_cupy, __pyx_mstate->__pyx_n_u_exc};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_gpu_unavailable, __pyx_mstate->__pyx_kp_b_iso88591_1A_AT_l_1_Kq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 115};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 133};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_enter, __pyx_mstate->__pyx_kp_b_iso88591_A_4q_Qd_L_4wc_A_Ja_QfF_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 126};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 144};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_exc_type, __pyx_mstate->__pyx_n_u_exc, __pyx_mstate->__pyx_n_u_tb, __pyx_mstate->__pyx_n_u_stack};
     __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_exit, __pyx_mstate->__pyx_kp_b_iso88591_A_4wc_Qd_Ja_AV1_4wc_Ja_9Cq_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 141};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 159};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_borrow, __pyx_mstate->__pyx_kp_b_iso88591_A_waq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 148};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 166};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_initialize, __pyx_mstate->__pyx_kp_b_iso88591_A_A_4wb_Qd_q_A_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 160};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 178};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_forget};
     __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_destroy, __pyx_mstate->__pyx_kp_b_iso88591_A_4q_L_4wb_Qd_L_M_1A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 180};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 198};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_require_usable, __pyx_mstate->__pyx_kp_b_iso88591_A_4q_Qd_L, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 206};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 224};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_stats, __pyx_mstate->__pyx_kp_b_iso88591_A_Q_Q_T_T_4_gRwa_A_T_T_a_a_4q_t1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 226};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 244};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_nbytes, __pyx_mstate->__pyx_n_u_gen, __pyx_mstate->__pyx_n_u_owner};
-    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_leaks, __pyx_mstate->__pyx_kp_b_iso88591_A_a_HE_k_t7_Bd_c_Q_waxq_xvU_Q_5, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_leaks, __pyx_mstate->__pyx_kp_b_iso88591_A_a_HE_k_t7_Bd_c_Q_z_7_81G86_hfE, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 252};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 274};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_order};
     __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_empty, __pyx_mstate->__pyx_kp_b_iso88591_a_N_y_wgWA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 257};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 279};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_order};
     __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_zeros, __pyx_mstate->__pyx_kp_b_iso88591_a_N_y_wgWA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 262};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 284};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_a};
     __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_ones, __pyx_mstate->__pyx_kp_b_iso88591_Q_N_IQfG7_aq_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 269};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 291};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_fill_value, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_full};
     __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_full, __pyx_mstate->__pyx_kp_b_iso88591_L_Q_4q_7, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 275};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 297};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_prototype, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_empty_like};
     __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_empty_like, __pyx_mstate->__pyx_kp_b_iso88591_k_Q_Qk_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 281};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 303};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_prototype, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_zeros_like};
     __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_zeros_like, __pyx_mstate->__pyx_kp_b_iso88591_k_Q_Qk_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 287};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 309};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_prototype, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_ones_like};
     __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_ones_like, __pyx_mstate->__pyx_kp_b_iso88591_Q_9A_wa, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 293};
+    const __Pyx_PyCode_New_function_description descr = {6, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 315};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_prototype, __pyx_mstate->__pyx_n_u_fill_value, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_full_like};
     __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_full_like, __pyx_mstate->__pyx_kp_b_iso88591_5_A_Q_9A_G7, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 299};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 321};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_a, __pyx_mstate->__pyx_n_u_dtype, __pyx_mstate->__pyx_n_u_order, __pyx_mstate->__pyx_n_u_asarray};
     __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_asarray, __pyx_mstate->__pyx_kp_b_iso88591_1_Q_7_3gQ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
   }
@@ -18904,12 +19321,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 314};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 336};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[22] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_enter, __pyx_mstate->__pyx_kp_b_iso88591_A_C_Q_Qd_vQ_t1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[22])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 319};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 341};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_exc};
     __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_exit, __pyx_mstate->__pyx_kp_b_iso88591_A_AT_fA_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
   }
@@ -18924,12 +19341,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[25] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[25])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 328};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 350};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[26] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_enter, __pyx_mstate->__pyx_kp_b_iso88591_A_QfF_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[26])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 332};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 354};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_exc};
     __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_exit, __pyx_mstate->__pyx_kp_b_iso88591_A_AV6_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
   }
@@ -18944,32 +19361,32 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[29] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_q_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[29])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 337};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 359};
     PyObject* const varnames[] = {0};
     __pyx_mstate_global->__pyx_codeobj_tab[30] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_scope_out, __pyx_mstate->__pyx_kp_b_iso88591_9A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[30])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 352};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 374};
     PyObject* const varnames[] = {0};
     __pyx_mstate_global->__pyx_codeobj_tab[31] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_current_workspace, __pyx_mstate->__pyx_kp_b_iso88591__11, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[31])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 380};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 402};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_mode};
     __pyx_mstate_global->__pyx_codeobj_tab[32] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_init, __pyx_mstate->__pyx_kp_b_iso88591_A_HIWAV1_IQ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[32])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 384};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 406};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[33] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_enter, __pyx_mstate->__pyx_kp_b_iso88591_A_I_1_a_1D_t1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[33])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 389};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 411};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_exc};
     __pyx_mstate_global->__pyx_codeobj_tab[34] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_exit, __pyx_mstate->__pyx_kp_b_iso88591_A_at1_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[34])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 394};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 416};
     PyObject* const varnames[] = {0};
     __pyx_mstate_global->__pyx_codeobj_tab[35] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__workspace_pyx, __pyx_mstate->__pyx_n_u_get_debug_mode_name, __pyx_mstate->__pyx_kp_b_iso88591_q_a_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[35])) goto bad;
   }
@@ -20268,6 +20685,42 @@ static CYTHON_INLINE int __Pyx_DelItemInt_Fast(PyObject *o, Py_ssize_t i, int wr
     }
 #endif
     return __Pyx_DelItem_Generic(o, PyLong_FromSsize_t(i));
+}
+
+/* WriteUnraisableException */
+static void __Pyx_WriteUnraisable(const char *name, int clineno,
+                                  int lineno, const char *filename,
+                                  int full_traceback, int nogil) {
+    PyObject *old_exc, *old_val, *old_tb;
+    PyObject *ctx;
+    __Pyx_PyThreadState_declare
+    PyGILState_STATE state;
+    if (nogil)
+        state = PyGILState_Ensure();
+    else state = (PyGILState_STATE)0;
+    CYTHON_UNUSED_VAR(clineno);
+    CYTHON_UNUSED_VAR(lineno);
+    CYTHON_UNUSED_VAR(filename);
+    CYTHON_MAYBE_UNUSED_VAR(nogil);
+    __Pyx_PyThreadState_assign
+    __Pyx_ErrFetch(&old_exc, &old_val, &old_tb);
+    if (full_traceback) {
+        Py_XINCREF(old_exc);
+        Py_XINCREF(old_val);
+        Py_XINCREF(old_tb);
+        __Pyx_ErrRestore(old_exc, old_val, old_tb);
+        PyErr_PrintEx(0);
+    }
+    ctx = PyUnicode_FromString(name);
+    __Pyx_ErrRestore(old_exc, old_val, old_tb);
+    if (!ctx) {
+        PyErr_WriteUnraisable(Py_None);
+    } else {
+        PyErr_WriteUnraisable(ctx);
+        Py_DECREF(ctx);
+    }
+    if (nogil)
+        PyGILState_Release(state);
 }
 
 /* PyObjectCallOneArg (used by CallUnboundCMethod0) */

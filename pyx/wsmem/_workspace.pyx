@@ -4,6 +4,7 @@ from wsmem._arena cimport (Arena, current_arena, set_current_arena, get_debug_mo
                            set_debug_mode, LOC_HOST, LOC_MMAP,
                            DEBUG_OFF, DEBUG_SPILL_EVERYTHING, DEBUG_BYPASS_EVERYTHING)
 from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
+from wsmem._capture cimport make_handler, detach_handler, set_handler, restore_handler
 
 import threading
 import weakref
@@ -35,19 +36,28 @@ cdef list _stack():
         return _tls.stack
 
 
-cdef void _push(object frame, list stack):
-    stack.append(frame)
+cdef void _push(object frame, list stack) except *:
+    """Make `frame` (a Workspace, or None for the heap) current; NumPy's
+    memory handler follows it (the workspace's when it captures, else
+    NumPy's default).  Each stack entry is (frame, handler token)."""
+    handler = None
+    if frame is not None:
+        handler = (<Workspace>frame)._handler
+    token = set_handler(handler)
+    stack.append((frame, token))
     set_current_arena(frame)
 
 
-cdef void _pop(object frame, list stack):
-    # Remove the innermost occurrence of this frame (normally the top).
+cdef void _pop(object frame, list stack) noexcept:
+    # Remove the innermost entry of this frame (normally the top) and restore
+    # the NumPy handler that was current when it was pushed.
     cdef Py_ssize_t i
     for i in range(len(stack) - 1, -1, -1):
-        if stack[i] is frame:
+        if stack[i][0] is frame:
+            restore_handler(stack[i][1])
             del stack[i]
             break
-    set_current_arena(stack[-1] if stack else None)
+    set_current_arena(stack[-1][0] if stack else None)
 
 
 def _gpu_unavailable(location):
@@ -109,7 +119,15 @@ cdef class Workspace(Arena):
         self.config = config
         self.track = config.track or tracking_forced()
         self._configure(config)
+        if config.capture:
+            self._handler = make_handler(self)
         _all.add(self)
+
+    def __dealloc__(self):
+        # NumPy arrays allocated through the handler may outlive us: they
+        # keep the capsule, and from now on it frees only.
+        if self._handler is not None:
+            detach_handler(self._handler)
 
     # ------------------------------------------------------------ cycles
     def __enter__(self):
@@ -237,8 +255,12 @@ cdef class Workspace(Arena):
         for nbytes, gen, owner in self._live_pins():
             if self.depth > 0 and gen == self.generation:
                 continue
-            out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
-                                generation=gen, traceback=owner.traceback))
+            if isinstance(owner, WsArray):
+                out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
+                                    generation=gen, traceback=owner.traceback))
+            else:   # a NumPy array captured by the workspace (shape unknown to us)
+                out.append(LeakInfo(nbytes=nbytes, shape=None, dtype=None, generation=gen,
+                                    traceback=owner))
         out.sort(key=lambda l: l.generation)
         return out
 
