@@ -645,3 +645,27 @@ def test_views_of_empty_arrays_stay_in_their_workspace(make_ws):
             assert t.workspace is ws and t.shape == (3, 0)
     assert not v.is_valid
     assert not h.is_valid and not t.is_valid
+
+
+def test_view_of_captured_result_keeps_its_memory_when_the_result_dies():
+    # Memory safety rule 1: r wraps an ndarray NumPy allocated in the workspace
+    # (capture).  Its view v must keep that ndarray alive: otherwise, once r
+    # dies, NumPy frees it, the workspace reuses the bytes for the next
+    # allocation of that size in the same cycle, and v (still valid) would
+    # read another array's data.
+    ws = wsmem.Workspace("CAPVIEW")
+    a = np.arange(4.0)
+    for _ in range(3):
+        with ws:
+            A = wsmem.asarray(a)
+            r = np.concatenate([A, A])
+            assert r.workspace is ws
+            v = r[1:3]
+            w = v.T[::1]
+            del r
+            t = np.concatenate([A * 0 - 7, A * 0 - 7])   # same size as r
+            assert v.tolist() == [1.0, 2.0]
+            assert w.tolist() == [1.0, 2.0]
+            assert t.tolist() == [-7.0] * 8
+            del v, w, t
+    ws.destroy()

@@ -2257,7 +2257,7 @@ struct __pyx_obj_5wsmem_6_array__ExportPin {
 };
 
 
-/* "wsmem/_array.pyx":1231
+/* "wsmem/_array.pyx":1236
  * # ---------------------------------------------------------------- creation functions
  * 
  * def empty(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -2270,7 +2270,7 @@ struct __pyx_defaults {
 };
 
 
-/* "wsmem/_array.pyx":978
+/* "wsmem/_array.pyx":983
  *         return self._shape[0]
  * 
  *     def __iter__(self):             # <<<<<<<<<<<<<<
@@ -2287,7 +2287,7 @@ struct __pyx_obj_5wsmem_6_array___pyx_scope_struct____iter__ {
 };
 
 
-/* "wsmem/_array.pyx":984
+/* "wsmem/_array.pyx":989
  *             yield self[i]
  * 
  *     def __getattr__(self, name):             # <<<<<<<<<<<<<<
@@ -2328,7 +2328,7 @@ struct __pyx_vtabstruct_5wsmem_6_arena_Arena {
 static struct __pyx_vtabstruct_5wsmem_6_arena_Arena *__pyx_vtabptr_5wsmem_6_arena_Arena;
 
 
-/* "wsmem/_array.pyx":568
+/* "wsmem/_array.pyx":573
  * 
  * 
  * @cython.no_gc             # <<<<<<<<<<<<<<
@@ -4688,7 +4688,7 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_cannot_leverage_into_workspace __pyx_string_tab[51]
 #define __pyx_kp_u_disable __pyx_string_tab[52]
 #define __pyx_kp_u_dtype __pyx_string_tab[53]
-#define __pyx_kp_u_empty_line_1231 __pyx_string_tab[54]
+#define __pyx_kp_u_empty_line_1236 __pyx_string_tab[54]
 #define __pyx_kp_u_enable __pyx_string_tab[55]
 #define __pyx_kp_u_gc __pyx_string_tab[56]
 #define __pyx_kp_u_isenabled __pyx_string_tab[57]
@@ -11782,7 +11782,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
  *         if owner is not None:
  *             src = <WsArray>owner             # <<<<<<<<<<<<<<
  *             if src._ws is not None and arena_valid(src._ws, src._gen):
- *                 return _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
+ *                 out = _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
 */
       __pyx_t_2 = __pyx_v_owner;
       __Pyx_INCREF(__pyx_t_2);
@@ -11793,8 +11793,8 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
  *         if owner is not None:
  *             src = <WsArray>owner
  *             if src._ws is not None and arena_valid(src._ws, src._gen):             # <<<<<<<<<<<<<<
- *                 return _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
- *         if (<cnp.ndarray>r).dtype.hasobject:
+ *                 out = _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
+ *                 # A view shares its source's owner: when the source wraps an
 */
       __pyx_t_3 = (((PyObject *)__pyx_v_src->_ws) != Py_None);
       if (__pyx_t_3) {
@@ -11820,32 +11820,56 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
         /* "wsmem/_array.pyx":448
  *             src = <WsArray>owner
  *             if src._ws is not None and arena_valid(src._ws, src._gen):
- *                 return _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)             # <<<<<<<<<<<<<<
- *         if (<cnp.ndarray>r).dtype.hasobject:
- *             return r
+ *                 out = _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)             # <<<<<<<<<<<<<<
+ *                 # A view shares its source's owner: when the source wraps an
+ *                 # ndarray NumPy allocated in the workspace, that ndarray must
 */
         __pyx_t_2 = ((PyObject *)__pyx_v_src->_ws);
         __Pyx_INCREF(__pyx_t_2);
         __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_r), ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_2), __pyx_v_src->_gen, __pyx_v_src->_block, NULL)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 448, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+        __pyx_v_out = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_4);
+        __pyx_t_4 = 0;
+
+        /* "wsmem/_array.pyx":452
+ *                 # ndarray NumPy allocated in the workspace, that ndarray must
+ *                 # outlive every view, or its bytes could be reused this cycle.
+ *                 out._base = src._base             # <<<<<<<<<<<<<<
+ *                 return out
+ *         if (<cnp.ndarray>r).dtype.hasobject:
+*/
+        __pyx_t_4 = __pyx_v_src->_base;
+        __Pyx_INCREF(__pyx_t_4);
+        __Pyx_GIVEREF(__pyx_t_4);
+        __Pyx_GOTREF(__pyx_v_out->_base);
+        __Pyx_DECREF_SET(__pyx_v_out->_base, __pyx_t_4);
+        __pyx_t_4 = 0;
+
+        /* "wsmem/_array.pyx":453
+ *                 # outlive every view, or its bytes could be reused this cycle.
+ *                 out._base = src._base
+ *                 return out             # <<<<<<<<<<<<<<
+ *         if (<cnp.ndarray>r).dtype.hasobject:
+ *             return r
+*/
         {
           PyObject *__pyx_temp;
           {
             __pyx_temp = __pyx_r;
-            __pyx_r = __pyx_t_4;
+            __Pyx_INCREF((PyObject *)__pyx_v_out);
+            __pyx_r = ((PyObject *)__pyx_v_out);
           }
           __Pyx_XDECREF(__pyx_temp);
         }
-        __pyx_t_4 = 0;
         goto __pyx_L0;
 
         /* "wsmem/_array.pyx":447
  *         if owner is not None:
  *             src = <WsArray>owner
  *             if src._ws is not None and arena_valid(src._ws, src._gen):             # <<<<<<<<<<<<<<
- *                 return _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
- *         if (<cnp.ndarray>r).dtype.hasobject:
+ *                 out = _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
+ *                 # A view shares its source's owner: when the source wraps an
 */
       }
 
@@ -11858,25 +11882,25 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
 */
     }
 
-    /* "wsmem/_array.pyx":449
- *             if src._ws is not None and arena_valid(src._ws, src._gen):
- *                 return _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
+    /* "wsmem/_array.pyx":454
+ *                 out._base = src._base
+ *                 return out
  *         if (<cnp.ndarray>r).dtype.hasobject:             # <<<<<<<<<<<<<<
  *             return r
  *         ws_of = captured_in(r, &gen, &block)
 */
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 449, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 454, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_hasobject); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 449, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_hasobject); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 454, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 449, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 454, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_array.pyx":450
- *                 return _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
+      /* "wsmem/_array.pyx":455
+ *                 return out
  *         if (<cnp.ndarray>r).dtype.hasobject:
  *             return r             # <<<<<<<<<<<<<<
  *         ws_of = captured_in(r, &gen, &block)
@@ -11893,28 +11917,28 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
       }
       goto __pyx_L0;
 
-      /* "wsmem/_array.pyx":449
- *             if src._ws is not None and arena_valid(src._ws, src._gen):
- *                 return _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
+      /* "wsmem/_array.pyx":454
+ *                 out._base = src._base
+ *                 return out
  *         if (<cnp.ndarray>r).dtype.hasobject:             # <<<<<<<<<<<<<<
  *             return r
  *         ws_of = captured_in(r, &gen, &block)
 */
     }
 
-    /* "wsmem/_array.pyx":451
+    /* "wsmem/_array.pyx":456
  *         if (<cnp.ndarray>r).dtype.hasobject:
  *             return r
  *         ws_of = captured_in(r, &gen, &block)             # <<<<<<<<<<<<<<
  *         if ws_of is not None:
  *             # NumPy allocated it in a live workspace (capture): zero copy.
 */
-    __pyx_t_2 = __pyx_f_5wsmem_8_capture_captured_in(__pyx_v_r, (&__pyx_v_gen), (&__pyx_v_block)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 451, __pyx_L1_error)
+    __pyx_t_2 = __pyx_f_5wsmem_8_capture_captured_in(__pyx_v_r, (&__pyx_v_gen), (&__pyx_v_block)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 456, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_v_ws_of = __pyx_t_2;
     __pyx_t_2 = 0;
 
-    /* "wsmem/_array.pyx":452
+    /* "wsmem/_array.pyx":457
  *             return r
  *         ws_of = captured_in(r, &gen, &block)
  *         if ws_of is not None:             # <<<<<<<<<<<<<<
@@ -11925,7 +11949,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_array.pyx":454
+      /* "wsmem/_array.pyx":459
  *         if ws_of is not None:
  *             # NumPy allocated it in a live workspace (capture): zero copy.
  *             return _wrap_ndarray(<cnp.ndarray>r, <Arena>ws_of, gen, block, True)             # <<<<<<<<<<<<<<
@@ -11934,7 +11958,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
 */
       __pyx_t_5.__pyx_n = 1;
       __pyx_t_5.keep = 1;
-      __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_r), ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_ws_of), __pyx_v_gen, __pyx_v_block, &__pyx_t_5)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 454, __pyx_L1_error)
+      __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_r), ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_v_ws_of), __pyx_v_gen, __pyx_v_block, &__pyx_t_5)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 459, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
       {
         PyObject *__pyx_temp;
@@ -11947,7 +11971,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
       __pyx_t_2 = 0;
       goto __pyx_L0;
 
-      /* "wsmem/_array.pyx":452
+      /* "wsmem/_array.pyx":457
  *             return r
  *         ws_of = captured_in(r, &gen, &block)
  *         if ws_of is not None:             # <<<<<<<<<<<<<<
@@ -11956,19 +11980,19 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
 */
     }
 
-    /* "wsmem/_array.pyx":455
+    /* "wsmem/_array.pyx":460
  *             # NumPy allocated it in a live workspace (capture): zero copy.
  *             return _wrap_ndarray(<cnp.ndarray>r, <Arena>ws_of, gen, block, True)
  *         arena = _target()             # <<<<<<<<<<<<<<
  *         if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *             return _wrap_ndarray(<cnp.ndarray>r, None, 0, NULL)
 */
-    __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 455, __pyx_L1_error)
+    __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 460, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_v_arena = ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "wsmem/_array.pyx":456
+    /* "wsmem/_array.pyx":461
  *             return _wrap_ndarray(<cnp.ndarray>r, <Arena>ws_of, gen, block, True)
  *         arena = _target()
  *         if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -11993,14 +12017,14 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_array.pyx":457
+      /* "wsmem/_array.pyx":462
  *         arena = _target()
  *         if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *             return _wrap_ndarray(<cnp.ndarray>r, None, 0, NULL)             # <<<<<<<<<<<<<<
  *         out = new_array(arena, r.shape, r.dtype,
  *                         "F" if (r.flags.f_contiguous and not r.flags.c_contiguous) else "C",
 */
-      __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_r), ((struct __pyx_obj_5wsmem_6_arena_Arena *)Py_None), 0, NULL, NULL)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 457, __pyx_L1_error)
+      __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_r), ((struct __pyx_obj_5wsmem_6_arena_Arena *)Py_None), 0, NULL, NULL)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 462, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
       {
         PyObject *__pyx_temp;
@@ -12013,7 +12037,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
       __pyx_t_2 = 0;
       goto __pyx_L0;
 
-      /* "wsmem/_array.pyx":456
+      /* "wsmem/_array.pyx":461
  *             return _wrap_ndarray(<cnp.ndarray>r, <Arena>ws_of, gen, block, True)
  *         arena = _target()
  *         if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -12022,31 +12046,31 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
 */
     }
 
-    /* "wsmem/_array.pyx":458
+    /* "wsmem/_array.pyx":463
  *         if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *             return _wrap_ndarray(<cnp.ndarray>r, None, 0, NULL)
  *         out = new_array(arena, r.shape, r.dtype,             # <<<<<<<<<<<<<<
  *                         "F" if (r.flags.f_contiguous and not r.flags.c_contiguous) else "C",
  *                         INIT_NONE)
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 458, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 463, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 458, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 463, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
 
-    /* "wsmem/_array.pyx":459
+    /* "wsmem/_array.pyx":464
  *             return _wrap_ndarray(<cnp.ndarray>r, None, 0, NULL)
  *         out = new_array(arena, r.shape, r.dtype,
  *                         "F" if (r.flags.f_contiguous and not r.flags.c_contiguous) else "C",             # <<<<<<<<<<<<<<
  *                         INIT_NONE)
  *         np.copyto(out._view(), r, casting="no")
 */
-    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 459, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_f_contiguous); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 459, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_f_contiguous); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_t_8); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 459, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_t_8); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     if (__pyx_t_3) {
 
@@ -12056,12 +12080,12 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
 
       goto __pyx_L13_bool_binop_done;
     }
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 459, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 459, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_t_7); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 459, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_t_7); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_9 = (!__pyx_t_3);
 
@@ -12079,14 +12103,14 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
     }
 
 
-    /* "wsmem/_array.pyx":458
+    /* "wsmem/_array.pyx":463
  *         if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *             return _wrap_ndarray(<cnp.ndarray>r, None, 0, NULL)
  *         out = new_array(arena, r.shape, r.dtype,             # <<<<<<<<<<<<<<
  *                         "F" if (r.flags.f_contiguous and not r.flags.c_contiguous) else "C",
  *                         INIT_NONE)
 */
-    __pyx_t_7 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(__pyx_v_arena, __pyx_t_2, __pyx_t_4, __pyx_t_6, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 458, __pyx_L1_error)
+    __pyx_t_7 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(__pyx_v_arena, __pyx_t_2, __pyx_t_4, __pyx_t_6, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 463, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -12094,7 +12118,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
     __pyx_v_out = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_7);
     __pyx_t_7 = 0;
 
-    /* "wsmem/_array.pyx":461
+    /* "wsmem/_array.pyx":466
  *                         "F" if (r.flags.f_contiguous and not r.flags.c_contiguous) else "C",
  *                         INIT_NONE)
  *         np.copyto(out._view(), r, casting="no")             # <<<<<<<<<<<<<<
@@ -12102,12 +12126,12 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
  *     if type(r) is tuple:
 */
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 461, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 466, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 461, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 466, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_out->__pyx_vtab)->_view(__pyx_v_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 461, __pyx_L1_error)
+    __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_out->__pyx_vtab)->_view(__pyx_v_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 466, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     #if CYTHON_VECTORCALL
     #endif
@@ -12127,13 +12151,13 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
       PyObject *__pyx_callargs[4] = {__pyx_t_6, __pyx_t_4, __pyx_v_r, __pyx_mstate_global->__pyx_n_u_no};
       #if CYTHON_VECTORCALL
       __pyx_t_8 = __pyx_mstate_global->__pyx_tuple[0];
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 461, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 466, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_8);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_casting};
         __pyx_t_8 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 461, __pyx_L1_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 466, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
       }
       #endif
@@ -12144,12 +12168,12 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
       #endif
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 461, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 466, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
     }
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
 
-    /* "wsmem/_array.pyx":462
+    /* "wsmem/_array.pyx":467
  *                         INIT_NONE)
  *         np.copyto(out._view(), r, casting="no")
  *         return out             # <<<<<<<<<<<<<<
@@ -12176,7 +12200,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
 */
   }
 
-  /* "wsmem/_array.pyx":463
+  /* "wsmem/_array.pyx":468
  *         np.copyto(out._view(), r, casting="no")
  *         return out
  *     if type(r) is tuple:             # <<<<<<<<<<<<<<
@@ -12187,7 +12211,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":464
+    /* "wsmem/_array.pyx":469
  *         return out
  *     if type(r) is tuple:
  *         return tuple([_adopt(y) for y in <tuple>r])             # <<<<<<<<<<<<<<
@@ -12195,11 +12219,11 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
  *         return [_adopt(y) for y in <list>r]
 */
     { /* enter inner scope */
-      __pyx_t_7 = PyList_New(0); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 464, __pyx_L18_error)
+      __pyx_t_7 = PyList_New(0); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 469, __pyx_L18_error)
       __Pyx_GOTREF(__pyx_t_7);
       if (unlikely(__pyx_v_r == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-        __PYX_ERR(0, 464, __pyx_L18_error)
+        __PYX_ERR(0, 469, __pyx_L18_error)
       }
       __pyx_t_2 = ((PyObject*)__pyx_v_r); __Pyx_INCREF(__pyx_t_2);
       __pyx_t_11 = 0;
@@ -12207,7 +12231,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
         {
           Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_2);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 464, __pyx_L18_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 469, __pyx_L18_error)
           #endif
           if (__pyx_t_11 >= __pyx_temp) break;
         }
@@ -12217,14 +12241,14 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
         __pyx_t_8 = __Pyx_PySequence_ITEM(__pyx_t_2, __pyx_t_11);
         #endif
         ++__pyx_t_11;
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 464, __pyx_L18_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 469, __pyx_L18_error)
         __Pyx_GOTREF(__pyx_t_8);
         __Pyx_XDECREF_SET(__pyx_8genexpr3__pyx_v_y, __pyx_t_8);
         __pyx_t_8 = 0;
-        __pyx_t_8 = __pyx_f_5wsmem_6_array__adopt(__pyx_8genexpr3__pyx_v_y); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 464, __pyx_L18_error)
+        __pyx_t_8 = __pyx_f_5wsmem_6_array__adopt(__pyx_8genexpr3__pyx_v_y); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 469, __pyx_L18_error)
         __Pyx_GOTREF(__pyx_t_8);
         __Pyx_GIVEREF(__pyx_t_8);
-        if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_7, __pyx_t_8))) __PYX_ERR(0, 464, __pyx_L18_error)
+        if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_7, __pyx_t_8))) __PYX_ERR(0, 469, __pyx_L18_error)
         __pyx_t_8 = 0;
       }
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -12235,7 +12259,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
       goto __pyx_L1_error;
       __pyx_L22_exit_scope:;
     } /* exit inner scope */
-    __pyx_t_2 = PyList_AsTuple(((PyObject*)__pyx_t_7)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 464, __pyx_L1_error)
+    __pyx_t_2 = PyList_AsTuple(((PyObject*)__pyx_t_7)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 469, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     {
@@ -12249,7 +12273,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":463
+    /* "wsmem/_array.pyx":468
  *         np.copyto(out._view(), r, casting="no")
  *         return out
  *     if type(r) is tuple:             # <<<<<<<<<<<<<<
@@ -12258,7 +12282,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
 */
   }
 
-  /* "wsmem/_array.pyx":465
+  /* "wsmem/_array.pyx":470
  *     if type(r) is tuple:
  *         return tuple([_adopt(y) for y in <tuple>r])
  *     if type(r) is list:             # <<<<<<<<<<<<<<
@@ -12269,7 +12293,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":466
+    /* "wsmem/_array.pyx":471
  *         return tuple([_adopt(y) for y in <tuple>r])
  *     if type(r) is list:
  *         return [_adopt(y) for y in <list>r]             # <<<<<<<<<<<<<<
@@ -12277,11 +12301,11 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
  * 
 */
     { /* enter inner scope */
-      __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 466, __pyx_L26_error)
+      __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 471, __pyx_L26_error)
       __Pyx_GOTREF(__pyx_t_2);
       if (unlikely(__pyx_v_r == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-        __PYX_ERR(0, 466, __pyx_L26_error)
+        __PYX_ERR(0, 471, __pyx_L26_error)
       }
       __pyx_t_7 = ((PyObject*)__pyx_v_r); __Pyx_INCREF(__pyx_t_7);
       __pyx_t_11 = 0;
@@ -12289,20 +12313,20 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
         {
           Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_7);
           #if !CYTHON_ASSUME_SAFE_SIZE
-          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 466, __pyx_L26_error)
+          if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 471, __pyx_L26_error)
           #endif
           if (__pyx_t_11 >= __pyx_temp) break;
         }
         __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(__pyx_t_7, __pyx_t_11, __Pyx_ReferenceSharing_OwnStrongReference);
         ++__pyx_t_11;
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 466, __pyx_L26_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 471, __pyx_L26_error)
         __Pyx_GOTREF(__pyx_t_8);
         __Pyx_XDECREF_SET(__pyx_8genexpr4__pyx_v_y, __pyx_t_8);
         __pyx_t_8 = 0;
-        __pyx_t_8 = __pyx_f_5wsmem_6_array__adopt(__pyx_8genexpr4__pyx_v_y); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 466, __pyx_L26_error)
+        __pyx_t_8 = __pyx_f_5wsmem_6_array__adopt(__pyx_8genexpr4__pyx_v_y); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 471, __pyx_L26_error)
         __Pyx_GOTREF(__pyx_t_8);
         __Pyx_GIVEREF(__pyx_t_8);
-        if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_2, __pyx_t_8))) __PYX_ERR(0, 466, __pyx_L26_error)
+        if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_2, __pyx_t_8))) __PYX_ERR(0, 471, __pyx_L26_error)
         __pyx_t_8 = 0;
       }
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
@@ -12324,7 +12348,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":465
+    /* "wsmem/_array.pyx":470
  *     if type(r) is tuple:
  *         return tuple([_adopt(y) for y in <tuple>r])
  *     if type(r) is list:             # <<<<<<<<<<<<<<
@@ -12333,7 +12357,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
 */
   }
 
-  /* "wsmem/_array.pyx":467
+  /* "wsmem/_array.pyx":472
  *     if type(r) is list:
  *         return [_adopt(y) for y in <list>r]
  *     return r             # <<<<<<<<<<<<<<
@@ -12383,7 +12407,7 @@ static PyObject *__pyx_f_5wsmem_6_array__adopt(PyObject *__pyx_v_r) {
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":470
+/* "wsmem/_array.pyx":475
  * 
  * 
  * cdef object _from_result(WsArray self, object v, object r):             # <<<<<<<<<<<<<<
@@ -12403,7 +12427,7 @@ static PyObject *__pyx_f_5wsmem_6_array__from_result(struct __pyx_obj_5wsmem_6_a
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_from_result", 0);
 
-  /* "wsmem/_array.pyx":473
+  /* "wsmem/_array.pyx":478
  *     """Result `r` of an operation on self's view `v`: same-memory views stay
  *     in self's workspace/generation; anything else goes through _adopt."""
  *     if _is_ndarray(r) and self._ws is None and r.base is not None and _root_base(r) is _root_base(v):             # <<<<<<<<<<<<<<
@@ -12429,7 +12453,7 @@ static PyObject *__pyx_f_5wsmem_6_array__from_result(struct __pyx_obj_5wsmem_6_a
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_base); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 473, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_r, __pyx_mstate_global->__pyx_n_u_base); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 478, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_2 = (__pyx_t_3 != Py_None);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
@@ -12441,9 +12465,9 @@ static PyObject *__pyx_f_5wsmem_6_array__from_result(struct __pyx_obj_5wsmem_6_a
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = __pyx_f_5wsmem_6_array__root_base(__pyx_v_r); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 473, __pyx_L1_error)
+  __pyx_t_3 = __pyx_f_5wsmem_6_array__root_base(__pyx_v_r); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 478, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __pyx_f_5wsmem_6_array__root_base(__pyx_v_v); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 473, __pyx_L1_error)
+  __pyx_t_4 = __pyx_f_5wsmem_6_array__root_base(__pyx_v_v); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 478, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_2 = (__pyx_t_3 == __pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
@@ -12455,14 +12479,14 @@ static PyObject *__pyx_f_5wsmem_6_array__from_result(struct __pyx_obj_5wsmem_6_a
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":474
+    /* "wsmem/_array.pyx":479
  *     in self's workspace/generation; anything else goes through _adopt."""
  *     if _is_ndarray(r) and self._ws is None and r.base is not None and _root_base(r) is _root_base(v):
  *         return _wrap_ndarray(<cnp.ndarray>r, None, 0, NULL)             # <<<<<<<<<<<<<<
  *     return _adopt(r)
  * 
 */
-    __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_r), ((struct __pyx_obj_5wsmem_6_arena_Arena *)Py_None), 0, NULL, NULL)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 474, __pyx_L1_error)
+    __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_r), ((struct __pyx_obj_5wsmem_6_arena_Arena *)Py_None), 0, NULL, NULL)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 479, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     {
       PyObject *__pyx_temp;
@@ -12475,7 +12499,7 @@ static PyObject *__pyx_f_5wsmem_6_array__from_result(struct __pyx_obj_5wsmem_6_a
     __pyx_t_4 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":473
+    /* "wsmem/_array.pyx":478
  *     """Result `r` of an operation on self's view `v`: same-memory views stay
  *     in self's workspace/generation; anything else goes through _adopt."""
  *     if _is_ndarray(r) and self._ws is None and r.base is not None and _root_base(r) is _root_base(v):             # <<<<<<<<<<<<<<
@@ -12484,14 +12508,14 @@ static PyObject *__pyx_f_5wsmem_6_array__from_result(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_array.pyx":475
+  /* "wsmem/_array.pyx":480
  *     if _is_ndarray(r) and self._ws is None and r.base is not None and _root_base(r) is _root_base(v):
  *         return _wrap_ndarray(<cnp.ndarray>r, None, 0, NULL)
  *     return _adopt(r)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_4 = __pyx_f_5wsmem_6_array__adopt(__pyx_v_r); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 475, __pyx_L1_error)
+  __pyx_t_4 = __pyx_f_5wsmem_6_array__adopt(__pyx_v_r); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 480, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   {
     PyObject *__pyx_temp;
@@ -12504,7 +12528,7 @@ static PyObject *__pyx_f_5wsmem_6_array__from_result(struct __pyx_obj_5wsmem_6_a
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":470
+  /* "wsmem/_array.pyx":475
  * 
  * 
  * cdef object _from_result(WsArray self, object v, object r):             # <<<<<<<<<<<<<<
@@ -12524,7 +12548,7 @@ static PyObject *__pyx_f_5wsmem_6_array__from_result(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":478
+/* "wsmem/_array.pyx":483
  * 
  * 
  * cdef int _reraise_workspace_error(object exc) except -1:             # <<<<<<<<<<<<<<
@@ -12545,19 +12569,19 @@ static int __pyx_f_5wsmem_6_array__reraise_workspace_error(PyObject *__pyx_v_exc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_reraise_workspace_error", 0);
 
-  /* "wsmem/_array.pyx":481
+  /* "wsmem/_array.pyx":486
  *     """NumPy reports a refused captured allocation as its own MemoryError;
  *     raise the workspace's WorkspaceOverflowError (with stats) instead."""
  *     err = take_error()             # <<<<<<<<<<<<<<
  *     if err is not None and not isinstance(exc, type(err)):
  *         raise err from exc
 */
-  __pyx_t_1 = __pyx_f_5wsmem_8_capture_take_error(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 481, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_8_capture_take_error(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 486, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_err = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":482
+  /* "wsmem/_array.pyx":487
  *     raise the workspace's WorkspaceOverflowError (with stats) instead."""
  *     err = take_error()
  *     if err is not None and not isinstance(exc, type(err)):             # <<<<<<<<<<<<<<
@@ -12573,7 +12597,7 @@ static int __pyx_f_5wsmem_6_array__reraise_workspace_error(PyObject *__pyx_v_exc
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = PyObject_IsInstance(__pyx_v_exc, ((PyObject *)Py_TYPE(__pyx_v_err))); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 482, __pyx_L1_error)
+  __pyx_t_3 = PyObject_IsInstance(__pyx_v_exc, ((PyObject *)Py_TYPE(__pyx_v_err))); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 487, __pyx_L1_error)
   __pyx_t_4 = (!__pyx_t_3);
 
 
@@ -12584,7 +12608,7 @@ static int __pyx_f_5wsmem_6_array__reraise_workspace_error(PyObject *__pyx_v_exc
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_array.pyx":483
+    /* "wsmem/_array.pyx":488
  *     err = take_error()
  *     if err is not None and not isinstance(exc, type(err)):
  *         raise err from exc             # <<<<<<<<<<<<<<
@@ -12592,9 +12616,9 @@ static int __pyx_f_5wsmem_6_array__reraise_workspace_error(PyObject *__pyx_v_exc
  * 
 */
     __Pyx_Raise(__pyx_v_err, 0, 0, __pyx_v_exc);
-    __PYX_ERR(0, 483, __pyx_L1_error)
+    __PYX_ERR(0, 488, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":482
+    /* "wsmem/_array.pyx":487
  *     raise the workspace's WorkspaceOverflowError (with stats) instead."""
  *     err = take_error()
  *     if err is not None and not isinstance(exc, type(err)):             # <<<<<<<<<<<<<<
@@ -12603,7 +12627,7 @@ static int __pyx_f_5wsmem_6_array__reraise_workspace_error(PyObject *__pyx_v_exc
 */
   }
 
-  /* "wsmem/_array.pyx":484
+  /* "wsmem/_array.pyx":489
  *     if err is not None and not isinstance(exc, type(err)):
  *         raise err from exc
  *     return 0             # <<<<<<<<<<<<<<
@@ -12616,7 +12640,7 @@ static int __pyx_f_5wsmem_6_array__reraise_workspace_error(PyObject *__pyx_v_exc
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":478
+  /* "wsmem/_array.pyx":483
  * 
  * 
  * cdef int _reraise_workspace_error(object exc) except -1:             # <<<<<<<<<<<<<<
@@ -12636,7 +12660,7 @@ static int __pyx_f_5wsmem_6_array__reraise_workspace_error(PyObject *__pyx_v_exc
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":487
+/* "wsmem/_array.pyx":492
  * 
  * 
  * cdef tuple _ufunc_dtypes_cache_key(tuple ins):             # <<<<<<<<<<<<<<
@@ -12661,7 +12685,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(PyObject *__pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_ufunc_dtypes_cache_key", 0);
 
-  /* "wsmem/_array.pyx":488
+  /* "wsmem/_array.pyx":493
  * 
  * cdef tuple _ufunc_dtypes_cache_key(tuple ins):
  *     return tuple([x.dtype if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else type(x)             # <<<<<<<<<<<<<<
@@ -12669,10 +12693,10 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(PyObject *__pyx_
  * 
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 488, __pyx_L5_error)
+    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 493, __pyx_L5_error)
     __Pyx_GOTREF(__pyx_t_1);
 
-    /* "wsmem/_array.pyx":489
+    /* "wsmem/_array.pyx":494
  * cdef tuple _ufunc_dtypes_cache_key(tuple ins):
  *     return tuple([x.dtype if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else type(x)
  *                   for x in ins])             # <<<<<<<<<<<<<<
@@ -12681,7 +12705,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(PyObject *__pyx_
 */
     if (unlikely(__pyx_v_ins == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-      __PYX_ERR(0, 489, __pyx_L5_error)
+      __PYX_ERR(0, 494, __pyx_L5_error)
     }
     __pyx_t_2 = __pyx_v_ins; __Pyx_INCREF(__pyx_t_2);
     __pyx_t_3 = 0;
@@ -12689,7 +12713,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(PyObject *__pyx_
       {
         Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_2);
         #if !CYTHON_ASSUME_SAFE_SIZE
-        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 489, __pyx_L5_error)
+        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 494, __pyx_L5_error)
         #endif
         if (__pyx_t_3 >= __pyx_temp) break;
       }
@@ -12699,21 +12723,21 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(PyObject *__pyx_
       __pyx_t_4 = __Pyx_PySequence_ITEM(__pyx_t_2, __pyx_t_3);
       #endif
       ++__pyx_t_3;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 489, __pyx_L5_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 494, __pyx_L5_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_XDECREF_SET(__pyx_8genexpr5__pyx_v_x, __pyx_t_4);
       __pyx_t_4 = 0;
 
-      /* "wsmem/_array.pyx":488
+      /* "wsmem/_array.pyx":493
  * 
  * cdef tuple _ufunc_dtypes_cache_key(tuple ins):
  *     return tuple([x.dtype if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else type(x)             # <<<<<<<<<<<<<<
  *                   for x in ins])
  * 
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 488, __pyx_L5_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 493, __pyx_L5_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_generic); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 488, __pyx_L5_error)
+      __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_generic); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 493, __pyx_L5_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __pyx_t_8 = __Pyx_TypeCheck(__pyx_8genexpr5__pyx_v_x, __pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray); 
@@ -12741,7 +12765,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(PyObject *__pyx_
       __pyx_L8_bool_binop_done:;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       if (__pyx_t_7) {
-        __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_8genexpr5__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 488, __pyx_L5_error)
+        __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_8genexpr5__pyx_v_x, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 493, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_6);
         __pyx_t_4 = __pyx_t_6;
         __pyx_t_6 = 0;
@@ -12751,10 +12775,10 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(PyObject *__pyx_
       }
 
       __Pyx_GIVEREF(__pyx_t_4);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_4))) __PYX_ERR(0, 488, __pyx_L5_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_4))) __PYX_ERR(0, 493, __pyx_L5_error)
       __pyx_t_4 = 0;
 
-      /* "wsmem/_array.pyx":489
+      /* "wsmem/_array.pyx":494
  * cdef tuple _ufunc_dtypes_cache_key(tuple ins):
  *     return tuple([x.dtype if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else type(x)
  *                   for x in ins])             # <<<<<<<<<<<<<<
@@ -12771,14 +12795,14 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(PyObject *__pyx_
     __pyx_L12_exit_scope:;
   } /* exit inner scope */
 
-  /* "wsmem/_array.pyx":488
+  /* "wsmem/_array.pyx":493
  * 
  * cdef tuple _ufunc_dtypes_cache_key(tuple ins):
  *     return tuple([x.dtype if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else type(x)             # <<<<<<<<<<<<<<
  *                   for x in ins])
  * 
 */
-  __pyx_t_2 = PyList_AsTuple(((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 488, __pyx_L1_error)
+  __pyx_t_2 = PyList_AsTuple(((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 493, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -12792,7 +12816,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(PyObject *__pyx_
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":487
+  /* "wsmem/_array.pyx":492
  * 
  * 
  * cdef tuple _ufunc_dtypes_cache_key(tuple ins):             # <<<<<<<<<<<<<<
@@ -12816,7 +12840,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(PyObject *__pyx_
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":495
+/* "wsmem/_array.pyx":500
  * 
  * 
  * cdef object _broadcast(list shapes):             # <<<<<<<<<<<<<<
@@ -12846,7 +12870,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_broadcast", 0);
 
-  /* "wsmem/_array.pyx":497
+  /* "wsmem/_array.pyx":502
  * cdef object _broadcast(list shapes):
  *     """np.broadcast_shapes for a list of tuples (None if incompatible)."""
  *     cdef int nd = 0, i, k             # <<<<<<<<<<<<<<
@@ -12855,7 +12879,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
 */
   __pyx_v_nd = 0;
 
-  /* "wsmem/_array.pyx":498
+  /* "wsmem/_array.pyx":503
  *     """np.broadcast_shapes for a list of tuples (None if incompatible)."""
  *     cdef int nd = 0, i, k
  *     for s in shapes:             # <<<<<<<<<<<<<<
@@ -12864,7 +12888,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
 */
   if (unlikely(__pyx_v_shapes == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-    __PYX_ERR(0, 498, __pyx_L1_error)
+    __PYX_ERR(0, 503, __pyx_L1_error)
   }
   __pyx_t_1 = __pyx_v_shapes; __Pyx_INCREF(__pyx_t_1);
   __pyx_t_2 = 0;
@@ -12872,42 +12896,42 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
     {
       Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
       #if !CYTHON_ASSUME_SAFE_SIZE
-      if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 498, __pyx_L1_error)
+      if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 503, __pyx_L1_error)
       #endif
       if (__pyx_t_2 >= __pyx_temp) break;
     }
     __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(__pyx_t_1, __pyx_t_2, __Pyx_ReferenceSharing_OwnStrongReference);
     ++__pyx_t_2;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 498, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 503, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_XDECREF_SET(__pyx_v_s, __pyx_t_3);
     __pyx_t_3 = 0;
 
-    /* "wsmem/_array.pyx":499
+    /* "wsmem/_array.pyx":504
  *     cdef int nd = 0, i, k
  *     for s in shapes:
  *         if len(s) > nd:             # <<<<<<<<<<<<<<
  *             nd = len(s)
  *     out = [1] * nd
 */
-    __pyx_t_4 = PyObject_Length(__pyx_v_s); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 499, __pyx_L1_error)
+    __pyx_t_4 = PyObject_Length(__pyx_v_s); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 504, __pyx_L1_error)
     __pyx_t_5 = (__pyx_t_4 > __pyx_v_nd);
 
 
     if (__pyx_t_5) {
 
 
-      /* "wsmem/_array.pyx":500
+      /* "wsmem/_array.pyx":505
  *     for s in shapes:
  *         if len(s) > nd:
  *             nd = len(s)             # <<<<<<<<<<<<<<
  *     out = [1] * nd
  *     for s in shapes:
 */
-      __pyx_t_4 = PyObject_Length(__pyx_v_s); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 500, __pyx_L1_error)
+      __pyx_t_4 = PyObject_Length(__pyx_v_s); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 505, __pyx_L1_error)
       __pyx_v_nd = __pyx_t_4;
 
-      /* "wsmem/_array.pyx":499
+      /* "wsmem/_array.pyx":504
  *     cdef int nd = 0, i, k
  *     for s in shapes:
  *         if len(s) > nd:             # <<<<<<<<<<<<<<
@@ -12916,7 +12940,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
 */
     }
 
-    /* "wsmem/_array.pyx":498
+    /* "wsmem/_array.pyx":503
  *     """np.broadcast_shapes for a list of tuples (None if incompatible)."""
  *     cdef int nd = 0, i, k
  *     for s in shapes:             # <<<<<<<<<<<<<<
@@ -12926,26 +12950,26 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":501
+  /* "wsmem/_array.pyx":506
  *         if len(s) > nd:
  *             nd = len(s)
  *     out = [1] * nd             # <<<<<<<<<<<<<<
  *     for s in shapes:
  *         k = nd - len(s)
 */
-  __pyx_t_1 = PyList_New(1 * ((__pyx_v_nd<0) ? 0:__pyx_v_nd)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 501, __pyx_L1_error)
+  __pyx_t_1 = PyList_New(1 * ((__pyx_v_nd<0) ? 0:__pyx_v_nd)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 506, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   { Py_ssize_t __pyx_temp;
     for (__pyx_temp=0; __pyx_temp < __pyx_v_nd; __pyx_temp++) {
       __Pyx_INCREF(__pyx_mstate_global->__pyx_int_1);
       __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_1);
-      if (__Pyx_PyList_SET_ITEM(__pyx_t_1, __pyx_temp, __pyx_mstate_global->__pyx_int_1) != (0)) __PYX_ERR(0, 501, __pyx_L1_error);
+      if (__Pyx_PyList_SET_ITEM(__pyx_t_1, __pyx_temp, __pyx_mstate_global->__pyx_int_1) != (0)) __PYX_ERR(0, 506, __pyx_L1_error);
     }
   }
   __pyx_v_out = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":502
+  /* "wsmem/_array.pyx":507
  *             nd = len(s)
  *     out = [1] * nd
  *     for s in shapes:             # <<<<<<<<<<<<<<
@@ -12954,7 +12978,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
 */
   if (unlikely(__pyx_v_shapes == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-    __PYX_ERR(0, 502, __pyx_L1_error)
+    __PYX_ERR(0, 507, __pyx_L1_error)
   }
   __pyx_t_1 = __pyx_v_shapes; __Pyx_INCREF(__pyx_t_1);
   __pyx_t_2 = 0;
@@ -12962,65 +12986,65 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
     {
       Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_1);
       #if !CYTHON_ASSUME_SAFE_SIZE
-      if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 502, __pyx_L1_error)
+      if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 507, __pyx_L1_error)
       #endif
       if (__pyx_t_2 >= __pyx_temp) break;
     }
     __pyx_t_3 = __Pyx_PyList_GET_ITEM_REF(__pyx_t_1, __pyx_t_2, __Pyx_ReferenceSharing_OwnStrongReference);
     ++__pyx_t_2;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 502, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 507, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_XDECREF_SET(__pyx_v_s, __pyx_t_3);
     __pyx_t_3 = 0;
 
-    /* "wsmem/_array.pyx":503
+    /* "wsmem/_array.pyx":508
  *     out = [1] * nd
  *     for s in shapes:
  *         k = nd - len(s)             # <<<<<<<<<<<<<<
  *         for i in range(len(s)):
  *             d = s[i]
 */
-    __pyx_t_4 = PyObject_Length(__pyx_v_s); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 503, __pyx_L1_error)
+    __pyx_t_4 = PyObject_Length(__pyx_v_s); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 508, __pyx_L1_error)
     __pyx_v_k = (__pyx_v_nd - __pyx_t_4);
 
 
-    /* "wsmem/_array.pyx":504
+    /* "wsmem/_array.pyx":509
  *     for s in shapes:
  *         k = nd - len(s)
  *         for i in range(len(s)):             # <<<<<<<<<<<<<<
  *             d = s[i]
  *             if d != 1:
 */
-    __pyx_t_4 = PyObject_Length(__pyx_v_s); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 504, __pyx_L1_error)
+    __pyx_t_4 = PyObject_Length(__pyx_v_s); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 509, __pyx_L1_error)
     __pyx_t_6 = __pyx_t_4;
 
     for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
       __pyx_v_i = __pyx_t_7;
 
-      /* "wsmem/_array.pyx":505
+      /* "wsmem/_array.pyx":510
  *         k = nd - len(s)
  *         for i in range(len(s)):
  *             d = s[i]             # <<<<<<<<<<<<<<
  *             if d != 1:
  *                 if out[k + i] == 1:
 */
-      __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_s, __pyx_v_i, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 505, __pyx_L1_error)
+      __pyx_t_3 = __Pyx_GetItemInt(__pyx_v_s, __pyx_v_i, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 510, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
       __Pyx_XDECREF_SET(__pyx_v_d, __pyx_t_3);
       __pyx_t_3 = 0;
 
-      /* "wsmem/_array.pyx":506
+      /* "wsmem/_array.pyx":511
  *         for i in range(len(s)):
  *             d = s[i]
  *             if d != 1:             # <<<<<<<<<<<<<<
  *                 if out[k + i] == 1:
  *                     out[k + i] = d
 */
-      __pyx_t_5 = (__Pyx_PyLong_BoolNeObjC(__pyx_v_d, __pyx_mstate_global->__pyx_int_1, 1, 0)); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 506, __pyx_L1_error)
+      __pyx_t_5 = (__Pyx_PyLong_BoolNeObjC(__pyx_v_d, __pyx_mstate_global->__pyx_int_1, 1, 0)); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 511, __pyx_L1_error)
       if (__pyx_t_5) {
 
 
-        /* "wsmem/_array.pyx":507
+        /* "wsmem/_array.pyx":512
  *             d = s[i]
  *             if d != 1:
  *                 if out[k + i] == 1:             # <<<<<<<<<<<<<<
@@ -13029,15 +13053,15 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
 */
         __pyx_t_8 = (__pyx_v_k + __pyx_v_i);
 
-        __pyx_t_3 = __Pyx_GetItemInt_List(__pyx_v_out, __pyx_t_8, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 507, __pyx_L1_error)
+        __pyx_t_3 = __Pyx_GetItemInt_List(__pyx_v_out, __pyx_t_8, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 512, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
 
-        __pyx_t_5 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_3, __pyx_mstate_global->__pyx_int_1, 1, 0)); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 507, __pyx_L1_error)
+        __pyx_t_5 = (__Pyx_PyLong_BoolEqObjC(__pyx_t_3, __pyx_mstate_global->__pyx_int_1, 1, 0)); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 512, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         if (__pyx_t_5) {
 
 
-          /* "wsmem/_array.pyx":508
+          /* "wsmem/_array.pyx":513
  *             if d != 1:
  *                 if out[k + i] == 1:
  *                     out[k + i] = d             # <<<<<<<<<<<<<<
@@ -13046,10 +13070,10 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
 */
           __pyx_t_8 = (__pyx_v_k + __pyx_v_i);
 
-          if (unlikely((__Pyx_SetItemInt(__pyx_v_out, __pyx_t_8, __pyx_v_d, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference) < 0))) __PYX_ERR(0, 508, __pyx_L1_error)
+          if (unlikely((__Pyx_SetItemInt(__pyx_v_out, __pyx_t_8, __pyx_v_d, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference) < 0))) __PYX_ERR(0, 513, __pyx_L1_error)
 
 
-          /* "wsmem/_array.pyx":507
+          /* "wsmem/_array.pyx":512
  *             d = s[i]
  *             if d != 1:
  *                 if out[k + i] == 1:             # <<<<<<<<<<<<<<
@@ -13059,7 +13083,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
           goto __pyx_L12;
         }
 
-        /* "wsmem/_array.pyx":509
+        /* "wsmem/_array.pyx":514
  *                 if out[k + i] == 1:
  *                     out[k + i] = d
  *                 elif out[k + i] != d:             # <<<<<<<<<<<<<<
@@ -13068,15 +13092,15 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
 */
         __pyx_t_8 = (__pyx_v_k + __pyx_v_i);
 
-        __pyx_t_3 = __Pyx_GetItemInt_List(__pyx_v_out, __pyx_t_8, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 509, __pyx_L1_error)
+        __pyx_t_3 = __Pyx_GetItemInt_List(__pyx_v_out, __pyx_t_8, int, 1, __Pyx_PyLong_From_int, 1, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 514, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
 
-        __pyx_t_5 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_3, __pyx_v_d, Py_NE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 509, __pyx_L1_error)
+        __pyx_t_5 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_3, __pyx_v_d, Py_NE); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 514, __pyx_L1_error)
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         if (__pyx_t_5) {
 
 
-          /* "wsmem/_array.pyx":510
+          /* "wsmem/_array.pyx":515
  *                     out[k + i] = d
  *                 elif out[k + i] != d:
  *                     return None             # <<<<<<<<<<<<<<
@@ -13094,7 +13118,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
           __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
           goto __pyx_L0;
 
-          /* "wsmem/_array.pyx":509
+          /* "wsmem/_array.pyx":514
  *                 if out[k + i] == 1:
  *                     out[k + i] = d
  *                 elif out[k + i] != d:             # <<<<<<<<<<<<<<
@@ -13104,7 +13128,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
         }
         __pyx_L12:;
 
-        /* "wsmem/_array.pyx":506
+        /* "wsmem/_array.pyx":511
  *         for i in range(len(s)):
  *             d = s[i]
  *             if d != 1:             # <<<<<<<<<<<<<<
@@ -13116,7 +13140,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
 
 
 
-    /* "wsmem/_array.pyx":502
+    /* "wsmem/_array.pyx":507
  *             nd = len(s)
  *     out = [1] * nd
  *     for s in shapes:             # <<<<<<<<<<<<<<
@@ -13126,14 +13150,14 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":511
+  /* "wsmem/_array.pyx":516
  *                 elif out[k + i] != d:
  *                     return None
  *     return tuple(out)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = PyList_AsTuple(__pyx_v_out); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 511, __pyx_L1_error)
+  __pyx_t_1 = PyList_AsTuple(__pyx_v_out); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 516, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -13146,7 +13170,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":495
+  /* "wsmem/_array.pyx":500
  * 
  * 
  * cdef object _broadcast(list shapes):             # <<<<<<<<<<<<<<
@@ -13172,7 +13196,7 @@ static PyObject *__pyx_f_5wsmem_6_array__broadcast(PyObject *__pyx_v_shapes) {
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":514
+/* "wsmem/_array.pyx":519
  * 
  * 
  * cdef object _matmul_shape(tuple a, tuple b):             # <<<<<<<<<<<<<<
@@ -13196,7 +13220,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_matmul_shape", 0);
 
-  /* "wsmem/_array.pyx":515
+  /* "wsmem/_array.pyx":520
  * 
  * cdef object _matmul_shape(tuple a, tuple b):
  *     if len(a) == 0 or len(b) == 0:             # <<<<<<<<<<<<<<
@@ -13205,9 +13229,9 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 515, __pyx_L1_error)
+    __PYX_ERR(0, 520, __pyx_L1_error)
   }
-  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_a); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 515, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_a); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 520, __pyx_L1_error)
   __pyx_t_3 = (__pyx_t_2 == 0);
 
 
@@ -13221,9 +13245,9 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
   }
   if (unlikely(__pyx_v_b == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 515, __pyx_L1_error)
+    __PYX_ERR(0, 520, __pyx_L1_error)
   }
-  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_b); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 515, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_b); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 520, __pyx_L1_error)
   __pyx_t_3 = (__pyx_t_2 == 0);
 
 
@@ -13234,7 +13258,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":516
+    /* "wsmem/_array.pyx":521
  * cdef object _matmul_shape(tuple a, tuple b):
  *     if len(a) == 0 or len(b) == 0:
  *         return None             # <<<<<<<<<<<<<<
@@ -13251,7 +13275,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":515
+    /* "wsmem/_array.pyx":520
  * 
  * cdef object _matmul_shape(tuple a, tuple b):
  *     if len(a) == 0 or len(b) == 0:             # <<<<<<<<<<<<<<
@@ -13260,7 +13284,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   }
 
-  /* "wsmem/_array.pyx":517
+  /* "wsmem/_array.pyx":522
  *     if len(a) == 0 or len(b) == 0:
  *         return None
  *     if len(a) == 1 and len(b) == 1:             # <<<<<<<<<<<<<<
@@ -13269,9 +13293,9 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 517, __pyx_L1_error)
+    __PYX_ERR(0, 522, __pyx_L1_error)
   }
-  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_a); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 517, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_a); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 522, __pyx_L1_error)
   __pyx_t_3 = (__pyx_t_2 == 1);
 
 
@@ -13285,9 +13309,9 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
   }
   if (unlikely(__pyx_v_b == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 517, __pyx_L1_error)
+    __PYX_ERR(0, 522, __pyx_L1_error)
   }
-  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_b); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 517, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_b); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 522, __pyx_L1_error)
   __pyx_t_3 = (__pyx_t_2 == 1);
 
 
@@ -13298,7 +13322,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":518
+    /* "wsmem/_array.pyx":523
  *         return None
  *     if len(a) == 1 and len(b) == 1:
  *         return () if a[0] == b[0] else None             # <<<<<<<<<<<<<<
@@ -13307,17 +13331,17 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
     if (unlikely(__pyx_v_a == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 518, __pyx_L1_error)
+      __PYX_ERR(0, 523, __pyx_L1_error)
     }
-    __pyx_t_5 = __Pyx_GetItemInt_Tuple(__pyx_v_a, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 518, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_GetItemInt_Tuple(__pyx_v_a, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 523, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     if (unlikely(__pyx_v_b == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 518, __pyx_L1_error)
+      __PYX_ERR(0, 523, __pyx_L1_error)
     }
-    __pyx_t_6 = __Pyx_GetItemInt_Tuple(__pyx_v_b, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 518, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_GetItemInt_Tuple(__pyx_v_b, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 523, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_5, __pyx_t_6, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 518, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_5, __pyx_t_6, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 523, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     if (__pyx_t_1) {
@@ -13339,7 +13363,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
     __pyx_t_4 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":517
+    /* "wsmem/_array.pyx":522
  *     if len(a) == 0 or len(b) == 0:
  *         return None
  *     if len(a) == 1 and len(b) == 1:             # <<<<<<<<<<<<<<
@@ -13348,7 +13372,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   }
 
-  /* "wsmem/_array.pyx":519
+  /* "wsmem/_array.pyx":524
  *     if len(a) == 1 and len(b) == 1:
  *         return () if a[0] == b[0] else None
  *     if len(a) == 1:             # <<<<<<<<<<<<<<
@@ -13357,16 +13381,16 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 519, __pyx_L1_error)
+    __PYX_ERR(0, 524, __pyx_L1_error)
   }
-  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_a); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 519, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_a); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 524, __pyx_L1_error)
   __pyx_t_1 = (__pyx_t_2 == 1);
 
 
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":520
+    /* "wsmem/_array.pyx":525
  *         return () if a[0] == b[0] else None
  *     if len(a) == 1:
  *         return b[:-2] + (b[-1],) if a[0] == b[-2] else None             # <<<<<<<<<<<<<<
@@ -13375,38 +13399,38 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
     if (unlikely(__pyx_v_a == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 520, __pyx_L1_error)
+      __PYX_ERR(0, 525, __pyx_L1_error)
     }
-    __pyx_t_6 = __Pyx_GetItemInt_Tuple(__pyx_v_a, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 520, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_GetItemInt_Tuple(__pyx_v_a, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 525, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     if (unlikely(__pyx_v_b == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 520, __pyx_L1_error)
+      __PYX_ERR(0, 525, __pyx_L1_error)
     }
-    __pyx_t_5 = __Pyx_GetItemInt_Tuple(__pyx_v_b, -2L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 520, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_GetItemInt_Tuple(__pyx_v_b, -2L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 525, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_6, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 520, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_6, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 525, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     if (__pyx_t_1) {
       if (unlikely(__pyx_v_b == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-        __PYX_ERR(0, 520, __pyx_L1_error)
+        __PYX_ERR(0, 525, __pyx_L1_error)
       }
-      __pyx_t_5 = __Pyx_PyTuple_GetSlice(__pyx_v_b, 0, -2L); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 520, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyTuple_GetSlice(__pyx_v_b, 0, -2L); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 525, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
       if (unlikely(__pyx_v_b == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-        __PYX_ERR(0, 520, __pyx_L1_error)
+        __PYX_ERR(0, 525, __pyx_L1_error)
       }
-      __pyx_t_6 = __Pyx_GetItemInt_Tuple(__pyx_v_b, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 520, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_GetItemInt_Tuple(__pyx_v_b, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 525, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = PyTuple_New(1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 520, __pyx_L1_error)
+      __pyx_t_7 = PyTuple_New(1); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 525, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_GIVEREF(__pyx_t_6);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_6) != (0)) __PYX_ERR(0, 520, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_6) != (0)) __PYX_ERR(0, 525, __pyx_L1_error);
       __pyx_t_6 = 0;
-      __pyx_t_6 = PyNumber_Add(__pyx_t_5, __pyx_t_7); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 520, __pyx_L1_error)
+      __pyx_t_6 = PyNumber_Add(__pyx_t_5, __pyx_t_7); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 525, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
@@ -13428,7 +13452,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
     __pyx_t_4 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":519
+    /* "wsmem/_array.pyx":524
  *     if len(a) == 1 and len(b) == 1:
  *         return () if a[0] == b[0] else None
  *     if len(a) == 1:             # <<<<<<<<<<<<<<
@@ -13437,7 +13461,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   }
 
-  /* "wsmem/_array.pyx":521
+  /* "wsmem/_array.pyx":526
  *     if len(a) == 1:
  *         return b[:-2] + (b[-1],) if a[0] == b[-2] else None
  *     if len(b) == 1:             # <<<<<<<<<<<<<<
@@ -13446,16 +13470,16 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   if (unlikely(__pyx_v_b == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 521, __pyx_L1_error)
+    __PYX_ERR(0, 526, __pyx_L1_error)
   }
-  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_b); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 521, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyTuple_GET_SIZE(__pyx_v_b); if (unlikely(__pyx_t_2 == ((Py_ssize_t)-1))) __PYX_ERR(0, 526, __pyx_L1_error)
   __pyx_t_1 = (__pyx_t_2 == 1);
 
 
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":522
+    /* "wsmem/_array.pyx":527
  *         return b[:-2] + (b[-1],) if a[0] == b[-2] else None
  *     if len(b) == 1:
  *         return a[:-1] if a[-1] == b[0] else None             # <<<<<<<<<<<<<<
@@ -13464,25 +13488,25 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
     if (unlikely(__pyx_v_a == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 522, __pyx_L1_error)
+      __PYX_ERR(0, 527, __pyx_L1_error)
     }
-    __pyx_t_6 = __Pyx_GetItemInt_Tuple(__pyx_v_a, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 522, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_GetItemInt_Tuple(__pyx_v_a, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 527, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     if (unlikely(__pyx_v_b == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 522, __pyx_L1_error)
+      __PYX_ERR(0, 527, __pyx_L1_error)
     }
-    __pyx_t_7 = __Pyx_GetItemInt_Tuple(__pyx_v_b, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 522, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_GetItemInt_Tuple(__pyx_v_b, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 527, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_6, __pyx_t_7, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 522, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_6, __pyx_t_7, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 527, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     if (__pyx_t_1) {
       if (unlikely(__pyx_v_a == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-        __PYX_ERR(0, 522, __pyx_L1_error)
+        __PYX_ERR(0, 527, __pyx_L1_error)
       }
-      __pyx_t_7 = __Pyx_PyTuple_GetSlice(__pyx_v_a, 0, -1L); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 522, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyTuple_GetSlice(__pyx_v_a, 0, -1L); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 527, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
       __pyx_t_4 = __pyx_t_7;
       __pyx_t_7 = 0;
@@ -13502,7 +13526,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
     __pyx_t_4 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":521
+    /* "wsmem/_array.pyx":526
  *     if len(a) == 1:
  *         return b[:-2] + (b[-1],) if a[0] == b[-2] else None
  *     if len(b) == 1:             # <<<<<<<<<<<<<<
@@ -13511,7 +13535,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   }
 
-  /* "wsmem/_array.pyx":523
+  /* "wsmem/_array.pyx":528
  *     if len(b) == 1:
  *         return a[:-1] if a[-1] == b[0] else None
  *     if a[-1] != b[-2]:             # <<<<<<<<<<<<<<
@@ -13520,23 +13544,23 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 523, __pyx_L1_error)
+    __PYX_ERR(0, 528, __pyx_L1_error)
   }
-  __pyx_t_4 = __Pyx_GetItemInt_Tuple(__pyx_v_a, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 523, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_GetItemInt_Tuple(__pyx_v_a, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 528, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   if (unlikely(__pyx_v_b == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 523, __pyx_L1_error)
+    __PYX_ERR(0, 528, __pyx_L1_error)
   }
-  __pyx_t_7 = __Pyx_GetItemInt_Tuple(__pyx_v_b, -2L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 523, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_GetItemInt_Tuple(__pyx_v_b, -2L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 528, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
-  __pyx_t_1 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_7, Py_NE); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 523, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_CompareBoolNe_object_object(__pyx_t_4, __pyx_t_7, Py_NE); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 528, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":524
+    /* "wsmem/_array.pyx":529
  *         return a[:-1] if a[-1] == b[0] else None
  *     if a[-1] != b[-2]:
  *         return None             # <<<<<<<<<<<<<<
@@ -13553,7 +13577,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":523
+    /* "wsmem/_array.pyx":528
  *     if len(b) == 1:
  *         return a[:-1] if a[-1] == b[0] else None
  *     if a[-1] != b[-2]:             # <<<<<<<<<<<<<<
@@ -13562,7 +13586,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   }
 
-  /* "wsmem/_array.pyx":525
+  /* "wsmem/_array.pyx":530
  *     if a[-1] != b[-2]:
  *         return None
  *     batch = _broadcast([a[:-2], b[:-2]])             # <<<<<<<<<<<<<<
@@ -13571,31 +13595,31 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
 */
   if (unlikely(__pyx_v_a == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 525, __pyx_L1_error)
+    __PYX_ERR(0, 530, __pyx_L1_error)
   }
-  __pyx_t_7 = __Pyx_PyTuple_GetSlice(__pyx_v_a, 0, -2L); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 525, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyTuple_GetSlice(__pyx_v_a, 0, -2L); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 530, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   if (unlikely(__pyx_v_b == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-    __PYX_ERR(0, 525, __pyx_L1_error)
+    __PYX_ERR(0, 530, __pyx_L1_error)
   }
-  __pyx_t_4 = __Pyx_PyTuple_GetSlice(__pyx_v_b, 0, -2L); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 525, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyTuple_GetSlice(__pyx_v_b, 0, -2L); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 530, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_6 = PyList_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 525, __pyx_L1_error)
+  __pyx_t_6 = PyList_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 530, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_GIVEREF(__pyx_t_7);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_6, 0, __pyx_t_7) != (0)) __PYX_ERR(0, 525, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_6, 0, __pyx_t_7) != (0)) __PYX_ERR(0, 530, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_4);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_6, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 525, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_6, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 530, __pyx_L1_error);
   __pyx_t_7 = 0;
   __pyx_t_4 = 0;
-  __pyx_t_4 = __pyx_f_5wsmem_6_array__broadcast(((PyObject*)__pyx_t_6)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 525, __pyx_L1_error)
+  __pyx_t_4 = __pyx_f_5wsmem_6_array__broadcast(((PyObject*)__pyx_t_6)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 530, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_v_batch = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":526
+  /* "wsmem/_array.pyx":531
  *         return None
  *     batch = _broadcast([a[:-2], b[:-2]])
  *     return None if batch is None else batch + (a[-2], b[-1])             # <<<<<<<<<<<<<<
@@ -13609,25 +13633,25 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
   } else {
     if (unlikely(__pyx_v_a == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 526, __pyx_L1_error)
+      __PYX_ERR(0, 531, __pyx_L1_error)
     }
-    __pyx_t_6 = __Pyx_GetItemInt_Tuple(__pyx_v_a, -2L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 526, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_GetItemInt_Tuple(__pyx_v_a, -2L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 531, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     if (unlikely(__pyx_v_b == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 526, __pyx_L1_error)
+      __PYX_ERR(0, 531, __pyx_L1_error)
     }
-    __pyx_t_7 = __Pyx_GetItemInt_Tuple(__pyx_v_b, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 526, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_GetItemInt_Tuple(__pyx_v_b, -1L, long, 1, __Pyx_PyLong_From_long, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 531, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_5 = PyTuple_New(2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 526, __pyx_L1_error)
+    __pyx_t_5 = PyTuple_New(2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 531, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_GIVEREF(__pyx_t_6);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_6) != (0)) __PYX_ERR(0, 526, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_6) != (0)) __PYX_ERR(0, 531, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_7);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_t_7) != (0)) __PYX_ERR(0, 526, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_t_7) != (0)) __PYX_ERR(0, 531, __pyx_L1_error);
     __pyx_t_6 = 0;
     __pyx_t_7 = 0;
-    __pyx_t_7 = PyNumber_Add(__pyx_v_batch, __pyx_t_5); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 526, __pyx_L1_error)
+    __pyx_t_7 = PyNumber_Add(__pyx_v_batch, __pyx_t_5); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 531, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __pyx_t_4 = __pyx_t_7;
@@ -13645,7 +13669,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":514
+  /* "wsmem/_array.pyx":519
  * 
  * 
  * cdef object _matmul_shape(tuple a, tuple b):             # <<<<<<<<<<<<<<
@@ -13668,7 +13692,7 @@ static PyObject *__pyx_f_5wsmem_6_array__matmul_shape(PyObject *__pyx_v_a, PyObj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":529
+/* "wsmem/_array.pyx":534
  * 
  * 
  * cdef object _ufunc_call(object ufunc, tuple inputs, dict kwargs):             # <<<<<<<<<<<<<<
@@ -13718,19 +13742,19 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_ufunc_call", 0);
 
-  /* "wsmem/_array.pyx":532
+  /* "wsmem/_array.pyx":537
  *     """ufunc(*inputs) with outputs allocated in the current workspace up front
  *     (no heap temporary, no copy) when shapes and dtypes can be resolved."""
  *     cdef Arena arena = _target()             # <<<<<<<<<<<<<<
  *     if arena is None or kwargs or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *         return None
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 532, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 537, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_arena = ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":533
+  /* "wsmem/_array.pyx":538
  *     (no heap temporary, no copy) when shapes and dtypes can be resolved."""
  *     cdef Arena arena = _target()
  *     if arena is None or kwargs or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -13750,7 +13774,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   else
   {
     Py_ssize_t __pyx_temp = __Pyx_PyDict_GET_SIZE(__pyx_v_kwargs);
-    if (unlikely(((!CYTHON_ASSUME_SAFE_SIZE) && __pyx_temp < 0))) __PYX_ERR(0, 533, __pyx_L1_error)
+    if (unlikely(((!CYTHON_ASSUME_SAFE_SIZE) && __pyx_temp < 0))) __PYX_ERR(0, 538, __pyx_L1_error)
     __pyx_t_3 = (__pyx_temp != 0);
   }
 
@@ -13771,7 +13795,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":534
+    /* "wsmem/_array.pyx":539
  *     cdef Arena arena = _target()
  *     if arena is None or kwargs or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *         return None             # <<<<<<<<<<<<<<
@@ -13788,7 +13812,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":533
+    /* "wsmem/_array.pyx":538
  *     (no heap temporary, no copy) when shapes and dtypes can be resolved."""
  *     cdef Arena arena = _target()
  *     if arena is None or kwargs or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -13797,7 +13821,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
   }
 
-  /* "wsmem/_array.pyx":535
+  /* "wsmem/_array.pyx":540
  *     if arena is None or kwargs or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *         return None
  *     for x in inputs:             # <<<<<<<<<<<<<<
@@ -13806,7 +13830,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
   if (unlikely(__pyx_v_inputs == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-    __PYX_ERR(0, 535, __pyx_L1_error)
+    __PYX_ERR(0, 540, __pyx_L1_error)
   }
   __pyx_t_1 = __pyx_v_inputs; __Pyx_INCREF(__pyx_t_1);
   __pyx_t_4 = 0;
@@ -13814,7 +13838,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     {
       Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_1);
       #if !CYTHON_ASSUME_SAFE_SIZE
-      if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 535, __pyx_L1_error)
+      if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 540, __pyx_L1_error)
       #endif
       if (__pyx_t_4 >= __pyx_temp) break;
     }
@@ -13824,21 +13848,21 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     __pyx_t_5 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_4);
     #endif
     ++__pyx_t_4;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 535, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 540, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_XDECREF_SET(__pyx_v_x, __pyx_t_5);
     __pyx_t_5 = 0;
 
-    /* "wsmem/_array.pyx":536
+    /* "wsmem/_array.pyx":541
  *         return None
  *     for x in inputs:
  *         if not isinstance(x, (WsArray, cnp.ndarray, float, int, complex, bool, np.generic)):             # <<<<<<<<<<<<<<
  *             return None
  *     key = (ufunc, _ufunc_dtypes_cache_key(inputs))
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 536, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 541, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_generic); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 536, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_generic); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 541, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __pyx_t_3 = __Pyx_TypeCheck(__pyx_v_x, __pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray); 
@@ -13907,7 +13931,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     if (__pyx_t_3) {
 
 
-      /* "wsmem/_array.pyx":537
+      /* "wsmem/_array.pyx":542
  *     for x in inputs:
  *         if not isinstance(x, (WsArray, cnp.ndarray, float, int, complex, bool, np.generic)):
  *             return None             # <<<<<<<<<<<<<<
@@ -13925,7 +13949,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       goto __pyx_L0;
 
-      /* "wsmem/_array.pyx":536
+      /* "wsmem/_array.pyx":541
  *         return None
  *     for x in inputs:
  *         if not isinstance(x, (WsArray, cnp.ndarray, float, int, complex, bool, np.generic)):             # <<<<<<<<<<<<<<
@@ -13934,7 +13958,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
     }
 
-    /* "wsmem/_array.pyx":535
+    /* "wsmem/_array.pyx":540
  *     if arena is None or kwargs or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *         return None
  *     for x in inputs:             # <<<<<<<<<<<<<<
@@ -13944,27 +13968,27 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":538
+  /* "wsmem/_array.pyx":543
  *         if not isinstance(x, (WsArray, cnp.ndarray, float, int, complex, bool, np.generic)):
  *             return None
  *     key = (ufunc, _ufunc_dtypes_cache_key(inputs))             # <<<<<<<<<<<<<<
  *     dts = _resolve_cache.get(key)
  *     if dts is None:
 */
-  __pyx_t_1 = __pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(__pyx_v_inputs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 538, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_6_array__ufunc_dtypes_cache_key(__pyx_v_inputs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 543, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_6 = PyTuple_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 538, __pyx_L1_error)
+  __pyx_t_6 = PyTuple_New(2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 543, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_INCREF(__pyx_v_ufunc);
   __Pyx_GIVEREF(__pyx_v_ufunc);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_v_ufunc) != (0)) __PYX_ERR(0, 538, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_v_ufunc) != (0)) __PYX_ERR(0, 543, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_1) != (0)) __PYX_ERR(0, 538, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_1) != (0)) __PYX_ERR(0, 543, __pyx_L1_error);
   __pyx_t_1 = 0;
   __pyx_v_key = ((PyObject*)__pyx_t_6);
   __pyx_t_6 = 0;
 
-  /* "wsmem/_array.pyx":539
+  /* "wsmem/_array.pyx":544
  *             return None
  *     key = (ufunc, _ufunc_dtypes_cache_key(inputs))
  *     dts = _resolve_cache.get(key)             # <<<<<<<<<<<<<<
@@ -13973,14 +13997,14 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
   if (unlikely(__pyx_v_5wsmem_6_array__resolve_cache == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "get");
-    __PYX_ERR(0, 539, __pyx_L1_error)
+    __PYX_ERR(0, 544, __pyx_L1_error)
   }
-  __pyx_t_6 = __Pyx_PyDict_GetItemDefault(__pyx_v_5wsmem_6_array__resolve_cache, __pyx_v_key, Py_None); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 539, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyDict_GetItemDefault(__pyx_v_5wsmem_6_array__resolve_cache, __pyx_v_key, Py_None); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 544, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __pyx_v_dts = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "wsmem/_array.pyx":540
+  /* "wsmem/_array.pyx":545
  *     key = (ufunc, _ufunc_dtypes_cache_key(inputs))
  *     dts = _resolve_cache.get(key)
  *     if dts is None:             # <<<<<<<<<<<<<<
@@ -13991,31 +14015,31 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_array.pyx":541
+    /* "wsmem/_array.pyx":546
  *     dts = _resolve_cache.get(key)
  *     if dts is None:
  *         nin = ufunc.nin             # <<<<<<<<<<<<<<
  *         token = set_handler(None)   # one-time NumPy temporaries stay off the workspace
  *         try:
 */
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_ufunc, __pyx_mstate_global->__pyx_n_u_nin); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 541, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_ufunc, __pyx_mstate_global->__pyx_n_u_nin); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 546, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_v_nin = __pyx_t_6;
     __pyx_t_6 = 0;
 
-    /* "wsmem/_array.pyx":542
+    /* "wsmem/_array.pyx":547
  *     if dts is None:
  *         nin = ufunc.nin
  *         token = set_handler(None)   # one-time NumPy temporaries stay off the workspace             # <<<<<<<<<<<<<<
  *         try:
  *             dts = ufunc.resolve_dtypes(key[1] + (None,) * ufunc.nout)[nin:]
 */
-    __pyx_t_6 = __pyx_f_5wsmem_8_capture_set_handler(Py_None); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 542, __pyx_L1_error)
+    __pyx_t_6 = __pyx_f_5wsmem_8_capture_set_handler(Py_None); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 547, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_v_token = __pyx_t_6;
     __pyx_t_6 = 0;
 
-    /* "wsmem/_array.pyx":543
+    /* "wsmem/_array.pyx":548
  *         nin = ufunc.nin
  *         token = set_handler(None)   # one-time NumPy temporaries stay off the workspace
  *         try:             # <<<<<<<<<<<<<<
@@ -14032,7 +14056,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
         __Pyx_XGOTREF(__pyx_t_9);
         /*try:*/ {
 
-          /* "wsmem/_array.pyx":544
+          /* "wsmem/_array.pyx":549
  *         token = set_handler(None)   # one-time NumPy temporaries stay off the workspace
  *         try:
  *             dts = ufunc.resolve_dtypes(key[1] + (None,) * ufunc.nout)[nin:]             # <<<<<<<<<<<<<<
@@ -14041,14 +14065,14 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
           __pyx_t_1 = __pyx_v_ufunc;
           __Pyx_INCREF(__pyx_t_1);
-          __pyx_t_5 = __Pyx_GetItemInt_Tuple(__pyx_v_key, 1, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 544, __pyx_L22_error)
+          __pyx_t_5 = __Pyx_GetItemInt_Tuple(__pyx_v_key, 1, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 549, __pyx_L22_error)
           __Pyx_GOTREF(__pyx_t_5);
-          __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_ufunc, __pyx_mstate_global->__pyx_n_u_nout); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 544, __pyx_L22_error)
+          __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_ufunc, __pyx_mstate_global->__pyx_n_u_nout); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 549, __pyx_L22_error)
           __Pyx_GOTREF(__pyx_t_10);
-          __pyx_t_11 = PyNumber_Multiply(__pyx_mstate_global->__pyx_tuple[1], __pyx_t_10); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 544, __pyx_L22_error)
+          __pyx_t_11 = PyNumber_Multiply(__pyx_mstate_global->__pyx_tuple[1], __pyx_t_10); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 549, __pyx_L22_error)
           __Pyx_GOTREF(__pyx_t_11);
           __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-          __pyx_t_10 = PyNumber_Add(__pyx_t_5, __pyx_t_11); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 544, __pyx_L22_error)
+          __pyx_t_10 = PyNumber_Add(__pyx_t_5, __pyx_t_11); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 549, __pyx_L22_error)
           __Pyx_GOTREF(__pyx_t_10);
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
           __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
@@ -14058,16 +14082,16 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
             __pyx_t_6 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_resolve_dtypes, __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
             __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-            if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 544, __pyx_L22_error)
+            if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 549, __pyx_L22_error)
             __Pyx_GOTREF(__pyx_t_6);
           }
-          __pyx_t_10 = __Pyx_PyObject_GetSlice(__pyx_t_6, 0, 0, &__pyx_v_nin, NULL, NULL, 0, 0, 1); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 544, __pyx_L22_error)
+          __pyx_t_10 = __Pyx_PyObject_GetSlice(__pyx_t_6, 0, 0, &__pyx_v_nin, NULL, NULL, 0, 0, 1); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 549, __pyx_L22_error)
           __Pyx_GOTREF(__pyx_t_10);
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
           __Pyx_DECREF_SET(__pyx_v_dts, __pyx_t_10);
           __pyx_t_10 = 0;
 
-          /* "wsmem/_array.pyx":543
+          /* "wsmem/_array.pyx":548
  *         nin = ufunc.nin
  *         token = set_handler(None)   # one-time NumPy temporaries stay off the workspace
  *         try:             # <<<<<<<<<<<<<<
@@ -14086,7 +14110,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-        /* "wsmem/_array.pyx":545
+        /* "wsmem/_array.pyx":550
  *         try:
  *             dts = ufunc.resolve_dtypes(key[1] + (None,) * ufunc.nout)[nin:]
  *         except Exception:             # <<<<<<<<<<<<<<
@@ -14097,7 +14121,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
         if (__pyx_t_13) {
           __Pyx_ErrRestore(0,0,0);
 
-          /* "wsmem/_array.pyx":546
+          /* "wsmem/_array.pyx":551
  *             dts = ufunc.resolve_dtypes(key[1] + (None,) * ufunc.nout)[nin:]
  *         except Exception:
  *             return None             # <<<<<<<<<<<<<<
@@ -14116,7 +14140,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
         }
         goto __pyx_L24_except_error;
 
-        /* "wsmem/_array.pyx":543
+        /* "wsmem/_array.pyx":548
  *         nin = ufunc.nin
  *         token = set_handler(None)   # one-time NumPy temporaries stay off the workspace
  *         try:             # <<<<<<<<<<<<<<
@@ -14139,7 +14163,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       }
     }
 
-    /* "wsmem/_array.pyx":548
+    /* "wsmem/_array.pyx":553
  *             return None
  *         finally:
  *             restore_handler(token)             # <<<<<<<<<<<<<<
@@ -14148,7 +14172,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
     /*finally:*/ {
       /*normal exit:*/{
-        __pyx_f_5wsmem_8_capture_restore_handler(__pyx_v_token); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 548, __pyx_L1_error)
+        __pyx_f_5wsmem_8_capture_restore_handler(__pyx_v_token); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 553, __pyx_L1_error)
         goto __pyx_L21;
       }
       __pyx_L20_error:;
@@ -14171,7 +14195,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
         __Pyx_XGOTREF(__pyx_t_18);
         __pyx_t_13 = __pyx_lineno; __pyx_t_14 = __pyx_clineno; __pyx_t_15 = __pyx_filename;
         {
-          __pyx_f_5wsmem_8_capture_restore_handler(__pyx_v_token); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 548, __pyx_L31_error)
+          __pyx_f_5wsmem_8_capture_restore_handler(__pyx_v_token); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 553, __pyx_L31_error)
         }
         __Pyx_XGIVEREF(__pyx_t_16);
         __Pyx_XGIVEREF(__pyx_t_17);
@@ -14198,7 +14222,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       __pyx_L19_return: {
         __pyx_t_18 = __pyx_r;
         __pyx_r = 0;
-        __pyx_f_5wsmem_8_capture_restore_handler(__pyx_v_token); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 548, __pyx_L1_error)
+        __pyx_f_5wsmem_8_capture_restore_handler(__pyx_v_token); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 553, __pyx_L1_error)
         __pyx_r = __pyx_t_18;
         __pyx_t_18 = 0;
         goto __pyx_L0;
@@ -14206,7 +14230,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       __pyx_L21:;
     }
 
-    /* "wsmem/_array.pyx":549
+    /* "wsmem/_array.pyx":554
  *         finally:
  *             restore_handler(token)
  *         if len(_resolve_cache) > 4096:             # <<<<<<<<<<<<<<
@@ -14217,9 +14241,9 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     __Pyx_INCREF(__pyx_t_10);
     if (unlikely(__pyx_t_10 == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-      __PYX_ERR(0, 549, __pyx_L1_error)
+      __PYX_ERR(0, 554, __pyx_L1_error)
     }
-    __pyx_t_4 = PyDict_Size(__pyx_t_10); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 549, __pyx_L1_error)
+    __pyx_t_4 = PyDict_Size(__pyx_t_10); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 554, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_t_3 = (__pyx_t_4 > 0x1000);
 
@@ -14227,7 +14251,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     if (__pyx_t_3) {
 
 
-      /* "wsmem/_array.pyx":550
+      /* "wsmem/_array.pyx":555
  *             restore_handler(token)
  *         if len(_resolve_cache) > 4096:
  *             _resolve_cache.clear()             # <<<<<<<<<<<<<<
@@ -14236,12 +14260,12 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
       if (unlikely(__pyx_v_5wsmem_6_array__resolve_cache == Py_None)) {
         PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "clear");
-        __PYX_ERR(0, 550, __pyx_L1_error)
+        __PYX_ERR(0, 555, __pyx_L1_error)
       }
-      __pyx_t_19 = __Pyx_PyDict_Clear(__pyx_v_5wsmem_6_array__resolve_cache); if (unlikely(__pyx_t_19 == ((int)-1))) __PYX_ERR(0, 550, __pyx_L1_error)
+      __pyx_t_19 = __Pyx_PyDict_Clear(__pyx_v_5wsmem_6_array__resolve_cache); if (unlikely(__pyx_t_19 == ((int)-1))) __PYX_ERR(0, 555, __pyx_L1_error)
 
 
-      /* "wsmem/_array.pyx":549
+      /* "wsmem/_array.pyx":554
  *         finally:
  *             restore_handler(token)
  *         if len(_resolve_cache) > 4096:             # <<<<<<<<<<<<<<
@@ -14250,7 +14274,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
     }
 
-    /* "wsmem/_array.pyx":551
+    /* "wsmem/_array.pyx":556
  *         if len(_resolve_cache) > 4096:
  *             _resolve_cache.clear()
  *         _resolve_cache[key] = dts             # <<<<<<<<<<<<<<
@@ -14259,11 +14283,11 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
     if (unlikely(__pyx_v_5wsmem_6_array__resolve_cache == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 551, __pyx_L1_error)
+      __PYX_ERR(0, 556, __pyx_L1_error)
     }
-    if (unlikely((PyDict_SetItem(__pyx_v_5wsmem_6_array__resolve_cache, __pyx_v_key, __pyx_v_dts) < 0))) __PYX_ERR(0, 551, __pyx_L1_error)
+    if (unlikely((PyDict_SetItem(__pyx_v_5wsmem_6_array__resolve_cache, __pyx_v_key, __pyx_v_dts) < 0))) __PYX_ERR(0, 556, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":540
+    /* "wsmem/_array.pyx":545
  *     key = (ufunc, _ufunc_dtypes_cache_key(inputs))
  *     dts = _resolve_cache.get(key)
  *     if dts is None:             # <<<<<<<<<<<<<<
@@ -14272,7 +14296,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
   }
 
-  /* "wsmem/_array.pyx":552
+  /* "wsmem/_array.pyx":557
  *             _resolve_cache.clear()
  *         _resolve_cache[key] = dts
  *     shapes = [x.shape if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else ()             # <<<<<<<<<<<<<<
@@ -14280,10 +14304,10 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
  *     if ufunc.signature is None:
 */
   { /* enter inner scope */
-    __pyx_t_10 = PyList_New(0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 552, __pyx_L35_error)
+    __pyx_t_10 = PyList_New(0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 557, __pyx_L35_error)
     __Pyx_GOTREF(__pyx_t_10);
 
-    /* "wsmem/_array.pyx":553
+    /* "wsmem/_array.pyx":558
  *         _resolve_cache[key] = dts
  *     shapes = [x.shape if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else ()
  *               for x in inputs]             # <<<<<<<<<<<<<<
@@ -14292,7 +14316,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
     if (unlikely(__pyx_v_inputs == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-      __PYX_ERR(0, 553, __pyx_L35_error)
+      __PYX_ERR(0, 558, __pyx_L35_error)
     }
     __pyx_t_6 = __pyx_v_inputs; __Pyx_INCREF(__pyx_t_6);
     __pyx_t_4 = 0;
@@ -14300,7 +14324,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       {
         Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_6);
         #if !CYTHON_ASSUME_SAFE_SIZE
-        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 553, __pyx_L35_error)
+        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 558, __pyx_L35_error)
         #endif
         if (__pyx_t_4 >= __pyx_temp) break;
       }
@@ -14310,21 +14334,21 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       __pyx_t_1 = __Pyx_PySequence_ITEM(__pyx_t_6, __pyx_t_4);
       #endif
       ++__pyx_t_4;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 553, __pyx_L35_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 558, __pyx_L35_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_XDECREF_SET(__pyx_8genexpr6__pyx_v_x, __pyx_t_1);
       __pyx_t_1 = 0;
 
-      /* "wsmem/_array.pyx":552
+      /* "wsmem/_array.pyx":557
  *             _resolve_cache.clear()
  *         _resolve_cache[key] = dts
  *     shapes = [x.shape if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else ()             # <<<<<<<<<<<<<<
  *               for x in inputs]
  *     if ufunc.signature is None:
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 552, __pyx_L35_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 557, __pyx_L35_error)
       __Pyx_GOTREF(__pyx_t_11);
-      __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_generic); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 552, __pyx_L35_error)
+      __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_generic); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 557, __pyx_L35_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __pyx_t_2 = __Pyx_TypeCheck(__pyx_8genexpr6__pyx_v_x, __pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray); 
@@ -14352,7 +14376,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       __pyx_L38_bool_binop_done:;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       if (__pyx_t_3) {
-        __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_8genexpr6__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 552, __pyx_L35_error)
+        __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_8genexpr6__pyx_v_x, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 557, __pyx_L35_error)
         __Pyx_GOTREF(__pyx_t_5);
         __pyx_t_1 = __pyx_t_5;
         __pyx_t_5 = 0;
@@ -14362,10 +14386,10 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       }
 
       __Pyx_GIVEREF(__pyx_t_1);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_10, __pyx_t_1))) __PYX_ERR(0, 552, __pyx_L35_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_10, __pyx_t_1))) __PYX_ERR(0, 557, __pyx_L35_error)
       __pyx_t_1 = 0;
 
-      /* "wsmem/_array.pyx":553
+      /* "wsmem/_array.pyx":558
  *         _resolve_cache[key] = dts
  *     shapes = [x.shape if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else ()
  *               for x in inputs]             # <<<<<<<<<<<<<<
@@ -14384,33 +14408,33 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   __pyx_v_shapes = ((PyObject*)__pyx_t_10);
   __pyx_t_10 = 0;
 
-  /* "wsmem/_array.pyx":554
+  /* "wsmem/_array.pyx":559
  *     shapes = [x.shape if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else ()
  *               for x in inputs]
  *     if ufunc.signature is None:             # <<<<<<<<<<<<<<
  *         shape = _broadcast(shapes)
  *     elif ufunc is np.matmul:
 */
-  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_ufunc, __pyx_mstate_global->__pyx_n_u_signature); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 554, __pyx_L1_error)
+  __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_v_ufunc, __pyx_mstate_global->__pyx_n_u_signature); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 559, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __pyx_t_3 = (__pyx_t_10 == Py_None);
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_array.pyx":555
+    /* "wsmem/_array.pyx":560
  *               for x in inputs]
  *     if ufunc.signature is None:
  *         shape = _broadcast(shapes)             # <<<<<<<<<<<<<<
  *     elif ufunc is np.matmul:
  *         shape = _matmul_shape(shapes[0], shapes[1])
 */
-    __pyx_t_10 = __pyx_f_5wsmem_6_array__broadcast(__pyx_v_shapes); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 555, __pyx_L1_error)
+    __pyx_t_10 = __pyx_f_5wsmem_6_array__broadcast(__pyx_v_shapes); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 560, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __pyx_v_shape = __pyx_t_10;
     __pyx_t_10 = 0;
 
-    /* "wsmem/_array.pyx":554
+    /* "wsmem/_array.pyx":559
  *     shapes = [x.shape if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else ()
  *               for x in inputs]
  *     if ufunc.signature is None:             # <<<<<<<<<<<<<<
@@ -14420,16 +14444,16 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     goto __pyx_L43;
   }
 
-  /* "wsmem/_array.pyx":556
+  /* "wsmem/_array.pyx":561
  *     if ufunc.signature is None:
  *         shape = _broadcast(shapes)
  *     elif ufunc is np.matmul:             # <<<<<<<<<<<<<<
  *         shape = _matmul_shape(shapes[0], shapes[1])
  *     else:
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 556, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 561, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 556, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 561, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
   __pyx_t_3 = (__pyx_v_ufunc == __pyx_t_6);
@@ -14437,27 +14461,27 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_array.pyx":557
+    /* "wsmem/_array.pyx":562
  *         shape = _broadcast(shapes)
  *     elif ufunc is np.matmul:
  *         shape = _matmul_shape(shapes[0], shapes[1])             # <<<<<<<<<<<<<<
  *     else:
  *         return None
 */
-    __pyx_t_6 = __Pyx_GetItemInt_List(__pyx_v_shapes, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 557, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_GetItemInt_List(__pyx_v_shapes, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 562, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    if (!(likely(PyTuple_CheckExact(__pyx_t_6))||((__pyx_t_6) == Py_None) || __Pyx_RaiseUnexpectedTypeError("tuple", __pyx_t_6))) __PYX_ERR(0, 557, __pyx_L1_error)
-    __pyx_t_10 = __Pyx_GetItemInt_List(__pyx_v_shapes, 1, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 557, __pyx_L1_error)
+    if (!(likely(PyTuple_CheckExact(__pyx_t_6))||((__pyx_t_6) == Py_None) || __Pyx_RaiseUnexpectedTypeError("tuple", __pyx_t_6))) __PYX_ERR(0, 562, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_GetItemInt_List(__pyx_v_shapes, 1, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 562, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    if (!(likely(PyTuple_CheckExact(__pyx_t_10))||((__pyx_t_10) == Py_None) || __Pyx_RaiseUnexpectedTypeError("tuple", __pyx_t_10))) __PYX_ERR(0, 557, __pyx_L1_error)
-    __pyx_t_1 = __pyx_f_5wsmem_6_array__matmul_shape(((PyObject*)__pyx_t_6), ((PyObject*)__pyx_t_10)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 557, __pyx_L1_error)
+    if (!(likely(PyTuple_CheckExact(__pyx_t_10))||((__pyx_t_10) == Py_None) || __Pyx_RaiseUnexpectedTypeError("tuple", __pyx_t_10))) __PYX_ERR(0, 562, __pyx_L1_error)
+    __pyx_t_1 = __pyx_f_5wsmem_6_array__matmul_shape(((PyObject*)__pyx_t_6), ((PyObject*)__pyx_t_10)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 562, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __pyx_v_shape = __pyx_t_1;
     __pyx_t_1 = 0;
 
-    /* "wsmem/_array.pyx":556
+    /* "wsmem/_array.pyx":561
  *     if ufunc.signature is None:
  *         shape = _broadcast(shapes)
  *     elif ufunc is np.matmul:             # <<<<<<<<<<<<<<
@@ -14467,7 +14491,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     goto __pyx_L43;
   }
 
-  /* "wsmem/_array.pyx":559
+  /* "wsmem/_array.pyx":564
  *         shape = _matmul_shape(shapes[0], shapes[1])
  *     else:
  *         return None             # <<<<<<<<<<<<<<
@@ -14487,7 +14511,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   }
   __pyx_L43:;
 
-  /* "wsmem/_array.pyx":560
+  /* "wsmem/_array.pyx":565
  *     else:
  *         return None
  *     if shape is None:             # <<<<<<<<<<<<<<
@@ -14498,7 +14522,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_array.pyx":561
+    /* "wsmem/_array.pyx":566
  *         return None
  *     if shape is None:
  *         return None             # <<<<<<<<<<<<<<
@@ -14515,7 +14539,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":560
+    /* "wsmem/_array.pyx":565
  *     else:
  *         return None
  *     if shape is None:             # <<<<<<<<<<<<<<
@@ -14524,7 +14548,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
 */
   }
 
-  /* "wsmem/_array.pyx":562
+  /* "wsmem/_array.pyx":567
  *     if shape is None:
  *         return None
  *     outs = tuple([new_array(arena, shape, dt, "C", INIT_NONE) for dt in dts])             # <<<<<<<<<<<<<<
@@ -14532,16 +14556,16 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
  *     ufunc(*views, out=tuple([(<WsArray>o)._view() for o in outs]))
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 562, __pyx_L47_error)
+    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 567, __pyx_L47_error)
     __Pyx_GOTREF(__pyx_t_1);
     if (likely(PyList_CheckExact(__pyx_v_dts)) || PyTuple_CheckExact(__pyx_v_dts)) {
       __pyx_t_10 = __pyx_v_dts; __Pyx_INCREF(__pyx_t_10);
       __pyx_t_4 = 0;
       __pyx_t_20 = NULL;
     } else {
-      __pyx_t_4 = -1; __pyx_t_10 = PyObject_GetIter(__pyx_v_dts); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 562, __pyx_L47_error)
+      __pyx_t_4 = -1; __pyx_t_10 = PyObject_GetIter(__pyx_v_dts); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 567, __pyx_L47_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_20 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10); if (unlikely(!__pyx_t_20)) __PYX_ERR(0, 562, __pyx_L47_error)
+      __pyx_t_20 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_10); if (unlikely(!__pyx_t_20)) __PYX_ERR(0, 567, __pyx_L47_error)
     }
     for (;;) {
       if (likely(!__pyx_t_20)) {
@@ -14549,7 +14573,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
           {
             Py_ssize_t __pyx_temp = __Pyx_PyList_GET_SIZE(__pyx_t_10);
             #if !CYTHON_ASSUME_SAFE_SIZE
-            if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 562, __pyx_L47_error)
+            if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 567, __pyx_L47_error)
             #endif
             if (__pyx_t_4 >= __pyx_temp) break;
           }
@@ -14559,7 +14583,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
           {
             Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_10);
             #if !CYTHON_ASSUME_SAFE_SIZE
-            if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 562, __pyx_L47_error)
+            if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 567, __pyx_L47_error)
             #endif
             if (__pyx_t_4 >= __pyx_temp) break;
           }
@@ -14570,13 +14594,13 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
           #endif
           ++__pyx_t_4;
         }
-        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 562, __pyx_L47_error)
+        if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 567, __pyx_L47_error)
       } else {
         __pyx_t_6 = __pyx_t_20(__pyx_t_10);
         if (unlikely(!__pyx_t_6)) {
           PyObject* exc_type = PyErr_Occurred();
           if (exc_type) {
-            if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 562, __pyx_L47_error)
+            if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration))) __PYX_ERR(0, 567, __pyx_L47_error)
             PyErr_Clear();
           }
           break;
@@ -14585,10 +14609,10 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_XDECREF_SET(__pyx_8genexpr7__pyx_v_dt, __pyx_t_6);
       __pyx_t_6 = 0;
-      __pyx_t_6 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(__pyx_v_arena, __pyx_v_shape, __pyx_8genexpr7__pyx_v_dt, __pyx_mstate_global->__pyx_n_u_C, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 562, __pyx_L47_error)
+      __pyx_t_6 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(__pyx_v_arena, __pyx_v_shape, __pyx_8genexpr7__pyx_v_dt, __pyx_mstate_global->__pyx_n_u_C, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 567, __pyx_L47_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_GIVEREF(__pyx_t_6);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_6))) __PYX_ERR(0, 562, __pyx_L47_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_6))) __PYX_ERR(0, 567, __pyx_L47_error)
       __pyx_t_6 = 0;
     }
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
@@ -14599,13 +14623,13 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     goto __pyx_L1_error;
     __pyx_L51_exit_scope:;
   } /* exit inner scope */
-  __pyx_t_10 = PyList_AsTuple(((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 562, __pyx_L1_error)
+  __pyx_t_10 = PyList_AsTuple(((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 567, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_10);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_outs = ((PyObject*)__pyx_t_10);
   __pyx_t_10 = 0;
 
-  /* "wsmem/_array.pyx":563
+  /* "wsmem/_array.pyx":568
  *         return None
  *     outs = tuple([new_array(arena, shape, dt, "C", INIT_NONE) for dt in dts])
  *     views = tuple([_unwrap(x) for x in inputs])             # <<<<<<<<<<<<<<
@@ -14613,11 +14637,11 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
  *     return outs[0] if len(outs) == 1 else outs
 */
   { /* enter inner scope */
-    __pyx_t_10 = PyList_New(0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 563, __pyx_L54_error)
+    __pyx_t_10 = PyList_New(0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 568, __pyx_L54_error)
     __Pyx_GOTREF(__pyx_t_10);
     if (unlikely(__pyx_v_inputs == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-      __PYX_ERR(0, 563, __pyx_L54_error)
+      __PYX_ERR(0, 568, __pyx_L54_error)
     }
     __pyx_t_1 = __pyx_v_inputs; __Pyx_INCREF(__pyx_t_1);
     __pyx_t_4 = 0;
@@ -14625,7 +14649,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       {
         Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_1);
         #if !CYTHON_ASSUME_SAFE_SIZE
-        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 563, __pyx_L54_error)
+        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 568, __pyx_L54_error)
         #endif
         if (__pyx_t_4 >= __pyx_temp) break;
       }
@@ -14635,14 +14659,14 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       __pyx_t_6 = __Pyx_PySequence_ITEM(__pyx_t_1, __pyx_t_4);
       #endif
       ++__pyx_t_4;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 563, __pyx_L54_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 568, __pyx_L54_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_XDECREF_SET(__pyx_8genexpr8__pyx_v_x, __pyx_t_6);
       __pyx_t_6 = 0;
-      __pyx_t_6 = __pyx_f_5wsmem_6_array__unwrap(__pyx_8genexpr8__pyx_v_x); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 563, __pyx_L54_error)
+      __pyx_t_6 = __pyx_f_5wsmem_6_array__unwrap(__pyx_8genexpr8__pyx_v_x); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 568, __pyx_L54_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_GIVEREF(__pyx_t_6);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_10, __pyx_t_6))) __PYX_ERR(0, 563, __pyx_L54_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_10, __pyx_t_6))) __PYX_ERR(0, 568, __pyx_L54_error)
       __pyx_t_6 = 0;
     }
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
@@ -14653,23 +14677,23 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     goto __pyx_L1_error;
     __pyx_L58_exit_scope:;
   } /* exit inner scope */
-  __pyx_t_1 = PyList_AsTuple(((PyObject*)__pyx_t_10)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 563, __pyx_L1_error)
+  __pyx_t_1 = PyList_AsTuple(((PyObject*)__pyx_t_10)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 568, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
   __pyx_v_views = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":564
+  /* "wsmem/_array.pyx":569
  *     outs = tuple([new_array(arena, shape, dt, "C", INIT_NONE) for dt in dts])
  *     views = tuple([_unwrap(x) for x in inputs])
  *     ufunc(*views, out=tuple([(<WsArray>o)._view() for o in outs]))             # <<<<<<<<<<<<<<
  *     return outs[0] if len(outs) == 1 else outs
  * 
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 564, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 569, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   { /* enter inner scope */
-    __pyx_t_10 = PyList_New(0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 564, __pyx_L61_error)
+    __pyx_t_10 = PyList_New(0); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 569, __pyx_L61_error)
     __Pyx_GOTREF(__pyx_t_10);
     __pyx_t_6 = __pyx_v_outs; __Pyx_INCREF(__pyx_t_6);
     __pyx_t_4 = 0;
@@ -14677,7 +14701,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       {
         Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_6);
         #if !CYTHON_ASSUME_SAFE_SIZE
-        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 564, __pyx_L61_error)
+        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 569, __pyx_L61_error)
         #endif
         if (__pyx_t_4 >= __pyx_temp) break;
       }
@@ -14687,14 +14711,14 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
       __pyx_t_5 = __Pyx_PySequence_ITEM(__pyx_t_6, __pyx_t_4);
       #endif
       ++__pyx_t_4;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 564, __pyx_L61_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 569, __pyx_L61_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_XDECREF_SET(__pyx_8genexpr9__pyx_v_o, __pyx_t_5);
       __pyx_t_5 = 0;
-      __pyx_t_5 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_8genexpr9__pyx_v_o)->__pyx_vtab)->_view(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_8genexpr9__pyx_v_o)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 564, __pyx_L61_error)
+      __pyx_t_5 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_8genexpr9__pyx_v_o)->__pyx_vtab)->_view(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_8genexpr9__pyx_v_o)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 569, __pyx_L61_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_GIVEREF(__pyx_t_5);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_10, __pyx_t_5))) __PYX_ERR(0, 564, __pyx_L61_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_10, __pyx_t_5))) __PYX_ERR(0, 569, __pyx_L61_error)
       __pyx_t_5 = 0;
     }
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -14705,29 +14729,29 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
     goto __pyx_L1_error;
     __pyx_L65_exit_scope:;
   } /* exit inner scope */
-  __pyx_t_6 = PyList_AsTuple(((PyObject*)__pyx_t_10)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 564, __pyx_L1_error)
+  __pyx_t_6 = PyList_AsTuple(((PyObject*)__pyx_t_10)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 569, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_out, __pyx_t_6) < (0)) __PYX_ERR(0, 564, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_out, __pyx_t_6) < (0)) __PYX_ERR(0, 569, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_6 = __Pyx_PyObject_Call(__pyx_v_ufunc, __pyx_v_views, __pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 564, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_Call(__pyx_v_ufunc, __pyx_v_views, __pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 569, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-  /* "wsmem/_array.pyx":565
+  /* "wsmem/_array.pyx":570
  *     views = tuple([_unwrap(x) for x in inputs])
  *     ufunc(*views, out=tuple([(<WsArray>o)._view() for o in outs]))
  *     return outs[0] if len(outs) == 1 else outs             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_4 = __Pyx_PyTuple_GET_SIZE(__pyx_v_outs); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 565, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyTuple_GET_SIZE(__pyx_v_outs); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 570, __pyx_L1_error)
   __pyx_t_3 = (__pyx_t_4 == 1);
 
 
   if (__pyx_t_3) {
-    __pyx_t_1 = __Pyx_GetItemInt_Tuple(__pyx_v_outs, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 565, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_GetItemInt_Tuple(__pyx_v_outs, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 570, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __pyx_t_6 = __pyx_t_1;
     __pyx_t_1 = 0;
@@ -14747,7 +14771,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   __pyx_t_6 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":529
+  /* "wsmem/_array.pyx":534
  * 
  * 
  * cdef object _ufunc_call(object ufunc, tuple inputs, dict kwargs):             # <<<<<<<<<<<<<<
@@ -14784,7 +14808,7 @@ static PyObject *__pyx_f_5wsmem_6_array__ufunc_call(PyObject *__pyx_v_ufunc, PyO
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":595
+/* "wsmem/_array.pyx":600
  *     __array_priority__ = 100
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -14809,7 +14833,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray___dealloc__(struct __pyx_obj_5wsmem
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_array.pyx":596
+  /* "wsmem/_array.pyx":601
  * 
  *     def __dealloc__(self):
  *         if self._shape != NULL and self._shape != self._small:             # <<<<<<<<<<<<<<
@@ -14835,7 +14859,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray___dealloc__(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":597
+    /* "wsmem/_array.pyx":602
  *     def __dealloc__(self):
  *         if self._shape != NULL and self._shape != self._small:
  *             PyMem_Free(self._shape)             # <<<<<<<<<<<<<<
@@ -14844,7 +14868,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray___dealloc__(struct __pyx_obj_5wsmem
 */
     PyMem_Free(__pyx_v_self->_shape);
 
-    /* "wsmem/_array.pyx":596
+    /* "wsmem/_array.pyx":601
  * 
  *     def __dealloc__(self):
  *         if self._shape != NULL and self._shape != self._small:             # <<<<<<<<<<<<<<
@@ -14853,7 +14877,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray___dealloc__(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_array.pyx":598
+  /* "wsmem/_array.pyx":603
  *         if self._shape != NULL and self._shape != self._small:
  *             PyMem_Free(self._shape)
  *         self._shape = NULL             # <<<<<<<<<<<<<<
@@ -14862,7 +14886,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray___dealloc__(struct __pyx_obj_5wsmem
 */
   __pyx_v_self->_shape = NULL;
 
-  /* "wsmem/_array.pyx":595
+  /* "wsmem/_array.pyx":600
  *     __array_priority__ = 100
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -14874,7 +14898,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray___dealloc__(struct __pyx_obj_5wsmem
 
 }
 
-/* "wsmem/_array.pyx":601
+/* "wsmem/_array.pyx":606
  * 
  *     # ------------------------------------------------------------ validity
  *     cdef int _check(self) except -1:             # <<<<<<<<<<<<<<
@@ -14893,7 +14917,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__check(struct __pyx_obj_5wsmem_6_arra
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_check", 0);
 
-  /* "wsmem/_array.pyx":602
+  /* "wsmem/_array.pyx":607
  *     # ------------------------------------------------------------ validity
  *     cdef int _check(self) except -1:
  *         if self._ws is not None and not arena_valid(self._ws, self._gen):             # <<<<<<<<<<<<<<
@@ -14921,20 +14945,20 @@ static int __pyx_f_5wsmem_6_array_7WsArray__check(struct __pyx_obj_5wsmem_6_arra
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_array.pyx":603
+    /* "wsmem/_array.pyx":608
  *     cdef int _check(self) except -1:
  *         if self._ws is not None and not arena_valid(self._ws, self._gen):
  *             raise _stale_error(self)             # <<<<<<<<<<<<<<
  *         return 0
  * 
 */
-    __pyx_t_3 = __pyx_f_5wsmem_6_array__stale_error(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 603, __pyx_L1_error)
+    __pyx_t_3 = __pyx_f_5wsmem_6_array__stale_error(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 608, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 603, __pyx_L1_error)
+    __PYX_ERR(0, 608, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":602
+    /* "wsmem/_array.pyx":607
  *     # ------------------------------------------------------------ validity
  *     cdef int _check(self) except -1:
  *         if self._ws is not None and not arena_valid(self._ws, self._gen):             # <<<<<<<<<<<<<<
@@ -14943,7 +14967,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__check(struct __pyx_obj_5wsmem_6_arra
 */
   }
 
-  /* "wsmem/_array.pyx":604
+  /* "wsmem/_array.pyx":609
  *         if self._ws is not None and not arena_valid(self._ws, self._gen):
  *             raise _stale_error(self)
  *         return 0             # <<<<<<<<<<<<<<
@@ -14956,7 +14980,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__check(struct __pyx_obj_5wsmem_6_arra
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":601
+  /* "wsmem/_array.pyx":606
  * 
  *     # ------------------------------------------------------------ validity
  *     cdef int _check(self) except -1:             # <<<<<<<<<<<<<<
@@ -14975,7 +14999,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__check(struct __pyx_obj_5wsmem_6_arra
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":606
+/* "wsmem/_array.pyx":611
  *         return 0
  * 
  *     cdef Py_ssize_t _size(self) noexcept:             # <<<<<<<<<<<<<<
@@ -14991,7 +15015,7 @@ static Py_ssize_t __pyx_f_5wsmem_6_array_7WsArray__size(struct __pyx_obj_5wsmem_
   int __pyx_t_2;
   int __pyx_t_3;
 
-  /* "wsmem/_array.pyx":607
+  /* "wsmem/_array.pyx":612
  * 
  *     cdef Py_ssize_t _size(self) noexcept:
  *         cdef Py_ssize_t n = 1             # <<<<<<<<<<<<<<
@@ -15000,7 +15024,7 @@ static Py_ssize_t __pyx_f_5wsmem_6_array_7WsArray__size(struct __pyx_obj_5wsmem_
 */
   __pyx_v_n = 1;
 
-  /* "wsmem/_array.pyx":609
+  /* "wsmem/_array.pyx":614
  *         cdef Py_ssize_t n = 1
  *         cdef int i
  *         for i in range(self._nd):             # <<<<<<<<<<<<<<
@@ -15014,7 +15038,7 @@ static Py_ssize_t __pyx_f_5wsmem_6_array_7WsArray__size(struct __pyx_obj_5wsmem_
   for (__pyx_t_3 = 0; __pyx_t_3 < __pyx_t_2; __pyx_t_3+=1) {
     __pyx_v_i = __pyx_t_3;
 
-    /* "wsmem/_array.pyx":610
+    /* "wsmem/_array.pyx":615
  *         cdef int i
  *         for i in range(self._nd):
  *             n *= self._shape[i]             # <<<<<<<<<<<<<<
@@ -15025,7 +15049,7 @@ static Py_ssize_t __pyx_f_5wsmem_6_array_7WsArray__size(struct __pyx_obj_5wsmem_
   }
 
 
-  /* "wsmem/_array.pyx":611
+  /* "wsmem/_array.pyx":616
  *         for i in range(self._nd):
  *             n *= self._shape[i]
  *         return n             # <<<<<<<<<<<<<<
@@ -15038,7 +15062,7 @@ static Py_ssize_t __pyx_f_5wsmem_6_array_7WsArray__size(struct __pyx_obj_5wsmem_
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":606
+  /* "wsmem/_array.pyx":611
  *         return 0
  * 
  *     cdef Py_ssize_t _size(self) noexcept:             # <<<<<<<<<<<<<<
@@ -15054,7 +15078,7 @@ static Py_ssize_t __pyx_f_5wsmem_6_array_7WsArray__size(struct __pyx_obj_5wsmem_
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":613
+/* "wsmem/_array.pyx":618
  *         return n
  * 
  *     cdef bint _c_contig(self) noexcept:             # <<<<<<<<<<<<<<
@@ -15072,7 +15096,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
   int __pyx_t_3;
   __Pyx_RefNannySetupContext("_c_contig", 0);
 
-  /* "wsmem/_array.pyx":614
+  /* "wsmem/_array.pyx":619
  * 
  *     cdef bint _c_contig(self) noexcept:
  *         cdef Py_ssize_t s = self._dtype.itemsize             # <<<<<<<<<<<<<<
@@ -15084,7 +15108,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
   __pyx_v_s = __pyx_f_5numpy_5dtype_8itemsize___get__(((PyArray_Descr *)__pyx_t_1));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":616
+  /* "wsmem/_array.pyx":621
  *         cdef Py_ssize_t s = self._dtype.itemsize
  *         cdef int i
  *         for i in range(self._nd - 1, -1, -1):             # <<<<<<<<<<<<<<
@@ -15094,7 +15118,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
   for (__pyx_t_2 = (__pyx_v_self->_nd - 1); __pyx_t_2 > -1; __pyx_t_2-=1) {
     __pyx_v_i = __pyx_t_2;
 
-    /* "wsmem/_array.pyx":617
+    /* "wsmem/_array.pyx":622
  *         cdef int i
  *         for i in range(self._nd - 1, -1, -1):
  *             if self._shape[i] == 0:             # <<<<<<<<<<<<<<
@@ -15106,7 +15130,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
     if (__pyx_t_3) {
 
 
-      /* "wsmem/_array.pyx":618
+      /* "wsmem/_array.pyx":623
  *         for i in range(self._nd - 1, -1, -1):
  *             if self._shape[i] == 0:
  *                 return True             # <<<<<<<<<<<<<<
@@ -15119,7 +15143,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
       }
       goto __pyx_L0;
 
-      /* "wsmem/_array.pyx":617
+      /* "wsmem/_array.pyx":622
  *         cdef int i
  *         for i in range(self._nd - 1, -1, -1):
  *             if self._shape[i] == 0:             # <<<<<<<<<<<<<<
@@ -15128,7 +15152,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
 */
     }
 
-    /* "wsmem/_array.pyx":619
+    /* "wsmem/_array.pyx":624
  *             if self._shape[i] == 0:
  *                 return True
  *             if self._shape[i] != 1:             # <<<<<<<<<<<<<<
@@ -15140,7 +15164,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
     if (__pyx_t_3) {
 
 
-      /* "wsmem/_array.pyx":620
+      /* "wsmem/_array.pyx":625
  *                 return True
  *             if self._shape[i] != 1:
  *                 if self._strides[i] != s:             # <<<<<<<<<<<<<<
@@ -15152,7 +15176,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
       if (__pyx_t_3) {
 
 
-        /* "wsmem/_array.pyx":621
+        /* "wsmem/_array.pyx":626
  *             if self._shape[i] != 1:
  *                 if self._strides[i] != s:
  *                     return False             # <<<<<<<<<<<<<<
@@ -15165,7 +15189,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
         }
         goto __pyx_L0;
 
-        /* "wsmem/_array.pyx":620
+        /* "wsmem/_array.pyx":625
  *                 return True
  *             if self._shape[i] != 1:
  *                 if self._strides[i] != s:             # <<<<<<<<<<<<<<
@@ -15174,7 +15198,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
 */
       }
 
-      /* "wsmem/_array.pyx":622
+      /* "wsmem/_array.pyx":627
  *                 if self._strides[i] != s:
  *                     return False
  *                 s *= self._shape[i]             # <<<<<<<<<<<<<<
@@ -15183,7 +15207,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
 */
       __pyx_v_s = (__pyx_v_s * (__pyx_v_self->_shape[__pyx_v_i]));
 
-      /* "wsmem/_array.pyx":619
+      /* "wsmem/_array.pyx":624
  *             if self._shape[i] == 0:
  *                 return True
  *             if self._shape[i] != 1:             # <<<<<<<<<<<<<<
@@ -15193,7 +15217,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
     }
   }
 
-  /* "wsmem/_array.pyx":623
+  /* "wsmem/_array.pyx":628
  *                     return False
  *                 s *= self._shape[i]
  *         return True             # <<<<<<<<<<<<<<
@@ -15206,7 +15230,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":613
+  /* "wsmem/_array.pyx":618
  *         return n
  * 
  *     cdef bint _c_contig(self) noexcept:             # <<<<<<<<<<<<<<
@@ -15223,7 +15247,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__c_contig(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":625
+/* "wsmem/_array.pyx":630
  *         return True
  * 
  *     cdef bint _f_contig(self) noexcept:             # <<<<<<<<<<<<<<
@@ -15243,7 +15267,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
   int __pyx_t_5;
   __Pyx_RefNannySetupContext("_f_contig", 0);
 
-  /* "wsmem/_array.pyx":626
+  /* "wsmem/_array.pyx":631
  * 
  *     cdef bint _f_contig(self) noexcept:
  *         cdef Py_ssize_t s = self._dtype.itemsize             # <<<<<<<<<<<<<<
@@ -15255,7 +15279,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
   __pyx_v_s = __pyx_f_5numpy_5dtype_8itemsize___get__(((PyArray_Descr *)__pyx_t_1));
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":628
+  /* "wsmem/_array.pyx":633
  *         cdef Py_ssize_t s = self._dtype.itemsize
  *         cdef int i
  *         for i in range(self._nd):             # <<<<<<<<<<<<<<
@@ -15269,7 +15293,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_i = __pyx_t_4;
 
-    /* "wsmem/_array.pyx":629
+    /* "wsmem/_array.pyx":634
  *         cdef int i
  *         for i in range(self._nd):
  *             if self._shape[i] == 0:             # <<<<<<<<<<<<<<
@@ -15281,7 +15305,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
     if (__pyx_t_5) {
 
 
-      /* "wsmem/_array.pyx":630
+      /* "wsmem/_array.pyx":635
  *         for i in range(self._nd):
  *             if self._shape[i] == 0:
  *                 return True             # <<<<<<<<<<<<<<
@@ -15294,7 +15318,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
       }
       goto __pyx_L0;
 
-      /* "wsmem/_array.pyx":629
+      /* "wsmem/_array.pyx":634
  *         cdef int i
  *         for i in range(self._nd):
  *             if self._shape[i] == 0:             # <<<<<<<<<<<<<<
@@ -15303,7 +15327,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
 */
     }
 
-    /* "wsmem/_array.pyx":631
+    /* "wsmem/_array.pyx":636
  *             if self._shape[i] == 0:
  *                 return True
  *             if self._shape[i] != 1:             # <<<<<<<<<<<<<<
@@ -15315,7 +15339,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
     if (__pyx_t_5) {
 
 
-      /* "wsmem/_array.pyx":632
+      /* "wsmem/_array.pyx":637
  *                 return True
  *             if self._shape[i] != 1:
  *                 if self._strides[i] != s:             # <<<<<<<<<<<<<<
@@ -15327,7 +15351,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
       if (__pyx_t_5) {
 
 
-        /* "wsmem/_array.pyx":633
+        /* "wsmem/_array.pyx":638
  *             if self._shape[i] != 1:
  *                 if self._strides[i] != s:
  *                     return False             # <<<<<<<<<<<<<<
@@ -15340,7 +15364,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
         }
         goto __pyx_L0;
 
-        /* "wsmem/_array.pyx":632
+        /* "wsmem/_array.pyx":637
  *                 return True
  *             if self._shape[i] != 1:
  *                 if self._strides[i] != s:             # <<<<<<<<<<<<<<
@@ -15349,7 +15373,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
 */
       }
 
-      /* "wsmem/_array.pyx":634
+      /* "wsmem/_array.pyx":639
  *                 if self._strides[i] != s:
  *                     return False
  *                 s *= self._shape[i]             # <<<<<<<<<<<<<<
@@ -15358,7 +15382,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
 */
       __pyx_v_s = (__pyx_v_s * (__pyx_v_self->_shape[__pyx_v_i]));
 
-      /* "wsmem/_array.pyx":631
+      /* "wsmem/_array.pyx":636
  *             if self._shape[i] == 0:
  *                 return True
  *             if self._shape[i] != 1:             # <<<<<<<<<<<<<<
@@ -15369,7 +15393,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
   }
 
 
-  /* "wsmem/_array.pyx":635
+  /* "wsmem/_array.pyx":640
  *                     return False
  *                 s *= self._shape[i]
  *         return True             # <<<<<<<<<<<<<<
@@ -15382,7 +15406,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":625
+  /* "wsmem/_array.pyx":630
  *         return True
  * 
  *     cdef bint _f_contig(self) noexcept:             # <<<<<<<<<<<<<<
@@ -15399,7 +15423,7 @@ static int __pyx_f_5wsmem_6_array_7WsArray__f_contig(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":637
+/* "wsmem/_array.pyx":642
  *         return True
  * 
  *     cdef object _pin_base(self):             # <<<<<<<<<<<<<<
@@ -15422,7 +15446,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_pin_base", 0);
 
-  /* "wsmem/_array.pyx":643
+  /* "wsmem/_array.pyx":648
  *         cdef char* lo
  *         cdef char* hi
  *         if self._ws is None:             # <<<<<<<<<<<<<<
@@ -15433,7 +15457,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":644
+    /* "wsmem/_array.pyx":649
  *         cdef char* hi
  *         if self._ws is None:
  *             return self._base             # <<<<<<<<<<<<<<
@@ -15451,7 +15475,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":643
+    /* "wsmem/_array.pyx":648
  *         cdef char* lo
  *         cdef char* hi
  *         if self._ws is None:             # <<<<<<<<<<<<<<
@@ -15460,7 +15484,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":645
+  /* "wsmem/_array.pyx":650
  *         if self._ws is None:
  *             return self._base
  *         if self._block == NULL or self._size() == 0:             # <<<<<<<<<<<<<<
@@ -15486,7 +15510,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":646
+    /* "wsmem/_array.pyx":651
  *             return self._base
  *         if self._block == NULL or self._size() == 0:
  *             return self             # <<<<<<<<<<<<<<
@@ -15504,7 +15528,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":645
+    /* "wsmem/_array.pyx":650
  *         if self._ws is None:
  *             return self._base
  *         if self._block == NULL or self._size() == 0:             # <<<<<<<<<<<<<<
@@ -15513,19 +15537,19 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":647
+  /* "wsmem/_array.pyx":652
  *         if self._block == NULL or self._size() == 0:
  *             return self
  *         p = _ExportPin.__new__(_ExportPin)             # <<<<<<<<<<<<<<
  *         _extent(self, &lo, &hi)
  *         pin_init(&p.rec, self._block, lo, hi, self._gen, self)
 */
-  __pyx_t_3 = ((PyObject *)__pyx_tp_new_5wsmem_6_array__ExportPin(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_5wsmem_6_array__ExportPin), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 647, __pyx_L1_error)
+  __pyx_t_3 = ((PyObject *)__pyx_tp_new_5wsmem_6_array__ExportPin(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_5wsmem_6_array__ExportPin), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 652, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_v_p = ((struct __pyx_obj_5wsmem_6_array__ExportPin *)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "wsmem/_array.pyx":648
+  /* "wsmem/_array.pyx":653
  *             return self
  *         p = _ExportPin.__new__(_ExportPin)
  *         _extent(self, &lo, &hi)             # <<<<<<<<<<<<<<
@@ -15534,7 +15558,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
 */
   __pyx_f_5wsmem_6_array__extent(__pyx_v_self, (&__pyx_v_lo), (&__pyx_v_hi));
 
-  /* "wsmem/_array.pyx":649
+  /* "wsmem/_array.pyx":654
  *         p = _ExportPin.__new__(_ExportPin)
  *         _extent(self, &lo, &hi)
  *         pin_init(&p.rec, self._block, lo, hi, self._gen, self)             # <<<<<<<<<<<<<<
@@ -15543,7 +15567,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
 */
   __pyx_f_5wsmem_6_arena_pin_init((&__pyx_v_p->rec), __pyx_v_self->_block, __pyx_v_lo, __pyx_v_hi, __pyx_v_self->_gen, ((PyObject *)__pyx_v_self));
 
-  /* "wsmem/_array.pyx":650
+  /* "wsmem/_array.pyx":655
  *         _extent(self, &lo, &hi)
  *         pin_init(&p.rec, self._block, lo, hi, self._gen, self)
  *         p.buf = self._data             # <<<<<<<<<<<<<<
@@ -15554,7 +15578,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
 
   __pyx_v_p->buf = __pyx_t_4;
 
-  /* "wsmem/_array.pyx":651
+  /* "wsmem/_array.pyx":656
  *         pin_init(&p.rec, self._block, lo, hi, self._gen, self)
  *         p.buf = self._data
  *         p.length = hi - self._data             # <<<<<<<<<<<<<<
@@ -15563,7 +15587,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
 */
   __pyx_v_p->length = (__pyx_v_hi - __pyx_v_self->_data);
 
-  /* "wsmem/_array.pyx":652
+  /* "wsmem/_array.pyx":657
  *         p.buf = self._data
  *         p.length = hi - self._data
  *         return p             # <<<<<<<<<<<<<<
@@ -15581,7 +15605,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":637
+  /* "wsmem/_array.pyx":642
  *         return True
  * 
  *     cdef object _pin_base(self):             # <<<<<<<<<<<<<<
@@ -15603,7 +15627,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__pin_base(struct __pyx_obj_5wsm
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":654
+/* "wsmem/_array.pyx":659
  *         return p
  * 
  *     cdef object _view(self):             # <<<<<<<<<<<<<<
@@ -15623,29 +15647,29 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__view(struct __pyx_obj_5wsmem_6
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_view", 0);
 
-  /* "wsmem/_array.pyx":656
+  /* "wsmem/_array.pyx":661
  *     cdef object _view(self):
  *         """A checked ndarray over the same memory, pinned for its lifetime."""
  *         self._check()             # <<<<<<<<<<<<<<
  *         base = self._pin_base()
  *         Py_INCREF(self._dtype)    # stolen by PyArray_NewFromDescr
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 656, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 661, __pyx_L1_error)
 
 
-  /* "wsmem/_array.pyx":657
+  /* "wsmem/_array.pyx":662
  *         """A checked ndarray over the same memory, pinned for its lifetime."""
  *         self._check()
  *         base = self._pin_base()             # <<<<<<<<<<<<<<
  *         Py_INCREF(self._dtype)    # stolen by PyArray_NewFromDescr
  *         arr = PyArray_NewFromDescr(<PyTypeObject*>cnp.ndarray, <PyObject*>self._dtype,
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_pin_base(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 657, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_pin_base(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 662, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_v_base = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":658
+  /* "wsmem/_array.pyx":663
  *         self._check()
  *         base = self._pin_base()
  *         Py_INCREF(self._dtype)    # stolen by PyArray_NewFromDescr             # <<<<<<<<<<<<<<
@@ -15657,28 +15681,28 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__view(struct __pyx_obj_5wsmem_6
   Py_INCREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":659
+  /* "wsmem/_array.pyx":664
  *         base = self._pin_base()
  *         Py_INCREF(self._dtype)    # stolen by PyArray_NewFromDescr
  *         arr = PyArray_NewFromDescr(<PyTypeObject*>cnp.ndarray, <PyObject*>self._dtype,             # <<<<<<<<<<<<<<
  *                                    self._nd, self._shape, self._strides, self._data,
  *                                    NPY_ARRAY_WRITEABLE, NULL)
 */
-  __pyx_t_2 = PyArray_NewFromDescr(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_5numpy_ndarray), ((PyObject *)__pyx_v_self->_dtype), __pyx_v_self->_nd, __pyx_v_self->_shape, __pyx_v_self->_strides, __pyx_v_self->_data, NPY_ARRAY_WRITEABLE, NULL); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 659, __pyx_L1_error)
+  __pyx_t_2 = PyArray_NewFromDescr(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_5numpy_ndarray), ((PyObject *)__pyx_v_self->_dtype), __pyx_v_self->_nd, __pyx_v_self->_shape, __pyx_v_self->_strides, __pyx_v_self->_data, NPY_ARRAY_WRITEABLE, NULL); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 664, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_v_arr = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":662
+  /* "wsmem/_array.pyx":667
  *                                    self._nd, self._shape, self._strides, self._data,
  *                                    NPY_ARRAY_WRITEABLE, NULL)
  *         cnp.set_array_base(<cnp.ndarray>arr, base)             # <<<<<<<<<<<<<<
  *         return arr
  * 
 */
-  __pyx_f_5numpy_set_array_base(((PyArrayObject *)__pyx_v_arr), __pyx_v_base); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 662, __pyx_L1_error)
+  __pyx_f_5numpy_set_array_base(((PyArrayObject *)__pyx_v_arr), __pyx_v_base); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 667, __pyx_L1_error)
 
-  /* "wsmem/_array.pyx":663
+  /* "wsmem/_array.pyx":668
  *                                    NPY_ARRAY_WRITEABLE, NULL)
  *         cnp.set_array_base(<cnp.ndarray>arr, base)
  *         return arr             # <<<<<<<<<<<<<<
@@ -15696,7 +15720,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__view(struct __pyx_obj_5wsmem_6
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":654
+  /* "wsmem/_array.pyx":659
  *         return p
  * 
  *     cdef object _view(self):             # <<<<<<<<<<<<<<
@@ -15717,7 +15741,7 @@ static PyObject *__pyx_f_5wsmem_6_array_7WsArray__view(struct __pyx_obj_5wsmem_6
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":666
+/* "wsmem/_array.pyx":671
  * 
  *     # ------------------------------------------------------------ attributes
  *     @property             # <<<<<<<<<<<<<<
@@ -15754,7 +15778,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5shape___get__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":669
+  /* "wsmem/_array.pyx":674
  *     def shape(self):
  *         """Tuple of array dimensions."""
  *         return tuple([self._shape[i] for i in range(self._nd)])             # <<<<<<<<<<<<<<
@@ -15762,7 +15786,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5shape___get__(struct __pyx_ob
  *     @property
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 669, __pyx_L1_error)
+    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 674, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
 
     __pyx_t_2 = __pyx_v_self->_nd;
@@ -15770,15 +15794,15 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5shape___get__(struct __pyx_ob
 
     for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
       __pyx_9genexpr10__pyx_v_i = __pyx_t_4;
-      __pyx_t_5 = __Pyx_PyLong_From_npy_intp((__pyx_v_self->_shape[__pyx_9genexpr10__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 669, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyLong_From_npy_intp((__pyx_v_self->_shape[__pyx_9genexpr10__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 674, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_GIVEREF(__pyx_t_5);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_5))) __PYX_ERR(0, 669, __pyx_L1_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_5))) __PYX_ERR(0, 674, __pyx_L1_error)
       __pyx_t_5 = 0;
     }
 
   } /* exit inner scope */
-  __pyx_t_5 = PyList_AsTuple(((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 669, __pyx_L1_error)
+  __pyx_t_5 = PyList_AsTuple(((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 674, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -15792,7 +15816,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5shape___get__(struct __pyx_ob
   __pyx_t_5 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":666
+  /* "wsmem/_array.pyx":671
  * 
  *     # ------------------------------------------------------------ attributes
  *     @property             # <<<<<<<<<<<<<<
@@ -15813,7 +15837,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5shape___get__(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":671
+/* "wsmem/_array.pyx":676
  *         return tuple([self._shape[i] for i in range(self._nd)])
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -15850,7 +15874,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_7strides___get__(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":674
+  /* "wsmem/_array.pyx":679
  *     def strides(self):
  *         """Tuple of bytes to step in each dimension."""
  *         return tuple([self._strides[i] for i in range(self._nd)])             # <<<<<<<<<<<<<<
@@ -15858,7 +15882,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_7strides___get__(struct __pyx_
  *     @property
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 674, __pyx_L1_error)
+    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 679, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
 
     __pyx_t_2 = __pyx_v_self->_nd;
@@ -15866,15 +15890,15 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_7strides___get__(struct __pyx_
 
     for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
       __pyx_9genexpr11__pyx_v_i = __pyx_t_4;
-      __pyx_t_5 = __Pyx_PyLong_From_npy_intp((__pyx_v_self->_strides[__pyx_9genexpr11__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 674, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyLong_From_npy_intp((__pyx_v_self->_strides[__pyx_9genexpr11__pyx_v_i])); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 679, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_GIVEREF(__pyx_t_5);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_5))) __PYX_ERR(0, 674, __pyx_L1_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_5))) __PYX_ERR(0, 679, __pyx_L1_error)
       __pyx_t_5 = 0;
     }
 
   } /* exit inner scope */
-  __pyx_t_5 = PyList_AsTuple(((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 674, __pyx_L1_error)
+  __pyx_t_5 = PyList_AsTuple(((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 679, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -15888,7 +15912,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_7strides___get__(struct __pyx_
   __pyx_t_5 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":671
+  /* "wsmem/_array.pyx":676
  *         return tuple([self._shape[i] for i in range(self._nd)])
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -15909,7 +15933,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_7strides___get__(struct __pyx_
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":676
+/* "wsmem/_array.pyx":681
  *         return tuple([self._strides[i] for i in range(self._nd)])
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -15937,7 +15961,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5dtype___get__(struct __pyx_ob
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":679
+  /* "wsmem/_array.pyx":684
  *     def dtype(self):
  *         """Data type of the elements (a numpy.dtype)."""
  *         return self._dtype             # <<<<<<<<<<<<<<
@@ -15955,7 +15979,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5dtype___get__(struct __pyx_ob
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":676
+  /* "wsmem/_array.pyx":681
  *         return tuple([self._strides[i] for i in range(self._nd)])
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -15970,7 +15994,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5dtype___get__(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":681
+/* "wsmem/_array.pyx":686
  *         return self._dtype
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16002,14 +16026,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4ndim___get__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":684
+  /* "wsmem/_array.pyx":689
  *     def ndim(self):
  *         """Number of dimensions."""
  *         return self._nd             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->_nd); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 684, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(__pyx_v_self->_nd); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 689, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -16022,7 +16046,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4ndim___get__(struct __pyx_obj
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":681
+  /* "wsmem/_array.pyx":686
  *         return self._dtype
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16041,7 +16065,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4ndim___get__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":686
+/* "wsmem/_array.pyx":691
  *         return self._nd
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16073,14 +16097,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4size___get__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":689
+  /* "wsmem/_array.pyx":694
  *     def size(self):
  *         """Number of elements."""
  *         return self._size()             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = PyLong_FromSsize_t(((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_size(__pyx_v_self)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 689, __pyx_L1_error)
+  __pyx_t_1 = PyLong_FromSsize_t(((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_size(__pyx_v_self)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 694, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -16093,7 +16117,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4size___get__(struct __pyx_obj
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":686
+  /* "wsmem/_array.pyx":691
  *         return self._nd
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16112,7 +16136,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4size___get__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":691
+/* "wsmem/_array.pyx":696
  *         return self._size()
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16145,7 +16169,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_8itemsize___get__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":694
+  /* "wsmem/_array.pyx":699
  *     def itemsize(self):
  *         """Bytes per element."""
  *         return self._dtype.itemsize             # <<<<<<<<<<<<<<
@@ -16154,7 +16178,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_8itemsize___get__(struct __pyx
 */
   __pyx_t_1 = ((PyObject *)__pyx_v_self->_dtype);
   __Pyx_INCREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From_npy_intp(__pyx_f_5numpy_5dtype_8itemsize___get__(((PyArray_Descr *)__pyx_t_1))); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 694, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_npy_intp(__pyx_f_5numpy_5dtype_8itemsize___get__(((PyArray_Descr *)__pyx_t_1))); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 699, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -16168,7 +16192,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_8itemsize___get__(struct __pyx
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":691
+  /* "wsmem/_array.pyx":696
  *         return self._size()
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16188,7 +16212,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_8itemsize___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":696
+/* "wsmem/_array.pyx":701
  *         return self._dtype.itemsize
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16221,7 +16245,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_6nbytes___get__(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":699
+  /* "wsmem/_array.pyx":704
  *     def nbytes(self):
  *         """Bytes of the elements (size * itemsize)."""
  *         return self._size() * self._dtype.itemsize             # <<<<<<<<<<<<<<
@@ -16230,7 +16254,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_6nbytes___get__(struct __pyx_o
 */
   __pyx_t_1 = ((PyObject *)__pyx_v_self->_dtype);
   __Pyx_INCREF(__pyx_t_1);
-  __pyx_t_2 = PyLong_FromSsize_t((((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_size(__pyx_v_self) * __pyx_f_5numpy_5dtype_8itemsize___get__(((PyArray_Descr *)__pyx_t_1)))); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 699, __pyx_L1_error)
+  __pyx_t_2 = PyLong_FromSsize_t((((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_size(__pyx_v_self) * __pyx_f_5numpy_5dtype_8itemsize___get__(((PyArray_Descr *)__pyx_t_1)))); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 704, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -16244,7 +16268,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_6nbytes___get__(struct __pyx_o
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":696
+  /* "wsmem/_array.pyx":701
  *         return self._dtype.itemsize
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16264,7 +16288,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_6nbytes___get__(struct __pyx_o
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":701
+/* "wsmem/_array.pyx":706
  *         return self._size() * self._dtype.itemsize
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16292,7 +16316,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_6device___get__(CYTHON_UNUSED 
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":704
+  /* "wsmem/_array.pyx":709
  *     def device(self):
  *         """'cpu' for host memory."""
  *         return "cpu"             # <<<<<<<<<<<<<<
@@ -16310,7 +16334,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_6device___get__(CYTHON_UNUSED 
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":701
+  /* "wsmem/_array.pyx":706
  *         return self._size() * self._dtype.itemsize
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16325,7 +16349,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_6device___get__(CYTHON_UNUSED 
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":706
+/* "wsmem/_array.pyx":711
  *         return "cpu"
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16357,14 +16381,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_3ptr___get__(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":709
+  /* "wsmem/_array.pyx":714
  *     def ptr(self):
  *         """Address of the first element (int)."""
  *         return <size_t>self._data             # <<<<<<<<<<<<<<
  * 
  *     @property
 */
-  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->_data)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 709, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->_data)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 714, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -16377,7 +16401,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_3ptr___get__(struct __pyx_obj_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":706
+  /* "wsmem/_array.pyx":711
  *         return "cpu"
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16396,7 +16420,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_3ptr___get__(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":711
+/* "wsmem/_array.pyx":716
  *         return <size_t>self._data
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16424,7 +16448,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_9workspace___get__(struct __py
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":714
+  /* "wsmem/_array.pyx":719
  *     def workspace(self):
  *         """The workspace that owns the memory, or None for heap memory."""
  *         return self._ws             # <<<<<<<<<<<<<<
@@ -16442,7 +16466,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_9workspace___get__(struct __py
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":711
+  /* "wsmem/_array.pyx":716
  *         return <size_t>self._data
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16457,7 +16481,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_9workspace___get__(struct __py
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":716
+/* "wsmem/_array.pyx":721
  *         return self._ws
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16491,7 +16515,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_10generation___get__(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":719
+  /* "wsmem/_array.pyx":724
  *     def generation(self):
  *         """The workspace generation the array was allocated in (None on the heap)."""
  *         return self._gen if self._ws is not None else None             # <<<<<<<<<<<<<<
@@ -16500,7 +16524,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_10generation___get__(struct __
 */
   __pyx_t_2 = (((PyObject *)__pyx_v_self->_ws) != Py_None);
   if (__pyx_t_2) {
-    __pyx_t_3 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_self->_gen); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 719, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_self->_gen); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 724, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_1 = __pyx_t_3;
     __pyx_t_3 = 0;
@@ -16520,7 +16544,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_10generation___get__(struct __
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":716
+  /* "wsmem/_array.pyx":721
  *         return self._ws
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16540,7 +16564,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_10generation___get__(struct __
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":721
+/* "wsmem/_array.pyx":726
  *         return self._gen if self._ws is not None else None
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16573,7 +16597,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11is_attached___get__(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":724
+  /* "wsmem/_array.pyx":729
  *     def is_attached(self):
  *         """True when the memory belongs to a workspace."""
  *         return self._ws is not None             # <<<<<<<<<<<<<<
@@ -16581,7 +16605,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11is_attached___get__(struct _
  *     @property
 */
   __pyx_t_1 = (((PyObject *)__pyx_v_self->_ws) != Py_None);
-  __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 724, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 729, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
 
   {
@@ -16595,7 +16619,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11is_attached___get__(struct _
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":721
+  /* "wsmem/_array.pyx":726
  *         return self._gen if self._ws is not None else None
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16614,7 +16638,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11is_attached___get__(struct _
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":726
+/* "wsmem/_array.pyx":731
  *         return self._ws is not None
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16648,7 +16672,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_8is_valid___get__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":729
+  /* "wsmem/_array.pyx":734
  *     def is_valid(self):
  *         """True while the array may be used (always True on the heap)."""
  *         return self._ws is None or arena_valid(self._ws, self._gen)             # <<<<<<<<<<<<<<
@@ -16659,7 +16683,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_8is_valid___get__(struct __pyx
   if (!__pyx_t_2) {
 
   } else {
-    __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 729, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 734, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_1 = __pyx_t_3;
     __pyx_t_3 = 0;
@@ -16671,7 +16695,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_8is_valid___get__(struct __pyx
   __pyx_t_2 = __pyx_f_5wsmem_6_arena_arena_valid(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_3), __pyx_v_self->_gen);
 
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 729, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 734, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_1 = __pyx_t_3;
   __pyx_t_3 = 0;
@@ -16688,7 +16712,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_8is_valid___get__(struct __pyx
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":726
+  /* "wsmem/_array.pyx":731
  *         return self._ws is not None
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16708,7 +16732,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_8is_valid___get__(struct __pyx
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":731
+/* "wsmem/_array.pyx":736
  *         return self._ws is None or arena_valid(self._ws, self._gen)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16736,7 +16760,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_9traceback___get__(struct __py
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":734
+  /* "wsmem/_array.pyx":739
  *     def traceback(self):
  *         """Where the array was allocated (a traceback.StackSummary) when tracking is on."""
  *         return self._tb             # <<<<<<<<<<<<<<
@@ -16754,7 +16778,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_9traceback___get__(struct __py
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":731
+  /* "wsmem/_array.pyx":736
  *         return self._ws is None or arena_valid(self._ws, self._gen)
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16769,7 +16793,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_9traceback___get__(struct __py
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":736
+/* "wsmem/_array.pyx":741
  *         return self._tb
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16803,7 +16827,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_1T___get__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":739
+  /* "wsmem/_array.pyx":744
  *     def T(self):
  *         """Transposed view."""
  *         return self.transpose()             # <<<<<<<<<<<<<<
@@ -16817,7 +16841,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_1T___get__(struct __pyx_obj_5w
     PyObject *__pyx_callargs[2] = {__pyx_t_2, NULL};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_transpose, __pyx_callargs+__pyx_t_3, (1-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 739, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 744, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -16831,7 +16855,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_1T___get__(struct __pyx_obj_5w
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":736
+  /* "wsmem/_array.pyx":741
  *         return self._tb
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16851,7 +16875,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_1T___get__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":741
+/* "wsmem/_array.pyx":746
  *         return self.transpose()
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16884,16 +16908,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5flags___get__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":744
+  /* "wsmem/_array.pyx":749
  *     def flags(self):
  *         """ndarray-style flags of the memory (checked access)."""
  *         return self._view().flags             # <<<<<<<<<<<<<<
  * 
  *     # ------------------------------------------------------------ conversion
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 744, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 749, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 744, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 749, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -16907,7 +16931,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5flags___get__(struct __pyx_ob
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":741
+  /* "wsmem/_array.pyx":746
  *         return self.transpose()
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -16927,7 +16951,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_5flags___get__(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":747
+/* "wsmem/_array.pyx":752
  * 
  *     # ------------------------------------------------------------ conversion
  *     def numpy(self):             # <<<<<<<<<<<<<<
@@ -16987,14 +17011,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_2numpy(struct __pyx_obj_5wsmem
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("numpy", 0);
 
-  /* "wsmem/_array.pyx":760
+  /* "wsmem/_array.pyx":765
  *             If the array's cycle has ended.
  *         """
  *         return self._view()             # <<<<<<<<<<<<<<
  * 
  *     def __array__(self, dtype=None, copy=None):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 760, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 765, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -17007,7 +17031,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_2numpy(struct __pyx_obj_5wsmem
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":747
+  /* "wsmem/_array.pyx":752
  * 
  *     # ------------------------------------------------------------ conversion
  *     def numpy(self):             # <<<<<<<<<<<<<<
@@ -17026,7 +17050,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_2numpy(struct __pyx_obj_5wsmem
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":762
+/* "wsmem/_array.pyx":767
  *         return self._view()
  * 
  *     def __array__(self, dtype=None, copy=None):             # <<<<<<<<<<<<<<
@@ -17075,33 +17099,33 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_copy,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 762, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 767, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 762, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 767, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 762, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 767, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__array__", 0) < (0)) __PYX_ERR(0, 762, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__array__", 0) < (0)) __PYX_ERR(0, 767, __pyx_L3_error)
       if (!values[0]) values[0] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
     } else {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 762, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 767, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 762, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 767, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
@@ -17114,7 +17138,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__array__", 0, 0, 2, __pyx_nargs); __PYX_ERR(0, 762, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__array__", 0, 0, 2, __pyx_nargs); __PYX_ERR(0, 767, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -17155,19 +17179,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__array__", 0);
 
-  /* "wsmem/_array.pyx":763
+  /* "wsmem/_array.pyx":768
  * 
  *     def __array__(self, dtype=None, copy=None):
  *         v = self._view()             # <<<<<<<<<<<<<<
  *         if dtype is not None:
  *             dt = np.dtype(dtype)
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 763, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 768, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_v = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":764
+  /* "wsmem/_array.pyx":769
  *     def __array__(self, dtype=None, copy=None):
  *         v = self._view()
  *         if dtype is not None:             # <<<<<<<<<<<<<<
@@ -17178,7 +17202,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":765
+    /* "wsmem/_array.pyx":770
  *         v = self._view()
  *         if dtype is not None:
  *             dt = np.dtype(dtype)             # <<<<<<<<<<<<<<
@@ -17186,9 +17210,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
  *                 if copy is False:
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 765, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 770, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 765, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 770, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_6 = 1;
@@ -17208,24 +17232,24 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 765, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 770, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __pyx_v_dt = __pyx_t_1;
     __pyx_t_1 = 0;
 
-    /* "wsmem/_array.pyx":766
+    /* "wsmem/_array.pyx":771
  *         if dtype is not None:
  *             dt = np.dtype(dtype)
  *             if dt != self._dtype:             # <<<<<<<<<<<<<<
  *                 if copy is False:
  *                     raise ValueError(
 */
-    __pyx_t_2 = __Pyx_PyObject_RichCompareBool(__pyx_v_dt, ((PyObject *)__pyx_v_self->_dtype), Py_NE); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 766, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_RichCompareBool(__pyx_v_dt, ((PyObject *)__pyx_v_self->_dtype), Py_NE); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 771, __pyx_L1_error)
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_array.pyx":767
+      /* "wsmem/_array.pyx":772
  *             dt = np.dtype(dtype)
  *             if dt != self._dtype:
  *                 if copy is False:             # <<<<<<<<<<<<<<
@@ -17236,7 +17260,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
       if (unlikely(__pyx_t_2)) {
 
 
-        /* "wsmem/_array.pyx":768
+        /* "wsmem/_array.pyx":773
  *             if dt != self._dtype:
  *                 if copy is False:
  *                     raise ValueError(             # <<<<<<<<<<<<<<
@@ -17245,16 +17269,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
 */
         __pyx_t_5 = NULL;
 
-        /* "wsmem/_array.pyx":770
+        /* "wsmem/_array.pyx":775
  *                     raise ValueError(
  *                         f"Unable to avoid copy while creating an array as requested: "
  *                         f"{self._dtype} -> {dt} needs a cast (pass copy=None to allow it)")             # <<<<<<<<<<<<<<
  *                 return v.astype(dt)
  *         if copy:
 */
-        __pyx_t_3 = __Pyx_PyObject_FormatSimple(((PyObject *)__pyx_v_self->_dtype), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 770, __pyx_L1_error)
+        __pyx_t_3 = __Pyx_PyObject_FormatSimple(((PyObject *)__pyx_v_self->_dtype), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 775, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
-        __pyx_t_4 = __Pyx_PyObject_FormatSimple(__pyx_v_dt, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 770, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_PyObject_FormatSimple(__pyx_v_dt, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 775, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
         __pyx_t_7[0] = __pyx_mstate_global->__pyx_kp_u_Unable_to_avoid_copy_while_creat;
         __pyx_t_7[1] = __pyx_t_3;
@@ -17262,7 +17286,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
         __pyx_t_7[3] = __pyx_t_4;
         __pyx_t_7[4] = __pyx_mstate_global->__pyx_kp_u_needs_a_cast_pass_copy_None_to;
 
-        /* "wsmem/_array.pyx":769
+        /* "wsmem/_array.pyx":774
  *                 if copy is False:
  *                     raise ValueError(
  *                         f"Unable to avoid copy while creating an array as requested: "             # <<<<<<<<<<<<<<
@@ -17278,7 +17302,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
         __pyx_t_9 |= __Pyx_PyUnicode_KIND_04(__pyx_t_7[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_7[3]);
         #endif
         __pyx_t_10 = __Pyx_PyUnicode_Join(__pyx_t_7, 5, __pyx_t_8, __pyx_t_9);
-        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 769, __pyx_L1_error)
+        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 774, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_10);
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -17288,14 +17312,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
           __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
           __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-          if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 768, __pyx_L1_error)
+          if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 773, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_1);
         }
         __Pyx_Raise(__pyx_t_1, 0, 0, 0);
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-        __PYX_ERR(0, 768, __pyx_L1_error)
+        __PYX_ERR(0, 773, __pyx_L1_error)
 
-        /* "wsmem/_array.pyx":767
+        /* "wsmem/_array.pyx":772
  *             dt = np.dtype(dtype)
  *             if dt != self._dtype:
  *                 if copy is False:             # <<<<<<<<<<<<<<
@@ -17304,7 +17328,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
 */
       }
 
-      /* "wsmem/_array.pyx":771
+      /* "wsmem/_array.pyx":776
  *                         f"Unable to avoid copy while creating an array as requested: "
  *                         f"{self._dtype} -> {dt} needs a cast (pass copy=None to allow it)")
  *                 return v.astype(dt)             # <<<<<<<<<<<<<<
@@ -17318,7 +17342,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
         PyObject *__pyx_callargs[2] = {__pyx_t_10, __pyx_v_dt};
         __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_astype, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 771, __pyx_L1_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 776, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       {
@@ -17332,7 +17356,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
       __pyx_t_1 = 0;
       goto __pyx_L0;
 
-      /* "wsmem/_array.pyx":766
+      /* "wsmem/_array.pyx":771
  *         if dtype is not None:
  *             dt = np.dtype(dtype)
  *             if dt != self._dtype:             # <<<<<<<<<<<<<<
@@ -17341,7 +17365,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
 */
     }
 
-    /* "wsmem/_array.pyx":764
+    /* "wsmem/_array.pyx":769
  *     def __array__(self, dtype=None, copy=None):
  *         v = self._view()
  *         if dtype is not None:             # <<<<<<<<<<<<<<
@@ -17350,18 +17374,18 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
 */
   }
 
-  /* "wsmem/_array.pyx":772
+  /* "wsmem/_array.pyx":777
  *                         f"{self._dtype} -> {dt} needs a cast (pass copy=None to allow it)")
  *                 return v.astype(dt)
  *         if copy:             # <<<<<<<<<<<<<<
  *             return v.copy()
  *         return v
 */
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_copy); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 772, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_copy); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 777, __pyx_L1_error)
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":773
+    /* "wsmem/_array.pyx":778
  *                 return v.astype(dt)
  *         if copy:
  *             return v.copy()             # <<<<<<<<<<<<<<
@@ -17375,7 +17399,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
       PyObject *__pyx_callargs[2] = {__pyx_t_10, NULL};
       __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 773, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 778, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     {
@@ -17389,7 +17413,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
     __pyx_t_1 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":772
+    /* "wsmem/_array.pyx":777
  *                         f"{self._dtype} -> {dt} needs a cast (pass copy=None to allow it)")
  *                 return v.astype(dt)
  *         if copy:             # <<<<<<<<<<<<<<
@@ -17398,7 +17422,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
 */
   }
 
-  /* "wsmem/_array.pyx":774
+  /* "wsmem/_array.pyx":779
  *         if copy:
  *             return v.copy()
  *         return v             # <<<<<<<<<<<<<<
@@ -17416,7 +17440,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":762
+  /* "wsmem/_array.pyx":767
  *         return self._view()
  * 
  *     def __array__(self, dtype=None, copy=None):             # <<<<<<<<<<<<<<
@@ -17441,7 +17465,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_4__array__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":776
+/* "wsmem/_array.pyx":781
  *         return v
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -17479,17 +17503,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_19__array_interface_____get__(
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "wsmem/_array.pyx":778
+  /* "wsmem/_array.pyx":783
  *     @property
  *     def __array_interface__(self):
  *         self._check()             # <<<<<<<<<<<<<<
  *         c = self._c_contig()
  *         d = {
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 778, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 783, __pyx_L1_error)
 
 
-  /* "wsmem/_array.pyx":779
+  /* "wsmem/_array.pyx":784
  *     def __array_interface__(self):
  *         self._check()
  *         c = self._c_contig()             # <<<<<<<<<<<<<<
@@ -17498,54 +17522,54 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_19__array_interface_____get__(
 */
   __pyx_v_c = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_c_contig(__pyx_v_self);
 
-  /* "wsmem/_array.pyx":781
+  /* "wsmem/_array.pyx":786
  *         c = self._c_contig()
  *         d = {
  *             "version": 3,             # <<<<<<<<<<<<<<
  *             "shape": self.shape,
  *             "typestr": self._dtype.str,
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(5); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 781, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(5); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 786, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_version, __pyx_mstate_global->__pyx_int_3) < (0)) __PYX_ERR(0, 781, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_version, __pyx_mstate_global->__pyx_int_3) < (0)) __PYX_ERR(0, 786, __pyx_L1_error)
 
-  /* "wsmem/_array.pyx":782
+  /* "wsmem/_array.pyx":787
  *         d = {
  *             "version": 3,
  *             "shape": self.shape,             # <<<<<<<<<<<<<<
  *             "typestr": self._dtype.str,
  *             "descr": self._dtype.descr,
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 782, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 787, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_shape, __pyx_t_3) < (0)) __PYX_ERR(0, 781, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_shape, __pyx_t_3) < (0)) __PYX_ERR(0, 786, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_array.pyx":783
+  /* "wsmem/_array.pyx":788
  *             "version": 3,
  *             "shape": self.shape,
  *             "typestr": self._dtype.str,             # <<<<<<<<<<<<<<
  *             "descr": self._dtype.descr,
  *             "strides": None if c else self.strides,
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self->_dtype), __pyx_mstate_global->__pyx_n_u_str); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 783, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self->_dtype), __pyx_mstate_global->__pyx_n_u_str); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 788, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_typestr, __pyx_t_3) < (0)) __PYX_ERR(0, 781, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_typestr, __pyx_t_3) < (0)) __PYX_ERR(0, 786, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_array.pyx":784
+  /* "wsmem/_array.pyx":789
  *             "shape": self.shape,
  *             "typestr": self._dtype.str,
  *             "descr": self._dtype.descr,             # <<<<<<<<<<<<<<
  *             "strides": None if c else self.strides,
  *         }
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self->_dtype), __pyx_mstate_global->__pyx_n_u_descr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 784, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self->_dtype), __pyx_mstate_global->__pyx_n_u_descr); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 789, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_descr, __pyx_t_3) < (0)) __PYX_ERR(0, 781, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_descr, __pyx_t_3) < (0)) __PYX_ERR(0, 786, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_array.pyx":785
+  /* "wsmem/_array.pyx":790
  *             "typestr": self._dtype.str,
  *             "descr": self._dtype.descr,
  *             "strides": None if c else self.strides,             # <<<<<<<<<<<<<<
@@ -17556,17 +17580,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_19__array_interface_____get__(
     __Pyx_INCREF(Py_None);
     __pyx_t_3 = Py_None;
   } else {
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_strides); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 785, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_strides); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 790, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_3 = __pyx_t_4;
     __pyx_t_4 = 0;
   }
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_strides, __pyx_t_3) < (0)) __PYX_ERR(0, 781, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_strides, __pyx_t_3) < (0)) __PYX_ERR(0, 786, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_d = ((PyObject*)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":787
+  /* "wsmem/_array.pyx":792
  *             "strides": None if c else self.strides,
  *         }
  *         if self._ws is None:             # <<<<<<<<<<<<<<
@@ -17577,27 +17601,27 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_19__array_interface_____get__(
   if (__pyx_t_5) {
 
 
-    /* "wsmem/_array.pyx":788
+    /* "wsmem/_array.pyx":793
  *         }
  *         if self._ws is None:
  *             d["data"] = (<size_t>self._data, False)             # <<<<<<<<<<<<<<
  *         else:
  *             # A buffer object (not a pointer tuple): NumPy keeps it as the new
 */
-    __pyx_t_2 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->_data)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 788, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_FromSize_t(((size_t)__pyx_v_self->_data)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 793, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 788, __pyx_L1_error)
+    __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 793, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_GIVEREF(__pyx_t_2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 788, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 793, __pyx_L1_error);
     __Pyx_INCREF(Py_False);
     __Pyx_GIVEREF(Py_False);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, Py_False) != (0)) __PYX_ERR(0, 788, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, Py_False) != (0)) __PYX_ERR(0, 793, __pyx_L1_error);
     __pyx_t_2 = 0;
-    if (unlikely((PyDict_SetItem(__pyx_v_d, __pyx_mstate_global->__pyx_n_u_data, __pyx_t_3) < 0))) __PYX_ERR(0, 788, __pyx_L1_error)
+    if (unlikely((PyDict_SetItem(__pyx_v_d, __pyx_mstate_global->__pyx_n_u_data, __pyx_t_3) < 0))) __PYX_ERR(0, 793, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "wsmem/_array.pyx":787
+    /* "wsmem/_array.pyx":792
  *             "strides": None if c else self.strides,
  *         }
  *         if self._ws is None:             # <<<<<<<<<<<<<<
@@ -17607,7 +17631,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_19__array_interface_____get__(
     goto __pyx_L3;
   }
 
-  /* "wsmem/_array.pyx":792
+  /* "wsmem/_array.pyx":797
  *             # A buffer object (not a pointer tuple): NumPy keeps it as the new
  *             # array's base, so the pin lives exactly as long as the array.
  *             d["data"] = self._pin_base()             # <<<<<<<<<<<<<<
@@ -17615,14 +17639,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_19__array_interface_____get__(
  * 
 */
   /*else*/ {
-    __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_pin_base(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 792, __pyx_L1_error)
+    __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_pin_base(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 797, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    if (unlikely((PyDict_SetItem(__pyx_v_d, __pyx_mstate_global->__pyx_n_u_data, __pyx_t_3) < 0))) __PYX_ERR(0, 792, __pyx_L1_error)
+    if (unlikely((PyDict_SetItem(__pyx_v_d, __pyx_mstate_global->__pyx_n_u_data, __pyx_t_3) < 0))) __PYX_ERR(0, 797, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   }
   __pyx_L3:;
 
-  /* "wsmem/_array.pyx":793
+  /* "wsmem/_array.pyx":798
  *             # array's base, so the pin lives exactly as long as the array.
  *             d["data"] = self._pin_base()
  *         return d             # <<<<<<<<<<<<<<
@@ -17640,7 +17664,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_19__array_interface_____get__(
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":776
+  /* "wsmem/_array.pyx":781
  *         return v
  * 
  *     @property             # <<<<<<<<<<<<<<
@@ -17663,7 +17687,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_19__array_interface_____get__(
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":795
+/* "wsmem/_array.pyx":800
  *         return d
  * 
  *     def __getbuffer__(self, Py_buffer* view, int flags):             # <<<<<<<<<<<<<<
@@ -17719,17 +17743,17 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   __pyx_v_view->obj = Py_None; __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(__pyx_v_view->obj);
 
-  /* "wsmem/_array.pyx":796
+  /* "wsmem/_array.pyx":801
  * 
  *     def __getbuffer__(self, Py_buffer* view, int flags):
  *         self._check()             # <<<<<<<<<<<<<<
  *         c = self._c_contig()
  *         if (flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS and not c:
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 796, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 801, __pyx_L1_error)
 
 
-  /* "wsmem/_array.pyx":797
+  /* "wsmem/_array.pyx":802
  *     def __getbuffer__(self, Py_buffer* view, int flags):
  *         self._check()
  *         c = self._c_contig()             # <<<<<<<<<<<<<<
@@ -17738,7 +17762,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   __pyx_v_c = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_c_contig(__pyx_v_self);
 
-  /* "wsmem/_array.pyx":798
+  /* "wsmem/_array.pyx":803
  *         self._check()
  *         c = self._c_contig()
  *         if (flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS and not c:             # <<<<<<<<<<<<<<
@@ -17764,7 +17788,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_array.pyx":799
+    /* "wsmem/_array.pyx":804
  *         c = self._c_contig()
  *         if (flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS and not c:
  *             raise BufferError("WsArray is not C-contiguous")             # <<<<<<<<<<<<<<
@@ -17777,14 +17801,14 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_WsArray_is_not_C_contiguous};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_BufferError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 799, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 804, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 799, __pyx_L1_error)
+    __PYX_ERR(0, 804, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":798
+    /* "wsmem/_array.pyx":803
  *         self._check()
  *         c = self._c_contig()
  *         if (flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS and not c:             # <<<<<<<<<<<<<<
@@ -17793,7 +17817,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":800
+  /* "wsmem/_array.pyx":805
  *         if (flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS and not c:
  *             raise BufferError("WsArray is not C-contiguous")
  *         if (flags & PyBUF_F_CONTIGUOUS) == PyBUF_F_CONTIGUOUS and not self._f_contig():             # <<<<<<<<<<<<<<
@@ -17819,7 +17843,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_array.pyx":801
+    /* "wsmem/_array.pyx":806
  *             raise BufferError("WsArray is not C-contiguous")
  *         if (flags & PyBUF_F_CONTIGUOUS) == PyBUF_F_CONTIGUOUS and not self._f_contig():
  *             raise BufferError("WsArray is not Fortran contiguous")             # <<<<<<<<<<<<<<
@@ -17832,14 +17856,14 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_WsArray_is_not_Fortran_contiguou};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_BufferError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 801, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 806, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 801, __pyx_L1_error)
+    __PYX_ERR(0, 806, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":800
+    /* "wsmem/_array.pyx":805
  *         if (flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS and not c:
  *             raise BufferError("WsArray is not C-contiguous")
  *         if (flags & PyBUF_F_CONTIGUOUS) == PyBUF_F_CONTIGUOUS and not self._f_contig():             # <<<<<<<<<<<<<<
@@ -17848,7 +17872,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":802
+  /* "wsmem/_array.pyx":807
  *         if (flags & PyBUF_F_CONTIGUOUS) == PyBUF_F_CONTIGUOUS and not self._f_contig():
  *             raise BufferError("WsArray is not Fortran contiguous")
  *         if (flags & PyBUF_ANY_CONTIGUOUS) == PyBUF_ANY_CONTIGUOUS and not (c or self._f_contig()):             # <<<<<<<<<<<<<<
@@ -17887,7 +17911,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_array.pyx":803
+    /* "wsmem/_array.pyx":808
  *             raise BufferError("WsArray is not Fortran contiguous")
  *         if (flags & PyBUF_ANY_CONTIGUOUS) == PyBUF_ANY_CONTIGUOUS and not (c or self._f_contig()):
  *             raise BufferError("WsArray is not contiguous")             # <<<<<<<<<<<<<<
@@ -17900,14 +17924,14 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_WsArray_is_not_contiguous};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_BufferError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 803, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 808, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 803, __pyx_L1_error)
+    __PYX_ERR(0, 808, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":802
+    /* "wsmem/_array.pyx":807
  *         if (flags & PyBUF_F_CONTIGUOUS) == PyBUF_F_CONTIGUOUS and not self._f_contig():
  *             raise BufferError("WsArray is not Fortran contiguous")
  *         if (flags & PyBUF_ANY_CONTIGUOUS) == PyBUF_ANY_CONTIGUOUS and not (c or self._f_contig()):             # <<<<<<<<<<<<<<
@@ -17916,7 +17940,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":804
+  /* "wsmem/_array.pyx":809
  *         if (flags & PyBUF_ANY_CONTIGUOUS) == PyBUF_ANY_CONTIGUOUS and not (c or self._f_contig()):
  *             raise BufferError("WsArray is not contiguous")
  *         if not (flags & PyBUF_STRIDES) and not c:             # <<<<<<<<<<<<<<
@@ -17942,7 +17966,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_array.pyx":805
+    /* "wsmem/_array.pyx":810
  *             raise BufferError("WsArray is not contiguous")
  *         if not (flags & PyBUF_STRIDES) and not c:
  *             raise BufferError("WsArray is not C-contiguous; request strides (PyBUF_STRIDES)")             # <<<<<<<<<<<<<<
@@ -17955,14 +17979,14 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_WsArray_is_not_C_contiguous_requ};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_BufferError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 805, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 810, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 805, __pyx_L1_error)
+    __PYX_ERR(0, 810, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":804
+    /* "wsmem/_array.pyx":809
  *         if (flags & PyBUF_ANY_CONTIGUOUS) == PyBUF_ANY_CONTIGUOUS and not (c or self._f_contig()):
  *             raise BufferError("WsArray is not contiguous")
  *         if not (flags & PyBUF_STRIDES) and not c:             # <<<<<<<<<<<<<<
@@ -17971,7 +17995,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":806
+  /* "wsmem/_array.pyx":811
  *         if not (flags & PyBUF_STRIDES) and not c:
  *             raise BufferError("WsArray is not C-contiguous; request strides (PyBUF_STRIDES)")
  *         fmt = _formats.get(self._dtype)             # <<<<<<<<<<<<<<
@@ -17980,14 +18004,14 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   if (unlikely(__pyx_v_5wsmem_6_array__formats == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "get");
-    __PYX_ERR(0, 806, __pyx_L1_error)
+    __PYX_ERR(0, 811, __pyx_L1_error)
   }
-  __pyx_t_4 = __Pyx_PyDict_GetItemDefault(__pyx_v_5wsmem_6_array__formats, ((PyObject *)__pyx_v_self->_dtype), Py_None); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 806, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyDict_GetItemDefault(__pyx_v_5wsmem_6_array__formats, ((PyObject *)__pyx_v_self->_dtype), Py_None); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 811, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_v_fmt = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":807
+  /* "wsmem/_array.pyx":812
  *             raise BufferError("WsArray is not C-contiguous; request strides (PyBUF_STRIDES)")
  *         fmt = _formats.get(self._dtype)
  *         if fmt is None:             # <<<<<<<<<<<<<<
@@ -17998,7 +18022,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":808
+    /* "wsmem/_array.pyx":813
  *         fmt = _formats.get(self._dtype)
  *         if fmt is None:
  *             fmt = memoryview(np.empty(0, dtype=self._dtype)).format.encode()             # <<<<<<<<<<<<<<
@@ -18006,9 +18030,9 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
  *         view.internal = NULL
 */
     __pyx_t_9 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 808, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 813, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 808, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 813, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     #if CYTHON_VECTORCALL
@@ -18029,13 +18053,13 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
       PyObject *__pyx_callargs[3] = {__pyx_t_9, __pyx_mstate_global->__pyx_int_0, ((PyObject *)__pyx_v_self->_dtype)};
       #if CYTHON_VECTORCALL
       __pyx_t_10 = __pyx_mstate_global->__pyx_tuple[2];
-      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 808, __pyx_L1_error)
+      if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 813, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_10);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype_2};
         __pyx_t_10 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 808, __pyx_L1_error)
+        if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 813, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_10);
       }
       #endif
@@ -18045,13 +18069,13 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
       #endif
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 808, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 813, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
     }
-    __pyx_t_11 = PyMemoryView_FromObject(__pyx_t_8); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 808, __pyx_L1_error)
+    __pyx_t_11 = PyMemoryView_FromObject(__pyx_t_8); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 813, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_format); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 808, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_format); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 813, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __pyx_t_5 = __pyx_t_8;
@@ -18062,13 +18086,13 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
       __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_encode, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 808, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 813, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_DECREF_SET(__pyx_v_fmt, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "wsmem/_array.pyx":809
+    /* "wsmem/_array.pyx":814
  *         if fmt is None:
  *             fmt = memoryview(np.empty(0, dtype=self._dtype)).format.encode()
  *             _formats[self._dtype] = fmt             # <<<<<<<<<<<<<<
@@ -18077,11 +18101,11 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
     if (unlikely(__pyx_v_5wsmem_6_array__formats == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 809, __pyx_L1_error)
+      __PYX_ERR(0, 814, __pyx_L1_error)
     }
-    if (unlikely((PyDict_SetItem(__pyx_v_5wsmem_6_array__formats, ((PyObject *)__pyx_v_self->_dtype), __pyx_v_fmt) < 0))) __PYX_ERR(0, 809, __pyx_L1_error)
+    if (unlikely((PyDict_SetItem(__pyx_v_5wsmem_6_array__formats, ((PyObject *)__pyx_v_self->_dtype), __pyx_v_fmt) < 0))) __PYX_ERR(0, 814, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":807
+    /* "wsmem/_array.pyx":812
  *             raise BufferError("WsArray is not C-contiguous; request strides (PyBUF_STRIDES)")
  *         fmt = _formats.get(self._dtype)
  *         if fmt is None:             # <<<<<<<<<<<<<<
@@ -18090,7 +18114,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":810
+  /* "wsmem/_array.pyx":815
  *             fmt = memoryview(np.empty(0, dtype=self._dtype)).format.encode()
  *             _formats[self._dtype] = fmt
  *         view.internal = NULL             # <<<<<<<<<<<<<<
@@ -18099,7 +18123,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   __pyx_v_view->internal = NULL;
 
-  /* "wsmem/_array.pyx":811
+  /* "wsmem/_array.pyx":816
  *             _formats[self._dtype] = fmt
  *         view.internal = NULL
  *         if self._ws is not None and self._block != NULL and self._size() > 0:             # <<<<<<<<<<<<<<
@@ -18134,18 +18158,18 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":812
+    /* "wsmem/_array.pyx":817
  *         view.internal = NULL
  *         if self._ws is not None and self._block != NULL and self._size() > 0:
  *             view.internal = <void*>_pin(self)             # <<<<<<<<<<<<<<
  *         view.buf = self._data
  *         view.obj = self
 */
-    __pyx_t_12 = __pyx_f_5wsmem_6_array__pin(__pyx_v_self); if (unlikely(__pyx_t_12 == ((void *)NULL))) __PYX_ERR(0, 812, __pyx_L1_error)
+    __pyx_t_12 = __pyx_f_5wsmem_6_array__pin(__pyx_v_self); if (unlikely(__pyx_t_12 == ((void *)NULL))) __PYX_ERR(0, 817, __pyx_L1_error)
     __pyx_v_view->internal = ((void *)__pyx_t_12);
 
 
-    /* "wsmem/_array.pyx":811
+    /* "wsmem/_array.pyx":816
  *             _formats[self._dtype] = fmt
  *         view.internal = NULL
  *         if self._ws is not None and self._block != NULL and self._size() > 0:             # <<<<<<<<<<<<<<
@@ -18154,7 +18178,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":813
+  /* "wsmem/_array.pyx":818
  *         if self._ws is not None and self._block != NULL and self._size() > 0:
  *             view.internal = <void*>_pin(self)
  *         view.buf = self._data             # <<<<<<<<<<<<<<
@@ -18165,7 +18189,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 
   __pyx_v_view->buf = __pyx_t_13;
 
-  /* "wsmem/_array.pyx":814
+  /* "wsmem/_array.pyx":819
  *             view.internal = <void*>_pin(self)
  *         view.buf = self._data
  *         view.obj = self             # <<<<<<<<<<<<<<
@@ -18177,7 +18201,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   __Pyx_GOTREF(__pyx_v_view->obj);
   __Pyx_DECREF_SET(__pyx_v_view->obj, ((PyObject *)__pyx_v_self));
 
-  /* "wsmem/_array.pyx":815
+  /* "wsmem/_array.pyx":820
  *         view.buf = self._data
  *         view.obj = self
  *         view.len = self._size() * self._dtype.itemsize             # <<<<<<<<<<<<<<
@@ -18189,7 +18213,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   __pyx_v_view->len = (((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_size(__pyx_v_self) * __pyx_f_5numpy_5dtype_8itemsize___get__(((PyArray_Descr *)__pyx_t_4)));
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":816
+  /* "wsmem/_array.pyx":821
  *         view.obj = self
  *         view.len = self._size() * self._dtype.itemsize
  *         view.readonly = 0             # <<<<<<<<<<<<<<
@@ -18198,7 +18222,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   __pyx_v_view->readonly = 0;
 
-  /* "wsmem/_array.pyx":817
+  /* "wsmem/_array.pyx":822
  *         view.len = self._size() * self._dtype.itemsize
  *         view.readonly = 0
  *         view.itemsize = self._dtype.itemsize             # <<<<<<<<<<<<<<
@@ -18210,7 +18234,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   __pyx_v_view->itemsize = __pyx_f_5numpy_5dtype_8itemsize___get__(((PyArray_Descr *)__pyx_t_4));
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":818
+  /* "wsmem/_array.pyx":823
  *         view.readonly = 0
  *         view.itemsize = self._dtype.itemsize
  *         view.format = <char*>(<bytes>fmt) if flags & PyBUF_FORMAT else NULL             # <<<<<<<<<<<<<<
@@ -18222,9 +18246,9 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   if (__pyx_t_2) {
     if (unlikely(__pyx_v_fmt == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "expected bytes, NoneType found");
-      __PYX_ERR(0, 818, __pyx_L1_error)
+      __PYX_ERR(0, 823, __pyx_L1_error)
     }
-    __pyx_t_14 = __Pyx_PyBytes_AsWritableString(__pyx_v_fmt); if (unlikely((!__pyx_t_14) && PyErr_Occurred())) __PYX_ERR(0, 818, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyBytes_AsWritableString(__pyx_v_fmt); if (unlikely((!__pyx_t_14) && PyErr_Occurred())) __PYX_ERR(0, 823, __pyx_L1_error)
 
     __pyx_t_13 = ((char *)__pyx_t_14);
 
@@ -18235,7 +18259,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 
   __pyx_v_view->format = __pyx_t_13;
 
-  /* "wsmem/_array.pyx":819
+  /* "wsmem/_array.pyx":824
  *         view.itemsize = self._dtype.itemsize
  *         view.format = <char*>(<bytes>fmt) if flags & PyBUF_FORMAT else NULL
  *         view.ndim = self._nd             # <<<<<<<<<<<<<<
@@ -18246,7 +18270,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 
   __pyx_v_view->ndim = __pyx_t_1;
 
-  /* "wsmem/_array.pyx":821
+  /* "wsmem/_array.pyx":826
  *         view.ndim = self._nd
  *         # npy_intp and Py_ssize_t are the same width on every platform NumPy supports.
  *         view.shape = <Py_ssize_t*>self._shape if flags & PyBUF_ND else NULL             # <<<<<<<<<<<<<<
@@ -18265,7 +18289,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 
   __pyx_v_view->shape = __pyx_t_15;
 
-  /* "wsmem/_array.pyx":822
+  /* "wsmem/_array.pyx":827
  *         # npy_intp and Py_ssize_t are the same width on every platform NumPy supports.
  *         view.shape = <Py_ssize_t*>self._shape if flags & PyBUF_ND else NULL
  *         view.strides = <Py_ssize_t*>self._strides if flags & PyBUF_STRIDES else NULL             # <<<<<<<<<<<<<<
@@ -18284,7 +18308,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 
   __pyx_v_view->strides = __pyx_t_15;
 
-  /* "wsmem/_array.pyx":823
+  /* "wsmem/_array.pyx":828
  *         view.shape = <Py_ssize_t*>self._shape if flags & PyBUF_ND else NULL
  *         view.strides = <Py_ssize_t*>self._strides if flags & PyBUF_STRIDES else NULL
  *         view.suboffsets = NULL             # <<<<<<<<<<<<<<
@@ -18293,7 +18317,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
 */
   __pyx_v_view->suboffsets = NULL;
 
-  /* "wsmem/_array.pyx":795
+  /* "wsmem/_array.pyx":800
  *         return d
  * 
  *     def __getbuffer__(self, Py_buffer* view, int flags):             # <<<<<<<<<<<<<<
@@ -18331,7 +18355,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_6__getbuffer__(struct __pyx_obj_5wsm
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":825
+/* "wsmem/_array.pyx":830
  *         view.suboffsets = NULL
  * 
  *     def __releasebuffer__(self, Py_buffer* view):             # <<<<<<<<<<<<<<
@@ -18356,7 +18380,7 @@ CYTHON_UNUSED static void __pyx_pw_5wsmem_6_array_7WsArray_9__releasebuffer__(Py
 static void __pyx_pf_5wsmem_6_array_7WsArray_8__releasebuffer__(CYTHON_UNUSED struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, Py_buffer *__pyx_v_view) {
   int __pyx_t_1;
 
-  /* "wsmem/_array.pyx":826
+  /* "wsmem/_array.pyx":831
  * 
  *     def __releasebuffer__(self, Py_buffer* view):
  *         if view.internal != NULL:             # <<<<<<<<<<<<<<
@@ -18368,7 +18392,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray_8__releasebuffer__(CYTHON_UNUSED st
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":827
+    /* "wsmem/_array.pyx":832
  *     def __releasebuffer__(self, Py_buffer* view):
  *         if view.internal != NULL:
  *             pin_release(<Pin*>view.internal)             # <<<<<<<<<<<<<<
@@ -18377,7 +18401,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray_8__releasebuffer__(CYTHON_UNUSED st
 */
     __pyx_f_5wsmem_6_arena_pin_release(((struct __pyx_t_5wsmem_6_arena_Pin *)__pyx_v_view->internal));
 
-    /* "wsmem/_array.pyx":828
+    /* "wsmem/_array.pyx":833
  *         if view.internal != NULL:
  *             pin_release(<Pin*>view.internal)
  *             view.internal = NULL             # <<<<<<<<<<<<<<
@@ -18386,7 +18410,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray_8__releasebuffer__(CYTHON_UNUSED st
 */
     __pyx_v_view->internal = NULL;
 
-    /* "wsmem/_array.pyx":826
+    /* "wsmem/_array.pyx":831
  * 
  *     def __releasebuffer__(self, Py_buffer* view):
  *         if view.internal != NULL:             # <<<<<<<<<<<<<<
@@ -18395,7 +18419,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray_8__releasebuffer__(CYTHON_UNUSED st
 */
   }
 
-  /* "wsmem/_array.pyx":825
+  /* "wsmem/_array.pyx":830
  *         view.suboffsets = NULL
  * 
  *     def __releasebuffer__(self, Py_buffer* view):             # <<<<<<<<<<<<<<
@@ -18407,7 +18431,7 @@ static void __pyx_pf_5wsmem_6_array_7WsArray_8__releasebuffer__(CYTHON_UNUSED st
 
 }
 
-/* "wsmem/_array.pyx":830
+/* "wsmem/_array.pyx":835
  *             view.internal = NULL
  * 
  *     def __dlpack_device__(self):             # <<<<<<<<<<<<<<
@@ -18468,22 +18492,22 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_10__dlpack_device__(CYTHON_UNU
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__dlpack_device__", 0);
 
-  /* "wsmem/_array.pyx":832
+  /* "wsmem/_array.pyx":837
  *     def __dlpack_device__(self):
  *         """(kDLCPU, 0)."""
  *         return (kDLCPU, 0)             # <<<<<<<<<<<<<<
  * 
  *     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
 */
-  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_array_kDLCPU); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 832, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_array_kDLCPU); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 837, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 832, __pyx_L1_error)
+  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 837, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 832, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 837, __pyx_L1_error);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_int_0);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_0);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_mstate_global->__pyx_int_0) != (0)) __PYX_ERR(0, 832, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_mstate_global->__pyx_int_0) != (0)) __PYX_ERR(0, 837, __pyx_L1_error);
   __pyx_t_1 = 0;
   {
     PyObject *__pyx_temp;
@@ -18496,7 +18520,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_10__dlpack_device__(CYTHON_UNU
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":830
+  /* "wsmem/_array.pyx":835
  *             view.internal = NULL
  * 
  *     def __dlpack_device__(self):             # <<<<<<<<<<<<<<
@@ -18516,7 +18540,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_10__dlpack_device__(CYTHON_UNU
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":834
+/* "wsmem/_array.pyx":839
  *         return (kDLCPU, 0)
  * 
  *     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):             # <<<<<<<<<<<<<<
@@ -18567,13 +18591,13 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_stream,&__pyx_mstate_global->__pyx_n_u_max_version,&__pyx_mstate_global->__pyx_n_u_dl_device,&__pyx_mstate_global->__pyx_n_u_copy,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 834, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 839, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "__dlpack__", 0) < (0)) __PYX_ERR(0, 834, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "__dlpack__", 0) < (0)) __PYX_ERR(0, 839, __pyx_L3_error)
       if (!values[0]) values[0] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)Py_None));
@@ -18593,7 +18617,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__dlpack__", 1, 0, 0, __pyx_nargs); __PYX_ERR(0, 834, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__dlpack__", 1, 0, 0, __pyx_nargs); __PYX_ERR(0, 839, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -18634,17 +18658,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__dlpack__", 0);
 
-  /* "wsmem/_array.pyx":840
+  /* "wsmem/_array.pyx":845
  *         ``copy=True`` exports a heap copy; ``stream`` must be None on the CPU.
  *         """
  *         self._check()             # <<<<<<<<<<<<<<
  *         if stream is not None:
  *             raise ValueError("stream must be None for a CPU array (DLPack: kDLCPU)")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 840, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 845, __pyx_L1_error)
 
 
-  /* "wsmem/_array.pyx":841
+  /* "wsmem/_array.pyx":846
  *         """
  *         self._check()
  *         if stream is not None:             # <<<<<<<<<<<<<<
@@ -18655,7 +18679,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_array.pyx":842
+    /* "wsmem/_array.pyx":847
  *         self._check()
  *         if stream is not None:
  *             raise ValueError("stream must be None for a CPU array (DLPack: kDLCPU)")             # <<<<<<<<<<<<<<
@@ -18668,14 +18692,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_stream_must_be_None_for_a_CPU_ar};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 842, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 847, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 842, __pyx_L1_error)
+    __PYX_ERR(0, 847, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":841
+    /* "wsmem/_array.pyx":846
  *         """
  *         self._check()
  *         if stream is not None:             # <<<<<<<<<<<<<<
@@ -18684,7 +18708,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
 */
   }
 
-  /* "wsmem/_array.pyx":843
+  /* "wsmem/_array.pyx":848
  *         if stream is not None:
  *             raise ValueError("stream must be None for a CPU array (DLPack: kDLCPU)")
  *         if dl_device is not None and tuple(dl_device) != (kDLCPU, 0):             # <<<<<<<<<<<<<<
@@ -18700,19 +18724,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
 
     goto __pyx_L5_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PySequence_Tuple(__pyx_v_dl_device); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 843, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PySequence_Tuple(__pyx_v_dl_device); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 848, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_array_kDLCPU); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 843, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_array_kDLCPU); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 848, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 843, __pyx_L1_error)
+  __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 848, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_GIVEREF(__pyx_t_4);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_4) != (0)) __PYX_ERR(0, 843, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_4) != (0)) __PYX_ERR(0, 848, __pyx_L1_error);
   __Pyx_INCREF(__pyx_mstate_global->__pyx_int_0);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_0);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_mstate_global->__pyx_int_0) != (0)) __PYX_ERR(0, 843, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_mstate_global->__pyx_int_0) != (0)) __PYX_ERR(0, 848, __pyx_L1_error);
   __pyx_t_4 = 0;
-  __pyx_t_6 = __Pyx_PyObject_RichCompareBool(__pyx_t_3, __pyx_t_7, Py_NE); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 843, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_RichCompareBool(__pyx_t_3, __pyx_t_7, Py_NE); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 848, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
 
@@ -18722,7 +18746,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_array.pyx":844
+    /* "wsmem/_array.pyx":849
  *             raise ValueError("stream must be None for a CPU array (DLPack: kDLCPU)")
  *         if dl_device is not None and tuple(dl_device) != (kDLCPU, 0):
  *             raise BufferError(f"cannot export a CPU WsArray to device {tuple(dl_device)}; "             # <<<<<<<<<<<<<<
@@ -18730,9 +18754,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
  *         if copy:
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PySequence_Tuple(__pyx_v_dl_device); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 844, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_Tuple(__pyx_v_dl_device); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 849, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_4, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 844, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_4, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 849, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_cannot_export_a_CPU_WsArray_to_d;
@@ -18747,7 +18771,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
     __pyx_t_1 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]);
     #endif
     __pyx_t_4 = __Pyx_PyUnicode_Join(__pyx_t_9, 3, __pyx_t_10, __pyx_t_1);
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 844, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 849, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __pyx_t_5 = 1;
@@ -18756,14 +18780,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
       __pyx_t_7 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_BufferError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 844, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 849, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
     }
     __Pyx_Raise(__pyx_t_7, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __PYX_ERR(0, 844, __pyx_L1_error)
+    __PYX_ERR(0, 849, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":843
+    /* "wsmem/_array.pyx":848
  *         if stream is not None:
  *             raise ValueError("stream must be None for a CPU array (DLPack: kDLCPU)")
  *         if dl_device is not None and tuple(dl_device) != (kDLCPU, 0):             # <<<<<<<<<<<<<<
@@ -18772,18 +18796,18 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
 */
   }
 
-  /* "wsmem/_array.pyx":846
+  /* "wsmem/_array.pyx":851
  *             raise BufferError(f"cannot export a CPU WsArray to device {tuple(dl_device)}; "
  *                               "copy it with the consumer's library (e.g. cupy.asarray)")
  *         if copy:             # <<<<<<<<<<<<<<
  *             base = np.array(self._view(), copy=True)
  *             return _dlpack_capsule(base, <char*>cnp.PyArray_DATA(base), self._nd,
 */
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_copy); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 846, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_copy); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 851, __pyx_L1_error)
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":847
+    /* "wsmem/_array.pyx":852
  *                               "copy it with the consumer's library (e.g. cupy.asarray)")
  *         if copy:
  *             base = np.array(self._view(), copy=True)             # <<<<<<<<<<<<<<
@@ -18791,12 +18815,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
  *                                    self._shape, self._strides, self._dtype,
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 847, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 852, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 847, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 852, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 847, __pyx_L1_error)
+    __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 852, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     #if CYTHON_VECTORCALL
     #endif
@@ -18816,13 +18840,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
       PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_3, Py_True};
       #if CYTHON_VECTORCALL
       __pyx_t_11 = __pyx_mstate_global->__pyx_tuple[3];
-      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 847, __pyx_L1_error)
+      if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 852, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_11);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_copy};
         __pyx_t_11 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 847, __pyx_L1_error)
+        if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 852, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_11);
       }
       #endif
@@ -18833,22 +18857,22 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
       #endif
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 847, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 852, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
     }
     __pyx_v_base = __pyx_t_7;
     __pyx_t_7 = 0;
 
-    /* "wsmem/_array.pyx":848
+    /* "wsmem/_array.pyx":853
  *         if copy:
  *             base = np.array(self._view(), copy=True)
  *             return _dlpack_capsule(base, <char*>cnp.PyArray_DATA(base), self._nd,             # <<<<<<<<<<<<<<
  *                                    self._shape, self._strides, self._dtype,
  *                                    max_version, True)
 */
-    if (!(likely(((__pyx_v_base) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_base, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 848, __pyx_L1_error)
+    if (!(likely(((__pyx_v_base) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_base, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 853, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":849
+    /* "wsmem/_array.pyx":854
  *             base = np.array(self._view(), copy=True)
  *             return _dlpack_capsule(base, <char*>cnp.PyArray_DATA(base), self._nd,
  *                                    self._shape, self._strides, self._dtype,             # <<<<<<<<<<<<<<
@@ -18858,14 +18882,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
     __pyx_t_7 = ((PyObject *)__pyx_v_self->_dtype);
     __Pyx_INCREF(__pyx_t_7);
 
-    /* "wsmem/_array.pyx":848
+    /* "wsmem/_array.pyx":853
  *         if copy:
  *             base = np.array(self._view(), copy=True)
  *             return _dlpack_capsule(base, <char*>cnp.PyArray_DATA(base), self._nd,             # <<<<<<<<<<<<<<
  *                                    self._shape, self._strides, self._dtype,
  *                                    max_version, True)
 */
-    __pyx_t_8 = __pyx_f_5wsmem_6_array__dlpack_capsule(__pyx_v_base, ((char *)PyArray_DATA(((PyArrayObject *)__pyx_v_base))), __pyx_v_self->_nd, __pyx_v_self->_shape, __pyx_v_self->_strides, ((PyArray_Descr *)__pyx_t_7), __pyx_v_max_version, 1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 848, __pyx_L1_error)
+    __pyx_t_8 = __pyx_f_5wsmem_6_array__dlpack_capsule(__pyx_v_base, ((char *)PyArray_DATA(((PyArrayObject *)__pyx_v_base))), __pyx_v_self->_nd, __pyx_v_self->_shape, __pyx_v_self->_strides, ((PyArray_Descr *)__pyx_t_7), __pyx_v_max_version, 1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 853, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     {
@@ -18879,7 +18903,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
     __pyx_t_8 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":846
+    /* "wsmem/_array.pyx":851
  *             raise BufferError(f"cannot export a CPU WsArray to device {tuple(dl_device)}; "
  *                               "copy it with the consumer's library (e.g. cupy.asarray)")
  *         if copy:             # <<<<<<<<<<<<<<
@@ -18888,17 +18912,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
 */
   }
 
-  /* "wsmem/_array.pyx":851
+  /* "wsmem/_array.pyx":856
  *                                    self._shape, self._strides, self._dtype,
  *                                    max_version, True)
  *         return _dlpack_capsule(self._pin_base(), self._data, self._nd, self._shape,             # <<<<<<<<<<<<<<
  *                                self._strides, self._dtype, max_version, False)
  * 
 */
-  __pyx_t_8 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_pin_base(__pyx_v_self); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 851, __pyx_L1_error)
+  __pyx_t_8 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_pin_base(__pyx_v_self); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 856, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
 
-  /* "wsmem/_array.pyx":852
+  /* "wsmem/_array.pyx":857
  *                                    max_version, True)
  *         return _dlpack_capsule(self._pin_base(), self._data, self._nd, self._shape,
  *                                self._strides, self._dtype, max_version, False)             # <<<<<<<<<<<<<<
@@ -18908,14 +18932,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
   __pyx_t_7 = ((PyObject *)__pyx_v_self->_dtype);
   __Pyx_INCREF(__pyx_t_7);
 
-  /* "wsmem/_array.pyx":851
+  /* "wsmem/_array.pyx":856
  *                                    self._shape, self._strides, self._dtype,
  *                                    max_version, True)
  *         return _dlpack_capsule(self._pin_base(), self._data, self._nd, self._shape,             # <<<<<<<<<<<<<<
  *                                self._strides, self._dtype, max_version, False)
  * 
 */
-  __pyx_t_11 = __pyx_f_5wsmem_6_array__dlpack_capsule(__pyx_t_8, __pyx_v_self->_data, __pyx_v_self->_nd, __pyx_v_self->_shape, __pyx_v_self->_strides, ((PyArray_Descr *)__pyx_t_7), __pyx_v_max_version, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 851, __pyx_L1_error)
+  __pyx_t_11 = __pyx_f_5wsmem_6_array__dlpack_capsule(__pyx_t_8, __pyx_v_self->_data, __pyx_v_self->_nd, __pyx_v_self->_shape, __pyx_v_self->_strides, ((PyArray_Descr *)__pyx_t_7), __pyx_v_max_version, 0); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 856, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
   __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
@@ -18930,7 +18954,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
   __pyx_t_11 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":834
+  /* "wsmem/_array.pyx":839
  *         return (kDLCPU, 0)
  * 
  *     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):             # <<<<<<<<<<<<<<
@@ -18954,7 +18978,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_12__dlpack__(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":855
+/* "wsmem/_array.pyx":860
  * 
  *     # ------------------------------------------------------------ NumPy protocols
  *     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):             # <<<<<<<<<<<<<<
@@ -19014,40 +19038,40 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_ufunc,&__pyx_mstate_global->__pyx_n_u_method,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 855, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 860, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         default:
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 855, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 860, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 855, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 860, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
       const Py_ssize_t used_pos_args = (kwd_pos_args < 2) ? kwd_pos_args : 2;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, __pyx_v_kwargs, values, used_pos_args, __pyx_kwds_len, "__array_ufunc__", 1) < (0)) __PYX_ERR(0, 855, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, __pyx_v_kwargs, values, used_pos_args, __pyx_kwds_len, "__array_ufunc__", 1) < (0)) __PYX_ERR(0, 860, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__array_ufunc__", 0, 2, 2, i); __PYX_ERR(0, 855, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__array_ufunc__", 0, 2, 2, i); __PYX_ERR(0, 860, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs < 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 855, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 860, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 855, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 860, __pyx_L3_error)
     }
     __pyx_v_ufunc = values[0];
     __pyx_v_method = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__array_ufunc__", 0, 2, 2, __pyx_nargs); __PYX_ERR(0, 855, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__array_ufunc__", 0, 2, 2, __pyx_nargs); __PYX_ERR(0, 860, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -19097,18 +19121,18 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__array_ufunc__", 0);
 
-  /* "wsmem/_array.pyx":856
+  /* "wsmem/_array.pyx":861
  *     # ------------------------------------------------------------ NumPy protocols
  *     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
  *         take_error()             # <<<<<<<<<<<<<<
  *         try:
  *             return self._array_ufunc(ufunc, method, inputs, kwargs)
 */
-  __pyx_t_1 = __pyx_f_5wsmem_8_capture_take_error(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 856, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_8_capture_take_error(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 861, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":857
+  /* "wsmem/_array.pyx":862
  *     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
  *         take_error()
  *         try:             # <<<<<<<<<<<<<<
@@ -19124,7 +19148,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
     __Pyx_XGOTREF(__pyx_t_4);
     /*try:*/ {
 
-      /* "wsmem/_array.pyx":858
+      /* "wsmem/_array.pyx":863
  *         take_error()
  *         try:
  *             return self._array_ufunc(ufunc, method, inputs, kwargs)             # <<<<<<<<<<<<<<
@@ -19138,7 +19162,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
         PyObject *__pyx_callargs[5] = {__pyx_t_5, __pyx_v_ufunc, __pyx_v_method, __pyx_v_inputs, __pyx_v_kwargs};
         __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_array_ufunc, __pyx_callargs+__pyx_t_6, (5-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 858, __pyx_L3_error)
+        if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 863, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_1);
       }
       {
@@ -19152,7 +19176,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
       __pyx_t_1 = 0;
       goto __pyx_L7_try_return;
 
-      /* "wsmem/_array.pyx":857
+      /* "wsmem/_array.pyx":862
  *     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
  *         take_error()
  *         try:             # <<<<<<<<<<<<<<
@@ -19164,7 +19188,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-    /* "wsmem/_array.pyx":859
+    /* "wsmem/_array.pyx":864
  *         try:
  *             return self._array_ufunc(ufunc, method, inputs, kwargs)
  *         except MemoryError as exc:             # <<<<<<<<<<<<<<
@@ -19174,7 +19198,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
     __pyx_t_7 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_MemoryError))));
     if (__pyx_t_7) {
       __Pyx_AddTraceback("wsmem._array.WsArray.__array_ufunc__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_5, &__pyx_t_8) < 0) __PYX_ERR(0, 859, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_5, &__pyx_t_8) < 0) __PYX_ERR(0, 864, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_1);
       __Pyx_XGOTREF(__pyx_t_5);
       __Pyx_XGOTREF(__pyx_t_8);
@@ -19182,17 +19206,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
       __pyx_v_exc = __pyx_t_5;
       /*try:*/ {
 
-        /* "wsmem/_array.pyx":860
+        /* "wsmem/_array.pyx":865
  *             return self._array_ufunc(ufunc, method, inputs, kwargs)
  *         except MemoryError as exc:
  *             _reraise_workspace_error(exc)             # <<<<<<<<<<<<<<
  *             raise
  * 
 */
-        __pyx_t_7 = __pyx_f_5wsmem_6_array__reraise_workspace_error(__pyx_v_exc); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 860, __pyx_L14_error)
+        __pyx_t_7 = __pyx_f_5wsmem_6_array__reraise_workspace_error(__pyx_v_exc); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 865, __pyx_L14_error)
 
 
-        /* "wsmem/_array.pyx":861
+        /* "wsmem/_array.pyx":866
  *         except MemoryError as exc:
  *             _reraise_workspace_error(exc)
  *             raise             # <<<<<<<<<<<<<<
@@ -19204,10 +19228,10 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
         __Pyx_XGIVEREF(__pyx_t_8);
         __Pyx_ErrRestoreWithState(__pyx_t_1, __pyx_t_5, __pyx_t_8);
         __pyx_t_1 = 0;  __pyx_t_5 = 0;  __pyx_t_8 = 0; 
-        __PYX_ERR(0, 861, __pyx_L14_error)
+        __PYX_ERR(0, 866, __pyx_L14_error)
       }
 
-      /* "wsmem/_array.pyx":859
+      /* "wsmem/_array.pyx":864
  *         try:
  *             return self._array_ufunc(ufunc, method, inputs, kwargs)
  *         except MemoryError as exc:             # <<<<<<<<<<<<<<
@@ -19248,7 +19272,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
     }
     goto __pyx_L5_except_error;
 
-    /* "wsmem/_array.pyx":857
+    /* "wsmem/_array.pyx":862
  *     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
  *         take_error()
  *         try:             # <<<<<<<<<<<<<<
@@ -19269,7 +19293,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
     goto __pyx_L0;
   }
 
-  /* "wsmem/_array.pyx":855
+  /* "wsmem/_array.pyx":860
  * 
  *     # ------------------------------------------------------------ NumPy protocols
  *     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):             # <<<<<<<<<<<<<<
@@ -19291,7 +19315,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_14__array_ufunc__(struct __pyx
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":863
+/* "wsmem/_array.pyx":868
  *             raise
  * 
  *     def __array_function__(self, func, types, args, kwargs):             # <<<<<<<<<<<<<<
@@ -19342,44 +19366,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_func,&__pyx_mstate_global->__pyx_n_u_types,&__pyx_mstate_global->__pyx_n_u_args,&__pyx_mstate_global->__pyx_n_u_kwargs,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 863, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 868, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 863, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 868, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 863, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 868, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 863, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 868, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 863, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 868, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__array_function__", 0) < (0)) __PYX_ERR(0, 863, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__array_function__", 0) < (0)) __PYX_ERR(0, 868, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__array_function__", 1, 4, 4, i); __PYX_ERR(0, 863, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__array_function__", 1, 4, 4, i); __PYX_ERR(0, 868, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 4)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 863, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 868, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 863, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 868, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 863, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 868, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 863, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 868, __pyx_L3_error)
     }
     __pyx_v_func = values[0];
     __pyx_v_types = values[1];
@@ -19388,7 +19412,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__array_function__", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 863, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__array_function__", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 868, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -19433,18 +19457,18 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__array_function__", 0);
 
-  /* "wsmem/_array.pyx":864
+  /* "wsmem/_array.pyx":869
  * 
  *     def __array_function__(self, func, types, args, kwargs):
  *         take_error()             # <<<<<<<<<<<<<<
  *         try:
  *             return _adopt(func(*_unwrap(args), **_unwrap(kwargs)))
 */
-  __pyx_t_1 = __pyx_f_5wsmem_8_capture_take_error(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 864, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_8_capture_take_error(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 869, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":865
+  /* "wsmem/_array.pyx":870
  *     def __array_function__(self, func, types, args, kwargs):
  *         take_error()
  *         try:             # <<<<<<<<<<<<<<
@@ -19460,23 +19484,23 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
     __Pyx_XGOTREF(__pyx_t_4);
     /*try:*/ {
 
-      /* "wsmem/_array.pyx":866
+      /* "wsmem/_array.pyx":871
  *         take_error()
  *         try:
  *             return _adopt(func(*_unwrap(args), **_unwrap(kwargs)))             # <<<<<<<<<<<<<<
  *         except MemoryError as exc:
  *             _reraise_workspace_error(exc)
 */
-      __pyx_t_1 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_args); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 866, __pyx_L3_error)
+      __pyx_t_1 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_args); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 871, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_1);
-      __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_t_1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 866, __pyx_L3_error)
+      __pyx_t_5 = __Pyx_PySequence_Tuple(__pyx_t_1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 871, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_5);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __pyx_t_6 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_kwargs); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 866, __pyx_L3_error)
+      __pyx_t_6 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_kwargs); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 871, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_6);
       if (unlikely(__pyx_t_6 == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "argument after ** must be a mapping, not NoneType");
-        __PYX_ERR(0, 866, __pyx_L3_error)
+        __PYX_ERR(0, 871, __pyx_L3_error)
       }
       if (likely(PyDict_CheckExact(__pyx_t_6))) {
         #if CYTHON_COMPILING_IN_CPYTHON || CYTHON_COMPILING_IN_LIMITED_API
@@ -19486,20 +19510,20 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
         } else
         #endif
         {
-          __pyx_t_1 = PyDict_Copy(__pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 866, __pyx_L3_error)
+          __pyx_t_1 = PyDict_Copy(__pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 871, __pyx_L3_error)
           __Pyx_GOTREF(__pyx_t_1);
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
         }
       } else {
-        __pyx_t_1 = __Pyx_PyObject_CallOneArg((PyObject*)&PyDict_Type, __pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 866, __pyx_L3_error)
+        __pyx_t_1 = __Pyx_PyObject_CallOneArg((PyObject*)&PyDict_Type, __pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 871, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_1);
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       }
-      __pyx_t_6 = __Pyx_PyObject_Call(__pyx_v_func, __pyx_t_5, __pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 866, __pyx_L3_error)
+      __pyx_t_6 = __Pyx_PyObject_Call(__pyx_v_func, __pyx_t_5, __pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 871, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-      __pyx_t_1 = __pyx_f_5wsmem_6_array__adopt(__pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 866, __pyx_L3_error)
+      __pyx_t_1 = __pyx_f_5wsmem_6_array__adopt(__pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 871, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       {
@@ -19513,7 +19537,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
       __pyx_t_1 = 0;
       goto __pyx_L7_try_return;
 
-      /* "wsmem/_array.pyx":865
+      /* "wsmem/_array.pyx":870
  *     def __array_function__(self, func, types, args, kwargs):
  *         take_error()
  *         try:             # <<<<<<<<<<<<<<
@@ -19526,7 +19550,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-    /* "wsmem/_array.pyx":867
+    /* "wsmem/_array.pyx":872
  *         try:
  *             return _adopt(func(*_unwrap(args), **_unwrap(kwargs)))
  *         except MemoryError as exc:             # <<<<<<<<<<<<<<
@@ -19536,7 +19560,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
     __pyx_t_7 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_MemoryError))));
     if (__pyx_t_7) {
       __Pyx_AddTraceback("wsmem._array.WsArray.__array_function__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_5) < 0) __PYX_ERR(0, 867, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_6, &__pyx_t_5) < 0) __PYX_ERR(0, 872, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_1);
       __Pyx_XGOTREF(__pyx_t_6);
       __Pyx_XGOTREF(__pyx_t_5);
@@ -19544,17 +19568,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
       __pyx_v_exc = __pyx_t_6;
       /*try:*/ {
 
-        /* "wsmem/_array.pyx":868
+        /* "wsmem/_array.pyx":873
  *             return _adopt(func(*_unwrap(args), **_unwrap(kwargs)))
  *         except MemoryError as exc:
  *             _reraise_workspace_error(exc)             # <<<<<<<<<<<<<<
  *             raise
  * 
 */
-        __pyx_t_7 = __pyx_f_5wsmem_6_array__reraise_workspace_error(__pyx_v_exc); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 868, __pyx_L14_error)
+        __pyx_t_7 = __pyx_f_5wsmem_6_array__reraise_workspace_error(__pyx_v_exc); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 873, __pyx_L14_error)
 
 
-        /* "wsmem/_array.pyx":869
+        /* "wsmem/_array.pyx":874
  *         except MemoryError as exc:
  *             _reraise_workspace_error(exc)
  *             raise             # <<<<<<<<<<<<<<
@@ -19566,10 +19590,10 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
         __Pyx_XGIVEREF(__pyx_t_5);
         __Pyx_ErrRestoreWithState(__pyx_t_1, __pyx_t_6, __pyx_t_5);
         __pyx_t_1 = 0;  __pyx_t_6 = 0;  __pyx_t_5 = 0; 
-        __PYX_ERR(0, 869, __pyx_L14_error)
+        __PYX_ERR(0, 874, __pyx_L14_error)
       }
 
-      /* "wsmem/_array.pyx":867
+      /* "wsmem/_array.pyx":872
  *         try:
  *             return _adopt(func(*_unwrap(args), **_unwrap(kwargs)))
  *         except MemoryError as exc:             # <<<<<<<<<<<<<<
@@ -19610,7 +19634,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
     }
     goto __pyx_L5_except_error;
 
-    /* "wsmem/_array.pyx":865
+    /* "wsmem/_array.pyx":870
  *     def __array_function__(self, func, types, args, kwargs):
  *         take_error()
  *         try:             # <<<<<<<<<<<<<<
@@ -19631,7 +19655,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
     goto __pyx_L0;
   }
 
-  /* "wsmem/_array.pyx":863
+  /* "wsmem/_array.pyx":868
  *             raise
  * 
  *     def __array_function__(self, func, types, args, kwargs):             # <<<<<<<<<<<<<<
@@ -19653,7 +19677,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_16__array_function__(CYTHON_UN
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":871
+/* "wsmem/_array.pyx":876
  *             raise
  * 
  *     def _array_ufunc(self, ufunc, method, tuple inputs, dict kwargs):             # <<<<<<<<<<<<<<
@@ -19704,44 +19728,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_ufunc,&__pyx_mstate_global->__pyx_n_u_method,&__pyx_mstate_global->__pyx_n_u_inputs,&__pyx_mstate_global->__pyx_n_u_kwargs,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 871, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 876, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 871, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 876, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 871, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 876, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 871, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 876, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 871, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 876, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_array_ufunc", 0) < (0)) __PYX_ERR(0, 871, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_array_ufunc", 0) < (0)) __PYX_ERR(0, 876, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_array_ufunc", 1, 4, 4, i); __PYX_ERR(0, 871, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_array_ufunc", 1, 4, 4, i); __PYX_ERR(0, 876, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 4)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 871, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 876, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 871, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 876, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 871, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 876, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 871, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 876, __pyx_L3_error)
     }
     __pyx_v_ufunc = values[0];
     __pyx_v_method = values[1];
@@ -19750,7 +19774,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_array_ufunc", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 871, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_array_ufunc", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 876, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -19761,8 +19785,8 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_inputs), (&PyTuple_Type), 1, "inputs", 1))) __PYX_ERR(0, 871, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_kwargs), (&PyDict_Type), 1, "kwargs", 1))) __PYX_ERR(0, 871, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_inputs), (&PyTuple_Type), 1, "inputs", 1))) __PYX_ERR(0, 876, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_kwargs), (&PyDict_Type), 1, "kwargs", 1))) __PYX_ERR(0, 876, __pyx_L1_error)
   __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), __pyx_v_ufunc, __pyx_v_method, __pyx_v_inputs, __pyx_v_kwargs);
 
   /* function exit code */
@@ -19800,7 +19824,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_array_ufunc", 0);
 
-  /* "wsmem/_array.pyx":872
+  /* "wsmem/_array.pyx":877
  * 
  *     def _array_ufunc(self, ufunc, method, tuple inputs, dict kwargs):
  *         out = kwargs.get("out")             # <<<<<<<<<<<<<<
@@ -19809,21 +19833,21 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
 */
   if (unlikely(__pyx_v_kwargs == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "get");
-    __PYX_ERR(0, 872, __pyx_L1_error)
+    __PYX_ERR(0, 877, __pyx_L1_error)
   }
-  __pyx_t_1 = __Pyx_PyDict_GetItemDefault(__pyx_v_kwargs, __pyx_mstate_global->__pyx_n_u_out, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 872, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItemDefault(__pyx_v_kwargs, __pyx_mstate_global->__pyx_n_u_out, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 877, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_out = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":873
+  /* "wsmem/_array.pyx":878
  *     def _array_ufunc(self, ufunc, method, tuple inputs, dict kwargs):
  *         out = kwargs.get("out")
  *         if method == "__call__" and out is None:             # <<<<<<<<<<<<<<
  *             r = _ufunc_call(ufunc, inputs, kwargs)
  *             if r is not None:
 */
-  __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_method, __pyx_mstate_global->__pyx_n_u_call, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 873, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_method, __pyx_mstate_global->__pyx_n_u_call, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 878, __pyx_L1_error)
   if (__pyx_t_3) {
 
   } else {
@@ -19840,19 +19864,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":874
+    /* "wsmem/_array.pyx":879
  *         out = kwargs.get("out")
  *         if method == "__call__" and out is None:
  *             r = _ufunc_call(ufunc, inputs, kwargs)             # <<<<<<<<<<<<<<
  *             if r is not None:
  *                 return r
 */
-    __pyx_t_1 = __pyx_f_5wsmem_6_array__ufunc_call(__pyx_v_ufunc, __pyx_v_inputs, __pyx_v_kwargs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 874, __pyx_L1_error)
+    __pyx_t_1 = __pyx_f_5wsmem_6_array__ufunc_call(__pyx_v_ufunc, __pyx_v_inputs, __pyx_v_kwargs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 879, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __pyx_v_r = __pyx_t_1;
     __pyx_t_1 = 0;
 
-    /* "wsmem/_array.pyx":875
+    /* "wsmem/_array.pyx":880
  *         if method == "__call__" and out is None:
  *             r = _ufunc_call(ufunc, inputs, kwargs)
  *             if r is not None:             # <<<<<<<<<<<<<<
@@ -19863,7 +19887,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_array.pyx":876
+      /* "wsmem/_array.pyx":881
  *             r = _ufunc_call(ufunc, inputs, kwargs)
  *             if r is not None:
  *                 return r             # <<<<<<<<<<<<<<
@@ -19881,7 +19905,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
       }
       goto __pyx_L0;
 
-      /* "wsmem/_array.pyx":875
+      /* "wsmem/_array.pyx":880
  *         if method == "__call__" and out is None:
  *             r = _ufunc_call(ufunc, inputs, kwargs)
  *             if r is not None:             # <<<<<<<<<<<<<<
@@ -19890,7 +19914,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
 */
     }
 
-    /* "wsmem/_array.pyx":873
+    /* "wsmem/_array.pyx":878
  *     def _array_ufunc(self, ufunc, method, tuple inputs, dict kwargs):
  *         out = kwargs.get("out")
  *         if method == "__call__" and out is None:             # <<<<<<<<<<<<<<
@@ -19899,7 +19923,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
 */
   }
 
-  /* "wsmem/_array.pyx":877
+  /* "wsmem/_array.pyx":882
  *             if r is not None:
  *                 return r
  *         conv_in = tuple([_unwrap(x) for x in inputs])             # <<<<<<<<<<<<<<
@@ -19907,11 +19931,11 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
  *             kwargs["out"] = _unwrap(out if type(out) is tuple else (out,))
 */
   { /* enter inner scope */
-    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 877, __pyx_L9_error)
+    __pyx_t_1 = PyList_New(0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 882, __pyx_L9_error)
     __Pyx_GOTREF(__pyx_t_1);
     if (unlikely(__pyx_v_inputs == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-      __PYX_ERR(0, 877, __pyx_L9_error)
+      __PYX_ERR(0, 882, __pyx_L9_error)
     }
     __pyx_t_4 = __pyx_v_inputs; __Pyx_INCREF(__pyx_t_4);
     __pyx_t_5 = 0;
@@ -19919,7 +19943,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
       {
         Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_4);
         #if !CYTHON_ASSUME_SAFE_SIZE
-        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 877, __pyx_L9_error)
+        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 882, __pyx_L9_error)
         #endif
         if (__pyx_t_5 >= __pyx_temp) break;
       }
@@ -19929,14 +19953,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
       __pyx_t_6 = __Pyx_PySequence_ITEM(__pyx_t_4, __pyx_t_5);
       #endif
       ++__pyx_t_5;
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 877, __pyx_L9_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 882, __pyx_L9_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_XDECREF_SET(__pyx_9genexpr12__pyx_v_x, __pyx_t_6);
       __pyx_t_6 = 0;
-      __pyx_t_6 = __pyx_f_5wsmem_6_array__unwrap(__pyx_9genexpr12__pyx_v_x); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 877, __pyx_L9_error)
+      __pyx_t_6 = __pyx_f_5wsmem_6_array__unwrap(__pyx_9genexpr12__pyx_v_x); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 882, __pyx_L9_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_GIVEREF(__pyx_t_6);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_6))) __PYX_ERR(0, 877, __pyx_L9_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_1, __pyx_t_6))) __PYX_ERR(0, 882, __pyx_L9_error)
       __pyx_t_6 = 0;
     }
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -19947,13 +19971,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
     goto __pyx_L1_error;
     __pyx_L13_exit_scope:;
   } /* exit inner scope */
-  __pyx_t_4 = PyList_AsTuple(((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 877, __pyx_L1_error)
+  __pyx_t_4 = PyList_AsTuple(((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 882, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_conv_in = ((PyObject*)__pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":878
+  /* "wsmem/_array.pyx":883
  *                 return r
  *         conv_in = tuple([_unwrap(x) for x in inputs])
  *         if out is not None:             # <<<<<<<<<<<<<<
@@ -19964,7 +19988,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":879
+    /* "wsmem/_array.pyx":884
  *         conv_in = tuple([_unwrap(x) for x in inputs])
  *         if out is not None:
  *             kwargs["out"] = _unwrap(out if type(out) is tuple else (out,))             # <<<<<<<<<<<<<<
@@ -19976,47 +20000,47 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
       __Pyx_INCREF(__pyx_v_out);
       __pyx_t_4 = __pyx_v_out;
     } else {
-      __pyx_t_1 = PyTuple_New(1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 879, __pyx_L1_error)
+      __pyx_t_1 = PyTuple_New(1); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 884, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_INCREF(__pyx_v_out);
       __Pyx_GIVEREF(__pyx_v_out);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_out) != (0)) __PYX_ERR(0, 879, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v_out) != (0)) __PYX_ERR(0, 884, __pyx_L1_error);
       __pyx_t_4 = __pyx_t_1;
       __pyx_t_1 = 0;
     }
 
-    __pyx_t_1 = __pyx_f_5wsmem_6_array__unwrap(__pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 879, __pyx_L1_error)
+    __pyx_t_1 = __pyx_f_5wsmem_6_array__unwrap(__pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 884, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     if (unlikely(__pyx_v_kwargs == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 879, __pyx_L1_error)
+      __PYX_ERR(0, 884, __pyx_L1_error)
     }
-    if (unlikely((PyDict_SetItem(__pyx_v_kwargs, __pyx_mstate_global->__pyx_n_u_out, __pyx_t_1) < 0))) __PYX_ERR(0, 879, __pyx_L1_error)
+    if (unlikely((PyDict_SetItem(__pyx_v_kwargs, __pyx_mstate_global->__pyx_n_u_out, __pyx_t_1) < 0))) __PYX_ERR(0, 884, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "wsmem/_array.pyx":880
+    /* "wsmem/_array.pyx":885
  *         if out is not None:
  *             kwargs["out"] = _unwrap(out if type(out) is tuple else (out,))
  *             getattr(ufunc, method)(*conv_in, **kwargs)             # <<<<<<<<<<<<<<
  *             if type(out) is tuple:
  *                 return out[0] if len(out) == 1 else out
 */
-    __pyx_t_1 = __Pyx_GetAttr(__pyx_v_ufunc, __pyx_v_method); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 880, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_GetAttr(__pyx_v_ufunc, __pyx_v_method); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 885, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     if (unlikely(__pyx_v_kwargs == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "argument after ** must be a mapping, not NoneType");
-      __PYX_ERR(0, 880, __pyx_L1_error)
+      __PYX_ERR(0, 885, __pyx_L1_error)
     }
-    __pyx_t_4 = PyDict_Copy(__pyx_v_kwargs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 880, __pyx_L1_error)
+    __pyx_t_4 = PyDict_Copy(__pyx_v_kwargs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 885, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_6 = __Pyx_PyObject_Call(__pyx_t_1, __pyx_v_conv_in, __pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 880, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_Call(__pyx_t_1, __pyx_v_conv_in, __pyx_t_4); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 885, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-    /* "wsmem/_array.pyx":881
+    /* "wsmem/_array.pyx":886
  *             kwargs["out"] = _unwrap(out if type(out) is tuple else (out,))
  *             getattr(ufunc, method)(*conv_in, **kwargs)
  *             if type(out) is tuple:             # <<<<<<<<<<<<<<
@@ -20027,19 +20051,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_array.pyx":882
+      /* "wsmem/_array.pyx":887
  *             getattr(ufunc, method)(*conv_in, **kwargs)
  *             if type(out) is tuple:
  *                 return out[0] if len(out) == 1 else out             # <<<<<<<<<<<<<<
  *             return out
  *         return _adopt(getattr(ufunc, method)(*conv_in, **kwargs))
 */
-      __pyx_t_5 = PyObject_Length(__pyx_v_out); if (unlikely(__pyx_t_5 == ((Py_ssize_t)-1))) __PYX_ERR(0, 882, __pyx_L1_error)
+      __pyx_t_5 = PyObject_Length(__pyx_v_out); if (unlikely(__pyx_t_5 == ((Py_ssize_t)-1))) __PYX_ERR(0, 887, __pyx_L1_error)
       __pyx_t_2 = (__pyx_t_5 == 1);
 
 
       if (__pyx_t_2) {
-        __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_out, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 882, __pyx_L1_error)
+        __pyx_t_4 = __Pyx_GetItemInt(__pyx_v_out, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 887, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
         __pyx_t_6 = __pyx_t_4;
         __pyx_t_4 = 0;
@@ -20059,7 +20083,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
       __pyx_t_6 = 0;
       goto __pyx_L0;
 
-      /* "wsmem/_array.pyx":881
+      /* "wsmem/_array.pyx":886
  *             kwargs["out"] = _unwrap(out if type(out) is tuple else (out,))
  *             getattr(ufunc, method)(*conv_in, **kwargs)
  *             if type(out) is tuple:             # <<<<<<<<<<<<<<
@@ -20068,7 +20092,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
 */
     }
 
-    /* "wsmem/_array.pyx":883
+    /* "wsmem/_array.pyx":888
  *             if type(out) is tuple:
  *                 return out[0] if len(out) == 1 else out
  *             return out             # <<<<<<<<<<<<<<
@@ -20086,7 +20110,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":878
+    /* "wsmem/_array.pyx":883
  *                 return r
  *         conv_in = tuple([_unwrap(x) for x in inputs])
  *         if out is not None:             # <<<<<<<<<<<<<<
@@ -20095,26 +20119,26 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
 */
   }
 
-  /* "wsmem/_array.pyx":884
+  /* "wsmem/_array.pyx":889
  *                 return out[0] if len(out) == 1 else out
  *             return out
  *         return _adopt(getattr(ufunc, method)(*conv_in, **kwargs))             # <<<<<<<<<<<<<<
  * 
  *     # ------------------------------------------------------------ copies
 */
-  __pyx_t_6 = __Pyx_GetAttr(__pyx_v_ufunc, __pyx_v_method); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 884, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_GetAttr(__pyx_v_ufunc, __pyx_v_method); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 889, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   if (unlikely(__pyx_v_kwargs == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "argument after ** must be a mapping, not NoneType");
-    __PYX_ERR(0, 884, __pyx_L1_error)
+    __PYX_ERR(0, 889, __pyx_L1_error)
   }
-  __pyx_t_4 = PyDict_Copy(__pyx_v_kwargs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 884, __pyx_L1_error)
+  __pyx_t_4 = PyDict_Copy(__pyx_v_kwargs); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 889, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_6, __pyx_v_conv_in, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 884, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_Call(__pyx_t_6, __pyx_v_conv_in, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 889, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = __pyx_f_5wsmem_6_array__adopt(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 884, __pyx_L1_error)
+  __pyx_t_4 = __pyx_f_5wsmem_6_array__adopt(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 889, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -20128,7 +20152,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":871
+  /* "wsmem/_array.pyx":876
  *             raise
  * 
  *     def _array_ufunc(self, ufunc, method, tuple inputs, dict kwargs):             # <<<<<<<<<<<<<<
@@ -20153,7 +20177,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_18_array_ufunc(CYTHON_UNUSED s
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":887
+/* "wsmem/_array.pyx":892
  * 
  *     # ------------------------------------------------------------ copies
  *     def detach(self):             # <<<<<<<<<<<<<<
@@ -20214,20 +20238,20 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_20detach(struct __pyx_obj_5wsm
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("detach", 0);
 
-  /* "wsmem/_array.pyx":895
+  /* "wsmem/_array.pyx":900
  *             A heap array (``workspace is None``) equal to this one.
  *         """
  *         return _wrap_ndarray(heap_copy(self._view()), None, 0, NULL)             # <<<<<<<<<<<<<<
  * 
  *     def leverage_to(self, ws):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 895, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 900, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __pyx_f_5wsmem_8_capture_heap_copy(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 895, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_5wsmem_8_capture_heap_copy(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 900, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 895, __pyx_L1_error)
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_t_2), ((struct __pyx_obj_5wsmem_6_arena_Arena *)Py_None), 0, NULL, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 895, __pyx_L1_error)
+  if (!(likely(((__pyx_t_2) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 900, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_t_2), ((struct __pyx_obj_5wsmem_6_arena_Arena *)Py_None), 0, NULL, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 900, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   {
@@ -20241,7 +20265,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_20detach(struct __pyx_obj_5wsm
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":887
+  /* "wsmem/_array.pyx":892
  * 
  *     # ------------------------------------------------------------ copies
  *     def detach(self):             # <<<<<<<<<<<<<<
@@ -20261,7 +20285,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_20detach(struct __pyx_obj_5wsm
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":897
+/* "wsmem/_array.pyx":902
  *         return _wrap_ndarray(heap_copy(self._view()), None, 0, NULL)
  * 
  *     def leverage_to(self, ws):             # <<<<<<<<<<<<<<
@@ -20309,32 +20333,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_ws,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 897, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 902, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 897, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 902, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "leverage_to", 0) < (0)) __PYX_ERR(0, 897, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "leverage_to", 0) < (0)) __PYX_ERR(0, 902, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("leverage_to", 1, 1, 1, i); __PYX_ERR(0, 897, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("leverage_to", 1, 1, 1, i); __PYX_ERR(0, 902, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 897, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 902, __pyx_L3_error)
     }
     __pyx_v_ws = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("leverage_to", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 897, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("leverage_to", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 902, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -20377,17 +20401,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("leverage_to", 0);
 
-  /* "wsmem/_array.pyx":904
+  /* "wsmem/_array.pyx":909
  *         cdef Arena target
  *         cdef WsArray out
  *         self._check()             # <<<<<<<<<<<<<<
  *         if not isinstance(ws, Arena):
  *             raise TypeError(f"leverage_to() needs a Workspace, got {type(ws).__name__}")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 904, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_check(__pyx_v_self); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 909, __pyx_L1_error)
 
 
-  /* "wsmem/_array.pyx":905
+  /* "wsmem/_array.pyx":910
  *         cdef WsArray out
  *         self._check()
  *         if not isinstance(ws, Arena):             # <<<<<<<<<<<<<<
@@ -20401,7 +20425,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
   if (unlikely(__pyx_t_3)) {
 
 
-    /* "wsmem/_array.pyx":906
+    /* "wsmem/_array.pyx":911
  *         self._check()
  *         if not isinstance(ws, Arena):
  *             raise TypeError(f"leverage_to() needs a Workspace, got {type(ws).__name__}")             # <<<<<<<<<<<<<<
@@ -20409,12 +20433,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
  *         target.check_owner()
 */
     __pyx_t_5 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_ws)), __pyx_mstate_global->__pyx_n_u_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 906, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(((PyObject *)Py_TYPE(__pyx_v_ws)), __pyx_mstate_global->__pyx_n_u_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 911, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 906, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_t_6, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 911, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_leverage_to_needs_a_Workspace_go, __pyx_t_7); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 906, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_leverage_to_needs_a_Workspace_go, __pyx_t_7); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 911, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_8 = 1;
@@ -20423,14 +20447,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 906, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 911, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 906, __pyx_L1_error)
+    __PYX_ERR(0, 911, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":905
+    /* "wsmem/_array.pyx":910
  *         cdef WsArray out
  *         self._check()
  *         if not isinstance(ws, Arena):             # <<<<<<<<<<<<<<
@@ -20439,7 +20463,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
 */
   }
 
-  /* "wsmem/_array.pyx":907
+  /* "wsmem/_array.pyx":912
  *         if not isinstance(ws, Arena):
  *             raise TypeError(f"leverage_to() needs a Workspace, got {type(ws).__name__}")
  *         target = <Arena>ws             # <<<<<<<<<<<<<<
@@ -20451,17 +20475,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
   __pyx_v_target = ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":908
+  /* "wsmem/_array.pyx":913
  *             raise TypeError(f"leverage_to() needs a Workspace, got {type(ws).__name__}")
  *         target = <Arena>ws
  *         target.check_owner()             # <<<<<<<<<<<<<<
  *         if target.destroyed:
  *             raise WorkspaceError(f"cannot leverage into workspace {target.name!r}: it was "
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_target->__pyx_vtab)->check_owner(__pyx_v_target); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 908, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_target->__pyx_vtab)->check_owner(__pyx_v_target); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 913, __pyx_L1_error)
 
 
-  /* "wsmem/_array.pyx":909
+  /* "wsmem/_array.pyx":914
  *         target = <Arena>ws
  *         target.check_owner()
  *         if target.destroyed:             # <<<<<<<<<<<<<<
@@ -20470,7 +20494,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
 */
   if (unlikely(__pyx_v_target->destroyed)) {
 
-    /* "wsmem/_array.pyx":910
+    /* "wsmem/_array.pyx":915
  *         target.check_owner()
  *         if target.destroyed:
  *             raise WorkspaceError(f"cannot leverage into workspace {target.name!r}: it was "             # <<<<<<<<<<<<<<
@@ -20478,9 +20502,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
  *         if target.depth == 0:
 */
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 910, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 915, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_7 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_target->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 910, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_target->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 915, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_cannot_leverage_into_workspace;
     __pyx_t_9[1] = __pyx_t_7;
@@ -20494,7 +20518,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
     __pyx_t_1 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]);
     #endif
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_9, 3, __pyx_t_10, __pyx_t_1);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 910, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 915, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_8 = 1;
@@ -20515,14 +20539,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 910, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 915, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 910, __pyx_L1_error)
+    __PYX_ERR(0, 915, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":909
+    /* "wsmem/_array.pyx":914
  *         target = <Arena>ws
  *         target.check_owner()
  *         if target.destroyed:             # <<<<<<<<<<<<<<
@@ -20531,7 +20555,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
 */
   }
 
-  /* "wsmem/_array.pyx":912
+  /* "wsmem/_array.pyx":917
  *             raise WorkspaceError(f"cannot leverage into workspace {target.name!r}: it was "
  *                                  "destroyed")
  *         if target.depth == 0:             # <<<<<<<<<<<<<<
@@ -20543,7 +20567,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
   if (unlikely(__pyx_t_3)) {
 
 
-    /* "wsmem/_array.pyx":913
+    /* "wsmem/_array.pyx":918
  *                                  "destroyed")
  *         if target.depth == 0:
  *             raise WorkspaceError(             # <<<<<<<<<<<<<<
@@ -20551,17 +20575,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
  *                 f"(with ws: / ws.borrow()) around the call, or use detach().")
 */
     __pyx_t_5 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 913, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 918, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
 
-    /* "wsmem/_array.pyx":914
+    /* "wsmem/_array.pyx":919
  *         if target.depth == 0:
  *             raise WorkspaceError(
  *                 f"cannot leverage into workspace {target.name!r}: it is not open. Open it "             # <<<<<<<<<<<<<<
  *                 f"(with ws: / ws.borrow()) around the call, or use detach().")
  *         if self._ws is target and self._gen == target.generation:
 */
-    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_target->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 914, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_target->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 919, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_cannot_leverage_into_workspace;
     __pyx_t_9[1] = __pyx_t_6;
@@ -20575,7 +20599,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
     __pyx_t_1 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]);
     #endif
     __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_9, 3, __pyx_t_10, __pyx_t_1);
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 914, __pyx_L1_error)
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 919, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_8 = 1;
@@ -20596,14 +20620,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 913, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 918, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 913, __pyx_L1_error)
+    __PYX_ERR(0, 918, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":912
+    /* "wsmem/_array.pyx":917
  *             raise WorkspaceError(f"cannot leverage into workspace {target.name!r}: it was "
  *                                  "destroyed")
  *         if target.depth == 0:             # <<<<<<<<<<<<<<
@@ -20612,7 +20636,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
 */
   }
 
-  /* "wsmem/_array.pyx":916
+  /* "wsmem/_array.pyx":921
  *                 f"cannot leverage into workspace {target.name!r}: it is not open. Open it "
  *                 f"(with ws: / ws.borrow()) around the call, or use detach().")
  *         if self._ws is target and self._gen == target.generation:             # <<<<<<<<<<<<<<
@@ -20637,7 +20661,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_array.pyx":917
+    /* "wsmem/_array.pyx":922
  *                 f"(with ws: / ws.borrow()) around the call, or use detach().")
  *         if self._ws is target and self._gen == target.generation:
  *             return self             # <<<<<<<<<<<<<<
@@ -20655,7 +20679,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":916
+    /* "wsmem/_array.pyx":921
  *                 f"cannot leverage into workspace {target.name!r}: it is not open. Open it "
  *                 f"(with ws: / ws.borrow()) around the call, or use detach().")
  *         if self._ws is target and self._gen == target.generation:             # <<<<<<<<<<<<<<
@@ -20664,19 +20688,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
 */
   }
 
-  /* "wsmem/_array.pyx":918
+  /* "wsmem/_array.pyx":923
  *         if self._ws is target and self._gen == target.generation:
  *             return self
  *         out = new_array(target, self.shape, self._dtype,             # <<<<<<<<<<<<<<
  *                         "F" if (self._f_contig() and not self._c_contig()) else "C", INIT_NONE)
  *         np.copyto(out._view(), self._view(), casting="no")
 */
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 918, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 923, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_11 = ((PyObject *)__pyx_v_self->_dtype);
   __Pyx_INCREF(__pyx_t_11);
 
-  /* "wsmem/_array.pyx":919
+  /* "wsmem/_array.pyx":924
  *             return self
  *         out = new_array(target, self.shape, self._dtype,
  *                         "F" if (self._f_contig() and not self._c_contig()) else "C", INIT_NONE)             # <<<<<<<<<<<<<<
@@ -20708,14 +20732,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
   }
 
 
-  /* "wsmem/_array.pyx":918
+  /* "wsmem/_array.pyx":923
  *         if self._ws is target and self._gen == target.generation:
  *             return self
  *         out = new_array(target, self.shape, self._dtype,             # <<<<<<<<<<<<<<
  *                         "F" if (self._f_contig() and not self._c_contig()) else "C", INIT_NONE)
  *         np.copyto(out._view(), self._view(), casting="no")
 */
-  __pyx_t_5 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(__pyx_v_target, __pyx_t_4, __pyx_t_11, __pyx_t_7, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 918, __pyx_L1_error)
+  __pyx_t_5 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(__pyx_v_target, __pyx_t_4, __pyx_t_11, __pyx_t_7, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 923, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
@@ -20723,7 +20747,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
   __pyx_v_out = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_5);
   __pyx_t_5 = 0;
 
-  /* "wsmem/_array.pyx":920
+  /* "wsmem/_array.pyx":925
  *         out = new_array(target, self.shape, self._dtype,
  *                         "F" if (self._f_contig() and not self._c_contig()) else "C", INIT_NONE)
  *         np.copyto(out._view(), self._view(), casting="no")             # <<<<<<<<<<<<<<
@@ -20731,14 +20755,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
  * 
 */
   __pyx_t_7 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 920, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 925, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 920, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 925, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-  __pyx_t_11 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_out->__pyx_vtab)->_view(__pyx_v_out); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 920, __pyx_L1_error)
+  __pyx_t_11 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_out->__pyx_vtab)->_view(__pyx_v_out); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 925, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
-  __pyx_t_6 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 920, __pyx_L1_error)
+  __pyx_t_6 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 925, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   #if CYTHON_VECTORCALL
   #endif
@@ -20758,13 +20782,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
     PyObject *__pyx_callargs[4] = {__pyx_t_7, __pyx_t_11, __pyx_t_6, __pyx_mstate_global->__pyx_n_u_no};
     #if CYTHON_VECTORCALL
     __pyx_t_12 = __pyx_mstate_global->__pyx_tuple[0];
-    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 920, __pyx_L1_error)
+    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 925, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_12);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_casting};
       __pyx_t_12 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 920, __pyx_L1_error)
+      if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 925, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_12);
     }
     #endif
@@ -20776,12 +20800,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
     #endif
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 920, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 925, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
   }
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-  /* "wsmem/_array.pyx":921
+  /* "wsmem/_array.pyx":926
  *                         "F" if (self._f_contig() and not self._c_contig()) else "C", INIT_NONE)
  *         np.copyto(out._view(), self._view(), casting="no")
  *         return out             # <<<<<<<<<<<<<<
@@ -20799,7 +20823,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":897
+  /* "wsmem/_array.pyx":902
  *         return _wrap_ndarray(heap_copy(self._view()), None, 0, NULL)
  * 
  *     def leverage_to(self, ws):             # <<<<<<<<<<<<<<
@@ -20825,7 +20849,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_22leverage_to(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":923
+/* "wsmem/_array.pyx":928
  *         return out
  * 
  *     def copy(self, order="C"):             # <<<<<<<<<<<<<<
@@ -20873,24 +20897,24 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_order_2,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 923, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 928, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 923, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 928, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "copy", 0) < (0)) __PYX_ERR(0, 923, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "copy", 0) < (0)) __PYX_ERR(0, 928, __pyx_L3_error)
       if (!values[0]) values[0] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_C));
     } else {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 923, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 928, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
@@ -20901,7 +20925,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("copy", 0, 0, 1, __pyx_nargs); __PYX_ERR(0, 923, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("copy", 0, 0, 1, __pyx_nargs); __PYX_ERR(0, 928, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -20941,19 +20965,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
   __Pyx_RefNannySetupContext("copy", 0);
   __Pyx_INCREF(__pyx_v_order);
 
-  /* "wsmem/_array.pyx":926
+  /* "wsmem/_array.pyx":931
  *         """Copy into the current workspace (or the heap when none is active)."""
  *         cdef WsArray out
  *         v = self._view()             # <<<<<<<<<<<<<<
  *         if order in ("K", "A", "k", "a"):
  *             order = "F" if (self._f_contig() and not self._c_contig()) else "C"
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 926, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 931, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_v = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":927
+  /* "wsmem/_array.pyx":932
  *         cdef WsArray out
  *         v = self._view()
  *         if order in ("K", "A", "k", "a"):             # <<<<<<<<<<<<<<
@@ -20962,7 +20986,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
 */
   __Pyx_INCREF(__pyx_v_order);
   __pyx_t_1 = __pyx_v_order;
-  __pyx_t_3 = (__Pyx_PyObject_Equals_obj_ch75(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_K, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 927, __pyx_L1_error)
+  __pyx_t_3 = (__Pyx_PyObject_Equals_obj_ch75(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_K, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 932, __pyx_L1_error)
   if (!__pyx_t_3) {
 
   } else {
@@ -20971,7 +20995,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = (__Pyx_PyObject_Equals_obj_ch65(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_A, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 927, __pyx_L1_error)
+  __pyx_t_3 = (__Pyx_PyObject_Equals_obj_ch65(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_A, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 932, __pyx_L1_error)
   if (!__pyx_t_3) {
 
   } else {
@@ -20980,7 +21004,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = (__Pyx_PyObject_Equals_obj_ch107(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_k, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 927, __pyx_L1_error)
+  __pyx_t_3 = (__Pyx_PyObject_Equals_obj_ch107(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_k, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 932, __pyx_L1_error)
   if (!__pyx_t_3) {
 
   } else {
@@ -20989,7 +21013,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_3 = (__Pyx_PyObject_Equals_obj_ch97(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_a, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 927, __pyx_L1_error)
+  __pyx_t_3 = (__Pyx_PyObject_Equals_obj_ch97(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_a, Py_EQ)); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 932, __pyx_L1_error)
 
   __pyx_t_2 = __pyx_t_3;
 
@@ -21001,7 +21025,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_array.pyx":928
+    /* "wsmem/_array.pyx":933
  *         v = self._view()
  *         if order in ("K", "A", "k", "a"):
  *             order = "F" if (self._f_contig() and not self._c_contig()) else "C"             # <<<<<<<<<<<<<<
@@ -21035,7 +21059,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
     __Pyx_DECREF_SET(__pyx_v_order, __pyx_t_1);
     __pyx_t_1 = 0;
 
-    /* "wsmem/_array.pyx":927
+    /* "wsmem/_array.pyx":932
  *         cdef WsArray out
  *         v = self._view()
  *         if order in ("K", "A", "k", "a"):             # <<<<<<<<<<<<<<
@@ -21044,20 +21068,20 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_array.pyx":929
+  /* "wsmem/_array.pyx":934
  *         if order in ("K", "A", "k", "a"):
  *             order = "F" if (self._f_contig() and not self._c_contig()) else "C"
  *         out = new_array(_target(), self.shape, self._dtype, order, INIT_NONE)             # <<<<<<<<<<<<<<
  *         np.copyto(out._view(), v, casting="no")
  *         return out
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 929, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 934, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 929, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 934, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_5 = ((PyObject *)__pyx_v_self->_dtype);
   __Pyx_INCREF(__pyx_t_5);
-  __pyx_t_6 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_t_4, __pyx_t_5, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 929, __pyx_L1_error)
+  __pyx_t_6 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_t_4, __pyx_t_5, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 934, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -21065,7 +21089,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
   __pyx_v_out = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_6);
   __pyx_t_6 = 0;
 
-  /* "wsmem/_array.pyx":930
+  /* "wsmem/_array.pyx":935
  *             order = "F" if (self._f_contig() and not self._c_contig()) else "C"
  *         out = new_array(_target(), self.shape, self._dtype, order, INIT_NONE)
  *         np.copyto(out._view(), v, casting="no")             # <<<<<<<<<<<<<<
@@ -21073,12 +21097,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
  * 
 */
   __pyx_t_5 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 930, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 935, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 930, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 935, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_out->__pyx_vtab)->_view(__pyx_v_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 930, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_out->__pyx_vtab)->_view(__pyx_v_out); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 935, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_VECTORCALL
   #endif
@@ -21098,13 +21122,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
     PyObject *__pyx_callargs[4] = {__pyx_t_5, __pyx_t_4, __pyx_v_v, __pyx_mstate_global->__pyx_n_u_no};
     #if CYTHON_VECTORCALL
     __pyx_t_8 = __pyx_mstate_global->__pyx_tuple[0];
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 930, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 935, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_8);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_casting};
       __pyx_t_8 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 930, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 935, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
     }
     #endif
@@ -21115,12 +21139,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
     #endif
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 930, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 935, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-  /* "wsmem/_array.pyx":931
+  /* "wsmem/_array.pyx":936
  *         out = new_array(_target(), self.shape, self._dtype, order, INIT_NONE)
  *         np.copyto(out._view(), v, casting="no")
  *         return out             # <<<<<<<<<<<<<<
@@ -21138,7 +21162,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":923
+  /* "wsmem/_array.pyx":928
  *         return out
  * 
  *     def copy(self, order="C"):             # <<<<<<<<<<<<<<
@@ -21164,7 +21188,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_24copy(struct __pyx_obj_5wsmem
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":933
+/* "wsmem/_array.pyx":938
  *         return out
  * 
  *     def astype(self, dtype, order="K", casting="unsafe", copy=True):             # <<<<<<<<<<<<<<
@@ -21215,53 +21239,53 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_order_2,&__pyx_mstate_global->__pyx_n_u_casting,&__pyx_mstate_global->__pyx_n_u_copy,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 933, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 938, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 933, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 938, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 933, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 938, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 933, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 938, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 933, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 938, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "astype", 0) < (0)) __PYX_ERR(0, 933, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "astype", 0) < (0)) __PYX_ERR(0, 938, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_K));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_unsafe));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_True));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("astype", 0, 1, 4, i); __PYX_ERR(0, 933, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("astype", 0, 1, 4, i); __PYX_ERR(0, 938, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 933, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 938, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 933, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 938, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 933, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 938, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 933, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 938, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -21276,7 +21300,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("astype", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 933, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("astype", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 938, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -21322,19 +21346,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
   __Pyx_RefNannySetupContext("astype", 0);
   __Pyx_INCREF(__pyx_v_order);
 
-  /* "wsmem/_array.pyx":936
+  /* "wsmem/_array.pyx":941
  *         """Cast to `dtype`, allocating in the current workspace."""
  *         cdef WsArray out
  *         v = self._view()             # <<<<<<<<<<<<<<
  *         dt = np.dtype(dtype)
  *         if not copy and dt == self._dtype:
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 936, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 941, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_v = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":937
+  /* "wsmem/_array.pyx":942
  *         cdef WsArray out
  *         v = self._view()
  *         dt = np.dtype(dtype)             # <<<<<<<<<<<<<<
@@ -21342,9 +21366,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
  *             return self
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 937, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 942, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 937, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 942, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -21364,20 +21388,20 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 937, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 942, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_dt = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":938
+  /* "wsmem/_array.pyx":943
  *         v = self._view()
  *         dt = np.dtype(dtype)
  *         if not copy and dt == self._dtype:             # <<<<<<<<<<<<<<
  *             return self
  *         if order in ("K", "A", "k", "a"):
 */
-  __pyx_t_7 = __Pyx_PyObject_IsTrue(__pyx_v_copy); if (unlikely((__pyx_t_7 < 0))) __PYX_ERR(0, 938, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_IsTrue(__pyx_v_copy); if (unlikely((__pyx_t_7 < 0))) __PYX_ERR(0, 943, __pyx_L1_error)
   __pyx_t_8 = (!__pyx_t_7);
 
 
@@ -21389,7 +21413,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_8 = __Pyx_PyObject_RichCompareBool(__pyx_v_dt, ((PyObject *)__pyx_v_self->_dtype), Py_EQ); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 938, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_RichCompareBool(__pyx_v_dt, ((PyObject *)__pyx_v_self->_dtype), Py_EQ); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 943, __pyx_L1_error)
 
   __pyx_t_6 = __pyx_t_8;
 
@@ -21397,7 +21421,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
   if (__pyx_t_6) {
 
 
-    /* "wsmem/_array.pyx":939
+    /* "wsmem/_array.pyx":944
  *         dt = np.dtype(dtype)
  *         if not copy and dt == self._dtype:
  *             return self             # <<<<<<<<<<<<<<
@@ -21415,7 +21439,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":938
+    /* "wsmem/_array.pyx":943
  *         v = self._view()
  *         dt = np.dtype(dtype)
  *         if not copy and dt == self._dtype:             # <<<<<<<<<<<<<<
@@ -21424,7 +21448,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":940
+  /* "wsmem/_array.pyx":945
  *         if not copy and dt == self._dtype:
  *             return self
  *         if order in ("K", "A", "k", "a"):             # <<<<<<<<<<<<<<
@@ -21433,7 +21457,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
 */
   __Pyx_INCREF(__pyx_v_order);
   __pyx_t_1 = __pyx_v_order;
-  __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch75(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_K, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 940, __pyx_L1_error)
+  __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch75(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_K, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 945, __pyx_L1_error)
   if (!__pyx_t_8) {
 
   } else {
@@ -21442,7 +21466,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
 
     goto __pyx_L7_bool_binop_done;
   }
-  __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch65(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_A, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 940, __pyx_L1_error)
+  __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch65(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_A, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 945, __pyx_L1_error)
   if (!__pyx_t_8) {
 
   } else {
@@ -21451,7 +21475,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
 
     goto __pyx_L7_bool_binop_done;
   }
-  __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch107(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_k, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 940, __pyx_L1_error)
+  __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch107(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_k, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 945, __pyx_L1_error)
   if (!__pyx_t_8) {
 
   } else {
@@ -21460,7 +21484,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
 
     goto __pyx_L7_bool_binop_done;
   }
-  __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch97(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_a, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 940, __pyx_L1_error)
+  __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch97(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_a, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 945, __pyx_L1_error)
 
   __pyx_t_6 = __pyx_t_8;
 
@@ -21472,7 +21496,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
   if (__pyx_t_8) {
 
 
-    /* "wsmem/_array.pyx":941
+    /* "wsmem/_array.pyx":946
  *             return self
  *         if order in ("K", "A", "k", "a"):
  *             order = "F" if (self._f_contig() and not self._c_contig()) else "C"             # <<<<<<<<<<<<<<
@@ -21506,7 +21530,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
     __Pyx_DECREF_SET(__pyx_v_order, __pyx_t_1);
     __pyx_t_1 = 0;
 
-    /* "wsmem/_array.pyx":940
+    /* "wsmem/_array.pyx":945
  *         if not copy and dt == self._dtype:
  *             return self
  *         if order in ("K", "A", "k", "a"):             # <<<<<<<<<<<<<<
@@ -21515,7 +21539,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":942
+  /* "wsmem/_array.pyx":947
  *         if order in ("K", "A", "k", "a"):
  *             order = "F" if (self._f_contig() and not self._c_contig()) else "C"
  *         if not np.can_cast(self._dtype, dt, casting=casting):             # <<<<<<<<<<<<<<
@@ -21523,9 +21547,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
  *                             f"according to the rule {casting!r}")
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 942, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 947, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_can_cast); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 942, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_can_cast); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 947, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   #if CYTHON_VECTORCALL
@@ -21546,13 +21570,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
     PyObject *__pyx_callargs[4] = {__pyx_t_4, ((PyObject *)__pyx_v_self->_dtype), __pyx_v_dt, __pyx_v_casting};
     #if CYTHON_VECTORCALL
     __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[0];
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 942, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 947, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_2);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_casting};
       __pyx_t_2 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 942, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 947, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     #endif
@@ -21562,10 +21586,10 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
     #endif
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 942, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 947, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 942, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 947, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_6 = (!__pyx_t_8);
 
@@ -21573,7 +21597,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
   if (unlikely(__pyx_t_6)) {
 
 
-    /* "wsmem/_array.pyx":943
+    /* "wsmem/_array.pyx":948
  *             order = "F" if (self._f_contig() and not self._c_contig()) else "C"
  *         if not np.can_cast(self._dtype, dt, casting=casting):
  *             raise TypeError(f"Cannot cast array data from {self._dtype!r} to {dt!r} "             # <<<<<<<<<<<<<<
@@ -21581,19 +21605,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
  *         out = new_array(_target(), self.shape, dt, order, INIT_NONE)
 */
     __pyx_t_3 = NULL;
-    __pyx_t_2 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(((PyObject *)__pyx_v_self->_dtype)), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 943, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(((PyObject *)__pyx_v_self->_dtype)), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 948, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_dt), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 943, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_dt), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 948, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
 
-    /* "wsmem/_array.pyx":944
+    /* "wsmem/_array.pyx":949
  *         if not np.can_cast(self._dtype, dt, casting=casting):
  *             raise TypeError(f"Cannot cast array data from {self._dtype!r} to {dt!r} "
  *                             f"according to the rule {casting!r}")             # <<<<<<<<<<<<<<
  *         out = new_array(_target(), self.shape, dt, order, INIT_NONE)
  *         np.copyto(out._view(), v, casting="unsafe")
 */
-    __pyx_t_9 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_casting), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 944, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_casting), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 949, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __pyx_t_10[0] = __pyx_mstate_global->__pyx_kp_u_Cannot_cast_array_data_from;
     __pyx_t_10[1] = __pyx_t_2;
@@ -21602,7 +21626,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
     __pyx_t_10[4] = __pyx_mstate_global->__pyx_kp_u_according_to_the_rule;
     __pyx_t_10[5] = __pyx_t_9;
 
-    /* "wsmem/_array.pyx":943
+    /* "wsmem/_array.pyx":948
  *             order = "F" if (self._f_contig() and not self._c_contig()) else "C"
  *         if not np.can_cast(self._dtype, dt, casting=casting):
  *             raise TypeError(f"Cannot cast array data from {self._dtype!r} to {dt!r} "             # <<<<<<<<<<<<<<
@@ -21618,7 +21642,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
     __pyx_t_12 |= __Pyx_PyUnicode_KIND_04(__pyx_t_10[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_10[3]) | __Pyx_PyUnicode_KIND_04(__pyx_t_10[5]);
     #endif
     __pyx_t_13 = __Pyx_PyUnicode_Join(__pyx_t_10, 6, __pyx_t_11, __pyx_t_12);
-    if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 943, __pyx_L1_error)
+    if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 948, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
@@ -21629,14 +21653,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 943, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 948, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 943, __pyx_L1_error)
+    __PYX_ERR(0, 948, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":942
+    /* "wsmem/_array.pyx":947
  *         if order in ("K", "A", "k", "a"):
  *             order = "F" if (self._f_contig() and not self._c_contig()) else "C"
  *         if not np.can_cast(self._dtype, dt, casting=casting):             # <<<<<<<<<<<<<<
@@ -21645,25 +21669,25 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
 */
   }
 
-  /* "wsmem/_array.pyx":945
+  /* "wsmem/_array.pyx":950
  *             raise TypeError(f"Cannot cast array data from {self._dtype!r} to {dt!r} "
  *                             f"according to the rule {casting!r}")
  *         out = new_array(_target(), self.shape, dt, order, INIT_NONE)             # <<<<<<<<<<<<<<
  *         np.copyto(out._view(), v, casting="unsafe")
  *         return out
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 945, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 950, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_13 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 945, __pyx_L1_error)
+  __pyx_t_13 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 950, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_13);
-  __pyx_t_3 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_t_13, __pyx_v_dt, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 945, __pyx_L1_error)
+  __pyx_t_3 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_t_13, __pyx_v_dt, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 950, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
   __pyx_v_out = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "wsmem/_array.pyx":946
+  /* "wsmem/_array.pyx":951
  *                             f"according to the rule {casting!r}")
  *         out = new_array(_target(), self.shape, dt, order, INIT_NONE)
  *         np.copyto(out._view(), v, casting="unsafe")             # <<<<<<<<<<<<<<
@@ -21671,12 +21695,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
  * 
 */
   __pyx_t_13 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 946, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 951, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 946, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 951, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_out->__pyx_vtab)->_view(__pyx_v_out); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 946, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_out->__pyx_vtab)->_view(__pyx_v_out); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 951, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   #if CYTHON_VECTORCALL
   #endif
@@ -21696,13 +21720,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
     PyObject *__pyx_callargs[4] = {__pyx_t_13, __pyx_t_1, __pyx_v_v, __pyx_mstate_global->__pyx_n_u_unsafe};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[0];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 946, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 951, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_casting};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 946, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 951, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -21713,12 +21737,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
     #endif
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 946, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 951, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_array.pyx":947
+  /* "wsmem/_array.pyx":952
  *         out = new_array(_target(), self.shape, dt, order, INIT_NONE)
  *         np.copyto(out._view(), v, casting="unsafe")
  *         return out             # <<<<<<<<<<<<<<
@@ -21736,7 +21760,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":933
+  /* "wsmem/_array.pyx":938
  *         return out
  * 
  *     def astype(self, dtype, order="K", casting="unsafe", copy=True):             # <<<<<<<<<<<<<<
@@ -21764,7 +21788,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_26astype(struct __pyx_obj_5wsm
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":949
+/* "wsmem/_array.pyx":954
  *         return out
  * 
  *     def fill(self, value):             # <<<<<<<<<<<<<<
@@ -21812,32 +21836,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_value,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 949, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 954, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 949, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 954, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "fill", 0) < (0)) __PYX_ERR(0, 949, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "fill", 0) < (0)) __PYX_ERR(0, 954, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("fill", 1, 1, 1, i); __PYX_ERR(0, 949, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("fill", 1, 1, 1, i); __PYX_ERR(0, 954, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 949, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 954, __pyx_L3_error)
     }
     __pyx_v_value = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("fill", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 949, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("fill", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 954, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -21870,14 +21894,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_28fill(struct __pyx_obj_5wsmem
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("fill", 0);
 
-  /* "wsmem/_array.pyx":951
+  /* "wsmem/_array.pyx":956
  *     def fill(self, value):
  *         """Fill with a scalar value in place."""
  *         self._view().fill(value)             # <<<<<<<<<<<<<<
  * 
  *     def reshape(self, *shape, order="C"):
 */
-  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 951, __pyx_L1_error)
+  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 956, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_2 = __pyx_t_3;
   __Pyx_INCREF(__pyx_t_2);
@@ -21887,12 +21911,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_28fill(struct __pyx_obj_5wsmem
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_fill, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 951, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 956, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":949
+  /* "wsmem/_array.pyx":954
  *         return out
  * 
  *     def fill(self, value):             # <<<<<<<<<<<<<<
@@ -21915,7 +21939,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_28fill(struct __pyx_obj_5wsmem
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":953
+/* "wsmem/_array.pyx":958
  *         self._view().fill(value)
  * 
  *     def reshape(self, *shape, order="C"):             # <<<<<<<<<<<<<<
@@ -21950,13 +21974,13 @@ static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_31reshape(PyObject *__pyx_v_se
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_order_2,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_VARARGS(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 953, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 958, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         default:
         case  0: break;
       }
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "reshape", 0) < (0)) __PYX_ERR(0, 953, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, 0, __pyx_kwds_len, "reshape", 0) < (0)) __PYX_ERR(0, 958, __pyx_L3_error)
       if (!values[0]) values[0] = __Pyx_NewRef(((PyObject *)__pyx_mstate_global->__pyx_n_u_C));
     } else if (unlikely(__pyx_nargs < 0)) {
       goto __pyx_L5_argtuple_error;
@@ -21967,7 +21991,7 @@ static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_31reshape(PyObject *__pyx_v_se
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("reshape", 0, 0, 0, __pyx_nargs); __PYX_ERR(0, 953, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("reshape", 0, 0, 0, __pyx_nargs); __PYX_ERR(0, 958, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -22006,33 +22030,33 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_30reshape(struct __pyx_obj_5ws
   __Pyx_RefNannySetupContext("reshape", 0);
   __Pyx_INCREF(__pyx_v_shape);
 
-  /* "wsmem/_array.pyx":955
+  /* "wsmem/_array.pyx":960
  *     def reshape(self, *shape, order="C"):
  *         """Reshape: a view when the layout allows, else a copy in the current workspace."""
  *         if len(shape) == 1:             # <<<<<<<<<<<<<<
  *             shape = shape[0]
  *         v = self._view()
 */
-  __pyx_t_1 = PyObject_Length(__pyx_v_shape); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 955, __pyx_L1_error)
+  __pyx_t_1 = PyObject_Length(__pyx_v_shape); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 960, __pyx_L1_error)
   __pyx_t_2 = (__pyx_t_1 == 1);
 
 
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":956
+    /* "wsmem/_array.pyx":961
  *         """Reshape: a view when the layout allows, else a copy in the current workspace."""
  *         if len(shape) == 1:
  *             shape = shape[0]             # <<<<<<<<<<<<<<
  *         v = self._view()
  *         return _from_result(self, v, v.reshape(shape, order=order))
 */
-    __pyx_t_3 = __Pyx_GetItemInt_Tuple(__pyx_v_shape, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 956, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_GetItemInt_Tuple(__pyx_v_shape, 0, long, 1, __Pyx_PyLong_From_long, 0, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 961, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF_SET(__pyx_v_shape, __pyx_t_3);
     __pyx_t_3 = 0;
 
-    /* "wsmem/_array.pyx":955
+    /* "wsmem/_array.pyx":960
  *     def reshape(self, *shape, order="C"):
  *         """Reshape: a view when the layout allows, else a copy in the current workspace."""
  *         if len(shape) == 1:             # <<<<<<<<<<<<<<
@@ -22041,19 +22065,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_30reshape(struct __pyx_obj_5ws
 */
   }
 
-  /* "wsmem/_array.pyx":957
+  /* "wsmem/_array.pyx":962
  *         if len(shape) == 1:
  *             shape = shape[0]
  *         v = self._view()             # <<<<<<<<<<<<<<
  *         return _from_result(self, v, v.reshape(shape, order=order))
  * 
 */
-  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 957, __pyx_L1_error)
+  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 962, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_v_v = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "wsmem/_array.pyx":958
+  /* "wsmem/_array.pyx":963
  *             shape = shape[0]
  *         v = self._view()
  *         return _from_result(self, v, v.reshape(shape, order=order))             # <<<<<<<<<<<<<<
@@ -22069,13 +22093,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_30reshape(struct __pyx_obj_5ws
     PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_v_shape, __pyx_v_order};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[4];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 958, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 963, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_order_2};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 958, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 963, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -22084,10 +22108,10 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_30reshape(struct __pyx_obj_5ws
     #if CYTHON_VECTORCALL
     #endif
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 958, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 963, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
-  __pyx_t_6 = __pyx_f_5wsmem_6_array__from_result(__pyx_v_self, __pyx_v_v, __pyx_t_3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 958, __pyx_L1_error)
+  __pyx_t_6 = __pyx_f_5wsmem_6_array__from_result(__pyx_v_self, __pyx_v_v, __pyx_t_3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 963, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   {
@@ -22101,7 +22125,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_30reshape(struct __pyx_obj_5ws
   __pyx_t_6 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":953
+  /* "wsmem/_array.pyx":958
  *         self._view().fill(value)
  * 
  *     def reshape(self, *shape, order="C"):             # <<<<<<<<<<<<<<
@@ -22124,7 +22148,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_30reshape(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":960
+/* "wsmem/_array.pyx":965
  *         return _from_result(self, v, v.reshape(shape, order=order))
  * 
  *     def transpose(self, *axes):             # <<<<<<<<<<<<<<
@@ -22173,31 +22197,31 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_32transpose(struct __pyx_obj_5
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("transpose", 0);
 
-  /* "wsmem/_array.pyx":962
+  /* "wsmem/_array.pyx":967
  *     def transpose(self, *axes):
  *         """Transposed view (axes reversed, or permuted as given)."""
  *         v = self._view()             # <<<<<<<<<<<<<<
  *         return _from_result(self, v, v.transpose(*axes))
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 962, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 967, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_v = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":963
+  /* "wsmem/_array.pyx":968
  *         """Transposed view (axes reversed, or permuted as given)."""
  *         v = self._view()
  *         return _from_result(self, v, v.transpose(*axes))             # <<<<<<<<<<<<<<
  * 
  *     # ------------------------------------------------------------ indexing
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_v, __pyx_mstate_global->__pyx_n_u_transpose); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 963, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_v, __pyx_mstate_global->__pyx_n_u_transpose); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 968, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_Call(__pyx_t_1, __pyx_v_axes, NULL); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 963, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_Call(__pyx_t_1, __pyx_v_axes, NULL); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 968, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __pyx_f_5wsmem_6_array__from_result(__pyx_v_self, __pyx_v_v, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 963, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_6_array__from_result(__pyx_v_self, __pyx_v_v, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 968, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   {
@@ -22211,7 +22235,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_32transpose(struct __pyx_obj_5
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":960
+  /* "wsmem/_array.pyx":965
  *         return _from_result(self, v, v.reshape(shape, order=order))
  * 
  *     def transpose(self, *axes):             # <<<<<<<<<<<<<<
@@ -22232,7 +22256,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_32transpose(struct __pyx_obj_5
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":966
+/* "wsmem/_array.pyx":971
  * 
  *     # ------------------------------------------------------------ indexing
  *     def __getitem__(self, key):             # <<<<<<<<<<<<<<
@@ -22266,31 +22290,31 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_34__getitem__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__getitem__", 0);
 
-  /* "wsmem/_array.pyx":967
+  /* "wsmem/_array.pyx":972
  *     # ------------------------------------------------------------ indexing
  *     def __getitem__(self, key):
  *         v = self._view()             # <<<<<<<<<<<<<<
  *         return _from_result(self, v, v[_unwrap(key)])
  * 
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 967, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 972, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_v = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":968
+  /* "wsmem/_array.pyx":973
  *     def __getitem__(self, key):
  *         v = self._view()
  *         return _from_result(self, v, v[_unwrap(key)])             # <<<<<<<<<<<<<<
  * 
  *     def __setitem__(self, key, value):
 */
-  __pyx_t_1 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_key); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 968, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_key); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 973, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetItem(__pyx_v_v, __pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 968, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetItem(__pyx_v_v, __pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 973, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __pyx_f_5wsmem_6_array__from_result(__pyx_v_self, __pyx_v_v, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 968, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_6_array__from_result(__pyx_v_self, __pyx_v_v, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 973, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   {
@@ -22304,7 +22328,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_34__getitem__(struct __pyx_obj
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":966
+  /* "wsmem/_array.pyx":971
  * 
  *     # ------------------------------------------------------------ indexing
  *     def __getitem__(self, key):             # <<<<<<<<<<<<<<
@@ -22325,7 +22349,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_34__getitem__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":970
+/* "wsmem/_array.pyx":975
  *         return _from_result(self, v, v[_unwrap(key)])
  * 
  *     def __setitem__(self, key, value):             # <<<<<<<<<<<<<<
@@ -22359,25 +22383,25 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_36__setitem__(struct __pyx_obj_5wsme
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__setitem__", 0);
 
-  /* "wsmem/_array.pyx":971
+  /* "wsmem/_array.pyx":976
  * 
  *     def __setitem__(self, key, value):
  *         self._view()[_unwrap(key)] = _unwrap(value)             # <<<<<<<<<<<<<<
  * 
  *     def __len__(self):
 */
-  __pyx_t_1 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 971, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 976, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 971, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 976, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_key); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 971, __pyx_L1_error)
+  __pyx_t_3 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_key); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 976, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (unlikely((PyObject_SetItem(__pyx_t_2, __pyx_t_3, __pyx_t_1) < 0))) __PYX_ERR(0, 971, __pyx_L1_error)
+  if (unlikely((PyObject_SetItem(__pyx_t_2, __pyx_t_3, __pyx_t_1) < 0))) __PYX_ERR(0, 976, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":970
+  /* "wsmem/_array.pyx":975
  *         return _from_result(self, v, v[_unwrap(key)])
  * 
  *     def __setitem__(self, key, value):             # <<<<<<<<<<<<<<
@@ -22400,7 +22424,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_36__setitem__(struct __pyx_obj_5wsme
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":973
+/* "wsmem/_array.pyx":978
  *         self._view()[_unwrap(key)] = _unwrap(value)
  * 
  *     def __len__(self):             # <<<<<<<<<<<<<<
@@ -22435,7 +22459,7 @@ static Py_ssize_t __pyx_pf_5wsmem_6_array_7WsArray_38__len__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__len__", 0);
 
-  /* "wsmem/_array.pyx":974
+  /* "wsmem/_array.pyx":979
  * 
  *     def __len__(self):
  *         if self._nd == 0:             # <<<<<<<<<<<<<<
@@ -22447,7 +22471,7 @@ static Py_ssize_t __pyx_pf_5wsmem_6_array_7WsArray_38__len__(struct __pyx_obj_5w
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_array.pyx":975
+    /* "wsmem/_array.pyx":980
  *     def __len__(self):
  *         if self._nd == 0:
  *             raise TypeError("len() of unsized object")             # <<<<<<<<<<<<<<
@@ -22460,14 +22484,14 @@ static Py_ssize_t __pyx_pf_5wsmem_6_array_7WsArray_38__len__(struct __pyx_obj_5w
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_len_of_unsized_object};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 975, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 980, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 975, __pyx_L1_error)
+    __PYX_ERR(0, 980, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":974
+    /* "wsmem/_array.pyx":979
  * 
  *     def __len__(self):
  *         if self._nd == 0:             # <<<<<<<<<<<<<<
@@ -22476,7 +22500,7 @@ static Py_ssize_t __pyx_pf_5wsmem_6_array_7WsArray_38__len__(struct __pyx_obj_5w
 */
   }
 
-  /* "wsmem/_array.pyx":976
+  /* "wsmem/_array.pyx":981
  *         if self._nd == 0:
  *             raise TypeError("len() of unsized object")
  *         return self._shape[0]             # <<<<<<<<<<<<<<
@@ -22489,7 +22513,7 @@ static Py_ssize_t __pyx_pf_5wsmem_6_array_7WsArray_38__len__(struct __pyx_obj_5w
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":973
+  /* "wsmem/_array.pyx":978
  *         self._view()[_unwrap(key)] = _unwrap(value)
  * 
  *     def __len__(self):             # <<<<<<<<<<<<<<
@@ -22510,7 +22534,7 @@ static Py_ssize_t __pyx_pf_5wsmem_6_array_7WsArray_38__len__(struct __pyx_obj_5w
 }
 static PyObject *__pyx_gb_5wsmem_6_array_7WsArray_42generator(__pyx_CoroutineObject *__pyx_generator, CYTHON_UNUSED PyThreadState *__pyx_tstate, PyObject *__pyx_sent_value); /* proto */
 
-/* "wsmem/_array.pyx":978
+/* "wsmem/_array.pyx":983
  *         return self._shape[0]
  * 
  *     def __iter__(self):             # <<<<<<<<<<<<<<
@@ -22545,7 +22569,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_40__iter__(struct __pyx_obj_5w
   if (unlikely(!__pyx_cur_scope)) {
     __pyx_cur_scope = ((struct __pyx_obj_5wsmem_6_array___pyx_scope_struct____iter__ *)Py_None);
     __Pyx_INCREF(Py_None);
-    __PYX_ERR(0, 978, __pyx_L1_error)
+    __PYX_ERR(0, 983, __pyx_L1_error)
   } else {
     __Pyx_GOTREF((PyObject *)__pyx_cur_scope);
   }
@@ -22553,7 +22577,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_40__iter__(struct __pyx_obj_5w
   __Pyx_INCREF((PyObject *)__pyx_cur_scope->__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_cur_scope->__pyx_v_self);
   {
-    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_5wsmem_6_array_7WsArray_42generator, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_iter, __pyx_mstate_global->__pyx_n_u_WsArray___iter, __pyx_mstate_global->__pyx_n_u_wsmem__array); if (unlikely(!gen)) __PYX_ERR(0, 978, __pyx_L1_error)
+    __pyx_CoroutineObject *gen = __Pyx_Generator_New((__pyx_coroutine_body_t) __pyx_gb_5wsmem_6_array_7WsArray_42generator, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[0]), (PyObject *) __pyx_cur_scope, __pyx_mstate_global->__pyx_n_u_iter, __pyx_mstate_global->__pyx_n_u_WsArray___iter, __pyx_mstate_global->__pyx_n_u_wsmem__array); if (unlikely(!gen)) __PYX_ERR(0, 983, __pyx_L1_error)
     __Pyx_DECREF(__pyx_cur_scope);
     __Pyx_RefNannyFinishContext();
     return (PyObject *) gen;
@@ -22595,10 +22619,10 @@ static PyObject *__pyx_gb_5wsmem_6_array_7WsArray_42generator(__pyx_CoroutineObj
   __pyx_L3_first_run:;
   if (unlikely(__pyx_sent_value != Py_None)) {
     if (unlikely(__pyx_sent_value)) PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started generator");
-    __PYX_ERR(0, 978, __pyx_L1_error)
+    __PYX_ERR(0, 983, __pyx_L1_error)
   }
 
-  /* "wsmem/_array.pyx":979
+  /* "wsmem/_array.pyx":984
  * 
  *     def __iter__(self):
  *         if self._nd == 0:             # <<<<<<<<<<<<<<
@@ -22610,7 +22634,7 @@ static PyObject *__pyx_gb_5wsmem_6_array_7WsArray_42generator(__pyx_CoroutineObj
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_array.pyx":980
+    /* "wsmem/_array.pyx":985
  *     def __iter__(self):
  *         if self._nd == 0:
  *             raise TypeError("iteration over a 0-d array")             # <<<<<<<<<<<<<<
@@ -22623,14 +22647,14 @@ static PyObject *__pyx_gb_5wsmem_6_array_7WsArray_42generator(__pyx_CoroutineObj
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_iteration_over_a_0_d_array};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_TypeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 980, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 985, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 980, __pyx_L1_error)
+    __PYX_ERR(0, 985, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":979
+    /* "wsmem/_array.pyx":984
  * 
  *     def __iter__(self):
  *         if self._nd == 0:             # <<<<<<<<<<<<<<
@@ -22639,7 +22663,7 @@ static PyObject *__pyx_gb_5wsmem_6_array_7WsArray_42generator(__pyx_CoroutineObj
 */
   }
 
-  /* "wsmem/_array.pyx":981
+  /* "wsmem/_array.pyx":986
  *         if self._nd == 0:
  *             raise TypeError("iteration over a 0-d array")
  *         for i in range(self._shape[0]):             # <<<<<<<<<<<<<<
@@ -22653,14 +22677,14 @@ static PyObject *__pyx_gb_5wsmem_6_array_7WsArray_42generator(__pyx_CoroutineObj
   for (__pyx_t_7 = 0; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
     __pyx_cur_scope->__pyx_v_i = __pyx_t_7;
 
-    /* "wsmem/_array.pyx":982
+    /* "wsmem/_array.pyx":987
  *             raise TypeError("iteration over a 0-d array")
  *         for i in range(self._shape[0]):
  *             yield self[i]             # <<<<<<<<<<<<<<
  * 
  *     def __getattr__(self, name):
 */
-    __pyx_t_2 = __Pyx_GetItemInt(((PyObject *)__pyx_cur_scope->__pyx_v_self), __pyx_cur_scope->__pyx_v_i, npy_intp, 1, __Pyx_PyLong_From_npy_intp, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 982, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_GetItemInt(((PyObject *)__pyx_cur_scope->__pyx_v_self), __pyx_cur_scope->__pyx_v_i, npy_intp, 1, __Pyx_PyLong_From_npy_intp, 1, 1, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 987, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_r = __pyx_t_2;
     __pyx_t_2 = 0;
@@ -22680,12 +22704,12 @@ static PyObject *__pyx_gb_5wsmem_6_array_7WsArray_42generator(__pyx_CoroutineObj
     __pyx_t_5 = __pyx_cur_scope->__pyx_t_0;
     __pyx_t_6 = __pyx_cur_scope->__pyx_t_1;
     __pyx_t_7 = __pyx_cur_scope->__pyx_t_2;
-    if (unlikely(!__pyx_sent_value)) __PYX_ERR(0, 982, __pyx_L1_error)
+    if (unlikely(!__pyx_sent_value)) __PYX_ERR(0, 987, __pyx_L1_error)
   }
 
   CYTHON_MAYBE_UNUSED_VAR(__pyx_cur_scope);
 
-  /* "wsmem/_array.pyx":978
+  /* "wsmem/_array.pyx":983
  *         return self._shape[0]
  * 
  *     def __iter__(self):             # <<<<<<<<<<<<<<
@@ -22714,7 +22738,7 @@ static PyObject *__pyx_gb_5wsmem_6_array_7WsArray_42generator(__pyx_CoroutineObj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":984
+/* "wsmem/_array.pyx":989
  *             yield self[i]
  * 
  *     def __getattr__(self, name):             # <<<<<<<<<<<<<<
@@ -22737,7 +22761,7 @@ static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_44__getattr__(PyObject *__pyx_
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":994
+/* "wsmem/_array.pyx":999
  *         attr = getattr(v, name)
  *         if callable(attr):
  *             def method(*args, **kwargs):             # <<<<<<<<<<<<<<
@@ -22815,18 +22839,18 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
   __pyx_outer_scope = (struct __pyx_obj_5wsmem_6_array___pyx_scope_struct_1___getattr__ *) __Pyx_CyFunction_GetClosure(__pyx_self);
   __pyx_cur_scope = __pyx_outer_scope;
 
-  /* "wsmem/_array.pyx":995
+  /* "wsmem/_array.pyx":1000
  *         if callable(attr):
  *             def method(*args, **kwargs):
  *                 take_error()             # <<<<<<<<<<<<<<
  *                 try:
  *                     return _from_result(self, v, attr(*_unwrap(args), **_unwrap(kwargs)))
 */
-  __pyx_t_1 = __pyx_f_5wsmem_8_capture_take_error(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 995, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_8_capture_take_error(); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1000, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":996
+  /* "wsmem/_array.pyx":1001
  *             def method(*args, **kwargs):
  *                 take_error()
  *                 try:             # <<<<<<<<<<<<<<
@@ -22842,30 +22866,30 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
     __Pyx_XGOTREF(__pyx_t_4);
     /*try:*/ {
 
-      /* "wsmem/_array.pyx":997
+      /* "wsmem/_array.pyx":1002
  *                 take_error()
  *                 try:
  *                     return _from_result(self, v, attr(*_unwrap(args), **_unwrap(kwargs)))             # <<<<<<<<<<<<<<
  *                 except MemoryError as exc:
  *                     _reraise_workspace_error(exc)
 */
-      if (unlikely(!__pyx_cur_scope->__pyx_v_self)) { __Pyx_RaiseClosureNameError("self"); __PYX_ERR(0, 997, __pyx_L3_error) }
+      if (unlikely(!__pyx_cur_scope->__pyx_v_self)) { __Pyx_RaiseClosureNameError("self"); __PYX_ERR(0, 1002, __pyx_L3_error) }
       __pyx_t_1 = ((PyObject *)__pyx_cur_scope->__pyx_v_self);
       __Pyx_INCREF(__pyx_t_1);
-      if (unlikely(!__pyx_cur_scope->__pyx_v_v)) { __Pyx_RaiseClosureNameError("v"); __PYX_ERR(0, 997, __pyx_L3_error) }
+      if (unlikely(!__pyx_cur_scope->__pyx_v_v)) { __Pyx_RaiseClosureNameError("v"); __PYX_ERR(0, 1002, __pyx_L3_error) }
       __pyx_t_5 = __pyx_cur_scope->__pyx_v_v;
       __Pyx_INCREF(__pyx_t_5);
-      if (unlikely(!__pyx_cur_scope->__pyx_v_attr)) { __Pyx_RaiseClosureNameError("attr"); __PYX_ERR(0, 997, __pyx_L3_error) }
-      __pyx_t_6 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_args); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 997, __pyx_L3_error)
+      if (unlikely(!__pyx_cur_scope->__pyx_v_attr)) { __Pyx_RaiseClosureNameError("attr"); __PYX_ERR(0, 1002, __pyx_L3_error) }
+      __pyx_t_6 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_args); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1002, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_7 = __Pyx_PySequence_Tuple(__pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 997, __pyx_L3_error)
+      __pyx_t_7 = __Pyx_PySequence_Tuple(__pyx_t_6); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1002, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __pyx_t_8 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_kwargs); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 997, __pyx_L3_error)
+      __pyx_t_8 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_kwargs); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1002, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_8);
       if (unlikely(__pyx_t_8 == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "argument after ** must be a mapping, not NoneType");
-        __PYX_ERR(0, 997, __pyx_L3_error)
+        __PYX_ERR(0, 1002, __pyx_L3_error)
       }
       if (likely(PyDict_CheckExact(__pyx_t_8))) {
         #if CYTHON_COMPILING_IN_CPYTHON || CYTHON_COMPILING_IN_LIMITED_API
@@ -22875,20 +22899,20 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
         } else
         #endif
         {
-          __pyx_t_6 = PyDict_Copy(__pyx_t_8); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 997, __pyx_L3_error)
+          __pyx_t_6 = PyDict_Copy(__pyx_t_8); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1002, __pyx_L3_error)
           __Pyx_GOTREF(__pyx_t_6);
           __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         }
       } else {
-        __pyx_t_6 = __Pyx_PyObject_CallOneArg((PyObject*)&PyDict_Type, __pyx_t_8); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 997, __pyx_L3_error)
+        __pyx_t_6 = __Pyx_PyObject_CallOneArg((PyObject*)&PyDict_Type, __pyx_t_8); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1002, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_6);
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       }
-      __pyx_t_8 = __Pyx_PyObject_Call(__pyx_cur_scope->__pyx_v_attr, __pyx_t_7, __pyx_t_6); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 997, __pyx_L3_error)
+      __pyx_t_8 = __Pyx_PyObject_Call(__pyx_cur_scope->__pyx_v_attr, __pyx_t_7, __pyx_t_6); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1002, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      __pyx_t_6 = __pyx_f_5wsmem_6_array__from_result(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_1), __pyx_t_5, __pyx_t_8); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 997, __pyx_L3_error)
+      __pyx_t_6 = __pyx_f_5wsmem_6_array__from_result(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_1), __pyx_t_5, __pyx_t_8); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1002, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
@@ -22904,7 +22928,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
       __pyx_t_6 = 0;
       goto __pyx_L7_try_return;
 
-      /* "wsmem/_array.pyx":996
+      /* "wsmem/_array.pyx":1001
  *             def method(*args, **kwargs):
  *                 take_error()
  *                 try:             # <<<<<<<<<<<<<<
@@ -22919,7 +22943,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-    /* "wsmem/_array.pyx":998
+    /* "wsmem/_array.pyx":1003
  *                 try:
  *                     return _from_result(self, v, attr(*_unwrap(args), **_unwrap(kwargs)))
  *                 except MemoryError as exc:             # <<<<<<<<<<<<<<
@@ -22929,7 +22953,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
     __pyx_t_9 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_MemoryError))));
     if (__pyx_t_9) {
       __Pyx_AddTraceback("wsmem._array.WsArray.__getattr__.method", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_6, &__pyx_t_8, &__pyx_t_5) < 0) __PYX_ERR(0, 998, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_6, &__pyx_t_8, &__pyx_t_5) < 0) __PYX_ERR(0, 1003, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_6);
       __Pyx_XGOTREF(__pyx_t_8);
       __Pyx_XGOTREF(__pyx_t_5);
@@ -22937,17 +22961,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
       __pyx_v_exc = __pyx_t_8;
       /*try:*/ {
 
-        /* "wsmem/_array.pyx":999
+        /* "wsmem/_array.pyx":1004
  *                     return _from_result(self, v, attr(*_unwrap(args), **_unwrap(kwargs)))
  *                 except MemoryError as exc:
  *                     _reraise_workspace_error(exc)             # <<<<<<<<<<<<<<
  *                     raise
  *             method.__name__ = name
 */
-        __pyx_t_9 = __pyx_f_5wsmem_6_array__reraise_workspace_error(__pyx_v_exc); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 999, __pyx_L14_error)
+        __pyx_t_9 = __pyx_f_5wsmem_6_array__reraise_workspace_error(__pyx_v_exc); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 1004, __pyx_L14_error)
 
 
-        /* "wsmem/_array.pyx":1000
+        /* "wsmem/_array.pyx":1005
  *                 except MemoryError as exc:
  *                     _reraise_workspace_error(exc)
  *                     raise             # <<<<<<<<<<<<<<
@@ -22959,10 +22983,10 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
         __Pyx_XGIVEREF(__pyx_t_5);
         __Pyx_ErrRestoreWithState(__pyx_t_6, __pyx_t_8, __pyx_t_5);
         __pyx_t_6 = 0;  __pyx_t_8 = 0;  __pyx_t_5 = 0; 
-        __PYX_ERR(0, 1000, __pyx_L14_error)
+        __PYX_ERR(0, 1005, __pyx_L14_error)
       }
 
-      /* "wsmem/_array.pyx":998
+      /* "wsmem/_array.pyx":1003
  *                 try:
  *                     return _from_result(self, v, attr(*_unwrap(args), **_unwrap(kwargs)))
  *                 except MemoryError as exc:             # <<<<<<<<<<<<<<
@@ -23005,7 +23029,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
     }
     goto __pyx_L5_except_error;
 
-    /* "wsmem/_array.pyx":996
+    /* "wsmem/_array.pyx":1001
  *             def method(*args, **kwargs):
  *                 take_error()
  *                 try:             # <<<<<<<<<<<<<<
@@ -23026,7 +23050,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
     goto __pyx_L0;
   }
 
-  /* "wsmem/_array.pyx":994
+  /* "wsmem/_array.pyx":999
  *         attr = getattr(v, name)
  *         if callable(attr):
  *             def method(*args, **kwargs):             # <<<<<<<<<<<<<<
@@ -23050,7 +23074,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_11__getattr___method(PyObject 
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":984
+/* "wsmem/_array.pyx":989
  *             yield self[i]
  * 
  *     def __getattr__(self, name):             # <<<<<<<<<<<<<<
@@ -23077,7 +23101,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
   if (unlikely(!__pyx_cur_scope)) {
     __pyx_cur_scope = ((struct __pyx_obj_5wsmem_6_array___pyx_scope_struct_1___getattr__ *)Py_None);
     __Pyx_INCREF(Py_None);
-    __PYX_ERR(0, 984, __pyx_L1_error)
+    __PYX_ERR(0, 989, __pyx_L1_error)
   } else {
     __Pyx_GOTREF((PyObject *)__pyx_cur_scope);
   }
@@ -23085,7 +23109,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
   __Pyx_INCREF((PyObject *)__pyx_cur_scope->__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_cur_scope->__pyx_v_self);
 
-  /* "wsmem/_array.pyx":989
+  /* "wsmem/_array.pyx":994
  *         # private names are not forwarded: protocols such as __array_struct__
  *         # must never bypass the pin.
  *         if name.startswith("_"):             # <<<<<<<<<<<<<<
@@ -23099,15 +23123,15 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
     PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_mstate_global->__pyx_n_u__5};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_startswith, __pyx_callargs+__pyx_t_3, (2-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 989, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 994, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 989, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 994, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "wsmem/_array.pyx":990
+    /* "wsmem/_array.pyx":995
  *         # must never bypass the pin.
  *         if name.startswith("_"):
  *             raise AttributeError(f"'WsArray' object has no attribute {name!r}")             # <<<<<<<<<<<<<<
@@ -23115,9 +23139,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
  *         attr = getattr(v, name)
 */
     __pyx_t_2 = NULL;
-    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 990, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 995, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_WsArray_object_has_no_attribute, __pyx_t_5); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 990, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_WsArray_object_has_no_attribute, __pyx_t_5); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 995, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __pyx_t_3 = 1;
@@ -23126,14 +23150,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_AttributeError)), __pyx_callargs+__pyx_t_3, (2-__pyx_t_3) | (__pyx_t_3*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 990, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 995, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_Raise(__pyx_t_1, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __PYX_ERR(0, 990, __pyx_L1_error)
+    __PYX_ERR(0, 995, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":989
+    /* "wsmem/_array.pyx":994
  *         # private names are not forwarded: protocols such as __array_struct__
  *         # must never bypass the pin.
  *         if name.startswith("_"):             # <<<<<<<<<<<<<<
@@ -23142,20 +23166,20 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
 */
   }
 
-  /* "wsmem/_array.pyx":991
+  /* "wsmem/_array.pyx":996
  *         if name.startswith("_"):
  *             raise AttributeError(f"'WsArray' object has no attribute {name!r}")
  *         v = self._view()             # <<<<<<<<<<<<<<
  *         attr = getattr(v, name)
  *         if callable(attr):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_cur_scope->__pyx_v_self->__pyx_vtab)->_view(__pyx_cur_scope->__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 991, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_cur_scope->__pyx_v_self->__pyx_vtab)->_view(__pyx_cur_scope->__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 996, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __pyx_cur_scope->__pyx_v_v = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":992
+  /* "wsmem/_array.pyx":997
  *             raise AttributeError(f"'WsArray' object has no attribute {name!r}")
  *         v = self._view()
  *         attr = getattr(v, name)             # <<<<<<<<<<<<<<
@@ -23164,14 +23188,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
 */
   __pyx_t_1 = __pyx_cur_scope->__pyx_v_v;
   __Pyx_INCREF(__pyx_t_1);
-  __pyx_t_6 = __Pyx_GetAttr(__pyx_t_1, __pyx_v_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 992, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_GetAttr(__pyx_t_1, __pyx_v_name); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 997, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_GIVEREF(__pyx_t_6);
   __pyx_cur_scope->__pyx_v_attr = __pyx_t_6;
   __pyx_t_6 = 0;
 
-  /* "wsmem/_array.pyx":993
+  /* "wsmem/_array.pyx":998
  *         v = self._view()
  *         attr = getattr(v, name)
  *         if callable(attr):             # <<<<<<<<<<<<<<
@@ -23180,45 +23204,45 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
 */
   __pyx_t_6 = __pyx_cur_scope->__pyx_v_attr;
   __Pyx_INCREF(__pyx_t_6);
-  __pyx_t_4 = __Pyx_PyCallable_Check(__pyx_t_6); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 993, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyCallable_Check(__pyx_t_6); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 998, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   if (__pyx_t_4) {
 
 
-    /* "wsmem/_array.pyx":994
+    /* "wsmem/_array.pyx":999
  *         attr = getattr(v, name)
  *         if callable(attr):
  *             def method(*args, **kwargs):             # <<<<<<<<<<<<<<
  *                 take_error()
  *                 try:
 */
-    __pyx_t_6 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_11__getattr___1method, 0, __pyx_mstate_global->__pyx_n_u_getattr___locals_method, ((PyObject*)__pyx_cur_scope), __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 994, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_11__getattr___1method, 0, __pyx_mstate_global->__pyx_n_u_getattr___locals_method, ((PyObject*)__pyx_cur_scope), __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 999, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_v_method = __pyx_t_6;
     __pyx_t_6 = 0;
 
-    /* "wsmem/_array.pyx":1001
+    /* "wsmem/_array.pyx":1006
  *                     _reraise_workspace_error(exc)
  *                     raise
  *             method.__name__ = name             # <<<<<<<<<<<<<<
  *             method.__doc__ = attr.__doc__
  *             return method
 */
-    if (__Pyx_PyObject_SetAttrStr(__pyx_v_method, __pyx_mstate_global->__pyx_n_u_name, __pyx_v_name) < (0)) __PYX_ERR(0, 1001, __pyx_L1_error)
+    if (__Pyx_PyObject_SetAttrStr(__pyx_v_method, __pyx_mstate_global->__pyx_n_u_name, __pyx_v_name) < (0)) __PYX_ERR(0, 1006, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":1002
+    /* "wsmem/_array.pyx":1007
  *                     raise
  *             method.__name__ = name
  *             method.__doc__ = attr.__doc__             # <<<<<<<<<<<<<<
  *             return method
  *         return _from_result(self, v, attr)
 */
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_cur_scope->__pyx_v_attr, __pyx_mstate_global->__pyx_n_u_doc); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1002, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_cur_scope->__pyx_v_attr, __pyx_mstate_global->__pyx_n_u_doc); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1007, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    if (__Pyx_PyObject_SetAttrStr(__pyx_v_method, __pyx_mstate_global->__pyx_n_u_doc, __pyx_t_6) < (0)) __PYX_ERR(0, 1002, __pyx_L1_error)
+    if (__Pyx_PyObject_SetAttrStr(__pyx_v_method, __pyx_mstate_global->__pyx_n_u_doc, __pyx_t_6) < (0)) __PYX_ERR(0, 1007, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-    /* "wsmem/_array.pyx":1003
+    /* "wsmem/_array.pyx":1008
  *             method.__name__ = name
  *             method.__doc__ = attr.__doc__
  *             return method             # <<<<<<<<<<<<<<
@@ -23236,7 +23260,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":993
+    /* "wsmem/_array.pyx":998
  *         v = self._view()
  *         attr = getattr(v, name)
  *         if callable(attr):             # <<<<<<<<<<<<<<
@@ -23245,7 +23269,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
 */
   }
 
-  /* "wsmem/_array.pyx":1004
+  /* "wsmem/_array.pyx":1009
  *             method.__doc__ = attr.__doc__
  *             return method
  *         return _from_result(self, v, attr)             # <<<<<<<<<<<<<<
@@ -23258,7 +23282,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
   __Pyx_INCREF(__pyx_t_1);
   __pyx_t_2 = __pyx_cur_scope->__pyx_v_attr;
   __Pyx_INCREF(__pyx_t_2);
-  __pyx_t_5 = __pyx_f_5wsmem_6_array__from_result(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_6), __pyx_t_1, __pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1004, __pyx_L1_error)
+  __pyx_t_5 = __pyx_f_5wsmem_6_array__from_result(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_6), __pyx_t_1, __pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1009, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
@@ -23274,7 +23298,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
   __pyx_t_5 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":984
+  /* "wsmem/_array.pyx":989
  *             yield self[i]
  * 
  *     def __getattr__(self, name):             # <<<<<<<<<<<<<<
@@ -23298,7 +23322,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_43__getattr__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1006
+/* "wsmem/_array.pyx":1011
  *         return _from_result(self, v, attr)
  * 
  *     def __dir__(self):             # <<<<<<<<<<<<<<
@@ -23361,7 +23385,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_45__dir__(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__dir__", 0);
 
-  /* "wsmem/_array.pyx":1007
+  /* "wsmem/_array.pyx":1012
  * 
  *     def __dir__(self):
  *         return sorted(set(object.__dir__(self)) | set(dir(np.ndarray)))             # <<<<<<<<<<<<<<
@@ -23375,31 +23399,31 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_45__dir__(struct __pyx_obj_5ws
     PyObject *__pyx_callargs[2] = {__pyx_t_2, ((PyObject *)__pyx_v_self)};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_dir, __pyx_callargs+__pyx_t_3, (2-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1007, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1012, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_2 = PySet_New(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1007, __pyx_L1_error)
+  __pyx_t_2 = PySet_New(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1012, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1007, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1012, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1007, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_ndarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1012, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyObject_Dir(__pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1007, __pyx_L1_error)
+  __pyx_t_1 = PyObject_Dir(__pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1012, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PySet_New(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1007, __pyx_L1_error)
+  __pyx_t_4 = PySet_New(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1012, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyNumber_Or(__pyx_t_2, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1007, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Or(__pyx_t_2, __pyx_t_4); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1012, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PySequence_List(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1007, __pyx_L1_error)
+  __pyx_t_4 = PySequence_List(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1012, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  if (unlikely((PyList_Sort(__pyx_t_4) < 0))) __PYX_ERR(0, 1007, __pyx_L1_error)
+  if (unlikely((PyList_Sort(__pyx_t_4) < 0))) __PYX_ERR(0, 1012, __pyx_L1_error)
   {
     PyObject *__pyx_temp;
     {
@@ -23411,7 +23435,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_45__dir__(struct __pyx_obj_5ws
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1006
+  /* "wsmem/_array.pyx":1011
  *         return _from_result(self, v, attr)
  * 
  *     def __dir__(self):             # <<<<<<<<<<<<<<
@@ -23432,7 +23456,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_45__dir__(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1010
+/* "wsmem/_array.pyx":1015
  * 
  *     # ------------------------------------------------------------ scalars, repr
  *     def __bool__(self):             # <<<<<<<<<<<<<<
@@ -23465,16 +23489,16 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_47__bool__(struct __pyx_obj_5wsmem_6
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__bool__", 0);
 
-  /* "wsmem/_array.pyx":1011
+  /* "wsmem/_array.pyx":1016
  *     # ------------------------------------------------------------ scalars, repr
  *     def __bool__(self):
  *         return bool(self._view())             # <<<<<<<<<<<<<<
  * 
  *     def __int__(self):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1011, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1016, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 1011, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 1016, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
 
@@ -23483,7 +23507,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_47__bool__(struct __pyx_obj_5wsmem_6
 
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1010
+  /* "wsmem/_array.pyx":1015
  * 
  *     # ------------------------------------------------------------ scalars, repr
  *     def __bool__(self):             # <<<<<<<<<<<<<<
@@ -23502,7 +23526,7 @@ static int __pyx_pf_5wsmem_6_array_7WsArray_47__bool__(struct __pyx_obj_5wsmem_6
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1013
+/* "wsmem/_array.pyx":1018
  *         return bool(self._view())
  * 
  *     def __int__(self):             # <<<<<<<<<<<<<<
@@ -23535,16 +23559,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_49__int__(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__int__", 0);
 
-  /* "wsmem/_array.pyx":1014
+  /* "wsmem/_array.pyx":1019
  * 
  *     def __int__(self):
  *         return int(self._view())             # <<<<<<<<<<<<<<
  * 
  *     def __float__(self):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1014, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1019, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1014, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Int(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1019, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -23558,7 +23582,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_49__int__(struct __pyx_obj_5ws
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1013
+  /* "wsmem/_array.pyx":1018
  *         return bool(self._view())
  * 
  *     def __int__(self):             # <<<<<<<<<<<<<<
@@ -23578,7 +23602,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_49__int__(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1016
+/* "wsmem/_array.pyx":1021
  *         return int(self._view())
  * 
  *     def __float__(self):             # <<<<<<<<<<<<<<
@@ -23611,19 +23635,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_51__float__(struct __pyx_obj_5
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__float__", 0);
 
-  /* "wsmem/_array.pyx":1017
+  /* "wsmem/_array.pyx":1022
  * 
  *     def __float__(self):
  *         return float(self._view())             # <<<<<<<<<<<<<<
  * 
  *     def __complex__(self):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1017, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1022, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyNumber_Float(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1017, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyNumber_Float(__pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1022, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  if (__Pyx_PyFloat_FromNumber(&__pyx_t_2, NULL, 0) < (0)) __PYX_ERR(0, 1017, __pyx_L1_error)
+  if (__Pyx_PyFloat_FromNumber(&__pyx_t_2, NULL, 0) < (0)) __PYX_ERR(0, 1022, __pyx_L1_error)
   {
     PyObject *__pyx_temp;
     {
@@ -23635,7 +23659,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_51__float__(struct __pyx_obj_5
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1016
+  /* "wsmem/_array.pyx":1021
  *         return int(self._view())
  * 
  *     def __float__(self):             # <<<<<<<<<<<<<<
@@ -23655,7 +23679,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_51__float__(struct __pyx_obj_5
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1019
+/* "wsmem/_array.pyx":1024
  *         return float(self._view())
  * 
  *     def __complex__(self):             # <<<<<<<<<<<<<<
@@ -23718,7 +23742,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_53__complex__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__complex__", 0);
 
-  /* "wsmem/_array.pyx":1020
+  /* "wsmem/_array.pyx":1025
  * 
  *     def __complex__(self):
  *         return complex(self._view())             # <<<<<<<<<<<<<<
@@ -23726,7 +23750,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_53__complex__(struct __pyx_obj
  *     def __index__(self):
 */
   __pyx_t_2 = NULL;
-  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1020, __pyx_L1_error)
+  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1025, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_4 = 1;
   {
@@ -23734,7 +23758,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_53__complex__(struct __pyx_obj
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(&PyComplex_Type), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1020, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1025, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -23748,7 +23772,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_53__complex__(struct __pyx_obj
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1019
+  /* "wsmem/_array.pyx":1024
  *         return float(self._view())
  * 
  *     def __complex__(self):             # <<<<<<<<<<<<<<
@@ -23769,7 +23793,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_53__complex__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1022
+/* "wsmem/_array.pyx":1027
  *         return complex(self._view())
  * 
  *     def __index__(self):             # <<<<<<<<<<<<<<
@@ -23805,7 +23829,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_55__index__(struct __pyx_obj_5
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__index__", 0);
 
-  /* "wsmem/_array.pyx":1023
+  /* "wsmem/_array.pyx":1028
  * 
  *     def __index__(self):
  *         return operator.index(self._view())             # <<<<<<<<<<<<<<
@@ -23813,12 +23837,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_55__index__(struct __pyx_obj_5
  *     def __repr__(self):
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_operator); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1023, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_operator); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1028, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_index); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1023, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_index); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1028, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1023, __pyx_L1_error)
+  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1028, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_5 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -23838,7 +23862,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_55__index__(struct __pyx_obj_5
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1023, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1028, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -23852,7 +23876,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_55__index__(struct __pyx_obj_5
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1022
+  /* "wsmem/_array.pyx":1027
  *         return complex(self._view())
  * 
  *     def __index__(self):             # <<<<<<<<<<<<<<
@@ -23874,7 +23898,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_55__index__(struct __pyx_obj_5
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1025
+/* "wsmem/_array.pyx":1030
  *         return operator.index(self._view())
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -23916,7 +23940,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__repr__", 0);
 
-  /* "wsmem/_array.pyx":1026
+  /* "wsmem/_array.pyx":1031
  * 
  *     def __repr__(self):
  *         if self._ws is None:             # <<<<<<<<<<<<<<
@@ -23927,7 +23951,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1027
+    /* "wsmem/_array.pyx":1032
  *     def __repr__(self):
  *         if self._ws is None:
  *             where = "heap"             # <<<<<<<<<<<<<<
@@ -23937,7 +23961,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
     __Pyx_INCREF(__pyx_mstate_global->__pyx_n_u_heap);
     __pyx_v_where = __pyx_mstate_global->__pyx_n_u_heap;
 
-    /* "wsmem/_array.pyx":1026
+    /* "wsmem/_array.pyx":1031
  * 
  *     def __repr__(self):
  *         if self._ws is None:             # <<<<<<<<<<<<<<
@@ -23947,7 +23971,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
     goto __pyx_L3;
   }
 
-  /* "wsmem/_array.pyx":1029
+  /* "wsmem/_array.pyx":1034
  *             where = "heap"
  *         else:
  *             where = f"workspace={self._ws.name!r}, generation={self._gen}"             # <<<<<<<<<<<<<<
@@ -23955,9 +23979,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
  *             return (f"<WsArray shape={self.shape} dtype={self._dtype} {where}: stale, "
 */
   /*else*/ {
-    __pyx_t_2 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->_ws->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1029, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->_ws->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1034, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PyUnicode_From_unsigned_PY_LONG_LONG(__pyx_v_self->_gen, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1029, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyUnicode_From_unsigned_PY_LONG_LONG(__pyx_v_self->_gen, 0, ' ', 'd'); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1034, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_4[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_4[1] = __pyx_t_2;
@@ -23972,7 +23996,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
     __pyx_t_6 |= __Pyx_PyUnicode_KIND_04(__pyx_t_4[1]);
     #endif
     __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_4, 4, __pyx_t_5, __pyx_t_6);
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1029, __pyx_L1_error)
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1034, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
@@ -23981,16 +24005,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
   }
   __pyx_L3:;
 
-  /* "wsmem/_array.pyx":1030
+  /* "wsmem/_array.pyx":1035
  *         else:
  *             where = f"workspace={self._ws.name!r}, generation={self._gen}"
  *         if not self.is_valid:             # <<<<<<<<<<<<<<
  *             return (f"<WsArray shape={self.shape} dtype={self._dtype} {where}: stale, "
  *                     f"its cycle has ended>")
 */
-  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_is_valid); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1030, __pyx_L1_error)
+  __pyx_t_7 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_is_valid); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1035, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
-  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_7); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1030, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_7); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1035, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
   __pyx_t_8 = (!__pyx_t_1);
 
@@ -23998,19 +24022,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
   if (__pyx_t_8) {
 
 
-    /* "wsmem/_array.pyx":1031
+    /* "wsmem/_array.pyx":1036
  *             where = f"workspace={self._ws.name!r}, generation={self._gen}"
  *         if not self.is_valid:
  *             return (f"<WsArray shape={self.shape} dtype={self._dtype} {where}: stale, "             # <<<<<<<<<<<<<<
  *                     f"its cycle has ended>")
  *         body = repr(self._view())
 */
-    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1031, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1036, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_3 = __Pyx_PyObject_FormatSimple(__pyx_t_7, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1031, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_FormatSimple(__pyx_t_7, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1036, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyObject_FormatSimple(((PyObject *)__pyx_v_self->_dtype), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1031, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_FormatSimple(((PyObject *)__pyx_v_self->_dtype), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1036, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_WsArray_shape;
     __pyx_t_9[1] = __pyx_t_3;
@@ -24028,7 +24052,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
     __pyx_t_6 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_9[3]) | __Pyx_PyUnicode_KIND_04(__pyx_t_9[5]);
     #endif
     __pyx_t_2 = __Pyx_PyUnicode_Join(__pyx_t_9, 7, __pyx_t_5, __pyx_t_6);
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1031, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1036, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
@@ -24043,7 +24067,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":1030
+    /* "wsmem/_array.pyx":1035
  *         else:
  *             where = f"workspace={self._ws.name!r}, generation={self._gen}"
  *         if not self.is_valid:             # <<<<<<<<<<<<<<
@@ -24052,22 +24076,22 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
 */
   }
 
-  /* "wsmem/_array.pyx":1033
+  /* "wsmem/_array.pyx":1038
  *             return (f"<WsArray shape={self.shape} dtype={self._dtype} {where}: stale, "
  *                     f"its cycle has ended>")
  *         body = repr(self._view())             # <<<<<<<<<<<<<<
  *         if body.startswith("array("):
  *             body = "WsArray(" + body[6:-1]
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1033, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1038, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_7 = PyObject_Repr(__pyx_t_2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1033, __pyx_L1_error)
+  __pyx_t_7 = PyObject_Repr(__pyx_t_2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1038, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_body = ((PyObject*)__pyx_t_7);
   __pyx_t_7 = 0;
 
-  /* "wsmem/_array.pyx":1034
+  /* "wsmem/_array.pyx":1039
  *                     f"its cycle has ended>")
  *         body = repr(self._view())
  *         if body.startswith("array("):             # <<<<<<<<<<<<<<
@@ -24076,13 +24100,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
 */
   if (unlikely(__pyx_v_body == Py_None)) {
     PyErr_Format(PyExc_AttributeError, "\047NoneType\047 object has no attribute \047%.30s\047", "startswith");
-    __PYX_ERR(0, 1034, __pyx_L1_error)
+    __PYX_ERR(0, 1039, __pyx_L1_error)
   }
-  __pyx_t_8 = __Pyx_PyUnicode_Tailmatch(__pyx_v_body, __pyx_mstate_global->__pyx_kp_u_array_2, 0, PY_SSIZE_T_MAX, -1); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 1034, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyUnicode_Tailmatch(__pyx_v_body, __pyx_mstate_global->__pyx_kp_u_array_2, 0, PY_SSIZE_T_MAX, -1); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 1039, __pyx_L1_error)
   if (__pyx_t_8) {
 
 
-    /* "wsmem/_array.pyx":1035
+    /* "wsmem/_array.pyx":1040
  *         body = repr(self._view())
  *         if body.startswith("array("):
  *             body = "WsArray(" + body[6:-1]             # <<<<<<<<<<<<<<
@@ -24091,17 +24115,17 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
 */
     if (unlikely(__pyx_v_body == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 1035, __pyx_L1_error)
+      __PYX_ERR(0, 1040, __pyx_L1_error)
     }
-    __pyx_t_7 = __Pyx_PyUnicode_Substring(__pyx_v_body, 6, -1L); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1035, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_Substring(__pyx_v_body, 6, -1L); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1040, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_2 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_WsArray_2, __pyx_t_7); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1035, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_WsArray_2, __pyx_t_7); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1040, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF_SET(__pyx_v_body, ((PyObject*)__pyx_t_2));
     __pyx_t_2 = 0;
 
-    /* "wsmem/_array.pyx":1034
+    /* "wsmem/_array.pyx":1039
  *                     f"its cycle has ended>")
  *         body = repr(self._view())
  *         if body.startswith("array("):             # <<<<<<<<<<<<<<
@@ -24111,7 +24135,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
     goto __pyx_L5;
   }
 
-  /* "wsmem/_array.pyx":1037
+  /* "wsmem/_array.pyx":1042
  *             body = "WsArray(" + body[6:-1]
  *         else:
  *             body = "WsArray(" + body             # <<<<<<<<<<<<<<
@@ -24119,14 +24143,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
  * 
 */
   /*else*/ {
-    __pyx_t_2 = __Pyx_PyUnicode_ConcatSafe(__pyx_mstate_global->__pyx_kp_u_WsArray_2, __pyx_v_body); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1037, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyUnicode_ConcatSafe(__pyx_mstate_global->__pyx_kp_u_WsArray_2, __pyx_v_body); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1042, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF_SET(__pyx_v_body, ((PyObject*)__pyx_t_2));
     __pyx_t_2 = 0;
   }
   __pyx_L5:;
 
-  /* "wsmem/_array.pyx":1038
+  /* "wsmem/_array.pyx":1043
  *         else:
  *             body = "WsArray(" + body
  *         return f"{body}, {where})"             # <<<<<<<<<<<<<<
@@ -24146,7 +24170,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
   __pyx_t_6 |= __Pyx_PyUnicode_KIND_04(__pyx_t_4[0]) | __Pyx_PyUnicode_KIND_04(__pyx_t_4[2]);
   #endif
   __pyx_t_2 = __Pyx_PyUnicode_Join(__pyx_t_4, 4, __pyx_t_5, __pyx_t_6);
-  if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1038, __pyx_L1_error)
+  if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1043, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -24159,7 +24183,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1025
+  /* "wsmem/_array.pyx":1030
  *         return operator.index(self._view())
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -24182,7 +24206,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_57__repr__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1040
+/* "wsmem/_array.pyx":1045
  *         return f"{body}, {where})"
  * 
  *     def __str__(self):             # <<<<<<<<<<<<<<
@@ -24217,16 +24241,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_59__str__(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__str__", 0);
 
-  /* "wsmem/_array.pyx":1041
+  /* "wsmem/_array.pyx":1046
  * 
  *     def __str__(self):
  *         if not self.is_valid:             # <<<<<<<<<<<<<<
  *             return repr(self)
  *         return str(self._view())
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_is_valid); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1041, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_is_valid); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1046, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 1041, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 1046, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_3 = (!__pyx_t_2);
 
@@ -24234,14 +24258,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_59__str__(struct __pyx_obj_5ws
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_array.pyx":1042
+    /* "wsmem/_array.pyx":1047
  *     def __str__(self):
  *         if not self.is_valid:
  *             return repr(self)             # <<<<<<<<<<<<<<
  *         return str(self._view())
  * 
 */
-    __pyx_t_1 = PyObject_Repr(((PyObject *)__pyx_v_self)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1042, __pyx_L1_error)
+    __pyx_t_1 = PyObject_Repr(((PyObject *)__pyx_v_self)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1047, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     {
       PyObject *__pyx_temp;
@@ -24254,7 +24278,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_59__str__(struct __pyx_obj_5ws
     __pyx_t_1 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":1041
+    /* "wsmem/_array.pyx":1046
  * 
  *     def __str__(self):
  *         if not self.is_valid:             # <<<<<<<<<<<<<<
@@ -24263,16 +24287,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_59__str__(struct __pyx_obj_5ws
 */
   }
 
-  /* "wsmem/_array.pyx":1043
+  /* "wsmem/_array.pyx":1048
  *         if not self.is_valid:
  *             return repr(self)
  *         return str(self._view())             # <<<<<<<<<<<<<<
  * 
  *     def __reduce__(self):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1043, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1048, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyObject_Unicode(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1043, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_Unicode(__pyx_t_1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1048, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -24286,7 +24310,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_59__str__(struct __pyx_obj_5ws
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1040
+  /* "wsmem/_array.pyx":1045
  *         return f"{body}, {where})"
  * 
  *     def __str__(self):             # <<<<<<<<<<<<<<
@@ -24306,7 +24330,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_59__str__(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1045
+/* "wsmem/_array.pyx":1050
  *         return str(self._view())
  * 
  *     def __reduce__(self):             # <<<<<<<<<<<<<<
@@ -24372,22 +24396,22 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_61__reduce__(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__reduce__", 0);
 
-  /* "wsmem/_array.pyx":1046
+  /* "wsmem/_array.pyx":1051
  * 
  *     def __reduce__(self):
  *         return (_from_pickle, (np.array(self._view(), copy=True),))             # <<<<<<<<<<<<<<
  * 
  *     __hash__ = None
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_from_pickle); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1046, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_from_pickle); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1051, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1046, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1051, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1046, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1051, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1046, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_self->__pyx_vtab)->_view(__pyx_v_self); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1051, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_VECTORCALL
   #endif
@@ -24407,13 +24431,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_61__reduce__(struct __pyx_obj_
     PyObject *__pyx_callargs[3] = {__pyx_t_3, __pyx_t_4, Py_True};
     #if CYTHON_VECTORCALL
     __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[3];
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1046, __pyx_L1_error)
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1051, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_7);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_copy};
       __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1046, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1051, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
     }
     #endif
@@ -24424,20 +24448,20 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_61__reduce__(struct __pyx_obj_
     #endif
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1046, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1051, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_5 = PyTuple_New(1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1046, __pyx_L1_error)
+  __pyx_t_5 = PyTuple_New(1); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1051, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 1046, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 1051, __pyx_L1_error);
   __pyx_t_2 = 0;
-  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1046, __pyx_L1_error)
+  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1051, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 1046, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 1051, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_5);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 1046, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 1051, __pyx_L1_error);
   __pyx_t_1 = 0;
   __pyx_t_5 = 0;
   {
@@ -24451,7 +24475,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_61__reduce__(struct __pyx_obj_
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1045
+  /* "wsmem/_array.pyx":1050
  *         return str(self._view())
  * 
  *     def __reduce__(self):             # <<<<<<<<<<<<<<
@@ -24475,7 +24499,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_61__reduce__(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1051
+/* "wsmem/_array.pyx":1056
  * 
  *     # ------------------------------------------------------------ operators
  *     def __add__(self, other): return np.add(self, other)             # <<<<<<<<<<<<<<
@@ -24511,9 +24535,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_63__add__(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__add__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1051, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1056, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_add); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1051, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_add); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1056, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -24533,7 +24557,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_63__add__(struct __pyx_obj_5ws
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1051, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1056, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -24561,7 +24585,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_63__add__(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1052
+/* "wsmem/_array.pyx":1057
  *     # ------------------------------------------------------------ operators
  *     def __add__(self, other): return np.add(self, other)
  *     def __radd__(self, other): return np.add(other, self)             # <<<<<<<<<<<<<<
@@ -24597,9 +24621,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_65__radd__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__radd__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1052, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1057, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_add); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1052, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_add); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1057, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -24619,7 +24643,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_65__radd__(struct __pyx_obj_5w
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1052, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1057, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -24647,7 +24671,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_65__radd__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1053
+/* "wsmem/_array.pyx":1058
  *     def __add__(self, other): return np.add(self, other)
  *     def __radd__(self, other): return np.add(other, self)
  *     def __iadd__(self, other): return np.add(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -24684,16 +24708,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_67__iadd__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__iadd__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1053, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1058, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_add); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1053, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_add); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1058, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1053, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1058, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1053, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1058, __pyx_L1_error);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -24712,13 +24736,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_67__iadd__(struct __pyx_obj_5w
     PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1053, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1058, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1053, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1058, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -24729,7 +24753,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_67__iadd__(struct __pyx_obj_5w
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1053, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1058, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -24758,7 +24782,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_67__iadd__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1054
+/* "wsmem/_array.pyx":1059
  *     def __radd__(self, other): return np.add(other, self)
  *     def __iadd__(self, other): return np.add(self, other, out=(self,))
  *     def __sub__(self, other): return np.subtract(self, other)             # <<<<<<<<<<<<<<
@@ -24794,9 +24818,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_69__sub__(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__sub__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1054, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1059, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_subtract); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1054, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_subtract); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1059, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -24816,7 +24840,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_69__sub__(struct __pyx_obj_5ws
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1054, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1059, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -24844,7 +24868,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_69__sub__(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1055
+/* "wsmem/_array.pyx":1060
  *     def __iadd__(self, other): return np.add(self, other, out=(self,))
  *     def __sub__(self, other): return np.subtract(self, other)
  *     def __rsub__(self, other): return np.subtract(other, self)             # <<<<<<<<<<<<<<
@@ -24880,9 +24904,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_71__rsub__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__rsub__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1055, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1060, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_subtract); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1055, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_subtract); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1060, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -24902,7 +24926,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_71__rsub__(struct __pyx_obj_5w
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1055, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1060, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -24930,7 +24954,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_71__rsub__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1056
+/* "wsmem/_array.pyx":1061
  *     def __sub__(self, other): return np.subtract(self, other)
  *     def __rsub__(self, other): return np.subtract(other, self)
  *     def __isub__(self, other): return np.subtract(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -24967,16 +24991,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_73__isub__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__isub__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1056, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1061, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_subtract); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1056, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_subtract); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1061, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1056, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1061, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1056, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1061, __pyx_L1_error);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -24995,13 +25019,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_73__isub__(struct __pyx_obj_5w
     PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1056, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1061, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1056, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1061, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -25012,7 +25036,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_73__isub__(struct __pyx_obj_5w
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1056, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1061, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25041,7 +25065,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_73__isub__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1057
+/* "wsmem/_array.pyx":1062
  *     def __rsub__(self, other): return np.subtract(other, self)
  *     def __isub__(self, other): return np.subtract(self, other, out=(self,))
  *     def __mul__(self, other): return np.multiply(self, other)             # <<<<<<<<<<<<<<
@@ -25077,9 +25101,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_75__mul__(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__mul__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1057, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1062, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_multiply); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1057, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_multiply); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1062, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -25099,7 +25123,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_75__mul__(struct __pyx_obj_5ws
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1057, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1062, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25127,7 +25151,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_75__mul__(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1058
+/* "wsmem/_array.pyx":1063
  *     def __isub__(self, other): return np.subtract(self, other, out=(self,))
  *     def __mul__(self, other): return np.multiply(self, other)
  *     def __rmul__(self, other): return np.multiply(other, self)             # <<<<<<<<<<<<<<
@@ -25163,9 +25187,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_77__rmul__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__rmul__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1058, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1063, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_multiply); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1058, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_multiply); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1063, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -25185,7 +25209,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_77__rmul__(struct __pyx_obj_5w
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1058, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1063, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25213,7 +25237,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_77__rmul__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1059
+/* "wsmem/_array.pyx":1064
  *     def __mul__(self, other): return np.multiply(self, other)
  *     def __rmul__(self, other): return np.multiply(other, self)
  *     def __imul__(self, other): return np.multiply(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -25250,16 +25274,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_79__imul__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__imul__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1059, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1064, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_multiply); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1059, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_multiply); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1064, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1059, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1064, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1059, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1064, __pyx_L1_error);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -25278,13 +25302,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_79__imul__(struct __pyx_obj_5w
     PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1059, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1064, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1059, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1064, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -25295,7 +25319,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_79__imul__(struct __pyx_obj_5w
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1059, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1064, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25324,7 +25348,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_79__imul__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1060
+/* "wsmem/_array.pyx":1065
  *     def __rmul__(self, other): return np.multiply(other, self)
  *     def __imul__(self, other): return np.multiply(self, other, out=(self,))
  *     def __truediv__(self, other): return np.true_divide(self, other)             # <<<<<<<<<<<<<<
@@ -25360,9 +25384,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_81__truediv__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__truediv__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1060, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1065, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_true_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1060, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_true_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1065, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -25382,7 +25406,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_81__truediv__(struct __pyx_obj
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1060, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1065, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25410,7 +25434,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_81__truediv__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1061
+/* "wsmem/_array.pyx":1066
  *     def __imul__(self, other): return np.multiply(self, other, out=(self,))
  *     def __truediv__(self, other): return np.true_divide(self, other)
  *     def __rtruediv__(self, other): return np.true_divide(other, self)             # <<<<<<<<<<<<<<
@@ -25446,9 +25470,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_83__rtruediv__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__rtruediv__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1061, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1066, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_true_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1061, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_true_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1066, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -25468,7 +25492,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_83__rtruediv__(struct __pyx_ob
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1061, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1066, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25496,7 +25520,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_83__rtruediv__(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1062
+/* "wsmem/_array.pyx":1067
  *     def __truediv__(self, other): return np.true_divide(self, other)
  *     def __rtruediv__(self, other): return np.true_divide(other, self)
  *     def __itruediv__(self, other): return np.true_divide(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -25533,16 +25557,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_85__itruediv__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__itruediv__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1062, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1067, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_true_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1062, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_true_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1067, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1062, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1067, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1062, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1067, __pyx_L1_error);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -25561,13 +25585,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_85__itruediv__(struct __pyx_ob
     PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1062, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1067, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1062, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1067, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -25578,7 +25602,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_85__itruediv__(struct __pyx_ob
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1062, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1067, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25607,7 +25631,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_85__itruediv__(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1063
+/* "wsmem/_array.pyx":1068
  *     def __rtruediv__(self, other): return np.true_divide(other, self)
  *     def __itruediv__(self, other): return np.true_divide(self, other, out=(self,))
  *     def __floordiv__(self, other): return np.floor_divide(self, other)             # <<<<<<<<<<<<<<
@@ -25643,9 +25667,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_87__floordiv__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__floordiv__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1063, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1068, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_floor_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1063, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_floor_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1068, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -25665,7 +25689,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_87__floordiv__(struct __pyx_ob
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1063, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1068, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25693,7 +25717,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_87__floordiv__(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1064
+/* "wsmem/_array.pyx":1069
  *     def __itruediv__(self, other): return np.true_divide(self, other, out=(self,))
  *     def __floordiv__(self, other): return np.floor_divide(self, other)
  *     def __rfloordiv__(self, other): return np.floor_divide(other, self)             # <<<<<<<<<<<<<<
@@ -25729,9 +25753,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_89__rfloordiv__(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__rfloordiv__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1064, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1069, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_floor_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1064, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_floor_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1069, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -25751,7 +25775,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_89__rfloordiv__(struct __pyx_o
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1064, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1069, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25779,7 +25803,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_89__rfloordiv__(struct __pyx_o
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1065
+/* "wsmem/_array.pyx":1070
  *     def __floordiv__(self, other): return np.floor_divide(self, other)
  *     def __rfloordiv__(self, other): return np.floor_divide(other, self)
  *     def __ifloordiv__(self, other): return np.floor_divide(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -25816,16 +25840,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_91__ifloordiv__(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__ifloordiv__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1065, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1070, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_floor_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1065, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_floor_divide); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1070, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1065, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1070, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1065, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1070, __pyx_L1_error);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -25844,13 +25868,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_91__ifloordiv__(struct __pyx_o
     PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1065, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1070, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1065, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1070, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -25861,7 +25885,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_91__ifloordiv__(struct __pyx_o
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1065, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1070, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25890,7 +25914,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_91__ifloordiv__(struct __pyx_o
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1066
+/* "wsmem/_array.pyx":1071
  *     def __rfloordiv__(self, other): return np.floor_divide(other, self)
  *     def __ifloordiv__(self, other): return np.floor_divide(self, other, out=(self,))
  *     def __mod__(self, other): return np.remainder(self, other)             # <<<<<<<<<<<<<<
@@ -25926,9 +25950,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_93__mod__(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__mod__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1066, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1071, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_remainder); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1066, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_remainder); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1071, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -25948,7 +25972,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_93__mod__(struct __pyx_obj_5ws
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1066, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1071, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -25976,7 +26000,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_93__mod__(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1067
+/* "wsmem/_array.pyx":1072
  *     def __ifloordiv__(self, other): return np.floor_divide(self, other, out=(self,))
  *     def __mod__(self, other): return np.remainder(self, other)
  *     def __rmod__(self, other): return np.remainder(other, self)             # <<<<<<<<<<<<<<
@@ -26012,9 +26036,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_95__rmod__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__rmod__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1067, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1072, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_remainder); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1067, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_remainder); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1072, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -26034,7 +26058,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_95__rmod__(struct __pyx_obj_5w
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1067, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1072, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26062,7 +26086,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_95__rmod__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1068
+/* "wsmem/_array.pyx":1073
  *     def __mod__(self, other): return np.remainder(self, other)
  *     def __rmod__(self, other): return np.remainder(other, self)
  *     def __imod__(self, other): return np.remainder(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -26099,16 +26123,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_97__imod__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__imod__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1068, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1073, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_remainder); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1068, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_remainder); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1073, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1068, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1073, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1068, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1073, __pyx_L1_error);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -26127,13 +26151,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_97__imod__(struct __pyx_obj_5w
     PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1068, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1073, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1068, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1073, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -26144,7 +26168,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_97__imod__(struct __pyx_obj_5w
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1068, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1073, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26173,7 +26197,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_97__imod__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1069
+/* "wsmem/_array.pyx":1074
  *     def __rmod__(self, other): return np.remainder(other, self)
  *     def __imod__(self, other): return np.remainder(self, other, out=(self,))
  *     def __pow__(self, other, mod=None): return np.power(self, other)             # <<<<<<<<<<<<<<
@@ -26209,9 +26233,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_99__pow__(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__pow__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1069, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1074, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_power); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1069, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_power); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1074, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -26231,7 +26255,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_99__pow__(struct __pyx_obj_5ws
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1069, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1074, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26259,7 +26283,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_99__pow__(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1070
+/* "wsmem/_array.pyx":1075
  *     def __imod__(self, other): return np.remainder(self, other, out=(self,))
  *     def __pow__(self, other, mod=None): return np.power(self, other)
  *     def __rpow__(self, other, mod=None): return np.power(other, self)             # <<<<<<<<<<<<<<
@@ -26295,9 +26319,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_101__rpow__(struct __pyx_obj_5
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__rpow__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1070, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1075, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_power); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1070, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_power); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1075, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -26317,7 +26341,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_101__rpow__(struct __pyx_obj_5
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1070, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1075, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26345,7 +26369,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_101__rpow__(struct __pyx_obj_5
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1071
+/* "wsmem/_array.pyx":1076
  *     def __pow__(self, other, mod=None): return np.power(self, other)
  *     def __rpow__(self, other, mod=None): return np.power(other, self)
  *     def __ipow__(self, other): return np.power(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -26365,7 +26389,7 @@ static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_104__ipow__(PyObject *__pyx_v_
   __Pyx_RefNannySetupContext("__ipow__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
   if (unlikely(unused_arg_2 != Py_None)) {
-    PyErr_Format(PyExc_TypeError, "%.200s() takes %zd arguments but %zd were given", (const char*) "wsmem._array.WsArray.__ipow__", (Py_ssize_t) 3, (Py_ssize_t) 2); __PYX_ERR(0, 1071, __pyx_L1_error)
+    PyErr_Format(PyExc_TypeError, "%.200s() takes %zd arguments but %zd were given", (const char*) "wsmem._array.WsArray.__ipow__", (Py_ssize_t) 3, (Py_ssize_t) 2); __PYX_ERR(0, 1076, __pyx_L1_error)
   }
   __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_103__ipow__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
 
@@ -26394,16 +26418,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_103__ipow__(struct __pyx_obj_5
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__ipow__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1071, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1076, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_power); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1071, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_power); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1076, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1071, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1076, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1071, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1076, __pyx_L1_error);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -26422,13 +26446,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_103__ipow__(struct __pyx_obj_5
     PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1071, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1076, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1071, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1076, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -26439,7 +26463,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_103__ipow__(struct __pyx_obj_5
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1071, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1076, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26468,7 +26492,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_103__ipow__(struct __pyx_obj_5
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1072
+/* "wsmem/_array.pyx":1077
  *     def __rpow__(self, other, mod=None): return np.power(other, self)
  *     def __ipow__(self, other): return np.power(self, other, out=(self,))
  *     def __matmul__(self, other): return np.matmul(self, other)             # <<<<<<<<<<<<<<
@@ -26504,9 +26528,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_105__matmul__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__matmul__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1072, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1077, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1072, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1077, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -26526,7 +26550,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_105__matmul__(struct __pyx_obj
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1072, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1077, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26554,7 +26578,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_105__matmul__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1073
+/* "wsmem/_array.pyx":1078
  *     def __ipow__(self, other): return np.power(self, other, out=(self,))
  *     def __matmul__(self, other): return np.matmul(self, other)
  *     def __rmatmul__(self, other): return np.matmul(other, self)             # <<<<<<<<<<<<<<
@@ -26590,9 +26614,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_107__rmatmul__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__rmatmul__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1073, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1078, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1073, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1078, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -26612,7 +26636,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_107__rmatmul__(struct __pyx_ob
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1073, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1078, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26640,7 +26664,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_107__rmatmul__(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1074
+/* "wsmem/_array.pyx":1079
  *     def __matmul__(self, other): return np.matmul(self, other)
  *     def __rmatmul__(self, other): return np.matmul(other, self)
  *     def __imatmul__(self, other): return np.matmul(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -26677,16 +26701,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_109__imatmul__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__imatmul__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1074, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1079, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1074, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_matmul); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1079, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1074, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1079, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1074, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1079, __pyx_L1_error);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -26705,13 +26729,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_109__imatmul__(struct __pyx_ob
     PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1074, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1079, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1074, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1079, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -26722,7 +26746,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_109__imatmul__(struct __pyx_ob
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1074, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1079, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26751,7 +26775,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_109__imatmul__(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1075
+/* "wsmem/_array.pyx":1080
  *     def __rmatmul__(self, other): return np.matmul(other, self)
  *     def __imatmul__(self, other): return np.matmul(self, other, out=(self,))
  *     def __and__(self, other): return np.bitwise_and(self, other)             # <<<<<<<<<<<<<<
@@ -26787,9 +26811,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_111__and__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__and__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1075, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1080, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_and); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1075, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_and); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1080, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -26809,7 +26833,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_111__and__(struct __pyx_obj_5w
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1075, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1080, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26837,7 +26861,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_111__and__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1076
+/* "wsmem/_array.pyx":1081
  *     def __imatmul__(self, other): return np.matmul(self, other, out=(self,))
  *     def __and__(self, other): return np.bitwise_and(self, other)
  *     def __rand__(self, other): return np.bitwise_and(other, self)             # <<<<<<<<<<<<<<
@@ -26873,9 +26897,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_113__rand__(struct __pyx_obj_5
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__rand__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1076, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1081, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_and); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1076, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_and); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1081, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -26895,7 +26919,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_113__rand__(struct __pyx_obj_5
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1076, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1081, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -26923,7 +26947,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_113__rand__(struct __pyx_obj_5
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1077
+/* "wsmem/_array.pyx":1082
  *     def __and__(self, other): return np.bitwise_and(self, other)
  *     def __rand__(self, other): return np.bitwise_and(other, self)
  *     def __iand__(self, other): return np.bitwise_and(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -26960,16 +26984,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_115__iand__(struct __pyx_obj_5
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__iand__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1077, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1082, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_and); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1077, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_and); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1082, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1077, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1082, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1077, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1082, __pyx_L1_error);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -26988,13 +27012,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_115__iand__(struct __pyx_obj_5
     PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1077, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1082, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1077, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1082, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -27005,7 +27029,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_115__iand__(struct __pyx_obj_5
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1077, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1082, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -27034,7 +27058,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_115__iand__(struct __pyx_obj_5
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1078
+/* "wsmem/_array.pyx":1083
  *     def __rand__(self, other): return np.bitwise_and(other, self)
  *     def __iand__(self, other): return np.bitwise_and(self, other, out=(self,))
  *     def __or__(self, other): return np.bitwise_or(self, other)             # <<<<<<<<<<<<<<
@@ -27070,9 +27094,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_117__or__(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__or__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1078, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1083, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_or); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1078, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_or); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1083, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -27092,7 +27116,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_117__or__(struct __pyx_obj_5ws
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1078, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1083, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -27120,7 +27144,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_117__or__(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1079
+/* "wsmem/_array.pyx":1084
  *     def __iand__(self, other): return np.bitwise_and(self, other, out=(self,))
  *     def __or__(self, other): return np.bitwise_or(self, other)
  *     def __ror__(self, other): return np.bitwise_or(other, self)             # <<<<<<<<<<<<<<
@@ -27156,9 +27180,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_119__ror__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__ror__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1079, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1084, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_or); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1079, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_or); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1084, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -27178,7 +27202,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_119__ror__(struct __pyx_obj_5w
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1079, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1084, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -27206,7 +27230,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_119__ror__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1080
+/* "wsmem/_array.pyx":1085
  *     def __or__(self, other): return np.bitwise_or(self, other)
  *     def __ror__(self, other): return np.bitwise_or(other, self)
  *     def __ior__(self, other): return np.bitwise_or(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -27243,16 +27267,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_121__ior__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__ior__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1080, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1085, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_or); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1080, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_or); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1085, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1080, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1085, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_self);
   __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1080, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1085, __pyx_L1_error);
   #if CYTHON_VECTORCALL
   #endif
   __pyx_t_5 = 1;
@@ -27271,13 +27295,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_121__ior__(struct __pyx_obj_5w
     PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
     #if CYTHON_VECTORCALL
     __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1080, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1085, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_6);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
       __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1080, __pyx_L1_error)
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1085, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
     }
     #endif
@@ -27288,7 +27312,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_121__ior__(struct __pyx_obj_5w
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1080, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1085, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -27317,7 +27341,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_121__ior__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1081
+/* "wsmem/_array.pyx":1086
  *     def __ror__(self, other): return np.bitwise_or(other, self)
  *     def __ior__(self, other): return np.bitwise_or(self, other, out=(self,))
  *     def __xor__(self, other): return np.bitwise_xor(self, other)             # <<<<<<<<<<<<<<
@@ -27353,464 +27377,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_123__xor__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__xor__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1081, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_xor); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1081, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1081, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__xor__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "wsmem/_array.pyx":1082
- *     def __ior__(self, other): return np.bitwise_or(self, other, out=(self,))
- *     def __xor__(self, other): return np.bitwise_xor(self, other)
- *     def __rxor__(self, other): return np.bitwise_xor(other, self)             # <<<<<<<<<<<<<<
- *     def __ixor__(self, other): return np.bitwise_xor(self, other, out=(self,))
- *     def __lshift__(self, other): return np.left_shift(self, other)
-*/
-
-/* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_126__rxor__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_126__rxor__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__rxor__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_125__rxor__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
-
-  /* function exit code */
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_125__rxor__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__rxor__", 0);
-  __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1082, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_xor); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1082, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_v_other, ((PyObject *)__pyx_v_self)};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1082, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__rxor__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "wsmem/_array.pyx":1083
- *     def __xor__(self, other): return np.bitwise_xor(self, other)
- *     def __rxor__(self, other): return np.bitwise_xor(other, self)
- *     def __ixor__(self, other): return np.bitwise_xor(self, other, out=(self,))             # <<<<<<<<<<<<<<
- *     def __lshift__(self, other): return np.left_shift(self, other)
- *     def __rlshift__(self, other): return np.left_shift(other, self)
-*/
-
-/* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_128__ixor__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_128__ixor__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__ixor__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_127__ixor__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
-
-  /* function exit code */
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_127__ixor__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  PyObject *__pyx_t_6 = NULL;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__ixor__", 0);
-  __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1083, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_xor); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1083, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1083, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_INCREF((PyObject *)__pyx_v_self);
-  __Pyx_GIVEREF((PyObject *)__pyx_v_self);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1083, __pyx_L1_error);
-  #if CYTHON_VECTORCALL
-  #endif
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
-    #if CYTHON_VECTORCALL
-    __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1083, __pyx_L1_error)
-    __Pyx_INCREF(__pyx_t_6);
-    #else
-    {
-      PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
-      __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1083, __pyx_L1_error)
-      __Pyx_GOTREF(__pyx_t_6);
-    }
-    #endif
-    __pyx_t_1 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_6);
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    #if CYTHON_VECTORCALL
-    #endif
-    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1083, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_XDECREF(__pyx_t_6);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__ixor__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "wsmem/_array.pyx":1084
- *     def __rxor__(self, other): return np.bitwise_xor(other, self)
- *     def __ixor__(self, other): return np.bitwise_xor(self, other, out=(self,))
- *     def __lshift__(self, other): return np.left_shift(self, other)             # <<<<<<<<<<<<<<
- *     def __rlshift__(self, other): return np.left_shift(other, self)
- *     def __rshift__(self, other): return np.right_shift(self, other)
-*/
-
-/* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_130__lshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_130__lshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__lshift__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_129__lshift__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
-
-  /* function exit code */
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_129__lshift__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__lshift__", 0);
-  __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1084, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_left_shift); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1084, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1084, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__lshift__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "wsmem/_array.pyx":1085
- *     def __ixor__(self, other): return np.bitwise_xor(self, other, out=(self,))
- *     def __lshift__(self, other): return np.left_shift(self, other)
- *     def __rlshift__(self, other): return np.left_shift(other, self)             # <<<<<<<<<<<<<<
- *     def __rshift__(self, other): return np.right_shift(self, other)
- *     def __rrshift__(self, other): return np.right_shift(other, self)
-*/
-
-/* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_132__rlshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_132__rlshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__rlshift__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_131__rlshift__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
-
-  /* function exit code */
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_131__rlshift__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__rlshift__", 0);
-  __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1085, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_left_shift); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1085, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_v_other, ((PyObject *)__pyx_v_self)};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1085, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__rlshift__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "wsmem/_array.pyx":1086
- *     def __lshift__(self, other): return np.left_shift(self, other)
- *     def __rlshift__(self, other): return np.left_shift(other, self)
- *     def __rshift__(self, other): return np.right_shift(self, other)             # <<<<<<<<<<<<<<
- *     def __rrshift__(self, other): return np.right_shift(other, self)
- *     def __neg__(self): return np.negative(self)
-*/
-
-/* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_134__rshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_134__rshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__rshift__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_133__rshift__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
-
-  /* function exit code */
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_133__rshift__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__rshift__", 0);
-  __pyx_t_2 = NULL;
   __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1086, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_right_shift); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1086, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_xor); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1086, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -27850,7 +27419,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_133__rshift__(struct __pyx_obj
   __Pyx_XDECREF(__pyx_t_2);
   __Pyx_XDECREF(__pyx_t_3);
   __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__rshift__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__xor__", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
   __Pyx_XGIVEREF(__pyx_r);
@@ -27859,29 +27428,29 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_133__rshift__(struct __pyx_obj
 }
 
 /* "wsmem/_array.pyx":1087
- *     def __rlshift__(self, other): return np.left_shift(other, self)
- *     def __rshift__(self, other): return np.right_shift(self, other)
- *     def __rrshift__(self, other): return np.right_shift(other, self)             # <<<<<<<<<<<<<<
- *     def __neg__(self): return np.negative(self)
- *     def __pos__(self): return np.positive(self)
+ *     def __ior__(self, other): return np.bitwise_or(self, other, out=(self,))
+ *     def __xor__(self, other): return np.bitwise_xor(self, other)
+ *     def __rxor__(self, other): return np.bitwise_xor(other, self)             # <<<<<<<<<<<<<<
+ *     def __ixor__(self, other): return np.bitwise_xor(self, other, out=(self,))
+ *     def __lshift__(self, other): return np.left_shift(self, other)
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_136__rrshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_136__rrshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_126__rxor__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_126__rxor__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
   CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
   PyObject *__pyx_r = 0;
   __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__rrshift__ (wrapper)", 0);
+  __Pyx_RefNannySetupContext("__rxor__ (wrapper)", 0);
   __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_135__rrshift__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_125__rxor__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
 
   /* function exit code */
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_135__rrshift__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_125__rxor__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   PyObject *__pyx_t_1 = NULL;
@@ -27892,11 +27461,11 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_135__rrshift__(struct __pyx_ob
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__rrshift__", 0);
+  __Pyx_RefNannySetupContext("__rxor__", 0);
   __pyx_t_2 = NULL;
   __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1087, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_right_shift); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1087, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_xor); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1087, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -27936,7 +27505,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_135__rrshift__(struct __pyx_ob
   __Pyx_XDECREF(__pyx_t_2);
   __Pyx_XDECREF(__pyx_t_3);
   __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__rrshift__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__rxor__", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
   __Pyx_XGIVEREF(__pyx_r);
@@ -27945,6 +27514,461 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_135__rrshift__(struct __pyx_ob
 }
 
 /* "wsmem/_array.pyx":1088
+ *     def __xor__(self, other): return np.bitwise_xor(self, other)
+ *     def __rxor__(self, other): return np.bitwise_xor(other, self)
+ *     def __ixor__(self, other): return np.bitwise_xor(self, other, out=(self,))             # <<<<<<<<<<<<<<
+ *     def __lshift__(self, other): return np.left_shift(self, other)
+ *     def __rlshift__(self, other): return np.left_shift(other, self)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_128__ixor__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_128__ixor__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__ixor__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_127__ixor__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_127__ixor__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  PyObject *__pyx_t_6 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__ixor__", 0);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1088, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_bitwise_xor); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1088, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_3 = PyTuple_New(1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1088, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __Pyx_INCREF((PyObject *)__pyx_v_self);
+  __Pyx_GIVEREF((PyObject *)__pyx_v_self);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_self)) != (0)) __PYX_ERR(0, 1088, __pyx_L1_error);
+  #if CYTHON_VECTORCALL
+  #endif
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[4] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other, __pyx_t_3};
+    #if CYTHON_VECTORCALL
+    __pyx_t_6 = __pyx_mstate_global->__pyx_tuple[5];
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1088, __pyx_L1_error)
+    __Pyx_INCREF(__pyx_t_6);
+    #else
+    {
+      PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
+      __pyx_t_6 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1088, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
+    }
+    #endif
+    __pyx_t_1 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_6);
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    #if CYTHON_VECTORCALL
+    #endif
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1088, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__ixor__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_array.pyx":1089
+ *     def __rxor__(self, other): return np.bitwise_xor(other, self)
+ *     def __ixor__(self, other): return np.bitwise_xor(self, other, out=(self,))
+ *     def __lshift__(self, other): return np.left_shift(self, other)             # <<<<<<<<<<<<<<
+ *     def __rlshift__(self, other): return np.left_shift(other, self)
+ *     def __rshift__(self, other): return np.right_shift(self, other)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_130__lshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_130__lshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__lshift__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_129__lshift__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_129__lshift__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__lshift__", 0);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1089, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_left_shift); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1089, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1089, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__lshift__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_array.pyx":1090
+ *     def __ixor__(self, other): return np.bitwise_xor(self, other, out=(self,))
+ *     def __lshift__(self, other): return np.left_shift(self, other)
+ *     def __rlshift__(self, other): return np.left_shift(other, self)             # <<<<<<<<<<<<<<
+ *     def __rshift__(self, other): return np.right_shift(self, other)
+ *     def __rrshift__(self, other): return np.right_shift(other, self)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_132__rlshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_132__rlshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__rlshift__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_131__rlshift__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_131__rlshift__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__rlshift__", 0);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1090, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_left_shift); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1090, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_v_other, ((PyObject *)__pyx_v_self)};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1090, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__rlshift__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_array.pyx":1091
+ *     def __lshift__(self, other): return np.left_shift(self, other)
+ *     def __rlshift__(self, other): return np.left_shift(other, self)
+ *     def __rshift__(self, other): return np.right_shift(self, other)             # <<<<<<<<<<<<<<
+ *     def __rrshift__(self, other): return np.right_shift(other, self)
+ *     def __neg__(self): return np.negative(self)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_134__rshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_134__rshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__rshift__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_133__rshift__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_133__rshift__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__rshift__", 0);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1091, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_right_shift); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1091, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1091, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__rshift__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_array.pyx":1092
+ *     def __rlshift__(self, other): return np.left_shift(other, self)
+ *     def __rshift__(self, other): return np.right_shift(self, other)
+ *     def __rrshift__(self, other): return np.right_shift(other, self)             # <<<<<<<<<<<<<<
+ *     def __neg__(self): return np.negative(self)
+ *     def __pos__(self): return np.positive(self)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_136__rrshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_136__rrshift__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__rrshift__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_135__rrshift__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_135__rrshift__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__rrshift__", 0);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1092, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_right_shift); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1092, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, __pyx_v_other, ((PyObject *)__pyx_v_self)};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1092, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__rrshift__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_array.pyx":1093
  *     def __rshift__(self, other): return np.right_shift(self, other)
  *     def __rrshift__(self, other): return np.right_shift(other, self)
  *     def __neg__(self): return np.negative(self)             # <<<<<<<<<<<<<<
@@ -27980,9 +28004,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_137__neg__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__neg__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1088, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1093, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_negative); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1088, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_negative); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1093, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -28002,7 +28026,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_137__neg__(struct __pyx_obj_5w
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1088, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1093, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -28030,7 +28054,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_137__neg__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1089
+/* "wsmem/_array.pyx":1094
  *     def __rrshift__(self, other): return np.right_shift(other, self)
  *     def __neg__(self): return np.negative(self)
  *     def __pos__(self): return np.positive(self)             # <<<<<<<<<<<<<<
@@ -28066,9 +28090,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_139__pos__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__pos__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1089, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1094, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_positive); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1089, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_positive); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1094, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -28088,7 +28112,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_139__pos__(struct __pyx_obj_5w
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1089, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1094, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -28116,7 +28140,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_139__pos__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1090
+/* "wsmem/_array.pyx":1095
  *     def __neg__(self): return np.negative(self)
  *     def __pos__(self): return np.positive(self)
  *     def __abs__(self): return np.absolute(self)             # <<<<<<<<<<<<<<
@@ -28152,9 +28176,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_141__abs__(struct __pyx_obj_5w
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__abs__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1090, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1095, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_absolute); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1090, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_absolute); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1095, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -28174,7 +28198,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_141__abs__(struct __pyx_obj_5w
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1090, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1095, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -28202,7 +28226,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_141__abs__(struct __pyx_obj_5w
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1091
+/* "wsmem/_array.pyx":1096
  *     def __pos__(self): return np.positive(self)
  *     def __abs__(self): return np.absolute(self)
  *     def __invert__(self): return np.invert(self)             # <<<<<<<<<<<<<<
@@ -28238,9 +28262,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_143__invert__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__invert__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1091, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1096, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_invert); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1091, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_invert); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1096, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -28260,7 +28284,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_143__invert__(struct __pyx_obj
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1091, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1096, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -28288,7 +28312,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_143__invert__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1092
+/* "wsmem/_array.pyx":1097
  *     def __abs__(self): return np.absolute(self)
  *     def __invert__(self): return np.invert(self)
  *     def __eq__(self, other): return np.equal(self, other)             # <<<<<<<<<<<<<<
@@ -28324,439 +28348,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_145__eq__(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__eq__", 0);
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1092, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_equal); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1092, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1092, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__eq__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "wsmem/_array.pyx":1093
- *     def __invert__(self): return np.invert(self)
- *     def __eq__(self, other): return np.equal(self, other)
- *     def __ne__(self, other): return np.not_equal(self, other)             # <<<<<<<<<<<<<<
- *     def __lt__(self, other): return np.less(self, other)
- *     def __le__(self, other): return np.less_equal(self, other)
-*/
-
-/* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_148__ne__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_148__ne__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__ne__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_147__ne__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
-
-  /* function exit code */
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_147__ne__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__ne__", 0);
-  __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1093, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_not_equal); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1093, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1093, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__ne__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "wsmem/_array.pyx":1094
- *     def __eq__(self, other): return np.equal(self, other)
- *     def __ne__(self, other): return np.not_equal(self, other)
- *     def __lt__(self, other): return np.less(self, other)             # <<<<<<<<<<<<<<
- *     def __le__(self, other): return np.less_equal(self, other)
- *     def __gt__(self, other): return np.greater(self, other)
-*/
-
-/* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_150__lt__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_150__lt__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__lt__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_149__lt__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
-
-  /* function exit code */
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_149__lt__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__lt__", 0);
-  __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1094, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_less); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1094, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1094, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__lt__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "wsmem/_array.pyx":1095
- *     def __ne__(self, other): return np.not_equal(self, other)
- *     def __lt__(self, other): return np.less(self, other)
- *     def __le__(self, other): return np.less_equal(self, other)             # <<<<<<<<<<<<<<
- *     def __gt__(self, other): return np.greater(self, other)
- *     def __ge__(self, other): return np.greater_equal(self, other)
-*/
-
-/* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_152__le__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_152__le__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__le__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_151__le__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
-
-  /* function exit code */
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_151__le__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__le__", 0);
-  __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1095, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_less_equal); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1095, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1095, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__le__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "wsmem/_array.pyx":1096
- *     def __lt__(self, other): return np.less(self, other)
- *     def __le__(self, other): return np.less_equal(self, other)
- *     def __gt__(self, other): return np.greater(self, other)             # <<<<<<<<<<<<<<
- *     def __ge__(self, other): return np.greater_equal(self, other)
- * 
-*/
-
-/* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_154__gt__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_154__gt__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__gt__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_153__gt__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
-
-  /* function exit code */
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_153__gt__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__gt__", 0);
-  __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1096, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_greater); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1096, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_5 = 1;
-  #if CYTHON_UNPACK_METHODS
-  if (unlikely(PyMethod_Check(__pyx_t_4))) {
-    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
-    assert(__pyx_t_2);
-    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
-    __Pyx_INCREF(__pyx_t_2);
-    __Pyx_INCREF(__pyx__function);
-    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
-    __pyx_t_5 = 0;
-  }
-  #endif
-  {
-    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
-    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1096, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_1);
-  }
-  {
-    PyObject *__pyx_temp;
-    {
-      __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_1;
-    }
-    __Pyx_XDECREF(__pyx_temp);
-  }
-  __pyx_t_1 = 0;
-  goto __pyx_L0;
-
-  /* function exit code */
-  __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_1);
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
-  __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__gt__", __pyx_clineno, __pyx_lineno, __pyx_filename);
-  __pyx_r = NULL;
-  __pyx_L0:;
-  __Pyx_XGIVEREF(__pyx_r);
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-/* "wsmem/_array.pyx":1097
- *     def __le__(self, other): return np.less_equal(self, other)
- *     def __gt__(self, other): return np.greater(self, other)
- *     def __ge__(self, other): return np.greater_equal(self, other)             # <<<<<<<<<<<<<<
- * 
- * 
-*/
-
-/* Python wrapper */
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_156__ge__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
-static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_156__ge__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
-  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
-  PyObject *__pyx_r = 0;
-  __Pyx_RefNannyDeclarations
-  __Pyx_RefNannySetupContext("__ge__ (wrapper)", 0);
-  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
-  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_155__ge__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
-
-  /* function exit code */
-  __Pyx_RefNannyFinishContext();
-  return __pyx_r;
-}
-
-static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_155__ge__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
-  PyObject *__pyx_r = NULL;
-  __Pyx_RefNannyDeclarations
-  PyObject *__pyx_t_1 = NULL;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
-  PyObject *__pyx_t_4 = NULL;
-  size_t __pyx_t_5;
-  int __pyx_lineno = 0;
-  const char *__pyx_filename = NULL;
-  int __pyx_clineno = 0;
-  __Pyx_RefNannySetupContext("__ge__", 0);
-  __pyx_t_2 = NULL;
   __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1097, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_greater_equal); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1097, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_equal); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1097, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = 1;
@@ -28796,7 +28390,179 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_155__ge__(struct __pyx_obj_5ws
   __Pyx_XDECREF(__pyx_t_2);
   __Pyx_XDECREF(__pyx_t_3);
   __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_AddTraceback("wsmem._array.WsArray.__ge__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__eq__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_array.pyx":1098
+ *     def __invert__(self): return np.invert(self)
+ *     def __eq__(self, other): return np.equal(self, other)
+ *     def __ne__(self, other): return np.not_equal(self, other)             # <<<<<<<<<<<<<<
+ *     def __lt__(self, other): return np.less(self, other)
+ *     def __le__(self, other): return np.less_equal(self, other)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_148__ne__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_148__ne__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__ne__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_147__ne__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_147__ne__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__ne__", 0);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1098, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_not_equal); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1098, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1098, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__ne__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_array.pyx":1099
+ *     def __eq__(self, other): return np.equal(self, other)
+ *     def __ne__(self, other): return np.not_equal(self, other)
+ *     def __lt__(self, other): return np.less(self, other)             # <<<<<<<<<<<<<<
+ *     def __le__(self, other): return np.less_equal(self, other)
+ *     def __gt__(self, other): return np.greater(self, other)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_150__lt__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_150__lt__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__lt__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_149__lt__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_149__lt__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__lt__", 0);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1099, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_less); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1099, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1099, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__lt__", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
   __Pyx_XGIVEREF(__pyx_r);
@@ -28805,6 +28571,264 @@ static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_155__ge__(struct __pyx_obj_5ws
 }
 
 /* "wsmem/_array.pyx":1100
+ *     def __ne__(self, other): return np.not_equal(self, other)
+ *     def __lt__(self, other): return np.less(self, other)
+ *     def __le__(self, other): return np.less_equal(self, other)             # <<<<<<<<<<<<<<
+ *     def __gt__(self, other): return np.greater(self, other)
+ *     def __ge__(self, other): return np.greater_equal(self, other)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_152__le__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_152__le__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__le__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_151__le__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_151__le__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__le__", 0);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1100, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_less_equal); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1100, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1100, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__le__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_array.pyx":1101
+ *     def __lt__(self, other): return np.less(self, other)
+ *     def __le__(self, other): return np.less_equal(self, other)
+ *     def __gt__(self, other): return np.greater(self, other)             # <<<<<<<<<<<<<<
+ *     def __ge__(self, other): return np.greater_equal(self, other)
+ * 
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_154__gt__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_154__gt__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__gt__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_153__gt__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_153__gt__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__gt__", 0);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1101, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_greater); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1101, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1101, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__gt__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_array.pyx":1102
+ *     def __le__(self, other): return np.less_equal(self, other)
+ *     def __gt__(self, other): return np.greater(self, other)
+ *     def __ge__(self, other): return np.greater_equal(self, other)             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_156__ge__(PyObject *__pyx_v_self, PyObject *__pyx_v_other); /*proto*/
+static PyObject *__pyx_pw_5wsmem_6_array_7WsArray_156__ge__(PyObject *__pyx_v_self, PyObject *__pyx_v_other) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__ge__ (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_5wsmem_6_array_7WsArray_155__ge__(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_self), ((PyObject *)__pyx_v_other));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_5wsmem_6_array_7WsArray_155__ge__(struct __pyx_obj_5wsmem_6_array_WsArray *__pyx_v_self, PyObject *__pyx_v_other) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__ge__", 0);
+  __pyx_t_2 = NULL;
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1102, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_greater_equal); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1102, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_5 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_4))) {
+    __pyx_t_2 = PyMethod_GET_SELF(__pyx_t_4);
+    assert(__pyx_t_2);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+    __Pyx_INCREF(__pyx_t_2);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+    __pyx_t_5 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_other};
+    __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1102, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_1;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("wsmem._array.WsArray.__ge__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "wsmem/_array.pyx":1105
  * 
  * 
  * def _from_pickle(arr):             # <<<<<<<<<<<<<<
@@ -28852,32 +28876,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_arr,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1100, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1105, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1100, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1105, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_from_pickle", 0) < (0)) __PYX_ERR(0, 1100, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "_from_pickle", 0) < (0)) __PYX_ERR(0, 1105, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_from_pickle", 1, 1, 1, i); __PYX_ERR(0, 1100, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("_from_pickle", 1, 1, 1, i); __PYX_ERR(0, 1105, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1100, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1105, __pyx_L3_error)
     }
     __pyx_v_arr = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("_from_pickle", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 1100, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("_from_pickle", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 1105, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -28907,15 +28931,15 @@ static PyObject *__pyx_pf_5wsmem_6_array__from_pickle(CYTHON_UNUSED PyObject *__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_from_pickle", 0);
 
-  /* "wsmem/_array.pyx":1101
+  /* "wsmem/_array.pyx":1106
  * 
  * def _from_pickle(arr):
  *     return _wrap_ndarray(arr, None, 0, NULL)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  if (!(likely(((__pyx_v_arr) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_arr, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 1101, __pyx_L1_error)
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_arr), ((struct __pyx_obj_5wsmem_6_arena_Arena *)Py_None), 0, NULL, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1101, __pyx_L1_error)
+  if (!(likely(((__pyx_v_arr) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_arr, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 1106, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_arr), ((struct __pyx_obj_5wsmem_6_arena_Arena *)Py_None), 0, NULL, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1106, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -28928,7 +28952,7 @@ static PyObject *__pyx_pf_5wsmem_6_array__from_pickle(CYTHON_UNUSED PyObject *__
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1100
+  /* "wsmem/_array.pyx":1105
  * 
  * 
  * def _from_pickle(arr):             # <<<<<<<<<<<<<<
@@ -28947,7 +28971,7 @@ static PyObject *__pyx_pf_5wsmem_6_array__from_pickle(CYTHON_UNUSED PyObject *__
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1106
+/* "wsmem/_array.pyx":1111
  * # ---------------------------------------------------------------- DLPack export
  * 
  * cdef void _dl_deleter_versioned(DLManagedTensorVersioned* self) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -28961,7 +28985,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
   PyGILState_STATE __pyx_gilstate_save = __Pyx_PyGILState_Ensure();
 
 
-  /* "wsmem/_array.pyx":1107
+  /* "wsmem/_array.pyx":1112
  * 
  * cdef void _dl_deleter_versioned(DLManagedTensorVersioned* self) noexcept with gil:
  *     if self == NULL:             # <<<<<<<<<<<<<<
@@ -28973,7 +28997,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1108
+    /* "wsmem/_array.pyx":1113
  * cdef void _dl_deleter_versioned(DLManagedTensorVersioned* self) noexcept with gil:
  *     if self == NULL:
  *         return             # <<<<<<<<<<<<<<
@@ -28984,7 +29008,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":1107
+    /* "wsmem/_array.pyx":1112
  * 
  * cdef void _dl_deleter_versioned(DLManagedTensorVersioned* self) noexcept with gil:
  *     if self == NULL:             # <<<<<<<<<<<<<<
@@ -28993,7 +29017,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
 */
   }
 
-  /* "wsmem/_array.pyx":1109
+  /* "wsmem/_array.pyx":1114
  *     if self == NULL:
  *         return
  *     ctx = <PyObject*>self.manager_ctx             # <<<<<<<<<<<<<<
@@ -29002,7 +29026,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
 */
   __pyx_v_ctx = ((PyObject *)__pyx_v_self->manager_ctx);
 
-  /* "wsmem/_array.pyx":1110
+  /* "wsmem/_array.pyx":1115
  *         return
  *     ctx = <PyObject*>self.manager_ctx
  *     self.manager_ctx = NULL             # <<<<<<<<<<<<<<
@@ -29011,7 +29035,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
 */
   __pyx_v_self->manager_ctx = NULL;
 
-  /* "wsmem/_array.pyx":1111
+  /* "wsmem/_array.pyx":1116
  *     ctx = <PyObject*>self.manager_ctx
  *     self.manager_ctx = NULL
  *     if ctx != NULL:             # <<<<<<<<<<<<<<
@@ -29023,7 +29047,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1112
+    /* "wsmem/_array.pyx":1117
  *     self.manager_ctx = NULL
  *     if ctx != NULL:
  *         Py_DECREF(<object>ctx)             # <<<<<<<<<<<<<<
@@ -29032,7 +29056,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
 */
     Py_DECREF(((PyObject *)__pyx_v_ctx));
 
-    /* "wsmem/_array.pyx":1111
+    /* "wsmem/_array.pyx":1116
  *     ctx = <PyObject*>self.manager_ctx
  *     self.manager_ctx = NULL
  *     if ctx != NULL:             # <<<<<<<<<<<<<<
@@ -29041,7 +29065,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
 */
   }
 
-  /* "wsmem/_array.pyx":1113
+  /* "wsmem/_array.pyx":1118
  *     if ctx != NULL:
  *         Py_DECREF(<object>ctx)
  *     free(self)             # <<<<<<<<<<<<<<
@@ -29050,7 +29074,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
 */
   free(__pyx_v_self);
 
-  /* "wsmem/_array.pyx":1106
+  /* "wsmem/_array.pyx":1111
  * # ---------------------------------------------------------------- DLPack export
  * 
  * cdef void _dl_deleter_versioned(DLManagedTensorVersioned* self) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -29066,7 +29090,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter_versioned(wsmem_DLManagedTensorVe
   __Pyx_PyGILState_Release(__pyx_gilstate_save);
 }
 
-/* "wsmem/_array.pyx":1116
+/* "wsmem/_array.pyx":1121
  * 
  * 
  * cdef void _dl_deleter(DLManagedTensor* self) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -29080,7 +29104,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
   PyGILState_STATE __pyx_gilstate_save = __Pyx_PyGILState_Ensure();
 
 
-  /* "wsmem/_array.pyx":1117
+  /* "wsmem/_array.pyx":1122
  * 
  * cdef void _dl_deleter(DLManagedTensor* self) noexcept with gil:
  *     if self == NULL:             # <<<<<<<<<<<<<<
@@ -29092,7 +29116,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1118
+    /* "wsmem/_array.pyx":1123
  * cdef void _dl_deleter(DLManagedTensor* self) noexcept with gil:
  *     if self == NULL:
  *         return             # <<<<<<<<<<<<<<
@@ -29103,7 +29127,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
     }
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":1117
+    /* "wsmem/_array.pyx":1122
  * 
  * cdef void _dl_deleter(DLManagedTensor* self) noexcept with gil:
  *     if self == NULL:             # <<<<<<<<<<<<<<
@@ -29112,7 +29136,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
 */
   }
 
-  /* "wsmem/_array.pyx":1119
+  /* "wsmem/_array.pyx":1124
  *     if self == NULL:
  *         return
  *     ctx = <PyObject*>self.manager_ctx             # <<<<<<<<<<<<<<
@@ -29121,7 +29145,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
 */
   __pyx_v_ctx = ((PyObject *)__pyx_v_self->manager_ctx);
 
-  /* "wsmem/_array.pyx":1120
+  /* "wsmem/_array.pyx":1125
  *         return
  *     ctx = <PyObject*>self.manager_ctx
  *     self.manager_ctx = NULL             # <<<<<<<<<<<<<<
@@ -29130,7 +29154,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
 */
   __pyx_v_self->manager_ctx = NULL;
 
-  /* "wsmem/_array.pyx":1121
+  /* "wsmem/_array.pyx":1126
  *     ctx = <PyObject*>self.manager_ctx
  *     self.manager_ctx = NULL
  *     if ctx != NULL:             # <<<<<<<<<<<<<<
@@ -29142,7 +29166,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1122
+    /* "wsmem/_array.pyx":1127
  *     self.manager_ctx = NULL
  *     if ctx != NULL:
  *         Py_DECREF(<object>ctx)             # <<<<<<<<<<<<<<
@@ -29151,7 +29175,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
 */
     Py_DECREF(((PyObject *)__pyx_v_ctx));
 
-    /* "wsmem/_array.pyx":1121
+    /* "wsmem/_array.pyx":1126
  *     ctx = <PyObject*>self.manager_ctx
  *     self.manager_ctx = NULL
  *     if ctx != NULL:             # <<<<<<<<<<<<<<
@@ -29160,7 +29184,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
 */
   }
 
-  /* "wsmem/_array.pyx":1123
+  /* "wsmem/_array.pyx":1128
  *     if ctx != NULL:
  *         Py_DECREF(<object>ctx)
  *     free(self)             # <<<<<<<<<<<<<<
@@ -29169,7 +29193,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
 */
   free(__pyx_v_self);
 
-  /* "wsmem/_array.pyx":1116
+  /* "wsmem/_array.pyx":1121
  * 
  * 
  * cdef void _dl_deleter(DLManagedTensor* self) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -29185,7 +29209,7 @@ static void __pyx_f_5wsmem_6_array__dl_deleter(wsmem_DLManagedTensor *__pyx_v_se
   __Pyx_PyGILState_Release(__pyx_gilstate_save);
 }
 
-/* "wsmem/_array.pyx":1126
+/* "wsmem/_array.pyx":1131
  * 
  * 
  * cdef void _capsule_destructor_versioned(object capsule) noexcept:             # <<<<<<<<<<<<<<
@@ -29202,7 +29226,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor_versioned(PyObject *__pyx
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_array.pyx":1128
+  /* "wsmem/_array.pyx":1133
  * cdef void _capsule_destructor_versioned(object capsule) noexcept:
  *     cdef DLManagedTensorVersioned* m
  *     if PyCapsule_IsValid(capsule, b"dltensor_versioned"):   # never consumed             # <<<<<<<<<<<<<<
@@ -29214,18 +29238,18 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor_versioned(PyObject *__pyx
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1129
+    /* "wsmem/_array.pyx":1134
  *     cdef DLManagedTensorVersioned* m
  *     if PyCapsule_IsValid(capsule, b"dltensor_versioned"):   # never consumed
  *         m = <DLManagedTensorVersioned*>PyCapsule_GetPointer(capsule, b"dltensor_versioned")             # <<<<<<<<<<<<<<
  *         if m != NULL and m.deleter != NULL:
  *             m.deleter(m)
 */
-    __pyx_t_2 = PyCapsule_GetPointer(__pyx_v_capsule, __pyx_k_dltensor_versioned); if (unlikely(__pyx_t_2 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 1129, __pyx_L1_error)
+    __pyx_t_2 = PyCapsule_GetPointer(__pyx_v_capsule, __pyx_k_dltensor_versioned); if (unlikely(__pyx_t_2 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 1134, __pyx_L1_error)
     __pyx_v_m = ((wsmem_DLManagedTensorVersioned *)__pyx_t_2);
 
 
-    /* "wsmem/_array.pyx":1130
+    /* "wsmem/_array.pyx":1135
  *     if PyCapsule_IsValid(capsule, b"dltensor_versioned"):   # never consumed
  *         m = <DLManagedTensorVersioned*>PyCapsule_GetPointer(capsule, b"dltensor_versioned")
  *         if m != NULL and m.deleter != NULL:             # <<<<<<<<<<<<<<
@@ -29251,7 +29275,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor_versioned(PyObject *__pyx
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_array.pyx":1131
+      /* "wsmem/_array.pyx":1136
  *         m = <DLManagedTensorVersioned*>PyCapsule_GetPointer(capsule, b"dltensor_versioned")
  *         if m != NULL and m.deleter != NULL:
  *             m.deleter(m)             # <<<<<<<<<<<<<<
@@ -29260,7 +29284,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor_versioned(PyObject *__pyx
 */
       __pyx_v_m->deleter(__pyx_v_m);
 
-      /* "wsmem/_array.pyx":1130
+      /* "wsmem/_array.pyx":1135
  *     if PyCapsule_IsValid(capsule, b"dltensor_versioned"):   # never consumed
  *         m = <DLManagedTensorVersioned*>PyCapsule_GetPointer(capsule, b"dltensor_versioned")
  *         if m != NULL and m.deleter != NULL:             # <<<<<<<<<<<<<<
@@ -29269,7 +29293,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor_versioned(PyObject *__pyx
 */
     }
 
-    /* "wsmem/_array.pyx":1128
+    /* "wsmem/_array.pyx":1133
  * cdef void _capsule_destructor_versioned(object capsule) noexcept:
  *     cdef DLManagedTensorVersioned* m
  *     if PyCapsule_IsValid(capsule, b"dltensor_versioned"):   # never consumed             # <<<<<<<<<<<<<<
@@ -29278,7 +29302,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor_versioned(PyObject *__pyx
 */
   }
 
-  /* "wsmem/_array.pyx":1126
+  /* "wsmem/_array.pyx":1131
  * 
  * 
  * cdef void _capsule_destructor_versioned(object capsule) noexcept:             # <<<<<<<<<<<<<<
@@ -29295,7 +29319,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor_versioned(PyObject *__pyx
 
 }
 
-/* "wsmem/_array.pyx":1134
+/* "wsmem/_array.pyx":1139
  * 
  * 
  * cdef void _capsule_destructor(object capsule) noexcept:             # <<<<<<<<<<<<<<
@@ -29312,7 +29336,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor(PyObject *__pyx_v_capsule
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_array.pyx":1136
+  /* "wsmem/_array.pyx":1141
  * cdef void _capsule_destructor(object capsule) noexcept:
  *     cdef DLManagedTensor* m
  *     if PyCapsule_IsValid(capsule, b"dltensor"):             # <<<<<<<<<<<<<<
@@ -29324,18 +29348,18 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor(PyObject *__pyx_v_capsule
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1137
+    /* "wsmem/_array.pyx":1142
  *     cdef DLManagedTensor* m
  *     if PyCapsule_IsValid(capsule, b"dltensor"):
  *         m = <DLManagedTensor*>PyCapsule_GetPointer(capsule, b"dltensor")             # <<<<<<<<<<<<<<
  *         if m != NULL and m.deleter != NULL:
  *             m.deleter(m)
 */
-    __pyx_t_2 = PyCapsule_GetPointer(__pyx_v_capsule, __pyx_k_dltensor); if (unlikely(__pyx_t_2 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 1137, __pyx_L1_error)
+    __pyx_t_2 = PyCapsule_GetPointer(__pyx_v_capsule, __pyx_k_dltensor); if (unlikely(__pyx_t_2 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 1142, __pyx_L1_error)
     __pyx_v_m = ((wsmem_DLManagedTensor *)__pyx_t_2);
 
 
-    /* "wsmem/_array.pyx":1138
+    /* "wsmem/_array.pyx":1143
  *     if PyCapsule_IsValid(capsule, b"dltensor"):
  *         m = <DLManagedTensor*>PyCapsule_GetPointer(capsule, b"dltensor")
  *         if m != NULL and m.deleter != NULL:             # <<<<<<<<<<<<<<
@@ -29361,7 +29385,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor(PyObject *__pyx_v_capsule
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_array.pyx":1139
+      /* "wsmem/_array.pyx":1144
  *         m = <DLManagedTensor*>PyCapsule_GetPointer(capsule, b"dltensor")
  *         if m != NULL and m.deleter != NULL:
  *             m.deleter(m)             # <<<<<<<<<<<<<<
@@ -29370,7 +29394,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor(PyObject *__pyx_v_capsule
 */
       __pyx_v_m->deleter(__pyx_v_m);
 
-      /* "wsmem/_array.pyx":1138
+      /* "wsmem/_array.pyx":1143
  *     if PyCapsule_IsValid(capsule, b"dltensor"):
  *         m = <DLManagedTensor*>PyCapsule_GetPointer(capsule, b"dltensor")
  *         if m != NULL and m.deleter != NULL:             # <<<<<<<<<<<<<<
@@ -29379,7 +29403,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor(PyObject *__pyx_v_capsule
 */
     }
 
-    /* "wsmem/_array.pyx":1136
+    /* "wsmem/_array.pyx":1141
  * cdef void _capsule_destructor(object capsule) noexcept:
  *     cdef DLManagedTensor* m
  *     if PyCapsule_IsValid(capsule, b"dltensor"):             # <<<<<<<<<<<<<<
@@ -29388,7 +29412,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor(PyObject *__pyx_v_capsule
 */
   }
 
-  /* "wsmem/_array.pyx":1134
+  /* "wsmem/_array.pyx":1139
  * 
  * 
  * cdef void _capsule_destructor(object capsule) noexcept:             # <<<<<<<<<<<<<<
@@ -29405,7 +29429,7 @@ static void __pyx_f_5wsmem_6_array__capsule_destructor(PyObject *__pyx_v_capsule
 
 }
 
-/* "wsmem/_array.pyx":1142
+/* "wsmem/_array.pyx":1147
  * 
  * 
  * cdef int _dl_dtype(cnp.dtype d, DLDataType* out) except -1:             # <<<<<<<<<<<<<<
@@ -29435,7 +29459,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_dl_dtype", 0);
 
-  /* "wsmem/_array.pyx":1143
+  /* "wsmem/_array.pyx":1148
  * 
  * cdef int _dl_dtype(cnp.dtype d, DLDataType* out) except -1:
  *     kind = d.kind             # <<<<<<<<<<<<<<
@@ -29446,16 +29470,16 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
 
   __pyx_v_kind = __pyx_t_1;
 
-  /* "wsmem/_array.pyx":1144
+  /* "wsmem/_array.pyx":1149
  * cdef int _dl_dtype(cnp.dtype d, DLDataType* out) except -1:
  *     kind = d.kind
  *     if not d.isnative and d.itemsize > 1:             # <<<<<<<<<<<<<<
  *         raise BufferError(f"DLPack cannot carry non-native byte order ({d}); use "
  *                           "astype(dtype.newbyteorder('='))")
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_d), __pyx_mstate_global->__pyx_n_u_isnative); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1144, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_d), __pyx_mstate_global->__pyx_n_u_isnative); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1149, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 1144, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_4 < 0))) __PYX_ERR(0, 1149, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_5 = (!__pyx_t_4);
 
@@ -29477,7 +29501,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_array.pyx":1145
+    /* "wsmem/_array.pyx":1150
  *     kind = d.kind
  *     if not d.isnative and d.itemsize > 1:
  *         raise BufferError(f"DLPack cannot carry non-native byte order ({d}); use "             # <<<<<<<<<<<<<<
@@ -29485,7 +29509,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
  *     if kind == "b":
 */
     __pyx_t_6 = NULL;
-    __pyx_t_7 = __Pyx_PyObject_FormatSimple(((PyObject *)__pyx_v_d), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1145, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_FormatSimple(((PyObject *)__pyx_v_d), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1150, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_8[0] = __pyx_mstate_global->__pyx_kp_u_DLPack_cannot_carry_non_native_b;
     __pyx_t_8[1] = __pyx_t_7;
@@ -29499,7 +29523,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
     __pyx_t_10 |= __Pyx_PyUnicode_KIND_04(__pyx_t_8[1]);
     #endif
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_8, 3, __pyx_t_9, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 1145, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 1150, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_12 = 1;
@@ -29508,14 +29532,14 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_BufferError)), __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1145, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1150, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 1145, __pyx_L1_error)
+    __PYX_ERR(0, 1150, __pyx_L1_error)
 
-    /* "wsmem/_array.pyx":1144
+    /* "wsmem/_array.pyx":1149
  * cdef int _dl_dtype(cnp.dtype d, DLDataType* out) except -1:
  *     kind = d.kind
  *     if not d.isnative and d.itemsize > 1:             # <<<<<<<<<<<<<<
@@ -29524,7 +29548,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
 */
   }
 
-  /* "wsmem/_array.pyx":1147
+  /* "wsmem/_array.pyx":1152
  *         raise BufferError(f"DLPack cannot carry non-native byte order ({d}); use "
  *                           "astype(dtype.newbyteorder('='))")
  *     if kind == "b":             # <<<<<<<<<<<<<<
@@ -29536,7 +29560,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":1148
+    /* "wsmem/_array.pyx":1153
  *                           "astype(dtype.newbyteorder('='))")
  *     if kind == "b":
  *         out.code = kDLBool             # <<<<<<<<<<<<<<
@@ -29545,7 +29569,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
 */
     __pyx_v_out->code = __pyx_e_5wsmem_6_array_kDLBool;
 
-    /* "wsmem/_array.pyx":1147
+    /* "wsmem/_array.pyx":1152
  *         raise BufferError(f"DLPack cannot carry non-native byte order ({d}); use "
  *                           "astype(dtype.newbyteorder('='))")
  *     if kind == "b":             # <<<<<<<<<<<<<<
@@ -29555,7 +29579,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
     goto __pyx_L6;
   }
 
-  /* "wsmem/_array.pyx":1149
+  /* "wsmem/_array.pyx":1154
  *     if kind == "b":
  *         out.code = kDLBool
  *     elif kind == "i":             # <<<<<<<<<<<<<<
@@ -29567,7 +29591,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":1150
+    /* "wsmem/_array.pyx":1155
  *         out.code = kDLBool
  *     elif kind == "i":
  *         out.code = kDLInt             # <<<<<<<<<<<<<<
@@ -29576,7 +29600,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
 */
     __pyx_v_out->code = __pyx_e_5wsmem_6_array_kDLInt;
 
-    /* "wsmem/_array.pyx":1149
+    /* "wsmem/_array.pyx":1154
  *     if kind == "b":
  *         out.code = kDLBool
  *     elif kind == "i":             # <<<<<<<<<<<<<<
@@ -29586,7 +29610,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
     goto __pyx_L6;
   }
 
-  /* "wsmem/_array.pyx":1151
+  /* "wsmem/_array.pyx":1156
  *     elif kind == "i":
  *         out.code = kDLInt
  *     elif kind == "u":             # <<<<<<<<<<<<<<
@@ -29598,7 +29622,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":1152
+    /* "wsmem/_array.pyx":1157
  *         out.code = kDLInt
  *     elif kind == "u":
  *         out.code = kDLUInt             # <<<<<<<<<<<<<<
@@ -29607,7 +29631,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
 */
     __pyx_v_out->code = __pyx_e_5wsmem_6_array_kDLUInt;
 
-    /* "wsmem/_array.pyx":1151
+    /* "wsmem/_array.pyx":1156
  *     elif kind == "i":
  *         out.code = kDLInt
  *     elif kind == "u":             # <<<<<<<<<<<<<<
@@ -29617,7 +29641,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
     goto __pyx_L6;
   }
 
-  /* "wsmem/_array.pyx":1153
+  /* "wsmem/_array.pyx":1158
  *     elif kind == "u":
  *         out.code = kDLUInt
  *     elif kind == "f" and d.itemsize in (2, 4, 8):             # <<<<<<<<<<<<<<
@@ -29672,7 +29696,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":1154
+    /* "wsmem/_array.pyx":1159
  *         out.code = kDLUInt
  *     elif kind == "f" and d.itemsize in (2, 4, 8):
  *         out.code = kDLFloat             # <<<<<<<<<<<<<<
@@ -29681,7 +29705,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
 */
     __pyx_v_out->code = __pyx_e_5wsmem_6_array_kDLFloat;
 
-    /* "wsmem/_array.pyx":1153
+    /* "wsmem/_array.pyx":1158
  *     elif kind == "u":
  *         out.code = kDLUInt
  *     elif kind == "f" and d.itemsize in (2, 4, 8):             # <<<<<<<<<<<<<<
@@ -29691,7 +29715,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
     goto __pyx_L6;
   }
 
-  /* "wsmem/_array.pyx":1155
+  /* "wsmem/_array.pyx":1160
  *     elif kind == "f" and d.itemsize in (2, 4, 8):
  *         out.code = kDLFloat
  *     elif kind == "c" and d.itemsize in (8, 16):             # <<<<<<<<<<<<<<
@@ -29736,7 +29760,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
   if (likely(__pyx_t_2)) {
 
 
-    /* "wsmem/_array.pyx":1156
+    /* "wsmem/_array.pyx":1161
  *         out.code = kDLFloat
  *     elif kind == "c" and d.itemsize in (8, 16):
  *         out.code = kDLComplex             # <<<<<<<<<<<<<<
@@ -29745,7 +29769,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
 */
     __pyx_v_out->code = __pyx_e_5wsmem_6_array_kDLComplex;
 
-    /* "wsmem/_array.pyx":1155
+    /* "wsmem/_array.pyx":1160
  *     elif kind == "f" and d.itemsize in (2, 4, 8):
  *         out.code = kDLFloat
  *     elif kind == "c" and d.itemsize in (8, 16):             # <<<<<<<<<<<<<<
@@ -29755,7 +29779,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
     goto __pyx_L6;
   }
 
-  /* "wsmem/_array.pyx":1158
+  /* "wsmem/_array.pyx":1163
  *         out.code = kDLComplex
  *     else:
  *         raise BufferError(f"dtype {d} cannot be exported through DLPack; use the buffer "             # <<<<<<<<<<<<<<
@@ -29764,7 +29788,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
 */
   /*else*/ {
     __pyx_t_11 = NULL;
-    __pyx_t_6 = __Pyx_PyObject_FormatSimple(((PyObject *)__pyx_v_d), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1158, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimple(((PyObject *)__pyx_v_d), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1163, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_8[0] = __pyx_mstate_global->__pyx_kp_u_dtype;
     __pyx_t_8[1] = __pyx_t_6;
@@ -29778,7 +29802,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
     __pyx_t_10 |= __Pyx_PyUnicode_KIND_04(__pyx_t_8[1]);
     #endif
     __pyx_t_7 = __Pyx_PyUnicode_Join(__pyx_t_8, 3, __pyx_t_9, __pyx_t_10);
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1158, __pyx_L1_error)
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1163, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_12 = 1;
@@ -29787,16 +29811,16 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_BufferError)), __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1158, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1163, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 1158, __pyx_L1_error)
+    __PYX_ERR(0, 1163, __pyx_L1_error)
   }
   __pyx_L6:;
 
-  /* "wsmem/_array.pyx":1160
+  /* "wsmem/_array.pyx":1165
  *         raise BufferError(f"dtype {d} cannot be exported through DLPack; use the buffer "
  *                           "protocol (np.asarray) instead")
  *     out.bits = <uint8_t>(d.itemsize * 8)             # <<<<<<<<<<<<<<
@@ -29805,7 +29829,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
 */
   __pyx_v_out->bits = ((uint8_t)(__pyx_f_5numpy_5dtype_8itemsize___get__(__pyx_v_d) * 8));
 
-  /* "wsmem/_array.pyx":1161
+  /* "wsmem/_array.pyx":1166
  *                           "protocol (np.asarray) instead")
  *     out.bits = <uint8_t>(d.itemsize * 8)
  *     out.lanes = 1             # <<<<<<<<<<<<<<
@@ -29814,7 +29838,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
 */
   __pyx_v_out->lanes = 1;
 
-  /* "wsmem/_array.pyx":1162
+  /* "wsmem/_array.pyx":1167
  *     out.bits = <uint8_t>(d.itemsize * 8)
  *     out.lanes = 1
  *     return 0             # <<<<<<<<<<<<<<
@@ -29827,7 +29851,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1142
+  /* "wsmem/_array.pyx":1147
  * 
  * 
  * cdef int _dl_dtype(cnp.dtype d, DLDataType* out) except -1:             # <<<<<<<<<<<<<<
@@ -29850,7 +29874,7 @@ static int __pyx_f_5wsmem_6_array__dl_dtype(PyArray_Descr *__pyx_v_d, wsmem_DLDa
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1165
+/* "wsmem/_array.pyx":1170
  * 
  * 
  * cdef object _dlpack_capsule(object keeper, char* data, int nd, cnp.npy_intp* shape,             # <<<<<<<<<<<<<<
@@ -29887,7 +29911,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_dlpack_capsule", 0);
 
-  /* "wsmem/_array.pyx":1171
+  /* "wsmem/_array.pyx":1176
  *     (holding the pin) until the consumer's deleter runs."""
  *     cdef DLTensor* t
  *     cdef DLManagedTensorVersioned* mv = NULL             # <<<<<<<<<<<<<<
@@ -29896,7 +29920,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_mv = NULL;
 
-  /* "wsmem/_array.pyx":1172
+  /* "wsmem/_array.pyx":1177
  *     cdef DLTensor* t
  *     cdef DLManagedTensorVersioned* mv = NULL
  *     cdef DLManagedTensor* ml = NULL             # <<<<<<<<<<<<<<
@@ -29905,7 +29929,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_ml = NULL;
 
-  /* "wsmem/_array.pyx":1175
+  /* "wsmem/_array.pyx":1180
  *     cdef int64_t* dims
  *     cdef int i
  *     cdef Py_ssize_t isz = d.itemsize             # <<<<<<<<<<<<<<
@@ -29914,7 +29938,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_isz = __pyx_f_5numpy_5dtype_8itemsize___get__(__pyx_v_d);
 
-  /* "wsmem/_array.pyx":1176
+  /* "wsmem/_array.pyx":1181
  *     cdef int i
  *     cdef Py_ssize_t isz = d.itemsize
  *     cdef bint versioned = max_version is not None and tuple(max_version) >= (1, 0)             # <<<<<<<<<<<<<<
@@ -29930,9 +29954,9 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 
     goto __pyx_L3_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PySequence_Tuple(__pyx_v_max_version); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1176, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PySequence_Tuple(__pyx_v_max_version); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1181, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = __Pyx_PyObject_RichCompareBool(__pyx_t_3, __pyx_mstate_global->__pyx_tuple[6], Py_GE); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 1176, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_RichCompareBool(__pyx_t_3, __pyx_mstate_global->__pyx_tuple[6], Py_GE); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 1181, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
   __pyx_t_1 = __pyx_t_2;
@@ -29940,17 +29964,17 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
   __pyx_L3_bool_binop_done:;
   __pyx_v_versioned = __pyx_t_1;
 
-  /* "wsmem/_array.pyx":1178
+  /* "wsmem/_array.pyx":1183
  *     cdef bint versioned = max_version is not None and tuple(max_version) >= (1, 0)
  *     cdef DLDataType dt
  *     _dl_dtype(d, &dt)             # <<<<<<<<<<<<<<
  *     for i in range(nd):
  *         if strides[i] % isz:
 */
-  __pyx_t_4 = __pyx_f_5wsmem_6_array__dl_dtype(__pyx_v_d, (&__pyx_v_dt)); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 1178, __pyx_L1_error)
+  __pyx_t_4 = __pyx_f_5wsmem_6_array__dl_dtype(__pyx_v_d, (&__pyx_v_dt)); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 1183, __pyx_L1_error)
 
 
-  /* "wsmem/_array.pyx":1179
+  /* "wsmem/_array.pyx":1184
  *     cdef DLDataType dt
  *     _dl_dtype(d, &dt)
  *     for i in range(nd):             # <<<<<<<<<<<<<<
@@ -29964,7 +29988,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
   for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
     __pyx_v_i = __pyx_t_6;
 
-    /* "wsmem/_array.pyx":1180
+    /* "wsmem/_array.pyx":1185
  *     _dl_dtype(d, &dt)
  *     for i in range(nd):
  *         if strides[i] % isz:             # <<<<<<<<<<<<<<
@@ -29976,7 +30000,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
     if (unlikely(__pyx_t_1)) {
 
 
-      /* "wsmem/_array.pyx":1181
+      /* "wsmem/_array.pyx":1186
  *     for i in range(nd):
  *         if strides[i] % isz:
  *             raise BufferError("DLPack strides are in elements; this view's strides are "             # <<<<<<<<<<<<<<
@@ -29989,14 +30013,14 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
         PyObject *__pyx_callargs[2] = {__pyx_t_7, __pyx_mstate_global->__pyx_kp_u_DLPack_strides_are_in_elements_t};
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_BufferError)), __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1181, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1186, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 1181, __pyx_L1_error)
+      __PYX_ERR(0, 1186, __pyx_L1_error)
 
-      /* "wsmem/_array.pyx":1180
+      /* "wsmem/_array.pyx":1185
  *     _dl_dtype(d, &dt)
  *     for i in range(nd):
  *         if strides[i] % isz:             # <<<<<<<<<<<<<<
@@ -30007,7 +30031,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
   }
 
 
-  /* "wsmem/_array.pyx":1183
+  /* "wsmem/_array.pyx":1188
  *             raise BufferError("DLPack strides are in elements; this view's strides are "
  *                               "not multiples of the itemsize. Export a copy (copy=True).")
  *     if versioned:             # <<<<<<<<<<<<<<
@@ -30016,7 +30040,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   if (__pyx_v_versioned) {
 
-    /* "wsmem/_array.pyx":1184
+    /* "wsmem/_array.pyx":1189
  *                               "not multiples of the itemsize. Export a copy (copy=True).")
  *     if versioned:
  *         mv = <DLManagedTensorVersioned*>malloc(sizeof(DLManagedTensorVersioned)             # <<<<<<<<<<<<<<
@@ -30025,7 +30049,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     __pyx_v_mv = ((wsmem_DLManagedTensorVersioned *)malloc(((sizeof(wsmem_DLManagedTensorVersioned)) + ((2 * __pyx_v_nd) * (sizeof(int64_t))))));
 
-    /* "wsmem/_array.pyx":1186
+    /* "wsmem/_array.pyx":1191
  *         mv = <DLManagedTensorVersioned*>malloc(sizeof(DLManagedTensorVersioned)
  *                                                 + 2 * nd * sizeof(int64_t))
  *         if mv == NULL:             # <<<<<<<<<<<<<<
@@ -30037,16 +30061,16 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
     if (unlikely(__pyx_t_1)) {
 
 
-      /* "wsmem/_array.pyx":1187
+      /* "wsmem/_array.pyx":1192
  *                                                 + 2 * nd * sizeof(int64_t))
  *         if mv == NULL:
  *             raise MemoryError()             # <<<<<<<<<<<<<<
  *         t = &mv.dl_tensor
  *         dims = <int64_t*>(<char*>mv + sizeof(DLManagedTensorVersioned))
 */
-      PyErr_NoMemory(); __PYX_ERR(0, 1187, __pyx_L1_error)
+      PyErr_NoMemory(); __PYX_ERR(0, 1192, __pyx_L1_error)
 
-      /* "wsmem/_array.pyx":1186
+      /* "wsmem/_array.pyx":1191
  *         mv = <DLManagedTensorVersioned*>malloc(sizeof(DLManagedTensorVersioned)
  *                                                 + 2 * nd * sizeof(int64_t))
  *         if mv == NULL:             # <<<<<<<<<<<<<<
@@ -30055,7 +30079,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     }
 
-    /* "wsmem/_array.pyx":1188
+    /* "wsmem/_array.pyx":1193
  *         if mv == NULL:
  *             raise MemoryError()
  *         t = &mv.dl_tensor             # <<<<<<<<<<<<<<
@@ -30064,7 +30088,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     __pyx_v_t = (&__pyx_v_mv->dl_tensor);
 
-    /* "wsmem/_array.pyx":1189
+    /* "wsmem/_array.pyx":1194
  *             raise MemoryError()
  *         t = &mv.dl_tensor
  *         dims = <int64_t*>(<char*>mv + sizeof(DLManagedTensorVersioned))             # <<<<<<<<<<<<<<
@@ -30073,7 +30097,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     __pyx_v_dims = ((int64_t *)(((char *)__pyx_v_mv) + (sizeof(wsmem_DLManagedTensorVersioned))));
 
-    /* "wsmem/_array.pyx":1183
+    /* "wsmem/_array.pyx":1188
  *             raise BufferError("DLPack strides are in elements; this view's strides are "
  *                               "not multiples of the itemsize. Export a copy (copy=True).")
  *     if versioned:             # <<<<<<<<<<<<<<
@@ -30083,7 +30107,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
     goto __pyx_L8;
   }
 
-  /* "wsmem/_array.pyx":1191
+  /* "wsmem/_array.pyx":1196
  *         dims = <int64_t*>(<char*>mv + sizeof(DLManagedTensorVersioned))
  *     else:
  *         ml = <DLManagedTensor*>malloc(sizeof(DLManagedTensor) + 2 * nd * sizeof(int64_t))             # <<<<<<<<<<<<<<
@@ -30093,7 +30117,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
   /*else*/ {
     __pyx_v_ml = ((wsmem_DLManagedTensor *)malloc(((sizeof(wsmem_DLManagedTensor)) + ((2 * __pyx_v_nd) * (sizeof(int64_t))))));
 
-    /* "wsmem/_array.pyx":1192
+    /* "wsmem/_array.pyx":1197
  *     else:
  *         ml = <DLManagedTensor*>malloc(sizeof(DLManagedTensor) + 2 * nd * sizeof(int64_t))
  *         if ml == NULL:             # <<<<<<<<<<<<<<
@@ -30105,16 +30129,16 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
     if (unlikely(__pyx_t_1)) {
 
 
-      /* "wsmem/_array.pyx":1193
+      /* "wsmem/_array.pyx":1198
  *         ml = <DLManagedTensor*>malloc(sizeof(DLManagedTensor) + 2 * nd * sizeof(int64_t))
  *         if ml == NULL:
  *             raise MemoryError()             # <<<<<<<<<<<<<<
  *         t = &ml.dl_tensor
  *         dims = <int64_t*>(<char*>ml + sizeof(DLManagedTensor))
 */
-      PyErr_NoMemory(); __PYX_ERR(0, 1193, __pyx_L1_error)
+      PyErr_NoMemory(); __PYX_ERR(0, 1198, __pyx_L1_error)
 
-      /* "wsmem/_array.pyx":1192
+      /* "wsmem/_array.pyx":1197
  *     else:
  *         ml = <DLManagedTensor*>malloc(sizeof(DLManagedTensor) + 2 * nd * sizeof(int64_t))
  *         if ml == NULL:             # <<<<<<<<<<<<<<
@@ -30123,7 +30147,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     }
 
-    /* "wsmem/_array.pyx":1194
+    /* "wsmem/_array.pyx":1199
  *         if ml == NULL:
  *             raise MemoryError()
  *         t = &ml.dl_tensor             # <<<<<<<<<<<<<<
@@ -30132,7 +30156,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     __pyx_v_t = (&__pyx_v_ml->dl_tensor);
 
-    /* "wsmem/_array.pyx":1195
+    /* "wsmem/_array.pyx":1200
  *             raise MemoryError()
  *         t = &ml.dl_tensor
  *         dims = <int64_t*>(<char*>ml + sizeof(DLManagedTensor))             # <<<<<<<<<<<<<<
@@ -30143,7 +30167,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
   }
   __pyx_L8:;
 
-  /* "wsmem/_array.pyx":1196
+  /* "wsmem/_array.pyx":1201
  *         t = &ml.dl_tensor
  *         dims = <int64_t*>(<char*>ml + sizeof(DLManagedTensor))
  *     for i in range(nd):             # <<<<<<<<<<<<<<
@@ -30157,7 +30181,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
   for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
     __pyx_v_i = __pyx_t_6;
 
-    /* "wsmem/_array.pyx":1197
+    /* "wsmem/_array.pyx":1202
  *         dims = <int64_t*>(<char*>ml + sizeof(DLManagedTensor))
  *     for i in range(nd):
  *         dims[i] = shape[i]             # <<<<<<<<<<<<<<
@@ -30166,7 +30190,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     (__pyx_v_dims[__pyx_v_i]) = (__pyx_v_shape[__pyx_v_i]);
 
-    /* "wsmem/_array.pyx":1198
+    /* "wsmem/_array.pyx":1203
  *     for i in range(nd):
  *         dims[i] = shape[i]
  *         dims[nd + i] = strides[i] // isz             # <<<<<<<<<<<<<<
@@ -30177,7 +30201,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
   }
 
 
-  /* "wsmem/_array.pyx":1199
+  /* "wsmem/_array.pyx":1204
  *         dims[i] = shape[i]
  *         dims[nd + i] = strides[i] // isz
  *     t.data = data             # <<<<<<<<<<<<<<
@@ -30186,7 +30210,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_t->data = __pyx_v_data;
 
-  /* "wsmem/_array.pyx":1200
+  /* "wsmem/_array.pyx":1205
  *         dims[nd + i] = strides[i] // isz
  *     t.data = data
  *     t.device.device_type = kDLCPU             # <<<<<<<<<<<<<<
@@ -30195,7 +30219,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_t->device.device_type = __pyx_e_5wsmem_6_array_kDLCPU;
 
-  /* "wsmem/_array.pyx":1201
+  /* "wsmem/_array.pyx":1206
  *     t.data = data
  *     t.device.device_type = kDLCPU
  *     t.device.device_id = 0             # <<<<<<<<<<<<<<
@@ -30204,7 +30228,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_t->device.device_id = 0;
 
-  /* "wsmem/_array.pyx":1202
+  /* "wsmem/_array.pyx":1207
  *     t.device.device_type = kDLCPU
  *     t.device.device_id = 0
  *     t.ndim = nd             # <<<<<<<<<<<<<<
@@ -30213,7 +30237,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_t->ndim = __pyx_v_nd;
 
-  /* "wsmem/_array.pyx":1203
+  /* "wsmem/_array.pyx":1208
  *     t.device.device_id = 0
  *     t.ndim = nd
  *     t.dtype = dt             # <<<<<<<<<<<<<<
@@ -30222,7 +30246,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_t->dtype = __pyx_v_dt;
 
-  /* "wsmem/_array.pyx":1204
+  /* "wsmem/_array.pyx":1209
  *     t.ndim = nd
  *     t.dtype = dt
  *     t.shape = dims             # <<<<<<<<<<<<<<
@@ -30231,7 +30255,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_t->shape = __pyx_v_dims;
 
-  /* "wsmem/_array.pyx":1205
+  /* "wsmem/_array.pyx":1210
  *     t.dtype = dt
  *     t.shape = dims
  *     t.strides = dims + nd             # <<<<<<<<<<<<<<
@@ -30240,7 +30264,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_t->strides = (__pyx_v_dims + __pyx_v_nd);
 
-  /* "wsmem/_array.pyx":1206
+  /* "wsmem/_array.pyx":1211
  *     t.shape = dims
  *     t.strides = dims + nd
  *     t.byte_offset = 0             # <<<<<<<<<<<<<<
@@ -30249,7 +30273,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_t->byte_offset = 0;
 
-  /* "wsmem/_array.pyx":1207
+  /* "wsmem/_array.pyx":1212
  *     t.strides = dims + nd
  *     t.byte_offset = 0
  *     Py_INCREF(keeper)             # <<<<<<<<<<<<<<
@@ -30258,7 +30282,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   Py_INCREF(__pyx_v_keeper);
 
-  /* "wsmem/_array.pyx":1208
+  /* "wsmem/_array.pyx":1213
  *     t.byte_offset = 0
  *     Py_INCREF(keeper)
  *     if versioned:             # <<<<<<<<<<<<<<
@@ -30267,7 +30291,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   if (__pyx_v_versioned) {
 
-    /* "wsmem/_array.pyx":1209
+    /* "wsmem/_array.pyx":1214
  *     Py_INCREF(keeper)
  *     if versioned:
  *         mv.version.major = DLPACK_MAJOR             # <<<<<<<<<<<<<<
@@ -30276,7 +30300,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     __pyx_v_mv->version.major = __pyx_e_5wsmem_6_array_DLPACK_MAJOR;
 
-    /* "wsmem/_array.pyx":1210
+    /* "wsmem/_array.pyx":1215
  *     if versioned:
  *         mv.version.major = DLPACK_MAJOR
  *         mv.version.minor = DLPACK_MINOR             # <<<<<<<<<<<<<<
@@ -30285,7 +30309,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     __pyx_v_mv->version.minor = __pyx_e_5wsmem_6_array_DLPACK_MINOR;
 
-    /* "wsmem/_array.pyx":1211
+    /* "wsmem/_array.pyx":1216
  *         mv.version.major = DLPACK_MAJOR
  *         mv.version.minor = DLPACK_MINOR
  *         mv.manager_ctx = <void*>keeper             # <<<<<<<<<<<<<<
@@ -30294,7 +30318,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     __pyx_v_mv->manager_ctx = ((void *)__pyx_v_keeper);
 
-    /* "wsmem/_array.pyx":1212
+    /* "wsmem/_array.pyx":1217
  *         mv.version.minor = DLPACK_MINOR
  *         mv.manager_ctx = <void*>keeper
  *         mv.deleter = _dl_deleter_versioned             # <<<<<<<<<<<<<<
@@ -30303,7 +30327,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
     __pyx_v_mv->deleter = __pyx_f_5wsmem_6_array__dl_deleter_versioned;
 
-    /* "wsmem/_array.pyx":1213
+    /* "wsmem/_array.pyx":1218
  *         mv.manager_ctx = <void*>keeper
  *         mv.deleter = _dl_deleter_versioned
  *         mv.flags = DLPACK_FLAG_IS_COPIED if copied else 0             # <<<<<<<<<<<<<<
@@ -30319,7 +30343,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
     }
     __pyx_v_mv->flags = __pyx_t_9;
 
-    /* "wsmem/_array.pyx":1214
+    /* "wsmem/_array.pyx":1219
  *         mv.deleter = _dl_deleter_versioned
  *         mv.flags = DLPACK_FLAG_IS_COPIED if copied else 0
  *         try:             # <<<<<<<<<<<<<<
@@ -30335,14 +30359,14 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
       __Pyx_XGOTREF(__pyx_t_12);
       /*try:*/ {
 
-        /* "wsmem/_array.pyx":1215
+        /* "wsmem/_array.pyx":1220
  *         mv.flags = DLPACK_FLAG_IS_COPIED if copied else 0
  *         try:
  *             return PyCapsule_New(mv, b"dltensor_versioned",             # <<<<<<<<<<<<<<
  *                                  _capsule_destructor_versioned)
  *         except BaseException:
 */
-        __pyx_t_3 = PyCapsule_New(__pyx_v_mv, __pyx_k_dltensor_versioned, __pyx_f_5wsmem_6_array__capsule_destructor_versioned); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1215, __pyx_L14_error)
+        __pyx_t_3 = PyCapsule_New(__pyx_v_mv, __pyx_k_dltensor_versioned, __pyx_f_5wsmem_6_array__capsule_destructor_versioned); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1220, __pyx_L14_error)
         __Pyx_GOTREF(__pyx_t_3);
         {
           PyObject *__pyx_temp;
@@ -30355,7 +30379,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
         __pyx_t_3 = 0;
         goto __pyx_L18_try_return;
 
-        /* "wsmem/_array.pyx":1214
+        /* "wsmem/_array.pyx":1219
  *         mv.deleter = _dl_deleter_versioned
  *         mv.flags = DLPACK_FLAG_IS_COPIED if copied else 0
  *         try:             # <<<<<<<<<<<<<<
@@ -30367,7 +30391,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
 
-      /* "wsmem/_array.pyx":1217
+      /* "wsmem/_array.pyx":1222
  *             return PyCapsule_New(mv, b"dltensor_versioned",
  *                                  _capsule_destructor_versioned)
  *         except BaseException:             # <<<<<<<<<<<<<<
@@ -30377,12 +30401,12 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
       __pyx_t_4 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
       if (__pyx_t_4) {
         __Pyx_AddTraceback("wsmem._array._dlpack_capsule", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_3, &__pyx_t_7, &__pyx_t_13) < 0) __PYX_ERR(0, 1217, __pyx_L16_except_error)
+        if (__Pyx_GetException(&__pyx_t_3, &__pyx_t_7, &__pyx_t_13) < 0) __PYX_ERR(0, 1222, __pyx_L16_except_error)
         __Pyx_XGOTREF(__pyx_t_3);
         __Pyx_XGOTREF(__pyx_t_7);
         __Pyx_XGOTREF(__pyx_t_13);
 
-        /* "wsmem/_array.pyx":1218
+        /* "wsmem/_array.pyx":1223
  *                                  _capsule_destructor_versioned)
  *         except BaseException:
  *             _dl_deleter_versioned(mv)             # <<<<<<<<<<<<<<
@@ -30391,7 +30415,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
         __pyx_f_5wsmem_6_array__dl_deleter_versioned(__pyx_v_mv);
 
-        /* "wsmem/_array.pyx":1219
+        /* "wsmem/_array.pyx":1224
  *         except BaseException:
  *             _dl_deleter_versioned(mv)
  *             raise             # <<<<<<<<<<<<<<
@@ -30403,11 +30427,11 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
         __Pyx_XGIVEREF(__pyx_t_13);
         __Pyx_ErrRestoreWithState(__pyx_t_3, __pyx_t_7, __pyx_t_13);
         __pyx_t_3 = 0;  __pyx_t_7 = 0;  __pyx_t_13 = 0; 
-        __PYX_ERR(0, 1219, __pyx_L16_except_error)
+        __PYX_ERR(0, 1224, __pyx_L16_except_error)
       }
       goto __pyx_L16_except_error;
 
-      /* "wsmem/_array.pyx":1214
+      /* "wsmem/_array.pyx":1219
  *         mv.deleter = _dl_deleter_versioned
  *         mv.flags = DLPACK_FLAG_IS_COPIED if copied else 0
  *         try:             # <<<<<<<<<<<<<<
@@ -30428,7 +30452,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
       goto __pyx_L0;
     }
 
-    /* "wsmem/_array.pyx":1208
+    /* "wsmem/_array.pyx":1213
  *     t.byte_offset = 0
  *     Py_INCREF(keeper)
  *     if versioned:             # <<<<<<<<<<<<<<
@@ -30437,7 +30461,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   }
 
-  /* "wsmem/_array.pyx":1220
+  /* "wsmem/_array.pyx":1225
  *             _dl_deleter_versioned(mv)
  *             raise
  *     ml.manager_ctx = <void*>keeper             # <<<<<<<<<<<<<<
@@ -30446,7 +30470,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_ml->manager_ctx = ((void *)__pyx_v_keeper);
 
-  /* "wsmem/_array.pyx":1221
+  /* "wsmem/_array.pyx":1226
  *             raise
  *     ml.manager_ctx = <void*>keeper
  *     ml.deleter = _dl_deleter             # <<<<<<<<<<<<<<
@@ -30455,7 +30479,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
   __pyx_v_ml->deleter = __pyx_f_5wsmem_6_array__dl_deleter;
 
-  /* "wsmem/_array.pyx":1222
+  /* "wsmem/_array.pyx":1227
  *     ml.manager_ctx = <void*>keeper
  *     ml.deleter = _dl_deleter
  *     try:             # <<<<<<<<<<<<<<
@@ -30471,14 +30495,14 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
     __Pyx_XGOTREF(__pyx_t_10);
     /*try:*/ {
 
-      /* "wsmem/_array.pyx":1223
+      /* "wsmem/_array.pyx":1228
  *     ml.deleter = _dl_deleter
  *     try:
  *         return PyCapsule_New(ml, b"dltensor", _capsule_destructor)             # <<<<<<<<<<<<<<
  *     except BaseException:
  *         _dl_deleter(ml)
 */
-      __pyx_t_13 = PyCapsule_New(__pyx_v_ml, __pyx_k_dltensor, __pyx_f_5wsmem_6_array__capsule_destructor); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 1223, __pyx_L22_error)
+      __pyx_t_13 = PyCapsule_New(__pyx_v_ml, __pyx_k_dltensor, __pyx_f_5wsmem_6_array__capsule_destructor); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 1228, __pyx_L22_error)
       __Pyx_GOTREF(__pyx_t_13);
       {
         PyObject *__pyx_temp;
@@ -30491,7 +30515,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
       __pyx_t_13 = 0;
       goto __pyx_L26_try_return;
 
-      /* "wsmem/_array.pyx":1222
+      /* "wsmem/_array.pyx":1227
  *     ml.manager_ctx = <void*>keeper
  *     ml.deleter = _dl_deleter
  *     try:             # <<<<<<<<<<<<<<
@@ -30504,7 +30528,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
 
-    /* "wsmem/_array.pyx":1224
+    /* "wsmem/_array.pyx":1229
  *     try:
  *         return PyCapsule_New(ml, b"dltensor", _capsule_destructor)
  *     except BaseException:             # <<<<<<<<<<<<<<
@@ -30514,12 +30538,12 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
     __pyx_t_4 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
     if (__pyx_t_4) {
       __Pyx_AddTraceback("wsmem._array._dlpack_capsule", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_13, &__pyx_t_7, &__pyx_t_3) < 0) __PYX_ERR(0, 1224, __pyx_L24_except_error)
+      if (__Pyx_GetException(&__pyx_t_13, &__pyx_t_7, &__pyx_t_3) < 0) __PYX_ERR(0, 1229, __pyx_L24_except_error)
       __Pyx_XGOTREF(__pyx_t_13);
       __Pyx_XGOTREF(__pyx_t_7);
       __Pyx_XGOTREF(__pyx_t_3);
 
-      /* "wsmem/_array.pyx":1225
+      /* "wsmem/_array.pyx":1230
  *         return PyCapsule_New(ml, b"dltensor", _capsule_destructor)
  *     except BaseException:
  *         _dl_deleter(ml)             # <<<<<<<<<<<<<<
@@ -30528,7 +30552,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
 */
       __pyx_f_5wsmem_6_array__dl_deleter(__pyx_v_ml);
 
-      /* "wsmem/_array.pyx":1226
+      /* "wsmem/_array.pyx":1231
  *     except BaseException:
  *         _dl_deleter(ml)
  *         raise             # <<<<<<<<<<<<<<
@@ -30540,11 +30564,11 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
       __Pyx_XGIVEREF(__pyx_t_3);
       __Pyx_ErrRestoreWithState(__pyx_t_13, __pyx_t_7, __pyx_t_3);
       __pyx_t_13 = 0;  __pyx_t_7 = 0;  __pyx_t_3 = 0; 
-      __PYX_ERR(0, 1226, __pyx_L24_except_error)
+      __PYX_ERR(0, 1231, __pyx_L24_except_error)
     }
     goto __pyx_L24_except_error;
 
-    /* "wsmem/_array.pyx":1222
+    /* "wsmem/_array.pyx":1227
  *     ml.manager_ctx = <void*>keeper
  *     ml.deleter = _dl_deleter
  *     try:             # <<<<<<<<<<<<<<
@@ -30565,7 +30589,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
     goto __pyx_L0;
   }
 
-  /* "wsmem/_array.pyx":1165
+  /* "wsmem/_array.pyx":1170
  * 
  * 
  * cdef object _dlpack_capsule(object keeper, char* data, int nd, cnp.npy_intp* shape,             # <<<<<<<<<<<<<<
@@ -30594,7 +30618,7 @@ static PyObject *__pyx_f_5wsmem_6_array__dlpack_capsule(PyObject *__pyx_v_keeper
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1231
+/* "wsmem/_array.pyx":1236
  * # ---------------------------------------------------------------- creation functions
  * 
  * def empty(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -30611,21 +30635,21 @@ static PyObject *__pyx_pf_5wsmem_6_array_20__defaults__(CYTHON_UNUSED PyObject *
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__defaults__", 0);
-  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1231, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1236, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(__Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0);
   __Pyx_GIVEREF(__Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0) != (0)) __PYX_ERR(0, 1231, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0) != (0)) __PYX_ERR(0, 1236, __pyx_L1_error);
   __Pyx_INCREF(((PyObject*)__pyx_mstate_global->__pyx_n_u_C));
   __Pyx_GIVEREF(((PyObject*)__pyx_mstate_global->__pyx_n_u_C));
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, ((PyObject*)__pyx_mstate_global->__pyx_n_u_C)) != (0)) __PYX_ERR(0, 1231, __pyx_L1_error);
-  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1231, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, ((PyObject*)__pyx_mstate_global->__pyx_n_u_C)) != (0)) __PYX_ERR(0, 1236, __pyx_L1_error);
+  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1236, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 1231, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 1236, __pyx_L1_error);
   __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(Py_None);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, Py_None) != (0)) __PYX_ERR(0, 1231, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, Py_None) != (0)) __PYX_ERR(0, 1236, __pyx_L1_error);
   __pyx_t_1 = 0;
   {
     PyObject *__pyx_temp;
@@ -30693,44 +30717,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_shape,&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_order_2,0};
     struct __pyx_defaults *__pyx_dynamic_args = __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self);
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1231, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1236, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1231, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1236, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1231, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1236, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1231, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1236, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "empty", 0) < (0)) __PYX_ERR(0, 1231, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "empty", 0) < (0)) __PYX_ERR(0, 1236, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(__pyx_dynamic_args->arg0);
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)((PyObject*)__pyx_mstate_global->__pyx_n_u_C)));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("empty", 0, 1, 3, i); __PYX_ERR(0, 1231, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("empty", 0, 1, 3, i); __PYX_ERR(0, 1236, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1231, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1236, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1231, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1236, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1231, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1236, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -30743,7 +30767,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("empty", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 1231, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("empty", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 1236, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -30774,16 +30798,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_2empty(CYTHON_UNUSED PyObject *__pyx_se
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("empty", 0);
 
-  /* "wsmem/_array.pyx":1248
+  /* "wsmem/_array.pyx":1253
  *     ((2, 3), dtype('float32'), True)
  *     """
  *     return new_array(_target(), shape, dtype, order, INIT_NONE)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1248, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1253, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1248, __pyx_L1_error)
+  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1253, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -30797,7 +30821,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_2empty(CYTHON_UNUSED PyObject *__pyx_se
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1231
+  /* "wsmem/_array.pyx":1236
  * # ---------------------------------------------------------------- creation functions
  * 
  * def empty(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -30817,7 +30841,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_2empty(CYTHON_UNUSED PyObject *__pyx_se
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1251
+/* "wsmem/_array.pyx":1256
  * 
  * 
  * def zeros(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -30834,21 +30858,21 @@ static PyObject *__pyx_pf_5wsmem_6_array_22__defaults__(CYTHON_UNUSED PyObject *
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__defaults__", 0);
-  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1251, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1256, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(__Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0);
   __Pyx_GIVEREF(__Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0) != (0)) __PYX_ERR(0, 1251, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0) != (0)) __PYX_ERR(0, 1256, __pyx_L1_error);
   __Pyx_INCREF(((PyObject*)__pyx_mstate_global->__pyx_n_u_C));
   __Pyx_GIVEREF(((PyObject*)__pyx_mstate_global->__pyx_n_u_C));
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, ((PyObject*)__pyx_mstate_global->__pyx_n_u_C)) != (0)) __PYX_ERR(0, 1251, __pyx_L1_error);
-  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1251, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, ((PyObject*)__pyx_mstate_global->__pyx_n_u_C)) != (0)) __PYX_ERR(0, 1256, __pyx_L1_error);
+  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1256, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 1251, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 1256, __pyx_L1_error);
   __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(Py_None);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, Py_None) != (0)) __PYX_ERR(0, 1251, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, Py_None) != (0)) __PYX_ERR(0, 1256, __pyx_L1_error);
   __pyx_t_1 = 0;
   {
     PyObject *__pyx_temp;
@@ -30916,44 +30940,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_shape,&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_order_2,0};
     struct __pyx_defaults *__pyx_dynamic_args = __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self);
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1251, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1256, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1256, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1256, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1256, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "zeros", 0) < (0)) __PYX_ERR(0, 1251, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "zeros", 0) < (0)) __PYX_ERR(0, 1256, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(__pyx_dynamic_args->arg0);
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)((PyObject*)__pyx_mstate_global->__pyx_n_u_C)));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("zeros", 0, 1, 3, i); __PYX_ERR(0, 1251, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("zeros", 0, 1, 3, i); __PYX_ERR(0, 1256, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1256, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1256, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1251, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1256, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -30966,7 +30990,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("zeros", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 1251, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("zeros", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 1256, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -30997,16 +31021,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_4zeros(CYTHON_UNUSED PyObject *__pyx_se
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("zeros", 0);
 
-  /* "wsmem/_array.pyx":1253
+  /* "wsmem/_array.pyx":1258
  * def zeros(shape, dtype=float, order="C"):
  *     """Array of zeros in the current workspace (heap when none is active)."""
  *     return new_array(_target(), shape, dtype, order, INIT_ZEROS)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1253, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1258, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_ZEROS)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1253, __pyx_L1_error)
+  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_ZEROS)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1258, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -31020,7 +31044,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_4zeros(CYTHON_UNUSED PyObject *__pyx_se
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1251
+  /* "wsmem/_array.pyx":1256
  * 
  * 
  * def zeros(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -31040,7 +31064,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_4zeros(CYTHON_UNUSED PyObject *__pyx_se
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1256
+/* "wsmem/_array.pyx":1261
  * 
  * 
  * def ones(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -31057,21 +31081,21 @@ static PyObject *__pyx_pf_5wsmem_6_array_24__defaults__(CYTHON_UNUSED PyObject *
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__defaults__", 0);
-  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1256, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_New(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1261, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_INCREF(__Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0);
   __Pyx_GIVEREF(__Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0) != (0)) __PYX_ERR(0, 1256, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self)->arg0) != (0)) __PYX_ERR(0, 1261, __pyx_L1_error);
   __Pyx_INCREF(((PyObject*)__pyx_mstate_global->__pyx_n_u_C));
   __Pyx_GIVEREF(((PyObject*)__pyx_mstate_global->__pyx_n_u_C));
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, ((PyObject*)__pyx_mstate_global->__pyx_n_u_C)) != (0)) __PYX_ERR(0, 1256, __pyx_L1_error);
-  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1256, __pyx_L1_error)
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, ((PyObject*)__pyx_mstate_global->__pyx_n_u_C)) != (0)) __PYX_ERR(0, 1261, __pyx_L1_error);
+  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1261, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_1);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 1256, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_1) != (0)) __PYX_ERR(0, 1261, __pyx_L1_error);
   __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(Py_None);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, Py_None) != (0)) __PYX_ERR(0, 1256, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, Py_None) != (0)) __PYX_ERR(0, 1261, __pyx_L1_error);
   __pyx_t_1 = 0;
   {
     PyObject *__pyx_temp;
@@ -31139,44 +31163,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_shape,&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_order_2,0};
     struct __pyx_defaults *__pyx_dynamic_args = __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_self);
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1256, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1261, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1256, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1261, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1256, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1261, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1256, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1261, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "ones", 0) < (0)) __PYX_ERR(0, 1256, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "ones", 0) < (0)) __PYX_ERR(0, 1261, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(__pyx_dynamic_args->arg0);
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)((PyObject*)__pyx_mstate_global->__pyx_n_u_C)));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("ones", 0, 1, 3, i); __PYX_ERR(0, 1256, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("ones", 0, 1, 3, i); __PYX_ERR(0, 1261, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1256, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1261, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1256, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1261, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1256, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1261, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -31189,7 +31213,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("ones", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 1256, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("ones", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 1261, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -31223,29 +31247,29 @@ static PyObject *__pyx_pf_5wsmem_6_array_6ones(CYTHON_UNUSED PyObject *__pyx_sel
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("ones", 0);
 
-  /* "wsmem/_array.pyx":1258
+  /* "wsmem/_array.pyx":1263
  * def ones(shape, dtype=float, order="C"):
  *     """Array of ones in the current workspace (heap when none is active)."""
  *     cdef WsArray a = new_array(_target(), shape, dtype, order, INIT_NONE)             # <<<<<<<<<<<<<<
  *     a._view().fill(1)
  *     return a
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1258, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1263, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1258, __pyx_L1_error)
+  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1263, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_a = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1259
+  /* "wsmem/_array.pyx":1264
  *     """Array of ones in the current workspace (heap when none is active)."""
  *     cdef WsArray a = new_array(_target(), shape, dtype, order, INIT_NONE)
  *     a._view().fill(1)             # <<<<<<<<<<<<<<
  *     return a
  * 
 */
-  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_a->__pyx_vtab)->_view(__pyx_v_a); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1259, __pyx_L1_error)
+  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_a->__pyx_vtab)->_view(__pyx_v_a); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1264, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_1 = __pyx_t_3;
   __Pyx_INCREF(__pyx_t_1);
@@ -31255,12 +31279,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_6ones(CYTHON_UNUSED PyObject *__pyx_sel
     __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_fill, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1259, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1264, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1260
+  /* "wsmem/_array.pyx":1265
  *     cdef WsArray a = new_array(_target(), shape, dtype, order, INIT_NONE)
  *     a._view().fill(1)
  *     return a             # <<<<<<<<<<<<<<
@@ -31278,7 +31302,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_6ones(CYTHON_UNUSED PyObject *__pyx_sel
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1256
+  /* "wsmem/_array.pyx":1261
  * 
  * 
  * def ones(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
@@ -31300,7 +31324,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_6ones(CYTHON_UNUSED PyObject *__pyx_sel
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1263
+/* "wsmem/_array.pyx":1268
  * 
  * 
  * cdef object _scalar_dtype(object value):             # <<<<<<<<<<<<<<
@@ -31325,7 +31349,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_scalar_dtype", 0);
 
-  /* "wsmem/_array.pyx":1266
+  /* "wsmem/_array.pyx":1271
  *     """dtype NumPy would infer for `value`, without allocating an array (under
  *     capture, np.asarray/np.result_type would put a 0-d temporary in the workspace)."""
  *     t = type(value)             # <<<<<<<<<<<<<<
@@ -31335,7 +31359,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
   __Pyx_INCREF(((PyObject *)Py_TYPE(__pyx_v_value)));
   __pyx_v_t = ((PyTypeObject*)((PyObject *)Py_TYPE(__pyx_v_value)));
 
-  /* "wsmem/_array.pyx":1267
+  /* "wsmem/_array.pyx":1272
  *     capture, np.asarray/np.result_type would put a 0-d temporary in the workspace)."""
  *     t = type(value)
  *     if t is float:             # <<<<<<<<<<<<<<
@@ -31346,7 +31370,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1268
+    /* "wsmem/_array.pyx":1273
  *     t = type(value)
  *     if t is float:
  *         return np.dtype(np.float64)             # <<<<<<<<<<<<<<
@@ -31354,14 +31378,14 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
  *         return np.dtype(np.bool_)
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1268, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1273, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1268, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1273, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1268, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1273, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1268, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1273, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_7 = 1;
@@ -31382,7 +31406,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1268, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1273, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     {
@@ -31396,7 +31420,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":1267
+    /* "wsmem/_array.pyx":1272
  *     capture, np.asarray/np.result_type would put a 0-d temporary in the workspace)."""
  *     t = type(value)
  *     if t is float:             # <<<<<<<<<<<<<<
@@ -31405,7 +31429,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
 */
   }
 
-  /* "wsmem/_array.pyx":1269
+  /* "wsmem/_array.pyx":1274
  *     if t is float:
  *         return np.dtype(np.float64)
  *     if t is bool:             # <<<<<<<<<<<<<<
@@ -31416,7 +31440,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1270
+    /* "wsmem/_array.pyx":1275
  *         return np.dtype(np.float64)
  *     if t is bool:
  *         return np.dtype(np.bool_)             # <<<<<<<<<<<<<<
@@ -31424,14 +31448,14 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
  *         return np.dtype(np.int64) if -(1 << 63) <= value < (1 << 63) else np.asarray(value).dtype
 */
     __pyx_t_5 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1270, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1275, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1270, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1275, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1270, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1275, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_bool); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1270, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_bool); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1275, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_7 = 1;
@@ -31452,7 +31476,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1270, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1275, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     {
@@ -31466,7 +31490,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":1269
+    /* "wsmem/_array.pyx":1274
  *     if t is float:
  *         return np.dtype(np.float64)
  *     if t is bool:             # <<<<<<<<<<<<<<
@@ -31475,7 +31499,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
 */
   }
 
-  /* "wsmem/_array.pyx":1271
+  /* "wsmem/_array.pyx":1276
  *     if t is bool:
  *         return np.dtype(np.bool_)
  *     if t is int:             # <<<<<<<<<<<<<<
@@ -31486,27 +31510,27 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1272
+    /* "wsmem/_array.pyx":1277
  *         return np.dtype(np.bool_)
  *     if t is int:
  *         return np.dtype(np.int64) if -(1 << 63) <= value < (1 << 63) else np.asarray(value).dtype             # <<<<<<<<<<<<<<
  *     if t is complex:
  *         return np.dtype(np.complex128)
 */
-    __pyx_t_1 = __Pyx_PyObject_CompareBoolLe_object_object(__pyx_mstate_global->__pyx_int_neg_9223372036854775808, __pyx_v_value, Py_LE); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1272, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_CompareBoolLe_object_object(__pyx_mstate_global->__pyx_int_neg_9223372036854775808, __pyx_v_value, Py_LE); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1277, __pyx_L1_error)
     if (__pyx_t_1) {
-      __pyx_t_1 = __Pyx_PyObject_CompareBoolLt_object_object(__pyx_v_value, __pyx_mstate_global->__pyx_int_0x8000000000000000, Py_LT); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1272, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_CompareBoolLt_object_object(__pyx_v_value, __pyx_mstate_global->__pyx_int_0x8000000000000000, Py_LT); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1277, __pyx_L1_error)
     }
     if (__pyx_t_1) {
       __pyx_t_4 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1272, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1277, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1272, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1277, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1272, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1277, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1272, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_int64); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1277, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __pyx_t_7 = 1;
@@ -31527,16 +31551,16 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1272, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1277, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __pyx_t_2 = __pyx_t_3;
       __pyx_t_3 = 0;
     } else {
       __pyx_t_6 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1272, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1277, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
-      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1272, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1277, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __pyx_t_7 = 1;
@@ -31556,10 +31580,10 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1272, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1277, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
-      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1272, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1277, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __pyx_t_2 = __pyx_t_4;
@@ -31577,7 +31601,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":1271
+    /* "wsmem/_array.pyx":1276
  *     if t is bool:
  *         return np.dtype(np.bool_)
  *     if t is int:             # <<<<<<<<<<<<<<
@@ -31586,7 +31610,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
 */
   }
 
-  /* "wsmem/_array.pyx":1273
+  /* "wsmem/_array.pyx":1278
  *     if t is int:
  *         return np.dtype(np.int64) if -(1 << 63) <= value < (1 << 63) else np.asarray(value).dtype
  *     if t is complex:             # <<<<<<<<<<<<<<
@@ -31597,7 +31621,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1274
+    /* "wsmem/_array.pyx":1279
  *         return np.dtype(np.int64) if -(1 << 63) <= value < (1 << 63) else np.asarray(value).dtype
  *     if t is complex:
  *         return np.dtype(np.complex128)             # <<<<<<<<<<<<<<
@@ -31605,14 +31629,14 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
  *         return value.dtype
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1274, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1279, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1274, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1279, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1274, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1279, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_complex128); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1274, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_complex128); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1279, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     __pyx_t_7 = 1;
@@ -31633,7 +31657,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1274, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1279, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     {
@@ -31647,7 +31671,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
     __pyx_t_2 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":1273
+    /* "wsmem/_array.pyx":1278
  *     if t is int:
  *         return np.dtype(np.int64) if -(1 << 63) <= value < (1 << 63) else np.asarray(value).dtype
  *     if t is complex:             # <<<<<<<<<<<<<<
@@ -31656,31 +31680,31 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
 */
   }
 
-  /* "wsmem/_array.pyx":1275
+  /* "wsmem/_array.pyx":1280
  *     if t is complex:
  *         return np.dtype(np.complex128)
  *     if isinstance(value, np.generic):             # <<<<<<<<<<<<<<
  *         return value.dtype
  *     return np.asarray(_unwrap(value)).dtype
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1275, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1280, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_generic); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1275, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_generic); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1280, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_1 = PyObject_IsInstance(__pyx_v_value, __pyx_t_6); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 1275, __pyx_L1_error)
+  __pyx_t_1 = PyObject_IsInstance(__pyx_v_value, __pyx_t_6); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 1280, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1276
+    /* "wsmem/_array.pyx":1281
  *         return np.dtype(np.complex128)
  *     if isinstance(value, np.generic):
  *         return value.dtype             # <<<<<<<<<<<<<<
  *     return np.asarray(_unwrap(value)).dtype
  * 
 */
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_value, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1276, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_value, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1281, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     {
       PyObject *__pyx_temp;
@@ -31693,7 +31717,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
     __pyx_t_6 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":1275
+    /* "wsmem/_array.pyx":1280
  *     if t is complex:
  *         return np.dtype(np.complex128)
  *     if isinstance(value, np.generic):             # <<<<<<<<<<<<<<
@@ -31702,7 +31726,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
 */
   }
 
-  /* "wsmem/_array.pyx":1277
+  /* "wsmem/_array.pyx":1282
  *     if isinstance(value, np.generic):
  *         return value.dtype
  *     return np.asarray(_unwrap(value)).dtype             # <<<<<<<<<<<<<<
@@ -31710,12 +31734,12 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
  * 
 */
   __pyx_t_2 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1277, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1277, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-  __pyx_t_8 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_value); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1277, __pyx_L1_error)
+  __pyx_t_8 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_value); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __pyx_t_7 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -31735,10 +31759,10 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1277, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1282, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1277, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   {
@@ -31752,7 +31776,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1263
+  /* "wsmem/_array.pyx":1268
  * 
  * 
  * cdef object _scalar_dtype(object value):             # <<<<<<<<<<<<<<
@@ -31777,7 +31801,7 @@ static PyObject *__pyx_f_5wsmem_6_array__scalar_dtype(PyObject *__pyx_v_value) {
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1280
+/* "wsmem/_array.pyx":1285
  * 
  * 
  * cdef int _fill(WsArray a, object value) except -1:             # <<<<<<<<<<<<<<
@@ -31802,16 +31826,16 @@ static int __pyx_f_5wsmem_6_array__fill(struct __pyx_obj_5wsmem_6_array_WsArray 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_fill", 0);
 
-  /* "wsmem/_array.pyx":1283
+  /* "wsmem/_array.pyx":1288
  *     """Fill with a scalar (ndarray.fill packs it without allocating) or
  *     broadcast an array-like (np.copyto)."""
  *     if isinstance(value, (int, float, complex, bool, np.generic)):             # <<<<<<<<<<<<<<
  *         a._view().fill(value)
  *     else:
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1283, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1288, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_generic); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1283, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_generic); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1288, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_4 = PyLong_Check(__pyx_v_value); 
@@ -31859,14 +31883,14 @@ static int __pyx_f_5wsmem_6_array__fill(struct __pyx_obj_5wsmem_6_array_WsArray 
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_array.pyx":1284
+    /* "wsmem/_array.pyx":1289
  *     broadcast an array-like (np.copyto)."""
  *     if isinstance(value, (int, float, complex, bool, np.generic)):
  *         a._view().fill(value)             # <<<<<<<<<<<<<<
  *     else:
  *         np.copyto(a._view(), _unwrap(value), casting="unsafe")
 */
-    __pyx_t_5 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_a->__pyx_vtab)->_view(__pyx_v_a); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1284, __pyx_L1_error)
+    __pyx_t_5 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_a->__pyx_vtab)->_view(__pyx_v_a); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1289, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_1 = __pyx_t_5;
     __Pyx_INCREF(__pyx_t_1);
@@ -31876,12 +31900,12 @@ static int __pyx_f_5wsmem_6_array__fill(struct __pyx_obj_5wsmem_6_array_WsArray 
       __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_fill, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1284, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1289, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "wsmem/_array.pyx":1283
+    /* "wsmem/_array.pyx":1288
  *     """Fill with a scalar (ndarray.fill packs it without allocating) or
  *     broadcast an array-like (np.copyto)."""
  *     if isinstance(value, (int, float, complex, bool, np.generic)):             # <<<<<<<<<<<<<<
@@ -31891,7 +31915,7 @@ static int __pyx_f_5wsmem_6_array__fill(struct __pyx_obj_5wsmem_6_array_WsArray 
     goto __pyx_L3;
   }
 
-  /* "wsmem/_array.pyx":1286
+  /* "wsmem/_array.pyx":1291
  *         a._view().fill(value)
  *     else:
  *         np.copyto(a._view(), _unwrap(value), casting="unsafe")             # <<<<<<<<<<<<<<
@@ -31900,14 +31924,14 @@ static int __pyx_f_5wsmem_6_array__fill(struct __pyx_obj_5wsmem_6_array_WsArray 
 */
   /*else*/ {
     __pyx_t_5 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1286, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1291, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1286, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 1291, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_a->__pyx_vtab)->_view(__pyx_v_a); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1286, __pyx_L1_error)
+    __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_a->__pyx_vtab)->_view(__pyx_v_a); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1291, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_8 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_value); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1286, __pyx_L1_error)
+    __pyx_t_8 = __pyx_f_5wsmem_6_array__unwrap(__pyx_v_value); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 1291, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     #if CYTHON_VECTORCALL
     #endif
@@ -31927,13 +31951,13 @@ static int __pyx_f_5wsmem_6_array__fill(struct __pyx_obj_5wsmem_6_array_WsArray 
       PyObject *__pyx_callargs[4] = {__pyx_t_5, __pyx_t_1, __pyx_t_8, __pyx_mstate_global->__pyx_n_u_unsafe};
       #if CYTHON_VECTORCALL
       __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[0];
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1286, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1291, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_9);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_casting};
         __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1286, __pyx_L1_error)
+        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1291, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_9);
       }
       #endif
@@ -31945,14 +31969,14 @@ static int __pyx_f_5wsmem_6_array__fill(struct __pyx_obj_5wsmem_6_array_WsArray 
       #endif
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1286, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1291, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   }
   __pyx_L3:;
 
-  /* "wsmem/_array.pyx":1287
+  /* "wsmem/_array.pyx":1292
  *     else:
  *         np.copyto(a._view(), _unwrap(value), casting="unsafe")
  *     return 0             # <<<<<<<<<<<<<<
@@ -31965,7 +31989,7 @@ static int __pyx_f_5wsmem_6_array__fill(struct __pyx_obj_5wsmem_6_array_WsArray 
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1280
+  /* "wsmem/_array.pyx":1285
  * 
  * 
  * cdef int _fill(WsArray a, object value) except -1:             # <<<<<<<<<<<<<<
@@ -31989,7 +32013,7 @@ static int __pyx_f_5wsmem_6_array__fill(struct __pyx_obj_5wsmem_6_array_WsArray 
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1290
+/* "wsmem/_array.pyx":1295
  * 
  * 
  * def full(shape, fill_value, dtype=None, order="C"):             # <<<<<<<<<<<<<<
@@ -32040,50 +32064,50 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_shape,&__pyx_mstate_global->__pyx_n_u_fill_value,&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_order_2,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1290, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1295, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1290, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1295, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1290, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1295, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1290, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1295, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1290, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1295, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "full", 0) < (0)) __PYX_ERR(0, 1290, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "full", 0) < (0)) __PYX_ERR(0, 1295, __pyx_L3_error)
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)((PyObject*)__pyx_mstate_global->__pyx_n_u_C)));
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("full", 0, 2, 4, i); __PYX_ERR(0, 1290, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("full", 0, 2, 4, i); __PYX_ERR(0, 1295, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1290, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1295, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1290, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1295, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1290, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1295, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1290, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1295, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -32097,7 +32121,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("full", 0, 2, 4, __pyx_nargs); __PYX_ERR(0, 1290, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("full", 0, 2, 4, __pyx_nargs); __PYX_ERR(0, 1295, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -32132,7 +32156,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_8full(CYTHON_UNUSED PyObject *__pyx_sel
   __Pyx_RefNannySetupContext("full", 0);
   __Pyx_INCREF(__pyx_v_dtype);
 
-  /* "wsmem/_array.pyx":1293
+  /* "wsmem/_array.pyx":1298
  *     """Array filled with `fill_value` in the current workspace."""
  *     cdef WsArray a
  *     if dtype is None:             # <<<<<<<<<<<<<<
@@ -32143,19 +32167,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_8full(CYTHON_UNUSED PyObject *__pyx_sel
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1294
+    /* "wsmem/_array.pyx":1299
  *     cdef WsArray a
  *     if dtype is None:
  *         dtype = _scalar_dtype(fill_value)             # <<<<<<<<<<<<<<
  *     a = new_array(_target(), shape, dtype, order, INIT_NONE)
  *     _fill(a, fill_value)
 */
-    __pyx_t_2 = __pyx_f_5wsmem_6_array__scalar_dtype(__pyx_v_fill_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1294, __pyx_L1_error)
+    __pyx_t_2 = __pyx_f_5wsmem_6_array__scalar_dtype(__pyx_v_fill_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1299, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF_SET(__pyx_v_dtype, __pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "wsmem/_array.pyx":1293
+    /* "wsmem/_array.pyx":1298
  *     """Array filled with `fill_value` in the current workspace."""
  *     cdef WsArray a
  *     if dtype is None:             # <<<<<<<<<<<<<<
@@ -32164,32 +32188,32 @@ static PyObject *__pyx_pf_5wsmem_6_array_8full(CYTHON_UNUSED PyObject *__pyx_sel
 */
   }
 
-  /* "wsmem/_array.pyx":1295
+  /* "wsmem/_array.pyx":1300
  *     if dtype is None:
  *         dtype = _scalar_dtype(fill_value)
  *     a = new_array(_target(), shape, dtype, order, INIT_NONE)             # <<<<<<<<<<<<<<
  *     _fill(a, fill_value)
  *     return a
 */
-  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1295, __pyx_L1_error)
+  __pyx_t_2 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1300, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_2), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1295, __pyx_L1_error)
+  __pyx_t_3 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_2), __pyx_v_shape, __pyx_v_dtype, __pyx_v_order, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1300, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __pyx_v_a = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "wsmem/_array.pyx":1296
+  /* "wsmem/_array.pyx":1301
  *         dtype = _scalar_dtype(fill_value)
  *     a = new_array(_target(), shape, dtype, order, INIT_NONE)
  *     _fill(a, fill_value)             # <<<<<<<<<<<<<<
  *     return a
  * 
 */
-  __pyx_t_4 = __pyx_f_5wsmem_6_array__fill(__pyx_v_a, __pyx_v_fill_value); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 1296, __pyx_L1_error)
+  __pyx_t_4 = __pyx_f_5wsmem_6_array__fill(__pyx_v_a, __pyx_v_fill_value); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 1301, __pyx_L1_error)
 
 
-  /* "wsmem/_array.pyx":1297
+  /* "wsmem/_array.pyx":1302
  *     a = new_array(_target(), shape, dtype, order, INIT_NONE)
  *     _fill(a, fill_value)
  *     return a             # <<<<<<<<<<<<<<
@@ -32207,7 +32231,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_8full(CYTHON_UNUSED PyObject *__pyx_sel
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1290
+  /* "wsmem/_array.pyx":1295
  * 
  * 
  * def full(shape, fill_value, dtype=None, order="C"):             # <<<<<<<<<<<<<<
@@ -32229,7 +32253,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_8full(CYTHON_UNUSED PyObject *__pyx_sel
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1300
+/* "wsmem/_array.pyx":1305
  * 
  * 
  * cdef tuple _like(prototype, dtype, order, shape):             # <<<<<<<<<<<<<<
@@ -32257,7 +32281,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
   __Pyx_RefNannySetupContext("_like", 0);
   __Pyx_INCREF(__pyx_v_order);
 
-  /* "wsmem/_array.pyx":1301
+  /* "wsmem/_array.pyx":1306
  * 
  * cdef tuple _like(prototype, dtype, order, shape):
  *     if isinstance(prototype, WsArray):             # <<<<<<<<<<<<<<
@@ -32268,19 +32292,19 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1302
+    /* "wsmem/_array.pyx":1307
  * cdef tuple _like(prototype, dtype, order, shape):
  *     if isinstance(prototype, WsArray):
  *         p_shape = prototype.shape             # <<<<<<<<<<<<<<
  *         p_dtype = (<WsArray>prototype)._dtype
  *         f = (<WsArray>prototype)._f_contig() and not (<WsArray>prototype)._c_contig()
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_prototype, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1302, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_prototype, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1307, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_v_p_shape = __pyx_t_2;
     __pyx_t_2 = 0;
 
-    /* "wsmem/_array.pyx":1303
+    /* "wsmem/_array.pyx":1308
  *     if isinstance(prototype, WsArray):
  *         p_shape = prototype.shape
  *         p_dtype = (<WsArray>prototype)._dtype             # <<<<<<<<<<<<<<
@@ -32292,7 +32316,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
     __pyx_v_p_dtype = __pyx_t_2;
     __pyx_t_2 = 0;
 
-    /* "wsmem/_array.pyx":1304
+    /* "wsmem/_array.pyx":1309
  *         p_shape = prototype.shape
  *         p_dtype = (<WsArray>prototype)._dtype
  *         f = (<WsArray>prototype)._f_contig() and not (<WsArray>prototype)._c_contig()             # <<<<<<<<<<<<<<
@@ -32304,7 +32328,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
     if (__pyx_t_1) {
 
     } else {
-      __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1304, __pyx_L1_error)
+      __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1309, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
       __pyx_t_2 = __pyx_t_3;
       __pyx_t_3 = 0;
@@ -32313,7 +32337,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
     }
     __pyx_t_1 = (!((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_prototype)->__pyx_vtab)->_c_contig(((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_v_prototype)));
 
-    __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1304, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyBool_FromLong(__pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1309, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_2 = __pyx_t_3;
     __pyx_t_3 = 0;
@@ -32322,7 +32346,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
     __pyx_v_f = __pyx_t_2;
     __pyx_t_2 = 0;
 
-    /* "wsmem/_array.pyx":1301
+    /* "wsmem/_array.pyx":1306
  * 
  * cdef tuple _like(prototype, dtype, order, shape):
  *     if isinstance(prototype, WsArray):             # <<<<<<<<<<<<<<
@@ -32332,7 +32356,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
     goto __pyx_L3;
   }
 
-  /* "wsmem/_array.pyx":1306
+  /* "wsmem/_array.pyx":1311
  *         f = (<WsArray>prototype)._f_contig() and not (<WsArray>prototype)._c_contig()
  *     else:
  *         arr = np.asarray(prototype)             # <<<<<<<<<<<<<<
@@ -32341,9 +32365,9 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
 */
   /*else*/ {
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1306, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1311, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1306, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1311, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_6 = 1;
@@ -32363,41 +32387,41 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1306, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1311, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __pyx_v_arr = __pyx_t_2;
     __pyx_t_2 = 0;
 
-    /* "wsmem/_array.pyx":1307
+    /* "wsmem/_array.pyx":1312
  *     else:
  *         arr = np.asarray(prototype)
  *         p_shape, p_dtype = arr.shape, arr.dtype             # <<<<<<<<<<<<<<
  *         f = arr.flags.f_contiguous and not arr.flags.c_contiguous
  *     if order in ("K", "A", "k", "a", None):
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1307, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1312, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1307, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1312, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_v_p_shape = __pyx_t_2;
     __pyx_t_2 = 0;
     __pyx_v_p_dtype = __pyx_t_5;
     __pyx_t_5 = 0;
 
-    /* "wsmem/_array.pyx":1308
+    /* "wsmem/_array.pyx":1313
  *         arr = np.asarray(prototype)
  *         p_shape, p_dtype = arr.shape, arr.dtype
  *         f = arr.flags.f_contiguous and not arr.flags.c_contiguous             # <<<<<<<<<<<<<<
  *     if order in ("K", "A", "k", "a", None):
  *         order = "F" if f else "C"
 */
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1308, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1313, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_f_contiguous); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1308, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_f_contiguous); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1313, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1308, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_3); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1313, __pyx_L1_error)
     if (__pyx_t_1) {
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     } else {
@@ -32406,17 +32430,17 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       goto __pyx_L6_bool_binop_done;
     }
-    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1308, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1313, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1308, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1313, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1308, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_t_2); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1313, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_7 = (!__pyx_t_1);
 
 
-    __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_t_7); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1308, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyBool_FromLong(__pyx_t_7); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1313, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_t_5 = __pyx_t_2;
     __pyx_t_2 = 0;
@@ -32427,7 +32451,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
   }
   __pyx_L3:;
 
-  /* "wsmem/_array.pyx":1309
+  /* "wsmem/_array.pyx":1314
  *         p_shape, p_dtype = arr.shape, arr.dtype
  *         f = arr.flags.f_contiguous and not arr.flags.c_contiguous
  *     if order in ("K", "A", "k", "a", None):             # <<<<<<<<<<<<<<
@@ -32436,7 +32460,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
 */
   __Pyx_INCREF(__pyx_v_order);
   __pyx_t_5 = __pyx_v_order;
-  __pyx_t_1 = (__Pyx_PyObject_Equals_obj_ch75(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_K, Py_EQ)); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1309, __pyx_L1_error)
+  __pyx_t_1 = (__Pyx_PyObject_Equals_obj_ch75(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_K, Py_EQ)); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1314, __pyx_L1_error)
   if (!__pyx_t_1) {
 
   } else {
@@ -32445,7 +32469,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_1 = (__Pyx_PyObject_Equals_obj_ch65(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_A, Py_EQ)); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1309, __pyx_L1_error)
+  __pyx_t_1 = (__Pyx_PyObject_Equals_obj_ch65(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_A, Py_EQ)); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1314, __pyx_L1_error)
   if (!__pyx_t_1) {
 
   } else {
@@ -32454,7 +32478,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_1 = (__Pyx_PyObject_Equals_obj_ch107(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_k, Py_EQ)); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1309, __pyx_L1_error)
+  __pyx_t_1 = (__Pyx_PyObject_Equals_obj_ch107(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_k, Py_EQ)); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1314, __pyx_L1_error)
   if (!__pyx_t_1) {
 
   } else {
@@ -32463,7 +32487,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_1 = (__Pyx_PyObject_Equals_obj_ch97(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_a, Py_EQ)); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1309, __pyx_L1_error)
+  __pyx_t_1 = (__Pyx_PyObject_Equals_obj_ch97(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_a, Py_EQ)); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1314, __pyx_L1_error)
   if (!__pyx_t_1) {
 
   } else {
@@ -32472,7 +32496,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
 
     goto __pyx_L9_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_5, Py_None, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1309, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_5, Py_None, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1314, __pyx_L1_error)
 
   __pyx_t_7 = __pyx_t_1;
 
@@ -32484,14 +32508,14 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_array.pyx":1310
+    /* "wsmem/_array.pyx":1315
  *         f = arr.flags.f_contiguous and not arr.flags.c_contiguous
  *     if order in ("K", "A", "k", "a", None):
  *         order = "F" if f else "C"             # <<<<<<<<<<<<<<
  *     return (p_shape if shape is None else shape,
  *             p_dtype if dtype is None else dtype, order)
 */
-    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_f); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1310, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_f); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 1315, __pyx_L1_error)
     if (__pyx_t_1) {
       __Pyx_INCREF(__pyx_mstate_global->__pyx_n_u_F);
       __pyx_t_5 = __pyx_mstate_global->__pyx_n_u_F;
@@ -32503,7 +32527,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
     __Pyx_DECREF_SET(__pyx_v_order, __pyx_t_5);
     __pyx_t_5 = 0;
 
-    /* "wsmem/_array.pyx":1309
+    /* "wsmem/_array.pyx":1314
  *         p_shape, p_dtype = arr.shape, arr.dtype
  *         f = arr.flags.f_contiguous and not arr.flags.c_contiguous
  *     if order in ("K", "A", "k", "a", None):             # <<<<<<<<<<<<<<
@@ -32512,7 +32536,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
 */
   }
 
-  /* "wsmem/_array.pyx":1311
+  /* "wsmem/_array.pyx":1316
  *     if order in ("K", "A", "k", "a", None):
  *         order = "F" if f else "C"
  *     return (p_shape if shape is None else shape,             # <<<<<<<<<<<<<<
@@ -32529,7 +32553,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
   }
 
 
-  /* "wsmem/_array.pyx":1312
+  /* "wsmem/_array.pyx":1317
  *         order = "F" if f else "C"
  *     return (p_shape if shape is None else shape,
  *             p_dtype if dtype is None else dtype, order)             # <<<<<<<<<<<<<<
@@ -32546,22 +32570,22 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
   }
 
 
-  /* "wsmem/_array.pyx":1311
+  /* "wsmem/_array.pyx":1316
  *     if order in ("K", "A", "k", "a", None):
  *         order = "F" if f else "C"
  *     return (p_shape if shape is None else shape,             # <<<<<<<<<<<<<<
  *             p_dtype if dtype is None else dtype, order)
  * 
 */
-  __pyx_t_3 = PyTuple_New(3); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1311, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(3); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1316, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_GIVEREF(__pyx_t_5);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_t_5) != (0)) __PYX_ERR(0, 1311, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_t_5) != (0)) __PYX_ERR(0, 1316, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 1311, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 1316, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_order);
   __Pyx_GIVEREF(__pyx_v_order);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 2, __pyx_v_order) != (0)) __PYX_ERR(0, 1311, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 2, __pyx_v_order) != (0)) __PYX_ERR(0, 1316, __pyx_L1_error);
   __pyx_t_5 = 0;
   __pyx_t_2 = 0;
   {
@@ -32575,7 +32599,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1300
+  /* "wsmem/_array.pyx":1305
  * 
  * 
  * cdef tuple _like(prototype, dtype, order, shape):             # <<<<<<<<<<<<<<
@@ -32602,7 +32626,7 @@ static PyObject *__pyx_f_5wsmem_6_array__like(PyObject *__pyx_v_prototype, PyObj
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1315
+/* "wsmem/_array.pyx":1320
  * 
  * 
  * def empty_like(prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -32653,53 +32677,53 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_prototype,&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_order_2,&__pyx_mstate_global->__pyx_n_u_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1315, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1320, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1315, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1320, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1315, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1320, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1315, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1320, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1315, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1320, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "empty_like", 0) < (0)) __PYX_ERR(0, 1315, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "empty_like", 0) < (0)) __PYX_ERR(0, 1320, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)((PyObject*)__pyx_mstate_global->__pyx_n_u_K)));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("empty_like", 0, 1, 4, i); __PYX_ERR(0, 1315, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("empty_like", 0, 1, 4, i); __PYX_ERR(0, 1320, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1315, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1320, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1315, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1320, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1315, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1320, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1315, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1320, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -32714,7 +32738,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("empty_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 1315, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("empty_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 1320, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -32750,14 +32774,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_10empty_like(CYTHON_UNUSED PyObject *__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("empty_like", 0);
 
-  /* "wsmem/_array.pyx":1317
+  /* "wsmem/_array.pyx":1322
  * def empty_like(prototype, dtype=None, order="K", shape=None):
  *     """Uninitialised array shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)             # <<<<<<<<<<<<<<
  *     return new_array(_target(), s, d, o, INIT_NONE)
  * 
 */
-  __pyx_t_1 = __pyx_f_5wsmem_6_array__like(__pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1317, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_6_array__like(__pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1322, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   if (likely(__pyx_t_1 != Py_None)) {
     PyObject* sequence = __pyx_t_1;
@@ -32765,7 +32789,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_10empty_like(CYTHON_UNUSED PyObject *__
     if (unlikely(size != 3)) {
       if (size > 3) __Pyx_RaiseTooManyValuesError(3);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(0, 1317, __pyx_L1_error)
+      __PYX_ERR(0, 1322, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     __pyx_t_2 = PyTuple_GET_ITEM(sequence, 0);
@@ -32775,16 +32799,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_10empty_like(CYTHON_UNUSED PyObject *__
     __pyx_t_4 = PyTuple_GET_ITEM(sequence, 2);
     __Pyx_INCREF(__pyx_t_4);
     #else
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1317, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1322, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1317, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1322, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1317, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1322, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
-    __Pyx_RaiseNoneNotIterableError(); __PYX_ERR(0, 1317, __pyx_L1_error)
+    __Pyx_RaiseNoneNotIterableError(); __PYX_ERR(0, 1322, __pyx_L1_error)
   }
   __pyx_v_s = __pyx_t_2;
   __pyx_t_2 = 0;
@@ -32793,16 +32817,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_10empty_like(CYTHON_UNUSED PyObject *__
   __pyx_v_o = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":1318
+  /* "wsmem/_array.pyx":1323
  *     """Uninitialised array shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)
  *     return new_array(_target(), s, d, o, INIT_NONE)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1318, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1323, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_s, __pyx_v_d, __pyx_v_o, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1318, __pyx_L1_error)
+  __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_s, __pyx_v_d, __pyx_v_o, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1323, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -32816,7 +32840,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_10empty_like(CYTHON_UNUSED PyObject *__
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1315
+  /* "wsmem/_array.pyx":1320
  * 
  * 
  * def empty_like(prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -32841,7 +32865,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_10empty_like(CYTHON_UNUSED PyObject *__
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1321
+/* "wsmem/_array.pyx":1326
  * 
  * 
  * def zeros_like(prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -32892,53 +32916,53 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_prototype,&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_order_2,&__pyx_mstate_global->__pyx_n_u_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1321, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1326, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1321, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1326, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1321, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1326, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1321, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1326, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1321, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1326, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "zeros_like", 0) < (0)) __PYX_ERR(0, 1321, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "zeros_like", 0) < (0)) __PYX_ERR(0, 1326, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)((PyObject*)__pyx_mstate_global->__pyx_n_u_K)));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("zeros_like", 0, 1, 4, i); __PYX_ERR(0, 1321, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("zeros_like", 0, 1, 4, i); __PYX_ERR(0, 1326, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1321, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1326, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1321, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1326, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1321, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1326, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1321, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1326, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -32953,7 +32977,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("zeros_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 1321, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("zeros_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 1326, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -32989,14 +33013,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_12zeros_like(CYTHON_UNUSED PyObject *__
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("zeros_like", 0);
 
-  /* "wsmem/_array.pyx":1323
+  /* "wsmem/_array.pyx":1328
  * def zeros_like(prototype, dtype=None, order="K", shape=None):
  *     """Zeros shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)             # <<<<<<<<<<<<<<
  *     return new_array(_target(), s, d, o, INIT_ZEROS)
  * 
 */
-  __pyx_t_1 = __pyx_f_5wsmem_6_array__like(__pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1323, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_6_array__like(__pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1328, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   if (likely(__pyx_t_1 != Py_None)) {
     PyObject* sequence = __pyx_t_1;
@@ -33004,7 +33028,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_12zeros_like(CYTHON_UNUSED PyObject *__
     if (unlikely(size != 3)) {
       if (size > 3) __Pyx_RaiseTooManyValuesError(3);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(0, 1323, __pyx_L1_error)
+      __PYX_ERR(0, 1328, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     __pyx_t_2 = PyTuple_GET_ITEM(sequence, 0);
@@ -33014,16 +33038,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_12zeros_like(CYTHON_UNUSED PyObject *__
     __pyx_t_4 = PyTuple_GET_ITEM(sequence, 2);
     __Pyx_INCREF(__pyx_t_4);
     #else
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1323, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1328, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1323, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1328, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1323, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1328, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
-    __Pyx_RaiseNoneNotIterableError(); __PYX_ERR(0, 1323, __pyx_L1_error)
+    __Pyx_RaiseNoneNotIterableError(); __PYX_ERR(0, 1328, __pyx_L1_error)
   }
   __pyx_v_s = __pyx_t_2;
   __pyx_t_2 = 0;
@@ -33032,16 +33056,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_12zeros_like(CYTHON_UNUSED PyObject *__
   __pyx_v_o = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":1324
+  /* "wsmem/_array.pyx":1329
  *     """Zeros shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)
  *     return new_array(_target(), s, d, o, INIT_ZEROS)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1324, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1329, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_s, __pyx_v_d, __pyx_v_o, __pyx_e_5wsmem_6_array_INIT_ZEROS)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1324, __pyx_L1_error)
+  __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_s, __pyx_v_d, __pyx_v_o, __pyx_e_5wsmem_6_array_INIT_ZEROS)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1329, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -33055,7 +33079,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_12zeros_like(CYTHON_UNUSED PyObject *__
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1321
+  /* "wsmem/_array.pyx":1326
  * 
  * 
  * def zeros_like(prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -33080,7 +33104,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_12zeros_like(CYTHON_UNUSED PyObject *__
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1327
+/* "wsmem/_array.pyx":1332
  * 
  * 
  * def ones_like(prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -33131,53 +33155,53 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_prototype,&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_order_2,&__pyx_mstate_global->__pyx_n_u_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1327, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1332, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1327, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1332, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1327, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1332, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1327, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1332, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1327, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1332, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "ones_like", 0) < (0)) __PYX_ERR(0, 1327, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "ones_like", 0) < (0)) __PYX_ERR(0, 1332, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)((PyObject*)__pyx_mstate_global->__pyx_n_u_K)));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("ones_like", 0, 1, 4, i); __PYX_ERR(0, 1327, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("ones_like", 0, 1, 4, i); __PYX_ERR(0, 1332, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1327, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1332, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1327, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1332, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1327, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1332, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1327, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1332, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -33192,7 +33216,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("ones_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 1327, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("ones_like", 0, 1, 4, __pyx_nargs); __PYX_ERR(0, 1332, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -33230,14 +33254,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_14ones_like(CYTHON_UNUSED PyObject *__p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("ones_like", 0);
 
-  /* "wsmem/_array.pyx":1329
+  /* "wsmem/_array.pyx":1334
  * def ones_like(prototype, dtype=None, order="K", shape=None):
  *     """Ones shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)             # <<<<<<<<<<<<<<
  *     cdef WsArray a = new_array(_target(), s, d, o, INIT_NONE)
  *     a._view().fill(1)
 */
-  __pyx_t_1 = __pyx_f_5wsmem_6_array__like(__pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1329, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_6_array__like(__pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1334, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   if (likely(__pyx_t_1 != Py_None)) {
     PyObject* sequence = __pyx_t_1;
@@ -33245,7 +33269,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_14ones_like(CYTHON_UNUSED PyObject *__p
     if (unlikely(size != 3)) {
       if (size > 3) __Pyx_RaiseTooManyValuesError(3);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(0, 1329, __pyx_L1_error)
+      __PYX_ERR(0, 1334, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     __pyx_t_2 = PyTuple_GET_ITEM(sequence, 0);
@@ -33255,16 +33279,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_14ones_like(CYTHON_UNUSED PyObject *__p
     __pyx_t_4 = PyTuple_GET_ITEM(sequence, 2);
     __Pyx_INCREF(__pyx_t_4);
     #else
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1329, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1334, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1329, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1334, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1329, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1334, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
-    __Pyx_RaiseNoneNotIterableError(); __PYX_ERR(0, 1329, __pyx_L1_error)
+    __Pyx_RaiseNoneNotIterableError(); __PYX_ERR(0, 1334, __pyx_L1_error)
   }
   __pyx_v_s = __pyx_t_2;
   __pyx_t_2 = 0;
@@ -33273,29 +33297,29 @@ static PyObject *__pyx_pf_5wsmem_6_array_14ones_like(CYTHON_UNUSED PyObject *__p
   __pyx_v_o = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":1330
+  /* "wsmem/_array.pyx":1335
  *     """Ones shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)
  *     cdef WsArray a = new_array(_target(), s, d, o, INIT_NONE)             # <<<<<<<<<<<<<<
  *     a._view().fill(1)
  *     return a
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1330, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1335, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_s, __pyx_v_d, __pyx_v_o, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1330, __pyx_L1_error)
+  __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_s, __pyx_v_d, __pyx_v_o, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1335, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_a = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":1331
+  /* "wsmem/_array.pyx":1336
  *     s, d, o = _like(prototype, dtype, order, shape)
  *     cdef WsArray a = new_array(_target(), s, d, o, INIT_NONE)
  *     a._view().fill(1)             # <<<<<<<<<<<<<<
  *     return a
  * 
 */
-  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_a->__pyx_vtab)->_view(__pyx_v_a); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1331, __pyx_L1_error)
+  __pyx_t_3 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_a->__pyx_vtab)->_view(__pyx_v_a); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __pyx_t_1 = __pyx_t_3;
   __Pyx_INCREF(__pyx_t_1);
@@ -33305,12 +33329,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_14ones_like(CYTHON_UNUSED PyObject *__p
     __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_fill, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1331, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1336, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
   }
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":1332
+  /* "wsmem/_array.pyx":1337
  *     cdef WsArray a = new_array(_target(), s, d, o, INIT_NONE)
  *     a._view().fill(1)
  *     return a             # <<<<<<<<<<<<<<
@@ -33328,7 +33352,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_14ones_like(CYTHON_UNUSED PyObject *__p
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1327
+  /* "wsmem/_array.pyx":1332
  * 
  * 
  * def ones_like(prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -33354,7 +33378,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_14ones_like(CYTHON_UNUSED PyObject *__p
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1335
+/* "wsmem/_array.pyx":1340
  * 
  * 
  * def full_like(prototype, fill_value, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -33406,59 +33430,59 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_prototype,&__pyx_mstate_global->__pyx_n_u_fill_value,&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_order_2,&__pyx_mstate_global->__pyx_n_u_shape,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1335, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1340, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 1335, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 1340, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1335, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1340, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1335, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1340, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1335, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1340, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1335, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1340, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "full_like", 0) < (0)) __PYX_ERR(0, 1335, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "full_like", 0) < (0)) __PYX_ERR(0, 1340, __pyx_L3_error)
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[3]) values[3] = __Pyx_NewRef(((PyObject *)((PyObject*)__pyx_mstate_global->__pyx_n_u_K)));
       if (!values[4]) values[4] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("full_like", 0, 2, 5, i); __PYX_ERR(0, 1335, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("full_like", 0, 2, 5, i); __PYX_ERR(0, 1340, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 1335, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 1340, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1335, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 1340, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1335, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1340, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1335, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1340, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1335, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1340, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -33474,7 +33498,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("full_like", 0, 2, 5, __pyx_nargs); __PYX_ERR(0, 1335, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("full_like", 0, 2, 5, __pyx_nargs); __PYX_ERR(0, 1340, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -33512,14 +33536,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_16full_like(CYTHON_UNUSED PyObject *__p
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("full_like", 0);
 
-  /* "wsmem/_array.pyx":1337
+  /* "wsmem/_array.pyx":1342
  * def full_like(prototype, fill_value, dtype=None, order="K", shape=None):
  *     """`fill_value` shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)             # <<<<<<<<<<<<<<
  *     cdef WsArray a = new_array(_target(), s, d, o, INIT_NONE)
  *     _fill(a, fill_value)
 */
-  __pyx_t_1 = __pyx_f_5wsmem_6_array__like(__pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1337, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_6_array__like(__pyx_v_prototype, __pyx_v_dtype, __pyx_v_order, __pyx_v_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1342, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   if (likely(__pyx_t_1 != Py_None)) {
     PyObject* sequence = __pyx_t_1;
@@ -33527,7 +33551,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_16full_like(CYTHON_UNUSED PyObject *__p
     if (unlikely(size != 3)) {
       if (size > 3) __Pyx_RaiseTooManyValuesError(3);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(0, 1337, __pyx_L1_error)
+      __PYX_ERR(0, 1342, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     __pyx_t_2 = PyTuple_GET_ITEM(sequence, 0);
@@ -33537,16 +33561,16 @@ static PyObject *__pyx_pf_5wsmem_6_array_16full_like(CYTHON_UNUSED PyObject *__p
     __pyx_t_4 = PyTuple_GET_ITEM(sequence, 2);
     __Pyx_INCREF(__pyx_t_4);
     #else
-    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1337, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1342, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1337, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 1342, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1337, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PySequence_ITEM(sequence, 2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1342, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     #endif
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   } else {
-    __Pyx_RaiseNoneNotIterableError(); __PYX_ERR(0, 1337, __pyx_L1_error)
+    __Pyx_RaiseNoneNotIterableError(); __PYX_ERR(0, 1342, __pyx_L1_error)
   }
   __pyx_v_s = __pyx_t_2;
   __pyx_t_2 = 0;
@@ -33555,32 +33579,32 @@ static PyObject *__pyx_pf_5wsmem_6_array_16full_like(CYTHON_UNUSED PyObject *__p
   __pyx_v_o = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":1338
+  /* "wsmem/_array.pyx":1343
  *     """`fill_value` shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)
  *     cdef WsArray a = new_array(_target(), s, d, o, INIT_NONE)             # <<<<<<<<<<<<<<
  *     _fill(a, fill_value)
  *     return a
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1338, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1343, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_s, __pyx_v_d, __pyx_v_o, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1338, __pyx_L1_error)
+  __pyx_t_4 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1), __pyx_v_s, __pyx_v_d, __pyx_v_o, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1343, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_a = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":1339
+  /* "wsmem/_array.pyx":1344
  *     s, d, o = _like(prototype, dtype, order, shape)
  *     cdef WsArray a = new_array(_target(), s, d, o, INIT_NONE)
  *     _fill(a, fill_value)             # <<<<<<<<<<<<<<
  *     return a
  * 
 */
-  __pyx_t_5 = __pyx_f_5wsmem_6_array__fill(__pyx_v_a, __pyx_v_fill_value); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 1339, __pyx_L1_error)
+  __pyx_t_5 = __pyx_f_5wsmem_6_array__fill(__pyx_v_a, __pyx_v_fill_value); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 1344, __pyx_L1_error)
 
 
-  /* "wsmem/_array.pyx":1340
+  /* "wsmem/_array.pyx":1345
  *     cdef WsArray a = new_array(_target(), s, d, o, INIT_NONE)
  *     _fill(a, fill_value)
  *     return a             # <<<<<<<<<<<<<<
@@ -33598,7 +33622,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_16full_like(CYTHON_UNUSED PyObject *__p
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1335
+  /* "wsmem/_array.pyx":1340
  * 
  * 
  * def full_like(prototype, fill_value, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -33624,7 +33648,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_16full_like(CYTHON_UNUSED PyObject *__p
   return __pyx_r;
 }
 
-/* "wsmem/_array.pyx":1343
+/* "wsmem/_array.pyx":1348
  * 
  * 
  * def asarray(a, dtype=None, order=None):             # <<<<<<<<<<<<<<
@@ -33674,44 +33698,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_a,&__pyx_mstate_global->__pyx_n_u_dtype_2,&__pyx_mstate_global->__pyx_n_u_order_2,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1343, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 1348, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1343, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1348, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1343, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1348, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1343, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1348, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "asarray", 0) < (0)) __PYX_ERR(0, 1343, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "asarray", 0) < (0)) __PYX_ERR(0, 1348, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("asarray", 0, 1, 3, i); __PYX_ERR(0, 1343, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("asarray", 0, 1, 3, i); __PYX_ERR(0, 1348, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1343, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 1348, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1343, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 1348, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1343, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 1348, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -33724,7 +33748,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("asarray", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 1343, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("asarray", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 1348, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -33767,19 +33791,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
   __Pyx_RefNannySetupContext("asarray", 0);
   __Pyx_INCREF(__pyx_v_a);
 
-  /* "wsmem/_array.pyx":1350
+  /* "wsmem/_array.pyx":1355
  *     workspace the result wraps NumPy's ``np.asarray(a)`` without a copy.
  *     """
  *     cdef Arena arena = _target()             # <<<<<<<<<<<<<<
  *     cdef WsArray out
  *     if isinstance(a, WsArray):
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1350, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__target()); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1355, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_arena = ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":1352
+  /* "wsmem/_array.pyx":1357
  *     cdef Arena arena = _target()
  *     cdef WsArray out
  *     if isinstance(a, WsArray):             # <<<<<<<<<<<<<<
@@ -33790,7 +33814,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":1353
+    /* "wsmem/_array.pyx":1358
  *     cdef WsArray out
  *     if isinstance(a, WsArray):
  *         src = <WsArray>a             # <<<<<<<<<<<<<<
@@ -33802,7 +33826,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
     __pyx_v_src = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_1);
     __pyx_t_1 = 0;
 
-    /* "wsmem/_array.pyx":1354
+    /* "wsmem/_array.pyx":1359
  *     if isinstance(a, WsArray):
  *         src = <WsArray>a
  *         if ((dtype is None or np.dtype(dtype) == src._dtype) and src._ws is arena             # <<<<<<<<<<<<<<
@@ -33817,9 +33841,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
       goto __pyx_L6_next_and;
     }
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1354, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1359, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1354, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1359, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __pyx_t_7 = 1;
@@ -33839,10 +33863,10 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_6, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1354, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1359, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
-    __pyx_t_3 = __Pyx_PyObject_RichCompareBool(__pyx_t_1, ((PyObject *)__pyx_v_src->_dtype), Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 1354, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_RichCompareBool(__pyx_t_1, ((PyObject *)__pyx_v_src->_dtype), Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 1359, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     if (__pyx_t_3) {
 
@@ -33854,7 +33878,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
     }
     __pyx_L6_next_and:;
 
-    /* "wsmem/_array.pyx":1355
+    /* "wsmem/_array.pyx":1360
  *         src = <WsArray>a
  *         if ((dtype is None or np.dtype(dtype) == src._dtype) and src._ws is arena
  *                 and src.is_valid and order in (None, "K", "A")):             # <<<<<<<<<<<<<<
@@ -33870,9 +33894,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
 
       goto __pyx_L5_bool_binop_done;
     }
-    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_src), __pyx_mstate_global->__pyx_n_u_is_valid); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1355, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_src), __pyx_mstate_global->__pyx_n_u_is_valid); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1360, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
-    __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 1355, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 1360, __pyx_L1_error)
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
     if (__pyx_t_3) {
 
@@ -33884,7 +33908,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
     }
     __Pyx_INCREF(__pyx_v_order);
     __pyx_t_1 = __pyx_v_order;
-    __pyx_t_8 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, Py_None, Py_EQ); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 1355, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_CompareBoolEq_object_object(__pyx_t_1, Py_None, Py_EQ); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 1360, __pyx_L1_error)
     if (!__pyx_t_8) {
 
     } else {
@@ -33893,7 +33917,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
 
       goto __pyx_L10_bool_binop_done;
     }
-    __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch75(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_K, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 1355, __pyx_L1_error)
+    __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch75(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_K, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 1360, __pyx_L1_error)
     if (!__pyx_t_8) {
 
     } else {
@@ -33902,7 +33926,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
 
       goto __pyx_L10_bool_binop_done;
     }
-    __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch65(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_A, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 1355, __pyx_L1_error)
+    __pyx_t_8 = (__Pyx_PyObject_Equals_obj_ch65(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_A, Py_EQ)); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 1360, __pyx_L1_error)
 
     __pyx_t_3 = __pyx_t_8;
 
@@ -33916,7 +33940,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
 
     __pyx_L5_bool_binop_done:;
 
-    /* "wsmem/_array.pyx":1354
+    /* "wsmem/_array.pyx":1359
  *     if isinstance(a, WsArray):
  *         src = <WsArray>a
  *         if ((dtype is None or np.dtype(dtype) == src._dtype) and src._ws is arena             # <<<<<<<<<<<<<<
@@ -33926,7 +33950,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_array.pyx":1356
+      /* "wsmem/_array.pyx":1361
  *         if ((dtype is None or np.dtype(dtype) == src._dtype) and src._ws is arena
  *                 and src.is_valid and order in (None, "K", "A")):
  *             return a             # <<<<<<<<<<<<<<
@@ -33944,7 +33968,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
       }
       goto __pyx_L0;
 
-      /* "wsmem/_array.pyx":1354
+      /* "wsmem/_array.pyx":1359
  *     if isinstance(a, WsArray):
  *         src = <WsArray>a
  *         if ((dtype is None or np.dtype(dtype) == src._dtype) and src._ws is arena             # <<<<<<<<<<<<<<
@@ -33953,19 +33977,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
 */
     }
 
-    /* "wsmem/_array.pyx":1357
+    /* "wsmem/_array.pyx":1362
  *                 and src.is_valid and order in (None, "K", "A")):
  *             return a
  *         a = src._view()             # <<<<<<<<<<<<<<
  *     arr = np.asarray(a, dtype=dtype, order=order)
  *     if arr.dtype.hasobject:
 */
-    __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_src->__pyx_vtab)->_view(__pyx_v_src); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1357, __pyx_L1_error)
+    __pyx_t_1 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_src->__pyx_vtab)->_view(__pyx_v_src); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1362, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF_SET(__pyx_v_a, __pyx_t_1);
     __pyx_t_1 = 0;
 
-    /* "wsmem/_array.pyx":1352
+    /* "wsmem/_array.pyx":1357
  *     cdef Arena arena = _target()
  *     cdef WsArray out
  *     if isinstance(a, WsArray):             # <<<<<<<<<<<<<<
@@ -33974,7 +33998,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
 */
   }
 
-  /* "wsmem/_array.pyx":1358
+  /* "wsmem/_array.pyx":1363
  *             return a
  *         a = src._view()
  *     arr = np.asarray(a, dtype=dtype, order=order)             # <<<<<<<<<<<<<<
@@ -33982,9 +34006,9 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
  *         _as_dtype(arr.dtype)    # raises the TypeError explaining why
 */
   __pyx_t_6 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1358, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1363, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1358, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_asarray); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1363, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   #if CYTHON_VECTORCALL
@@ -34005,13 +34029,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
     PyObject *__pyx_callargs[4] = {__pyx_t_6, __pyx_v_a, __pyx_v_dtype, __pyx_v_order};
     #if CYTHON_VECTORCALL
     __pyx_t_4 = __pyx_mstate_global->__pyx_tuple[7];
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1358, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1363, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_4);
     #else
     {
       PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype_2, __pyx_mstate_global->__pyx_n_u_order_2};
       __pyx_t_4 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1358, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1363, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     #endif
@@ -34021,44 +34045,44 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
     #endif
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1358, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1363, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __pyx_v_arr = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_array.pyx":1359
+  /* "wsmem/_array.pyx":1364
  *         a = src._view()
  *     arr = np.asarray(a, dtype=dtype, order=order)
  *     if arr.dtype.hasobject:             # <<<<<<<<<<<<<<
  *         _as_dtype(arr.dtype)    # raises the TypeError explaining why
  *     if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1359, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1364, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_hasobject); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1359, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_hasobject); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1364, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 1359, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_t_5); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 1364, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":1360
+    /* "wsmem/_array.pyx":1365
  *     arr = np.asarray(a, dtype=dtype, order=order)
  *     if arr.dtype.hasobject:
  *         _as_dtype(arr.dtype)    # raises the TypeError explaining why             # <<<<<<<<<<<<<<
  *     if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *         return _wrap_ndarray(arr, None, 0, NULL)
 */
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1360, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1365, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__as_dtype(__pyx_t_5)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1360, __pyx_L1_error)
+    __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__as_dtype(__pyx_t_5)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1365, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-    /* "wsmem/_array.pyx":1359
+    /* "wsmem/_array.pyx":1364
  *         a = src._view()
  *     arr = np.asarray(a, dtype=dtype, order=order)
  *     if arr.dtype.hasobject:             # <<<<<<<<<<<<<<
@@ -34067,7 +34091,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
 */
   }
 
-  /* "wsmem/_array.pyx":1361
+  /* "wsmem/_array.pyx":1366
  *     if arr.dtype.hasobject:
  *         _as_dtype(arr.dtype)    # raises the TypeError explaining why
  *     if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -34092,15 +34116,15 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_array.pyx":1362
+    /* "wsmem/_array.pyx":1367
  *         _as_dtype(arr.dtype)    # raises the TypeError explaining why
  *     if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *         return _wrap_ndarray(arr, None, 0, NULL)             # <<<<<<<<<<<<<<
  *     out = new_array(arena, arr.shape, arr.dtype,
  *                     "F" if (arr.flags.f_contiguous and not arr.flags.c_contiguous) else "C",
 */
-    if (!(likely(((__pyx_v_arr) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_arr, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 1362, __pyx_L1_error)
-    __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_arr), ((struct __pyx_obj_5wsmem_6_arena_Arena *)Py_None), 0, NULL, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1362, __pyx_L1_error)
+    if (!(likely(((__pyx_v_arr) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_arr, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 1367, __pyx_L1_error)
+    __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_6_array__wrap_ndarray(((PyArrayObject *)__pyx_v_arr), ((struct __pyx_obj_5wsmem_6_arena_Arena *)Py_None), 0, NULL, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1367, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     {
       PyObject *__pyx_temp;
@@ -34113,7 +34137,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
     __pyx_t_1 = 0;
     goto __pyx_L0;
 
-    /* "wsmem/_array.pyx":1361
+    /* "wsmem/_array.pyx":1366
  *     if arr.dtype.hasobject:
  *         _as_dtype(arr.dtype)    # raises the TypeError explaining why
  *     if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -34122,31 +34146,31 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
 */
   }
 
-  /* "wsmem/_array.pyx":1363
+  /* "wsmem/_array.pyx":1368
  *     if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *         return _wrap_ndarray(arr, None, 0, NULL)
  *     out = new_array(arena, arr.shape, arr.dtype,             # <<<<<<<<<<<<<<
  *                     "F" if (arr.flags.f_contiguous and not arr.flags.c_contiguous) else "C",
  *                     INIT_NONE)
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1363, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1368, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1363, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_dtype_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1368, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
 
-  /* "wsmem/_array.pyx":1364
+  /* "wsmem/_array.pyx":1369
  *         return _wrap_ndarray(arr, None, 0, NULL)
  *     out = new_array(arena, arr.shape, arr.dtype,
  *                     "F" if (arr.flags.f_contiguous and not arr.flags.c_contiguous) else "C",             # <<<<<<<<<<<<<<
  *                     INIT_NONE)
  *     np.copyto(out._view(), arr, casting="no")
 */
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1364, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1369, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_f_contiguous); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1364, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_f_contiguous); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1369, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_t_9); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 1364, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_t_9); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 1369, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
   if (__pyx_t_8) {
 
@@ -34156,12 +34180,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
 
     goto __pyx_L17_bool_binop_done;
   }
-  __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1364, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_v_arr, __pyx_mstate_global->__pyx_n_u_flags); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1369, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1364, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_c_contiguous); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1369, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 1364, __pyx_L1_error)
+  __pyx_t_8 = __Pyx_PyObject_IsTrue(__pyx_t_6); if (unlikely((__pyx_t_8 < 0))) __PYX_ERR(0, 1369, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
   __pyx_t_3 = (!__pyx_t_8);
 
@@ -34179,14 +34203,14 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
   }
 
 
-  /* "wsmem/_array.pyx":1363
+  /* "wsmem/_array.pyx":1368
  *     if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
  *         return _wrap_ndarray(arr, None, 0, NULL)
  *     out = new_array(arena, arr.shape, arr.dtype,             # <<<<<<<<<<<<<<
  *                     "F" if (arr.flags.f_contiguous and not arr.flags.c_contiguous) else "C",
  *                     INIT_NONE)
 */
-  __pyx_t_6 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(__pyx_v_arena, __pyx_t_1, __pyx_t_5, __pyx_t_4, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1363, __pyx_L1_error)
+  __pyx_t_6 = ((PyObject *)__pyx_f_5wsmem_6_array_new_array(__pyx_v_arena, __pyx_t_1, __pyx_t_5, __pyx_t_4, __pyx_e_5wsmem_6_array_INIT_NONE)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1368, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
@@ -34194,19 +34218,19 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
   __pyx_v_out = ((struct __pyx_obj_5wsmem_6_array_WsArray *)__pyx_t_6);
   __pyx_t_6 = 0;
 
-  /* "wsmem/_array.pyx":1366
+  /* "wsmem/_array.pyx":1371
  *                     "F" if (arr.flags.f_contiguous and not arr.flags.c_contiguous) else "C",
  *                     INIT_NONE)
  *     np.copyto(out._view(), arr, casting="no")             # <<<<<<<<<<<<<<
  *     return out
 */
   __pyx_t_4 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1366, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1371, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1366, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_copyto); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 1371, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_out->__pyx_vtab)->_view(__pyx_v_out); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1366, __pyx_L1_error)
+  __pyx_t_5 = ((struct __pyx_vtabstruct_5wsmem_6_array_WsArray *)__pyx_v_out->__pyx_vtab)->_view(__pyx_v_out); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 1371, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   #if CYTHON_VECTORCALL
   #endif
@@ -34226,13 +34250,13 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
     PyObject *__pyx_callargs[4] = {__pyx_t_4, __pyx_t_5, __pyx_v_arr, __pyx_mstate_global->__pyx_n_u_no};
     #if CYTHON_VECTORCALL
     __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[0];
-    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1366, __pyx_L1_error)
+    if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1371, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_9);
     #else
     {
       PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_casting};
       __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 1);
-      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1366, __pyx_L1_error)
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 1371, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
     }
     #endif
@@ -34243,12 +34267,12 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
     #endif
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
     __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1366, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 1371, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
   }
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-  /* "wsmem/_array.pyx":1367
+  /* "wsmem/_array.pyx":1372
  *                     INIT_NONE)
  *     np.copyto(out._view(), arr, casting="no")
  *     return out             # <<<<<<<<<<<<<<
@@ -34264,7 +34288,7 @@ static PyObject *__pyx_pf_5wsmem_6_array_18asarray(CYTHON_UNUSED PyObject *__pyx
   }
   goto __pyx_L0;
 
-  /* "wsmem/_array.pyx":1343
+  /* "wsmem/_array.pyx":1348
  * 
  * 
  * def asarray(a, dtype=None, order=None):             # <<<<<<<<<<<<<<
@@ -36231,7 +36255,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_6_array_WsArray(__pyx_mstatety
   __pyx_vtable_5wsmem_6_array_WsArray._c_contig = (int (*)(struct __pyx_obj_5wsmem_6_array_WsArray *))__pyx_f_5wsmem_6_array_7WsArray__c_contig;
   __pyx_vtable_5wsmem_6_array_WsArray._f_contig = (int (*)(struct __pyx_obj_5wsmem_6_array_WsArray *))__pyx_f_5wsmem_6_array_7WsArray__f_contig;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_array_WsArray_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray)) __PYX_ERR(0, 568, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_array_WsArray_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray)) __PYX_ERR(0, 573, __pyx_L1_error)
   #if !CYTHON_COMPILING_IN_LIMITED_API
   __pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray->tp_as_buffer = &__pyx_tp_as_buffer_WsArray;
   #elif defined(Py_bf_getbuffer) && defined(Py_bf_releasebuffer)
@@ -36247,13 +36271,13 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_6_array_WsArray(__pyx_mstatety
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray) < (0)) __PYX_ERR(0, 568, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray) < (0)) __PYX_ERR(0, 573, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray);
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_vtabptr_5wsmem_6_array_WsArray) < (0)) __PYX_ERR(0, 568, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_WsArray, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray) < (0)) __PYX_ERR(0, 568, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_vtabptr_5wsmem_6_array_WsArray) < (0)) __PYX_ERR(0, 573, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_WsArray, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_array_WsArray) < (0)) __PYX_ERR(0, 573, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -36314,14 +36338,14 @@ static int __Pyx_modinit_Exttype___pyx_defaults(__pyx_mstatetype *__pyx_mstate) 
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_defaults", 0);
   /*--- Exttype __pyx_defaults ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_defaults = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_array___pyx_defaults_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_defaults)) __PYX_ERR(0, 1231, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_defaults = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_array___pyx_defaults_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_defaults)) __PYX_ERR(0, 1236, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_defaults = &__pyx_type_5wsmem_6_array___pyx_defaults;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_defaults) < (0)) __PYX_ERR(0, 1231, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_defaults) < (0)) __PYX_ERR(0, 1236, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_defaults);
@@ -36347,14 +36371,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_6_array___pyx_scope_struct____
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_5wsmem_6_array___pyx_scope_struct____iter__", 0);
   /*--- Exttype __pyx_obj_5wsmem_6_array___pyx_scope_struct____iter__ ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct____iter__ = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_array___pyx_scope_struct____iter___spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct____iter__)) __PYX_ERR(0, 978, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct____iter__ = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_array___pyx_scope_struct____iter___spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct____iter__)) __PYX_ERR(0, 983, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct____iter__ = &__pyx_type_5wsmem_6_array___pyx_scope_struct____iter__;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct____iter__) < (0)) __PYX_ERR(0, 978, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct____iter__) < (0)) __PYX_ERR(0, 983, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct____iter__);
@@ -36380,14 +36404,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_6_array___pyx_scope_struct_1__
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_5wsmem_6_array___pyx_scope_struct_1___getattr__", 0);
   /*--- Exttype __pyx_obj_5wsmem_6_array___pyx_scope_struct_1___getattr__ ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct_1___getattr__ = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_array___pyx_scope_struct_1___getattr___spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct_1___getattr__)) __PYX_ERR(0, 984, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct_1___getattr__ = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_array___pyx_scope_struct_1___getattr___spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct_1___getattr__)) __PYX_ERR(0, 989, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct_1___getattr__ = &__pyx_type_5wsmem_6_array___pyx_scope_struct_1___getattr__;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct_1___getattr__) < (0)) __PYX_ERR(0, 984, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct_1___getattr__) < (0)) __PYX_ERR(0, 989, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_5wsmem_6_array___pyx_scope_struct_1___getattr__);
@@ -37125,372 +37149,352 @@ __Pyx_RefNannySetupContext("PyInit__array", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_2) < (0)) __PYX_ERR(2, 3, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":492
+  /* "wsmem/_array.pyx":497
  * 
  * 
  * cdef dict _resolve_cache = {}             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 492, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 497, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_XGOTREF(__pyx_v_5wsmem_6_array__resolve_cache);
   __Pyx_DECREF_SET(__pyx_v_5wsmem_6_array__resolve_cache, ((PyObject*)__pyx_t_2));
   __Pyx_GIVEREF(__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":593
+  /* "wsmem/_array.pyx":598
  *     """
  * 
  *     __array_priority__ = 100             # <<<<<<<<<<<<<<
  * 
  *     def __dealloc__(self):
 */
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_array_priority, __pyx_mstate_global->__pyx_int_100) < (0)) __PYX_ERR(0, 593, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_array_priority, __pyx_mstate_global->__pyx_int_100) < (0)) __PYX_ERR(0, 598, __pyx_L1_error)
 
-  /* "wsmem/_array.pyx":747
+  /* "wsmem/_array.pyx":752
  * 
  *     # ------------------------------------------------------------ conversion
  *     def numpy(self):             # <<<<<<<<<<<<<<
  *         """Zero-copy ndarray view; it keeps these bytes out of reuse while it lives.
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_3numpy, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_numpy, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 747, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_3numpy, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_numpy, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 752, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_numpy, __pyx_t_2) < (0)) __PYX_ERR(0, 747, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_numpy, __pyx_t_2) < (0)) __PYX_ERR(0, 752, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":762
+  /* "wsmem/_array.pyx":767
  *         return self._view()
  * 
  *     def __array__(self, dtype=None, copy=None):             # <<<<<<<<<<<<<<
  *         v = self._view()
  *         if dtype is not None:
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_5__array__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___array, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 762, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_5__array__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___array, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[5])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 767, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[8]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_array_3, __pyx_t_2) < (0)) __PYX_ERR(0, 762, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_array_3, __pyx_t_2) < (0)) __PYX_ERR(0, 767, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":830
+  /* "wsmem/_array.pyx":835
  *             view.internal = NULL
  * 
  *     def __dlpack_device__(self):             # <<<<<<<<<<<<<<
  *         """(kDLCPU, 0)."""
  *         return (kDLCPU, 0)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_11__dlpack_device__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___dlpack_device, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 830, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_11__dlpack_device__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___dlpack_device, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[6])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 835, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_dlpack_device, __pyx_t_2) < (0)) __PYX_ERR(0, 830, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_dlpack_device, __pyx_t_2) < (0)) __PYX_ERR(0, 835, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":834
+  /* "wsmem/_array.pyx":839
  *         return (kDLCPU, 0)
  * 
  *     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):             # <<<<<<<<<<<<<<
  *         """Export as a DLPack capsule (versioned when max_version >= (1, 0)).
  * 
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 834, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 839, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_stream, Py_None) < (0)) __PYX_ERR(0, 834, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_max_version, Py_None) < (0)) __PYX_ERR(0, 834, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_dl_device, Py_None) < (0)) __PYX_ERR(0, 834, __pyx_L1_error)
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_copy, Py_None) < (0)) __PYX_ERR(0, 834, __pyx_L1_error)
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_13__dlpack__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___dlpack, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 834, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_stream, Py_None) < (0)) __PYX_ERR(0, 839, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_max_version, Py_None) < (0)) __PYX_ERR(0, 839, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_dl_device, Py_None) < (0)) __PYX_ERR(0, 839, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_copy, Py_None) < (0)) __PYX_ERR(0, 839, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_13__dlpack__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___dlpack, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[7])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 839, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
   __Pyx_CyFunction_SetDefaultsKwDict(__pyx_t_4, __pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_dlpack, __pyx_t_4) < (0)) __PYX_ERR(0, 834, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_dlpack, __pyx_t_4) < (0)) __PYX_ERR(0, 839, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":855
+  /* "wsmem/_array.pyx":860
  * 
  *     # ------------------------------------------------------------ NumPy protocols
  *     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):             # <<<<<<<<<<<<<<
  *         take_error()
  *         try:
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_15__array_ufunc__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___array_ufunc, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 855, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_15__array_ufunc__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___array_ufunc, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 860, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_array_ufunc_2, __pyx_t_4) < (0)) __PYX_ERR(0, 855, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_array_ufunc_2, __pyx_t_4) < (0)) __PYX_ERR(0, 860, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":863
+  /* "wsmem/_array.pyx":868
  *             raise
  * 
  *     def __array_function__(self, func, types, args, kwargs):             # <<<<<<<<<<<<<<
  *         take_error()
  *         try:
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_17__array_function__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___array_function, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 863, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_17__array_function__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___array_function, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 868, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_array_function, __pyx_t_4) < (0)) __PYX_ERR(0, 863, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_array_function, __pyx_t_4) < (0)) __PYX_ERR(0, 868, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":871
+  /* "wsmem/_array.pyx":876
  *             raise
  * 
  *     def _array_ufunc(self, ufunc, method, tuple inputs, dict kwargs):             # <<<<<<<<<<<<<<
  *         out = kwargs.get("out")
  *         if method == "__call__" and out is None:
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_19_array_ufunc, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray__array_ufunc, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 871, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_19_array_ufunc, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray__array_ufunc, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 876, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_array_ufunc, __pyx_t_4) < (0)) __PYX_ERR(0, 871, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_array_ufunc, __pyx_t_4) < (0)) __PYX_ERR(0, 876, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":887
+  /* "wsmem/_array.pyx":892
  * 
  *     # ------------------------------------------------------------ copies
  *     def detach(self):             # <<<<<<<<<<<<<<
  *         """Copy to heap memory that no workspace cycle invalidates.
  * 
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_21detach, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_detach, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 887, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_21detach, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_detach, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 892, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_detach, __pyx_t_4) < (0)) __PYX_ERR(0, 887, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_detach, __pyx_t_4) < (0)) __PYX_ERR(0, 892, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":897
+  /* "wsmem/_array.pyx":902
  *         return _wrap_ndarray(heap_copy(self._view()), None, 0, NULL)
  * 
  *     def leverage_to(self, ws):             # <<<<<<<<<<<<<<
  *         """Copy into workspace `ws` (which must be open in this thread).
  * 
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_23leverage_to, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_leverage_to, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 897, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_23leverage_to, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_leverage_to, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 902, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_leverage_to, __pyx_t_4) < (0)) __PYX_ERR(0, 897, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_leverage_to, __pyx_t_4) < (0)) __PYX_ERR(0, 902, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":923
+  /* "wsmem/_array.pyx":928
  *         return out
  * 
  *     def copy(self, order="C"):             # <<<<<<<<<<<<<<
  *         """Copy into the current workspace (or the heap when none is active)."""
  *         cdef WsArray out
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_25copy, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_copy, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 923, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_25copy, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_copy, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 928, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[9]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_copy, __pyx_t_4) < (0)) __PYX_ERR(0, 923, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_copy, __pyx_t_4) < (0)) __PYX_ERR(0, 928, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":933
+  /* "wsmem/_array.pyx":938
  *         return out
  * 
  *     def astype(self, dtype, order="K", casting="unsafe", copy=True):             # <<<<<<<<<<<<<<
  *         """Cast to `dtype`, allocating in the current workspace."""
  *         cdef WsArray out
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_27astype, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_astype, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 933, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_27astype, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_astype, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 938, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[10]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_astype, __pyx_t_4) < (0)) __PYX_ERR(0, 933, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_astype, __pyx_t_4) < (0)) __PYX_ERR(0, 938, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":949
+  /* "wsmem/_array.pyx":954
  *         return out
  * 
  *     def fill(self, value):             # <<<<<<<<<<<<<<
  *         """Fill with a scalar value in place."""
  *         self._view().fill(value)
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_29fill, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_fill, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 949, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_29fill, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_fill, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 954, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_fill, __pyx_t_4) < (0)) __PYX_ERR(0, 949, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_fill, __pyx_t_4) < (0)) __PYX_ERR(0, 954, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "wsmem/_array.pyx":953
+  /* "wsmem/_array.pyx":958
  *         self._view().fill(value)
  * 
  *     def reshape(self, *shape, order="C"):             # <<<<<<<<<<<<<<
  *         """Reshape: a view when the layout allows, else a copy in the current workspace."""
  *         if len(shape) == 1:
 */
-  __pyx_t_4 = __Pyx_PyDict_NewPresized(1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 953, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyDict_NewPresized(1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 958, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (PyDict_SetItem(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_order_2, __pyx_mstate_global->__pyx_n_u_C) < (0)) __PYX_ERR(0, 953, __pyx_L1_error)
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_31reshape, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_reshape, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 953, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_order_2, __pyx_mstate_global->__pyx_n_u_C) < (0)) __PYX_ERR(0, 958, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_31reshape, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_reshape, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 958, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsKwDict(__pyx_t_2, __pyx_t_4);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_reshape, __pyx_t_2) < (0)) __PYX_ERR(0, 953, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_reshape, __pyx_t_2) < (0)) __PYX_ERR(0, 958, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":960
+  /* "wsmem/_array.pyx":965
  *         return _from_result(self, v, v.reshape(shape, order=order))
  * 
  *     def transpose(self, *axes):             # <<<<<<<<<<<<<<
  *         """Transposed view (axes reversed, or permuted as given)."""
  *         v = self._view()
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_33transpose, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_transpose, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 960, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_33transpose, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray_transpose, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 965, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_transpose, __pyx_t_2) < (0)) __PYX_ERR(0, 960, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_transpose, __pyx_t_2) < (0)) __PYX_ERR(0, 965, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1006
+  /* "wsmem/_array.pyx":1011
  *         return _from_result(self, v, attr)
  * 
  *     def __dir__(self):             # <<<<<<<<<<<<<<
  *         return sorted(set(object.__dir__(self)) | set(dir(np.ndarray)))
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_46__dir__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___dir, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1006, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_46__dir__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___dir, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1011, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_dir, __pyx_t_2) < (0)) __PYX_ERR(0, 1006, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_dir, __pyx_t_2) < (0)) __PYX_ERR(0, 1011, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1019
+  /* "wsmem/_array.pyx":1024
  *         return float(self._view())
  * 
  *     def __complex__(self):             # <<<<<<<<<<<<<<
  *         return complex(self._view())
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_54__complex__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___complex, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1019, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_54__complex__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___complex, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1024, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_complex, __pyx_t_2) < (0)) __PYX_ERR(0, 1019, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_complex, __pyx_t_2) < (0)) __PYX_ERR(0, 1024, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1045
+  /* "wsmem/_array.pyx":1050
  *         return str(self._view())
  * 
  *     def __reduce__(self):             # <<<<<<<<<<<<<<
  *         return (_from_pickle, (np.array(self._view(), copy=True),))
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_62__reduce__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___reduce, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1045, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7WsArray_62__reduce__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_WsArray___reduce, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1050, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_reduce, __pyx_t_2) < (0)) __PYX_ERR(0, 1045, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_reduce, __pyx_t_2) < (0)) __PYX_ERR(0, 1050, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1048
+  /* "wsmem/_array.pyx":1053
  *         return (_from_pickle, (np.array(self._view(), copy=True),))
  * 
  *     __hash__ = None             # <<<<<<<<<<<<<<
  * 
  *     # ------------------------------------------------------------ operators
 */
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_hash, Py_None) < (0)) __PYX_ERR(0, 1048, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_array_WsArray, __pyx_mstate_global->__pyx_n_u_hash, Py_None) < (0)) __PYX_ERR(0, 1053, __pyx_L1_error)
 
-  /* "wsmem/_array.pyx":1100
+  /* "wsmem/_array.pyx":1105
  * 
  * 
  * def _from_pickle(arr):             # <<<<<<<<<<<<<<
  *     return _wrap_ndarray(arr, None, 0, NULL)
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_1_from_pickle, 0, __pyx_mstate_global->__pyx_n_u_from_pickle, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1100, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_1_from_pickle, 0, __pyx_mstate_global->__pyx_n_u_from_pickle, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1105, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_from_pickle, __pyx_t_2) < (0)) __PYX_ERR(0, 1100, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_from_pickle, __pyx_t_2) < (0)) __PYX_ERR(0, 1105, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1231
+  /* "wsmem/_array.pyx":1236
  * # ---------------------------------------------------------------- creation functions
  * 
  * def empty(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
  *     """Uninitialised array in the current workspace (heap when none is active).
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_3empty, 0, __pyx_mstate_global->__pyx_n_u_empty, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1231, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_3empty, 0, __pyx_mstate_global->__pyx_n_u_empty, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1236, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (!__Pyx_CyFunction_InitDefaults(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5wsmem_6_array___pyx_defaults)) __PYX_ERR(0, 1231, __pyx_L1_error)
+  if (!__Pyx_CyFunction_InitDefaults(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5wsmem_6_array___pyx_defaults)) __PYX_ERR(0, 1236, __pyx_L1_error)
   __Pyx_INCREF((PyObject *)(&PyFloat_Type));
   __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_t_2)->arg0 = ((PyObject *)(&PyFloat_Type));
   __Pyx_GIVEREF((&PyFloat_Type));
   __Pyx_CyFunction_SetDefaultsGetter(__pyx_t_2, __pyx_pf_5wsmem_6_array_20__defaults__);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_empty, __pyx_t_2) < (0)) __PYX_ERR(0, 1231, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_empty, __pyx_t_2) < (0)) __PYX_ERR(0, 1236, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1251
+  /* "wsmem/_array.pyx":1256
  * 
  * 
  * def zeros(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
  *     """Array of zeros in the current workspace (heap when none is active)."""
  *     return new_array(_target(), shape, dtype, order, INIT_ZEROS)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_5zeros, 0, __pyx_mstate_global->__pyx_n_u_zeros, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1251, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
-  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
-  #endif
-  if (!__Pyx_CyFunction_InitDefaults(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5wsmem_6_array___pyx_defaults)) __PYX_ERR(0, 1251, __pyx_L1_error)
-  __Pyx_INCREF((PyObject *)(&PyFloat_Type));
-  __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_t_2)->arg0 = ((PyObject *)(&PyFloat_Type));
-  __Pyx_GIVEREF((&PyFloat_Type));
-  __Pyx_CyFunction_SetDefaultsGetter(__pyx_t_2, __pyx_pf_5wsmem_6_array_22__defaults__);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_zeros, __pyx_t_2) < (0)) __PYX_ERR(0, 1251, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-
-  /* "wsmem/_array.pyx":1256
- * 
- * 
- * def ones(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
- *     """Array of ones in the current workspace (heap when none is active)."""
- *     cdef WsArray a = new_array(_target(), shape, dtype, order, INIT_NONE)
-*/
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7ones, 0, __pyx_mstate_global->__pyx_n_u_ones, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1256, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_5zeros, 0, __pyx_mstate_global->__pyx_n_u_zeros, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1256, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
@@ -37499,104 +37503,124 @@ __Pyx_RefNannySetupContext("PyInit__array", 0);
   __Pyx_INCREF((PyObject *)(&PyFloat_Type));
   __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_t_2)->arg0 = ((PyObject *)(&PyFloat_Type));
   __Pyx_GIVEREF((&PyFloat_Type));
-  __Pyx_CyFunction_SetDefaultsGetter(__pyx_t_2, __pyx_pf_5wsmem_6_array_24__defaults__);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ones, __pyx_t_2) < (0)) __PYX_ERR(0, 1256, __pyx_L1_error)
+  __Pyx_CyFunction_SetDefaultsGetter(__pyx_t_2, __pyx_pf_5wsmem_6_array_22__defaults__);
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_zeros, __pyx_t_2) < (0)) __PYX_ERR(0, 1256, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1290
+  /* "wsmem/_array.pyx":1261
+ * 
+ * 
+ * def ones(shape, dtype=float, order="C"):             # <<<<<<<<<<<<<<
+ *     """Array of ones in the current workspace (heap when none is active)."""
+ *     cdef WsArray a = new_array(_target(), shape, dtype, order, INIT_NONE)
+*/
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_7ones, 0, __pyx_mstate_global->__pyx_n_u_ones, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1261, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  #endif
+  if (!__Pyx_CyFunction_InitDefaults(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_5wsmem_6_array___pyx_defaults)) __PYX_ERR(0, 1261, __pyx_L1_error)
+  __Pyx_INCREF((PyObject *)(&PyFloat_Type));
+  __Pyx_CyFunction_Defaults(struct __pyx_defaults, __pyx_t_2)->arg0 = ((PyObject *)(&PyFloat_Type));
+  __Pyx_GIVEREF((&PyFloat_Type));
+  __Pyx_CyFunction_SetDefaultsGetter(__pyx_t_2, __pyx_pf_5wsmem_6_array_24__defaults__);
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ones, __pyx_t_2) < (0)) __PYX_ERR(0, 1261, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "wsmem/_array.pyx":1295
  * 
  * 
  * def full(shape, fill_value, dtype=None, order="C"):             # <<<<<<<<<<<<<<
  *     """Array filled with `fill_value` in the current workspace."""
  *     cdef WsArray a
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_9full, 0, __pyx_mstate_global->__pyx_n_u_full, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1290, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_9full, 0, __pyx_mstate_global->__pyx_n_u_full, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1295, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[11]);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_full, __pyx_t_2) < (0)) __PYX_ERR(0, 1290, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_full, __pyx_t_2) < (0)) __PYX_ERR(0, 1295, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1315
+  /* "wsmem/_array.pyx":1320
  * 
  * 
  * def empty_like(prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
  *     """Uninitialised array shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_11empty_like, 0, __pyx_mstate_global->__pyx_n_u_empty_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1315, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_11empty_like, 0, __pyx_mstate_global->__pyx_n_u_empty_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[12]);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_empty_like, __pyx_t_2) < (0)) __PYX_ERR(0, 1315, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_empty_like, __pyx_t_2) < (0)) __PYX_ERR(0, 1320, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1321
+  /* "wsmem/_array.pyx":1326
  * 
  * 
  * def zeros_like(prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
  *     """Zeros shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_13zeros_like, 0, __pyx_mstate_global->__pyx_n_u_zeros_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1321, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_13zeros_like, 0, __pyx_mstate_global->__pyx_n_u_zeros_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1326, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[12]);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_zeros_like, __pyx_t_2) < (0)) __PYX_ERR(0, 1321, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_zeros_like, __pyx_t_2) < (0)) __PYX_ERR(0, 1326, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1327
+  /* "wsmem/_array.pyx":1332
  * 
  * 
  * def ones_like(prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
  *     """Ones shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_15ones_like, 0, __pyx_mstate_global->__pyx_n_u_ones_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1327, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_15ones_like, 0, __pyx_mstate_global->__pyx_n_u_ones_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[28])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1332, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[12]);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ones_like, __pyx_t_2) < (0)) __PYX_ERR(0, 1327, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ones_like, __pyx_t_2) < (0)) __PYX_ERR(0, 1332, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1335
+  /* "wsmem/_array.pyx":1340
  * 
  * 
  * def full_like(prototype, fill_value, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
  *     """`fill_value` shaped like `prototype`, in the current workspace."""
  *     s, d, o = _like(prototype, dtype, order, shape)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_17full_like, 0, __pyx_mstate_global->__pyx_n_u_full_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1335, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_17full_like, 0, __pyx_mstate_global->__pyx_n_u_full_like, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[29])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1340, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[12]);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_full_like, __pyx_t_2) < (0)) __PYX_ERR(0, 1335, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_full_like, __pyx_t_2) < (0)) __PYX_ERR(0, 1340, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_array.pyx":1343
+  /* "wsmem/_array.pyx":1348
  * 
  * 
  * def asarray(a, dtype=None, order=None):             # <<<<<<<<<<<<<<
  *     """`a` as a WsArray in the current workspace.
  * 
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_19asarray, 0, __pyx_mstate_global->__pyx_n_u_asarray, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1343, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_array_19asarray, 0, __pyx_mstate_global->__pyx_n_u_asarray, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__array, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[30])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1348, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
   __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[8]);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_asarray, __pyx_t_2) < (0)) __PYX_ERR(0, 1343, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_asarray, __pyx_t_2) < (0)) __PYX_ERR(0, 1348, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "wsmem/_array.pyx":1
@@ -37606,7 +37630,7 @@ __Pyx_RefNannySetupContext("PyInit__array", 0);
 */
   __pyx_t_2 = __Pyx_PyDict_NewPresized(1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_empty_line_1231, __pyx_mstate_global->__pyx_kp_u_Uninitialised_array_in_the_curre) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_kp_u_empty_line_1236, __pyx_mstate_global->__pyx_kp_u_Uninitialised_array_in_the_curre) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_test, __pyx_t_2) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
@@ -37650,7 +37674,7 @@ static int __Pyx_InitCachedBuiltins(__pyx_mstatetype *__pyx_mstate) {
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
-  __pyx_builtin_object = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_object); if (!__pyx_builtin_object) __PYX_ERR(0, 1007, __pyx_L1_error)
+  __pyx_builtin_object = __Pyx_GetBuiltinName(__pyx_mstate->__pyx_n_u_object); if (!__pyx_builtin_object) __PYX_ERR(0, 1012, __pyx_L1_error)
 
   /* Cached unbound methods */
   __pyx_mstate->__pyx_umethod_PyDict_Type_get.type = (PyObject*)&PyDict_Type;
@@ -37675,7 +37699,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "wsmem/_array.pyx":461
+  /* "wsmem/_array.pyx":466
  *                         "F" if (r.flags.f_contiguous and not r.flags.c_contiguous) else "C",
  *                         INIT_NONE)
  *         np.copyto(out._view(), r, casting="no")             # <<<<<<<<<<<<<<
@@ -37684,26 +37708,26 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_casting};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 461, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 466, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
 
-  /* "wsmem/_array.pyx":544
+  /* "wsmem/_array.pyx":549
  *         token = set_handler(None)   # one-time NumPy temporaries stay off the workspace
  *         try:
  *             dts = ufunc.resolve_dtypes(key[1] + (None,) * ufunc.nout)[nin:]             # <<<<<<<<<<<<<<
  *         except Exception:
  *             return None
 */
-  __pyx_mstate_global->__pyx_tuple[1] = PyTuple_New(1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 544, __pyx_L1_error)
+  __pyx_mstate_global->__pyx_tuple[1] = PyTuple_New(1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 549, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[1]);
   __Pyx_INCREF(Py_None);
   __Pyx_GIVEREF(Py_None);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[1], 0, Py_None) != (0)) __PYX_ERR(0, 544, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_mstate_global->__pyx_tuple[1], 0, Py_None) != (0)) __PYX_ERR(0, 549, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
-  /* "wsmem/_array.pyx":808
+  /* "wsmem/_array.pyx":813
  *         fmt = _formats.get(self._dtype)
  *         if fmt is None:
  *             fmt = memoryview(np.empty(0, dtype=self._dtype)).format.encode()             # <<<<<<<<<<<<<<
@@ -37712,12 +37736,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype_2};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 808, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(0, 813, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
 
-  /* "wsmem/_array.pyx":847
+  /* "wsmem/_array.pyx":852
  *                               "copy it with the consumer's library (e.g. cupy.asarray)")
  *         if copy:
  *             base = np.array(self._view(), copy=True)             # <<<<<<<<<<<<<<
@@ -37726,12 +37750,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_copy};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 847, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 852, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "wsmem/_array.pyx":958
+  /* "wsmem/_array.pyx":963
  *             shape = shape[0]
  *         v = self._view()
  *         return _from_result(self, v, v.reshape(shape, order=order))             # <<<<<<<<<<<<<<
@@ -37740,12 +37764,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_order_2};
-    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 958, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 963, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
 
-  /* "wsmem/_array.pyx":1053
+  /* "wsmem/_array.pyx":1058
  *     def __add__(self, other): return np.add(self, other)
  *     def __radd__(self, other): return np.add(other, self)
  *     def __iadd__(self, other): return np.add(self, other, out=(self,))             # <<<<<<<<<<<<<<
@@ -37754,12 +37778,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_out};
-    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 1053, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[5] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[5])) __PYX_ERR(0, 1058, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[5]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[5]);
 
-  /* "wsmem/_array.pyx":1176
+  /* "wsmem/_array.pyx":1181
  *     cdef int i
  *     cdef Py_ssize_t isz = d.itemsize
  *     cdef bint versioned = max_version is not None and tuple(max_version) >= (1, 0)             # <<<<<<<<<<<<<<
@@ -37768,12 +37792,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_int_1, __pyx_mstate_global->__pyx_int_0};
-    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 1176, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[6] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[6])) __PYX_ERR(0, 1181, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[6]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[6]);
 
-  /* "wsmem/_array.pyx":1358
+  /* "wsmem/_array.pyx":1363
  *             return a
  *         a = src._view()
  *     arr = np.asarray(a, dtype=dtype, order=order)             # <<<<<<<<<<<<<<
@@ -37782,12 +37806,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_dtype_2, __pyx_mstate_global->__pyx_n_u_order_2};
-    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 1358, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[7] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[7])) __PYX_ERR(0, 1363, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[7]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[7]);
 
-  /* "wsmem/_array.pyx":762
+  /* "wsmem/_array.pyx":767
  *         return self._view()
  * 
  *     def __array__(self, dtype=None, copy=None):             # <<<<<<<<<<<<<<
@@ -37796,12 +37820,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 762, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[8] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[8])) __PYX_ERR(0, 767, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[8]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[8]);
 
-  /* "wsmem/_array.pyx":923
+  /* "wsmem/_array.pyx":928
  *         return out
  * 
  *     def copy(self, order="C"):             # <<<<<<<<<<<<<<
@@ -37810,12 +37834,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_C};
-    __pyx_mstate_global->__pyx_tuple[9] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[9])) __PYX_ERR(0, 923, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[9] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[9])) __PYX_ERR(0, 928, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[9]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[9]);
 
-  /* "wsmem/_array.pyx":933
+  /* "wsmem/_array.pyx":938
  *         return out
  * 
  *     def astype(self, dtype, order="K", casting="unsafe", copy=True):             # <<<<<<<<<<<<<<
@@ -37824,12 +37848,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_K, __pyx_mstate_global->__pyx_n_u_unsafe, Py_True};
-    __pyx_mstate_global->__pyx_tuple[10] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[10])) __PYX_ERR(0, 933, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[10] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[10])) __PYX_ERR(0, 938, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[10]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[10]);
 
-  /* "wsmem/_array.pyx":1290
+  /* "wsmem/_array.pyx":1295
  * 
  * 
  * def full(shape, fill_value, dtype=None, order="C"):             # <<<<<<<<<<<<<<
@@ -37838,12 +37862,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {Py_None, ((PyObject*)__pyx_mstate_global->__pyx_n_u_C)};
-    __pyx_mstate_global->__pyx_tuple[11] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[11])) __PYX_ERR(0, 1290, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[11] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[11])) __PYX_ERR(0, 1295, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[11]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[11]);
 
-  /* "wsmem/_array.pyx":1315
+  /* "wsmem/_array.pyx":1320
  * 
  * 
  * def empty_like(prototype, dtype=None, order="K", shape=None):             # <<<<<<<<<<<<<<
@@ -37852,7 +37876,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[3] = {Py_None, ((PyObject*)__pyx_mstate_global->__pyx_n_u_K), Py_None};
-    __pyx_mstate_global->__pyx_tuple[12] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[12])) __PYX_ERR(0, 1315, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[12] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[12])) __PYX_ERR(0, 1320, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[12]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[12]);
@@ -37899,7 +37923,7 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
     #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (3799 bytes) */
-static const char cstring[] = "x\332\235XM[\033W\226\026\023lc\007\307\020\3438q\347\351\271\200\023In\254\264\014\306\t\016\356G\001l2\366$`\033;\231\364\323\325\227\252+QM\251J\324\007B\236\316\304K-kY\313Z\326\262\226Z\262d\311RK\377\204\374\204y\317\275UB\330N\306\323<\217\244\252\373q\356\371x\317{\316\205\261\233\367\030\343\272\356\270\206i7\230\3570\177G07\260\004c:\267m\307g\333\202\211\203\226\343\372\302\300\244\353\004\215\035\266\372h\203\353\273wY\340\t\271a;\250\327\205\313Z\256\343;\272c\261\222\335\252p\217\273.\357\224\231i{\276\340\0063\374NK,\263\272\3534Y\333qw\275\026\327q\314\016\367\230\3550\317|!\356\262\206\271/\230c\2139&*\215\n+>\371\262\310\034\227\025\267\252\213E\266\343X\206\3076:\376\216c3g\373\037B\367\2759\326\3361\365\235!\201M\321t\334N\256\275\323\266Y\2113Wx\302\307\242\3002\230%8\0161\270\335\260\310fW@ua\353\302++\2038\263\203\246pM}\216m;\216\205\357\216/<R\303\363\335@\367\003Wd\306\260\266\t]\002?S\206\325MA\032\232\036d\340\224]\254;\321\253\345\230\266/\334%fB\021\330\314-\313\3219y\325\264YC\330\302\345\276\t\303\376\257\355\344\357\223a\222d\010(\346t\204QQ\233\341\234\3007\244\350\177\355xr\334>\267L\203\355\3005\312+\305\025\025\211\373Ef\013a\220\216:\367|Vjq\317c\272\323\352,\177\207\300\021\204Ht\033\347\224\351\245X\314\275s\202\047\251I\313\025t:\227\n\323H\003\010*y;\034~\025\266\357\232\360y3\360\362\r^\271\370\334\253\021\242\006\0023\344p\037\213\267\003_\260\222\357\n\001\200\361F\023\022\312\345<\240\036\005\253$CV\261E\233\342\t\300\013\267T\\.\226\313sl\016*\020\2709\224\354\350\300>I\326-\307\203~\245\023\027\016y\t\240@\330O\207B:\256\375\232;\347X\335\t |nhpyNz\330i\t\273\\a\025\031\222\314\3534Va\337\343\233\006K\204/\326\366\226\330\027\370\256l;\256\353\264K\3452\343\256\024J\347\353\360\366\034E\206,5\204\317\365\235R\2712\010\363\000\033K@/\267\220X\246\357\rY)lC\030\367\356\312\000\312=t\242\224\353\330\036\245A\321c\226\271\355r\244TI\346\244\036\264:\203\344\276+\305e)\327\344\035\004\313r\024\221p\330\003\3700\271\260\302""\276\316\242\307d\204\227\377\262\242\320 1$\227 #}\256\330A\321K\016\030\035\323\035x\307\276i\303}H]\212\037\223\001d\245l)\2144a*$\021X\230\260\004!\300\273\013S\340\331}S\264a\307\360\"\022\334\014,\337lY\224\333ui\263\351\213&\361P\205\255I\306#\214\223_J\022\336O\335@\224+\017\205h)\205!Hw\035/\363\246\247\\W\311C\300J;\202\267\344\3762\205\247b\211}\304\277!4\337)!?\205\253\265\275\262\214\\\236\212\244C\223!\2600\254\355\301\251\025\017\333\205\206\325\010\351\177\362\003\263\0314Uv\021\003\2310\321#\214\211\003\035\031IX\345\354$\177\340PG(T\325\t`6\254Ya\036\331\247\371\345\357\034y\036\020\277\242\370\324$\254 \322\204Qau\244\263thI\213l\266\261\266qs\341\313\005\231\047\256\220\314\313\274`[\267\220\374\312\177\333\201\to\332\214\222\314\253\260o\353\254\343\004\222*\010\014\222$\2066\300R\233\021%\223\333\2132\316254l\007)\027a\235\213C(\332\330}\237[\236\250l\331|\333R\004\263\357\200\233dh\300\376\030\323]\201\355\300\035TU`\002\264]\261\027\000\375\004\375-\333\264M\337\004\245QJ\253\025\244+\341<p\301\376\376P\036\253\300\265IC\233\030\215(U\252R\256\\\270\300\360\267\301]\336\004y\271\236|\2759\370\223\257*\002K\304Y\024\\?\000\302\310A\304ar\201*\035K\022\3577\351y\016\236\257s\200\221\325-\207\373r\221\202\367\022\373o\360\356\034\261\356\317\352\354\265\003\336$\310\236:Y\276\334\273w\217\231M\t[\t\236\301`F\"\204\247\347\271\221\245\031\303\3215\321l\371\235\23129\013$#7T*\025\372\001V\226\263=rQ\251tk\216\315\003\256\252\210\317HE\347o\315\224Oo\252H\343A\247\025C\031\306+\247\370\261\255\364>-\255T\314\244\0251\"\223L.\312\371\"c\306\225\233`$\337l\004N\340\375\316\324\335<\354\203l/mt\276\331\272\257=y\372\370\333\325\265\047\345\327\366\336\207\277\\\240\3467\205\2771Q\342\206\241aF\360|\231\3578l\333l\334e\177\307P\205\022\214\335 \220)\047TrV\371;\255\265\270\333\310\223\212\340\327\314\262\272\005\"1\t\336\222\177\244\350R\306\177\"\347\242\225\215\255\201W\220\005\206\3307u\221\263dN/\2043g\010\315\206\351Q\332(\320\311X\262\022\372""\036\301\252\267\346\253e!s\252\241#/\344\223\001e\263\312\345\354\023y\263?\337\314\022\306\0226X\r@\016l\322\321\310\252\3600\255\225\007\255\301\000h\250{\304\264\231\225^\320\312:\311\023\366\252\023\003\"\325\214\201?\263\224\004\t\331\242\241(\177\260\374\204\2753\036D\257\206z\244\241\203\025\025I\350JL\235\203\027$\365\250\234\030^\026492\342\365\0252\343\226[\235\203/$\356\277\320T\341\302\200\047\254z\005t4\324\301\000\0250\333W\373\371\351\236TZ\3242\365]j/\025\033\344}\214\352t$\347\203\375\200S\264\23597(O\001\265\2027\007\033dK%=$\243\257l\313\212\336\022\333]}\204\321\362 \330\313\265\225\373\017\007\256_C\267\340\016\336\036\241\241T#\nA\331OESvj\332\353\003\365\300\326%%\2771\023\320\324\360\260\356\020\047\035\014\017\201\277O\275Z\320a\367-#\n\304\303\023\204\300\341wt\333\301\251\025CJ\344c\252\303\313\337\2500\344\317\252\034\347ou\323\262\362\347!\340\346C\022$\371\013\256\014\024\273\374\225X\302C\226B\023\325\034l\230\366\311\323\211\236\272\204\202\246\235\232C\245C\367\345\017\315j\033\235\003|VQc\265\357\304\201\377X\324\341^U\007\005\315gQy3\032\371H\3135\035\327\364\207\326dqA<\220\033\362\227\252\255\326\020>Q\220\034\310\003\225\005\350$0o\004\004\003\216\024\226\013\205\030\352\2645\255\3625\265+\226w\257\202\"\270\343\030r\312\313\365FS\271C\277*\214\232\326\344\246T\272\351\030\270U\322\223\215\342I\277\310,h\3322\363\347L\004=\356\373DF4\261\027p+\337\220#\341M_\347\003\3124x{p\2107\244\332[\242\200\213\235\377\232\377\250\003\325d\372\n\315\364\2101\320\177\20109\337\366\034+\240\253,\250\nt\t&\227]0\355\315\372a\205C\356ul\335t*\203\255\036?\020\3366\367\304\266\351\267A\265\010\264\221?:n\376t\200G\33475]\327N\212\016(G\243\036\231>\240\023\235\250[\203G\001G]l#`\362\232\222\305\265z\353K\"&\314S\n\320\007\327\361V`P\247\201R\250\273*\033\014+\213\262\341\313\262 \253\202\374\322,sW\200\224\034C\010\362<u\226\007t\224O\321\321w\353\365!\325(\231\350\243\341\252\030\210\272\305\033\236,\344\213\013\370q\\ l\037\005\030\344\005""\272\255\007X\213\217<\200\334,oC&~\374\006\365n\302\315~4y.@\244\270\224Z1\323DG|`\332\255\300\367@\224\213\013\246\344^\304F\336QMO]\013d\231\335\335mSX,Q\207\306;f\035\345\311\363\350\243\344\016\345<\224B\271@a\3220D\225E\2019\273\023t\262r\224\027 \033n@\017\211~\320\361\225(\033\241\265[\2221\034\245+\250\332\243\217\264\021};\352(\000@U\005K\235\266MQh9(\200\236I\"[\250^\256\374\217\t\305\000\025\2172\305\240\007\311;\370q\254}\241\311\010y\256\331\330\311,\362\250\034\241\\\033\200s\3267\312\r\236\331\200#\002\354su\004\313\365=j\374POTI\311\332!\364\3402\236>\365!>\375?\247=\200\322\200\342|4aY\370\344\351\352\313\225\371\201\352\317\353b_\306\\~y\231\377\332\236\352\027U2e\317\202*\216w\360\002>\360\344\227t\316F\347{U)o\224N\036\313\205\302[\307\347d\303\321\260Qk7~\324\036}\377\335\003\371E\023\352\3771Lq\206\257\335\226\207j\213\232LO\355\033\320\324.\273\001\301Cr\351\346P.\310\373\303\251\263\th\032eL\201\330\003\335\231a\t\267\000z\222\377\356AF\025|\276+\224=\005\370\030\241\025\371\2627\304\353;\334\305\313)\365\200\221\327\025\254\321\267\264C\336\311\336\335\036\352!\262\243~\177\013\252\317\353z\374\226\3309\246\264>\371}\253\333\347\330\260\327\224\037\337A\007\004\367\235\327\276\243\037\376%\205\263\326RI*(y\362\372]@6\200\025\267\203\006U*Q\300-T\223\267J\365X\307\375Q>\270\302\002\277\253A\272S\252\320\025\n\353[\017\326\264\215\332\2035\365\364t\375\361\332\223\365\357\037\255\376\036\006\250\346\344\375\374\377\003-\303\251\361[\317@H\271`\213\266:\345\345H\177\364B\367O\341&=\274\337]\216F\242+Q=^\211\367^^\352\3763\252\376\372A\341\314\307a;\342\257F\317\275|\021N\206\263\341f\177\354\203\256\031\356\365\307.v\237\205\363\241\210\346\243\355\370l\314\343v\242\247\227\323o{O\017/\037\256\035]>\252\365\047\246\302\225\360E<\025?K\026\222\375t\2537\335\037\277\034V\373c\343\335\225\356>D\341\360\231\356zX\013\237Dg\243\006\226U\3738\310\353~\036\216\364\307&\263\3630\262\337}\022\236\301\242\017b=\271\234\324\372c\227\272?G\265h+\376<y""\217\366\\\350\226\303j\370\000\252\354`\305d\177\352\323h%\332\217\377\226.\244~o\276W?^\375\341\370\207\037\373SW\372\243g_6\272\233]=\374(\364\243\333\361X\"\r\257\276\254\275\254\221a\365p\025>\230\354\217\275\337\275\203\303\177\212G\343Uy\304\370D\370~T\215\036\304_\322\313\245\256\033^\215F\372\023W\311\021\037\206\237\205{\330v5\036\211/c\375\231d\223\004,t\333!\357\217\177\030N\207_ac5~\000/\354\245g\322\047\275\361\303\232\364\004T\276\023\317\304\017\223=\222\351c`-\272\034\325H\256\027MG\213\020W\213\267\222\331\344yZ\313\\w\211\034\0276\242M\370\353y\362M\262\333\233|)\035\202\303`\322b,_\047\302K\221\033\177\024\357%\243\311\375\364z*zU\032\206.\375\261\363$i!\374\031\242\237\047\353\351zOn\377%\202\256\3271\266\331\037\277xz\355b4\031]G\220\317A\334\371\364jo\2447\371\326\035W\240\230\216\265\237\223[\223\253\351\277\245\263\351f\252\367&{3=\370\367\025\302\276\032\236\205O\306$\270\242\373\361l\274\031\377\003\353\246\325\354\375p\006\016\230\214\344\353D8\026\215\274\254\001\202\347/v\037\220\351\344\322\027R\027\351\326rT=\376t\345\260z\270z4\"\341\006\304PP\020F+\232\246\345\213\341$-\254\304#\307\323\337\034N\037.\036M\276\222\303W\243\367\242j6\325\237\250\246\223\351\347\275\221W\362\200\000\220mGF|=\256\047+\000\355f\346w\t\372h\014\200XOV\323\221\376\307\014\217\377\001\310O\245O{S\275\377:\354\034ol\035o=\353\217]\350\026%r\237E\013\221\037/&S\311\017\220\002\233\367`\315D\341\374\204\304\356\217\310\030?YL\257\244\365\336J\217\246\256\321\224O\336\356\002\001\327`\302\004\220\374\207\350k\270\375\254<\350q\332\356\361^\347\350\334\321\336\361\306&\241\344\227\230\367\247\346\222\032\0207u\345\270\360\021\001\343\325\350\225\360\307\210G\355\330H\212\010\327\271\336^\177\364\314\313g\335[\335-`\261*\001\177\\\270\252\362\372\375\356W\310\277\347\321*\302\333N\032\351f6\363\353L\341\314\370\233s\237D\237\306?\245#\257d\232^\357\n@\366!Nj@\201\241cg\223\047\351{i\365m\307^\213\346\342\335t\362\255\002Nty/\236\247D>.|\032=JF~=[83&I`\204\240}""\021\340\347\375\321\261\356y\370\271\030ME\317\221Zw\322\351\376\350\371\356dw\266\273\231\035\365Y\374\327\364\017\275\332\273\352zj\363\350\047\321$\216\005\3642\310\022l\246\302\255\350\263(\210\221\213S\341:\324\274\200\335O%\002\256\035~uT\313Qr\016q_\210\017\022?\375\252\367\340\260z\032\022^\\J\246%\034\216G\377\030\355\202\255N\362Bas\244?>\031~(\323n\232x\301\303\316\247 \245\211\313\341m\t\334\251k\321\r(\361\361\047\375\217\001\023\310\374gRM$k\320\331{\3004$U\025\303\254E\223\331a3\361\315\344\227\036?e\325\305\356c\311\047\274\237\201\177\025\007\314\003\3769S\277\233\331\264\327\r?\221\272t@9\353DWY\206.\365\246{\013\275\3779\332<\342\375\205\333\351\346\233N\272\203\272\360\233.\232=\236\275}|{\355\360\047 \376\327\361!.\270\203\320\313\364\276\201l\222\204\273\004\350\254\241\332l%\323\311\335\324\350\225\016\247i\376O\321\346\361\037\357\037\362\303\340\250v\264\371*w\315-\034U\2051g\201\201\317\210\200/\207\177\211\247\221\257\327\322\345\303\221\303\253G\243\260l\266\030w\322\321\364a\317G\030g\377\214\274W\304\007\335\227\244\013~@\271\373\350\320?\252\366\377}6\276\233\030i\271\267|4r<\n^\244\223\346\273\034\304\254\223\242S\212\332\372og\301\235\204\047mPA\355\177\001\362{\013q";
+static const char cstring[] = "x\332\235XM[\033W\226\026\023lc\007\307\020\3438q\347\351\271\200\023In\254\264\014\306\t\016\356G\001l2\366$`\033;\231\364\323\325\227\252+QM\251J\324\007B\236\316\304K-kY\313Z\326\262\226Z\262d\311RK\377\204\374\204y\317\275UB\330N\306\323<\217\244\252\373q\356\371x\317{\316\205\261\233\367\030\343\272\356\270\206i7\230\3570\177G07\260\004c:\267m\307g\333\202\211\203\226\343\372\302\300\244\353\004\215\035\266\372h\203\353\273wY\340\t\271a;\250\327\205\313Z\256\343;\272c\261\222\335\252p\217\273.\357\224\231i{\276\340\0063\374NK,\263\272\3534Y\333qw\275\026\327q\314\016\367\230\3550\317|!\356\262\206\271/\230c\2139&*\215\n+>\371\262\310\034\227\025\267\252\213E\266\343X\206\3076:\376\216c3g\373\037B\367\2759\326\3361\365\235!\201M\321t\334N\256\275\323\266Y\2113Wx\302\307\242\3002\230%8\0161\270\335\260\310fW@ua\353\302++\2038\263\203\246pM}\216m;\216\205\357\216/<R\303\363\335@\367\003Wd\306\260\266\t]\002?S\206\325MA\032\232\036d\340\224]\254;\321\253\345\230\266/\334%fB\021\330\314-\313\3219y\325\264YC\330\302\345\276\t\303\376\257\355\344\357\223a\222d\010(\346t\204QQ\233\341\234\3007\244\350\177\355xr\334>\267L\203\355\3005\312+\305\025\025\211\373Ef\013a\220\216:\367|Vjq\317c\272\323\352,\177\207\300\021\204Ht\033\347\224\351\245X\314\275s\202\047\251I\313\025t:\227\n\323H\003\010*y;\034~\025\266\357\232\360y3\360\362\r^\271\370\334\253\021\242\006\0023\344p\037\213\267\003_\260\222\357\n\001\200\361F\023\022\312\345<\240\036\005\253$CV\261E\233\342\t\300\013\267T\\.\226\313sl\016*\020\2709\224\354\350\300>I\326-\307\203~\245\023\027\016y\t\240@\330O\207B:\256\375\232;\347X\335\t |nhpyNz\330i\t\273\\a\025\031\222\314\3534Va\337\343\233\006K\204/\326\366\226\330\027\370\256l;\256\353\264K\3452\343\256\024J\347\353\360\366\034E\206,5\204\317\365\235R\2712\010\363\000\033K@/\267\220X\246\357\rY)lC\030\367\356\312\000\312=t\242\224\353\330\036\245A\321c\226\271\355r\244TI\346\244\036\264:\203\344\276+\305e)\327\344\035\004\313r\024\221p\330\003\3700\271\260\302""\276\316\242\307d\204\227\377\262\242\320 1$\227 #}\256\330A\321K\016\030\035\323\035x\307\276i\303}H]\212\037\223\001d\245l)\2144a*$\021X\230\260\004!\300\273\013S\340\331}S\264a\307\360\"\022\334\014,\337lY\224\333ui\263\351\213&\361P\205\255I\306#\214\223_J\022\336O\335@\224+\017\205h)\205!Hw\035/\363\246\247\\W\311C\300J;\202\267\344\3762\205\247b\211}\304\277!4\337)!?\205\253\265\275\262\214\\\236\212\244C\223!\2600\254\355\301\251\025\017\333\205\206\325\010\351\177\362\003\263\0314Uv\021\003\2310\321#\214\211\003\035\031IX\345\354$\177\340PG(T\325\t`6\254Ya\036\331\247\371\345\357\034y\036\020\277\242\370\324$\254 \322\204Qau\244\263thI\213l\266\261\266qs\341\313\005\231\047\256\220\314\313\274`[\267\220\374\312\177\333\201\to\332\214\222\314\253\260o\353\254\343\004\222*\010\014\222$\2066\300R\233\021%\223\333\2132\316254l\007)\027a\235\213C(\332\330}\237[\236\250l\331|\333R\004\263\357\200\233dh\300\376\030\323]\201\355\300\035TU`\002\264]\261\027\000\375\004\375-\333\264M\337\004\245QJ\253\025\244+\341<p\301\376\376P\036\253\300\265IC\233\030\215(U\252R\256\\\270\300\360\267\301]\336\004y\271\236|\2759\370\223\257*\002K\304Y\024\\?\000\302\310A\304ar\201*\035K\022\3577\351y\016\236\257s\200\221\325-\207\373r\221\202\367\022\373o\360\356\034\261\356\317\352\354\265\003\336$\310\236:Y\276\334\273w\217\231M\t[\t\236\301`F\"\204\247\347\271\221\245\031\303\3215\321l\371\235\23129\013$#7T*\025\372\001V\226\263=rQ\251tk\216\315\003\256\252\210\317HE\347o\315\224Oo\252H\343A\247\025C\031\306+\247\370\261\255\364>-\255T\314\244\0251\"\223L.\312\371\"c\306\225\233`$\337l\004N\340\375\316\324\335<\354\203l/mt\276\331\272\257=y\372\370\333\325\265\047\345\327\366\336\207\277\\\240\3467\205\2771Q\342\206\241aF\360|\231\3578l\333l\334e\177\307P\205\022\214\335 \220)\047TrV\371;\255\265\270\333\310\223\212\340\327\314\262\272\005\"1\t\336\222\177\244\350R\306\177\"\347\242\225\215\255\201W\220\005\206\3307u\221\263dN/\2043g\010\315\206\351Q\332(\320\311X\262\022\372""\036\301\252\267\346\027\313B\346TCG^\310\047\003\312f\225\313\331\047\362f\177\276\231%\214%l\260\032\200\034\330\244\243\221U\341aZ+\017Z\203\001\320P\367\210i3+\275\240\225u\222\047\354U\047\006D\252\031\003\177f)\t\022\262ECQ\376`\371\t{g<\210^\r\365HC\007+*\222\320\225\230:\007/H\352Q91\274,hrd\304\353+d\306-\267:\007_H\334\177\241\251\302\205\001OX\365\n\350h\250\203\001*`\266\257\366\363\323=\251\264\250e\352\273\324^*6\310\373\030\325\351H\316\007\373\001\247h;snP\236\002j\005o\0166\310\226JzHF_\331\226\025\275%\266\273\372\010\243\345A\260\227k+\367\037\016\\\277\206n\301\035\274=BC\251F\024\202\262\237\212\246\354\324\264\327\007\352\201\255KJ~c&\240\251\341a\335!N:\030\036\002\177\237z\265\240\303\356[F\024\210\207\047\010\201\303\357\350\266\203S+\206\224\310\307T\207\227\277Qa\310\237U9\316\337\352\246e\345\317C\300\315\207$H\362\027\\\031(v\371+\261\204\207,\205&\2529\3300\355\223\247\023=u\t\005M;5\207J\207\356\313\037\232\3256:\007\370\254\242\306j\337\211\003\377\261\250\303\275\252\016\n\232\317\242\362f4\362\221\226k:\256\351\017\255\311\342\202x 7\344/U[\255!|\242 9\220\007*\013\320I`\336\010\010\006\034),\027\n1\324ikZ\345kjW,\357^\005Ep\3071\344\224\227\353\215\246r\207~U\0305\255\311M\251t\3231p\253\244\047\033\305\223~\221Y\320\264e\346\317\231\010z\334\367\211\214hb/\340V\276!G\302\233\276\316\007\224i\360\366\340\020oH\265\267D\001\027;\3775\377Q\007\252\311\364\025\232\351\021c\240\377\002ar\276\3559V@WYP\025\350\022L.\273`\332\233\365\303\n\207\334\353\330\272\351T\006[=~ \274m\356\211m\323o\203j\021h#\177t\334\374\351\000\217\270oj\272\256\235\024\035P\216F=2}@\047:Q\267\006\217\002\216\272\330F\300\3445%\213k\365\326\227DL\230\247\024\240\017\256\343\255\300\240N\003\245PwU6\030V\026e\303\227eAV\005\371\245Y\346\256\000)9\206\020\344y\352,\017\350(\237\242\243\357\326\353C\252Q2\321G\303U1\020u\2137<Y\310\027\027\360\343\270@\330>\n0\310\013t[\017\260\026\037y\000\271Y\336\206L\374\370\r\352\335\204\233\375h\362\\\200Hq)\265b\246\211""\216\370\300\264[\201\357\201(\027\027L\311\275\210\215\274\243\232\236\272\026\3102\273\273\333\246\260X\242\016\215w\314:\312\223\347\321G\311\035\312y(\205r\201\302\244a\210*\213\002sv\047\350d\345(/@6\334\200\036\022\375\240\343+Q6Bk\267$c8JWP\265G\037i#\372v\324Q\000\200\252\n\226:m\233\242\320rP\000=\223D\266P\275\\\371\037\023\212\001*\036e\212A\017\222w\360\343X\373B\223\021\362\\\263\261\223Y\344Q9B\2716\000\347\254o\224\033<\263\001G\004\330\347\352\010\226\353{\324\370\241\236\250\222\222\265C\350\301e<}\352C|\372\177N{\000\245\001\305\371h\302\262\360\311\323\325\227+\363\003\325\237\327\305\276\214\271\374\3622\377\265=\325/\252d\312\236\005U\034\357\340\005|\340\311/\351\234\215\316\367\252R\336(\235<\226\013\205\267\216\317\311\206\243a\243\326n\374\250=\372\376\273\007\362\213&\324\377c\230\342\014_\273-\017\325\0265\231\236\3327\240\251]v\003\202\207\344\322\315\241\\\220\367\207Sg\023\3204\312\230\002\261\007\2723\303\022n\001\364$\377\335\203\214*\370|W({\n\3601B+\362eo\210\327w\270\213\227S\352\001#\257+X\243oi\207\274\223\275\273=\324CdG\375\376\026T\237\327\365\370-\261sLi}\362\373V\267\317\261a\257)?\276\203\016\010\356;\257}G?\374K\ng\255\245\222TP\362\344\365\273\200l\000+n\007\r\252T\242\200[\250&o\225\352\261\216\373\243|p\205\005~W\203t\247T\241+\024\326\267\036\254i\033\265\007k\352\351\351\372\343\265\047\353\337?Z\375=\014P\315\311\373\371\377\007Z\206S\343\267\236\201\220r\301\026mu\312\313\221\376\350\205\356\237\302Mzx\277\273\034\215DW\242z\274\022\357\275\274\324\375gT\375\365\203\302\231\217\303v\304_\215\236{\371\"\234\014g\303\315\376\330\007]3\334\353\217]\354>\013\347C\021\315G\333\361\331\230\307\355DO/\247\337\366\236\036^>\\;\272|T\353OL\205+\341\213x*~\226,$\373\351Vo\272?~9\254\366\307\306\273+\335}\210\302\3413\335\365\260\026>\211\316F\r,\253\366q\220\327\375<\034\351\217Mf\347ad\277\373$<\203E\037\304zr9\251\365\307.u\177\216j\321V\374y\362\036\355\271\320-\207\325\360\001T\331\301\212\311\376\324\247\321J\264\037""\377-]H\375\336|\257~\274\372\303\361\017?\366\247\256\364G\317\276lt7\273z\370Q\350G\267\343\261D\032^}Y{Y#\303\352\341*|0\331\037{\277{\007\207\377\024\217\306\253\362\210\361\211\360\375\250\032=\210\277\244\227K]7\274\032\215\364\047\256\222#>\014?\013\367\260\355j<\022_\306\3723\311&\tX\350\266C\336\037\3770\234\016\277\302\306j\374\000^\330K\317\244Oz\343\2075\351\t\250|\047\236\211\037&{$\323\307\300Zt9\252\221\\/\232\216\026!\256\026o%\263\311\363\264\226\271\356\0229.lD\233\360\327\363\344\233d\2677\371R:\004\207\301\244\305X\276N\204\227\"7\376(\336KF\223\373\351\365T\364\2524\014]\372c\347I\322B\3703D?O\326\323\365\236\334\376K\004]\257cl\263?~\361\364\332\305h2\272\216 \237\203\270\363\351\325\336Ho\362\255;\256@1\035k?\047\267&W\323\177Kg\323\315T\357M\366fz\360\357+\204}5<\013\237\214IpE\367\343\331x3\376\007\326M\253\331\373\341\014\0340\031\311\327\211p,\032yY\003\004\317_\354> \323\311\245/\244.\322\255\345\250z\374\351\312a\365p\365hD\302\r\210\241\240 \214V4M\313\027\303IZX\211G\216\247\2779\234>\\<\232|%\207\257F\357E\325l\252?QM\047\323\317{#\257\344\001\001 \333\216\214\370z\\OV\000\332\315\314\357\022\364\321\030\000\261\236\254\246#\375\217\031\036\377\003\220\237J\237\366\246z\377u\3309\336\330:\336z\326\037\273\320-J\344>\213\026\"?^L\246\222\037 \0056\357\301\232\211\302\371\t\211\335\037\2211~\262\230^I\353\275\225\036M]\243)\237\274\335\005\002\256\301\204\t \371\017\321\327p\373Yy\320\343\264\335\343\275\316\321\271\243\275\343\215MB\311/1\357O\315%5 n\352\312q\341#\002\306\253\321+\341\217\021\217\332\261\221\024\021\256s\275\275\376\350\231\227\317\272\267\272[\300bU\002\376\270pU\345\365\373\335\257\220\177\317\243U\204\267\2354\322\315l\346\327\231\302\231\3617\347>\211>\215\177JG^\3114\275\336\025\200\354C\234\324\200\002C\307\316&O\322\367\322\352\333\216\275\026\315\305\273\351\344[\005\234\350\362^<O\211|\\\3704z\224\214\374z\266pfL\222\300\010A\373\"\300\317\373\243c\335\363\360s1\232\212\236#\265\356\244\323\375\321\363\335""\311\356lw3;\352\263\370\257\351\037z\265w\325\365\324\346\321O\242I\034\013\350e\220%\330L\205[\321gQ\020#\027\247\302u\250y\001\273\237J\004\\;\374\352\250\226\243\344\034\342\276\020\037$~\372U\357\301a\3654$\274\270\224LK8\034\217\3761\332\005[\235\344\205\302\346H\177|2\374P\246\3354\361\202\207\235OAJ\023\227\303\333\022\270S\327\242\033P\342\343O\372\037\003&\220\371\317\244\232H\326\240\263\367\200iH\252*\206Y\213&\263\303f\342\233\311/=~\312\252\213\335\307\222Ox?\003\377*\016\230\007\374s\246~7\263i\257\033~\"u\351\200r\326\211\256\262\014]\352M\367\026z\377s\264y\304\373\013\267\323\3157\235t\007u\3417]4{<{\373\370\366\332\341O@\374\257\343C\\p\007\241\227\351}\003\331$\tw\t\320YC\265\331J\246\223\273\251\321+\035N\323\374\237\242\315\343?\336?\344\207\301Q\355h\363U\356\232[8\252\nc\316\002\003\237\021\001_\016\377\022O#_\257\245\313\207#\207W\217Fa\331l1\356\244\243\351\303\236\2170\316\376\031y\257\210\017\272/I\027\374\200r\367\321\241\177T\355\377\373l|71\322ro\371h\344x\024\274H\047\315w9\210Y\047E\247\024\265\365\337\316\202;\tO\332\240\202\332\377\002S\361\013v";
     PyObject *data = __Pyx_DecompressString(cstring, 3799, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
@@ -37908,7 +37932,7 @@ static const char cstring[] = "x\332\235XM[\033W\226\026\023lc\007\307\020\3438q
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
     #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (5133 bytes) */
-static const char cstring[] = "\377  ->  ac\377cording \377to the r\377ule  can\377not be e\177xported\032\000\377rough DL\377Pack; us\375e,\002buffer\377 protoco\377l (np.as\377array) i\377nstead d\377type= fr\377om works\367pacd\000has \377no size;\377 give on\377e, e.g. \377\047S8\047 or \377\047U16\047 ho\377lds Pyth\377on objec\377ts, whic\375hF\010memory\376\266\005own (a \337resets\000ul\337d leab\000da\267ngl\360\001re\270\000e\337nces)\313\003a \377numeric,\337 bool\003\000yt\373es\203\001struc\357ture\306\004 wi\366\211\000ut\206\004 fie^\236\001is ab\001k\257 \376\337\007pointer\347: i\206\000\361\000all\367oca\322!in g\177enerati\326\000\321  \034\235A\265\047w\273 de~\226\000oyed. 8\002\216\232 utdV\002I3\363Av\377alid her\355e\341C\047C\204CF\047 \327nee\205@a\236`st\377 (pass c\037opy=N\266@\277a\326\0015w\344\000)\314a\047\047\226%\306gN\204\"pre\317a\206!n\241`\367teg\277`(sha\275p\356`ntri\361 m\363us\374b\267 s)\047WcsA\316aH\006\263dat*\000\377bute (tr\373ee\336`agmenWt))\311Es\366a(\373b\337.newb\315@or\377der(\047=\047)\177), , an\331\204\001\377at cycle\375 \220\204\001closed\003 (\241\204\007\232H\230`\364@\375+\364@\363no\365\000\301J, fouuZ\000,\330H=, \325\205\001\377open). .p\215b8\002\306`\021\000. O\027\000\372\243a(\334a ws: \375/\003\000.borro\177w()) arP\002\312\250\206\001c\305`,\240\205\001\210\206\001de\177tach().\335f\376\223f: stale\365,\374`s\333\010ende\347d>;\274B\225\204\002ith\336\377\206\002cons\203\205\001\047s\377 library{ (\217\206\002cupy\324\206\006\371;J\002\354\205\004may b\367elo\303\207\003anot\272\274` \201\207\002. <\267D n\335B=?C\330\207\003ca\301`>\244\207\002 data\230\207\003\331\207\003\376\371\207\005carry n?on-nat\234\207\001\274A\255 \274B ($\004s\255`d\373es\226 e in \367ele\376As; t\377his view\370\305\000\031\t\326\210\001multi\353pl\330\206\001f\363\210\002ite\335m\204\210\001. E\355\210\002 a\372\222#(\332\204\002True)\337.Keep\316\003s _acros\307$s\210\207\002\373 .\373% (hea\365p\224\205\002)\277\210\001.lev\377erage_to\377(out""er_wcs)\265B\202\207\005\370\211\001m \253`\373er\362@mem.s\345c\242`_+\000\320@Max\237imum \331\205\002\376\207\001i\357mens\256\207\001exc\343ee\304@\345\210\001\266\205\007y d\373oe\327\211\001t fit\276\222!a C s\344\211\001_\337t)Not\267\212\001at\373 C\312\211\003is de\334\347@\203\210\001ely\253`ri\377cter tha\377n PEP-48\3554\243\205\002re\365\211\002 su\277bclass\272#b\333ui\313 n \341\212\001s.\177 If you\246\207\002\370\322\213\001\240\207\002&\010then \344\217\212\001\353\213\001\047\344\213\002\371\210\002_ty\377ping\047 di\367rec\351Bto F\377alse.Una\367ble\334\207\002void\376\255\204\003while c\217reat\275\214\001\250\000\307ca\377s reques\377ted: Uni\177nitiali\317\206\001\366\351cin\342\204\003urre\223nt\207\214\010\263Cw\236\001\362`e\374\213\212\002\206\002).\n\n  \377  Parame\357ters\n\002---\220\000\000\002\001\031\002\274\210\003:\317\210\001\267\214\001t\035u\337` of\337\210\001*\003\203\215\002\253 :\353\204\002-\220\215\001,\367 f\367aul\246@loat\374_\002\331\204\003: {\047C\047\277, \047F\047}v\003E\307xam\257\204\001m\n\221\002>>\017> im\245\216\001\267c\014\006\276\207\004\372\314aW\357\215\005(\"doc\377_empty\")\347 as\341\207\001\327\002...\236\337\001 a =\375d \002(\177(2, 3),\276\216\004{\"f\245\00132\")\047\013=.\272\212\002, a.\350\216\002\005\001b\340\216\007ib\001\274\"@\013(\047G\004\017\047), \340\205\002\341\"\250\207\005\223\211\004\377C-contig\257uous\000\030;\357E \376\213\207\005(PyBUF_\377STRIDES)\376H\014Fortran\371 D\026e\016(add_\357note\300ds t\377oo big; \337`arr.\305\220\001 *\324\363\210\001\377\003.\316\207\005`\326\216\001la\323rg\315\205\005\347\221\001m\317\206\004poGssi\333\204\001\373\207\002\265\221\002(\372\221\004\275e\204\210\005CPU \276\211\005t\377o device\350\237\222\005\327\207\005\307\215\001o\325\221\010dis\370\263\205\001\357c\354B (lin\377e 1231)e\336\317\205\002gcis\004\003di\375t\200\220\005over a\357 0-d\275\212\003len[()\305\204\001un\250\222\001d\373\221\004\362\313\210\t)\222\217\006\340f, go""\273t \336\005sup\303\223\004d\366\265\210\006fod\000n nd\372\307&c\215\206\003ly ne\301g\355\212\003&\006\335\212\003\224\224\001\201\211\004nu\377mpy._cor\363e.\314\212\002\307\213\003fail\362\255\224\001o\215\205\004\033\tumat\363h \022\r\215\217\002=pyx\377/wsmem/_\374\263\214\003\016\000self.r\373ec\207\225\010conve\256\215\225\003o a\206\224\013 \316\001p\307ick\333\223\001\312\220\003\300\220\005an\356\217\207\005a s\233\210\001nce\374\224\207\005\244#stream\021 \361\220\005\316\221\002\235\" \372A\243\215\003\356\214\004_: kDL\221`)\304\225\006\337=ACFK\333\206\006Er\367ror\351\206\006Leak\330\014\003\300\221\003\306\221\004._\342\003__\236\001\rfunc\215\224\001\010\017u\254\027\001%\tco\220\210\001x8\td\373ir\002\nlpack\302\000\017_\277\204\003r\t\376a\202\treOduce\225\010\322\227\002_\200\002\002\275\005a\335\222\002\313\005\211\224\001\327\005\214\221\003\345\005\017fill\361\005\205\216\010\204%\307b\306\221%re\207\224\002\240%\242\207\001sp\363os\207\000\227\217\003Pin_h\001\006\304 \241\004c\232\230\002__\017\n\377setstate\275_\025\006_Pyx\001\000D\377ict_NextGRef\207@\355\231\001#\001_\215F\370\227E\204G\251Eprior\317ity_$\006\221D__x\220\223\001\023\001\232\216\002_get\325\220\001\014\014\002\241E__\234B\004\000\222D\001\006L\211E\037\000ocX\001\347C_C\001\336\346\225\001__.<\265\230\001ls\377>.methodx\026\002\331\003\364\000hash\217\001\236\301C__ma\245 \214 m\357odul\304@__n\353am\003\002p\377\000capai\275\001\010\001<\004\023\001vt\347\216\001\236\326\001qual)\005\202e_\331_\334-\t\005ex\212!se\341t\\\006\361&\217@\3630tes\351t\261,\234\234\001_\272\206\002e_i\375s\325\207\001outine\177aabsolu\307\234\001\377darenaar\341g\336\234\002\342\234\001\346\234\004\202\204\003asy\377ncio.cor\3765\003saxesba\177sebitwi\300`\267and\003\005or\r\005x\376\010\000ool_cc_n\341\214\007can\314@st\244\225\001\257ingc\267\212\001_\367`t\377raceback\034\242\230\002\372\205\004128\225\210\001\035\000\214\232\001~\220\232\001tocpud\326\225\001\337descr\232\227\003dl""\306\360\205\004dt\217\236\002\202\217\002\207\217\002_l\377ikeencod\323ee\366!\326\223\001xg\001t_\177stackff\220\010\374\311\205\001\315\205\001_value\337flags\222\217\00264\337floor\337`vi\377deformat\017full\000\001\\\002\326\207\001\354\234\002\277icgetg\270\222\001eur\000\004_s\002has\332\236\003\376\300\225\001iindexi\377nputsint\30764i\367\211\002\231@\237\234\002is\334\221\227\003\270\226\002kkw\223Ale\375f\257\000hiftle\343ss\000\001R\003\371\225\010mat\377mulmax_v#er\303\225\001\307\204\003\215\227\004y\210\214\004\371\213\005\377nextninn\357onot\235\003nou\327tnp\371\213\002o\206\240\003on3es\000\001\300\"op\314\236\001\376@~\344\233\001outown\334\230\001\177popposi\303\230\001\237power\255\241\002\224\241\001r\273re\246\205\001der\361\207\004r\336J\000lve_\261\241\002sr\327igh\313\004s\213\214\001se\037ndset\334 \264\223\001\260\235\002\337signa\231\240\001sr\177cstarts\232\240\001\347str\315\213\003\233\231\004sub\374\313B\036\000getthr\363ow\302f\332\210\006true\330\270D\312\226\002\317\226\002tr\363\212\002un\237safev\357B\364Bs\026\271$ws\263\215\002.\262\215\003\005\004\314\000\377orsxzero\271s\000\002\335bPyO\271\242\002 \273*(\001\007)\000\000\003\022,\375 \355\217\001gned P\277Y_LONG\000\002 w*, \212\242\003 __\307\207\001wt_5\264\216\002_6_\232\206\002\377_Block *3*)L\t\266\227\001)\000\273\227\002o\n\352\251\232\001_\302\240\001\000\272\207\001han\377dler\000cap\376\352\242\002_in\000tak\373e_\313\002\000rest\217ore_ \004\304\010Y\003c\347har\331\000\222\nobj\362\221\rA\302\207\001\303\002ize_}t\246\200\047int (\304\003\316\345\033Pinx\r\2175, \030\260\003\000\005\3404, \246I\302#a @\332@\003&\261\202$|2\324\223\004\234c\000\242c\376\204\246\002\000get_de\377bug_mode\237\000pin_\321\233\002\005\003f\367ini\017\002rele\343as\032\003\320\233\001\311\235\003\000\000H\377UGE_PAGE\376\004\003THRESHO;LD\350Yray\356\221\005\202\203)\350\264\205\007\201I\215I,\314\245\001)\000n\373ew\277\224\003\200\001\330\004\n\357\210+\220Q\005\001\013\210=\377""\230\001\230\025\230f\240C\377\240q\200\017\210|\2301\377\360\016\000\005\030\220w\230\377a\340\004\007\200z\220\021\377\220#\220Q\330\010\016\210\377i\220q\330\010\r\210V\377\2203\220e\2303\230b\377\240\006\240a\240w\250c\377\260\023\260I\270T\300\023\377\300E\310\023\310A\330\020\377\024\220C\220z\240\024\240\377V\2504\250v\260U\270\377!\330\014\023\2201\330\010\237\014\210C\210vH\000z\000\"\377\210H\220A\220S\230\006\333\230g$\0001\330f\000s\210?&\220\001\330\010\021i\004x\000\337v\210S\220\005\"\000\016\240\377c\250\023\250A\330\010\017\377\210}\230A\230U\240&\367\250\003\2501\000\n\210)\220\3271\220G\210\000h\037\000\021\330\377\024\034\230C\230v\240^\377\2604\260t\2703\270f\377\320DX\320XY\330\024\377\025\330\004\006\200g\210Q\377\210c\220\026\220t\2305\367\240\010\250\377\000\013\2101\200\373A\200S\000\016\210f\220D~\201 \021\330\010\013\2107\352\000\337[\240\004\240D^\002\014\020\377\220\013\2301\230G\2408\376m\000\014\017\210r\220\027\230\357\001\330\020\027\205!\022\220%\373\220q\270 \027\240\001\240\023\366-\000\005\250\242 \013\2104\210\377w\220a\330\014\022\220!\273\22096\0001\240G\203 q\377\260\005\260S\270\014\300A\374\205\"\260\0007\240\"\240K\250\353q\330Q\000t\301\000E\230\023\375\230\266 \027\220s\230!\230\3756L\000A\240U\250#\250\343W\260+\003\366\001\266 \220g\230\375Q\255 W\250B\250k\270e\021\267\001\017i\001\320\0006\240\n\002\377\020\220\017\230r\240\026\240\377q\250\004\250F\260$\260\333e\270\340\000\330\010\211\000\330\010\375\t\201A4\220}\240A\240\277W\250H\260H\270\313\"\177\365\230\251\000$\021\000Q\330\014\r|\211!\"\0076\230\021\230$\342@\375\007L\000\t\260\027\270\001\270\366\236 \017\210!\016\025\220Q\220\365c)\000&\323!\250\027\260\002\377\260#\260Q\260c\270\021\327\270\"\270\335 \340\364@D\220\365\006\221 \010\330b\230F\240#\357\240Q\240j%\000!\200A>\032\001F\220\"\220Ej\000\n\002\377\020\220\010\230\001\200A\360?\016\000\t\r\210G\262a\317!\371z\207\002\322\")\2301\320\034\177C\3001\300D\310\001\352b\374\257`\221A\010\016\210l\230!""\356\277A6\220\021\374!.\240\001\377\320!B\300!\3006\310\353\021\340\327@6\271@\003\2301\376\024\004\330\0201\260\021\260&\373\270\001\027\0014\210u\220C\377\220w\230d\240$\240f?\250C\250v\260Q\254\204\004\360\204\002\373\230\010\216`H\250D\260\001\367\330\030 \231`J\250c\260\377\024\260T\270\024\270Z\300\377y\320PU\320UV\330\357\010\n\210\047\245\205\002V\2304\377\230t\2406\250\024\250X\336C\000\010\017\210q\313\000\020\000\373\t\020\267\204\002Y\240a\240t\377\2506\260\025\260f\270C\265\270\027\001\032\027\001t\220\353 \210\357A\330\020\032\300\000\020\021\330\257\024\033\230<\303@\006d\002R\377\260w\270a\270y\310\007\337\310q\320PQ\372a\177\240\277a\330\024,\250A\357`\024\357\025\320\000\026\225a\340\004\025\377\220Y\230a\230w\240d\373\250\047\254@\007\270q\330\004\377\005\200V\2102\210U\220\377!\2201\330\004\013\2101\367\320\000\027\322\206\003\013\2109\220\377A\220W\230D\240\007\240\337w\250g\260Q\023\004\360\"\367\000\005\014\n\017\031\230\034\240\367[\260\001\214\207\001s\210$\210\337e\2201\220Kg\000g\250\373Q\330l\010#\250S\260\003\373\2601c\021\032\230,\240ks\260\021,\022\202\007\003\2403\305\206\001\377\320\000\034\230L\250\001\360\337\006\000\005\010\200\201\207\001\001\330\377\010\020\220\r\230Q\230a\377\330\004\010\210\t\220\021\220\377\047\230\024\230W\240G\250\3777\260!\330\004\t\210\021\357\210#\210Q\333\004%\240\\\317\260\033\270A\204\200%0\n\004\031\343\230\021t\000\370`\254\204\004\013\2106\377\220\024\220U\230%\230u\177\240A\330\014\024\220H\260 \337\n\250#\250T\375B\032\300\2679\310A\224\211\004\230\007\365@4\377\240x\250t\2609\270G\373\3001\205ks\240(\250!\376\276\210\001q\320\004\036\230k\250\343\021\330\216\205\007a\001\324\207\001\014\021\220\355\022\205a\230!\224\207\001s\220#\377\220T\230\021\330\020\023\220{5\230\265\204\001\024\032\230*\202\000\317\030\031\330\030\244`\344`|\250\3531\250\261\207\002qy\000q\240\001\272\274\210\0011\334\207\003E\230\021f\004\"\277\240-\250\177\270a\311\n\r\343\210R\205\212\001\220\206\001\255\210\001u\220D""\036^\0003\230d\240\242\212\005\321\200#\351\210\001\377r\220\031\230!\2304\230\337y\250\004\250H\253\210\001\022\220\376\235\206\002:\270!\2704\270~\377\310Q\310a\33045\260\335Q\223/7\270!\2117#\320\377#5\3205E\300[\320/PQ\360\014\201\207\0107\370@\332\206\002\357*\230A\230\354\211\002:\220W\377\230E\240\024\240U\250!\377\250;\260d\270(\300!\376\373\211\001+\230Q\320\036F\300\177a\300u\310A\310Q\375\206\001\376\226\"2\220V\2301\230D\277\240\006\240d\250%\375\211\001\023\377\220?\240!\2406\250\032\377\260=\300\001\300\027\310\004\377\310A\330#\047\240y\260\337\004\260K\270t\304@#0\373\260\001\367\213\001\177\230a\230t\373\240:\365BX\270T\300\026\377\300t\3101\330\037#\240\377;\250d\260)\270=\310\277\001\320\004$\240A\347\207\0013\217\210a\210w\221\211\001\256a\326\210\002\330\376\360\210\023h\250a\250w\260f\003\270A";
+static const char cstring[] = "\377  ->  ac\377cording \377to the r\377ule  can\377not be e\177xported\032\000\377rough DL\377Pack; us\375e,\002buffer\377 protoco\377l (np.as\377array) i\377nstead d\377type= fr\377om works\367pacd\000has \377no size;\377 give on\377e, e.g. \377\047S8\047 or \377\047U16\047 ho\377lds Pyth\377on objec\377ts, whic\375hF\010memory\376\266\005own (a \337resets\000ul\337d leab\000da\267ngl\360\001re\270\000e\337nces)\313\003a \377numeric,\337 bool\003\000yt\373es\203\001struc\357ture\306\004 wi\366\211\000ut\206\004 fie^\236\001is ab\001k\257 \376\337\007pointer\347: i\206\000\361\000all\367oca\322!in g\177enerati\326\000\321  \034\235A\265\047w\273 de~\226\000oyed. 8\002\216\232 utdV\002I3\363Av\377alid her\355e\341C\047C\204CF\047 \327nee\205@a\236`st\377 (pass c\037opy=N\266@\277a\326\0015w\344\000)\314a\047\047\226%\306gN\204\"pre\317a\206!n\241`\367teg\277`(sha\275p\356`ntri\361 m\363us\374b\267 s)\047WcsA\316aH\006\263dat*\000\377bute (tr\373ee\336`agmenWt))\311Es\366a(\373b\337.newb\315@or\377der(\047=\047)\177), , an\331\204\001\377at cycle\375 \220\204\001closed\003 (\241\204\007\232H\230`\364@\375+\364@\363no\365\000\301J, fouuZ\000,\330H=, \325\205\001\377open). .p\215b8\002\306`\021\000. O\027\000\372\243a(\334a ws: \375/\003\000.borro\177w()) arP\002\312\250\206\001c\305`,\240\205\001\210\206\001de\177tach().\335f\376\223f: stale\365,\374`s\333\010ende\347d>;\274B\225\204\002ith\336\377\206\002cons\203\205\001\047s\377 library{ (\217\206\002cupy\324\206\006\371;J\002\354\205\004may b\367elo\303\207\003anot\272\274` \201\207\002. <\267D n\335B=?C\330\207\003ca\301`>\244\207\002 data\230\207\003\331\207\003\376\371\207\005carry n?on-nat\234\207\001\274A\255 \274B ($\004s\255`d\373es\226 e in \367ele\376As; t\377his view\370\305\000\031\t\326\210\001multi\353pl\330\206\001f\363\210\002ite\335m\204\210\001. E\355\210\002 a\372\222#(\332\204\002True)\337.Keep\316\003s _acros\307$s\210\207\002\373 .\373% (hea\365p\224\205\002)\277\210\001.lev\377erage_to\377(out""er_wcs)\265B\202\207\005\370\211\001m \253`\373er\362@mem.s\345c\242`_+\000\320@Max\237imum \331\205\002\376\207\001i\357mens\256\207\001exc\343ee\304@\345\210\001\266\205\007y d\373oe\327\211\001t fit\276\222!a C s\344\211\001_\337t)Not\267\212\001at\373 C\312\211\003is de\334\347@\203\210\001ely\253`ri\377cter tha\377n PEP-48\3554\243\205\002re\365\211\002 su\277bclass\272#b\333ui\313 n \341\212\001s.\177 If you\246\207\002\370\322\213\001\240\207\002&\010then \344\217\212\001\353\213\001\047\344\213\002\371\210\002_ty\377ping\047 di\367rec\351Bto F\377alse.Una\367ble\334\207\002void\376\255\204\003while c\217reat\275\214\001\250\000\307ca\377s reques\377ted: Uni\177nitiali\317\206\001\366\351cin\342\204\003urre\223nt\207\214\010\263Cw\236\001\362`e\374\213\212\002\206\002).\n\n  \377  Parame\357ters\n\002---\220\000\000\002\001\031\002\274\210\003:\317\210\001\267\214\001t\035u\337` of\337\210\001*\003\203\215\002\253 :\353\204\002-\220\215\001,\367 f\367aul\246@loat\374_\002\331\204\003: {\047C\047\277, \047F\047}v\003E\307xam\257\204\001m\n\221\002>>\017> im\245\216\001\267c\014\006\276\207\004\372\314aW\357\215\005(\"doc\377_empty\")\347 as\341\207\001\327\002...\236\337\001 a =\375d \002(\177(2, 3),\276\216\004{\"f\245\00132\")\047\013=.\272\212\002, a.\350\216\002\005\001b\340\216\007ib\001\274\"@\013(\047G\004\017\047), \340\205\002\341\"\250\207\005\223\211\004\377C-contig\257uous\000\030;\357E \376\213\207\005(PyBUF_\377STRIDES)\376H\014Fortran\371 D\026e\016(add_\357note\300ds t\377oo big; \337`arr.\305\220\001 *\324\363\210\001\377\003.\316\207\005`\326\216\001la\323rg\315\205\005\347\221\001m\317\206\004poGssi\333\204\001\373\207\002\265\221\002(\372\221\004\275e\204\210\005CPU \276\211\005t\377o device\350\237\222\005\327\207\005\307\215\001o\325\221\010dis\370\263\205\001\357c\354B (lin\377e 1236)e\336\317\205\002gcis\004\003di\375t\200\220\005over a\357 0-d\275\212\003len[()\305\204\001un\250\222\001d\373\221\004\362\313\210\t)\222\217\006\340f, go""\273t \336\005sup\303\223\004d\366\265\210\006fod\000n nd\372\307&c\215\206\003ly ne\301g\355\212\003&\006\335\212\003\224\224\001\201\211\004nu\377mpy._cor\363e.\314\212\002\307\213\003fail\362\255\224\001o\215\205\004\033\tumat\363h \022\r\215\217\002=pyx\377/wsmem/_\374\263\214\003\016\000self.r\373ec\207\225\010conve\256\215\225\003o a\206\224\013 \316\001p\307ick\333\223\001\312\220\003\300\220\005an\356\217\207\005a s\233\210\001nce\374\224\207\005\244#stream\021 \361\220\005\316\221\002\235\" \372A\243\215\003\356\214\004_: kDL\221`)\304\225\006\337=ACFK\333\206\006Er\367ror\351\206\006Leak\330\014\003\300\221\003\306\221\004._\342\003__\236\001\rfunc\215\224\001\010\017u\254\027\001%\tco\220\210\001x8\td\373ir\002\nlpack\302\000\017_\277\204\003r\t\376a\202\treOduce\225\010\322\227\002_\200\002\002\275\005a\335\222\002\313\005\211\224\001\327\005\214\221\003\345\005\017fill\361\005\205\216\010\204%\307b\306\221%re\207\224\002\240%\242\207\001sp\363os\207\000\227\217\003Pin_h\001\006\304 \241\004c\232\230\002__\017\n\377setstate\275_\025\006_Pyx\001\000D\377ict_NextGRef\207@\355\231\001#\001_\215F\370\227E\204G\251Eprior\317ity_$\006\221D__x\220\223\001\023\001\232\216\002_get\325\220\001\014\014\002\241E__\234B\004\000\222D\001\006L\211E\037\000ocX\001\347C_C\001\336\346\225\001__.<\265\230\001ls\377>.methodx\026\002\331\003\364\000hash\217\001\236\301C__ma\245 \214 m\357odul\304@__n\353am\003\002p\377\000capai\275\001\010\001<\004\023\001vt\347\216\001\236\326\001qual)\005\202e_\331_\334-\t\005ex\212!se\341t\\\006\361&\217@\3630tes\351t\261,\234\234\001_\272\206\002e_i\375s\325\207\001outine\177aabsolu\307\234\001\377darenaar\341g\336\234\002\342\234\001\346\234\004\202\204\003asy\377ncio.cor\3765\003saxesba\177sebitwi\300`\267and\003\005or\r\005x\376\010\000ool_cc_n\341\214\007can\314@st\244\225\001\257ingc\267\212\001_\367`t\377raceback\034\242\230\002\372\205\004128\225\210\001\035\000\214\232\001~\220\232\001tocpud\326\225\001\337descr\232\227\003dl""\306\360\205\004dt\217\236\002\202\217\002\207\217\002_l\377ikeencod\323ee\366!\326\223\001xg\001t_\177stackff\220\010\374\311\205\001\315\205\001_value\337flags\222\217\00264\337floor\337`vi\377deformat\017full\000\001\\\002\326\207\001\354\234\002\277icgetg\270\222\001eur\000\004_s\002has\332\236\003\376\300\225\001iindexi\377nputsint\30764i\367\211\002\231@\237\234\002is\334\221\227\003\270\226\002kkw\223Ale\375f\257\000hiftle\343ss\000\001R\003\371\225\010mat\377mulmax_v#er\303\225\001\307\204\003\215\227\004y\210\214\004\371\213\005\377nextninn\357onot\235\003nou\327tnp\371\213\002o\206\240\003on3es\000\001\300\"op\314\236\001\376@~\344\233\001outown\334\230\001\177popposi\303\230\001\237power\255\241\002\224\241\001r\273re\246\205\001der\361\207\004r\336J\000lve_\261\241\002sr\327igh\313\004s\213\214\001se\037ndset\334 \264\223\001\260\235\002\337signa\231\240\001sr\177cstarts\232\240\001\347str\315\213\003\233\231\004sub\374\313B\036\000getthr\363ow\302f\332\210\006true\330\270D\312\226\002\317\226\002tr\363\212\002un\237safev\357B\364Bs\026\271$ws\263\215\002.\262\215\003\005\004\314\000\377orsxzero\271s\000\002\335bPyO\271\242\002 \273*(\001\007)\000\000\003\022,\375 \355\217\001gned P\277Y_LONG\000\002 w*, \212\242\003 __\307\207\001wt_5\264\216\002_6_\232\206\002\377_Block *3*)L\t\266\227\001)\000\273\227\002o\n\352\251\232\001_\302\240\001\000\272\207\001han\377dler\000cap\376\352\242\002_in\000tak\373e_\313\002\000rest\217ore_ \004\304\010Y\003c\347har\331\000\222\nobj\362\221\rA\302\207\001\303\002ize_}t\246\200\047int (\304\003\316\345\033Pinx\r\2175, \030\260\003\000\005\3404, \246I\302#a @\332@\003&\261\202$|2\324\223\004\234c\000\242c\376\204\246\002\000get_de\377bug_mode\237\000pin_\321\233\002\005\003f\367ini\017\002rele\343as\032\003\320\233\001\311\235\003\000\000H\377UGE_PAGE\376\004\003THRESHO;LD\350Yray\356\221\005\202\203)\350\264\205\007\201I\215I,\314\245\001)\000n\373ew\277\224\003\200\001\330\004\n\357\210+\220Q\005\001\013\210=\377""\230\001\230\025\230f\240C\377\240q\200\017\210|\2301\377\360\016\000\005\030\220w\230\377a\340\004\007\200z\220\021\377\220#\220Q\330\010\016\210\377i\220q\330\010\r\210V\377\2203\220e\2303\230b\377\240\006\240a\240w\250c\377\260\023\260I\270T\300\023\377\300E\310\023\310A\330\020\377\024\220C\220z\240\024\240\377V\2504\250v\260U\270\377!\330\014\023\2201\330\010\237\014\210C\210vH\000z\000\"\377\210H\220A\220S\230\006\333\230g$\0001\330f\000s\210?&\220\001\330\010\021i\004x\000\337v\210S\220\005\"\000\016\240\377c\250\023\250A\330\010\017\377\210}\230A\230U\240&\367\250\003\2501\000\n\210)\220\3271\220G\210\000h\037\000\021\330\377\024\034\230C\230v\240^\377\2604\260t\2703\270f\377\320DX\320XY\330\024\377\025\330\004\006\200g\210Q\377\210c\220\026\220t\2305\367\240\010\250\377\000\013\2101\200\373A\200S\000\016\210f\220D~\201 \021\330\010\013\2107\352\000\337[\240\004\240D^\002\014\020\377\220\013\2301\230G\2408\376m\000\014\017\210r\220\027\230\357\001\330\020\027\205!\022\220%\373\220q\270 \027\240\001\240\023\366-\000\005\250\242 \013\2104\210\377w\220a\330\014\022\220!\273\22096\0001\240G\203 q\377\260\005\260S\270\014\300A\374\205\"\260\0007\240\"\240K\250\353q\330Q\000t\301\000E\230\023\375\230\266 \027\220s\230!\230\3756L\000A\240U\250#\250\343W\260+\003\366\001\266 \220g\230\375Q\255 W\250B\250k\270e\021\267\001\017i\001\320\0006\240\n\002\377\020\220\017\230r\240\026\240\377q\250\004\250F\260$\260\333e\270\340\000\330\010\211\000\330\010\375\t\201A4\220}\240A\240\277W\250H\260H\270\313\"\177\365\230\251\000$\021\000Q\330\014\r|\211!\"\0076\230\021\230$\342@\375\007L\000\t\260\027\270\001\270\366\236 \017\210!\016\025\220Q\220\365c)\000&\323!\250\027\260\002\377\260#\260Q\260c\270\021\327\270\"\270\335 \340\364@D\220\365\006\221 \010\330b\230F\240#\357\240Q\240j%\000!\200A>\032\001F\220\"\220Ej\000\n\002\377\020\220\010\230\001\200A\360?\016\000\t\r\210G\262a\317!\371z\207\002\322\")\2301\320\034\177C\3001\300D\310\001\352b\374\257`\221A\010\016\210l\230!""\356\277A6\220\021\374!.\240\001\377\320!B\300!\3006\310\353\021\340\327@6\271@\003\2301\376\024\004\330\0201\260\021\260&\373\270\001\027\0014\210u\220C\377\220w\230d\240$\240f?\250C\250v\260Q\254\204\004\360\204\002\373\230\010\216`H\250D\260\001\367\330\030 \231`J\250c\260\377\024\260T\270\024\270Z\300\377y\320PU\320UV\330\357\010\n\210\047\245\205\002V\2304\377\230t\2406\250\024\250X\336C\000\010\017\210q\313\000\020\000\373\t\020\267\204\002Y\240a\240t\377\2506\260\025\260f\270C\265\270\027\001\032\027\001t\220\353 \210\357A\330\020\032\300\000\020\021\330\257\024\033\230<\303@\006d\002R\377\260w\270a\270y\310\007\337\310q\320PQ\372a\177\240\277a\330\024,\250A\357`\024\357\025\320\000\026\225a\340\004\025\377\220Y\230a\230w\240d\373\250\047\254@\007\270q\330\004\377\005\200V\2102\210U\220\377!\2201\330\004\013\2101\367\320\000\027\322\206\003\013\2109\220\377A\220W\230D\240\007\240\337w\250g\260Q\023\004\360\"\367\000\005\014\n\017\031\230\034\240\367[\260\001\214\207\001s\210$\210\337e\2201\220Kg\000g\250\373Q\330l\010#\250S\260\003\373\2601c\021\032\230,\240ks\260\021,\022\202\007\003\2403\305\206\001\377\320\000\034\230L\250\001\360\337\006\000\005\010\200\201\207\001\001\330\377\010\020\220\r\230Q\230a\377\330\004\010\210\t\220\021\220\377\047\230\024\230W\240G\250\3777\260!\330\004\t\210\021\357\210#\210Q\333\004%\240\\\317\260\033\270A\204\200%0\n\004\031\343\230\021t\000\370`\254\204\004\013\2106\377\220\024\220U\230%\230u\177\240A\330\014\024\220H\260 \337\n\250#\250T\375B\032\300\2679\310A\224\211\004\230\007\365@4\377\240x\250t\2609\270G\373\3001\205ks\240(\250!\376\276\210\001q\320\004\036\230k\250\343\021\330\216\205\007a\001\324\207\001\014\021\220\355\022\205a\230!\224\207\001s\220#\377\220T\230\021\330\020\023\220{5\230\265\204\001\024\032\230*\202\000\317\030\031\330\030\244`\344`|\250\3531\250\261\207\002qy\000q\240\001\272\274\210\0011\334\207\003E\230\021f\004\"\277\240-\250\177\270a\311\n\r\343\210R\205\212\001\220\206\001\255\210\001u\220D""\036^\0003\230d\240\242\212\005\321\200#\351\210\001\377r\220\031\230!\2304\230\337y\250\004\250H\253\210\001\022\220\376\235\206\002:\270!\2704\270~\377\310Q\310a\33045\260\335Q\223/7\270!\2117#\320\377#5\3205E\300[\320/PQ\360\014\201\207\0107\370@\332\206\002\357*\230A\230\354\211\002:\220W\377\230E\240\024\240U\250!\377\250;\260d\270(\300!\376\373\211\001+\230Q\320\036F\300\177a\300u\310A\310Q\375\206\001\376\226\"2\220V\2301\230D\277\240\006\240d\250%\375\211\001\023\377\220?\240!\2406\250\032\377\260=\300\001\300\027\310\004\377\310A\330#\047\240y\260\337\004\260K\270t\304@#0\373\260\001\367\213\001\177\230a\230t\373\240:\365BX\270T\300\026\377\300t\3101\330\037#\240\377;\250d\260)\270=\310\277\001\320\004$\240A\347\207\0013\217\210a\210w\221\211\001\256a\326\210\002\330\376\360\210\023h\250a\250w\260f\003\270A";
     PyObject *data = __Pyx_DecompressString_LZSS(cstring, 5133, 7546);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
@@ -37917,7 +37941,7 @@ static const char cstring[] = "\377  ->  ac\377cording \377to the r\377ule  can\
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
     #else /* compression: none (7546 bytes) */
-static const char bytes[] = "  ->  according to the rule  cannot be exported through DLPack; use the buffer protocol (np.asarray) instead dtype= from workspace  has no size; give one, e.g. \047S8\047 or \047U16\047 holds Python objects, which workspace memory cannot own (a reset would leave dangling references); use a numeric, bool, bytes or structured dtype without object fields is a leaked workspace pointer: it was allocated in generation  is a leaked workspace pointer: the workspace was destroyed.  is an outdated workspace pointer: it was allocated in generation  is not valid here; use \047C\047 or \047F\047 needs a cast (pass copy=None to allow it) to \047\047 object cannot be interpreted as an integer (shape entries must be ints)\047WsArray\047 object has no attribute (tree fragment))); use astype(dtype.newbyteorder(\047=\047)), , and that cycle has closed (workspace generation , but the workspace is now in generation , found , generation=, not open). .: it is not open. Open it (with ws: / ws.borrow()) around the call, or use detach().: it was destroyed: stale, its cycle has ended>; copy it with the consumer\047s library (e.g. cupy.asarray); its memory may belong to another array. <WsArray shape=?Cannot cast array data from DLPack cannot carry non-native byte order (DLPack strides are in elements; this view\047s strides are not multiples of the itemsize. Export a copy (copy=True).Keep arrays across cycles with .detach() (heap copy) or .leverage_to(outer_ws), or allocate them under wsmem.scope_out().Maximum allowed dimension exceeded (a shape entry does not fit in a C ssize_t)Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.Unable to avoid copy while creating an array as requested: Uninitialised array in the current workspace (heap when none is active).\n\n    Parameters\n    ----------\n    shape : int or tuple of ints\n    dtype : data-type, default float""\n    order : {\047C\047, \047F\047}\n\n    Examples\n    --------\n    >>> import wsmem\n    >>> with wsmem.Workspace(\"doc_empty\") as ws:\n    ...     a = wsmem.empty((2, 3), dtype=\"float32\")\n    ...     a.shape, a.dtype, a.workspace is ws\n    ((2, 3), dtype(\047float32\047), True)\n    WsArray is not C-contiguousWsArray is not C-contiguous; request strides (PyBUF_STRIDES)WsArray is not Fortran contiguousWsArray is not contiguousWsArray(add_notearray is too big; `arr.size * arr.dtype.itemsize` is larger than the maximum possible size.array(cannot export a CPU WsArray to device cannot leverage into workspace disabledtype empty (line 1231)enablegcisenablediteration over a 0-d arraylen() of unsized objectleverage_to() needs a Workspace, got maximum supported dimension for an ndarray is currently negative dimensions are not allowednumpy._core.multiarray failed to importnumpy._core.umath failed to importorder=pyx/wsmem/_array.pyxself.rec cannot be converted to a Python object for picklingshape must be an int or a sequence of ints, got stream must be None for a CPU array (DLPack: kDLCPU)workspace=ACFKWorkspaceErrorWorkspaceLeakErrorWsArrayWsArray.__array__WsArray.__array_function__WsArray.__array_ufunc__WsArray.__complex__WsArray.__dir__WsArray.__dlpack__WsArray.__dlpack_device__WsArray.__iter__WsArray.__reduce__WsArray._array_ufuncWsArray.astypeWsArray.copyWsArray.detachWsArray.fillWsArray.leverage_toWsArray.numpyWsArray.reshapeWsArray.transpose__ExportPin_ExportPin.__reduce_cython___ExportPin.__setstate_cython____Pyx_PyDict_NextRef__annotate____array____array_function____array_priority____array_ufunc____call____class_getitem____complex____dir____dlpack____dlpack_device____doc____func____getattr__.<locals>.method__getstate____hash____iter____main____module____name____pyx_capi____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___array_ufunc_from_pickle_is_coroutineaabsoluteaddarenaargsarra""rrayasarrayastypeasyncio.coroutinesaxesbasebitwise_andbitwise_orbitwise_xorbool_cc_contiguouscan_castcastingcline_in_tracebackclosecomplex128conv_incopycopytocpuddatadescrdetachdl_devicedtdtypeemptyempty_likeencodeequalexcextract_stackff_contiguousfillfill_valueflagsfloat64floor_divideformatfullfull_likefuncgenericgetgreatergreater_equalhasobjectheapiindexinputsint64invertis_validisnativeitemskkwargsleft_shiftlessless_equalleverage_tomatmulmax_versionmethodmultiplyndarraynegativenextninnonot_equalnoutnpnumpyoobjectonesones_likeoperatororderoutowndatapoppositivepowerprototyperremainderreshaperesolve_dtypesright_shiftsselfsendsetdefaultshapesignaturesrcstartswithstrstreamstridessubtracttargetthrowtracebacktransposetrue_dividetypestypestrufuncunsafevvaluevaluesversionwswsmem._arraywsmem._errorsxzeroszeros_likePyObject *(PyObject *)\000\000PyObject *(PyObject *, unsigned PY_LONG_LONG *, struct __pyx_t_5wsmem_6_arena_Block **)\000PyObject *(void)\000void (PyObject *)\000heap_copy\000set_handler\000captured_in\000take_error\000restore_handlerPyObject *(void)\000char *(struct __pyx_obj_5wsmem_6_arena_Arena *, size_t, struct __pyx_t_5wsmem_6_arena_Block **)\000int (void)\000struct __pyx_t_5wsmem_6_arena_Pin *(struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000void (struct __pyx_t_5wsmem_6_arena_Pin *)\000\000void (struct __pyx_t_5wsmem_6_arena_Pin *, struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000current_arena\000arena_alloc\000get_debug_mode\000pin_create\000pin_fini\000pin_release\000pin_initsize_t\000\000HUGE_PAGE\000HUGE_THRESHOLDstruct __pyx_obj_5wsmem_6_array_WsArray *(struct __pyx_obj_5wsmem_6_arena_Arena *, PyObject *, PyObject *, PyObject *, int)\000new_array\200\001\330\004\n\210+\220Q\200\001\330\004\013\210=\230\001\230\025\230f\240C\240q\200\017\210|\2301\360\016\000\005\030\220w\230a\340\004\007\200z\220\021\220#\220Q\330\010\016\210i\220q\330\010\r\210V\2203\220e\2303\230b""\240\006\240a\240w\250c\260\023\260I\270T\300\023\300E\310\023\310A\330\020\024\220C\220z\240\024\240V\2504\250v\260U\270!\330\014\023\2201\330\010\014\210C\210v\220Q\330\004\n\210\"\210H\220A\220S\230\006\230g\240V\2501\330\004\007\200s\210&\220\001\330\010\021\220\021\220#\220Q\330\004\007\200v\210S\220\005\220S\230\016\240c\250\023\250A\330\010\017\210}\230A\230U\240&\250\003\2501\330\004\n\210)\2201\220G\2303\230h\240c\250\021\330\024\034\230C\230v\240^\2604\260t\2703\270f\320DX\320XY\330\024\025\330\004\006\200g\210Q\210c\220\026\220t\2305\240\010\250\001\330\004\013\2101\200A\200A\330\010\016\210f\220D\230\001\230\021\330\010\013\2107\220#\220[\240\004\240D\250\003\2501\330\014\020\220\013\2301\230G\2408\2501\330\014\017\210r\220\027\230\001\330\020\027\220q\330\010\022\220%\220q\230\001\230\027\240\001\240\023\240D\250\005\250Q\330\010\013\2104\210w\220a\330\014\022\220!\2209\230G\2401\240G\2504\250q\260\005\260S\270\014\300A\330\014\023\2201\220G\2307\240\"\240K\250q\330\014\017\210t\2201\220E\230\023\230A\330\020\027\220s\230!\2306\240\023\240A\240U\250#\250W\260A\330\014\023\2201\330\010\017\210v\220Q\220g\230Q\230g\240W\250B\250k\270\021\200A\330\010\017\210w\220a\220t\2306\240\021\200A\330\010\020\220\017\230r\240\026\240q\250\004\250F\260$\260e\2701\200A\330\010\022\220!\330\010\t\330\014\023\2204\220}\240A\240W\250H\260H\270A\330\010\017\210\177\230a\330\014$\240A\240Q\330\014\r\200A\330\010\022\220!\330\010\t\330\014\023\2206\230\021\230$\230b\240\007\240q\250\t\260\027\270\001\270\021\330\010\017\210\177\230a\330\014$\240A\240Q\330\014\r\200A\330\010\025\220Q\220c\230\021\230&\240\010\250\001\250\027\260\002\260#\260Q\260c\270\021\270\"\270A\200A\340\010\014\210D\220\006\220a\330\010\017\210|\2301\230F\240#\240Q\240j\260\002\260!\200A\340\010\014\210F\220\"\220E\230\021\230!\200A\340\010\020\220\010\230\001\200A\360\016\000\t\r\210G\2201\330\010\013\2104\210z\230\021\230$\230a\330\014\022\220)\2301\320\034C\3001\300D\310\001\310\023\310A\330\010\021""\220\027\230\001\330\010\016\210l\230!\330\010\013\2106\220\021\330\014\022\220.\240\001\320!B\300!\3006\310\021\340\010\013\2106\220\027\230\003\2301\330\014\022\220.\240\001\330\0201\260\021\260&\270\001\340\010\013\2104\210u\220C\220w\230d\240$\240f\250C\250v\260Q\330\014\023\2201\330\010\016\210i\220q\230\010\240\004\240H\250D\260\001\330\030 \240\004\240J\250c\260\024\260T\270\024\270Z\300y\320PU\320UV\330\010\n\210\047\220\021\220#\220V\2304\230t\2406\250\024\250X\260Q\330\010\017\210q\200A\360\020\000\t\020\210}\230A\230Y\240a\240t\2506\260\025\260f\270C\270q\200A\360\032\000\t\020\210t\2206\230\021\210A\330\020\032\230!\330\020\021\330\024\033\230<\240q\250\006\250c\260\024\260R\260w\270a\270y\310\007\310q\320PQ\330\020\027\220\177\240a\330\024,\250A\250Q\330\024\025\320\000\026\220g\230Q\340\004\025\220Y\230a\230w\240d\250\047\260\027\270\007\270q\330\004\005\200V\2102\210U\220!\2201\330\004\013\2101\320\000\027\220w\230a\340\004\013\2109\220A\220W\230D\240\007\240w\250g\260Q\320\000\027\220w\230a\360\"\000\005\014\2109\220A\220W\230D\240\007\240w\250g\260Q\320\000\031\230\034\240[\260\001\340\004\007\200s\210$\210e\2201\220K\230w\240g\250Q\330\004\025\220Y\230a\230w\240d\250#\250S\260\003\2601\330\004\005\200V\2102\210U\220!\2201\330\004\013\2101\320\000\032\230,\240k\260\021\340\004\007\200s\210$\210e\2201\220K\230w\240g\250Q\330\004\013\2109\220A\220W\230D\240\003\2403\240c\250\021\320\000\034\230L\250\001\360\006\000\005\010\200v\210S\220\001\330\010\020\220\r\230Q\230a\330\004\010\210\t\220\021\220\047\230\024\230W\240G\2507\260!\330\004\t\210\021\210#\210Q\330\004\013\2101\320\000%\240\\\260\033\270A\340\004\007\200s\210$\210e\2201\220K\230w\240g\250Q\330\004\025\220Y\230a\230w\240d\250#\250S\260\003\2601\330\004\t\210\021\210#\210Q\330\004\013\2101\320\004\031\230\021\360\006\000\t\r\210D\220\006\220a\330\010\013\2106\220\024\220U\230%\230u\240A\330\014\024\220H\230D\240\n\250#\250T\260\024\260T\270\032\3009\310A\330\010\016\210i\220q\230\007\230t""\2404\240x\250t\2609\270G\3001\330\010\n\210\047\220\021\220#\220V\2304\230s\240(\250!\330\010\017\210q\320\004\036\230k\250\021\330\010\014\210D\220\006\220a\330\010\013\2106\220\027\230\001\330\014\021\220\022\2206\230\021\230!\330\014\017\210s\220#\220T\230\021\330\020\023\2205\230\003\2301\330\024\032\230*\240A\330\030\031\330\030\032\230!\2304\230|\2501\250A\330\020\027\220q\230\007\230q\240\001\330\010\013\2101\330\014\023\2201\220E\230\021\330\010\017\210q\320\004\"\240-\250\177\270a\360\006\000\t\r\210D\220\006\220a\330\010\r\210R\210v\220Q\220a\330\010\013\2104\210u\220D\230\003\2303\230d\240!\330\014\023\2201\330\010\013\2106\220\024\220U\230%\230u\240A\330\014\024\220H\230D\240\n\250#\250T\260\024\260T\270\032\3009\310A\330\010\013\2104\210r\220\031\230!\2304\230y\250\004\250H\260A\330\014\022\220)\2301\320\034:\270!\2704\270~\310Q\310a\33045\260Q\330\010\016\210i\220q\230\007\230t\2404\240x\250t\2607\270!\330\010\n\210\047\220\021\220#\220V\2304\230s\240(\250!\330\010\017\210q\320\004#\320#5\3205E\300[\320PQ\360\014\000\t\r\210G\2201\330\010\013\2107\220\047\230\021\330\014\022\220*\230A\230Q\330\010\013\210:\220W\230E\240\024\240U\250!\250;\260d\270(\300!\330\014\022\220+\230Q\320\036F\300a\300u\310A\310Q\340\010\013\2101\330\014\023\2202\220V\2301\230D\240\006\240d\250%\250q\330\014\023\220?\240!\2406\250\032\260=\300\001\300\027\310\004\310A\330#\047\240y\260\004\260K\270t\3001\330#0\260\001\330\010\017\210\177\230a\230t\240:\250T\260\024\260X\270T\300\026\300t\3101\330\037#\240;\250d\260)\270=\310\001\320\004$\240A\340\010\013\2103\210a\210w\220c\230\021\330\014\024\220E\230\021\230!\330\010\014\210D\220\006\220a\330\010\017\210|\2301\230F\240#\240Q\240h\250a\250w\260f\270A";
+static const char bytes[] = "  ->  according to the rule  cannot be exported through DLPack; use the buffer protocol (np.asarray) instead dtype= from workspace  has no size; give one, e.g. \047S8\047 or \047U16\047 holds Python objects, which workspace memory cannot own (a reset would leave dangling references); use a numeric, bool, bytes or structured dtype without object fields is a leaked workspace pointer: it was allocated in generation  is a leaked workspace pointer: the workspace was destroyed.  is an outdated workspace pointer: it was allocated in generation  is not valid here; use \047C\047 or \047F\047 needs a cast (pass copy=None to allow it) to \047\047 object cannot be interpreted as an integer (shape entries must be ints)\047WsArray\047 object has no attribute (tree fragment))); use astype(dtype.newbyteorder(\047=\047)), , and that cycle has closed (workspace generation , but the workspace is now in generation , found , generation=, not open). .: it is not open. Open it (with ws: / ws.borrow()) around the call, or use detach().: it was destroyed: stale, its cycle has ended>; copy it with the consumer\047s library (e.g. cupy.asarray); its memory may belong to another array. <WsArray shape=?Cannot cast array data from DLPack cannot carry non-native byte order (DLPack strides are in elements; this view\047s strides are not multiples of the itemsize. Export a copy (copy=True).Keep arrays across cycles with .detach() (heap copy) or .leverage_to(outer_ws), or allocate them under wsmem.scope_out().Maximum allowed dimension exceeded (a shape entry does not fit in a C ssize_t)Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.Unable to avoid copy while creating an array as requested: Uninitialised array in the current workspace (heap when none is active).\n\n    Parameters\n    ----------\n    shape : int or tuple of ints\n    dtype : data-type, default float""\n    order : {\047C\047, \047F\047}\n\n    Examples\n    --------\n    >>> import wsmem\n    >>> with wsmem.Workspace(\"doc_empty\") as ws:\n    ...     a = wsmem.empty((2, 3), dtype=\"float32\")\n    ...     a.shape, a.dtype, a.workspace is ws\n    ((2, 3), dtype(\047float32\047), True)\n    WsArray is not C-contiguousWsArray is not C-contiguous; request strides (PyBUF_STRIDES)WsArray is not Fortran contiguousWsArray is not contiguousWsArray(add_notearray is too big; `arr.size * arr.dtype.itemsize` is larger than the maximum possible size.array(cannot export a CPU WsArray to device cannot leverage into workspace disabledtype empty (line 1236)enablegcisenablediteration over a 0-d arraylen() of unsized objectleverage_to() needs a Workspace, got maximum supported dimension for an ndarray is currently negative dimensions are not allowednumpy._core.multiarray failed to importnumpy._core.umath failed to importorder=pyx/wsmem/_array.pyxself.rec cannot be converted to a Python object for picklingshape must be an int or a sequence of ints, got stream must be None for a CPU array (DLPack: kDLCPU)workspace=ACFKWorkspaceErrorWorkspaceLeakErrorWsArrayWsArray.__array__WsArray.__array_function__WsArray.__array_ufunc__WsArray.__complex__WsArray.__dir__WsArray.__dlpack__WsArray.__dlpack_device__WsArray.__iter__WsArray.__reduce__WsArray._array_ufuncWsArray.astypeWsArray.copyWsArray.detachWsArray.fillWsArray.leverage_toWsArray.numpyWsArray.reshapeWsArray.transpose__ExportPin_ExportPin.__reduce_cython___ExportPin.__setstate_cython____Pyx_PyDict_NextRef__annotate____array____array_function____array_priority____array_ufunc____call____class_getitem____complex____dir____dlpack____dlpack_device____doc____func____getattr__.<locals>.method__getstate____hash____iter____main____module____name____pyx_capi____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___array_ufunc_from_pickle_is_coroutineaabsoluteaddarenaargsarra""rrayasarrayastypeasyncio.coroutinesaxesbasebitwise_andbitwise_orbitwise_xorbool_cc_contiguouscan_castcastingcline_in_tracebackclosecomplex128conv_incopycopytocpuddatadescrdetachdl_devicedtdtypeemptyempty_likeencodeequalexcextract_stackff_contiguousfillfill_valueflagsfloat64floor_divideformatfullfull_likefuncgenericgetgreatergreater_equalhasobjectheapiindexinputsint64invertis_validisnativeitemskkwargsleft_shiftlessless_equalleverage_tomatmulmax_versionmethodmultiplyndarraynegativenextninnonot_equalnoutnpnumpyoobjectonesones_likeoperatororderoutowndatapoppositivepowerprototyperremainderreshaperesolve_dtypesright_shiftsselfsendsetdefaultshapesignaturesrcstartswithstrstreamstridessubtracttargetthrowtracebacktransposetrue_dividetypestypestrufuncunsafevvaluevaluesversionwswsmem._arraywsmem._errorsxzeroszeros_likePyObject *(PyObject *)\000\000PyObject *(PyObject *, unsigned PY_LONG_LONG *, struct __pyx_t_5wsmem_6_arena_Block **)\000PyObject *(void)\000void (PyObject *)\000heap_copy\000set_handler\000captured_in\000take_error\000restore_handlerPyObject *(void)\000char *(struct __pyx_obj_5wsmem_6_arena_Arena *, size_t, struct __pyx_t_5wsmem_6_arena_Block **)\000int (void)\000struct __pyx_t_5wsmem_6_arena_Pin *(struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000void (struct __pyx_t_5wsmem_6_arena_Pin *)\000\000void (struct __pyx_t_5wsmem_6_arena_Pin *, struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000current_arena\000arena_alloc\000get_debug_mode\000pin_create\000pin_fini\000pin_release\000pin_initsize_t\000\000HUGE_PAGE\000HUGE_THRESHOLDstruct __pyx_obj_5wsmem_6_array_WsArray *(struct __pyx_obj_5wsmem_6_arena_Arena *, PyObject *, PyObject *, PyObject *, int)\000new_array\200\001\330\004\n\210+\220Q\200\001\330\004\013\210=\230\001\230\025\230f\240C\240q\200\017\210|\2301\360\016\000\005\030\220w\230a\340\004\007\200z\220\021\220#\220Q\330\010\016\210i\220q\330\010\r\210V\2203\220e\2303\230b""\240\006\240a\240w\250c\260\023\260I\270T\300\023\300E\310\023\310A\330\020\024\220C\220z\240\024\240V\2504\250v\260U\270!\330\014\023\2201\330\010\014\210C\210v\220Q\330\004\n\210\"\210H\220A\220S\230\006\230g\240V\2501\330\004\007\200s\210&\220\001\330\010\021\220\021\220#\220Q\330\004\007\200v\210S\220\005\220S\230\016\240c\250\023\250A\330\010\017\210}\230A\230U\240&\250\003\2501\330\004\n\210)\2201\220G\2303\230h\240c\250\021\330\024\034\230C\230v\240^\2604\260t\2703\270f\320DX\320XY\330\024\025\330\004\006\200g\210Q\210c\220\026\220t\2305\240\010\250\001\330\004\013\2101\200A\200A\330\010\016\210f\220D\230\001\230\021\330\010\013\2107\220#\220[\240\004\240D\250\003\2501\330\014\020\220\013\2301\230G\2408\2501\330\014\017\210r\220\027\230\001\330\020\027\220q\330\010\022\220%\220q\230\001\230\027\240\001\240\023\240D\250\005\250Q\330\010\013\2104\210w\220a\330\014\022\220!\2209\230G\2401\240G\2504\250q\260\005\260S\270\014\300A\330\014\023\2201\220G\2307\240\"\240K\250q\330\014\017\210t\2201\220E\230\023\230A\330\020\027\220s\230!\2306\240\023\240A\240U\250#\250W\260A\330\014\023\2201\330\010\017\210v\220Q\220g\230Q\230g\240W\250B\250k\270\021\200A\330\010\017\210w\220a\220t\2306\240\021\200A\330\010\020\220\017\230r\240\026\240q\250\004\250F\260$\260e\2701\200A\330\010\022\220!\330\010\t\330\014\023\2204\220}\240A\240W\250H\260H\270A\330\010\017\210\177\230a\330\014$\240A\240Q\330\014\r\200A\330\010\022\220!\330\010\t\330\014\023\2206\230\021\230$\230b\240\007\240q\250\t\260\027\270\001\270\021\330\010\017\210\177\230a\330\014$\240A\240Q\330\014\r\200A\330\010\025\220Q\220c\230\021\230&\240\010\250\001\250\027\260\002\260#\260Q\260c\270\021\270\"\270A\200A\340\010\014\210D\220\006\220a\330\010\017\210|\2301\230F\240#\240Q\240j\260\002\260!\200A\340\010\014\210F\220\"\220E\230\021\230!\200A\340\010\020\220\010\230\001\200A\360\016\000\t\r\210G\2201\330\010\013\2104\210z\230\021\230$\230a\330\014\022\220)\2301\320\034C\3001\300D\310\001\310\023\310A\330\010\021""\220\027\230\001\330\010\016\210l\230!\330\010\013\2106\220\021\330\014\022\220.\240\001\320!B\300!\3006\310\021\340\010\013\2106\220\027\230\003\2301\330\014\022\220.\240\001\330\0201\260\021\260&\270\001\340\010\013\2104\210u\220C\220w\230d\240$\240f\250C\250v\260Q\330\014\023\2201\330\010\016\210i\220q\230\010\240\004\240H\250D\260\001\330\030 \240\004\240J\250c\260\024\260T\270\024\270Z\300y\320PU\320UV\330\010\n\210\047\220\021\220#\220V\2304\230t\2406\250\024\250X\260Q\330\010\017\210q\200A\360\020\000\t\020\210}\230A\230Y\240a\240t\2506\260\025\260f\270C\270q\200A\360\032\000\t\020\210t\2206\230\021\210A\330\020\032\230!\330\020\021\330\024\033\230<\240q\250\006\250c\260\024\260R\260w\270a\270y\310\007\310q\320PQ\330\020\027\220\177\240a\330\024,\250A\250Q\330\024\025\320\000\026\220g\230Q\340\004\025\220Y\230a\230w\240d\250\047\260\027\270\007\270q\330\004\005\200V\2102\210U\220!\2201\330\004\013\2101\320\000\027\220w\230a\340\004\013\2109\220A\220W\230D\240\007\240w\250g\260Q\320\000\027\220w\230a\360\"\000\005\014\2109\220A\220W\230D\240\007\240w\250g\260Q\320\000\031\230\034\240[\260\001\340\004\007\200s\210$\210e\2201\220K\230w\240g\250Q\330\004\025\220Y\230a\230w\240d\250#\250S\260\003\2601\330\004\005\200V\2102\210U\220!\2201\330\004\013\2101\320\000\032\230,\240k\260\021\340\004\007\200s\210$\210e\2201\220K\230w\240g\250Q\330\004\013\2109\220A\220W\230D\240\003\2403\240c\250\021\320\000\034\230L\250\001\360\006\000\005\010\200v\210S\220\001\330\010\020\220\r\230Q\230a\330\004\010\210\t\220\021\220\047\230\024\230W\240G\2507\260!\330\004\t\210\021\210#\210Q\330\004\013\2101\320\000%\240\\\260\033\270A\340\004\007\200s\210$\210e\2201\220K\230w\240g\250Q\330\004\025\220Y\230a\230w\240d\250#\250S\260\003\2601\330\004\t\210\021\210#\210Q\330\004\013\2101\320\004\031\230\021\360\006\000\t\r\210D\220\006\220a\330\010\013\2106\220\024\220U\230%\230u\240A\330\014\024\220H\230D\240\n\250#\250T\260\024\260T\270\032\3009\310A\330\010\016\210i\220q\230\007\230t""\2404\240x\250t\2609\270G\3001\330\010\n\210\047\220\021\220#\220V\2304\230s\240(\250!\330\010\017\210q\320\004\036\230k\250\021\330\010\014\210D\220\006\220a\330\010\013\2106\220\027\230\001\330\014\021\220\022\2206\230\021\230!\330\014\017\210s\220#\220T\230\021\330\020\023\2205\230\003\2301\330\024\032\230*\240A\330\030\031\330\030\032\230!\2304\230|\2501\250A\330\020\027\220q\230\007\230q\240\001\330\010\013\2101\330\014\023\2201\220E\230\021\330\010\017\210q\320\004\"\240-\250\177\270a\360\006\000\t\r\210D\220\006\220a\330\010\r\210R\210v\220Q\220a\330\010\013\2104\210u\220D\230\003\2303\230d\240!\330\014\023\2201\330\010\013\2106\220\024\220U\230%\230u\240A\330\014\024\220H\230D\240\n\250#\250T\260\024\260T\270\032\3009\310A\330\010\013\2104\210r\220\031\230!\2304\230y\250\004\250H\260A\330\014\022\220)\2301\320\034:\270!\2704\270~\310Q\310a\33045\260Q\330\010\016\210i\220q\230\007\230t\2404\240x\250t\2607\270!\330\010\n\210\047\220\021\220#\220V\2304\230s\240(\250!\330\010\017\210q\320\004#\320#5\3205E\300[\320PQ\360\014\000\t\r\210G\2201\330\010\013\2107\220\047\230\021\330\014\022\220*\230A\230Q\330\010\013\210:\220W\230E\240\024\240U\250!\250;\260d\270(\300!\330\014\022\220+\230Q\320\036F\300a\300u\310A\310Q\340\010\013\2101\330\014\023\2202\220V\2301\230D\240\006\240d\250%\250q\330\014\023\220?\240!\2406\250\032\260=\300\001\300\027\310\004\310A\330#\047\240y\260\004\260K\270t\3001\330#0\260\001\330\010\017\210\177\230a\230t\240:\250T\260\024\260X\270T\300\026\300t\3101\330\037#\240;\250d\260)\270=\310\001\320\004$\240A\340\010\013\2103\210a\210w\220c\230\021\330\014\024\220E\230\021\230!\330\010\014\210D\220\006\220a\330\010\017\210|\2301\230F\240#\240Q\240h\250a\250w\260f\270A";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
@@ -38050,12 +38074,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
   PyObject* tuple_dedup_map = PyDict_New();
   if (unlikely(!tuple_dedup_map)) return -1;
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 978};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_GENERATOR), 983};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_i};
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_iter, __pyx_mstate->__pyx_kp_b_iso88591_A_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS|CO_VARKEYWORDS), 994};
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS|CO_VARKEYWORDS), 999};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_args, __pyx_mstate->__pyx_n_u_kwargs, __pyx_mstate->__pyx_n_u_exc};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_method, __pyx_mstate->__pyx_kp_b_iso88591_A_q_c_Rway_qPQ_a_AQ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
@@ -38070,137 +38094,137 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_Q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 747};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 752};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_numpy, __pyx_mstate->__pyx_kp_b_iso88591_A_t6, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 762};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 767};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_copy, __pyx_mstate->__pyx_n_u_v, __pyx_mstate->__pyx_n_u_dt};
     __pyx_mstate_global->__pyx_codeobj_tab[5] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_array_3, __pyx_mstate->__pyx_kp_b_iso88591_k_D_a_6_6_s_T_5_1_A_4_1A_q_q_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[5])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 830};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 835};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[6] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_dlpack_device, __pyx_mstate->__pyx_kp_b_iso88591_A_3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[6])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 4, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 834};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 4, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 839};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_stream, __pyx_mstate->__pyx_n_u_max_version, __pyx_mstate->__pyx_n_u_dl_device, __pyx_mstate->__pyx_n_u_copy, __pyx_mstate->__pyx_n_u_base};
     __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_dlpack, __pyx_mstate->__pyx_kp_b_iso88591_55E_PQ_G1_7_AQ_WE_U_d_Q_FauAQ_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS|CO_VARKEYWORDS), 855};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS|CO_VARKEYWORDS), 860};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_ufunc, __pyx_mstate->__pyx_n_u_method, __pyx_mstate->__pyx_n_u_inputs, __pyx_mstate->__pyx_n_u_kwargs, __pyx_mstate->__pyx_n_u_exc};
     __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_array_ufunc_2, __pyx_mstate->__pyx_kp_b_iso88591_A_4_AWHHA_a_AQ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 863};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 6, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 868};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_func, __pyx_mstate->__pyx_n_u_types, __pyx_mstate->__pyx_n_u_args, __pyx_mstate->__pyx_n_u_kwargs, __pyx_mstate->__pyx_n_u_exc};
     __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_array_function, __pyx_mstate->__pyx_kp_b_iso88591_A_6_b_q_a_AQ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 871};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 876};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_ufunc, __pyx_mstate->__pyx_n_u_method, __pyx_mstate->__pyx_n_u_inputs, __pyx_mstate->__pyx_n_u_kwargs, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_r, __pyx_mstate->__pyx_n_u_conv_in, __pyx_mstate->__pyx_n_u_x};
     __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_array_ufunc, __pyx_mstate->__pyx_kp_b_iso88591_A_fD_7_D_1_1G81_r_q_q_D_Q_4wa_9G, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 887};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 892};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_detach, __pyx_mstate->__pyx_kp_b_iso88591_A_AYat6_fCq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 897};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 902};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_ws, __pyx_mstate->__pyx_n_u_target, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_leverage_to, __pyx_mstate->__pyx_kp_b_iso88591_A_G1_4z_a_1_C1D_A_l_6_B_6_6_1_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 923};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 928};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_order_2, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_v};
     __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_copy, __pyx_mstate->__pyx_kp_b_iso88591_D_a_6_U_uA_HD_T_T_9A_iq_t4xt9G1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 933};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 938};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_order_2, __pyx_mstate->__pyx_n_u_casting, __pyx_mstate->__pyx_n_u_copy, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_v, __pyx_mstate->__pyx_n_u_dt};
     __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_astype, __pyx_mstate->__pyx_kp_b_iso88591_a_D_a_RvQa_4uD_3d_1_6_U_uA_HD_T, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 949};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 954};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_value};
     __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_fill, __pyx_mstate->__pyx_kp_b_iso88591_A_F_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 1, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 953};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 1, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 958};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_order_2, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_v};
     __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_reshape, __pyx_mstate->__pyx_kp_b_iso88591_A_3awc_E_D_a_1F_QhawfA, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 960};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS|CO_VARARGS), 965};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_axes, __pyx_mstate->__pyx_n_u_v};
     __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_transpose, __pyx_mstate->__pyx_kp_b_iso88591_A_D_a_1F_Qj, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1006};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1011};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_dir, __pyx_mstate->__pyx_kp_b_iso88591_A_Qc_Qc_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1019};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1024};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_complex, __pyx_mstate->__pyx_kp_b_iso88591_A_wat6, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1045};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1050};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_reduce, __pyx_mstate->__pyx_kp_b_iso88591_A_r_q_F_e1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1100};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1105};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_arr};
     __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_from_pickle, __pyx_mstate->__pyx_kp_b_iso88591_fCq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1231};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1236};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_order_2};
     __pyx_mstate_global->__pyx_codeobj_tab[22] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_empty, __pyx_mstate->__pyx_kp_b_iso88591_wa_9AWD_wgQ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[22])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1251};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1256};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_order_2};
     __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_zeros, __pyx_mstate->__pyx_kp_b_iso88591_wa_9AWD_wgQ_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1256};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1261};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_order_2, __pyx_mstate->__pyx_n_u_a};
     __pyx_mstate_global->__pyx_codeobj_tab[24] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_ones, __pyx_mstate->__pyx_kp_b_iso88591_gQ_Yawd_q_V2U_1_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[24])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1290};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1295};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_fill_value, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_order_2, __pyx_mstate->__pyx_n_u_a};
     __pyx_mstate_global->__pyx_codeobj_tab[25] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_full, __pyx_mstate->__pyx_kp_b_iso88591_L_vS_Qa_WG7_Q_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[25])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1315};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1320};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_prototype, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_order_2, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_d, __pyx_mstate->__pyx_n_u_o};
     __pyx_mstate_global->__pyx_codeobj_tab[26] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_empty_like, __pyx_mstate->__pyx_kp_b_iso88591_k_s_e1KwgQ_9AWD_3c, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[26])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1321};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1326};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_prototype, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_order_2, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_d, __pyx_mstate->__pyx_n_u_o};
     __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_zeros_like, __pyx_mstate->__pyx_kp_b_iso88591_k_s_e1KwgQ_9AWD_3c, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1327};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 8, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1332};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_prototype, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_order_2, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_d, __pyx_mstate->__pyx_n_u_o, __pyx_mstate->__pyx_n_u_a};
     __pyx_mstate_global->__pyx_codeobj_tab[28] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_ones_like, __pyx_mstate->__pyx_kp_b_iso88591_s_e1KwgQ_Yawd_S_1_V2U_1_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[28])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1335};
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 9, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1340};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_prototype, __pyx_mstate->__pyx_n_u_fill_value, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_order_2, __pyx_mstate->__pyx_n_u_shape, __pyx_mstate->__pyx_n_u_s, __pyx_mstate->__pyx_n_u_d, __pyx_mstate->__pyx_n_u_o, __pyx_mstate->__pyx_n_u_a};
     __pyx_mstate_global->__pyx_codeobj_tab[29] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_full_like, __pyx_mstate->__pyx_kp_b_iso88591_A_s_e1KwgQ_Yawd_S_1_Q_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[29])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1343};
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 7, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1348};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_a, __pyx_mstate->__pyx_n_u_dtype_2, __pyx_mstate->__pyx_n_u_order_2, __pyx_mstate->__pyx_n_u_arena, __pyx_mstate->__pyx_n_u_out, __pyx_mstate->__pyx_n_u_src, __pyx_mstate->__pyx_n_u_arr};
     __pyx_mstate_global->__pyx_codeobj_tab[30] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__array_pyx, __pyx_mstate->__pyx_n_u_asarray, __pyx_mstate->__pyx_kp_b_iso88591_1_wa_z_Q_iq_V3e3b_awc_IT_E_A_Cz, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[30])) goto bad;
   }

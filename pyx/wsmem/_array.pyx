@@ -445,7 +445,12 @@ cdef object _adopt(object r):
         if owner is not None:
             src = <WsArray>owner
             if src._ws is not None and arena_valid(src._ws, src._gen):
-                return _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
+                out = _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
+                # A view shares its source's owner: when the source wraps an
+                # ndarray NumPy allocated in the workspace, that ndarray must
+                # outlive every view, or its bytes could be reused this cycle.
+                out._base = src._base
+                return out
         if (<cnp.ndarray>r).dtype.hasobject:
             return r
         ws_of = captured_in(r, &gen, &block)
