@@ -1803,10 +1803,12 @@ struct __pyx_t_5wsmem_6_arena_Block {
   struct __pyx_t_5wsmem_6_arena_Block *prev;
   struct __pyx_t_5wsmem_6_arena_Block *next;
   struct __pyx_t_5wsmem_6_arena_Block *next_spill;
+  struct __pyx_t_5wsmem_6_arena_Block *prev_spill;
+  int in_spills;
 };
 
-/* "wsmem/_arena.pxd":58
- *     Block* next_spill       # links in state.spills (spills of the open cycle)
+/* "wsmem/_arena.pxd":60
+ *     bint in_spills          # linked in state.spills (the arena holds a ref for it)
  * 
  * cdef struct ArenaState:             # <<<<<<<<<<<<<<
  *     # Heap-allocated so that blocks kept alive by pins never point at a dead
@@ -1819,7 +1821,7 @@ struct __pyx_t_5wsmem_6_arena_ArenaState {
   int arena_alive;
 };
 
-/* "wsmem/_arena.pxd":66
+/* "wsmem/_arena.pxd":68
  *     bint arena_alive
  * 
  * cdef class Arena:             # <<<<<<<<<<<<<<
@@ -1844,6 +1846,7 @@ struct __pyx_obj_5wsmem_6_arena_Arena {
   int init_pending;
   size_t cycle_bytes;
   size_t spilled_bytes;
+  size_t spill_held;
   size_t spilled_count;
   size_t last_cycle_bytes;
   size_t peak_cycle_bytes;
@@ -1868,7 +1871,7 @@ struct __pyx_obj_5wsmem_6_arena_Arena {
 
 
 
-/* "wsmem/_arena.pyx":248
+/* "wsmem/_arena.pyx":266
  * 
  * 
  * cdef class Arena:             # <<<<<<<<<<<<<<
@@ -1887,6 +1890,7 @@ struct __pyx_vtabstruct_5wsmem_6_arena_Arena {
   int (*release_all)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   int (*check_owner)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   void (*_drop_blocks)(struct __pyx_obj_5wsmem_6_arena_Arena *);
+  void (*_drop_spills)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   size_t (*pinned_bytes)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   size_t (*capacity)(struct __pyx_obj_5wsmem_6_arena_Arena *);
 };
@@ -3063,6 +3067,7 @@ static int __Pyx_State_RemoveModule(void*);
 #define __PYX_ABI_MODULE_NAME "_cython_" CYTHON_ABI
 #define __PYX_TYPE_MODULE_PREFIX __PYX_ABI_MODULE_NAME "."
 
+static void __pyx_f_5wsmem_6_arena_5Arena__drop_spills(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self); /* proto*/
 static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self); /* proto*/
 static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self, PyObject *__pyx_v_cfg); /* proto*/
 static size_t __pyx_f_5wsmem_6_arena_5Arena_capacity(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self); /* proto*/
@@ -3116,6 +3121,7 @@ static struct __pyx_t_5wsmem_6_arena_Block *__pyx_f_5wsmem_6_arena__block_new(st
 static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_Block *); /*proto*/
 static int __pyx_f_5wsmem_6_arena__cmp_range(void const *, void const *); /*proto*/
 static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_arena_Block *, size_t **); /*proto*/
+static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_ArenaState *, struct __pyx_t_5wsmem_6_arena_Block *); /*proto*/
 /* #### Code section: typeinfo ### */
 /* #### Code section: before_global_var ### */
 #define __Pyx_MODULE_NAME "wsmem._arena"
@@ -3234,7 +3240,7 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_left_of __pyx_string_tab[14]
 #define __pyx_kp_u_more_would_exceed_max_size __pyx_string_tab[15]
 #define __pyx_kp_u_requested __pyx_string_tab[16]
-#define __pyx_kp_u_spilled_this_cycle_Raise_max_si __pyx_string_tab[17]
+#define __pyx_kp_u_spilled_and_held_this_cycle_Rai __pyx_string_tab[17]
 #define __pyx_kp_u_tree_fragment __pyx_string_tab[18]
 #define __pyx_kp_u_Free_memory_lower_max_size_init __pyx_string_tab[19]
 #define __pyx_kp_u_Workspaces_are_per_thread_creat __pyx_string_tab[20]
@@ -3414,7 +3420,7 @@ return 0;
 #endif
 /* #### Code section: module_code ### */
 
-/* "wsmem/_arena.pxd":121
+/* "wsmem/_arena.pxd":129
  * 
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:             # <<<<<<<<<<<<<<
@@ -3427,7 +3433,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5ws
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_arena.pxd":122
+  /* "wsmem/_arena.pxd":130
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:
  *     return a.generation == gen and a.depth > 0 and not a.destroyed             # <<<<<<<<<<<<<<
@@ -3465,7 +3471,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5ws
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pxd":121
+  /* "wsmem/_arena.pxd":129
  * 
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:             # <<<<<<<<<<<<<<
@@ -5864,7 +5870,221 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":236
+/* "wsmem/_arena.pyx":234
+ * 
+ * 
+ * cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:             # <<<<<<<<<<<<<<
+ *     if b.prev_spill != NULL:
+ *         b.prev_spill.next_spill = b.next_spill
+*/
+
+static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_ArenaState *__pyx_v_st, struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_b) {
+  int __pyx_t_1;
+  struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_2;
+
+  /* "wsmem/_arena.pyx":235
+ * 
+ * cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:
+ *     if b.prev_spill != NULL:             # <<<<<<<<<<<<<<
+ *         b.prev_spill.next_spill = b.next_spill
+ *     else:
+*/
+  __pyx_t_1 = (__pyx_v_b->prev_spill != NULL);
+
+  if (__pyx_t_1) {
+
+
+    /* "wsmem/_arena.pyx":236
+ * cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:
+ *     if b.prev_spill != NULL:
+ *         b.prev_spill.next_spill = b.next_spill             # <<<<<<<<<<<<<<
+ *     else:
+ *         st.spills = b.next_spill
+*/
+    __pyx_t_2 = __pyx_v_b->next_spill;
+
+    __pyx_v_b->prev_spill->next_spill = __pyx_t_2;
+
+    /* "wsmem/_arena.pyx":235
+ * 
+ * cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:
+ *     if b.prev_spill != NULL:             # <<<<<<<<<<<<<<
+ *         b.prev_spill.next_spill = b.next_spill
+ *     else:
+*/
+    goto __pyx_L3;
+  }
+
+  /* "wsmem/_arena.pyx":238
+ *         b.prev_spill.next_spill = b.next_spill
+ *     else:
+ *         st.spills = b.next_spill             # <<<<<<<<<<<<<<
+ *     if b.next_spill != NULL:
+ *         b.next_spill.prev_spill = b.prev_spill
+*/
+  /*else*/ {
+    __pyx_t_2 = __pyx_v_b->next_spill;
+
+    __pyx_v_st->spills = __pyx_t_2;
+  }
+  __pyx_L3:;
+
+  /* "wsmem/_arena.pyx":239
+ *     else:
+ *         st.spills = b.next_spill
+ *     if b.next_spill != NULL:             # <<<<<<<<<<<<<<
+ *         b.next_spill.prev_spill = b.prev_spill
+ *     b.next_spill = b.prev_spill = NULL
+*/
+  __pyx_t_1 = (__pyx_v_b->next_spill != NULL);
+
+  if (__pyx_t_1) {
+
+
+    /* "wsmem/_arena.pyx":240
+ *         st.spills = b.next_spill
+ *     if b.next_spill != NULL:
+ *         b.next_spill.prev_spill = b.prev_spill             # <<<<<<<<<<<<<<
+ *     b.next_spill = b.prev_spill = NULL
+ *     b.in_spills = False
+*/
+    __pyx_t_2 = __pyx_v_b->prev_spill;
+
+    __pyx_v_b->next_spill->prev_spill = __pyx_t_2;
+
+    /* "wsmem/_arena.pyx":239
+ *     else:
+ *         st.spills = b.next_spill
+ *     if b.next_spill != NULL:             # <<<<<<<<<<<<<<
+ *         b.next_spill.prev_spill = b.prev_spill
+ *     b.next_spill = b.prev_spill = NULL
+*/
+  }
+
+  /* "wsmem/_arena.pyx":241
+ *     if b.next_spill != NULL:
+ *         b.next_spill.prev_spill = b.prev_spill
+ *     b.next_spill = b.prev_spill = NULL             # <<<<<<<<<<<<<<
+ *     b.in_spills = False
+ * 
+*/
+  __pyx_v_b->next_spill = NULL;
+  __pyx_v_b->prev_spill = NULL;
+
+  /* "wsmem/_arena.pyx":242
+ *         b.next_spill.prev_spill = b.prev_spill
+ *     b.next_spill = b.prev_spill = NULL
+ *     b.in_spills = False             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_v_b->in_spills = 0;
+
+  /* "wsmem/_arena.pyx":234
+ * 
+ * 
+ * cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:             # <<<<<<<<<<<<<<
+ *     if b.prev_spill != NULL:
+ *         b.prev_spill.next_spill = b.next_spill
+*/
+
+  /* function exit code */
+
+}
+
+/* "wsmem/_arena.pyx":245
+ * 
+ * 
+ * cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:             # <<<<<<<<<<<<<<
+ *     if b.in_spills and b.refs == 1 and b.state == a.state:
+ *         _unlink_spill(a.state, b)
+*/
+
+static void __pyx_f_5wsmem_6_arena_arena_drop_dead_spill(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_a, struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_b) {
+  int __pyx_t_1;
+  int __pyx_t_2;
+
+  /* "wsmem/_arena.pyx":246
+ * 
+ * cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:
+ *     if b.in_spills and b.refs == 1 and b.state == a.state:             # <<<<<<<<<<<<<<
+ *         _unlink_spill(a.state, b)
+ *         a.spill_held -= b.size
+*/
+  if (__pyx_v_b->in_spills) {
+  } else {
+
+    __pyx_t_1 = __pyx_v_b->in_spills;
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_2 = (__pyx_v_b->refs == 1);
+
+  if (__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_2 = (__pyx_v_b->state == __pyx_v_a->state);
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L4_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "wsmem/_arena.pyx":247
+ * cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:
+ *     if b.in_spills and b.refs == 1 and b.state == a.state:
+ *         _unlink_spill(a.state, b)             # <<<<<<<<<<<<<<
+ *         a.spill_held -= b.size
+ *         _block_decref(b)
+*/
+    __pyx_f_5wsmem_6_arena__unlink_spill(__pyx_v_a->state, __pyx_v_b);
+
+    /* "wsmem/_arena.pyx":248
+ *     if b.in_spills and b.refs == 1 and b.state == a.state:
+ *         _unlink_spill(a.state, b)
+ *         a.spill_held -= b.size             # <<<<<<<<<<<<<<
+ *         _block_decref(b)
+ * 
+*/
+    __pyx_v_a->spill_held = (__pyx_v_a->spill_held - __pyx_v_b->size);
+
+    /* "wsmem/_arena.pyx":249
+ *         _unlink_spill(a.state, b)
+ *         a.spill_held -= b.size
+ *         _block_decref(b)             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+    __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
+
+    /* "wsmem/_arena.pyx":246
+ * 
+ * cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:
+ *     if b.in_spills and b.refs == 1 and b.state == a.state:             # <<<<<<<<<<<<<<
+ *         _unlink_spill(a.state, b)
+ *         a.spill_held -= b.size
+*/
+  }
+
+  /* "wsmem/_arena.pyx":245
+ * 
+ * 
+ * cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:             # <<<<<<<<<<<<<<
+ *     if b.in_spills and b.refs == 1 and b.state == a.state:
+ *         _unlink_spill(a.state, b)
+*/
+
+  /* function exit code */
+
+}
+
+/* "wsmem/_arena.pyx":254
  * # ---------------------------------------------------------------- allocation
  * 
  * cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -5884,7 +6104,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_arena.pyx":237
+  /* "wsmem/_arena.pyx":255
  * 
  * cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:
  *     cdef size_t sz = _round_up(nbytes, a.alignment)             # <<<<<<<<<<<<<<
@@ -5893,7 +6113,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
   __pyx_v_sz = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_nbytes, __pyx_v_a->alignment);
 
-  /* "wsmem/_arena.pyx":239
+  /* "wsmem/_arena.pyx":257
  *     cdef size_t sz = _round_up(nbytes, a.alignment)
  *     cdef char* p
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:             # <<<<<<<<<<<<<<
@@ -5939,7 +6159,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":240
+    /* "wsmem/_arena.pyx":258
  *     cdef char* p
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:
  *         p = a.main.region.ptr + a.cursor             # <<<<<<<<<<<<<<
@@ -5948,7 +6168,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
     __pyx_v_p = (__pyx_v_a->main->region.ptr + __pyx_v_a->cursor);
 
-    /* "wsmem/_arena.pyx":241
+    /* "wsmem/_arena.pyx":259
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:
  *         p = a.main.region.ptr + a.cursor
  *         a.cursor += sz             # <<<<<<<<<<<<<<
@@ -5957,7 +6177,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
     __pyx_v_a->cursor = (__pyx_v_a->cursor + __pyx_v_sz);
 
-    /* "wsmem/_arena.pyx":242
+    /* "wsmem/_arena.pyx":260
  *         p = a.main.region.ptr + a.cursor
  *         a.cursor += sz
  *         a.cycle_bytes += sz             # <<<<<<<<<<<<<<
@@ -5966,7 +6186,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
     __pyx_v_a->cycle_bytes = (__pyx_v_a->cycle_bytes + __pyx_v_sz);
 
-    /* "wsmem/_arena.pyx":243
+    /* "wsmem/_arena.pyx":261
  *         a.cursor += sz
  *         a.cycle_bytes += sz
  *         block[0] = a.main             # <<<<<<<<<<<<<<
@@ -5978,7 +6198,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
     (__pyx_v_block[0]) = __pyx_t_3;
 
 
-    /* "wsmem/_arena.pyx":244
+    /* "wsmem/_arena.pyx":262
  *         a.cycle_bytes += sz
  *         block[0] = a.main
  *         return p             # <<<<<<<<<<<<<<
@@ -5991,7 +6211,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":239
+    /* "wsmem/_arena.pyx":257
  *     cdef size_t sz = _round_up(nbytes, a.alignment)
  *     cdef char* p
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:             # <<<<<<<<<<<<<<
@@ -6000,20 +6220,20 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
   }
 
-  /* "wsmem/_arena.pyx":245
+  /* "wsmem/_arena.pyx":263
  *         block[0] = a.main
  *         return p
  *     return a.alloc_slow(nbytes, block)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_a->__pyx_vtab)->alloc_slow(__pyx_v_a, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_4 == ((void *)NULL))) __PYX_ERR(0, 245, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_a->__pyx_vtab)->alloc_slow(__pyx_v_a, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_4 == ((void *)NULL))) __PYX_ERR(0, 263, __pyx_L1_error)
   {
     __pyx_r = __pyx_t_4;
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":236
+  /* "wsmem/_arena.pyx":254
  * # ---------------------------------------------------------------- allocation
  * 
  * cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -6032,7 +6252,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":251
+/* "wsmem/_arena.pyx":269
  *     """C-level state of a workspace; :class:`wsmem.Workspace` is the public face."""
  * 
  *     def __cinit__(self, *args, **kwargs):             # <<<<<<<<<<<<<<
@@ -6084,7 +6304,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "wsmem/_arena.pyx":252
+  /* "wsmem/_arena.pyx":270
  * 
  *     def __cinit__(self, *args, **kwargs):
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))             # <<<<<<<<<<<<<<
@@ -6093,7 +6313,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->state = ((struct __pyx_t_5wsmem_6_arena_ArenaState *)calloc(1, (sizeof(struct __pyx_t_5wsmem_6_arena_ArenaState))));
 
-  /* "wsmem/_arena.pyx":253
+  /* "wsmem/_arena.pyx":271
  *     def __cinit__(self, *args, **kwargs):
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))
  *         if self.state == NULL:             # <<<<<<<<<<<<<<
@@ -6105,7 +6325,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":254
+    /* "wsmem/_arena.pyx":272
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))
  *         if self.state == NULL:
  *             raise MemoryError("wsmem: out of memory for a workspace")             # <<<<<<<<<<<<<<
@@ -6118,14 +6338,14 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_for_a_worksp};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 254, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 272, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 254, __pyx_L1_error)
+    __PYX_ERR(0, 272, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":253
+    /* "wsmem/_arena.pyx":271
  *     def __cinit__(self, *args, **kwargs):
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))
  *         if self.state == NULL:             # <<<<<<<<<<<<<<
@@ -6134,7 +6354,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":255
+  /* "wsmem/_arena.pyx":273
  *         if self.state == NULL:
  *             raise MemoryError("wsmem: out of memory for a workspace")
  *         self.state.arena_alive = True             # <<<<<<<<<<<<<<
@@ -6143,7 +6363,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->state->arena_alive = 1;
 
-  /* "wsmem/_arena.pyx":256
+  /* "wsmem/_arena.pyx":274
  *             raise MemoryError("wsmem: out of memory for a workspace")
  *         self.state.arena_alive = True
  *         self.alignment = 64             # <<<<<<<<<<<<<<
@@ -6152,7 +6372,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->alignment = 64;
 
-  /* "wsmem/_arena.pyx":257
+  /* "wsmem/_arena.pyx":275
  *         self.state.arena_alive = True
  *         self.alignment = 64
  *         self.owner_thread = PyThread_get_thread_ident()             # <<<<<<<<<<<<<<
@@ -6161,7 +6381,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->owner_thread = PyThread_get_thread_ident();
 
-  /* "wsmem/_arena.pyx":258
+  /* "wsmem/_arena.pyx":276
  *         self.alignment = 64
  *         self.owner_thread = PyThread_get_thread_ident()
  *         self.name = ""             # <<<<<<<<<<<<<<
@@ -6173,7 +6393,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   __Pyx_GOTREF(__pyx_v_self->name);
   __Pyx_DECREF_SET(__pyx_v_self->name, __pyx_mstate_global->__pyx_kp_u__3);
 
-  /* "wsmem/_arena.pyx":251
+  /* "wsmem/_arena.pyx":269
  *     """C-level state of a workspace; :class:`wsmem.Workspace` is the public face."""
  * 
  *     def __cinit__(self, *args, **kwargs):             # <<<<<<<<<<<<<<
@@ -6195,7 +6415,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":260
+/* "wsmem/_arena.pyx":278
  *         self.name = ""
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -6224,7 +6444,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_arena.pyx":261
+  /* "wsmem/_arena.pyx":279
  * 
  *     def __dealloc__(self):
  *         cdef ArenaState* st = self.state             # <<<<<<<<<<<<<<
@@ -6235,7 +6455,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 
   __pyx_v_st = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":262
+  /* "wsmem/_arena.pyx":280
  *     def __dealloc__(self):
  *         cdef ArenaState* st = self.state
  *         if st == NULL:             # <<<<<<<<<<<<<<
@@ -6247,7 +6467,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":263
+    /* "wsmem/_arena.pyx":281
  *         cdef ArenaState* st = self.state
  *         if st == NULL:
  *             return             # <<<<<<<<<<<<<<
@@ -6258,7 +6478,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":262
+    /* "wsmem/_arena.pyx":280
  *     def __dealloc__(self):
  *         cdef ArenaState* st = self.state
  *         if st == NULL:             # <<<<<<<<<<<<<<
@@ -6267,7 +6487,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   }
 
-  /* "wsmem/_arena.pyx":264
+  /* "wsmem/_arena.pyx":282
  *         if st == NULL:
  *             return
  *         self._drop_blocks()             # <<<<<<<<<<<<<<
@@ -6276,7 +6496,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_blocks(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":265
+  /* "wsmem/_arena.pyx":283
  *             return
  *         self._drop_blocks()
  *         free(self.holes)             # <<<<<<<<<<<<<<
@@ -6285,7 +6505,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   free(__pyx_v_self->holes);
 
-  /* "wsmem/_arena.pyx":266
+  /* "wsmem/_arena.pyx":284
  *         self._drop_blocks()
  *         free(self.holes)
  *         self.holes = NULL             # <<<<<<<<<<<<<<
@@ -6294,7 +6514,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   __pyx_v_self->holes = NULL;
 
-  /* "wsmem/_arena.pyx":267
+  /* "wsmem/_arena.pyx":285
  *         free(self.holes)
  *         self.holes = NULL
  *         st.arena_alive = False             # <<<<<<<<<<<<<<
@@ -6303,7 +6523,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   __pyx_v_st->arena_alive = 0;
 
-  /* "wsmem/_arena.pyx":268
+  /* "wsmem/_arena.pyx":286
  *         self.holes = NULL
  *         st.arena_alive = False
  *         if st.n_live_blocks == 0:             # <<<<<<<<<<<<<<
@@ -6315,7 +6535,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":269
+    /* "wsmem/_arena.pyx":287
  *         st.arena_alive = False
  *         if st.n_live_blocks == 0:
  *             free(st)             # <<<<<<<<<<<<<<
@@ -6324,7 +6544,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
     free(__pyx_v_st);
 
-    /* "wsmem/_arena.pyx":268
+    /* "wsmem/_arena.pyx":286
  *         self.holes = NULL
  *         st.arena_alive = False
  *         if st.n_live_blocks == 0:             # <<<<<<<<<<<<<<
@@ -6333,7 +6553,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   }
 
-  /* "wsmem/_arena.pyx":270
+  /* "wsmem/_arena.pyx":288
  *         if st.n_live_blocks == 0:
  *             free(st)
  *         self.state = NULL             # <<<<<<<<<<<<<<
@@ -6342,7 +6562,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   __pyx_v_self->state = NULL;
 
-  /* "wsmem/_arena.pyx":271
+  /* "wsmem/_arena.pyx":289
  *             free(st)
  *         self.state = NULL
  *         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current             # <<<<<<<<<<<<<<
@@ -6354,16 +6574,16 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":272
+    /* "wsmem/_arena.pyx":290
  *         self.state = NULL
  *         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current
  *             set_current_arena(None)             # <<<<<<<<<<<<<<
  * 
- *     cdef void _drop_blocks(self) noexcept:
+ *     cdef void _drop_spills(self) noexcept:
 */
-    __pyx_f_5wsmem_6_arena_set_current_arena(Py_None); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L1_error)
+    __pyx_f_5wsmem_6_arena_set_current_arena(Py_None); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 290, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":271
+    /* "wsmem/_arena.pyx":289
  *             free(st)
  *         self.state = NULL
  *         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current             # <<<<<<<<<<<<<<
@@ -6372,7 +6592,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   }
 
-  /* "wsmem/_arena.pyx":260
+  /* "wsmem/_arena.pyx":278
  *         self.name = ""
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -6389,107 +6609,130 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 
 }
 
-/* "wsmem/_arena.pyx":274
+/* "wsmem/_arena.pyx":292
  *             set_current_arena(None)
  * 
+ *     cdef void _drop_spills(self) noexcept:             # <<<<<<<<<<<<<<
+ *         """Drop the arena's reference on every spill of the open cycle."""
+ *         cdef Block* b
+*/
+
+static void __pyx_f_5wsmem_6_arena_5Arena__drop_spills(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self) {
+  struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_b;
+  int __pyx_t_1;
+  struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_2;
+
+  /* "wsmem/_arena.pyx":295
+ *         """Drop the arena's reference on every spill of the open cycle."""
+ *         cdef Block* b
+ *         while self.state.spills != NULL:             # <<<<<<<<<<<<<<
+ *             b = self.state.spills
+ *             _unlink_spill(self.state, b)
+*/
+  while (1) {
+    __pyx_t_1 = (__pyx_v_self->state->spills != NULL);
+
+
+    if (!__pyx_t_1) break;
+
+    /* "wsmem/_arena.pyx":296
+ *         cdef Block* b
+ *         while self.state.spills != NULL:
+ *             b = self.state.spills             # <<<<<<<<<<<<<<
+ *             _unlink_spill(self.state, b)
+ *             _block_decref(b)
+*/
+    __pyx_t_2 = __pyx_v_self->state->spills;
+
+    __pyx_v_b = __pyx_t_2;
+
+    /* "wsmem/_arena.pyx":297
+ *         while self.state.spills != NULL:
+ *             b = self.state.spills
+ *             _unlink_spill(self.state, b)             # <<<<<<<<<<<<<<
+ *             _block_decref(b)
+ *         self.spill_held = 0
+*/
+    __pyx_f_5wsmem_6_arena__unlink_spill(__pyx_v_self->state, __pyx_v_b);
+
+    /* "wsmem/_arena.pyx":298
+ *             b = self.state.spills
+ *             _unlink_spill(self.state, b)
+ *             _block_decref(b)             # <<<<<<<<<<<<<<
+ *         self.spill_held = 0
+ * 
+*/
+    __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
+  }
+
+  /* "wsmem/_arena.pyx":299
+ *             _unlink_spill(self.state, b)
+ *             _block_decref(b)
+ *         self.spill_held = 0             # <<<<<<<<<<<<<<
+ * 
+ *     cdef void _drop_blocks(self) noexcept:
+*/
+  __pyx_v_self->spill_held = 0;
+
+  /* "wsmem/_arena.pyx":292
+ *             set_current_arena(None)
+ * 
+ *     cdef void _drop_spills(self) noexcept:             # <<<<<<<<<<<<<<
+ *         """Drop the arena's reference on every spill of the open cycle."""
+ *         cdef Block* b
+*/
+
+  /* function exit code */
+
+
+}
+
+/* "wsmem/_arena.pyx":301
+ *         self.spill_held = 0
+ * 
  *     cdef void _drop_blocks(self) noexcept:             # <<<<<<<<<<<<<<
- *         cdef Block* b = self.state.spills
- *         cdef Block* nxt
+ *         cdef Block* b
+ *         self._drop_spills()
 */
 
 static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self) {
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_b;
-  struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_nxt;
-  struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_1;
-  int __pyx_t_2;
+  int __pyx_t_1;
+  struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_2;
 
-  /* "wsmem/_arena.pyx":275
- * 
+  /* "wsmem/_arena.pyx":303
  *     cdef void _drop_blocks(self) noexcept:
- *         cdef Block* b = self.state.spills             # <<<<<<<<<<<<<<
- *         cdef Block* nxt
- *         self.state.spills = NULL
-*/
-  __pyx_t_1 = __pyx_v_self->state->spills;
-
-  __pyx_v_b = __pyx_t_1;
-
-  /* "wsmem/_arena.pyx":277
- *         cdef Block* b = self.state.spills
- *         cdef Block* nxt
- *         self.state.spills = NULL             # <<<<<<<<<<<<<<
- *         while b != NULL:
- *             nxt = b.next_spill
-*/
-  __pyx_v_self->state->spills = NULL;
-
-  /* "wsmem/_arena.pyx":278
- *         cdef Block* nxt
- *         self.state.spills = NULL
- *         while b != NULL:             # <<<<<<<<<<<<<<
- *             nxt = b.next_spill
- *             _block_decref(b)
-*/
-  while (1) {
-    __pyx_t_2 = (__pyx_v_b != NULL);
-
-
-    if (!__pyx_t_2) break;
-
-    /* "wsmem/_arena.pyx":279
- *         self.state.spills = NULL
- *         while b != NULL:
- *             nxt = b.next_spill             # <<<<<<<<<<<<<<
- *             _block_decref(b)
- *             b = nxt
-*/
-    __pyx_t_1 = __pyx_v_b->next_spill;
-
-    __pyx_v_nxt = __pyx_t_1;
-
-    /* "wsmem/_arena.pyx":280
- *         while b != NULL:
- *             nxt = b.next_spill
- *             _block_decref(b)             # <<<<<<<<<<<<<<
- *             b = nxt
- *         if self.main != NULL:
-*/
-    __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
-
-    /* "wsmem/_arena.pyx":281
- *             nxt = b.next_spill
- *             _block_decref(b)
- *             b = nxt             # <<<<<<<<<<<<<<
+ *         cdef Block* b
+ *         self._drop_spills()             # <<<<<<<<<<<<<<
  *         if self.main != NULL:
  *             b = self.main
 */
-    __pyx_v_b = __pyx_v_nxt;
-  }
+  ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_spills(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":282
- *             _block_decref(b)
- *             b = nxt
+  /* "wsmem/_arena.pyx":304
+ *         cdef Block* b
+ *         self._drop_spills()
  *         if self.main != NULL:             # <<<<<<<<<<<<<<
  *             b = self.main
  *             self.main = NULL
 */
-  __pyx_t_2 = (__pyx_v_self->main != NULL);
+  __pyx_t_1 = (__pyx_v_self->main != NULL);
 
-  if (__pyx_t_2) {
+  if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":283
- *             b = nxt
+    /* "wsmem/_arena.pyx":305
+ *         self._drop_spills()
  *         if self.main != NULL:
  *             b = self.main             # <<<<<<<<<<<<<<
  *             self.main = NULL
  *             _block_decref(b)
 */
-    __pyx_t_1 = __pyx_v_self->main;
+    __pyx_t_2 = __pyx_v_self->main;
 
-    __pyx_v_b = __pyx_t_1;
+    __pyx_v_b = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":284
+    /* "wsmem/_arena.pyx":306
  *         if self.main != NULL:
  *             b = self.main
  *             self.main = NULL             # <<<<<<<<<<<<<<
@@ -6498,7 +6741,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
     __pyx_v_self->main = NULL;
 
-    /* "wsmem/_arena.pyx":285
+    /* "wsmem/_arena.pyx":307
  *             b = self.main
  *             self.main = NULL
  *             _block_decref(b)             # <<<<<<<<<<<<<<
@@ -6507,16 +6750,16 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
     __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
 
-    /* "wsmem/_arena.pyx":282
- *             _block_decref(b)
- *             b = nxt
+    /* "wsmem/_arena.pyx":304
+ *         cdef Block* b
+ *         self._drop_spills()
  *         if self.main != NULL:             # <<<<<<<<<<<<<<
  *             b = self.main
  *             self.main = NULL
 */
   }
 
-  /* "wsmem/_arena.pyx":286
+  /* "wsmem/_arena.pyx":308
  *             self.main = NULL
  *             _block_decref(b)
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -6526,7 +6769,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":287
+  /* "wsmem/_arena.pyx":309
  *             _block_decref(b)
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0             # <<<<<<<<<<<<<<
@@ -6536,21 +6779,20 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
   __pyx_v_self->n_holes = 0;
   __pyx_v_self->hole_index = 0;
 
-  /* "wsmem/_arena.pyx":274
- *             set_current_arena(None)
+  /* "wsmem/_arena.pyx":301
+ *         self.spill_held = 0
  * 
  *     cdef void _drop_blocks(self) noexcept:             # <<<<<<<<<<<<<<
- *         cdef Block* b = self.state.spills
- *         cdef Block* nxt
+ *         cdef Block* b
+ *         self._drop_spills()
 */
 
   /* function exit code */
 
 
-
 }
 
-/* "wsmem/_arena.pyx":289
+/* "wsmem/_arena.pyx":311
  *         self.n_holes = self.hole_index = 0
  * 
  *     cdef int _configure(self, object cfg) except -1:             # <<<<<<<<<<<<<<
@@ -6579,48 +6821,48 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_configure", 0);
 
-  /* "wsmem/_arena.pyx":290
+  /* "wsmem/_arena.pyx":312
  * 
  *     cdef int _configure(self, object cfg) except -1:
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,             # <<<<<<<<<<<<<<
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_NONE); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_NONE); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_none, __pyx_t_2) < (0)) __PYX_ERR(0, 290, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_none, __pyx_t_2) < (0)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 290, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_first_loop, __pyx_t_2) < (0)) __PYX_ERR(0, 290, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_first_loop, __pyx_t_2) < (0)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":291
+  /* "wsmem/_arena.pyx":313
  *     cdef int _configure(self, object cfg) except -1:
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]             # <<<<<<<<<<<<<<
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
 */
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_OVER_TIME); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_OVER_TIME); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_over_time, __pyx_t_2) < (0)) __PYX_ERR(0, 290, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_over_time, __pyx_t_2) < (0)) __PYX_ERR(0, 312, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_learning); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_learning); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 313, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":290
+  /* "wsmem/_arena.pyx":312
  * 
  *     cdef int _configure(self, object cfg) except -1:
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,             # <<<<<<<<<<<<<<
@@ -6629,48 +6871,48 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->learning = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":292
+  /* "wsmem/_arena.pyx":314
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,             # <<<<<<<<<<<<<<
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 292, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_EXTERNAL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 292, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_EXTERNAL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_external, __pyx_t_3) < (0)) __PYX_ERR(0, 292, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_external, __pyx_t_3) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_REALLOCATE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 292, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_REALLOCATE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_reallocate, __pyx_t_3) < (0)) __PYX_ERR(0, 292, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_reallocate, __pyx_t_3) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":293
+  /* "wsmem/_arena.pyx":315
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]             # <<<<<<<<<<<<<<
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
 */
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_FAIL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_FAIL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 315, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fail, __pyx_t_3) < (0)) __PYX_ERR(0, 292, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fail, __pyx_t_3) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_spill); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_spill); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 315, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 315, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 315, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 293, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 315, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":292
+  /* "wsmem/_arena.pyx":314
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,             # <<<<<<<<<<<<<<
@@ -6679,44 +6921,44 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->spill = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":294
+  /* "wsmem/_arena.pyx":316
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,             # <<<<<<<<<<<<<<
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
 */
-  __pyx_t_3 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 294, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_STRICT); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 294, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_STRICT); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_strict, __pyx_t_1) < (0)) __PYX_ERR(0, 294, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_strict, __pyx_t_1) < (0)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_arena.pyx":295
+  /* "wsmem/_arena.pyx":317
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]             # <<<<<<<<<<<<<<
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
 */
-  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_OVERALLOCATE); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_OVERALLOCATE); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_overallocate, __pyx_t_1) < (0)) __PYX_ERR(0, 294, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_overallocate, __pyx_t_1) < (0)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_allocation); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_allocation); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_t_3, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_t_3, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 295, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_arena.pyx":294
+  /* "wsmem/_arena.pyx":316
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,             # <<<<<<<<<<<<<<
@@ -6725,44 +6967,44 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->allocation = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":296
+  /* "wsmem/_arena.pyx":318
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,             # <<<<<<<<<<<<<<
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 296, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_BLOCK_LEFT); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 296, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_BLOCK_LEFT); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_block_left, __pyx_t_2) < (0)) __PYX_ERR(0, 296, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_block_left, __pyx_t_2) < (0)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":297
+  /* "wsmem/_arena.pyx":319
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]             # <<<<<<<<<<<<<<
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
  *                          "mmap": LOC_MMAP}[cfg.location.value]
 */
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_ENDOFBUFFER); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_ENDOFBUFFER); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_endofbuffer_reached, __pyx_t_2) < (0)) __PYX_ERR(0, 296, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_endofbuffer_reached, __pyx_t_2) < (0)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_reset); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_reset); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 297, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":296
+  /* "wsmem/_arena.pyx":318
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,             # <<<<<<<<<<<<<<
@@ -6771,52 +7013,52 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->reset = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":298
+  /* "wsmem/_arena.pyx":320
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,             # <<<<<<<<<<<<<<
  *                          "mmap": LOC_MMAP}[cfg.location.value]
  *         self.initial_size = cfg.initial_size
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 298, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_HOST); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 298, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_HOST); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_host, __pyx_t_3) < (0)) __PYX_ERR(0, 298, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_host, __pyx_t_3) < (0)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_PINNED); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 298, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_PINNED); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_pinned, __pyx_t_3) < (0)) __PYX_ERR(0, 298, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_pinned, __pyx_t_3) < (0)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_DEVICE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 298, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_DEVICE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_device, __pyx_t_3) < (0)) __PYX_ERR(0, 298, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_device, __pyx_t_3) < (0)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":299
+  /* "wsmem/_arena.pyx":321
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
  *                          "mmap": LOC_MMAP}[cfg.location.value]             # <<<<<<<<<<<<<<
  *         self.initial_size = cfg.initial_size
  *         self.min_size = cfg.min_size
 */
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_MMAP); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_MMAP); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mmap, __pyx_t_3) < (0)) __PYX_ERR(0, 298, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mmap, __pyx_t_3) < (0)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":298
+  /* "wsmem/_arena.pyx":320
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,             # <<<<<<<<<<<<<<
@@ -6825,85 +7067,85 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->location = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":300
+  /* "wsmem/_arena.pyx":322
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
  *                          "mmap": LOC_MMAP}[cfg.location.value]
  *         self.initial_size = cfg.initial_size             # <<<<<<<<<<<<<<
  *         self.min_size = cfg.min_size
  *         self.max_size = cfg.max_size
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_initial_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 300, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_initial_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 322, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 300, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 322, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->initial_size = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":301
+  /* "wsmem/_arena.pyx":323
  *                          "mmap": LOC_MMAP}[cfg.location.value]
  *         self.initial_size = cfg.initial_size
  *         self.min_size = cfg.min_size             # <<<<<<<<<<<<<<
  *         self.max_size = cfg.max_size
  *         self.cycles_before_init = cfg.cycles_before_init
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_min_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 301, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_min_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 323, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 301, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 323, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->min_size = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":302
+  /* "wsmem/_arena.pyx":324
  *         self.initial_size = cfg.initial_size
  *         self.min_size = cfg.min_size
  *         self.max_size = cfg.max_size             # <<<<<<<<<<<<<<
  *         self.cycles_before_init = cfg.cycles_before_init
  *         self.overallocation = cfg.overallocation_limit
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_max_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 302, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_max_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 302, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->max_size = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":303
+  /* "wsmem/_arena.pyx":325
  *         self.min_size = cfg.min_size
  *         self.max_size = cfg.max_size
  *         self.cycles_before_init = cfg.cycles_before_init             # <<<<<<<<<<<<<<
  *         self.overallocation = cfg.overallocation_limit
  *         self.alignment = cfg.effective_alignment
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_cycles_before_init); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 303, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_cycles_before_init); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 303, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->cycles_before_init = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":304
+  /* "wsmem/_arena.pyx":326
  *         self.max_size = cfg.max_size
  *         self.cycles_before_init = cfg.cycles_before_init
  *         self.overallocation = cfg.overallocation_limit             # <<<<<<<<<<<<<<
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_overallocation_limit); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 304, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_overallocation_limit); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 326, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyFloat_AsDouble(__pyx_t_3); if (unlikely((__pyx_t_6 == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 304, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyFloat_AsDouble(__pyx_t_3); if (unlikely((__pyx_t_6 == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 326, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->overallocation = __pyx_t_6;
 
-  /* "wsmem/_arena.pyx":305
+  /* "wsmem/_arena.pyx":327
  *         self.cycles_before_init = cfg.cycles_before_init
  *         self.overallocation = cfg.overallocation_limit
  *         self.alignment = cfg.effective_alignment             # <<<<<<<<<<<<<<
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_effective_alignment); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 305, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_effective_alignment); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 305, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->alignment = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":306
+  /* "wsmem/_arena.pyx":328
  *         self.overallocation = cfg.overallocation_limit
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE             # <<<<<<<<<<<<<<
@@ -6912,7 +7154,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->initialized = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_NONE);
 
-  /* "wsmem/_arena.pyx":307
+  /* "wsmem/_arena.pyx":329
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:             # <<<<<<<<<<<<<<
@@ -6924,21 +7166,21 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   if (__pyx_t_7) {
 
 
-    /* "wsmem/_arena.pyx":308
+    /* "wsmem/_arena.pyx":330
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:             # <<<<<<<<<<<<<<
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")
  *                 os.close(fd)
 */
-    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 308, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 330, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_7 = (__pyx_t_3 == Py_None);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     if (__pyx_t_7) {
 
 
-      /* "wsmem/_arena.pyx":309
+      /* "wsmem/_arena.pyx":331
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")             # <<<<<<<<<<<<<<
@@ -6946,9 +7188,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *                 self.mmap_temp = True
 */
       __pyx_t_1 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_tempfile); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 309, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_tempfile); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mkstemp); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 309, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mkstemp); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 331, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       #if CYTHON_VECTORCALL
@@ -6969,13 +7211,13 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         PyObject *__pyx_callargs[3] = {__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_wsmem, __pyx_mstate_global->__pyx_kp_u_mmap_2};
         #if CYTHON_VECTORCALL
         __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[0];
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 309, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
         __Pyx_INCREF(__pyx_t_2);
         #else
         {
           PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_prefix, __pyx_mstate_global->__pyx_n_u_suffix};
           __pyx_t_2 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 2);
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 309, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         #endif
@@ -6985,7 +7227,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         #endif
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 309, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 331, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       if ((likely(PyTuple_CheckExact(__pyx_t_3))) || (PyList_CheckExact(__pyx_t_3))) {
@@ -6994,7 +7236,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         if (unlikely(size != 2)) {
           if (size > 2) __Pyx_RaiseTooManyValuesError(2);
           else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-          __PYX_ERR(0, 309, __pyx_L1_error)
+          __PYX_ERR(0, 331, __pyx_L1_error)
         }
         #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
         if (likely(PyTuple_CheckExact(sequence))) {
@@ -7004,22 +7246,22 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
           __Pyx_INCREF(__pyx_t_2);
         } else {
           __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 309, __pyx_L1_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 331, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_8);
           __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 309, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_2);
         }
         #else
-        __pyx_t_8 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 309, __pyx_L1_error)
+        __pyx_t_8 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 331, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
-        __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 309, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
         #endif
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       } else {
         Py_ssize_t index = -1;
-        __pyx_t_1 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 309, __pyx_L1_error)
+        __pyx_t_1 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 331, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         __pyx_t_9 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1);
@@ -7027,7 +7269,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         __Pyx_GOTREF(__pyx_t_8);
         index = 1; __pyx_t_2 = __pyx_t_9(__pyx_t_1); if (unlikely(!__pyx_t_2)) goto __pyx_L5_unpacking_failed;
         __Pyx_GOTREF(__pyx_t_2);
-        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_1), 2) < (0)) __PYX_ERR(0, 309, __pyx_L1_error)
+        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_1), 2) < (0)) __PYX_ERR(0, 331, __pyx_L1_error)
         __pyx_t_9 = NULL;
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
         goto __pyx_L6_unpacking_done;
@@ -7035,7 +7277,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
         __pyx_t_9 = NULL;
         if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-        __PYX_ERR(0, 309, __pyx_L1_error)
+        __PYX_ERR(0, 331, __pyx_L1_error)
         __pyx_L6_unpacking_done:;
       }
       __pyx_v_fd = __pyx_t_8;
@@ -7043,7 +7285,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
       __pyx_v_path = __pyx_t_2;
       __pyx_t_2 = 0;
 
-      /* "wsmem/_arena.pyx":310
+      /* "wsmem/_arena.pyx":332
  *             if cfg.mmap_path is None:
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")
  *                 os.close(fd)             # <<<<<<<<<<<<<<
@@ -7051,9 +7293,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *             else:
 */
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 310, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 332, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 310, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 332, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __pyx_t_5 = 1;
@@ -7073,12 +7315,12 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_1, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 310, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 332, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "wsmem/_arena.pyx":311
+      /* "wsmem/_arena.pyx":333
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")
  *                 os.close(fd)
  *                 self.mmap_temp = True             # <<<<<<<<<<<<<<
@@ -7087,7 +7329,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
       __pyx_v_self->mmap_temp = 1;
 
-      /* "wsmem/_arena.pyx":308
+      /* "wsmem/_arena.pyx":330
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:             # <<<<<<<<<<<<<<
@@ -7097,7 +7339,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
       goto __pyx_L4;
     }
 
-    /* "wsmem/_arena.pyx":313
+    /* "wsmem/_arena.pyx":335
  *                 self.mmap_temp = True
  *             else:
  *                 path = cfg.mmap_path             # <<<<<<<<<<<<<<
@@ -7105,12 +7347,12 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *             self.mmap_path = os.fsencode(path)
 */
     /*else*/ {
-      __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 313, __pyx_L1_error)
+      __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 335, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
       __pyx_v_path = __pyx_t_3;
       __pyx_t_3 = 0;
 
-      /* "wsmem/_arena.pyx":314
+      /* "wsmem/_arena.pyx":336
  *             else:
  *                 path = cfg.mmap_path
  *                 self.mmap_temp = False             # <<<<<<<<<<<<<<
@@ -7121,7 +7363,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
     }
     __pyx_L4:;
 
-    /* "wsmem/_arena.pyx":315
+    /* "wsmem/_arena.pyx":337
  *                 path = cfg.mmap_path
  *                 self.mmap_temp = False
  *             self.mmap_path = os.fsencode(path)             # <<<<<<<<<<<<<<
@@ -7129,9 +7371,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *         if self.allocation == ALLOC_OVERALLOCATE:
 */
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 315, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 337, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 315, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 337, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_5 = 1;
@@ -7151,16 +7393,16 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 315, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 337, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 315, __pyx_L1_error)
+    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 337, __pyx_L1_error)
     __Pyx_GIVEREF(__pyx_t_3);
     __Pyx_GOTREF(__pyx_v_self->mmap_path);
     __Pyx_DECREF_SET(__pyx_v_self->mmap_path, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "wsmem/_arena.pyx":307
+    /* "wsmem/_arena.pyx":329
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:             # <<<<<<<<<<<<<<
@@ -7169,7 +7411,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":316
+  /* "wsmem/_arena.pyx":338
  *                 self.mmap_temp = False
  *             self.mmap_path = os.fsencode(path)
  *         cdef size_t initial = self.initial_size             # <<<<<<<<<<<<<<
@@ -7180,7 +7422,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 
   __pyx_v_initial = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":317
+  /* "wsmem/_arena.pyx":339
  *             self.mmap_path = os.fsencode(path)
  *         cdef size_t initial = self.initial_size
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7192,7 +7434,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   if (__pyx_t_7) {
 
 
-    /* "wsmem/_arena.pyx":318
+    /* "wsmem/_arena.pyx":340
  *         cdef size_t initial = self.initial_size
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             initial = <size_t>(initial * (1.0 + self.overallocation))             # <<<<<<<<<<<<<<
@@ -7201,7 +7443,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
     __pyx_v_initial = ((size_t)(__pyx_v_initial * (1.0 + __pyx_v_self->overallocation)));
 
-    /* "wsmem/_arena.pyx":317
+    /* "wsmem/_arena.pyx":339
  *             self.mmap_path = os.fsencode(path)
  *         cdef size_t initial = self.initial_size
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7210,7 +7452,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":319
+  /* "wsmem/_arena.pyx":341
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             initial = <size_t>(initial * (1.0 + self.overallocation))
  *         if self.max_size and initial > self.max_size:             # <<<<<<<<<<<<<<
@@ -7236,7 +7478,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   if (__pyx_t_7) {
 
 
-    /* "wsmem/_arena.pyx":320
+    /* "wsmem/_arena.pyx":342
  *             initial = <size_t>(initial * (1.0 + self.overallocation))
  *         if self.max_size and initial > self.max_size:
  *             initial = self.max_size             # <<<<<<<<<<<<<<
@@ -7247,7 +7489,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 
     __pyx_v_initial = __pyx_t_5;
 
-    /* "wsmem/_arena.pyx":319
+    /* "wsmem/_arena.pyx":341
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             initial = <size_t>(initial * (1.0 + self.overallocation))
  *         if self.max_size and initial > self.max_size:             # <<<<<<<<<<<<<<
@@ -7256,17 +7498,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":321
+  /* "wsmem/_arena.pyx":343
  *         if self.max_size and initial > self.max_size:
  *             initial = self.max_size
  *         self.set_capacity(initial)             # <<<<<<<<<<<<<<
  *         return 0
  * 
 */
-  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_initial); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 321, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_initial); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 343, __pyx_L1_error)
 
 
-  /* "wsmem/_arena.pyx":322
+  /* "wsmem/_arena.pyx":344
  *             initial = self.max_size
  *         self.set_capacity(initial)
  *         return 0             # <<<<<<<<<<<<<<
@@ -7279,7 +7521,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":289
+  /* "wsmem/_arena.pyx":311
  *         self.n_holes = self.hole_index = 0
  * 
  *     cdef int _configure(self, object cfg) except -1:             # <<<<<<<<<<<<<<
@@ -7304,7 +7546,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":324
+/* "wsmem/_arena.pyx":346
  *         return 0
  * 
  *     cdef size_t capacity(self) noexcept:             # <<<<<<<<<<<<<<
@@ -7317,7 +7559,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_capacity(struct __pyx_obj_5wsmem_6_a
   size_t __pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":325
+  /* "wsmem/_arena.pyx":347
  * 
  *     cdef size_t capacity(self) noexcept:
  *         return self.main.size if self.main != NULL else 0             # <<<<<<<<<<<<<<
@@ -7339,7 +7581,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_capacity(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":324
+  /* "wsmem/_arena.pyx":346
  *         return 0
  * 
  *     cdef size_t capacity(self) noexcept:             # <<<<<<<<<<<<<<
@@ -7353,7 +7595,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_capacity(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":327
+/* "wsmem/_arena.pyx":349
  *         return self.main.size if self.main != NULL else 0
  * 
  *     cdef size_t learned_size(self, size_t peak) noexcept:             # <<<<<<<<<<<<<<
@@ -7368,7 +7610,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   size_t __pyx_t_2;
   int __pyx_t_3;
 
-  /* "wsmem/_arena.pyx":328
+  /* "wsmem/_arena.pyx":350
  * 
  *     cdef size_t learned_size(self, size_t peak) noexcept:
  *         cdef size_t t = peak             # <<<<<<<<<<<<<<
@@ -7377,7 +7619,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   __pyx_v_t = __pyx_v_peak;
 
-  /* "wsmem/_arena.pyx":329
+  /* "wsmem/_arena.pyx":351
  *     cdef size_t learned_size(self, size_t peak) noexcept:
  *         cdef size_t t = peak
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7389,7 +7631,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":330
+    /* "wsmem/_arena.pyx":352
  *         cdef size_t t = peak
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             t = <size_t>(peak * (1.0 + self.overallocation))             # <<<<<<<<<<<<<<
@@ -7398,7 +7640,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
     __pyx_v_t = ((size_t)(__pyx_v_peak * (1.0 + __pyx_v_self->overallocation)));
 
-    /* "wsmem/_arena.pyx":329
+    /* "wsmem/_arena.pyx":351
  *     cdef size_t learned_size(self, size_t peak) noexcept:
  *         cdef size_t t = peak
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7407,7 +7649,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_arena.pyx":331
+  /* "wsmem/_arena.pyx":353
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             t = <size_t>(peak * (1.0 + self.overallocation))
  *         if t < self.min_size:             # <<<<<<<<<<<<<<
@@ -7419,7 +7661,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":332
+    /* "wsmem/_arena.pyx":354
  *             t = <size_t>(peak * (1.0 + self.overallocation))
  *         if t < self.min_size:
  *             t = self.min_size             # <<<<<<<<<<<<<<
@@ -7430,7 +7672,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 
     __pyx_v_t = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":331
+    /* "wsmem/_arena.pyx":353
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             t = <size_t>(peak * (1.0 + self.overallocation))
  *         if t < self.min_size:             # <<<<<<<<<<<<<<
@@ -7439,7 +7681,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_arena.pyx":333
+  /* "wsmem/_arena.pyx":355
  *         if t < self.min_size:
  *             t = self.min_size
  *         if self.max_size and t > self.max_size:             # <<<<<<<<<<<<<<
@@ -7465,7 +7707,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":334
+    /* "wsmem/_arena.pyx":356
  *             t = self.min_size
  *         if self.max_size and t > self.max_size:
  *             t = self.max_size             # <<<<<<<<<<<<<<
@@ -7476,7 +7718,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 
     __pyx_v_t = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":333
+    /* "wsmem/_arena.pyx":355
  *         if t < self.min_size:
  *             t = self.min_size
  *         if self.max_size and t > self.max_size:             # <<<<<<<<<<<<<<
@@ -7485,7 +7727,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_arena.pyx":335
+  /* "wsmem/_arena.pyx":357
  *         if self.max_size and t > self.max_size:
  *             t = self.max_size
  *         return t             # <<<<<<<<<<<<<<
@@ -7498,7 +7740,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":327
+  /* "wsmem/_arena.pyx":349
  *         return self.main.size if self.main != NULL else 0
  * 
  *     cdef size_t learned_size(self, size_t peak) noexcept:             # <<<<<<<<<<<<<<
@@ -7513,7 +7755,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":337
+/* "wsmem/_arena.pyx":359
  *         return t
  * 
  *     cdef int set_capacity(self, size_t size) except -1:             # <<<<<<<<<<<<<<
@@ -7547,7 +7789,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_capacity", 0);
 
-  /* "wsmem/_arena.pyx":343
+  /* "wsmem/_arena.pyx":365
  *         pins still reference stays mapped until the last of them is released.
  *         """
  *         cdef Block* new = NULL             # <<<<<<<<<<<<<<
@@ -7556,7 +7798,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   __pyx_v_new = NULL;
 
-  /* "wsmem/_arena.pyx":344
+  /* "wsmem/_arena.pyx":366
  *         """
  *         cdef Block* new = NULL
  *         cdef Block* old = self.main             # <<<<<<<<<<<<<<
@@ -7567,7 +7809,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 
   __pyx_v_old = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":345
+  /* "wsmem/_arena.pyx":367
  *         cdef Block* new = NULL
  *         cdef Block* old = self.main
  *         if size == self.capacity():             # <<<<<<<<<<<<<<
@@ -7579,7 +7821,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":346
+    /* "wsmem/_arena.pyx":368
  *         cdef Block* old = self.main
  *         if size == self.capacity():
  *             return 0             # <<<<<<<<<<<<<<
@@ -7592,7 +7834,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":345
+    /* "wsmem/_arena.pyx":367
  *         cdef Block* new = NULL
  *         cdef Block* old = self.main
  *         if size == self.capacity():             # <<<<<<<<<<<<<<
@@ -7601,7 +7843,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":347
+  /* "wsmem/_arena.pyx":369
  *         if size == self.capacity():
  *             return 0
  *         if self.location == LOC_MMAP and old != NULL:             # <<<<<<<<<<<<<<
@@ -7627,7 +7869,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_arena.pyx":350
+    /* "wsmem/_arena.pyx":372
  *             # The file maps at offset 0: a second block would alias the first,
  *             # whose bytes live views may still read.
  *             raise WorkspaceError(             # <<<<<<<<<<<<<<
@@ -7635,27 +7877,27 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
  *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
 */
     __pyx_t_5 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 350, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 372, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
 
-    /* "wsmem/_arena.pyx":351
+    /* "wsmem/_arena.pyx":373
  *             # whose bytes live views may still read.
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} is file-backed (location='mmap'): its block has "             # <<<<<<<<<<<<<<
  *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
  *                 f"workspace with the initial_size you need.")
 */
-    __pyx_t_7 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 351, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 373, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
 
-    /* "wsmem/_arena.pyx":352
+    /* "wsmem/_arena.pyx":374
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} is file-backed (location='mmap'): its block has "
  *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "             # <<<<<<<<<<<<<<
  *                 f"workspace with the initial_size you need.")
  *         if size > 0:
 */
-    __pyx_t_8 = __Pyx_PyUnicode_From_size_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self), 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 352, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_From_size_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self), 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 374, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_9[1] = __pyx_t_7;
@@ -7663,7 +7905,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
     __pyx_t_9[3] = __pyx_t_8;
     __pyx_t_9[4] = __pyx_mstate_global->__pyx_kp_u_and_cannot_be_resized_Create_th;
 
-    /* "wsmem/_arena.pyx":351
+    /* "wsmem/_arena.pyx":373
  *             # whose bytes live views may still read.
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} is file-backed (location='mmap'): its block has "             # <<<<<<<<<<<<<<
@@ -7679,7 +7921,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
     __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]);
     #endif
     __pyx_t_12 = __Pyx_PyUnicode_Join(__pyx_t_9, 5, __pyx_t_10, __pyx_t_11);
-    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 351, __pyx_L1_error)
+    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 373, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
@@ -7701,14 +7943,14 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 350, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 372, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 350, __pyx_L1_error)
+    __PYX_ERR(0, 372, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":347
+    /* "wsmem/_arena.pyx":369
  *         if size == self.capacity():
  *             return 0
  *         if self.location == LOC_MMAP and old != NULL:             # <<<<<<<<<<<<<<
@@ -7717,7 +7959,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":354
+  /* "wsmem/_arena.pyx":376
  *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
  *                 f"workspace with the initial_size you need.")
  *         if size > 0:             # <<<<<<<<<<<<<<
@@ -7729,17 +7971,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":355
+    /* "wsmem/_arena.pyx":377
  *                 f"workspace with the initial_size you need.")
  *         if size > 0:
  *             new = _block_new(self.state, size, True, self)             # <<<<<<<<<<<<<<
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:
 */
-    __pyx_t_1 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_size, 1, __pyx_v_self); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 355, __pyx_L1_error)
+    __pyx_t_1 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_size, 1, __pyx_v_self); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 377, __pyx_L1_error)
     __pyx_v_new = __pyx_t_1;
 
-    /* "wsmem/_arena.pyx":356
+    /* "wsmem/_arena.pyx":378
  *         if size > 0:
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:             # <<<<<<<<<<<<<<
@@ -7762,7 +8004,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":357
+      /* "wsmem/_arena.pyx":379
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:             # <<<<<<<<<<<<<<
@@ -7778,7 +8020,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
         __Pyx_XGOTREF(__pyx_t_16);
         /*try:*/ {
 
-          /* "wsmem/_arena.pyx":358
+          /* "wsmem/_arena.pyx":380
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:
  *                     os.unlink(self.mmap_path)             # <<<<<<<<<<<<<<
@@ -7786,9 +8028,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
  *                     pass
 */
           __pyx_t_6 = NULL;
-          __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 358, __pyx_L11_error)
+          __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 380, __pyx_L11_error)
           __Pyx_GOTREF(__pyx_t_12);
-          __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_unlink); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 358, __pyx_L11_error)
+          __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_unlink); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 380, __pyx_L11_error)
           __Pyx_GOTREF(__pyx_t_5);
           __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
           __pyx_t_13 = 1;
@@ -7808,12 +8050,12 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
             __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
             __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 358, __pyx_L11_error)
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 380, __pyx_L11_error)
             __Pyx_GOTREF(__pyx_t_4);
           }
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-          /* "wsmem/_arena.pyx":357
+          /* "wsmem/_arena.pyx":379
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:             # <<<<<<<<<<<<<<
@@ -7833,7 +8075,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
         __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-        /* "wsmem/_arena.pyx":359
+        /* "wsmem/_arena.pyx":381
  *                 try:
  *                     os.unlink(self.mmap_path)
  *                 except OSError:             # <<<<<<<<<<<<<<
@@ -7847,7 +8089,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
         }
         goto __pyx_L13_except_error;
 
-        /* "wsmem/_arena.pyx":357
+        /* "wsmem/_arena.pyx":379
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:             # <<<<<<<<<<<<<<
@@ -7868,7 +8110,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
         __pyx_L16_try_end:;
       }
 
-      /* "wsmem/_arena.pyx":356
+      /* "wsmem/_arena.pyx":378
  *         if size > 0:
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:             # <<<<<<<<<<<<<<
@@ -7877,7 +8119,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
     }
 
-    /* "wsmem/_arena.pyx":354
+    /* "wsmem/_arena.pyx":376
  *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
  *                 f"workspace with the initial_size you need.")
  *         if size > 0:             # <<<<<<<<<<<<<<
@@ -7886,7 +8128,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":361
+  /* "wsmem/_arena.pyx":383
  *                 except OSError:
  *                     pass
  *         self.main = new             # <<<<<<<<<<<<<<
@@ -7895,7 +8137,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   __pyx_v_self->main = __pyx_v_new;
 
-  /* "wsmem/_arena.pyx":362
+  /* "wsmem/_arena.pyx":384
  *                     pass
  *         self.main = new
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -7905,7 +8147,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":363
+  /* "wsmem/_arena.pyx":385
  *         self.main = new
  *         self.cursor = self.limit = 0
  *         if old != NULL:             # <<<<<<<<<<<<<<
@@ -7917,7 +8159,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":364
+    /* "wsmem/_arena.pyx":386
  *         self.cursor = self.limit = 0
  *         if old != NULL:
  *             _block_decref(old)             # <<<<<<<<<<<<<<
@@ -7926,7 +8168,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
     __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_old);
 
-    /* "wsmem/_arena.pyx":363
+    /* "wsmem/_arena.pyx":385
  *         self.main = new
  *         self.cursor = self.limit = 0
  *         if old != NULL:             # <<<<<<<<<<<<<<
@@ -7935,7 +8177,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":365
+  /* "wsmem/_arena.pyx":387
  *         if old != NULL:
  *             _block_decref(old)
  *         return 0             # <<<<<<<<<<<<<<
@@ -7948,7 +8190,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":337
+  /* "wsmem/_arena.pyx":359
  *         return t
  * 
  *     cdef int set_capacity(self, size_t size) except -1:             # <<<<<<<<<<<<<<
@@ -7974,7 +8216,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":367
+/* "wsmem/_arena.pyx":389
  *         return 0
  * 
  *     cdef int begin_cycle(self) except -1:             # <<<<<<<<<<<<<<
@@ -8004,7 +8246,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("begin_cycle", 0);
 
-  /* "wsmem/_arena.pyx":369
+  /* "wsmem/_arena.pyx":391
  *     cdef int begin_cycle(self) except -1:
  *         """Start a cycle: next generation, cursor at the first free hole."""
  *         cdef size_t* ranges = NULL             # <<<<<<<<<<<<<<
@@ -8013,29 +8255,38 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_ranges = NULL;
 
-  /* "wsmem/_arena.pyx":371
+  /* "wsmem/_arena.pyx":393
  *         cdef size_t* ranges = NULL
  *         cdef size_t n, i, k, start, end, prev_end
  *         self.generation += 1             # <<<<<<<<<<<<<<
  *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
- *         self.n_holes = self.hole_index = 0
+ *         self.spill_held = 0
 */
   __pyx_v_self->generation = (__pyx_v_self->generation + 1);
 
-  /* "wsmem/_arena.pyx":372
+  /* "wsmem/_arena.pyx":394
  *         cdef size_t n, i, k, start, end, prev_end
  *         self.generation += 1
  *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0             # <<<<<<<<<<<<<<
+ *         self.spill_held = 0
  *         self.n_holes = self.hole_index = 0
- *         self.cursor = self.limit = 0
 */
   __pyx_v_self->cycle_bytes = 0;
   __pyx_v_self->spilled_bytes = 0;
   __pyx_v_self->spilled_count = 0;
 
-  /* "wsmem/_arena.pyx":373
+  /* "wsmem/_arena.pyx":395
  *         self.generation += 1
  *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
+ *         self.spill_held = 0             # <<<<<<<<<<<<<<
+ *         self.n_holes = self.hole_index = 0
+ *         self.cursor = self.limit = 0
+*/
+  __pyx_v_self->spill_held = 0;
+
+  /* "wsmem/_arena.pyx":396
+ *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
+ *         self.spill_held = 0
  *         self.n_holes = self.hole_index = 0             # <<<<<<<<<<<<<<
  *         self.cursor = self.limit = 0
  *         if self.main == NULL:
@@ -8043,8 +8294,8 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   __pyx_v_self->n_holes = 0;
   __pyx_v_self->hole_index = 0;
 
-  /* "wsmem/_arena.pyx":374
- *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
+  /* "wsmem/_arena.pyx":397
+ *         self.spill_held = 0
  *         self.n_holes = self.hole_index = 0
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
  *         if self.main == NULL:
@@ -8053,7 +8304,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":375
+  /* "wsmem/_arena.pyx":398
  *         self.n_holes = self.hole_index = 0
  *         self.cursor = self.limit = 0
  *         if self.main == NULL:             # <<<<<<<<<<<<<<
@@ -8065,7 +8316,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":376
+    /* "wsmem/_arena.pyx":399
  *         self.cursor = self.limit = 0
  *         if self.main == NULL:
  *             return 0             # <<<<<<<<<<<<<<
@@ -8078,7 +8329,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":375
+    /* "wsmem/_arena.pyx":398
  *         self.n_holes = self.hole_index = 0
  *         self.cursor = self.limit = 0
  *         if self.main == NULL:             # <<<<<<<<<<<<<<
@@ -8087,7 +8338,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":377
+  /* "wsmem/_arena.pyx":400
  *         if self.main == NULL:
  *             return 0
  *         if self.main.n_pins == 0:             # <<<<<<<<<<<<<<
@@ -8099,7 +8350,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":378
+    /* "wsmem/_arena.pyx":401
  *             return 0
  *         if self.main.n_pins == 0:
  *             self.limit = self.main.size             # <<<<<<<<<<<<<<
@@ -8110,7 +8361,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 
     __pyx_v_self->limit = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":379
+    /* "wsmem/_arena.pyx":402
  *         if self.main.n_pins == 0:
  *             self.limit = self.main.size
  *             return 0             # <<<<<<<<<<<<<<
@@ -8123,7 +8374,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":377
+    /* "wsmem/_arena.pyx":400
  *         if self.main == NULL:
  *             return 0
  *         if self.main.n_pins == 0:             # <<<<<<<<<<<<<<
@@ -8132,17 +8383,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":381
+  /* "wsmem/_arena.pyx":404
  *             return 0
  *         # Pinned ranges survive from earlier cycles: allocate only in the gaps.
  *         n = _merged_ranges(self.main, &ranges)             # <<<<<<<<<<<<<<
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
 */
-  __pyx_t_2 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_self->main, (&__pyx_v_ranges)); if (unlikely(__pyx_t_2 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 381, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_self->main, (&__pyx_v_ranges)); if (unlikely(__pyx_t_2 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 404, __pyx_L1_error)
   __pyx_v_n = __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":382
+  /* "wsmem/_arena.pyx":405
  *         # Pinned ranges survive from earlier cycles: allocate only in the gaps.
  *         n = _merged_ranges(self.main, &ranges)
  *         free(self.holes)             # <<<<<<<<<<<<<<
@@ -8151,7 +8402,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   free(__pyx_v_self->holes);
 
-  /* "wsmem/_arena.pyx":383
+  /* "wsmem/_arena.pyx":406
  *         n = _merged_ranges(self.main, &ranges)
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))             # <<<<<<<<<<<<<<
@@ -8160,7 +8411,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_self->holes = ((size_t *)malloc(((2 * (__pyx_v_n + 1)) * (sizeof(size_t)))));
 
-  /* "wsmem/_arena.pyx":384
+  /* "wsmem/_arena.pyx":407
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
  *         if self.holes == NULL:             # <<<<<<<<<<<<<<
@@ -8172,7 +8423,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":385
+    /* "wsmem/_arena.pyx":408
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
  *         if self.holes == NULL:
  *             free(ranges)             # <<<<<<<<<<<<<<
@@ -8181,7 +8432,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     free(__pyx_v_ranges);
 
-    /* "wsmem/_arena.pyx":386
+    /* "wsmem/_arena.pyx":409
  *         if self.holes == NULL:
  *             free(ranges)
  *             raise MemoryError("wsmem: out of memory for the hole list")             # <<<<<<<<<<<<<<
@@ -8194,14 +8445,14 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_for_the_hole};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_2, (2-__pyx_t_2) | (__pyx_t_2*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 386, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 409, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 386, __pyx_L1_error)
+    __PYX_ERR(0, 409, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":384
+    /* "wsmem/_arena.pyx":407
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
  *         if self.holes == NULL:             # <<<<<<<<<<<<<<
@@ -8210,7 +8461,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":387
+  /* "wsmem/_arena.pyx":410
  *             free(ranges)
  *             raise MemoryError("wsmem: out of memory for the hole list")
  *         k = 0             # <<<<<<<<<<<<<<
@@ -8219,7 +8470,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_k = 0;
 
-  /* "wsmem/_arena.pyx":388
+  /* "wsmem/_arena.pyx":411
  *             raise MemoryError("wsmem: out of memory for the hole list")
  *         k = 0
  *         prev_end = 0             # <<<<<<<<<<<<<<
@@ -8228,7 +8479,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_prev_end = 0;
 
-  /* "wsmem/_arena.pyx":389
+  /* "wsmem/_arena.pyx":412
  *         k = 0
  *         prev_end = 0
  *         for i in range(n + 1):             # <<<<<<<<<<<<<<
@@ -8242,7 +8493,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
     __pyx_v_i = __pyx_t_6;
 
-    /* "wsmem/_arena.pyx":390
+    /* "wsmem/_arena.pyx":413
  *         prev_end = 0
  *         for i in range(n + 1):
  *             end = ranges[2 * i] if i < n else self.main.size             # <<<<<<<<<<<<<<
@@ -8261,7 +8512,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 
     __pyx_v_end = __pyx_t_7;
 
-    /* "wsmem/_arena.pyx":391
+    /* "wsmem/_arena.pyx":414
  *         for i in range(n + 1):
  *             end = ranges[2 * i] if i < n else self.main.size
  *             start = _round_up(prev_end, self.alignment)             # <<<<<<<<<<<<<<
@@ -8270,7 +8521,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_start = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_prev_end, __pyx_v_self->alignment);
 
-    /* "wsmem/_arena.pyx":392
+    /* "wsmem/_arena.pyx":415
  *             end = ranges[2 * i] if i < n else self.main.size
  *             start = _round_up(prev_end, self.alignment)
  *             if end > start:             # <<<<<<<<<<<<<<
@@ -8282,7 +8533,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_arena.pyx":393
+      /* "wsmem/_arena.pyx":416
  *             start = _round_up(prev_end, self.alignment)
  *             if end > start:
  *                 self.holes[2 * k] = start             # <<<<<<<<<<<<<<
@@ -8291,7 +8542,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       (__pyx_v_self->holes[(2 * __pyx_v_k)]) = __pyx_v_start;
 
-      /* "wsmem/_arena.pyx":394
+      /* "wsmem/_arena.pyx":417
  *             if end > start:
  *                 self.holes[2 * k] = start
  *                 self.holes[2 * k + 1] = end             # <<<<<<<<<<<<<<
@@ -8300,7 +8551,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       (__pyx_v_self->holes[((2 * __pyx_v_k) + 1)]) = __pyx_v_end;
 
-      /* "wsmem/_arena.pyx":395
+      /* "wsmem/_arena.pyx":418
  *                 self.holes[2 * k] = start
  *                 self.holes[2 * k + 1] = end
  *                 k += 1             # <<<<<<<<<<<<<<
@@ -8309,7 +8560,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       __pyx_v_k = (__pyx_v_k + 1);
 
-      /* "wsmem/_arena.pyx":392
+      /* "wsmem/_arena.pyx":415
  *             end = ranges[2 * i] if i < n else self.main.size
  *             start = _round_up(prev_end, self.alignment)
  *             if end > start:             # <<<<<<<<<<<<<<
@@ -8318,7 +8569,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     }
 
-    /* "wsmem/_arena.pyx":396
+    /* "wsmem/_arena.pyx":419
  *                 self.holes[2 * k + 1] = end
  *                 k += 1
  *             if i < n:             # <<<<<<<<<<<<<<
@@ -8330,7 +8581,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_arena.pyx":397
+      /* "wsmem/_arena.pyx":420
  *                 k += 1
  *             if i < n:
  *                 prev_end = ranges[2 * i + 1]             # <<<<<<<<<<<<<<
@@ -8339,7 +8590,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       __pyx_v_prev_end = (__pyx_v_ranges[((2 * __pyx_v_i) + 1)]);
 
-      /* "wsmem/_arena.pyx":396
+      /* "wsmem/_arena.pyx":419
  *                 self.holes[2 * k + 1] = end
  *                 k += 1
  *             if i < n:             # <<<<<<<<<<<<<<
@@ -8350,7 +8601,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   }
 
 
-  /* "wsmem/_arena.pyx":398
+  /* "wsmem/_arena.pyx":421
  *             if i < n:
  *                 prev_end = ranges[2 * i + 1]
  *         free(ranges)             # <<<<<<<<<<<<<<
@@ -8359,7 +8610,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   free(__pyx_v_ranges);
 
-  /* "wsmem/_arena.pyx":399
+  /* "wsmem/_arena.pyx":422
  *                 prev_end = ranges[2 * i + 1]
  *         free(ranges)
  *         self.n_holes = k             # <<<<<<<<<<<<<<
@@ -8368,7 +8619,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_self->n_holes = __pyx_v_k;
 
-  /* "wsmem/_arena.pyx":400
+  /* "wsmem/_arena.pyx":423
  *         free(ranges)
  *         self.n_holes = k
  *         if k > 0:             # <<<<<<<<<<<<<<
@@ -8380,7 +8631,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":401
+    /* "wsmem/_arena.pyx":424
  *         self.n_holes = k
  *         if k > 0:
  *             self.cursor = self.holes[0]             # <<<<<<<<<<<<<<
@@ -8389,7 +8640,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_self->cursor = (__pyx_v_self->holes[0]);
 
-    /* "wsmem/_arena.pyx":402
+    /* "wsmem/_arena.pyx":425
  *         if k > 0:
  *             self.cursor = self.holes[0]
  *             self.limit = self.holes[1]             # <<<<<<<<<<<<<<
@@ -8398,7 +8649,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_self->limit = (__pyx_v_self->holes[1]);
 
-    /* "wsmem/_arena.pyx":403
+    /* "wsmem/_arena.pyx":426
  *             self.cursor = self.holes[0]
  *             self.limit = self.holes[1]
  *             self.hole_index = 1             # <<<<<<<<<<<<<<
@@ -8407,7 +8658,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_self->hole_index = 1;
 
-    /* "wsmem/_arena.pyx":400
+    /* "wsmem/_arena.pyx":423
  *         free(ranges)
  *         self.n_holes = k
  *         if k > 0:             # <<<<<<<<<<<<<<
@@ -8416,7 +8667,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":404
+  /* "wsmem/_arena.pyx":427
  *             self.limit = self.holes[1]
  *             self.hole_index = 1
  *         return 0             # <<<<<<<<<<<<<<
@@ -8429,7 +8680,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":367
+  /* "wsmem/_arena.pyx":389
  *         return 0
  * 
  *     cdef int begin_cycle(self) except -1:             # <<<<<<<<<<<<<<
@@ -8456,7 +8707,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":406
+/* "wsmem/_arena.pyx":429
  *         return 0
  * 
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -8493,7 +8744,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("alloc_slow", 0);
 
-  /* "wsmem/_arena.pyx":408
+  /* "wsmem/_arena.pyx":431
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:
  *         cdef size_t sz, s, e
  *         if nbytes == 0:             # <<<<<<<<<<<<<<
@@ -8505,7 +8756,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":409
+    /* "wsmem/_arena.pyx":432
  *         cdef size_t sz, s, e
  *         if nbytes == 0:
  *             block[0] = NULL             # <<<<<<<<<<<<<<
@@ -8514,7 +8765,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     (__pyx_v_block[0]) = NULL;
 
-    /* "wsmem/_arena.pyx":410
+    /* "wsmem/_arena.pyx":433
  *         if nbytes == 0:
  *             block[0] = NULL
  *             return wsmem_zero_area             # <<<<<<<<<<<<<<
@@ -8527,7 +8778,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":408
+    /* "wsmem/_arena.pyx":431
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:
  *         cdef size_t sz, s, e
  *         if nbytes == 0:             # <<<<<<<<<<<<<<
@@ -8536,7 +8787,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":411
+  /* "wsmem/_arena.pyx":434
  *             block[0] = NULL
  *             return wsmem_zero_area
  *         if nbytes >= MAX_REQUEST:             # <<<<<<<<<<<<<<
@@ -8548,7 +8799,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":412
+    /* "wsmem/_arena.pyx":435
  *             return wsmem_zero_area
  *         if nbytes >= MAX_REQUEST:
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")             # <<<<<<<<<<<<<<
@@ -8556,7 +8807,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyUnicode_From_size_t(__pyx_v_nbytes, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 412, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_From_size_t(__pyx_v_nbytes, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 435, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5[0] = __pyx_mstate_global->__pyx_kp_u_cannot_allocate;
     __pyx_t_5[1] = __pyx_t_4;
@@ -8567,7 +8818,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     #endif
     __pyx_t_7 = 0;
     __pyx_t_8 = __Pyx_PyUnicode_Join(__pyx_t_5, 3, __pyx_t_6, __pyx_t_7);
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 412, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 435, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_9 = 1;
@@ -8576,14 +8827,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 412, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 435, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 412, __pyx_L1_error)
+    __PYX_ERR(0, 435, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":411
+    /* "wsmem/_arena.pyx":434
  *             block[0] = NULL
  *             return wsmem_zero_area
  *         if nbytes >= MAX_REQUEST:             # <<<<<<<<<<<<<<
@@ -8592,7 +8843,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":413
+  /* "wsmem/_arena.pyx":436
  *         if nbytes >= MAX_REQUEST:
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
  *         sz = _round_up(nbytes, self.alignment)             # <<<<<<<<<<<<<<
@@ -8601,7 +8852,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   __pyx_v_sz = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_nbytes, __pyx_v_self->alignment);
 
-  /* "wsmem/_arena.pyx":414
+  /* "wsmem/_arena.pyx":437
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
  *         sz = _round_up(nbytes, self.alignment)
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -8613,20 +8864,20 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":415
+    /* "wsmem/_arena.pyx":438
  *         sz = _round_up(nbytes, self.alignment)
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:
  *             return self.spill_alloc(nbytes, block)             # <<<<<<<<<<<<<<
  *         while self.hole_index < self.n_holes:
  *             s = self.holes[2 * self.hole_index]
 */
-    __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 415, __pyx_L1_error)
+    __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 438, __pyx_L1_error)
     {
       __pyx_r = __pyx_t_10;
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":414
+    /* "wsmem/_arena.pyx":437
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
  *         sz = _round_up(nbytes, self.alignment)
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -8635,7 +8886,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":416
+  /* "wsmem/_arena.pyx":439
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:
  *             return self.spill_alloc(nbytes, block)
  *         while self.hole_index < self.n_holes:             # <<<<<<<<<<<<<<
@@ -8648,7 +8899,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 
     if (!__pyx_t_1) break;
 
-    /* "wsmem/_arena.pyx":417
+    /* "wsmem/_arena.pyx":440
  *             return self.spill_alloc(nbytes, block)
  *         while self.hole_index < self.n_holes:
  *             s = self.holes[2 * self.hole_index]             # <<<<<<<<<<<<<<
@@ -8657,7 +8908,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     __pyx_v_s = (__pyx_v_self->holes[(2 * __pyx_v_self->hole_index)]);
 
-    /* "wsmem/_arena.pyx":418
+    /* "wsmem/_arena.pyx":441
  *         while self.hole_index < self.n_holes:
  *             s = self.holes[2 * self.hole_index]
  *             e = self.holes[2 * self.hole_index + 1]             # <<<<<<<<<<<<<<
@@ -8666,7 +8917,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     __pyx_v_e = (__pyx_v_self->holes[((2 * __pyx_v_self->hole_index) + 1)]);
 
-    /* "wsmem/_arena.pyx":419
+    /* "wsmem/_arena.pyx":442
  *             s = self.holes[2 * self.hole_index]
  *             e = self.holes[2 * self.hole_index + 1]
  *             self.hole_index += 1             # <<<<<<<<<<<<<<
@@ -8675,7 +8926,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     __pyx_v_self->hole_index = (__pyx_v_self->hole_index + 1);
 
-    /* "wsmem/_arena.pyx":420
+    /* "wsmem/_arena.pyx":443
  *             e = self.holes[2 * self.hole_index + 1]
  *             self.hole_index += 1
  *             if e - s >= sz:             # <<<<<<<<<<<<<<
@@ -8687,7 +8938,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_arena.pyx":421
+      /* "wsmem/_arena.pyx":444
  *             self.hole_index += 1
  *             if e - s >= sz:
  *                 self.cursor = s + sz             # <<<<<<<<<<<<<<
@@ -8696,7 +8947,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
       __pyx_v_self->cursor = (__pyx_v_s + __pyx_v_sz);
 
-      /* "wsmem/_arena.pyx":422
+      /* "wsmem/_arena.pyx":445
  *             if e - s >= sz:
  *                 self.cursor = s + sz
  *                 self.limit = e             # <<<<<<<<<<<<<<
@@ -8705,7 +8956,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
       __pyx_v_self->limit = __pyx_v_e;
 
-      /* "wsmem/_arena.pyx":423
+      /* "wsmem/_arena.pyx":446
  *                 self.cursor = s + sz
  *                 self.limit = e
  *                 self.cycle_bytes += sz             # <<<<<<<<<<<<<<
@@ -8714,7 +8965,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
       __pyx_v_self->cycle_bytes = (__pyx_v_self->cycle_bytes + __pyx_v_sz);
 
-      /* "wsmem/_arena.pyx":424
+      /* "wsmem/_arena.pyx":447
  *                 self.limit = e
  *                 self.cycle_bytes += sz
  *                 block[0] = self.main             # <<<<<<<<<<<<<<
@@ -8726,7 +8977,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       (__pyx_v_block[0]) = __pyx_t_11;
 
 
-      /* "wsmem/_arena.pyx":425
+      /* "wsmem/_arena.pyx":448
  *                 self.cycle_bytes += sz
  *                 block[0] = self.main
  *                 return self.main.region.ptr + s             # <<<<<<<<<<<<<<
@@ -8739,7 +8990,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       }
       goto __pyx_L0;
 
-      /* "wsmem/_arena.pyx":420
+      /* "wsmem/_arena.pyx":443
  *             e = self.holes[2 * self.hole_index + 1]
  *             self.hole_index += 1
  *             if e - s >= sz:             # <<<<<<<<<<<<<<
@@ -8749,7 +9000,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     }
   }
 
-  /* "wsmem/_arena.pyx":426
+  /* "wsmem/_arena.pyx":449
  *                 block[0] = self.main
  *                 return self.main.region.ptr + s
  *         if self.initialized and self.spill == SPILL_FAIL:             # <<<<<<<<<<<<<<
@@ -8771,7 +9022,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":427
+    /* "wsmem/_arena.pyx":450
  *                 return self.main.region.ptr + s
  *         if self.initialized and self.spill == SPILL_FAIL:
  *             raise WorkspaceOverflowError(             # <<<<<<<<<<<<<<
@@ -8779,57 +9030,57 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "
 */
     __pyx_t_8 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 427, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 450, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
 
-    /* "wsmem/_arena.pyx":428
+    /* "wsmem/_arena.pyx":451
  *         if self.initialized and self.spill == SPILL_FAIL:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "             # <<<<<<<<<<<<<<
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
 */
-    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 428, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 451, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __Pyx_GetModuleGlobalName(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 428, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 451, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
-    __pyx_t_14 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 428, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 451, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_15 = __Pyx_PyObject_CallOneArg(__pyx_t_13, __pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 428, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_CallOneArg(__pyx_t_13, __pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 451, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-    __pyx_t_14 = __Pyx_PyObject_FormatSimple(__pyx_t_15, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 428, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_FormatSimple(__pyx_t_15, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 451, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
 
-    /* "wsmem/_arena.pyx":429
+    /* "wsmem/_arena.pyx":452
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "             # <<<<<<<<<<<<<<
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
  *                 self._stats_or_none())
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_15, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 429, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_15, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 452, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
-    __pyx_t_13 = __Pyx_PyLong_FromSize_t((__pyx_v_self->limit - __pyx_v_self->cursor)); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 429, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyLong_FromSize_t((__pyx_v_self->limit - __pyx_v_self->cursor)); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 452, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
-    __pyx_t_16 = __Pyx_PyObject_CallOneArg(__pyx_t_15, __pyx_t_13); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 429, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyObject_CallOneArg(__pyx_t_15, __pyx_t_13); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 452, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_16);
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-    __pyx_t_13 = __Pyx_PyObject_FormatSimple(__pyx_t_16, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 429, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_FormatSimple(__pyx_t_16, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 452, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_16, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 429, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_16, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 452, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_16);
-    __pyx_t_15 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 429, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 452, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
-    __pyx_t_17 = __Pyx_PyObject_CallOneArg(__pyx_t_16, __pyx_t_15); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 429, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyObject_CallOneArg(__pyx_t_16, __pyx_t_15); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 452, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_17);
     __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
-    __pyx_t_15 = __Pyx_PyObject_FormatSimple(__pyx_t_17, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 429, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_FormatSimple(__pyx_t_17, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 452, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
     __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
     __pyx_t_18[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
@@ -8842,7 +9093,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     __pyx_t_18[7] = __pyx_t_15;
     __pyx_t_18[8] = __pyx_mstate_global->__pyx_kp_u_spill_fail_Raise_initial_size_o;
 
-    /* "wsmem/_arena.pyx":428
+    /* "wsmem/_arena.pyx":451
  *         if self.initialized and self.spill == SPILL_FAIL:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "             # <<<<<<<<<<<<<<
@@ -8864,14 +9115,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     }
     #endif
     __pyx_t_17 = __Pyx_PyUnicode_Join(__pyx_t_18, 9, __pyx_t_6, __pyx_t_7);
-    if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 428, __pyx_L1_error)
+    if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 451, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_17);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
 
-    /* "wsmem/_arena.pyx":431
+    /* "wsmem/_arena.pyx":454
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
  *                 self._stats_or_none())             # <<<<<<<<<<<<<<
@@ -8885,7 +9136,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       PyObject *__pyx_callargs[2] = {__pyx_t_13, NULL};
       __pyx_t_15 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_callargs+__pyx_t_9, (1-__pyx_t_9) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
-      if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 431, __pyx_L1_error)
+      if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 454, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_15);
     }
     __pyx_t_9 = 1;
@@ -8907,14 +9158,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
       __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 427, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 450, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 427, __pyx_L1_error)
+    __PYX_ERR(0, 450, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":426
+    /* "wsmem/_arena.pyx":449
  *                 block[0] = self.main
  *                 return self.main.region.ptr + s
  *         if self.initialized and self.spill == SPILL_FAIL:             # <<<<<<<<<<<<<<
@@ -8923,20 +9174,20 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":432
+  /* "wsmem/_arena.pyx":455
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
  *                 self._stats_or_none())
  *         return self.spill_alloc(nbytes, block)             # <<<<<<<<<<<<<<
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:
 */
-  __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 432, __pyx_L1_error)
+  __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 455, __pyx_L1_error)
   {
     __pyx_r = __pyx_t_10;
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":406
+  /* "wsmem/_arena.pyx":429
  *         return 0
  * 
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -8966,7 +9217,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":434
+/* "wsmem/_arena.pyx":457
  *         return self.spill_alloc(nbytes, block)
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -9001,19 +9252,19 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("spill_alloc", 0);
 
-  /* "wsmem/_arena.pyx":435
+  /* "wsmem/_arena.pyx":458
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:
  *         cdef size_t sz = _round_up(nbytes, self.alignment)             # <<<<<<<<<<<<<<
  *         cdef Block* b
- *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:
+ *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:
 */
   __pyx_v_sz = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_nbytes, __pyx_v_self->alignment);
 
-  /* "wsmem/_arena.pyx":437
+  /* "wsmem/_arena.pyx":460
  *         cdef size_t sz = _round_up(nbytes, self.alignment)
  *         cdef Block* b
- *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:             # <<<<<<<<<<<<<<
+ *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:             # <<<<<<<<<<<<<<
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
 */
@@ -9027,7 +9278,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_2 = (((((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self) + __pyx_v_self->spilled_bytes) + __pyx_v_sz) > __pyx_v_self->max_size);
+  __pyx_t_2 = (((((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self) + __pyx_v_self->spill_held) + __pyx_v_sz) > __pyx_v_self->max_size);
 
 
   __pyx_t_1 = __pyx_t_2;
@@ -9036,75 +9287,75 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":438
+    /* "wsmem/_arena.pyx":461
  *         cdef Block* b
- *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:
+ *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:
  *             raise WorkspaceOverflowError(             # <<<<<<<<<<<<<<
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 438, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 461, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
 
-    /* "wsmem/_arena.pyx":439
- *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:
+    /* "wsmem/_arena.pyx":462
+ *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="             # <<<<<<<<<<<<<<
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
- *                 f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "
+ *                 f"{_nbytes_str(self.spill_held)} spilled and held this cycle). Raise max_size, "
 */
-    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 439, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 462, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 439, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 462, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 439, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 462, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_9 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_8); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 439, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_8); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 462, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_9, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 439, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_9, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 462, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
 
-    /* "wsmem/_arena.pyx":440
+    /* "wsmem/_arena.pyx":463
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "             # <<<<<<<<<<<<<<
- *                 f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "
+ *                 f"{_nbytes_str(self.spill_held)} spilled and held this cycle). Raise max_size, "
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
 */
-    __pyx_t_9 = __Pyx_PyUnicode_From_size_t(__pyx_v_self->max_size, 0, ' ', 'd'); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 440, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyUnicode_From_size_t(__pyx_v_self->max_size, 0, ' ', 'd'); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 463, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 440, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 463, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_10 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 440, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 463, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_11 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_10); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 440, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_10); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 463, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    __pyx_t_10 = __Pyx_PyObject_FormatSimple(__pyx_t_11, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 440, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_FormatSimple(__pyx_t_11, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 463, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-    /* "wsmem/_arena.pyx":441
+    /* "wsmem/_arena.pyx":464
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
- *                 f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "             # <<<<<<<<<<<<<<
+ *                 f"{_nbytes_str(self.spill_held)} spilled and held this cycle). Raise max_size, "             # <<<<<<<<<<<<<<
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
  *                 self._stats_or_none())
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 441, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_7 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spilled_bytes); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 441, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spill_held); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_12 = __Pyx_PyObject_CallOneArg(__pyx_t_11, __pyx_t_7); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 441, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_CallOneArg(__pyx_t_11, __pyx_t_7); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_t_12, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 441, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_t_12, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 464, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __pyx_t_13[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
@@ -9117,16 +9368,16 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
     __pyx_t_13[7] = __pyx_t_10;
     __pyx_t_13[8] = __pyx_mstate_global->__pyx_kp_u_block_2;
     __pyx_t_13[9] = __pyx_t_7;
-    __pyx_t_13[10] = __pyx_mstate_global->__pyx_kp_u_spilled_this_cycle_Raise_max_si;
+    __pyx_t_13[10] = __pyx_mstate_global->__pyx_kp_u_spilled_and_held_this_cycle_Rai;
 
-    /* "wsmem/_arena.pyx":439
- *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:
+    /* "wsmem/_arena.pyx":462
+ *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="             # <<<<<<<<<<<<<<
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
- *                 f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "
+ *                 f"{_nbytes_str(self.spill_held)} spilled and held this cycle). Raise max_size, "
 */
-    __pyx_t_14 = 160;
+    __pyx_t_14 = 169;
     #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
     for (Py_ssize_t i=1; i <= 9; i += 2) {
       Py_ssize_t l = __Pyx_PyUnicode_GET_LENGTH(__pyx_t_13[i]);
@@ -9138,7 +9389,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
     __pyx_t_15 |= __Pyx_PyUnicode_KIND_04(__pyx_t_13[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_13[3]) | __Pyx_PyUnicode_KIND_04(__pyx_t_13[7]) | __Pyx_PyUnicode_KIND_04(__pyx_t_13[9]);
     #endif
     __pyx_t_12 = __Pyx_PyUnicode_Join(__pyx_t_13, 11, __pyx_t_14, __pyx_t_15);
-    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 439, __pyx_L1_error)
+    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 462, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
@@ -9146,8 +9397,8 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
 
-    /* "wsmem/_arena.pyx":443
- *                 f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "
+    /* "wsmem/_arena.pyx":466
+ *                 f"{_nbytes_str(self.spill_held)} spilled and held this cycle). Raise max_size, "
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
  *                 self._stats_or_none())             # <<<<<<<<<<<<<<
  *         b = _block_new(self.state, sz, False, self)
@@ -9160,7 +9411,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
       PyObject *__pyx_callargs[2] = {__pyx_t_10, NULL};
       __pyx_t_7 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_callargs+__pyx_t_16, (1-__pyx_t_16) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 443, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 466, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
     }
     __pyx_t_16 = 1;
@@ -9182,63 +9433,111 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 438, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 461, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 438, __pyx_L1_error)
+    __PYX_ERR(0, 461, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":437
+    /* "wsmem/_arena.pyx":460
  *         cdef size_t sz = _round_up(nbytes, self.alignment)
  *         cdef Block* b
- *         if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:             # <<<<<<<<<<<<<<
+ *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:             # <<<<<<<<<<<<<<
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
 */
   }
 
-  /* "wsmem/_arena.pyx":444
+  /* "wsmem/_arena.pyx":467
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
  *                 self._stats_or_none())
  *         b = _block_new(self.state, sz, False, self)             # <<<<<<<<<<<<<<
  *         b.next_spill = self.state.spills
- *         self.state.spills = b
+ *         if self.state.spills != NULL:
 */
-  __pyx_t_17 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_sz, 0, __pyx_v_self); if (unlikely(__pyx_t_17 == ((void *)NULL))) __PYX_ERR(0, 444, __pyx_L1_error)
+  __pyx_t_17 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_sz, 0, __pyx_v_self); if (unlikely(__pyx_t_17 == ((void *)NULL))) __PYX_ERR(0, 467, __pyx_L1_error)
   __pyx_v_b = __pyx_t_17;
 
-  /* "wsmem/_arena.pyx":445
+  /* "wsmem/_arena.pyx":468
  *                 self._stats_or_none())
  *         b = _block_new(self.state, sz, False, self)
  *         b.next_spill = self.state.spills             # <<<<<<<<<<<<<<
- *         self.state.spills = b
- *         self.spilled_bytes += sz
+ *         if self.state.spills != NULL:
+ *             self.state.spills.prev_spill = b
 */
   __pyx_t_17 = __pyx_v_self->state->spills;
 
   __pyx_v_b->next_spill = __pyx_t_17;
 
-  /* "wsmem/_arena.pyx":446
+  /* "wsmem/_arena.pyx":469
  *         b = _block_new(self.state, sz, False, self)
  *         b.next_spill = self.state.spills
+ *         if self.state.spills != NULL:             # <<<<<<<<<<<<<<
+ *             self.state.spills.prev_spill = b
+ *         self.state.spills = b
+*/
+  __pyx_t_1 = (__pyx_v_self->state->spills != NULL);
+
+  if (__pyx_t_1) {
+
+
+    /* "wsmem/_arena.pyx":470
+ *         b.next_spill = self.state.spills
+ *         if self.state.spills != NULL:
+ *             self.state.spills.prev_spill = b             # <<<<<<<<<<<<<<
+ *         self.state.spills = b
+ *         b.in_spills = True
+*/
+    __pyx_v_self->state->spills->prev_spill = __pyx_v_b;
+
+    /* "wsmem/_arena.pyx":469
+ *         b = _block_new(self.state, sz, False, self)
+ *         b.next_spill = self.state.spills
+ *         if self.state.spills != NULL:             # <<<<<<<<<<<<<<
+ *             self.state.spills.prev_spill = b
+ *         self.state.spills = b
+*/
+  }
+
+  /* "wsmem/_arena.pyx":471
+ *         if self.state.spills != NULL:
+ *             self.state.spills.prev_spill = b
  *         self.state.spills = b             # <<<<<<<<<<<<<<
- *         self.spilled_bytes += sz
- *         self.spilled_count += 1
+ *         b.in_spills = True
+ *         self.spill_held += sz
 */
   __pyx_v_self->state->spills = __pyx_v_b;
 
-  /* "wsmem/_arena.pyx":447
- *         b.next_spill = self.state.spills
+  /* "wsmem/_arena.pyx":472
+ *             self.state.spills.prev_spill = b
  *         self.state.spills = b
+ *         b.in_spills = True             # <<<<<<<<<<<<<<
+ *         self.spill_held += sz
+ *         self.spilled_bytes += sz
+*/
+  __pyx_v_b->in_spills = 1;
+
+  /* "wsmem/_arena.pyx":473
+ *         self.state.spills = b
+ *         b.in_spills = True
+ *         self.spill_held += sz             # <<<<<<<<<<<<<<
+ *         self.spilled_bytes += sz
+ *         self.spilled_count += 1
+*/
+  __pyx_v_self->spill_held = (__pyx_v_self->spill_held + __pyx_v_sz);
+
+  /* "wsmem/_arena.pyx":474
+ *         b.in_spills = True
+ *         self.spill_held += sz
  *         self.spilled_bytes += sz             # <<<<<<<<<<<<<<
  *         self.spilled_count += 1
  *         self.cycle_bytes += sz
 */
   __pyx_v_self->spilled_bytes = (__pyx_v_self->spilled_bytes + __pyx_v_sz);
 
-  /* "wsmem/_arena.pyx":448
- *         self.state.spills = b
+  /* "wsmem/_arena.pyx":475
+ *         self.spill_held += sz
  *         self.spilled_bytes += sz
  *         self.spilled_count += 1             # <<<<<<<<<<<<<<
  *         self.cycle_bytes += sz
@@ -9246,7 +9545,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->spilled_count = (__pyx_v_self->spilled_count + 1);
 
-  /* "wsmem/_arena.pyx":449
+  /* "wsmem/_arena.pyx":476
  *         self.spilled_bytes += sz
  *         self.spilled_count += 1
  *         self.cycle_bytes += sz             # <<<<<<<<<<<<<<
@@ -9255,7 +9554,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->cycle_bytes = (__pyx_v_self->cycle_bytes + __pyx_v_sz);
 
-  /* "wsmem/_arena.pyx":450
+  /* "wsmem/_arena.pyx":477
  *         self.spilled_count += 1
  *         self.cycle_bytes += sz
  *         block[0] = b             # <<<<<<<<<<<<<<
@@ -9264,7 +9563,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   (__pyx_v_block[0]) = __pyx_v_b;
 
-  /* "wsmem/_arena.pyx":451
+  /* "wsmem/_arena.pyx":478
  *         self.cycle_bytes += sz
  *         block[0] = b
  *         return b.region.ptr             # <<<<<<<<<<<<<<
@@ -9277,7 +9576,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":434
+  /* "wsmem/_arena.pyx":457
  *         return self.spill_alloc(nbytes, block)
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -9307,121 +9606,64 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":453
+/* "wsmem/_arena.pyx":480
  *         return b.region.ptr
  * 
  *     cdef int end_cycle(self) except -1:             # <<<<<<<<<<<<<<
  *         """Close the cycle: free spills, learn, grow; the generation's arrays go stale."""
- *         cdef Block* b = self.state.spills
+ *         cdef size_t target
 */
 
 static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self) {
-  struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_b;
-  struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_nxt;
   size_t __pyx_v_target;
   PyObject *__pyx_v_learn = NULL;
   PyObject *__pyx_v_grow = NULL;
   size_t __pyx_v_need;
   int __pyx_r;
   __Pyx_RefNannyDeclarations
-  struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_1;
+  size_t __pyx_t_1;
   int __pyx_t_2;
-  size_t __pyx_t_3;
+  PyObject *__pyx_t_3 = NULL;
   PyObject *__pyx_t_4 = NULL;
-  PyObject *__pyx_t_5 = NULL;
-  int __pyx_t_6;
-  long __pyx_t_7;
-  size_t __pyx_t_8;
-  int __pyx_t_9;
+  int __pyx_t_5;
+  long __pyx_t_6;
+  size_t __pyx_t_7;
+  int __pyx_t_8;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("end_cycle", 0);
 
-  /* "wsmem/_arena.pyx":455
- *     cdef int end_cycle(self) except -1:
+  /* "wsmem/_arena.pyx":483
  *         """Close the cycle: free spills, learn, grow; the generation's arrays go stale."""
- *         cdef Block* b = self.state.spills             # <<<<<<<<<<<<<<
- *         cdef Block* nxt
  *         cdef size_t target
-*/
-  __pyx_t_1 = __pyx_v_self->state->spills;
-
-  __pyx_v_b = __pyx_t_1;
-
-  /* "wsmem/_arena.pyx":458
- *         cdef Block* nxt
- *         cdef size_t target
- *         self.state.spills = NULL             # <<<<<<<<<<<<<<
- *         while b != NULL:
- *             nxt = b.next_spill
-*/
-  __pyx_v_self->state->spills = NULL;
-
-  /* "wsmem/_arena.pyx":459
- *         cdef size_t target
- *         self.state.spills = NULL
- *         while b != NULL:             # <<<<<<<<<<<<<<
- *             nxt = b.next_spill
- *             _block_decref(b)
-*/
-  while (1) {
-    __pyx_t_2 = (__pyx_v_b != NULL);
-
-
-    if (!__pyx_t_2) break;
-
-    /* "wsmem/_arena.pyx":460
- *         self.state.spills = NULL
- *         while b != NULL:
- *             nxt = b.next_spill             # <<<<<<<<<<<<<<
- *             _block_decref(b)
- *             b = nxt
-*/
-    __pyx_t_1 = __pyx_v_b->next_spill;
-
-    __pyx_v_nxt = __pyx_t_1;
-
-    /* "wsmem/_arena.pyx":461
- *         while b != NULL:
- *             nxt = b.next_spill
- *             _block_decref(b)             # <<<<<<<<<<<<<<
- *             b = nxt
- *         self.cycles += 1
-*/
-    __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
-
-    /* "wsmem/_arena.pyx":462
- *             nxt = b.next_spill
- *             _block_decref(b)
- *             b = nxt             # <<<<<<<<<<<<<<
+ *         self._drop_spills()             # <<<<<<<<<<<<<<
  *         self.cycles += 1
  *         self.last_cycle_bytes = self.cycle_bytes
 */
-    __pyx_v_b = __pyx_v_nxt;
-  }
+  ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_spills(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":463
- *             _block_decref(b)
- *             b = nxt
+  /* "wsmem/_arena.pyx":484
+ *         cdef size_t target
+ *         self._drop_spills()
  *         self.cycles += 1             # <<<<<<<<<<<<<<
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:
 */
   __pyx_v_self->cycles = (__pyx_v_self->cycles + 1);
 
-  /* "wsmem/_arena.pyx":464
- *             b = nxt
+  /* "wsmem/_arena.pyx":485
+ *         self._drop_spills()
  *         self.cycles += 1
  *         self.last_cycle_bytes = self.cycle_bytes             # <<<<<<<<<<<<<<
  *         if self.cycle_bytes > self.peak_cycle_bytes:
  *             self.peak_cycle_bytes = self.cycle_bytes
 */
-  __pyx_t_3 = __pyx_v_self->cycle_bytes;
+  __pyx_t_1 = __pyx_v_self->cycle_bytes;
 
-  __pyx_v_self->last_cycle_bytes = __pyx_t_3;
+  __pyx_v_self->last_cycle_bytes = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":465
+  /* "wsmem/_arena.pyx":486
  *         self.cycles += 1
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:             # <<<<<<<<<<<<<<
@@ -9433,18 +9675,18 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":466
+    /* "wsmem/_arena.pyx":487
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:
  *             self.peak_cycle_bytes = self.cycle_bytes             # <<<<<<<<<<<<<<
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0
 */
-    __pyx_t_3 = __pyx_v_self->cycle_bytes;
+    __pyx_t_1 = __pyx_v_self->cycle_bytes;
 
-    __pyx_v_self->peak_cycle_bytes = __pyx_t_3;
+    __pyx_v_self->peak_cycle_bytes = __pyx_t_1;
 
-    /* "wsmem/_arena.pyx":465
+    /* "wsmem/_arena.pyx":486
  *         self.cycles += 1
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:             # <<<<<<<<<<<<<<
@@ -9453,7 +9695,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   }
 
-  /* "wsmem/_arena.pyx":467
+  /* "wsmem/_arena.pyx":488
  *         if self.cycle_bytes > self.peak_cycle_bytes:
  *             self.peak_cycle_bytes = self.cycle_bytes
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -9463,7 +9705,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":468
+  /* "wsmem/_arena.pyx":489
  *             self.peak_cycle_bytes = self.cycle_bytes
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0             # <<<<<<<<<<<<<<
@@ -9473,7 +9715,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   __pyx_v_self->n_holes = 0;
   __pyx_v_self->hole_index = 0;
 
-  /* "wsmem/_arena.pyx":469
+  /* "wsmem/_arena.pyx":490
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0
  *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)             # <<<<<<<<<<<<<<
@@ -9482,36 +9724,36 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   if (!__pyx_v_self->init_pending) {
   } else {
-    __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_v_self->init_pending); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 469, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_4 = __pyx_t_5;
-    __pyx_t_5 = 0;
-    goto __pyx_L6_bool_binop_done;
+    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->init_pending); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 490, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_3 = __pyx_t_4;
+    __pyx_t_4 = 0;
+    goto __pyx_L4_bool_binop_done;
   }
   __pyx_t_2 = (!__pyx_v_self->initialized);
 
   if (__pyx_t_2) {
 
   } else {
-    __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 469, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_4 = __pyx_t_5;
-    __pyx_t_5 = 0;
+    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 490, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_3 = __pyx_t_4;
+    __pyx_t_4 = 0;
 
-    goto __pyx_L6_bool_binop_done;
+    goto __pyx_L4_bool_binop_done;
   }
   __pyx_t_2 = (__pyx_v_self->learning != __pyx_e_5wsmem_6_arena_LEARN_NONE);
 
-  __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 469, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_4 = __pyx_t_5;
-  __pyx_t_5 = 0;
-
-  __pyx_L6_bool_binop_done:;
-  __pyx_v_learn = __pyx_t_4;
+  __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 490, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_3 = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "wsmem/_arena.pyx":470
+  __pyx_L4_bool_binop_done:;
+  __pyx_v_learn = __pyx_t_3;
+  __pyx_t_3 = 0;
+
+  /* "wsmem/_arena.pyx":491
  *         self.n_holes = self.hole_index = 0
  *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
@@ -9520,26 +9762,26 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   if (__pyx_v_self->initialized) {
   } else {
-    __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_v_self->initialized); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 470, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_4 = __pyx_t_5;
-    __pyx_t_5 = 0;
-    goto __pyx_L9_bool_binop_done;
+    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->initialized); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 491, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_3 = __pyx_t_4;
+    __pyx_t_4 = 0;
+    goto __pyx_L7_bool_binop_done;
   }
   __pyx_t_2 = (__pyx_v_self->spill == __pyx_e_5wsmem_6_arena_SPILL_REALLOCATE);
 
   if (__pyx_t_2) {
 
   } else {
-    __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 470, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_4 = __pyx_t_5;
-    __pyx_t_5 = 0;
+    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 491, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_3 = __pyx_t_4;
+    __pyx_t_4 = 0;
 
-    goto __pyx_L9_bool_binop_done;
+    goto __pyx_L7_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":471
+  /* "wsmem/_arena.pyx":492
  *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *                 and _debug_mode == DEBUG_OFF)             # <<<<<<<<<<<<<<
@@ -9549,21 +9791,21 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_v_self->spilled_bytes) {
   } else {
 
-    /* "wsmem/_arena.pyx":470
+    /* "wsmem/_arena.pyx":491
  *         self.n_holes = self.hole_index = 0
  *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
  *                 and _debug_mode == DEBUG_OFF)
  *         if learn or grow:
 */
-    __pyx_t_5 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spilled_bytes); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 470, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_4 = __pyx_t_5;
-    __pyx_t_5 = 0;
-    goto __pyx_L9_bool_binop_done;
+    __pyx_t_4 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spilled_bytes); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 491, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_3 = __pyx_t_4;
+    __pyx_t_4 = 0;
+    goto __pyx_L7_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":471
+  /* "wsmem/_arena.pyx":492
  *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *                 and _debug_mode == DEBUG_OFF)             # <<<<<<<<<<<<<<
@@ -9572,40 +9814,40 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   __pyx_t_2 = (__pyx_v_5wsmem_6_arena__debug_mode == __pyx_e_5wsmem_6_arena_DEBUG_OFF);
 
-  __pyx_t_5 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 471, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_4 = __pyx_t_5;
-  __pyx_t_5 = 0;
-
-  __pyx_L9_bool_binop_done:;
-  __pyx_v_grow = __pyx_t_4;
+  __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 492, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_3 = __pyx_t_4;
   __pyx_t_4 = 0;
 
-  /* "wsmem/_arena.pyx":472
+  __pyx_L7_bool_binop_done:;
+  __pyx_v_grow = __pyx_t_3;
+  __pyx_t_3 = 0;
+
+  /* "wsmem/_arena.pyx":493
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *                 and _debug_mode == DEBUG_OFF)
  *         if learn or grow:             # <<<<<<<<<<<<<<
  *             # What the next cycle needs: this cycle's bytes, plus what is still
  *             # pinned now (arrays that outlive the cycle, such as a loop's last
 */
-  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_learn); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 472, __pyx_L1_error)
-  if (!__pyx_t_6) {
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_learn); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 493, __pyx_L1_error)
+  if (!__pyx_t_5) {
 
   } else {
 
-    __pyx_t_2 = __pyx_t_6;
+    __pyx_t_2 = __pyx_t_5;
 
-    goto __pyx_L14_bool_binop_done;
+    goto __pyx_L12_bool_binop_done;
   }
-  __pyx_t_6 = __Pyx_PyObject_IsTrue(__pyx_v_grow); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 472, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_grow); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 493, __pyx_L1_error)
 
-  __pyx_t_2 = __pyx_t_6;
+  __pyx_t_2 = __pyx_t_5;
 
-  __pyx_L14_bool_binop_done:;
+  __pyx_L12_bool_binop_done:;
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":476
+    /* "wsmem/_arena.pyx":497
  *             # pinned now (arrays that outlive the cycle, such as a loop's last
  *             # results still bound to names when the next cycle starts).
  *             need = self.cycle_bytes + self.pinned_bytes()             # <<<<<<<<<<<<<<
@@ -9614,7 +9856,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_need = (__pyx_v_self->cycle_bytes + ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->pinned_bytes(__pyx_v_self));
 
-    /* "wsmem/_arena.pyx":477
+    /* "wsmem/_arena.pyx":498
  *             # results still bound to names when the next cycle starts).
  *             need = self.cycle_bytes + self.pinned_bytes()
  *             if need > self.learn_peak:             # <<<<<<<<<<<<<<
@@ -9626,7 +9868,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":478
+      /* "wsmem/_arena.pyx":499
  *             need = self.cycle_bytes + self.pinned_bytes()
  *             if need > self.learn_peak:
  *                 self.learn_peak = need             # <<<<<<<<<<<<<<
@@ -9635,7 +9877,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
       __pyx_v_self->learn_peak = __pyx_v_need;
 
-      /* "wsmem/_arena.pyx":477
+      /* "wsmem/_arena.pyx":498
  *             # results still bound to names when the next cycle starts).
  *             need = self.cycle_bytes + self.pinned_bytes()
  *             if need > self.learn_peak:             # <<<<<<<<<<<<<<
@@ -9644,7 +9886,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     }
 
-    /* "wsmem/_arena.pyx":472
+    /* "wsmem/_arena.pyx":493
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *                 and _debug_mode == DEBUG_OFF)
  *         if learn or grow:             # <<<<<<<<<<<<<<
@@ -9653,7 +9895,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   }
 
-  /* "wsmem/_arena.pyx":481
+  /* "wsmem/_arena.pyx":502
  *         # first_loop learns from the first cycle that allocated anything: an
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
@@ -9664,65 +9906,65 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   } else {
 
     __pyx_t_2 = __pyx_v_self->init_pending;
-    goto __pyx_L18_bool_binop_done;
+    goto __pyx_L16_bool_binop_done;
   }
-  __pyx_t_6 = (!__pyx_v_self->initialized);
+  __pyx_t_5 = (!__pyx_v_self->initialized);
 
-  if (__pyx_t_6) {
+  if (__pyx_t_5) {
 
   } else {
 
-    __pyx_t_2 = __pyx_t_6;
+    __pyx_t_2 = __pyx_t_5;
 
-    goto __pyx_L18_bool_binop_done;
+    goto __pyx_L16_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":482
+  /* "wsmem/_arena.pyx":503
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (
  *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or             # <<<<<<<<<<<<<<
  *                 (self.learning == LEARN_OVER_TIME and
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
 */
-  __pyx_t_6 = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP);
+  __pyx_t_5 = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP);
 
-  if (!__pyx_t_6) {
+  if (!__pyx_t_5) {
 
-    goto __pyx_L21_next_or;
+    goto __pyx_L19_next_or;
   } else {
 
   }
-  __pyx_t_6 = (__pyx_v_self->cycle_bytes > 0);
+  __pyx_t_5 = (__pyx_v_self->cycle_bytes > 0);
 
-  if (!__pyx_t_6) {
+  if (!__pyx_t_5) {
 
   } else {
 
-    __pyx_t_2 = __pyx_t_6;
+    __pyx_t_2 = __pyx_t_5;
 
-    goto __pyx_L18_bool_binop_done;
+    goto __pyx_L16_bool_binop_done;
   }
-  __pyx_L21_next_or:;
+  __pyx_L19_next_or:;
 
-  /* "wsmem/_arena.pyx":483
+  /* "wsmem/_arena.pyx":504
  *         if self.init_pending or (not self.initialized and (
  *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
  *                 (self.learning == LEARN_OVER_TIME and             # <<<<<<<<<<<<<<
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
  *             self.initialized = True
 */
-  __pyx_t_6 = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_OVER_TIME);
+  __pyx_t_5 = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_OVER_TIME);
 
-  if (__pyx_t_6) {
+  if (__pyx_t_5) {
 
   } else {
 
-    __pyx_t_2 = __pyx_t_6;
+    __pyx_t_2 = __pyx_t_5;
 
-    goto __pyx_L18_bool_binop_done;
+    goto __pyx_L16_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":484
+  /* "wsmem/_arena.pyx":505
  *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
  *                 (self.learning == LEARN_OVER_TIME and
  *                  self.cycles >= max(self.cycles_before_init, 1)))):             # <<<<<<<<<<<<<<
@@ -9730,28 +9972,28 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
  *             self.init_pending = False
 */
 
-  __pyx_t_7 = 1;
+  __pyx_t_6 = 1;
 
-  __pyx_t_3 = __pyx_v_self->cycles_before_init;
-  __pyx_t_6 = (__pyx_t_7 > __pyx_t_3);
+  __pyx_t_1 = __pyx_v_self->cycles_before_init;
+  __pyx_t_5 = (__pyx_t_6 > __pyx_t_1);
 
-  if (__pyx_t_6) {
+  if (__pyx_t_5) {
 
-    __pyx_t_8 = __pyx_t_7;
+    __pyx_t_7 = __pyx_t_6;
   } else {
 
-    __pyx_t_8 = __pyx_t_3;
+    __pyx_t_7 = __pyx_t_1;
   }
 
-  __pyx_t_6 = (__pyx_v_self->cycles >= __pyx_t_8);
+  __pyx_t_5 = (__pyx_v_self->cycles >= __pyx_t_7);
 
 
 
-  __pyx_t_2 = __pyx_t_6;
+  __pyx_t_2 = __pyx_t_5;
 
-  __pyx_L18_bool_binop_done:;
+  __pyx_L16_bool_binop_done:;
 
-  /* "wsmem/_arena.pyx":481
+  /* "wsmem/_arena.pyx":502
  *         # first_loop learns from the first cycle that allocated anything: an
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
@@ -9761,7 +10003,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":485
+    /* "wsmem/_arena.pyx":506
  *                 (self.learning == LEARN_OVER_TIME and
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
  *             self.initialized = True             # <<<<<<<<<<<<<<
@@ -9770,7 +10012,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_self->initialized = 1;
 
-    /* "wsmem/_arena.pyx":486
+    /* "wsmem/_arena.pyx":507
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
  *             self.initialized = True
  *             self.init_pending = False             # <<<<<<<<<<<<<<
@@ -9779,38 +10021,38 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_self->init_pending = 0;
 
-    /* "wsmem/_arena.pyx":487
+    /* "wsmem/_arena.pyx":508
  *             self.initialized = True
  *             self.init_pending = False
  *             self.set_capacity(self.learned_size(self.learn_peak))             # <<<<<<<<<<<<<<
  *         elif grow:
  *             target = self.learned_size(need)
 */
-    __pyx_t_9 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_self->learn_peak)); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 487, __pyx_L1_error)
+    __pyx_t_8 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_self->learn_peak)); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 508, __pyx_L1_error)
 
 
-    /* "wsmem/_arena.pyx":481
+    /* "wsmem/_arena.pyx":502
  *         # first_loop learns from the first cycle that allocated anything: an
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
  *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
  *                 (self.learning == LEARN_OVER_TIME and
 */
-    goto __pyx_L17;
+    goto __pyx_L15;
   }
 
-  /* "wsmem/_arena.pyx":488
+  /* "wsmem/_arena.pyx":509
  *             self.init_pending = False
  *             self.set_capacity(self.learned_size(self.learn_peak))
  *         elif grow:             # <<<<<<<<<<<<<<
  *             target = self.learned_size(need)
  *             if target > self.capacity():
 */
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_grow); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 488, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_grow); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 509, __pyx_L1_error)
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":489
+    /* "wsmem/_arena.pyx":510
  *             self.set_capacity(self.learned_size(self.learn_peak))
  *         elif grow:
  *             target = self.learned_size(need)             # <<<<<<<<<<<<<<
@@ -9819,7 +10061,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_target = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_need);
 
-    /* "wsmem/_arena.pyx":490
+    /* "wsmem/_arena.pyx":511
  *         elif grow:
  *             target = self.learned_size(need)
  *             if target > self.capacity():             # <<<<<<<<<<<<<<
@@ -9831,17 +10073,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":491
+      /* "wsmem/_arena.pyx":512
  *             target = self.learned_size(need)
  *             if target > self.capacity():
  *                 self.set_capacity(target)             # <<<<<<<<<<<<<<
  *         return 0
  * 
 */
-      __pyx_t_9 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 491, __pyx_L1_error)
+      __pyx_t_8 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 512, __pyx_L1_error)
 
 
-      /* "wsmem/_arena.pyx":490
+      /* "wsmem/_arena.pyx":511
  *         elif grow:
  *             target = self.learned_size(need)
  *             if target > self.capacity():             # <<<<<<<<<<<<<<
@@ -9850,7 +10092,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     }
 
-    /* "wsmem/_arena.pyx":488
+    /* "wsmem/_arena.pyx":509
  *             self.init_pending = False
  *             self.set_capacity(self.learned_size(self.learn_peak))
  *         elif grow:             # <<<<<<<<<<<<<<
@@ -9858,9 +10100,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
  *             if target > self.capacity():
 */
   }
-  __pyx_L17:;
+  __pyx_L15:;
 
-  /* "wsmem/_arena.pyx":492
+  /* "wsmem/_arena.pyx":513
  *             if target > self.capacity():
  *                 self.set_capacity(target)
  *         return 0             # <<<<<<<<<<<<<<
@@ -9873,23 +10115,21 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":453
+  /* "wsmem/_arena.pyx":480
  *         return b.region.ptr
  * 
  *     cdef int end_cycle(self) except -1:             # <<<<<<<<<<<<<<
  *         """Close the cycle: free spills, learn, grow; the generation's arrays go stale."""
- *         cdef Block* b = self.state.spills
+ *         cdef size_t target
 */
 
   /* function exit code */
   __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_3);
   __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_XDECREF(__pyx_t_5);
   __Pyx_AddTraceback("wsmem._arena.Arena.end_cycle", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = -1;
   __pyx_L0:;
-
-
 
   __Pyx_XDECREF(__pyx_v_learn);
   __Pyx_XDECREF(__pyx_v_grow);
@@ -9899,7 +10139,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":494
+/* "wsmem/_arena.pyx":515
  *         return 0
  * 
  *     cdef int release_all(self) except -1:             # <<<<<<<<<<<<<<
@@ -9910,7 +10150,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self) {
   int __pyx_r;
 
-  /* "wsmem/_arena.pyx":496
+  /* "wsmem/_arena.pyx":517
  *     cdef int release_all(self) except -1:
  *         """destroy(): drop every block; pinned ones live on until released."""
  *         self._drop_blocks()             # <<<<<<<<<<<<<<
@@ -9919,7 +10159,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
 */
   ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_blocks(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":497
+  /* "wsmem/_arena.pyx":518
  *         """destroy(): drop every block; pinned ones live on until released."""
  *         self._drop_blocks()
  *         return 0             # <<<<<<<<<<<<<<
@@ -9932,7 +10172,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":494
+  /* "wsmem/_arena.pyx":515
  *         return 0
  * 
  *     cdef int release_all(self) except -1:             # <<<<<<<<<<<<<<
@@ -9946,7 +10186,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":499
+/* "wsmem/_arena.pyx":520
  *         return 0
  * 
  *     cdef int check_owner(self) except -1:             # <<<<<<<<<<<<<<
@@ -9975,7 +10215,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("check_owner", 0);
 
-  /* "wsmem/_arena.pyx":500
+  /* "wsmem/_arena.pyx":521
  * 
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()             # <<<<<<<<<<<<<<
@@ -9984,7 +10224,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_me = PyThread_get_thread_ident();
 
-  /* "wsmem/_arena.pyx":501
+  /* "wsmem/_arena.pyx":522
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:             # <<<<<<<<<<<<<<
@@ -9996,7 +10236,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":502
+    /* "wsmem/_arena.pyx":523
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:
  *             raise WorkspaceError(             # <<<<<<<<<<<<<<
@@ -10004,29 +10244,29 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 502, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 523, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
 
-    /* "wsmem/_arena.pyx":503
+    /* "wsmem/_arena.pyx":524
  *         if me != self.owner_thread:
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "             # <<<<<<<<<<<<<<
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
  *                 f"thread with wsmem.get_workspace(name, cfg).")
 */
-    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 503, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 524, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_self->owner_thread, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 503, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_self->owner_thread, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 524, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
 
-    /* "wsmem/_arena.pyx":504
+    /* "wsmem/_arena.pyx":525
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "             # <<<<<<<<<<<<<<
  *                 f"thread with wsmem.get_workspace(name, cfg).")
  *         return 0
 */
-    __pyx_t_7 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_me, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 504, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_me, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 525, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_8[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_8[1] = __pyx_t_5;
@@ -10036,7 +10276,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
     __pyx_t_8[5] = __pyx_t_7;
     __pyx_t_8[6] = __pyx_mstate_global->__pyx_kp_u_Workspaces_are_per_thread_creat;
 
-    /* "wsmem/_arena.pyx":503
+    /* "wsmem/_arena.pyx":524
  *         if me != self.owner_thread:
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "             # <<<<<<<<<<<<<<
@@ -10052,7 +10292,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
     __pyx_t_10 |= __Pyx_PyUnicode_KIND_04(__pyx_t_8[1]);
     #endif
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_8, 7, __pyx_t_9, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 503, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 524, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -10075,14 +10315,14 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 502, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 523, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 502, __pyx_L1_error)
+    __PYX_ERR(0, 523, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":501
+    /* "wsmem/_arena.pyx":522
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:             # <<<<<<<<<<<<<<
@@ -10091,7 +10331,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":506
+  /* "wsmem/_arena.pyx":527
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
  *                 f"thread with wsmem.get_workspace(name, cfg).")
  *         return 0             # <<<<<<<<<<<<<<
@@ -10104,7 +10344,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":499
+  /* "wsmem/_arena.pyx":520
  *         return 0
  * 
  *     cdef int check_owner(self) except -1:             # <<<<<<<<<<<<<<
@@ -10130,7 +10370,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":508
+/* "wsmem/_arena.pyx":529
  *         return 0
  * 
  *     cdef size_t pinned_bytes(self) noexcept:             # <<<<<<<<<<<<<<
@@ -10160,7 +10400,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pinned_bytes", 0);
 
-  /* "wsmem/_arena.pyx":510
+  /* "wsmem/_arena.pyx":531
  *     cdef size_t pinned_bytes(self) noexcept:
  *         """Bytes kept out of reuse by live exports, line-rounded, over all blocks."""
  *         cdef Block* b = self.state.blocks             # <<<<<<<<<<<<<<
@@ -10171,7 +10411,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":511
+  /* "wsmem/_arena.pyx":532
  *         """Bytes kept out of reuse by live exports, line-rounded, over all blocks."""
  *         cdef Block* b = self.state.blocks
  *         cdef size_t total = 0, n, i             # <<<<<<<<<<<<<<
@@ -10180,7 +10420,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
   __pyx_v_total = 0;
 
-  /* "wsmem/_arena.pyx":512
+  /* "wsmem/_arena.pyx":533
  *         cdef Block* b = self.state.blocks
  *         cdef size_t total = 0, n, i
  *         cdef size_t* r = NULL             # <<<<<<<<<<<<<<
@@ -10189,7 +10429,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
   __pyx_v_r = NULL;
 
-  /* "wsmem/_arena.pyx":513
+  /* "wsmem/_arena.pyx":534
  *         cdef size_t total = 0, n, i
  *         cdef size_t* r = NULL
  *         while b != NULL:             # <<<<<<<<<<<<<<
@@ -10202,7 +10442,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 
     if (!__pyx_t_2) break;
 
-    /* "wsmem/_arena.pyx":514
+    /* "wsmem/_arena.pyx":535
  *         cdef size_t* r = NULL
  *         while b != NULL:
  *             if b.n_pins:             # <<<<<<<<<<<<<<
@@ -10214,7 +10454,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":515
+      /* "wsmem/_arena.pyx":536
  *         while b != NULL:
  *             if b.n_pins:
  *                 if b.is_main:             # <<<<<<<<<<<<<<
@@ -10223,7 +10463,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
       if (__pyx_v_b->is_main) {
 
-        /* "wsmem/_arena.pyx":516
+        /* "wsmem/_arena.pyx":537
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -10239,17 +10479,17 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           __Pyx_XGOTREF(__pyx_t_5);
           /*try:*/ {
 
-            /* "wsmem/_arena.pyx":517
+            /* "wsmem/_arena.pyx":538
  *                 if b.is_main:
  *                     try:
  *                         n = _merged_ranges(b, &r)             # <<<<<<<<<<<<<<
  *                     except MemoryError:
  *                         n = 0
 */
-            __pyx_t_6 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_b, (&__pyx_v_r)); if (unlikely(__pyx_t_6 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 517, __pyx_L7_error)
+            __pyx_t_6 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_b, (&__pyx_v_r)); if (unlikely(__pyx_t_6 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 538, __pyx_L7_error)
             __pyx_v_n = __pyx_t_6;
 
-            /* "wsmem/_arena.pyx":516
+            /* "wsmem/_arena.pyx":537
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -10263,7 +10503,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           goto __pyx_L14_try_end;
           __pyx_L7_error:;
 
-          /* "wsmem/_arena.pyx":518
+          /* "wsmem/_arena.pyx":539
  *                     try:
  *                         n = _merged_ranges(b, &r)
  *                     except MemoryError:             # <<<<<<<<<<<<<<
@@ -10274,7 +10514,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           if (__pyx_t_7) {
             __Pyx_ErrRestore(0,0,0);
 
-            /* "wsmem/_arena.pyx":519
+            /* "wsmem/_arena.pyx":540
  *                         n = _merged_ranges(b, &r)
  *                     except MemoryError:
  *                         n = 0             # <<<<<<<<<<<<<<
@@ -10286,7 +10526,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           }
           goto __pyx_L9_except_error;
 
-          /* "wsmem/_arena.pyx":516
+          /* "wsmem/_arena.pyx":537
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -10307,7 +10547,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           __pyx_L14_try_end:;
         }
 
-        /* "wsmem/_arena.pyx":520
+        /* "wsmem/_arena.pyx":541
  *                     except MemoryError:
  *                         n = 0
  *                     for i in range(n):             # <<<<<<<<<<<<<<
@@ -10321,7 +10561,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
           __pyx_v_i = __pyx_t_9;
 
-          /* "wsmem/_arena.pyx":521
+          /* "wsmem/_arena.pyx":542
  *                         n = 0
  *                     for i in range(n):
  *                         total += r[2 * i + 1] - r[2 * i]             # <<<<<<<<<<<<<<
@@ -10332,7 +10572,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         }
 
 
-        /* "wsmem/_arena.pyx":522
+        /* "wsmem/_arena.pyx":543
  *                     for i in range(n):
  *                         total += r[2 * i + 1] - r[2 * i]
  *                     free(r)             # <<<<<<<<<<<<<<
@@ -10341,7 +10581,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
         free(__pyx_v_r);
 
-        /* "wsmem/_arena.pyx":523
+        /* "wsmem/_arena.pyx":544
  *                         total += r[2 * i + 1] - r[2 * i]
  *                     free(r)
  *                     r = NULL             # <<<<<<<<<<<<<<
@@ -10350,7 +10590,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
         __pyx_v_r = NULL;
 
-        /* "wsmem/_arena.pyx":515
+        /* "wsmem/_arena.pyx":536
  *         while b != NULL:
  *             if b.n_pins:
  *                 if b.is_main:             # <<<<<<<<<<<<<<
@@ -10360,7 +10600,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         goto __pyx_L6;
       }
 
-      /* "wsmem/_arena.pyx":525
+      /* "wsmem/_arena.pyx":546
  *                     r = NULL
  *                 else:
  *                     total += _round_up(b.size, LINE)             # <<<<<<<<<<<<<<
@@ -10372,7 +10612,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
       }
       __pyx_L6:;
 
-      /* "wsmem/_arena.pyx":514
+      /* "wsmem/_arena.pyx":535
  *         cdef size_t* r = NULL
  *         while b != NULL:
  *             if b.n_pins:             # <<<<<<<<<<<<<<
@@ -10381,7 +10621,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
     }
 
-    /* "wsmem/_arena.pyx":526
+    /* "wsmem/_arena.pyx":547
  *                 else:
  *                     total += _round_up(b.size, LINE)
  *             b = b.next             # <<<<<<<<<<<<<<
@@ -10393,7 +10633,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
     __pyx_v_b = __pyx_t_1;
   }
 
-  /* "wsmem/_arena.pyx":527
+  /* "wsmem/_arena.pyx":548
  *                     total += _round_up(b.size, LINE)
  *             b = b.next
  *         return total             # <<<<<<<<<<<<<<
@@ -10406,7 +10646,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":508
+  /* "wsmem/_arena.pyx":529
  *         return 0
  * 
  *     cdef size_t pinned_bytes(self) noexcept:             # <<<<<<<<<<<<<<
@@ -10429,7 +10669,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":529
+/* "wsmem/_arena.pyx":550
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
@@ -10495,7 +10735,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_stats_or_none", 0);
 
-  /* "wsmem/_arena.pyx":530
+  /* "wsmem/_arena.pyx":551
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10511,7 +10751,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "wsmem/_arena.pyx":531
+      /* "wsmem/_arena.pyx":552
  *     def _stats_or_none(self):
  *         try:
  *             return self.stats()             # <<<<<<<<<<<<<<
@@ -10525,7 +10765,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
         PyObject *__pyx_callargs[2] = {__pyx_t_5, NULL};
         __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_stats, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 531, __pyx_L3_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 552, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       {
@@ -10539,7 +10779,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
       __pyx_t_4 = 0;
       goto __pyx_L7_try_return;
 
-      /* "wsmem/_arena.pyx":530
+      /* "wsmem/_arena.pyx":551
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10551,7 +10791,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-    /* "wsmem/_arena.pyx":532
+    /* "wsmem/_arena.pyx":553
  *         try:
  *             return self.stats()
  *         except Exception:             # <<<<<<<<<<<<<<
@@ -10562,7 +10802,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     if (__pyx_t_7) {
       __Pyx_ErrRestore(0,0,0);
 
-      /* "wsmem/_arena.pyx":533
+      /* "wsmem/_arena.pyx":554
  *             return self.stats()
  *         except Exception:
  *             return None             # <<<<<<<<<<<<<<
@@ -10581,7 +10821,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     }
     goto __pyx_L5_except_error;
 
-    /* "wsmem/_arena.pyx":530
+    /* "wsmem/_arena.pyx":551
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10608,7 +10848,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     goto __pyx_L0;
   }
 
-  /* "wsmem/_arena.pyx":529
+  /* "wsmem/_arena.pyx":550
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
@@ -10628,7 +10868,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":535
+/* "wsmem/_arena.pyx":556
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
@@ -10697,7 +10937,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_live_pins", 0);
 
-  /* "wsmem/_arena.pyx":537
+  /* "wsmem/_arena.pyx":558
  *     def _live_pins(self):
  *         """[(nbytes, generation, owner)] of every live pin (for leaks())."""
  *         cdef Block* b = self.state.blocks             # <<<<<<<<<<<<<<
@@ -10708,19 +10948,19 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":539
+  /* "wsmem/_arena.pyx":560
  *         cdef Block* b = self.state.blocks
  *         cdef Pin* p
  *         out = []             # <<<<<<<<<<<<<<
  *         while b != NULL:
  *             p = b.pins
 */
-  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 539, __pyx_L1_error)
+  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 560, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_v_out = ((PyObject*)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":540
+  /* "wsmem/_arena.pyx":561
  *         cdef Pin* p
  *         out = []
  *         while b != NULL:             # <<<<<<<<<<<<<<
@@ -10733,7 +10973,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
     if (!__pyx_t_3) break;
 
-    /* "wsmem/_arena.pyx":541
+    /* "wsmem/_arena.pyx":562
  *         out = []
  *         while b != NULL:
  *             p = b.pins             # <<<<<<<<<<<<<<
@@ -10744,7 +10984,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
     __pyx_v_p = __pyx_t_4;
 
-    /* "wsmem/_arena.pyx":542
+    /* "wsmem/_arena.pyx":563
  *         while b != NULL:
  *             p = b.pins
  *             while p != NULL:             # <<<<<<<<<<<<<<
@@ -10757,33 +10997,33 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
       if (!__pyx_t_3) break;
 
-      /* "wsmem/_arena.pyx":543
+      /* "wsmem/_arena.pyx":564
  *             p = b.pins
  *             while p != NULL:
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))             # <<<<<<<<<<<<<<
  *                 p = p.next
  *             b = b.next
 */
-      __pyx_t_2 = __Pyx_PyLong_FromSize_t((__pyx_v_p->hi - __pyx_v_p->lo)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 543, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyLong_FromSize_t((__pyx_v_p->hi - __pyx_v_p->lo)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 564, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_5 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_p->generation); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 543, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_p->generation); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 564, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_6 = PyTuple_New(3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 543, __pyx_L1_error)
+      __pyx_t_6 = PyTuple_New(3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 564, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_GIVEREF(__pyx_t_2);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 543, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 564, __pyx_L1_error);
       __Pyx_GIVEREF(__pyx_t_5);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 543, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 564, __pyx_L1_error);
       __Pyx_INCREF(((PyObject *)__pyx_v_p->owner));
       __Pyx_GIVEREF(((PyObject *)__pyx_v_p->owner));
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 2, ((PyObject *)__pyx_v_p->owner)) != (0)) __PYX_ERR(0, 543, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 2, ((PyObject *)__pyx_v_p->owner)) != (0)) __PYX_ERR(0, 564, __pyx_L1_error);
       __pyx_t_2 = 0;
       __pyx_t_5 = 0;
-      __pyx_t_7 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_6); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 543, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_6); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 564, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
 
-      /* "wsmem/_arena.pyx":544
+      /* "wsmem/_arena.pyx":565
  *             while p != NULL:
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))
  *                 p = p.next             # <<<<<<<<<<<<<<
@@ -10795,7 +11035,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
       __pyx_v_p = __pyx_t_4;
     }
 
-    /* "wsmem/_arena.pyx":545
+    /* "wsmem/_arena.pyx":566
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))
  *                 p = p.next
  *             b = b.next             # <<<<<<<<<<<<<<
@@ -10806,7 +11046,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
     __pyx_v_b = __pyx_t_1;
   }
 
-  /* "wsmem/_arena.pyx":546
+  /* "wsmem/_arena.pyx":567
  *                 p = p.next
  *             b = b.next
  *         return out             # <<<<<<<<<<<<<<
@@ -10822,7 +11062,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":535
+  /* "wsmem/_arena.pyx":556
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
@@ -10846,7 +11086,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pxd":100
+/* "wsmem/_arena.pxd":103
  *     cdef bytes mmap_path            # file behind LOC_MMAP blocks
  *     cdef bint mmap_temp             # mmap_path is a temporary file: unlink once mapped
  *     cdef readonly object name             # <<<<<<<<<<<<<<
@@ -11365,8 +11605,8 @@ static int __Pyx_modinit_Function_export_code(__pyx_mstatetype *__pyx_mstate) {
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (unlikely(!__pyx_export_signature)) __PYX_ERR(0, 1, __pyx_L1_error)
     #endif
-    const char * __pyx_export_name = __pyx_export_signature + 456;
-    void (*const __pyx_export_pointers[])(void) = {(void (*)(void))&__pyx_f_5wsmem_6_arena_current_arena, (void (*)(void))&__pyx_f_5wsmem_6_arena_arena_alloc, (void (*)(void))&__pyx_f_5wsmem_6_arena_get_debug_mode, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_create, (void (*)(void))&__pyx_f_5wsmem_6_arena_set_current_arena, (void (*)(void))&__pyx_f_5wsmem_6_arena_set_debug_mode, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_fini, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_release, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_init, (void (*)(void)) NULL};
+    const char * __pyx_export_name = __pyx_export_signature + 542;
+    void (*const __pyx_export_pointers[])(void) = {(void (*)(void))&__pyx_f_5wsmem_6_arena_current_arena, (void (*)(void))&__pyx_f_5wsmem_6_arena_arena_alloc, (void (*)(void))&__pyx_f_5wsmem_6_arena_get_debug_mode, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_create, (void (*)(void))&__pyx_f_5wsmem_6_arena_set_current_arena, (void (*)(void))&__pyx_f_5wsmem_6_arena_set_debug_mode, (void (*)(void))&__pyx_f_5wsmem_6_arena_arena_drop_dead_spill, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_fini, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_release, (void (*)(void))&__pyx_f_5wsmem_6_arena_pin_init, (void (*)(void)) NULL};
     void (*const *__pyx_export_pointer)(void) = __pyx_export_pointers;
     const char *__pyx_export_current_signature = __pyx_export_signature;
     while (*__pyx_export_pointer) {
@@ -11405,17 +11645,18 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_6_arena_Arena(__pyx_mstatetype
   __pyx_vtable_5wsmem_6_arena_Arena.release_all = (int (*)(struct __pyx_obj_5wsmem_6_arena_Arena *))__pyx_f_5wsmem_6_arena_5Arena_release_all;
   __pyx_vtable_5wsmem_6_arena_Arena.check_owner = (int (*)(struct __pyx_obj_5wsmem_6_arena_Arena *))__pyx_f_5wsmem_6_arena_5Arena_check_owner;
   __pyx_vtable_5wsmem_6_arena_Arena._drop_blocks = (void (*)(struct __pyx_obj_5wsmem_6_arena_Arena *))__pyx_f_5wsmem_6_arena_5Arena__drop_blocks;
+  __pyx_vtable_5wsmem_6_arena_Arena._drop_spills = (void (*)(struct __pyx_obj_5wsmem_6_arena_Arena *))__pyx_f_5wsmem_6_arena_5Arena__drop_spills;
   __pyx_vtable_5wsmem_6_arena_Arena.pinned_bytes = (size_t (*)(struct __pyx_obj_5wsmem_6_arena_Arena *))__pyx_f_5wsmem_6_arena_5Arena_pinned_bytes;
   __pyx_vtable_5wsmem_6_arena_Arena.capacity = (size_t (*)(struct __pyx_obj_5wsmem_6_arena_Arena *))__pyx_f_5wsmem_6_arena_5Arena_capacity;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_arena_Arena_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena)) __PYX_ERR(0, 248, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_arena_Arena_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena)) __PYX_ERR(0, 266, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = &__pyx_type_5wsmem_6_arena_Arena;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 248, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 266, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena);
@@ -11425,9 +11666,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_6_arena_Arena(__pyx_mstatetype
     __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_vtabptr_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 248, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Arena, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 248, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 248, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_vtabptr_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 266, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Arena, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 266, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 266, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -11913,34 +12154,34 @@ __Pyx_RefNannySetupContext("PyInit__arena", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_nbytes_str, __pyx_t_2) < (0)) __PYX_ERR(0, 71, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":529
+  /* "wsmem/_arena.pyx":550
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
  *         try:
  *             return self.stats()
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_5_stats_or_none, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__stats_or_none, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 529, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_5_stats_or_none, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__stats_or_none, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 550, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_t_2) < (0)) __PYX_ERR(0, 529, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_t_2) < (0)) __PYX_ERR(0, 550, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":535
+  /* "wsmem/_arena.pyx":556
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
  *         """[(nbytes, generation, owner)] of every live pin (for leaks())."""
  *         cdef Block* b = self.state.blocks
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_7_live_pins, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__live_pins, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 535, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_7_live_pins, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__live_pins, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 556, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_live_pins, __pyx_t_2) < (0)) __PYX_ERR(0, 535, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_live_pins, __pyx_t_2) < (0)) __PYX_ERR(0, 556, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "(tree fragment)":1
@@ -12037,7 +12278,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "wsmem/_arena.pyx":309
+  /* "wsmem/_arena.pyx":331
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")             # <<<<<<<<<<<<<<
@@ -12046,7 +12287,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_prefix, __pyx_mstate_global->__pyx_n_u_suffix};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 309, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 331, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
@@ -12087,31 +12328,31 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 7; } str_length_index[] = {{0},{2},{77},{2},{4},{4},{4},{76},{19},{9},{37},{7},{64},{10},{9},{28},{12},{109},{15},{68},{92},{22},{1},{3},{3},{5},{2},{21},{1},{4},{16},{7},{6},{2},{9},{50},{20},{10},{6},{39},{37},{36},{38},{39},{5},{23},{25},{16},{20},{14},{22},{20},{12},{8},{12},{8},{10},{8},{12},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{10},{11},{14},{10},{18},{1},{5},{10},{18},{5},{18},{6},{19},{19},{8},{4},{10},{8},{4},{12},{5},{8},{8},{8},{8},{7},{4},{9},{1},{4},{2},{3},{9},{12},{20},{1},{6},{3},{6},{10},{5},{4},{10},{5},{5},{6},{6},{8},{6},{5},{6},{12},{13}};
-    const struct { const unsigned int length: 10; } bytes_length_index[] = {{570},{243},{32},{83},{9},{22},{87}};
+    const struct { const unsigned int length: 7; } str_length_index[] = {{0},{2},{77},{2},{4},{4},{4},{76},{19},{9},{37},{7},{64},{10},{9},{28},{12},{118},{15},{68},{92},{22},{1},{3},{3},{5},{2},{21},{1},{4},{16},{7},{6},{2},{9},{50},{20},{10},{6},{39},{37},{36},{38},{39},{5},{23},{25},{16},{20},{14},{22},{20},{12},{8},{12},{8},{10},{8},{12},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{13},{10},{11},{14},{10},{18},{1},{5},{10},{18},{5},{18},{6},{19},{19},{8},{4},{10},{8},{4},{12},{5},{8},{8},{8},{8},{7},{4},{9},{1},{4},{2},{3},{9},{12},{20},{1},{6},{3},{6},{10},{5},{4},{10},{5},{5},{6},{6},{8},{6},{5},{6},{12},{13}};
+    const struct { const unsigned int length: 10; } bytes_length_index[] = {{678},{243},{32},{83},{9},{22},{87}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1336 bytes) */
-static const char cstring[] = "x\332\235UKo\0337\020V\320\024u\333\240q\036(zdr\221\344\310\0338\350\003\020\020\024v\3428@\323\370\321\264EO\004\305\235\225\030S\344\232\344\312RO>\352\270G\035}\314\261\307\036\3733t\314O\351\014W++q\222\006\025 .w8\234\3077\337\314\262\026k\371\\i\375\260\231\t\245\233\355\204\035\t\345\201)\243\202\022\232{\365\047t\230u\254@\341B\023\306\001\234\021\272I\362\246\003\241\265\225\"@3a;lO\355\260\237\360\3773\376\205I\231\024\306\330\300z\300\034\220\2614a\217\360J\000\026\006\300N\255;\366\271\220\270Sa\020E\253\236\331\304\026\314\000]\352\201\266\246\357Y\260\250\205\006R\306z\350\366\230\335\303\315$\200\3572-\\\037\034\036\013\203\256\047L\244)\372\364\254r\220a\260\2021\345Y\2464l\366\204<\206\224\265b\350\312\232\207\315\341P\344\315v\227\251\340\027\246\007\302\307\22025F\325\030P\274_h\335eLC\026\230\315\030\033ZG\231\024:e0\226\030-\033\212q\214\377!&}R\200\017\220vX\005\037\236\206\001\032\221\023\251a\tw}\241\303j0\321<\206\236c>Q3\326`yf\213\340U\212X\205\n\267S?\204a\342\245\315\201\343Y\253\235\264\202\003\014\334\211\376\020Lh\243\243\047$@5\353&\035\246\355)Z\256\275\336\177g\265\005\363C\364\210z=\021\344 A\033\277\327\345\362L`\316yD\233\212\321e\262*\2525TA\006B\016\352:\255D\330\207\300\227%o\0311Do2\353\267\223\016#\222\304\332*__l%\311V\226<\310\022\252L\227uc-\374\004\321\034\"\256\031\306\230\262\037\237\243\307\005\307\226\360\244\312\213\236\0060\264\366%\002\034w\251\261,\205L\024:0\316\035\244\205\004\316YZ\000y6\326l\006\247F\210\003\236J\202\204\363|2\276\037C\277\3171a#\022\024\254p\226N6\343\332\245\232\020\033*\204\027l[\320\010\223\001\367\001\265\034\021s \255K?\240\264t\373^\035\202g`5RG\371\360N\255\323\201Z\034+\323\047\267~\233\262\212K\262\204DN\302\300\032\316k\261\207\340\003\342\372\366\201V#\340K#\t\047%\317\255\343\010%,\251\262\353\234u\313\267\375\021\270\014\331\027\245\234\037L\306\370\177\254d\340\317q\254\034A\306y,&\271\303_V\030I\317~\035\002\376\206B\231\370\264i\241\243\204\210DO,\016\227\"W\365~q\205\266""\243@\014\240\203\223B\350\372B\315\201K\251/\0050\246\027D`\351\304\257\204r\t\031\316q\022!o\270\362\034\353\211\350+\003\027@q\023G\025\006\346\336DkA]\234C\302O\214T6Y\336\366\275\310\242\270p\2329R\223M\304 8\004\224\346\230\324\326C\034\023\236\367\000\251@\307*\2440R8\216\262\014d\240\010\204V}C\343\000Lj\263^\201\007\016\363\304V\205\264\236\351\364\025\310\224\303\034\264\265y\206\235#m\n\003K\214\271\230\021\n[\320k\020\316 \217\352\310\353i2\304\320\342\363\230:5\247\346\245?\317E\030\030J\326z\314\314\"\021xPC\240M\335\271+{4\210\270\rU\310\0218\003in\363\034\233^\215/\27678\334\021\177\320\030eX\364u\034\261\021Y\204\030Y\3451I5\2460h\350\027\006\241;\036\t]@\\|5\225\252\326^\354\201\210\351\017&\373\275\227\010\033\333h\215\254J\333\r9\020\016_\320j!iz\020\247l\357%\377.^\343\337W6\252\316`\033\235\370\261\340\001\237\253\027\302\333\352;q>ll\264\033\312\004\266p\365\341+\0078+\336\212\343}fq\266\306\250/\236\205\361H\001\034\233\007\177\360g\373\317\367\342\322a\027\331\266\033\024\003k]\226`\200\365\366#\002l7>^\367#A\372_\331\310\302\241\215PYjT\366\"}\032\364)J\241W\364i\216@\003I\306\253OX\203\232\375\315{\376\262n\206\355\0207\016\260\017|%\214-B\205|_B\271\350c\213\036\340z\004}d\370*SbV\322\032\037\003\377\337f\252\347\177\342\177\331D\273Q\311\250U\251Y\226\257\021\256\2133\232\005\213\327E\356\225\313F\343\351\257{\273\374`{o\267\332\275xz\264\373\313\323\375g\217\317\256\314\257~v\346\2467\247[\363\265\353SW\336(\357T\222\333\323\303Zr\267\334)\323\331\273\344\273\263\257g\047\363\253_N\037L\017\247\275\362\323\362\267\331\026\231\374bz\257<<\333\236\257}>\277v\253\374\266\034\315\016\347\327\327i\277u\266\375z\355\233\331\325\331\223\363;\257\327\276\232\2129.\275\362\223rk~m\275\274R\336\230_\273\211\206\037\225\047\363\365[\345\017\263\273\263\355\331\213\363\233\347[\347\273\257n\274\332\374k\374\367\311?W\346\353\267\313\355\362\260\276\201\341\234\374\013*\200&\234";
-    PyObject *data = __Pyx_DecompressString(cstring, 1336, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1361 bytes) */
+static const char cstring[] = "x\332\235UKo\0337\020V\320\024u\333\240q\036(zdr\221\344\330\0338\350\003\020\020\024v\3428@\323\370\321\264EO\004\305\235\225\030S\344\232\344\312RO>\352\270G\035}\314\261\307\036\3733t\314O\351\014W++\261\223\032\025 .w8\234\3077\337\314\262\026k\371\\i\375\270\231\t\245\233\355\204\035\n\345\201)\243\202\022\232{\365\047\2543\353X\201\302\271&\214\0028#t\223\344M\007Bk+E\200f\302\266\331\256\332f?\341\377g\374\013\2232)\214\261\201u\2019 ci\302\236\340\225\000,\364\201\235Xw\344s!q\247B?\212\226=\263\261-\230\001\272\324\005mM\317\263`Q\013\r\244\214u\321\355\021{\200\233q\000\337aZ\270\0368<\026\006]\217\231HS\364\351Y\345 \303`\005c\312\263Li\330\350\ny\004)k\305\320\2255\217\233\203\201\310\233\355\016S\301\317M\367\205\217!ej\204\2521\240x\277\320\272\303\230\206,0\23316\260\2162)t\312`$1Z6\020\243\030\377cL\372\270\000\037 ]g\025|xJ\260\364\001\265C\037\255\311\261\324\260\300\275\276\271\316jT\321\017\346\220cbQ3\026cqf\213\340U\212\240\205\n\300\023?\200A\342\245\315\201\343Y\253\235\264\202\003\314\300\211\336\000Lh\243\243g$@5\353\306\353L\333\023\264\\{}xi\331\005\363\003\364\210z]\021d?A\033\277\327u\363L`\362y\204\235\252\322a\262\252\2565TJ\006B\366\353\202-E\330\203\300\027\265o\0311@o2\353\265\223uFl\211EV\276\276\330J\222\315,y\224%T\242\016\353\304\242\3701\302:@\2003\2141e?\276D\217s\262-\340I\225\027]\r`h\355I\0048\356RcY\n\231(t`\234;H\013\t\234\263\264\000\362l\254\331\010N\r\021\007<\225\004\t\347\371x\3640\206\376\220c\302F$(X\"/\235l\304\265C5!ZT\010\317i7\347\023&\003\356#j9\"\346@Z\227~Di\341\366\203:\004O\337j\244\216\362\341R\255\223\276\232\037+\323#\267~\213\262\212K\262\200D\216C\337\032\316k\261\207\340\003\342\372\376\201VC\340\013#\t\047%\317\255\343\010%,\250\262\343\234u\213\267\275!\270\014\331\027\245\234\357\217G\370\177\252d\340/q\276\034B\306y,&\271\303_V\030I\317^\035\002\376\006B\231\370\264i\241\243\204\210DO,\016\227\"W\365~~\205\266\303@\014\240\203\343B\350\372B\315\201\013\251/\0040\242\027D`\341\304/\205r\001\031""\316q$!o\270\362\034\353\211\350+\003\347@q\023g\026\006\346\336EkN]\034H\302\217\215T6Y\334\366\335\310\242\270p\032>R\223M\304 8\004\224\006\232\324\326C\034\023\236w\001\251@\307*\2440T8\227\262\014d\240\010\204V=C\343\000Lj\263n\201\007\016\363\304V\205\264\036\356\3649\310\224\303\034\264\265y\206\235#m\n}K\2149\237\021\n[\320k\020\316 \217\352\310\353i2\300\320\342\363\210:5\247\346\245?\317E\350\033J\326z\314\314\"\021xP\003\240M\335\271K{4\210\270\rT\310\0218\003in\363\034\233^\215\316?<8\345\021\177\320\030e\230\367u\234\265\021Y\204\030Y\3451I5\2420h\372\027\006\241;\032\n]@\\|5\225\252\326\236\357\201\210\351\367\307{\335\327\010\033[k\r\255J\333\r\331\027\016_\320j!iz\020\247l\3675\377.^\343\337W6\252\316`k\353\361\253\301\003>\227/\204\367\325\267\343|X[k7\224\tl\356\352\343W\366qV\274\027\307\207\314\342l\215Q\237?\013\343\221\00286\367\377\340/\366^\356\306e\235\235g\333nP\014\254uQ\202\001\326\333\253\203p\225(/\265zy\332\355\306\325u\257\350\375\177a$\013\2076Be\251Q\331\213\244l\320\007.\205n\321\243\351\004\r\244.\257>\214\r\032!\357\336\363\357\352VfRgs\224\212\224G*G\013\031\266^\3348\300\236\363\225\331\330\216D\232\017\245\231\213\036\216\203}\\\017\241\207\335\264\314\312\230\253\264\306\307t\376\267\231\352\371\237U\271h\242\335\250d4\026\2501\027\257\021\304\3633\232;\363\327y\356\225\313F\343\371\257\273;|\177kw\247\332\275z~\270\363\313\363\275\027OO\257\315\256\177v\352&\267\047\233\263\225\233\023W\336*\357U\222\273\223\203Zr\277\334.\323\351e\362\235\351\327\323\343\331\365/\047\217&\007\223n\371i\371\333t\223L~1yP\036\234n\315V>\237\335\270S~[\016\247\007\263\233\253\264\337<\335z\273\362\315\364\372\364\331\331\275\267+_M\304\014\227n\371I\2719\273\261Z^+o\315n\334F\303O\312\343\331\352\235\362\207\351\375\351\326\364\325\331\355\263\315\263\2357\267\336l\3745\372\373\370\237k\263\325\273\345VyP\337\300p\216\377\005xcQo";
+    PyObject *data = __Pyx_DecompressString(cstring, 1361, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1781 bytes) */
-static const char cstring[] = "\377 ( (spil\377l=\047fail\047\377). Raise\377 initial\377_size, o\347r u\022\000#\004ext\277ernal\047\024\001\047\377realloca\377te\047. B G\257iB K\001\000M\005\000a\377nd canno\177t be reI\001\357d. C0\000te \377the work\357spac\007\000ith\374\016\002n\t you n\373ee2\000belon\237gs to6\000q\000dw  bt\000k +\006\000\377ytes: la\357rgerU\000an \177any addq\000\353s [\003f\302\000a  \377is file-\377backed (\376\266\002ion=\047mm\377ap\047): it\335sT\004has\241\002fi\361x(\000\207!:\003ull:\377  left o\277f  mor\306\001u\277ld exc\253\000 \327max\265\"=\362\000qu\377ested,  \354\344\"q\000th\202\000cyc3le\346&)\005, \305%\\\000\017ss p\315\000%\002\377\"\023\006\277outsid\243@t\373 w\264!wsmem\177.scope_\031\000\377().(tree\377 fragmen\313t)\325@F\r\001$\000or?y, low\247 \237\005=/\331Ra sm\330@\317 \277batch.\231`W\316\247Es a\361\000\232\001thn\211A: c\317Con\270a\237 each\240E\227\010g\367et_\352F(nam\376\331`cfg)., \360\241a\327B\236@N\003 (..\2771f.2f.\226A:[ :\255bsy\313 m\312`7fus\275@?No\000\335d\376\262&disable{en\002\001gcis\004\003\377dno defa\377ult __re\377duce__ d\373ue\322anon-t\277rivial\033\000c~\375\204\001__pyx/\330\";/_\356\000na.\016\000\251\204\010\032\363!-\370\": \221@\212a\334#\371 \350c\234\204\003heade\375r\014\030pin re\017cord1\030\242\205\006W\026\315\205\001\377hole lis\335t\201\022whi\030\004in;g t\000sAr\243 \000\002\375.\212&cython\373__\017\005setst\357ate_\n\014liv\333e_<\006._!\001s_\327or_\310 e\242fEr\367ror\260fOver\371f\373`\021\002__Pyx\376\001\000Dict_Ne\177xtRef__\254\207\002\376k\001___func\346\004\000_g{\005\021\000mai\376\232\000__modul\306\276@__\305a\"\001\253@_c\307api\004\005\260\003\301A_vyt\216aG\001qual)\005\030\374E\352\016\226fex{\001\377\000\\\006\371s\200\010\211.__tes\335t\266\000is_\315@ou\337tine_\240&_n\311b\247\210\001\247 r\240+\274\211\004io\377nasyncioM.5\006sb\343\210\002\350\210\002_\360\207\001\363clP\001\201 trac}e\304\210\001close\314\207\002\377s_before\375_\274\212\001device\277effect\247Aa\357l""ign\213\207\001end\357ofbu\026\000r_r\346\247\206\001ed\314\212\005\202\213\001fir\376\301\000loopfse\377ncodehos\375t\206\213\titemsl\217earn\305`\272\211\005\355\210\005m,\234@\263\213\001mk\246\206\001p\323\211\001\327\211\001\277_pathn\227ao\337souto\206`_tGime\005\001\272\213\005\001\010i\377`\377limitppi\377nnedpopp\337refix\346\213\007re\026\226\204\001el\243\000t\321\206\004\307\214\002\203\204\002\327str\323`s\342\000ix\332\253\000p\361\212\001un\270 kv/alue\000\002s\262\211\003\325\206\003\372\005\004e\253\204\001sPyOb\375j\264  *(voi\177d)\000char\n\000\346S\000uc\272\207\001\347aobj\233_5\366\211\002_6\231\207\003\255\205\003 \267*, \264\215\001_t\005\000t\325r\047\007t\037\rB\275\214\002**\277)\000int d\004s\316\026\032Pinx\r?\025, |\260\003\000\005, uns\200`\377ed PY_LO\333NG\000\002, \344\007)\000\206\353\001 (\000\017\236\000\025\005~ )\341\000B\004\252\200 \376\200$\231\2002cur\257rent\267\212\003\000\276\212\002_\372\252\220\002\000\207\214\001debug~\304\207\001e\000pin_\275\214\003\341\000\351\206\001*\013\373\206\001\035\014fin\375i0\002releas\360;\003\260\221\002\305A\253Upage\367s_P\003\000Regi\363on\236i\335bcons\203t \210e\0231\363c\337>x\017)=\000\230\003map_\236\221\001\006\006\300\332\222\001\021\010\210\207\001$\004\365\004\346\204\003\000\000\377HUGE_PAG\375E\004\003THRESH\377OLD\200\001\330\004\007\377\200r\210\022\2101\330\010\177\017\210r\220\021\220!\014\003\367\024\210Q\n\005\"\220B\220\373d\230\004\021E\230\026\230q\377\330\004\013\2102\210Q\210\177b\220\005\220V\2301O\001\377\n\210+\220Q\200A\330\377\010\t\330\014\023\2204\220\277v\230Q\330\017\020\010\0011\377\200A\340\010\030\230\004\230\377F\240!\340\010\016\210a\375\330\002\000b\220\003\2201\330\377\014\020\220\001\220\021\330\014\377\022\220\"\220C\220q\330\377\020\023\2207\230\"\230A\377\230T\240\022\2401\240E\377\250\021\250-\260x\270q\377\300\001\330\020\024\220A\220\tQ*\005\266\000q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1781, 2862);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1820 bytes) */
+static const char cstring[] = "\377 ( (spil\377l=\047fail\047\377). Raise\377 initial\377_size, o\347r u\022\000#\004ext\277ernal\047\024\001\047\377realloca\377te\047. B G\257iB K\001\000M\005\000a\377nd canno\177t be reI\001\357d. C0\000te \377the work\357spac\007\000ith\374\016\002n\t you n\373ee2\000belon\237gs to6\000q\000dw  bt\000k +\006\000\377ytes: la\357rgerU\000an \177any addq\000\353s [\003f\302\000a  \377is file-\377backed (\376\266\002ion=\047mm\377ap\047): it\335sT\004has\241\002fi\361x(\000\207!:\003ull:\377  left o\277f  mor\306\001u\277ld exc\253\000 \327max\265\"=\362\000qu\377ested,  \330\344\"q\000\223!he+\000th>\213\000cycle\357&2\005\363, \316%e\000ss p\360\326\000%\002\210B\023\006outs\273id\254@t w\275!w\377smem.sco\367pe_\031\000().(\377tree fra\277gment)\336@F\374\r\001$\000ory, l\323ow\260 \250\005/\342Ra \363sm\341@\330 batc\353h.\242`W\260Es a\354\372\000\232\001th\222A: c\366\330Con\301a eacyh\251E\227\010get_\363F\357(nam\342`cfg\017)., \252a\340B\247@N\003\377 (..1f.2\273f.\237A: :\266bsuy\324 m\323`fus\306@\343?No\000\346d\262&dis\277ableen\002\001g\367cis\004\003dno \377default \377__reduce\277__ due\333an\377on-trivi\353al\033\000c\206\205\001__p\267yx/\330\"/_\356\000n\243a.\016\000\262\204\010\363!-\370\":\221 \221@\223a\334# \361c\245\204\003h\337eader\014\030pi\377n record\3601\030\253\205\006W\026\326\205\001hole\337 list\201\022wh\275i\030\004ing t\000s\323Ar\243 \000\002.\212&cy\277thon__\017\005s\377etstate_\276\n\014live_<\006.}_!\001s_or_\310 }e\242fError\260f\237Overf\373`\021\002_\357_Pyx\001\000Dic\377t_NextRe\347f__\265\207\002k\001___ofunc\004\000_g{\005\356\021\000mai\232\000__moodul\276@__\305a|\"\001\253@_capi\004\005\234\260\003\301A_vt\216aG\001q\207ual)\005\374E\352\016\226fe\221x{\001\377\000\\\006s\200\010\211._\337_test\266\000is\375_\315@outine\235_\240&_nb\260\210\001\247 r\374\240+\305\211\004ionasy\337ncio.5\006sb4\354\210\002\361\210\002_\371\207\001clP\001\201 \337trace\315\210\001cl\367ose\314\207\002s_be\337fore_\305\212\001de""\377viceeffe\373ct\247Aalign\376\213\207\001endofbun\026\000r_r\247\206\001ed\325\212\005\356\213\213\001fir\301\000loo\377pfsencod\337ehost\217\213\tit\377emslearn\310\305`\303\211\005\366\210\005m\234@\274\213\001mk\362\246\206\001p\334\211\001\340\211\001_pat\373hn\227aosout}o\206`_time\005\001\364\303\213\005\001\010i\377`limi\377tppinned\377popprefimx\357\213\007re\226\204\001el\243\000qt\321\206\004\320\214\002\203\204\002str\323`\255s\342\000ix\253\000p\372\212\001u\375n\270 kvalue\242\000\002s\262\211\003\325\206\003\005\004e\253\204\001s\337PyObj\264  *\377(void)\000cghar\n\000S\000uc\272\207\001\276\347aobj_5\366\211\002_y6\231\207\003\255\205\003 *, \275\215\001[_t\005\000tr\047\007t\037\r\375B\306\214\002**)\000in\353t d\004s\026\032Pin\314x\r?\025, \260\003\000\005, \367uns\200`ed P\277Y_LONG\000\002,m \344\007)\000\353\001 (\000\017\200\236\000\025\005\333\200\047\331\200!A\022\231.\362\002)\341\000\230\004\200\201 \324\201$\357\2002cur\257rent\215\213\003\000\224\213\002_\372\211\221\002\000\335\214\001debug~\232\210\001e\000pin_\223\215\003\301\000\277\207\001*\013\321\207\001!\010A\003dr\377op_dead_\274\233\222\002=\002finiF\002r\037eleasQ\003\245\222\002\261a\376\227upages_P~\003\000Region\212\204\t~\311\204\002const \364e\260\0231\337\204\003\365>x\017)\000\230\003m\007ap_\223\222\001\006\006\317\223\001\021\010\364\207\001\370$\004\365\004\322\205\003\000\000HUG\277E_PAGE\004\003T\377HRESHOLD\377\200\001\330\004\007\200r\210\377\022\2101\330\010\017\210r\357\220\021\220!\014\003\024\210Q~\n\005\"\220B\220d\230\004\021\377E\230\026\230q\330\004\013\377\2102\210Q\210b\220\005\357\220V\2301O\001\n\210+\377\220Q\200A\330\010\t\330\377\014\023\2204\220v\230Q\367\330\017\020\010\0011\200A\340\377\010\030\230\004\230F\240!\277\340\010\016\210a\330\002\000b\377\220\003\2201\330\014\020\220\377\001\220\021\330\014\022\220\"\377\220C\220q\330\020\023\220\3777\230\"\230A\230T\240\377\022\2401\240E\250\021\250\377-\260x\270q\300\001\330?\020\024\220A\220Q*""\005\266\000\001q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1820, 2979);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (2862 bytes) */
-static const char bytes[] = " ( (spill=\047fail\047). Raise initial_size, or use spill=\047external\047 or \047reallocate\047. B GiB KiB MiB and cannot be resized. Create the workspace with the initial_size you need. belongs to thread  block +  bytes: larger than any address space for a  is file-backed (location=\047mmap\047): its block has the fixed size  is full:  left of  more would exceed max_size= requested,  spilled this cycle). Raise max_size, allocate less per cycle, or allocate outside it with wsmem.scope_out().(tree fragment)). Free memory, lower max_size/initial_size, or use a smaller batch.). Workspaces are per thread: create one in each thread with wsmem.get_workspace(name, cfg)., not to this thread (..1f.2f.mmap: : the system refused ?Nonecannot allocate disableenablegcisenabledno default __reduce__ due to non-trivial __cinit__pyx/wsmem/_arena.pyxworkspace wsmem-wsmem: out of memory for a block headerwsmem: out of memory for a pin recordwsmem: out of memory for a workspacewsmem: out of memory for the hole listwsmem: out of memory while listing pinsArenaArena.__reduce_cython__Arena.__setstate_cython__Arena._live_pinsArena._stats_or_noneWorkspaceErrorWorkspaceOverflowError__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_capi____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_live_pins_nbytes_str_stats_or_noneallocationasyncio.coroutinesbblockblock_leftcline_in_tracebackclosecycles_before_initdeviceeffective_alignmentendofbuffer_reachedexternalfailfirst_loopfsencodehostinitial_sizeitemslearninglocationmax_sizemin_sizemkstempmmapmmap_pathnnoneosoutover_timeoverallocateoverallocation_limitppinnedpopprefixreallocateresetselfsetdefaultspillstatsstrictsuffixtempfileunlinkvaluevalueswsmem._arenawsmem._errorsPyObject *(void)\000char *(struct __pyx_obj_5wsmem_6_arena_Arena *, size_t, struct __pyx_t_5wsmem_6_arena_Block **)\000int (void)\000struct __pyx_t_5wsmem_6_are""na_Pin *(struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000void (PyObject *)\000void (int)\000void (struct __pyx_t_5wsmem_6_arena_Pin *)\000\000void (struct __pyx_t_5wsmem_6_arena_Pin *, struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000current_arena\000arena_alloc\000get_debug_mode\000pin_create\000set_current_arena\000set_debug_mode\000pin_fini\000pin_release\000pin_initint (struct __pyx_t_5wsmem_6_pages_PageRegion *, size_t, char const *)\000int (struct __pyx_t_5wsmem_6_pages_PageRegion *, size_t, size_t)\000\000void (struct __pyx_t_5wsmem_6_pages_PageRegion *)\000pages_map_file\000pages_malloc\000pages_map_host\000pages_releasesize_t\000\000HUGE_PAGE\000HUGE_THRESHOLD\200\001\330\004\007\200r\210\022\2101\330\010\017\210r\220\021\220!\330\004\007\200r\210\024\210Q\330\010\017\210r\220\021\220\"\220B\220d\230!\330\004\007\200r\210\024\210Q\330\010\017\210r\220\021\220\"\220E\230\026\230q\330\004\013\2102\210Q\210b\220\005\220V\2301\200\001\330\004\n\210+\220Q\200A\330\010\t\330\014\023\2204\220v\230Q\330\017\020\330\014\023\2201\200A\340\010\030\230\004\230F\240!\340\010\016\210a\330\010\016\210b\220\003\2201\330\014\020\220\001\220\021\330\014\022\220\"\220C\220q\330\020\023\2207\230\"\230A\230T\240\022\2401\240E\250\021\250-\260x\270q\300\001\330\020\024\220A\220Q\330\014\020\220\001\220\021\330\010\017\210q";
+    #else /* compression: none (2979 bytes) */
+static const char bytes[] = " ( (spill=\047fail\047). Raise initial_size, or use spill=\047external\047 or \047reallocate\047. B GiB KiB MiB and cannot be resized. Create the workspace with the initial_size you need. belongs to thread  block +  bytes: larger than any address space for a  is file-backed (location=\047mmap\047): its block has the fixed size  is full:  left of  more would exceed max_size= requested,  spilled and held this cycle). Raise max_size, allocate less per cycle, or allocate outside it with wsmem.scope_out().(tree fragment)). Free memory, lower max_size/initial_size, or use a smaller batch.). Workspaces are per thread: create one in each thread with wsmem.get_workspace(name, cfg)., not to this thread (..1f.2f.mmap: : the system refused ?Nonecannot allocate disableenablegcisenabledno default __reduce__ due to non-trivial __cinit__pyx/wsmem/_arena.pyxworkspace wsmem-wsmem: out of memory for a block headerwsmem: out of memory for a pin recordwsmem: out of memory for a workspacewsmem: out of memory for the hole listwsmem: out of memory while listing pinsArenaArena.__reduce_cython__Arena.__setstate_cython__Arena._live_pinsArena._stats_or_noneWorkspaceErrorWorkspaceOverflowError__Pyx_PyDict_NextRef__annotate____func____getstate____main____module____name____pyx_capi____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___is_coroutine_live_pins_nbytes_str_stats_or_noneallocationasyncio.coroutinesbblockblock_leftcline_in_tracebackclosecycles_before_initdeviceeffective_alignmentendofbuffer_reachedexternalfailfirst_loopfsencodehostinitial_sizeitemslearninglocationmax_sizemin_sizemkstempmmapmmap_pathnnoneosoutover_timeoverallocateoverallocation_limitppinnedpopprefixreallocateresetselfsetdefaultspillstatsstrictsuffixtempfileunlinkvaluevalueswsmem._arenawsmem._errorsPyObject *(void)\000char *(struct __pyx_obj_5wsmem_6_arena_Arena *, size_t, struct __pyx_t_5wsmem_6_arena_Block **)\000int (void)\000struct __pyx_t_5ws""mem_6_arena_Pin *(struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000void (PyObject *)\000void (int)\000void (struct __pyx_obj_5wsmem_6_arena_Arena *, struct __pyx_t_5wsmem_6_arena_Block *)\000void (struct __pyx_t_5wsmem_6_arena_Pin *)\000\000void (struct __pyx_t_5wsmem_6_arena_Pin *, struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000current_arena\000arena_alloc\000get_debug_mode\000pin_create\000set_current_arena\000set_debug_mode\000arena_drop_dead_spill\000pin_fini\000pin_release\000pin_initint (struct __pyx_t_5wsmem_6_pages_PageRegion *, size_t, char const *)\000int (struct __pyx_t_5wsmem_6_pages_PageRegion *, size_t, size_t)\000\000void (struct __pyx_t_5wsmem_6_pages_PageRegion *)\000pages_map_file\000pages_malloc\000pages_map_host\000pages_releasesize_t\000\000HUGE_PAGE\000HUGE_THRESHOLD\200\001\330\004\007\200r\210\022\2101\330\010\017\210r\220\021\220!\330\004\007\200r\210\024\210Q\330\010\017\210r\220\021\220\"\220B\220d\230!\330\004\007\200r\210\024\210Q\330\010\017\210r\220\021\220\"\220E\230\026\230q\330\004\013\2102\210Q\210b\220\005\220V\2301\200\001\330\004\n\210+\220Q\200A\330\010\t\330\014\023\2204\220v\230Q\330\017\020\330\014\023\2201\200A\340\010\030\230\004\230F\240!\340\010\016\210a\330\010\016\210b\220\003\2201\330\014\020\220\001\220\021\330\014\022\220\"\220C\220q\330\020\023\2207\230\"\230A\230T\240\022\2401\240E\250\021\250-\260x\270q\300\001\330\020\024\220A\220Q\330\014\020\220\001\220\021\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
@@ -12208,12 +12449,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_nbytes_str, __pyx_mstate->__pyx_kp_b_iso88591_r_1_r_r_Q_r_Bd_r_Q_r_E_q_2Qb_V1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 529};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 550};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_stats_or_none, __pyx_mstate->__pyx_kp_b_iso88591_A_4vQ_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 535};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 556};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_live_pins, __pyx_mstate->__pyx_kp_b_iso88591_A_F_a_b_1_Cq_7_AT_1E_xq_AQ_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }

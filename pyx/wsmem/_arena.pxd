@@ -54,6 +54,8 @@ cdef struct Block:
     Block* prev             # links in state.blocks (every live block of the arena)
     Block* next
     Block* next_spill       # links in state.spills (spills of the open cycle)
+    Block* prev_spill
+    bint in_spills          # linked in state.spills (the arena holds a ref for it)
 
 cdef struct ArenaState:
     # Heap-allocated so that blocks kept alive by pins never point at a dead
@@ -83,7 +85,8 @@ cdef class Arena:
     cdef bint init_pending          # initialize() requested while open
     # --- statistics (cycle_* describe the open cycle, else the last one)
     cdef size_t cycle_bytes
-    cdef size_t spilled_bytes
+    cdef size_t spilled_bytes       # every byte spilled this cycle (stats, learning)
+    cdef size_t spill_held          # spilled bytes still mapped this cycle (max_size)
     cdef size_t spilled_count
     cdef size_t last_cycle_bytes
     cdef size_t peak_cycle_bytes
@@ -109,6 +112,7 @@ cdef class Arena:
     cdef int release_all(self) except -1
     cdef int check_owner(self) except -1
     cdef void _drop_blocks(self) noexcept
+    cdef void _drop_spills(self) noexcept
     cdef size_t pinned_bytes(self) noexcept
     cdef size_t capacity(self) noexcept
 
@@ -116,6 +120,10 @@ cdef class Arena:
 # within the current hole, else the slow path (next hole, spill, or
 # WorkspaceOverflowError).  *block receives the owning block (NULL for 0 bytes).
 cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL
+
+# A spill of the open cycle that nothing uses any more (its captured array
+# was freed): unmap it now instead of at the end of the cycle.
+cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept
 
 # Validity of an array born in generation `gen` of arena `a`.
 cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:

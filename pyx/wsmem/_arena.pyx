@@ -231,6 +231,24 @@ cdef size_t _merged_ranges(Block* b, size_t** out) except? 0:
     return m + 1
 
 
+cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:
+    if b.prev_spill != NULL:
+        b.prev_spill.next_spill = b.next_spill
+    else:
+        st.spills = b.next_spill
+    if b.next_spill != NULL:
+        b.next_spill.prev_spill = b.prev_spill
+    b.next_spill = b.prev_spill = NULL
+    b.in_spills = False
+
+
+cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:
+    if b.in_spills and b.refs == 1 and b.state == a.state:
+        _unlink_spill(a.state, b)
+        a.spill_held -= b.size
+        _block_decref(b)
+
+
 # ---------------------------------------------------------------- allocation
 
 cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:
@@ -271,14 +289,18 @@ cdef class Arena:
         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current
             set_current_arena(None)
 
-    cdef void _drop_blocks(self) noexcept:
-        cdef Block* b = self.state.spills
-        cdef Block* nxt
-        self.state.spills = NULL
-        while b != NULL:
-            nxt = b.next_spill
+    cdef void _drop_spills(self) noexcept:
+        """Drop the arena's reference on every spill of the open cycle."""
+        cdef Block* b
+        while self.state.spills != NULL:
+            b = self.state.spills
+            _unlink_spill(self.state, b)
             _block_decref(b)
-            b = nxt
+        self.spill_held = 0
+
+    cdef void _drop_blocks(self) noexcept:
+        cdef Block* b
+        self._drop_spills()
         if self.main != NULL:
             b = self.main
             self.main = NULL
@@ -370,6 +392,7 @@ cdef class Arena:
         cdef size_t n, i, k, start, end, prev_end
         self.generation += 1
         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
+        self.spill_held = 0
         self.n_holes = self.hole_index = 0
         self.cursor = self.limit = 0
         if self.main == NULL:
@@ -434,16 +457,20 @@ cdef class Arena:
     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:
         cdef size_t sz = _round_up(nbytes, self.alignment)
         cdef Block* b
-        if self.max_size and self.capacity() + self.spilled_bytes + sz > self.max_size:
+        if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:
             raise WorkspaceOverflowError(
                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
-                f"{_nbytes_str(self.spilled_bytes)} spilled this cycle). Raise max_size, "
+                f"{_nbytes_str(self.spill_held)} spilled and held this cycle). Raise max_size, "
                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
                 self._stats_or_none())
         b = _block_new(self.state, sz, False, self)
         b.next_spill = self.state.spills
+        if self.state.spills != NULL:
+            self.state.spills.prev_spill = b
         self.state.spills = b
+        b.in_spills = True
+        self.spill_held += sz
         self.spilled_bytes += sz
         self.spilled_count += 1
         self.cycle_bytes += sz
@@ -452,14 +479,8 @@ cdef class Arena:
 
     cdef int end_cycle(self) except -1:
         """Close the cycle: free spills, learn, grow; the generation's arrays go stale."""
-        cdef Block* b = self.state.spills
-        cdef Block* nxt
         cdef size_t target
-        self.state.spills = NULL
-        while b != NULL:
-            nxt = b.next_spill
-            _block_decref(b)
-            b = nxt
+        self._drop_spills()
         self.cycles += 1
         self.last_cycle_bytes = self.cycle_bytes
         if self.cycle_bytes > self.peak_cycle_bytes:

@@ -2058,10 +2058,12 @@ struct __pyx_t_5wsmem_6_arena_Block {
   struct __pyx_t_5wsmem_6_arena_Block *prev;
   struct __pyx_t_5wsmem_6_arena_Block *next;
   struct __pyx_t_5wsmem_6_arena_Block *next_spill;
+  struct __pyx_t_5wsmem_6_arena_Block *prev_spill;
+  int in_spills;
 };
 
-/* "wsmem/_arena.pxd":58
- *     Block* next_spill       # links in state.spills (spills of the open cycle)
+/* "wsmem/_arena.pxd":60
+ *     bint in_spills          # linked in state.spills (the arena holds a ref for it)
  * 
  * cdef struct ArenaState:             # <<<<<<<<<<<<<<
  *     # Heap-allocated so that blocks kept alive by pins never point at a dead
@@ -2170,7 +2172,7 @@ struct __pyx_opt_args_5wsmem_6_array__wrap_ndarray {
   int keep;
 };
 
-/* "wsmem/_arena.pxd":66
+/* "wsmem/_arena.pxd":68
  *     bint arena_alive
  * 
  * cdef class Arena:             # <<<<<<<<<<<<<<
@@ -2195,6 +2197,7 @@ struct __pyx_obj_5wsmem_6_arena_Arena {
   int init_pending;
   size_t cycle_bytes;
   size_t spilled_bytes;
+  size_t spill_held;
   size_t spilled_count;
   size_t last_cycle_bytes;
   size_t peak_cycle_bytes;
@@ -2303,7 +2306,7 @@ struct __pyx_obj_5wsmem_6_array___pyx_scope_struct_1___getattr__ {
 
 
 
-/* "wsmem/_arena.pxd":66
+/* "wsmem/_arena.pxd":68
  *     bint arena_alive
  * 
  * cdef class Arena:             # <<<<<<<<<<<<<<
@@ -2322,6 +2325,7 @@ struct __pyx_vtabstruct_5wsmem_6_arena_Arena {
   int (*release_all)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   int (*check_owner)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   void (*_drop_blocks)(struct __pyx_obj_5wsmem_6_arena_Arena *);
+  void (*_drop_spills)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   size_t (*pinned_bytes)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   size_t (*capacity)(struct __pyx_obj_5wsmem_6_arena_Arena *);
 };
@@ -6943,7 +6947,7 @@ static CYTHON_INLINE NPY_DATETIMEUNIT __pyx_f_5numpy_get_datetime64_unit(PyObjec
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pxd":121
+/* "wsmem/_arena.pxd":129
  * 
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:             # <<<<<<<<<<<<<<
@@ -6956,7 +6960,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5ws
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_arena.pxd":122
+  /* "wsmem/_arena.pxd":130
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:
  *     return a.generation == gen and a.depth > 0 and not a.destroyed             # <<<<<<<<<<<<<<
@@ -6994,7 +6998,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5ws
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pxd":121
+  /* "wsmem/_arena.pxd":129
  * 
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:             # <<<<<<<<<<<<<<
@@ -36587,7 +36591,7 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #endif
   __Pyx_ImportType_CheckSize_Ignore_3_3_1); if (!__pyx_mstate->__pyx_ptype_5numpy_ufunc) __PYX_ERR(1, 908, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyImport_ImportModule("wsmem._arena"); if (unlikely(!__pyx_t_1)) __PYX_ERR(4, 66, __pyx_L1_error)
+  __pyx_t_1 = PyImport_ImportModule("wsmem._arena"); if (unlikely(!__pyx_t_1)) __PYX_ERR(4, 68, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = __Pyx_ImportType_3_3_1(__pyx_t_1, "wsmem._arena", "Arena",
   #if defined(PYPY_VERSION_NUM) && PYPY_VERSION_NUM < 0x050B0000
@@ -36597,8 +36601,8 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_5wsmem_6_arena_Arena), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_5wsmem_6_arena_Arena),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) __PYX_ERR(4, 66, __pyx_L1_error)
-  if (unlikely(__Pyx_GetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena, (void**)&__pyx_vtabptr_5wsmem_6_arena_Arena) != 1)) __PYX_ERR(4, 66, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) __PYX_ERR(4, 68, __pyx_L1_error)
+  if (unlikely(__Pyx_GetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena, (void**)&__pyx_vtabptr_5wsmem_6_arena_Arena) != 1)) __PYX_ERR(4, 68, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_RefNannyFinishContext();
   return 0;

@@ -2004,10 +2004,12 @@ struct __pyx_t_5wsmem_6_arena_Block {
   struct __pyx_t_5wsmem_6_arena_Block *prev;
   struct __pyx_t_5wsmem_6_arena_Block *next;
   struct __pyx_t_5wsmem_6_arena_Block *next_spill;
+  struct __pyx_t_5wsmem_6_arena_Block *prev_spill;
+  int in_spills;
 };
 
-/* "wsmem/_arena.pxd":58
- *     Block* next_spill       # links in state.spills (spills of the open cycle)
+/* "wsmem/_arena.pxd":60
+ *     bint in_spills          # linked in state.spills (the arena holds a ref for it)
  * 
  * cdef struct ArenaState:             # <<<<<<<<<<<<<<
  *     # Heap-allocated so that blocks kept alive by pins never point at a dead
@@ -2072,7 +2074,7 @@ struct __pyx_t_5wsmem_8_capture_CapCtx {
   struct __pyx_t_5wsmem_8_capture_FreeSlot free[__pyx_e_5wsmem_8_capture_FREE_SLOTS];
 };
 
-/* "wsmem/_arena.pxd":66
+/* "wsmem/_arena.pxd":68
  *     bint arena_alive
  * 
  * cdef class Arena:             # <<<<<<<<<<<<<<
@@ -2097,6 +2099,7 @@ struct __pyx_obj_5wsmem_6_arena_Arena {
   int init_pending;
   size_t cycle_bytes;
   size_t spilled_bytes;
+  size_t spill_held;
   size_t spilled_count;
   size_t last_cycle_bytes;
   size_t peak_cycle_bytes;
@@ -2132,6 +2135,7 @@ struct __pyx_vtabstruct_5wsmem_6_arena_Arena {
   int (*release_all)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   int (*check_owner)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   void (*_drop_blocks)(struct __pyx_obj_5wsmem_6_arena_Arena *);
+  void (*_drop_spills)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   size_t (*pinned_bytes)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   size_t (*capacity)(struct __pyx_obj_5wsmem_6_arena_Arena *);
 };
@@ -2914,6 +2918,7 @@ static size_t *__pyx_vp_5wsmem_6_pages_HUGE_THRESHOLD = 0;
 
 /* Module declarations from "wsmem._arena" */
 static char *(*__pyx_f_5wsmem_6_arena_arena_alloc)(struct __pyx_obj_5wsmem_6_arena_Arena *, size_t, struct __pyx_t_5wsmem_6_arena_Block **); /*proto*/
+static void (*__pyx_f_5wsmem_6_arena_arena_drop_dead_spill)(struct __pyx_obj_5wsmem_6_arena_Arena *, struct __pyx_t_5wsmem_6_arena_Block *); /*proto*/
 static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5wsmem_6_arena_Arena *, unsigned PY_LONG_LONG); /*proto*/
 static void (*__pyx_f_5wsmem_6_arena_pin_init)(struct __pyx_t_5wsmem_6_arena_Pin *, struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *); /*proto*/
 static void (*__pyx_f_5wsmem_6_arena_pin_fini)(struct __pyx_t_5wsmem_6_arena_Pin *); /*proto*/
@@ -3139,7 +3144,7 @@ return 0;
 #endif
 /* #### Code section: module_code ### */
 
-/* "wsmem/_arena.pxd":121
+/* "wsmem/_arena.pxd":129
  * 
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:             # <<<<<<<<<<<<<<
@@ -3152,7 +3157,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5ws
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_arena.pxd":122
+  /* "wsmem/_arena.pxd":130
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:
  *     return a.generation == gen and a.depth > 0 and not a.destroyed             # <<<<<<<<<<<<<<
@@ -3190,7 +3195,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5ws
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pxd":121
+  /* "wsmem/_arena.pxd":129
  * 
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:             # <<<<<<<<<<<<<<
@@ -5082,7 +5087,7 @@ static CYTHON_INLINE NPY_DATETIMEUNIT __pyx_f_5numpy_get_datetime64_unit(PyObjec
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":78
+/* "wsmem/_capture.pyx":79
  * # ---------------------------------------------------------------- heap fallback
  * 
  * cdef inline void* _heap_alloc(size_t size) noexcept:             # <<<<<<<<<<<<<<
@@ -5096,7 +5101,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
   void *__pyx_r;
   int __pyx_t_1;
 
-  /* "wsmem/_capture.pyx":79
+  /* "wsmem/_capture.pyx":80
  * 
  * cdef inline void* _heap_alloc(size_t size) noexcept:
  *     cdef void* raw = NULL             # <<<<<<<<<<<<<<
@@ -5105,7 +5110,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
 */
   __pyx_v_raw = NULL;
 
-  /* "wsmem/_capture.pyx":81
+  /* "wsmem/_capture.pyx":82
  *     cdef void* raw = NULL
  *     cdef CapHdr* h
  *     if size > (<size_t>1 << 62):             # <<<<<<<<<<<<<<
@@ -5117,7 +5122,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":82
+    /* "wsmem/_capture.pyx":83
  *     cdef CapHdr* h
  *     if size > (<size_t>1 << 62):
  *         return NULL             # <<<<<<<<<<<<<<
@@ -5130,7 +5135,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":81
+    /* "wsmem/_capture.pyx":82
  *     cdef void* raw = NULL
  *     cdef CapHdr* h
  *     if size > (<size_t>1 << 62):             # <<<<<<<<<<<<<<
@@ -5139,7 +5144,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
 */
   }
 
-  /* "wsmem/_capture.pyx":83
+  /* "wsmem/_capture.pyx":84
  *     if size > (<size_t>1 << 62):
  *         return NULL
  *     if posix_memalign(&raw, 64, WSMEM_HDR + size) != 0:             # <<<<<<<<<<<<<<
@@ -5151,7 +5156,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":84
+    /* "wsmem/_capture.pyx":85
  *         return NULL
  *     if posix_memalign(&raw, 64, WSMEM_HDR + size) != 0:
  *         return NULL             # <<<<<<<<<<<<<<
@@ -5164,7 +5169,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":83
+    /* "wsmem/_capture.pyx":84
  *     if size > (<size_t>1 << 62):
  *         return NULL
  *     if posix_memalign(&raw, 64, WSMEM_HDR + size) != 0:             # <<<<<<<<<<<<<<
@@ -5173,7 +5178,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
 */
   }
 
-  /* "wsmem/_capture.pyx":85
+  /* "wsmem/_capture.pyx":86
  *     if posix_memalign(&raw, 64, WSMEM_HDR + size) != 0:
  *         return NULL
  *     h = <CapHdr*>raw             # <<<<<<<<<<<<<<
@@ -5182,7 +5187,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
 */
   __pyx_v_h = ((struct __pyx_t_5wsmem_8_capture_CapHdr *)__pyx_v_raw);
 
-  /* "wsmem/_capture.pyx":86
+  /* "wsmem/_capture.pyx":87
  *         return NULL
  *     h = <CapHdr*>raw
  *     h.pin.block = NULL             # <<<<<<<<<<<<<<
@@ -5191,7 +5196,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
 */
   __pyx_v_h->pin.block = NULL;
 
-  /* "wsmem/_capture.pyx":87
+  /* "wsmem/_capture.pyx":88
  *     h = <CapHdr*>raw
  *     h.pin.block = NULL
  *     h.size = size             # <<<<<<<<<<<<<<
@@ -5200,7 +5205,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
 */
   __pyx_v_h->size = __pyx_v_size;
 
-  /* "wsmem/_capture.pyx":88
+  /* "wsmem/_capture.pyx":89
  *     h.pin.block = NULL
  *     h.size = size
  *     return <char*>raw + WSMEM_HDR             # <<<<<<<<<<<<<<
@@ -5213,7 +5218,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":78
+  /* "wsmem/_capture.pyx":79
  * # ---------------------------------------------------------------- heap fallback
  * 
  * cdef inline void* _heap_alloc(size_t size) noexcept:             # <<<<<<<<<<<<<<
@@ -5229,7 +5234,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":93
+/* "wsmem/_capture.pyx":94
  * # ---------------------------------------------------------------- free table
  * 
  * cdef inline size_t _slot(size_t size) noexcept:             # <<<<<<<<<<<<<<
@@ -5240,7 +5245,7 @@ static CYTHON_INLINE void *__pyx_f_5wsmem_8_capture__heap_alloc(size_t __pyx_v_s
 static CYTHON_INLINE size_t __pyx_f_5wsmem_8_capture__slot(size_t __pyx_v_size) {
   size_t __pyx_r;
 
-  /* "wsmem/_capture.pyx":94
+  /* "wsmem/_capture.pyx":95
  * 
  * cdef inline size_t _slot(size_t size) noexcept:
  *     return ((size >> 6) * 0x9E3779B97F4A7C15ULL >> 32) & (FREE_SLOTS - 1)             # <<<<<<<<<<<<<<
@@ -5253,7 +5258,7 @@ static CYTHON_INLINE size_t __pyx_f_5wsmem_8_capture__slot(size_t __pyx_v_size) 
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":93
+  /* "wsmem/_capture.pyx":94
  * # ---------------------------------------------------------------- free table
  * 
  * cdef inline size_t _slot(size_t size) noexcept:             # <<<<<<<<<<<<<<
@@ -5267,7 +5272,7 @@ static CYTHON_INLINE size_t __pyx_f_5wsmem_8_capture__slot(size_t __pyx_v_size) 
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":97
+/* "wsmem/_capture.pyx":98
  * 
  * 
  * cdef inline void _reset_free(CapCtx* ctx, unsigned long long gen) noexcept:             # <<<<<<<<<<<<<<
@@ -5278,7 +5283,7 @@ static CYTHON_INLINE size_t __pyx_f_5wsmem_8_capture__slot(size_t __pyx_v_size) 
 static CYTHON_INLINE void __pyx_f_5wsmem_8_capture__reset_free(struct __pyx_t_5wsmem_8_capture_CapCtx *__pyx_v_ctx, unsigned PY_LONG_LONG __pyx_v_gen) {
   int __pyx_t_1;
 
-  /* "wsmem/_capture.pyx":98
+  /* "wsmem/_capture.pyx":99
  * 
  * cdef inline void _reset_free(CapCtx* ctx, unsigned long long gen) noexcept:
  *     if ctx.n_free:             # <<<<<<<<<<<<<<
@@ -5290,7 +5295,7 @@ static CYTHON_INLINE void __pyx_f_5wsmem_8_capture__reset_free(struct __pyx_t_5w
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":99
+    /* "wsmem/_capture.pyx":100
  * cdef inline void _reset_free(CapCtx* ctx, unsigned long long gen) noexcept:
  *     if ctx.n_free:
  *         memset(ctx.free, 0, sizeof(ctx.free))             # <<<<<<<<<<<<<<
@@ -5299,7 +5304,7 @@ static CYTHON_INLINE void __pyx_f_5wsmem_8_capture__reset_free(struct __pyx_t_5w
 */
     (void)(memset(__pyx_v_ctx->free, 0, (sizeof(__pyx_v_ctx->free))));
 
-    /* "wsmem/_capture.pyx":100
+    /* "wsmem/_capture.pyx":101
  *     if ctx.n_free:
  *         memset(ctx.free, 0, sizeof(ctx.free))
  *         ctx.n_free = 0             # <<<<<<<<<<<<<<
@@ -5308,7 +5313,7 @@ static CYTHON_INLINE void __pyx_f_5wsmem_8_capture__reset_free(struct __pyx_t_5w
 */
     __pyx_v_ctx->n_free = 0;
 
-    /* "wsmem/_capture.pyx":98
+    /* "wsmem/_capture.pyx":99
  * 
  * cdef inline void _reset_free(CapCtx* ctx, unsigned long long gen) noexcept:
  *     if ctx.n_free:             # <<<<<<<<<<<<<<
@@ -5317,7 +5322,7 @@ static CYTHON_INLINE void __pyx_f_5wsmem_8_capture__reset_free(struct __pyx_t_5w
 */
   }
 
-  /* "wsmem/_capture.pyx":101
+  /* "wsmem/_capture.pyx":102
  *         memset(ctx.free, 0, sizeof(ctx.free))
  *         ctx.n_free = 0
  *     ctx.free_gen = gen             # <<<<<<<<<<<<<<
@@ -5326,7 +5331,7 @@ static CYTHON_INLINE void __pyx_f_5wsmem_8_capture__reset_free(struct __pyx_t_5w
 */
   __pyx_v_ctx->free_gen = __pyx_v_gen;
 
-  /* "wsmem/_capture.pyx":97
+  /* "wsmem/_capture.pyx":98
  * 
  * 
  * cdef inline void _reset_free(CapCtx* ctx, unsigned long long gen) noexcept:             # <<<<<<<<<<<<<<
@@ -5338,7 +5343,7 @@ static CYTHON_INLINE void __pyx_f_5wsmem_8_capture__reset_free(struct __pyx_t_5w
 
 }
 
-/* "wsmem/_capture.pyx":104
+/* "wsmem/_capture.pyx":105
  * 
  * 
  * cdef inline CapHdr* _pop_free(CapCtx* ctx, size_t size) noexcept:             # <<<<<<<<<<<<<<
@@ -5355,7 +5360,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
   int __pyx_t_2;
   struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_t_3;
 
-  /* "wsmem/_capture.pyx":105
+  /* "wsmem/_capture.pyx":106
  * 
  * cdef inline CapHdr* _pop_free(CapCtx* ctx, size_t size) noexcept:
  *     cdef size_t i = _slot(size), k             # <<<<<<<<<<<<<<
@@ -5364,7 +5369,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
 */
   __pyx_v_i = __pyx_f_5wsmem_8_capture__slot(__pyx_v_size);
 
-  /* "wsmem/_capture.pyx":107
+  /* "wsmem/_capture.pyx":108
  *     cdef size_t i = _slot(size), k
  *     cdef CapHdr* h
  *     for k in range(8):             # <<<<<<<<<<<<<<
@@ -5374,7 +5379,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
   for (__pyx_t_1 = 0; __pyx_t_1 < 8; __pyx_t_1+=1) {
     __pyx_v_k = __pyx_t_1;
 
-    /* "wsmem/_capture.pyx":108
+    /* "wsmem/_capture.pyx":109
  *     cdef CapHdr* h
  *     for k in range(8):
  *         if ctx.free[i].size == size:             # <<<<<<<<<<<<<<
@@ -5386,7 +5391,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_capture.pyx":109
+      /* "wsmem/_capture.pyx":110
  *     for k in range(8):
  *         if ctx.free[i].size == size:
  *             h = ctx.free[i].head             # <<<<<<<<<<<<<<
@@ -5397,7 +5402,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
 
       __pyx_v_h = __pyx_t_3;
 
-      /* "wsmem/_capture.pyx":110
+      /* "wsmem/_capture.pyx":111
  *         if ctx.free[i].size == size:
  *             h = ctx.free[i].head
  *             if h != NULL:             # <<<<<<<<<<<<<<
@@ -5409,7 +5414,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
       if (__pyx_t_2) {
 
 
-        /* "wsmem/_capture.pyx":111
+        /* "wsmem/_capture.pyx":112
  *             h = ctx.free[i].head
  *             if h != NULL:
  *                 ctx.free[i].head = <CapHdr*>h.pin.next   # pin is the first member             # <<<<<<<<<<<<<<
@@ -5418,7 +5423,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
 */
         (__pyx_v_ctx->free[__pyx_v_i]).head = ((struct __pyx_t_5wsmem_8_capture_CapHdr *)__pyx_v_h->pin.next);
 
-        /* "wsmem/_capture.pyx":110
+        /* "wsmem/_capture.pyx":111
  *         if ctx.free[i].size == size:
  *             h = ctx.free[i].head
  *             if h != NULL:             # <<<<<<<<<<<<<<
@@ -5427,7 +5432,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
 */
       }
 
-      /* "wsmem/_capture.pyx":112
+      /* "wsmem/_capture.pyx":113
  *             if h != NULL:
  *                 ctx.free[i].head = <CapHdr*>h.pin.next   # pin is the first member
  *             return h             # <<<<<<<<<<<<<<
@@ -5440,7 +5445,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
       }
       goto __pyx_L0;
 
-      /* "wsmem/_capture.pyx":108
+      /* "wsmem/_capture.pyx":109
  *     cdef CapHdr* h
  *     for k in range(8):
  *         if ctx.free[i].size == size:             # <<<<<<<<<<<<<<
@@ -5449,7 +5454,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
 */
     }
 
-    /* "wsmem/_capture.pyx":113
+    /* "wsmem/_capture.pyx":114
  *                 ctx.free[i].head = <CapHdr*>h.pin.next   # pin is the first member
  *             return h
  *         if ctx.free[i].size == 0:             # <<<<<<<<<<<<<<
@@ -5461,7 +5466,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_capture.pyx":114
+      /* "wsmem/_capture.pyx":115
  *             return h
  *         if ctx.free[i].size == 0:
  *             return NULL             # <<<<<<<<<<<<<<
@@ -5474,7 +5479,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
       }
       goto __pyx_L0;
 
-      /* "wsmem/_capture.pyx":113
+      /* "wsmem/_capture.pyx":114
  *                 ctx.free[i].head = <CapHdr*>h.pin.next   # pin is the first member
  *             return h
  *         if ctx.free[i].size == 0:             # <<<<<<<<<<<<<<
@@ -5483,7 +5488,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
 */
     }
 
-    /* "wsmem/_capture.pyx":115
+    /* "wsmem/_capture.pyx":116
  *         if ctx.free[i].size == 0:
  *             return NULL
  *         i = (i + 1) & (FREE_SLOTS - 1)             # <<<<<<<<<<<<<<
@@ -5493,7 +5498,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
     __pyx_v_i = ((__pyx_v_i + 1) & (__pyx_e_5wsmem_8_capture_FREE_SLOTS - 1));
   }
 
-  /* "wsmem/_capture.pyx":116
+  /* "wsmem/_capture.pyx":117
  *             return NULL
  *         i = (i + 1) & (FREE_SLOTS - 1)
  *     return NULL             # <<<<<<<<<<<<<<
@@ -5506,7 +5511,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":104
+  /* "wsmem/_capture.pyx":105
  * 
  * 
  * cdef inline CapHdr* _pop_free(CapCtx* ctx, size_t size) noexcept:             # <<<<<<<<<<<<<<
@@ -5523,7 +5528,7 @@ static CYTHON_INLINE struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_f_5wsmem_8_ca
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":119
+/* "wsmem/_capture.pyx":120
  * 
  * 
  * cdef inline bint _push_free(CapCtx* ctx, CapHdr* h) noexcept:             # <<<<<<<<<<<<<<
@@ -5540,7 +5545,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
   int __pyx_t_3;
   size_t __pyx_t_4;
 
-  /* "wsmem/_capture.pyx":120
+  /* "wsmem/_capture.pyx":121
  * 
  * cdef inline bint _push_free(CapCtx* ctx, CapHdr* h) noexcept:
  *     cdef size_t i = _slot(h.size), k             # <<<<<<<<<<<<<<
@@ -5549,7 +5554,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
 */
   __pyx_v_i = __pyx_f_5wsmem_8_capture__slot(__pyx_v_h->size);
 
-  /* "wsmem/_capture.pyx":121
+  /* "wsmem/_capture.pyx":122
  * cdef inline bint _push_free(CapCtx* ctx, CapHdr* h) noexcept:
  *     cdef size_t i = _slot(h.size), k
  *     for k in range(8):             # <<<<<<<<<<<<<<
@@ -5559,7 +5564,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
   for (__pyx_t_1 = 0; __pyx_t_1 < 8; __pyx_t_1+=1) {
     __pyx_v_k = __pyx_t_1;
 
-    /* "wsmem/_capture.pyx":122
+    /* "wsmem/_capture.pyx":123
  *     cdef size_t i = _slot(h.size), k
  *     for k in range(8):
  *         if ctx.free[i].size == h.size or ctx.free[i].size == 0:             # <<<<<<<<<<<<<<
@@ -5585,7 +5590,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_capture.pyx":123
+      /* "wsmem/_capture.pyx":124
  *     for k in range(8):
  *         if ctx.free[i].size == h.size or ctx.free[i].size == 0:
  *             if ctx.free[i].size == 0:             # <<<<<<<<<<<<<<
@@ -5597,7 +5602,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
       if (__pyx_t_2) {
 
 
-        /* "wsmem/_capture.pyx":124
+        /* "wsmem/_capture.pyx":125
  *         if ctx.free[i].size == h.size or ctx.free[i].size == 0:
  *             if ctx.free[i].size == 0:
  *                 ctx.free[i].size = h.size             # <<<<<<<<<<<<<<
@@ -5608,7 +5613,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
 
         (__pyx_v_ctx->free[__pyx_v_i]).size = __pyx_t_4;
 
-        /* "wsmem/_capture.pyx":125
+        /* "wsmem/_capture.pyx":126
  *             if ctx.free[i].size == 0:
  *                 ctx.free[i].size = h.size
  *                 ctx.n_free += 1             # <<<<<<<<<<<<<<
@@ -5617,7 +5622,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
 */
         __pyx_v_ctx->n_free = (__pyx_v_ctx->n_free + 1);
 
-        /* "wsmem/_capture.pyx":123
+        /* "wsmem/_capture.pyx":124
  *     for k in range(8):
  *         if ctx.free[i].size == h.size or ctx.free[i].size == 0:
  *             if ctx.free[i].size == 0:             # <<<<<<<<<<<<<<
@@ -5626,7 +5631,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
 */
       }
 
-      /* "wsmem/_capture.pyx":126
+      /* "wsmem/_capture.pyx":127
  *                 ctx.free[i].size = h.size
  *                 ctx.n_free += 1
  *             h.pin.next = <Pin*>ctx.free[i].head             # <<<<<<<<<<<<<<
@@ -5635,7 +5640,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
 */
       __pyx_v_h->pin.next = ((struct __pyx_t_5wsmem_6_arena_Pin *)(__pyx_v_ctx->free[__pyx_v_i]).head);
 
-      /* "wsmem/_capture.pyx":127
+      /* "wsmem/_capture.pyx":128
  *                 ctx.n_free += 1
  *             h.pin.next = <Pin*>ctx.free[i].head
  *             ctx.free[i].head = h             # <<<<<<<<<<<<<<
@@ -5644,7 +5649,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
 */
       (__pyx_v_ctx->free[__pyx_v_i]).head = __pyx_v_h;
 
-      /* "wsmem/_capture.pyx":128
+      /* "wsmem/_capture.pyx":129
  *             h.pin.next = <Pin*>ctx.free[i].head
  *             ctx.free[i].head = h
  *             return True             # <<<<<<<<<<<<<<
@@ -5657,7 +5662,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
       }
       goto __pyx_L0;
 
-      /* "wsmem/_capture.pyx":122
+      /* "wsmem/_capture.pyx":123
  *     cdef size_t i = _slot(h.size), k
  *     for k in range(8):
  *         if ctx.free[i].size == h.size or ctx.free[i].size == 0:             # <<<<<<<<<<<<<<
@@ -5666,7 +5671,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
 */
     }
 
-    /* "wsmem/_capture.pyx":129
+    /* "wsmem/_capture.pyx":130
  *             ctx.free[i].head = h
  *             return True
  *         i = (i + 1) & (FREE_SLOTS - 1)             # <<<<<<<<<<<<<<
@@ -5676,7 +5681,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
     __pyx_v_i = ((__pyx_v_i + 1) & (__pyx_e_5wsmem_8_capture_FREE_SLOTS - 1));
   }
 
-  /* "wsmem/_capture.pyx":130
+  /* "wsmem/_capture.pyx":131
  *             return True
  *         i = (i + 1) & (FREE_SLOTS - 1)
  *     return False             # <<<<<<<<<<<<<<
@@ -5689,7 +5694,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":119
+  /* "wsmem/_capture.pyx":120
  * 
  * 
  * cdef inline bint _push_free(CapCtx* ctx, CapHdr* h) noexcept:             # <<<<<<<<<<<<<<
@@ -5705,7 +5710,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_8_capture__push_free(struct __pyx_t_5wsm
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":135
+/* "wsmem/_capture.pyx":136
  * # ---------------------------------------------------------------- the handler
  * 
  * cdef inline Arena _serving(CapCtx* ctx):             # <<<<<<<<<<<<<<
@@ -5722,7 +5727,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
   int __pyx_t_3;
   __Pyx_RefNannySetupContext("_serving", 0);
 
-  /* "wsmem/_capture.pyx":138
+  /* "wsmem/_capture.pyx":139
  *     """The workspace if it can serve this allocation now, else None."""
  *     cdef Arena a
  *     if ctx.arena == NULL:             # <<<<<<<<<<<<<<
@@ -5734,7 +5739,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":139
+    /* "wsmem/_capture.pyx":140
  *     cdef Arena a
  *     if ctx.arena == NULL:
  *         return None             # <<<<<<<<<<<<<<
@@ -5751,7 +5756,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":138
+    /* "wsmem/_capture.pyx":139
  *     """The workspace if it can serve this allocation now, else None."""
  *     cdef Arena a
  *     if ctx.arena == NULL:             # <<<<<<<<<<<<<<
@@ -5760,7 +5765,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
 */
   }
 
-  /* "wsmem/_capture.pyx":140
+  /* "wsmem/_capture.pyx":141
  *     if ctx.arena == NULL:
  *         return None
  *     a = <Arena>ctx.arena             # <<<<<<<<<<<<<<
@@ -5772,7 +5777,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
   __pyx_v_a = ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "wsmem/_capture.pyx":141
+  /* "wsmem/_capture.pyx":142
  *         return None
  *     a = <Arena>ctx.arena
  *     if (a.depth <= 0 or a.destroyed or get_debug_mode() == DEBUG_BYPASS_EVERYTHING             # <<<<<<<<<<<<<<
@@ -5796,7 +5801,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
     goto __pyx_L5_bool_binop_done;
   }
 
-  /* "wsmem/_capture.pyx":142
+  /* "wsmem/_capture.pyx":143
  *     a = <Arena>ctx.arena
  *     if (a.depth <= 0 or a.destroyed or get_debug_mode() == DEBUG_BYPASS_EVERYTHING
  *             or a.owner_thread != PyThread_get_thread_ident()):             # <<<<<<<<<<<<<<
@@ -5820,7 +5825,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
 
   __pyx_L5_bool_binop_done:;
 
-  /* "wsmem/_capture.pyx":141
+  /* "wsmem/_capture.pyx":142
  *         return None
  *     a = <Arena>ctx.arena
  *     if (a.depth <= 0 or a.destroyed or get_debug_mode() == DEBUG_BYPASS_EVERYTHING             # <<<<<<<<<<<<<<
@@ -5830,7 +5835,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":143
+    /* "wsmem/_capture.pyx":144
  *     if (a.depth <= 0 or a.destroyed or get_debug_mode() == DEBUG_BYPASS_EVERYTHING
  *             or a.owner_thread != PyThread_get_thread_ident()):
  *         return None             # <<<<<<<<<<<<<<
@@ -5847,7 +5852,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":141
+    /* "wsmem/_capture.pyx":142
  *         return None
  *     a = <Arena>ctx.arena
  *     if (a.depth <= 0 or a.destroyed or get_debug_mode() == DEBUG_BYPASS_EVERYTHING             # <<<<<<<<<<<<<<
@@ -5856,7 +5861,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
 */
   }
 
-  /* "wsmem/_capture.pyx":144
+  /* "wsmem/_capture.pyx":145
  *             or a.owner_thread != PyThread_get_thread_ident()):
  *         return None
  *     return a             # <<<<<<<<<<<<<<
@@ -5874,7 +5879,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":135
+  /* "wsmem/_capture.pyx":136
  * # ---------------------------------------------------------------- the handler
  * 
  * cdef inline Arena _serving(CapCtx* ctx):             # <<<<<<<<<<<<<<
@@ -5890,7 +5895,7 @@ static CYTHON_INLINE struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_f_5wsmem_8_cap
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":147
+/* "wsmem/_capture.pyx":148
  * 
  * 
  * cdef void* _cap_malloc_gil(CapCtx* ctx, size_t size) noexcept:             # <<<<<<<<<<<<<<
@@ -5925,19 +5930,19 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_cap_malloc_gil", 0);
 
-  /* "wsmem/_capture.pyx":148
+  /* "wsmem/_capture.pyx":149
  * 
  * cdef void* _cap_malloc_gil(CapCtx* ctx, size_t size) noexcept:
  *     cdef Arena a = _serving(ctx)             # <<<<<<<<<<<<<<
  *     cdef CapHdr* h
  *     cdef char* p
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_8_capture__serving(__pyx_v_ctx)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 148, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_5wsmem_8_capture__serving(__pyx_v_ctx)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 149, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_a = ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "wsmem/_capture.pyx":151
+  /* "wsmem/_capture.pyx":152
  *     cdef CapHdr* h
  *     cdef char* p
  *     cdef Block* blk = NULL             # <<<<<<<<<<<<<<
@@ -5946,7 +5951,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
   __pyx_v_blk = NULL;
 
-  /* "wsmem/_capture.pyx":152
+  /* "wsmem/_capture.pyx":153
  *     cdef char* p
  *     cdef Block* blk = NULL
  *     if a is None:             # <<<<<<<<<<<<<<
@@ -5957,7 +5962,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_capture.pyx":153
+    /* "wsmem/_capture.pyx":154
  *     cdef Block* blk = NULL
  *     if a is None:
  *         return _heap_alloc(size)             # <<<<<<<<<<<<<<
@@ -5970,7 +5975,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":152
+    /* "wsmem/_capture.pyx":153
  *     cdef char* p
  *     cdef Block* blk = NULL
  *     if a is None:             # <<<<<<<<<<<<<<
@@ -5979,7 +5984,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
   }
 
-  /* "wsmem/_capture.pyx":154
+  /* "wsmem/_capture.pyx":155
  *     if a is None:
  *         return _heap_alloc(size)
  *     if ctx.free_gen != a.generation:             # <<<<<<<<<<<<<<
@@ -5991,7 +5996,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_capture.pyx":155
+    /* "wsmem/_capture.pyx":156
  *         return _heap_alloc(size)
  *     if ctx.free_gen != a.generation:
  *         _reset_free(ctx, a.generation)             # <<<<<<<<<<<<<<
@@ -6000,7 +6005,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
     __pyx_f_5wsmem_8_capture__reset_free(__pyx_v_ctx, __pyx_v_a->generation);
 
-    /* "wsmem/_capture.pyx":154
+    /* "wsmem/_capture.pyx":155
  *     if a is None:
  *         return _heap_alloc(size)
  *     if ctx.free_gen != a.generation:             # <<<<<<<<<<<<<<
@@ -6009,7 +6014,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
   }
 
-  /* "wsmem/_capture.pyx":156
+  /* "wsmem/_capture.pyx":157
  *     if ctx.free_gen != a.generation:
  *         _reset_free(ctx, a.generation)
  *     owner = None             # <<<<<<<<<<<<<<
@@ -6019,7 +6024,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
   __Pyx_INCREF(Py_None);
   __pyx_v_owner = Py_None;
 
-  /* "wsmem/_capture.pyx":157
+  /* "wsmem/_capture.pyx":158
  *         _reset_free(ctx, a.generation)
  *     owner = None
  *     if a.track:             # <<<<<<<<<<<<<<
@@ -6028,7 +6033,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
   if (__pyx_v_a->track) {
 
-    /* "wsmem/_capture.pyx":158
+    /* "wsmem/_capture.pyx":159
  *     owner = None
  *     if a.track:
  *         owner = traceback.extract_stack()             # <<<<<<<<<<<<<<
@@ -6036,9 +6041,9 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
  *     if h != NULL:
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_traceback); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 158, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_traceback); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 159, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_extract_stack); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 158, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_extract_stack); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 159, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_6 = 1;
@@ -6058,13 +6063,13 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 158, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 159, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_DECREF_SET(__pyx_v_owner, __pyx_t_1);
     __pyx_t_1 = 0;
 
-    /* "wsmem/_capture.pyx":157
+    /* "wsmem/_capture.pyx":158
  *         _reset_free(ctx, a.generation)
  *     owner = None
  *     if a.track:             # <<<<<<<<<<<<<<
@@ -6073,7 +6078,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
   }
 
-  /* "wsmem/_capture.pyx":159
+  /* "wsmem/_capture.pyx":160
  *     if a.track:
  *         owner = traceback.extract_stack()
  *     h = _pop_free(ctx, size) if ctx.n_free else NULL             # <<<<<<<<<<<<<<
@@ -6092,7 +6097,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 
   __pyx_v_h = __pyx_t_7;
 
-  /* "wsmem/_capture.pyx":160
+  /* "wsmem/_capture.pyx":161
  *         owner = traceback.extract_stack()
  *     h = _pop_free(ctx, size) if ctx.n_free else NULL
  *     if h != NULL:             # <<<<<<<<<<<<<<
@@ -6104,7 +6109,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_capture.pyx":161
+    /* "wsmem/_capture.pyx":162
  *     h = _pop_free(ctx, size) if ctx.n_free else NULL
  *     if h != NULL:
  *         p = <char*>h             # <<<<<<<<<<<<<<
@@ -6113,7 +6118,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
     __pyx_v_p = ((char *)__pyx_v_h);
 
-    /* "wsmem/_capture.pyx":162
+    /* "wsmem/_capture.pyx":163
  *     if h != NULL:
  *         p = <char*>h
  *         pin_init(&h.pin, h.pin.block, p, p + WSMEM_HDR + size, a.generation, owner)             # <<<<<<<<<<<<<<
@@ -6122,7 +6127,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
     __pyx_f_5wsmem_6_arena_pin_init((&__pyx_v_h->pin), __pyx_v_h->pin.block, __pyx_v_p, ((__pyx_v_p + WSMEM_HDR) + __pyx_v_size), __pyx_v_a->generation, __pyx_v_owner);
 
-    /* "wsmem/_capture.pyx":163
+    /* "wsmem/_capture.pyx":164
  *         p = <char*>h
  *         pin_init(&h.pin, h.pin.block, p, p + WSMEM_HDR + size, a.generation, owner)
  *         h.size = size             # <<<<<<<<<<<<<<
@@ -6131,7 +6136,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
     __pyx_v_h->size = __pyx_v_size;
 
-    /* "wsmem/_capture.pyx":164
+    /* "wsmem/_capture.pyx":165
  *         pin_init(&h.pin, h.pin.block, p, p + WSMEM_HDR + size, a.generation, owner)
  *         h.size = size
  *         return p + WSMEM_HDR             # <<<<<<<<<<<<<<
@@ -6144,7 +6149,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":160
+    /* "wsmem/_capture.pyx":161
  *         owner = traceback.extract_stack()
  *     h = _pop_free(ctx, size) if ctx.n_free else NULL
  *     if h != NULL:             # <<<<<<<<<<<<<<
@@ -6153,7 +6158,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
   }
 
-  /* "wsmem/_capture.pyx":165
+  /* "wsmem/_capture.pyx":166
  *         h.size = size
  *         return p + WSMEM_HDR
  *     try:             # <<<<<<<<<<<<<<
@@ -6169,17 +6174,17 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
     __Pyx_XGOTREF(__pyx_t_10);
     /*try:*/ {
 
-      /* "wsmem/_capture.pyx":166
+      /* "wsmem/_capture.pyx":167
  *         return p + WSMEM_HDR
  *     try:
  *         p = arena_alloc(a, WSMEM_HDR + size, &blk)             # <<<<<<<<<<<<<<
  *     except BaseException as exc:
  *         # max_size or spill="fail": NumPy turns NULL into its own MemoryError;
 */
-      __pyx_t_11 = __pyx_f_5wsmem_6_arena_arena_alloc(__pyx_v_a, (WSMEM_HDR + __pyx_v_size), (&__pyx_v_blk)); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 166, __pyx_L7_error)
+      __pyx_t_11 = __pyx_f_5wsmem_6_arena_arena_alloc(__pyx_v_a, (WSMEM_HDR + __pyx_v_size), (&__pyx_v_blk)); if (unlikely(__pyx_t_11 == ((void *)NULL))) __PYX_ERR(0, 167, __pyx_L7_error)
       __pyx_v_p = __pyx_t_11;
 
-      /* "wsmem/_capture.pyx":165
+      /* "wsmem/_capture.pyx":166
  *         h.size = size
  *         return p + WSMEM_HDR
  *     try:             # <<<<<<<<<<<<<<
@@ -6197,7 +6202,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-    /* "wsmem/_capture.pyx":167
+    /* "wsmem/_capture.pyx":168
  *     try:
  *         p = arena_alloc(a, WSMEM_HDR + size, &blk)
  *     except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -6207,7 +6212,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
     __pyx_t_12 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
     if (__pyx_t_12) {
       __Pyx_AddTraceback("wsmem._capture._cap_malloc_gil", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_5, &__pyx_t_3) < 0) __PYX_ERR(0, 167, __pyx_L9_except_error)
+      if (__Pyx_GetException(&__pyx_t_1, &__pyx_t_5, &__pyx_t_3) < 0) __PYX_ERR(0, 168, __pyx_L9_except_error)
       __Pyx_XGOTREF(__pyx_t_1);
       __Pyx_XGOTREF(__pyx_t_5);
       __Pyx_XGOTREF(__pyx_t_3);
@@ -6215,7 +6220,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
       __pyx_v_exc = __pyx_t_5;
       /*try:*/ {
 
-        /* "wsmem/_capture.pyx":171
+        /* "wsmem/_capture.pyx":172
  *         # keep ours so that wsmem's wrappers can raise it instead.
  *         global _last_error
  *         _last_error = exc             # <<<<<<<<<<<<<<
@@ -6227,7 +6232,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
         __Pyx_DECREF_SET(__pyx_v_5wsmem_8_capture__last_error, __pyx_v_exc);
         __Pyx_GIVEREF(__pyx_v_exc);
 
-        /* "wsmem/_capture.pyx":172
+        /* "wsmem/_capture.pyx":173
  *         global _last_error
  *         _last_error = exc
  *         return NULL             # <<<<<<<<<<<<<<
@@ -6244,7 +6249,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
         goto __pyx_L17_return;
       }
 
-      /* "wsmem/_capture.pyx":167
+      /* "wsmem/_capture.pyx":168
  *     try:
  *         p = arena_alloc(a, WSMEM_HDR + size, &blk)
  *     except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -6262,7 +6267,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
     }
     goto __pyx_L9_except_error;
 
-    /* "wsmem/_capture.pyx":165
+    /* "wsmem/_capture.pyx":166
  *         h.size = size
  *         return p + WSMEM_HDR
  *     try:             # <<<<<<<<<<<<<<
@@ -6284,7 +6289,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
     __pyx_L12_try_end:;
   }
 
-  /* "wsmem/_capture.pyx":173
+  /* "wsmem/_capture.pyx":174
  *         _last_error = exc
  *         return NULL
  *     h = <CapHdr*>p             # <<<<<<<<<<<<<<
@@ -6293,7 +6298,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
   __pyx_v_h = ((struct __pyx_t_5wsmem_8_capture_CapHdr *)__pyx_v_p);
 
-  /* "wsmem/_capture.pyx":174
+  /* "wsmem/_capture.pyx":175
  *         return NULL
  *     h = <CapHdr*>p
  *     h.size = size             # <<<<<<<<<<<<<<
@@ -6302,7 +6307,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
   __pyx_v_h->size = __pyx_v_size;
 
-  /* "wsmem/_capture.pyx":175
+  /* "wsmem/_capture.pyx":176
  *     h = <CapHdr*>p
  *     h.size = size
  *     pin_init(&h.pin, blk, p, p + WSMEM_HDR + size, a.generation, owner)             # <<<<<<<<<<<<<<
@@ -6311,7 +6316,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
 */
   __pyx_f_5wsmem_6_arena_pin_init((&__pyx_v_h->pin), __pyx_v_blk, __pyx_v_p, ((__pyx_v_p + WSMEM_HDR) + __pyx_v_size), __pyx_v_a->generation, __pyx_v_owner);
 
-  /* "wsmem/_capture.pyx":176
+  /* "wsmem/_capture.pyx":177
  *     h.size = size
  *     pin_init(&h.pin, blk, p, p + WSMEM_HDR + size, a.generation, owner)
  *     return p + WSMEM_HDR             # <<<<<<<<<<<<<<
@@ -6324,7 +6329,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":147
+  /* "wsmem/_capture.pyx":148
  * 
  * 
  * cdef void* _cap_malloc_gil(CapCtx* ctx, size_t size) noexcept:             # <<<<<<<<<<<<<<
@@ -6352,7 +6357,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc_gil(struct __pyx_t_5wsmem_8_ca
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":179
+/* "wsmem/_capture.pyx":180
  * 
  * 
  * cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:             # <<<<<<<<<<<<<<
@@ -6364,6 +6369,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
   struct __pyx_t_5wsmem_8_capture_CapHdr *__pyx_v_h;
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_blk;
   struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_a = 0;
+  int __pyx_v_drop;
   __Pyx_RefNannyDeclarations
   int __pyx_t_1;
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_2;
@@ -6371,9 +6377,9 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
   PyObject *__pyx_t_4 = NULL;
   __Pyx_RefNannySetupContext("_cap_free_gil", 0);
 
-  /* "wsmem/_capture.pyx":183
- *     cdef Block* blk
+  /* "wsmem/_capture.pyx":185
  *     cdef Arena a
+ *     cdef bint drop
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
  *         return
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
@@ -6383,8 +6389,8 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":184
- *     cdef Arena a
+    /* "wsmem/_capture.pyx":186
+ *     cdef bint drop
  *     if ptr == NULL:
  *         return             # <<<<<<<<<<<<<<
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
@@ -6394,16 +6400,16 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":183
- *     cdef Block* blk
+    /* "wsmem/_capture.pyx":185
  *     cdef Arena a
+ *     cdef bint drop
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
  *         return
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
 */
   }
 
-  /* "wsmem/_capture.pyx":185
+  /* "wsmem/_capture.pyx":187
  *     if ptr == NULL:
  *         return
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)             # <<<<<<<<<<<<<<
@@ -6412,7 +6418,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 */
   __pyx_v_h = ((struct __pyx_t_5wsmem_8_capture_CapHdr *)(((char *)__pyx_v_ptr) - WSMEM_HDR));
 
-  /* "wsmem/_capture.pyx":186
+  /* "wsmem/_capture.pyx":188
  *         return
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
  *     blk = h.pin.block             # <<<<<<<<<<<<<<
@@ -6423,7 +6429,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 
   __pyx_v_blk = __pyx_t_2;
 
-  /* "wsmem/_capture.pyx":187
+  /* "wsmem/_capture.pyx":189
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
  *     blk = h.pin.block
  *     if blk == NULL:             # <<<<<<<<<<<<<<
@@ -6435,7 +6441,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":188
+    /* "wsmem/_capture.pyx":190
  *     blk = h.pin.block
  *     if blk == NULL:
  *         free(h)             # <<<<<<<<<<<<<<
@@ -6444,7 +6450,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 */
     free(__pyx_v_h);
 
-    /* "wsmem/_capture.pyx":189
+    /* "wsmem/_capture.pyx":191
  *     if blk == NULL:
  *         free(h)
  *         return             # <<<<<<<<<<<<<<
@@ -6455,7 +6461,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":187
+    /* "wsmem/_capture.pyx":189
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
  *     blk = h.pin.block
  *     if blk == NULL:             # <<<<<<<<<<<<<<
@@ -6464,7 +6470,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 */
   }
 
-  /* "wsmem/_capture.pyx":190
+  /* "wsmem/_capture.pyx":192
  *         free(h)
  *         return
  *     if ctx.arena != NULL and blk.is_main and get_debug_mode() == DEBUG_OFF:             # <<<<<<<<<<<<<<
@@ -6496,7 +6502,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":191
+    /* "wsmem/_capture.pyx":193
  *         return
  *     if ctx.arena != NULL and blk.is_main and get_debug_mode() == DEBUG_OFF:
  *         a = <Arena>ctx.arena             # <<<<<<<<<<<<<<
@@ -6508,7 +6514,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
     __pyx_v_a = ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "wsmem/_capture.pyx":192
+    /* "wsmem/_capture.pyx":194
  *     if ctx.arena != NULL and blk.is_main and get_debug_mode() == DEBUG_OFF:
  *         a = <Arena>ctx.arena
  *         if a.depth > 0 and blk is a.main:             # <<<<<<<<<<<<<<
@@ -6534,7 +6540,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_capture.pyx":198
+      /* "wsmem/_capture.pyx":200
  *             # began, so the hole list skips it.  Either way nothing else will
  *             # hand these bytes out before the cycle ends.
  *             if ctx.free_gen != a.generation:             # <<<<<<<<<<<<<<
@@ -6546,7 +6552,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
       if (__pyx_t_1) {
 
 
-        /* "wsmem/_capture.pyx":199
+        /* "wsmem/_capture.pyx":201
  *             # hand these bytes out before the cycle ends.
  *             if ctx.free_gen != a.generation:
  *                 _reset_free(ctx, a.generation)             # <<<<<<<<<<<<<<
@@ -6555,7 +6561,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 */
         __pyx_f_5wsmem_8_capture__reset_free(__pyx_v_ctx, __pyx_v_a->generation);
 
-        /* "wsmem/_capture.pyx":198
+        /* "wsmem/_capture.pyx":200
  *             # began, so the hole list skips it.  Either way nothing else will
  *             # hand these bytes out before the cycle ends.
  *             if ctx.free_gen != a.generation:             # <<<<<<<<<<<<<<
@@ -6564,7 +6570,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 */
       }
 
-      /* "wsmem/_capture.pyx":200
+      /* "wsmem/_capture.pyx":202
  *             if ctx.free_gen != a.generation:
  *                 _reset_free(ctx, a.generation)
  *             pin_fini(&h.pin)             # <<<<<<<<<<<<<<
@@ -6573,7 +6579,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 */
       __pyx_f_5wsmem_6_arena_pin_fini((&__pyx_v_h->pin));
 
-      /* "wsmem/_capture.pyx":201
+      /* "wsmem/_capture.pyx":203
  *                 _reset_free(ctx, a.generation)
  *             pin_fini(&h.pin)
  *             h.pin.block = blk          # pin_fini cleared it; the table needs it back             # <<<<<<<<<<<<<<
@@ -6582,7 +6588,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 */
       __pyx_v_h->pin.block = __pyx_v_blk;
 
-      /* "wsmem/_capture.pyx":202
+      /* "wsmem/_capture.pyx":204
  *             pin_fini(&h.pin)
  *             h.pin.block = blk          # pin_fini cleared it; the table needs it back
  *             if _push_free(ctx, h):             # <<<<<<<<<<<<<<
@@ -6594,7 +6600,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
       if (__pyx_t_1) {
 
 
-        /* "wsmem/_capture.pyx":203
+        /* "wsmem/_capture.pyx":205
  *             h.pin.block = blk          # pin_fini cleared it; the table needs it back
  *             if _push_free(ctx, h):
  *                 return             # <<<<<<<<<<<<<<
@@ -6605,7 +6611,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
         }
         goto __pyx_L0;
 
-        /* "wsmem/_capture.pyx":202
+        /* "wsmem/_capture.pyx":204
  *             pin_fini(&h.pin)
  *             h.pin.block = blk          # pin_fini cleared it; the table needs it back
  *             if _push_free(ctx, h):             # <<<<<<<<<<<<<<
@@ -6614,27 +6620,27 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 */
       }
 
-      /* "wsmem/_capture.pyx":204
+      /* "wsmem/_capture.pyx":206
  *             if _push_free(ctx, h):
  *                 return
  *             h.pin.block = NULL             # <<<<<<<<<<<<<<
  *             return
- *     pin_fini(&h.pin)
+ *     # Decide before releasing the pin: it may hold the last reference to the
 */
       __pyx_v_h->pin.block = NULL;
 
-      /* "wsmem/_capture.pyx":205
+      /* "wsmem/_capture.pyx":207
  *                 return
  *             h.pin.block = NULL
  *             return             # <<<<<<<<<<<<<<
- *     pin_fini(&h.pin)
- * 
+ *     # Decide before releasing the pin: it may hold the last reference to the
+ *     # block (a spill of an earlier cycle), and then blk is freed by pin_fini.
 */
       {
       }
       goto __pyx_L0;
 
-      /* "wsmem/_capture.pyx":192
+      /* "wsmem/_capture.pyx":194
  *     if ctx.arena != NULL and blk.is_main and get_debug_mode() == DEBUG_OFF:
  *         a = <Arena>ctx.arena
  *         if a.depth > 0 and blk is a.main:             # <<<<<<<<<<<<<<
@@ -6643,7 +6649,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 */
     }
 
-    /* "wsmem/_capture.pyx":190
+    /* "wsmem/_capture.pyx":192
  *         free(h)
  *         return
  *     if ctx.arena != NULL and blk.is_main and get_debug_mode() == DEBUG_OFF:             # <<<<<<<<<<<<<<
@@ -6652,16 +6658,78 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 */
   }
 
-  /* "wsmem/_capture.pyx":206
- *             h.pin.block = NULL
- *             return
+  /* "wsmem/_capture.pyx":214
+ *     # (learning cycles spill every temporary: holding them all would multiply
+ *     # peak RSS).
+ *     drop = ctx.arena != NULL and not blk.is_main and blk.in_spills             # <<<<<<<<<<<<<<
+ *     pin_fini(&h.pin)
+ *     if drop:
+*/
+  __pyx_t_3 = (__pyx_v_ctx->arena != NULL);
+
+  if (__pyx_t_3) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_3;
+
+    goto __pyx_L14_bool_binop_done;
+  }
+  __pyx_t_3 = (!__pyx_v_blk->is_main);
+
+  if (__pyx_t_3) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_3;
+
+    goto __pyx_L14_bool_binop_done;
+  }
+
+  __pyx_t_1 = __pyx_v_blk->in_spills;
+  __pyx_L14_bool_binop_done:;
+  __pyx_v_drop = __pyx_t_1;
+
+  /* "wsmem/_capture.pyx":215
+ *     # peak RSS).
+ *     drop = ctx.arena != NULL and not blk.is_main and blk.in_spills
  *     pin_fini(&h.pin)             # <<<<<<<<<<<<<<
- * 
- * 
+ *     if drop:
+ *         arena_drop_dead_spill(<Arena>ctx.arena, blk)
 */
   __pyx_f_5wsmem_6_arena_pin_fini((&__pyx_v_h->pin));
 
-  /* "wsmem/_capture.pyx":179
+  /* "wsmem/_capture.pyx":216
+ *     drop = ctx.arena != NULL and not blk.is_main and blk.in_spills
+ *     pin_fini(&h.pin)
+ *     if drop:             # <<<<<<<<<<<<<<
+ *         arena_drop_dead_spill(<Arena>ctx.arena, blk)
+ * 
+*/
+  if (__pyx_v_drop) {
+
+    /* "wsmem/_capture.pyx":217
+ *     pin_fini(&h.pin)
+ *     if drop:
+ *         arena_drop_dead_spill(<Arena>ctx.arena, blk)             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+    __pyx_t_4 = ((PyObject *)__pyx_v_ctx->arena);
+    __Pyx_INCREF(__pyx_t_4);
+    __pyx_f_5wsmem_6_arena_arena_drop_dead_spill(((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_4), __pyx_v_blk);
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+    /* "wsmem/_capture.pyx":216
+ *     drop = ctx.arena != NULL and not blk.is_main and blk.in_spills
+ *     pin_fini(&h.pin)
+ *     if drop:             # <<<<<<<<<<<<<<
+ *         arena_drop_dead_spill(<Arena>ctx.arena, blk)
+ * 
+*/
+  }
+
+  /* "wsmem/_capture.pyx":180
  * 
  * 
  * cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:             # <<<<<<<<<<<<<<
@@ -6675,10 +6743,11 @@ static void __pyx_f_5wsmem_8_capture__cap_free_gil(struct __pyx_t_5wsmem_8_captu
 
   __Pyx_XDECREF((PyObject *)__pyx_v_a);
 
+
   __Pyx_RefNannyFinishContext();
 }
 
-/* "wsmem/_capture.pyx":209
+/* "wsmem/_capture.pyx":220
  * 
  * 
  * cdef void* _cap_malloc(void* ctx, size_t size) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -6692,7 +6761,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc(void *__pyx_v_ctx, size_t __py
 
 
 
-  /* "wsmem/_capture.pyx":210
+  /* "wsmem/_capture.pyx":221
  * 
  * cdef void* _cap_malloc(void* ctx, size_t size) noexcept with gil:
  *     return _cap_malloc_gil(<CapCtx*>ctx, size)             # <<<<<<<<<<<<<<
@@ -6705,7 +6774,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc(void *__pyx_v_ctx, size_t __py
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":209
+  /* "wsmem/_capture.pyx":220
  * 
  * 
  * cdef void* _cap_malloc(void* ctx, size_t size) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -6722,7 +6791,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_malloc(void *__pyx_v_ctx, size_t __py
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":213
+/* "wsmem/_capture.pyx":224
  * 
  * 
  * cdef void* _cap_calloc(void* ctx, size_t nelem, size_t elsize) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -6741,7 +6810,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
 
 
 
-  /* "wsmem/_capture.pyx":216
+  /* "wsmem/_capture.pyx":227
  *     cdef size_t n
  *     cdef void* p
  *     if elsize and nelem > (<size_t>-1) / elsize:             # <<<<<<<<<<<<<<
@@ -6767,7 +6836,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":217
+    /* "wsmem/_capture.pyx":228
  *     cdef void* p
  *     if elsize and nelem > (<size_t>-1) / elsize:
  *         return NULL             # <<<<<<<<<<<<<<
@@ -6780,7 +6849,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":216
+    /* "wsmem/_capture.pyx":227
  *     cdef size_t n
  *     cdef void* p
  *     if elsize and nelem > (<size_t>-1) / elsize:             # <<<<<<<<<<<<<<
@@ -6789,7 +6858,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
 */
   }
 
-  /* "wsmem/_capture.pyx":218
+  /* "wsmem/_capture.pyx":229
  *     if elsize and nelem > (<size_t>-1) / elsize:
  *         return NULL
  *     n = nelem * elsize             # <<<<<<<<<<<<<<
@@ -6798,7 +6867,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
 */
   __pyx_v_n = (__pyx_v_nelem * __pyx_v_elsize);
 
-  /* "wsmem/_capture.pyx":219
+  /* "wsmem/_capture.pyx":230
  *         return NULL
  *     n = nelem * elsize
  *     p = _cap_malloc_gil(<CapCtx*>ctx, n)             # <<<<<<<<<<<<<<
@@ -6807,7 +6876,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
 */
   __pyx_v_p = __pyx_f_5wsmem_8_capture__cap_malloc_gil(((struct __pyx_t_5wsmem_8_capture_CapCtx *)__pyx_v_ctx), __pyx_v_n);
 
-  /* "wsmem/_capture.pyx":220
+  /* "wsmem/_capture.pyx":231
  *     n = nelem * elsize
  *     p = _cap_malloc_gil(<CapCtx*>ctx, n)
  *     if p != NULL and n:             # <<<<<<<<<<<<<<
@@ -6833,7 +6902,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":221
+    /* "wsmem/_capture.pyx":232
  *     p = _cap_malloc_gil(<CapCtx*>ctx, n)
  *     if p != NULL and n:
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -6846,7 +6915,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "wsmem/_capture.pyx":222
+          /* "wsmem/_capture.pyx":233
  *     if p != NULL and n:
  *         with nogil:
  *             memset(p, 0, n)             # <<<<<<<<<<<<<<
@@ -6856,7 +6925,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
           (void)(memset(__pyx_v_p, 0, __pyx_v_n));
         }
 
-        /* "wsmem/_capture.pyx":221
+        /* "wsmem/_capture.pyx":232
  *     p = _cap_malloc_gil(<CapCtx*>ctx, n)
  *     if p != NULL and n:
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -6873,7 +6942,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
         }
     }
 
-    /* "wsmem/_capture.pyx":220
+    /* "wsmem/_capture.pyx":231
  *     n = nelem * elsize
  *     p = _cap_malloc_gil(<CapCtx*>ctx, n)
  *     if p != NULL and n:             # <<<<<<<<<<<<<<
@@ -6882,7 +6951,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
 */
   }
 
-  /* "wsmem/_capture.pyx":223
+  /* "wsmem/_capture.pyx":234
  *         with nogil:
  *             memset(p, 0, n)
  *     return p             # <<<<<<<<<<<<<<
@@ -6895,7 +6964,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":213
+  /* "wsmem/_capture.pyx":224
  * 
  * 
  * cdef void* _cap_calloc(void* ctx, size_t nelem, size_t elsize) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -6915,7 +6984,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_calloc(void *__pyx_v_ctx, size_t __py
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":226
+/* "wsmem/_capture.pyx":237
  * 
  * 
  * cdef void* _cap_realloc(void* ctx, void* ptr, size_t new_size) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -6936,7 +7005,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
 
 
 
-  /* "wsmem/_capture.pyx":230
+  /* "wsmem/_capture.pyx":241
  *     cdef void* q
  *     cdef size_t old
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
@@ -6948,7 +7017,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":231
+    /* "wsmem/_capture.pyx":242
  *     cdef size_t old
  *     if ptr == NULL:
  *         return _cap_malloc_gil(<CapCtx*>ctx, new_size)             # <<<<<<<<<<<<<<
@@ -6961,7 +7030,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":230
+    /* "wsmem/_capture.pyx":241
  *     cdef void* q
  *     cdef size_t old
  *     if ptr == NULL:             # <<<<<<<<<<<<<<
@@ -6970,7 +7039,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
 */
   }
 
-  /* "wsmem/_capture.pyx":232
+  /* "wsmem/_capture.pyx":243
  *     if ptr == NULL:
  *         return _cap_malloc_gil(<CapCtx*>ctx, new_size)
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)             # <<<<<<<<<<<<<<
@@ -6979,7 +7048,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
 */
   __pyx_v_h = ((struct __pyx_t_5wsmem_8_capture_CapHdr *)(((char *)__pyx_v_ptr) - WSMEM_HDR));
 
-  /* "wsmem/_capture.pyx":233
+  /* "wsmem/_capture.pyx":244
  *         return _cap_malloc_gil(<CapCtx*>ctx, new_size)
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
  *     old = h.size             # <<<<<<<<<<<<<<
@@ -6990,7 +7059,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
 
   __pyx_v_old = __pyx_t_2;
 
-  /* "wsmem/_capture.pyx":234
+  /* "wsmem/_capture.pyx":245
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
  *     old = h.size
  *     if new_size <= old and h.pin.block != NULL:             # <<<<<<<<<<<<<<
@@ -7016,7 +7085,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":235
+    /* "wsmem/_capture.pyx":246
  *     old = h.size
  *     if new_size <= old and h.pin.block != NULL:
  *         return ptr                      # shrink in place: the pin still covers it             # <<<<<<<<<<<<<<
@@ -7029,7 +7098,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":234
+    /* "wsmem/_capture.pyx":245
  *     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
  *     old = h.size
  *     if new_size <= old and h.pin.block != NULL:             # <<<<<<<<<<<<<<
@@ -7038,7 +7107,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
 */
   }
 
-  /* "wsmem/_capture.pyx":236
+  /* "wsmem/_capture.pyx":247
  *     if new_size <= old and h.pin.block != NULL:
  *         return ptr                      # shrink in place: the pin still covers it
  *     q = _cap_malloc_gil(<CapCtx*>ctx, new_size)             # <<<<<<<<<<<<<<
@@ -7047,7 +7116,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
 */
   __pyx_v_q = __pyx_f_5wsmem_8_capture__cap_malloc_gil(((struct __pyx_t_5wsmem_8_capture_CapCtx *)__pyx_v_ctx), __pyx_v_new_size);
 
-  /* "wsmem/_capture.pyx":237
+  /* "wsmem/_capture.pyx":248
  *         return ptr                      # shrink in place: the pin still covers it
  *     q = _cap_malloc_gil(<CapCtx*>ctx, new_size)
  *     if q == NULL:             # <<<<<<<<<<<<<<
@@ -7059,7 +7128,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":238
+    /* "wsmem/_capture.pyx":249
  *     q = _cap_malloc_gil(<CapCtx*>ctx, new_size)
  *     if q == NULL:
  *         return NULL                     # realloc contract: the old block is untouched             # <<<<<<<<<<<<<<
@@ -7072,7 +7141,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":237
+    /* "wsmem/_capture.pyx":248
  *         return ptr                      # shrink in place: the pin still covers it
  *     q = _cap_malloc_gil(<CapCtx*>ctx, new_size)
  *     if q == NULL:             # <<<<<<<<<<<<<<
@@ -7081,7 +7150,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
 */
   }
 
-  /* "wsmem/_capture.pyx":239
+  /* "wsmem/_capture.pyx":250
  *     if q == NULL:
  *         return NULL                     # realloc contract: the old block is untouched
  *     memcpy(q, ptr, old if old < new_size else new_size)             # <<<<<<<<<<<<<<
@@ -7101,7 +7170,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
   (void)(memcpy(__pyx_v_q, __pyx_v_ptr, __pyx_t_2));
 
 
-  /* "wsmem/_capture.pyx":240
+  /* "wsmem/_capture.pyx":251
  *         return NULL                     # realloc contract: the old block is untouched
  *     memcpy(q, ptr, old if old < new_size else new_size)
  *     _cap_free_gil(<CapCtx*>ctx, ptr)             # <<<<<<<<<<<<<<
@@ -7110,7 +7179,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
 */
   __pyx_f_5wsmem_8_capture__cap_free_gil(((struct __pyx_t_5wsmem_8_capture_CapCtx *)__pyx_v_ctx), __pyx_v_ptr);
 
-  /* "wsmem/_capture.pyx":241
+  /* "wsmem/_capture.pyx":252
  *     memcpy(q, ptr, old if old < new_size else new_size)
  *     _cap_free_gil(<CapCtx*>ctx, ptr)
  *     return q             # <<<<<<<<<<<<<<
@@ -7123,7 +7192,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":226
+  /* "wsmem/_capture.pyx":237
  * 
  * 
  * cdef void* _cap_realloc(void* ctx, void* ptr, size_t new_size) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -7144,7 +7213,7 @@ static void *__pyx_f_5wsmem_8_capture__cap_realloc(void *__pyx_v_ctx, void *__py
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":244
+/* "wsmem/_capture.pyx":255
  * 
  * 
  * cdef void _cap_free(void* ctx, void* ptr, size_t size) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -7158,7 +7227,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free(void *__pyx_v_ctx, void *__pyx_v_
 
 
 
-  /* "wsmem/_capture.pyx":245
+  /* "wsmem/_capture.pyx":256
  * 
  * cdef void _cap_free(void* ctx, void* ptr, size_t size) noexcept with gil:
  *     _cap_free_gil(<CapCtx*>ctx, ptr)             # <<<<<<<<<<<<<<
@@ -7167,7 +7236,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free(void *__pyx_v_ctx, void *__pyx_v_
 */
   __pyx_f_5wsmem_8_capture__cap_free_gil(((struct __pyx_t_5wsmem_8_capture_CapCtx *)__pyx_v_ctx), __pyx_v_ptr);
 
-  /* "wsmem/_capture.pyx":244
+  /* "wsmem/_capture.pyx":255
  * 
  * 
  * cdef void _cap_free(void* ctx, void* ptr, size_t size) noexcept with gil:             # <<<<<<<<<<<<<<
@@ -7183,7 +7252,7 @@ static void __pyx_f_5wsmem_8_capture__cap_free(void *__pyx_v_ctx, void *__pyx_v_
   __Pyx_PyGILState_Release(__pyx_gilstate_save);
 }
 
-/* "wsmem/_capture.pyx":248
+/* "wsmem/_capture.pyx":259
  * 
  * 
  * cdef void _capsule_destructor(object capsule) noexcept:             # <<<<<<<<<<<<<<
@@ -7199,18 +7268,18 @@ static void __pyx_f_5wsmem_8_capture__capsule_destructor(PyObject *__pyx_v_capsu
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_capture.pyx":249
+  /* "wsmem/_capture.pyx":260
  * 
  * cdef void _capsule_destructor(object capsule) noexcept:
  *     cdef PyDataMem_Handler* h = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, CAPSULE_NAME)             # <<<<<<<<<<<<<<
  *     if h != NULL:
  *         free(h.allocator.ctx)
 */
-  __pyx_t_1 = PyCapsule_GetPointer(__pyx_v_capsule, __pyx_v_5wsmem_8_capture_CAPSULE_NAME); if (unlikely(__pyx_t_1 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 249, __pyx_L1_error)
+  __pyx_t_1 = PyCapsule_GetPointer(__pyx_v_capsule, __pyx_v_5wsmem_8_capture_CAPSULE_NAME); if (unlikely(__pyx_t_1 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 260, __pyx_L1_error)
   __pyx_v_h = ((PyDataMem_Handler *)__pyx_t_1);
 
 
-  /* "wsmem/_capture.pyx":250
+  /* "wsmem/_capture.pyx":261
  * cdef void _capsule_destructor(object capsule) noexcept:
  *     cdef PyDataMem_Handler* h = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, CAPSULE_NAME)
  *     if h != NULL:             # <<<<<<<<<<<<<<
@@ -7222,7 +7291,7 @@ static void __pyx_f_5wsmem_8_capture__capsule_destructor(PyObject *__pyx_v_capsu
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_capture.pyx":251
+    /* "wsmem/_capture.pyx":262
  *     cdef PyDataMem_Handler* h = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, CAPSULE_NAME)
  *     if h != NULL:
  *         free(h.allocator.ctx)             # <<<<<<<<<<<<<<
@@ -7231,7 +7300,7 @@ static void __pyx_f_5wsmem_8_capture__capsule_destructor(PyObject *__pyx_v_capsu
 */
     free(__pyx_v_h->allocator.ctx);
 
-    /* "wsmem/_capture.pyx":252
+    /* "wsmem/_capture.pyx":263
  *     if h != NULL:
  *         free(h.allocator.ctx)
  *         free(h)             # <<<<<<<<<<<<<<
@@ -7240,7 +7309,7 @@ static void __pyx_f_5wsmem_8_capture__capsule_destructor(PyObject *__pyx_v_capsu
 */
     free(__pyx_v_h);
 
-    /* "wsmem/_capture.pyx":250
+    /* "wsmem/_capture.pyx":261
  * cdef void _capsule_destructor(object capsule) noexcept:
  *     cdef PyDataMem_Handler* h = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, CAPSULE_NAME)
  *     if h != NULL:             # <<<<<<<<<<<<<<
@@ -7249,7 +7318,7 @@ static void __pyx_f_5wsmem_8_capture__capsule_destructor(PyObject *__pyx_v_capsu
 */
   }
 
-  /* "wsmem/_capture.pyx":248
+  /* "wsmem/_capture.pyx":259
  * 
  * 
  * cdef void _capsule_destructor(object capsule) noexcept:             # <<<<<<<<<<<<<<
@@ -7266,7 +7335,7 @@ static void __pyx_f_5wsmem_8_capture__capsule_destructor(PyObject *__pyx_v_capsu
 
 }
 
-/* "wsmem/_capture.pyx":255
+/* "wsmem/_capture.pyx":266
  * 
  * 
  * cdef object make_handler(Arena arena):             # <<<<<<<<<<<<<<
@@ -7291,7 +7360,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("make_handler", 0);
 
-  /* "wsmem/_capture.pyx":256
+  /* "wsmem/_capture.pyx":267
  * 
  * cdef object make_handler(Arena arena):
  *     cdef PyDataMem_Handler* h = <PyDataMem_Handler*>calloc(1, sizeof(PyDataMem_Handler))             # <<<<<<<<<<<<<<
@@ -7300,7 +7369,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_h = ((PyDataMem_Handler *)calloc(1, (sizeof(PyDataMem_Handler))));
 
-  /* "wsmem/_capture.pyx":257
+  /* "wsmem/_capture.pyx":268
  * cdef object make_handler(Arena arena):
  *     cdef PyDataMem_Handler* h = <PyDataMem_Handler*>calloc(1, sizeof(PyDataMem_Handler))
  *     cdef CapCtx* ctx = <CapCtx*>calloc(1, sizeof(CapCtx))             # <<<<<<<<<<<<<<
@@ -7309,7 +7378,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_ctx = ((struct __pyx_t_5wsmem_8_capture_CapCtx *)calloc(1, (sizeof(struct __pyx_t_5wsmem_8_capture_CapCtx))));
 
-  /* "wsmem/_capture.pyx":258
+  /* "wsmem/_capture.pyx":269
  *     cdef PyDataMem_Handler* h = <PyDataMem_Handler*>calloc(1, sizeof(PyDataMem_Handler))
  *     cdef CapCtx* ctx = <CapCtx*>calloc(1, sizeof(CapCtx))
  *     if h == NULL or ctx == NULL:             # <<<<<<<<<<<<<<
@@ -7335,7 +7404,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_capture.pyx":259
+    /* "wsmem/_capture.pyx":270
  *     cdef CapCtx* ctx = <CapCtx*>calloc(1, sizeof(CapCtx))
  *     if h == NULL or ctx == NULL:
  *         free(h)             # <<<<<<<<<<<<<<
@@ -7344,7 +7413,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
     free(__pyx_v_h);
 
-    /* "wsmem/_capture.pyx":260
+    /* "wsmem/_capture.pyx":271
  *     if h == NULL or ctx == NULL:
  *         free(h)
  *         free(ctx)             # <<<<<<<<<<<<<<
@@ -7353,7 +7422,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
     free(__pyx_v_ctx);
 
-    /* "wsmem/_capture.pyx":261
+    /* "wsmem/_capture.pyx":272
  *         free(h)
  *         free(ctx)
  *         raise MemoryError("wsmem: out of memory for a NumPy memory handler")             # <<<<<<<<<<<<<<
@@ -7366,14 +7435,14 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_for_a_NumPy};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 261, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 272, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 261, __pyx_L1_error)
+    __PYX_ERR(0, 272, __pyx_L1_error)
 
-    /* "wsmem/_capture.pyx":258
+    /* "wsmem/_capture.pyx":269
  *     cdef PyDataMem_Handler* h = <PyDataMem_Handler*>calloc(1, sizeof(PyDataMem_Handler))
  *     cdef CapCtx* ctx = <CapCtx*>calloc(1, sizeof(CapCtx))
  *     if h == NULL or ctx == NULL:             # <<<<<<<<<<<<<<
@@ -7382,39 +7451,39 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
   }
 
-  /* "wsmem/_capture.pyx":262
+  /* "wsmem/_capture.pyx":273
  *         free(ctx)
  *         raise MemoryError("wsmem: out of memory for a NumPy memory handler")
  *     name = f"wsmem:{arena.name}".encode()[:120]             # <<<<<<<<<<<<<<
  *     strncpy(h.name, name, 126)
  *     h.version = 1
 */
-  __pyx_t_3 = __Pyx_PyObject_FormatSimple(__pyx_v_arena->name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_FormatSimple(__pyx_v_arena->name, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_wsmem, __pyx_t_3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyUnicode_Concat(__pyx_mstate_global->__pyx_kp_u_wsmem, __pyx_t_3); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = PyUnicode_AsEncodedString(((PyObject*)__pyx_t_4), NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_3 = PyUnicode_AsEncodedString(((PyObject*)__pyx_t_4), NULL, NULL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-  __pyx_t_4 = PySequence_GetSlice(__pyx_t_3, 0, 0x78); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 262, __pyx_L1_error)
+  __pyx_t_4 = PySequence_GetSlice(__pyx_t_3, 0, 0x78); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 273, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_name = ((PyObject*)__pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "wsmem/_capture.pyx":263
+  /* "wsmem/_capture.pyx":274
  *         raise MemoryError("wsmem: out of memory for a NumPy memory handler")
  *     name = f"wsmem:{arena.name}".encode()[:120]
  *     strncpy(h.name, name, 126)             # <<<<<<<<<<<<<<
  *     h.version = 1
  *     ctx.arena = <PyObject*>arena
 */
-  __pyx_t_6 = __Pyx_PyBytes_AsString(__pyx_v_name); if (unlikely((!__pyx_t_6) && PyErr_Occurred())) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyBytes_AsString(__pyx_v_name); if (unlikely((!__pyx_t_6) && PyErr_Occurred())) __PYX_ERR(0, 274, __pyx_L1_error)
   (void)(strncpy(__pyx_v_h->name, __pyx_t_6, 0x7E));
 
 
-  /* "wsmem/_capture.pyx":264
+  /* "wsmem/_capture.pyx":275
  *     name = f"wsmem:{arena.name}".encode()[:120]
  *     strncpy(h.name, name, 126)
  *     h.version = 1             # <<<<<<<<<<<<<<
@@ -7423,7 +7492,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_h->version = 1;
 
-  /* "wsmem/_capture.pyx":265
+  /* "wsmem/_capture.pyx":276
  *     strncpy(h.name, name, 126)
  *     h.version = 1
  *     ctx.arena = <PyObject*>arena             # <<<<<<<<<<<<<<
@@ -7432,7 +7501,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_ctx->arena = ((PyObject *)__pyx_v_arena);
 
-  /* "wsmem/_capture.pyx":266
+  /* "wsmem/_capture.pyx":277
  *     h.version = 1
  *     ctx.arena = <PyObject*>arena
  *     h.allocator.ctx = ctx             # <<<<<<<<<<<<<<
@@ -7441,7 +7510,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_h->allocator.ctx = __pyx_v_ctx;
 
-  /* "wsmem/_capture.pyx":267
+  /* "wsmem/_capture.pyx":278
  *     ctx.arena = <PyObject*>arena
  *     h.allocator.ctx = ctx
  *     h.allocator.malloc = _cap_malloc             # <<<<<<<<<<<<<<
@@ -7450,7 +7519,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_h->allocator.malloc = __pyx_f_5wsmem_8_capture__cap_malloc;
 
-  /* "wsmem/_capture.pyx":268
+  /* "wsmem/_capture.pyx":279
  *     h.allocator.ctx = ctx
  *     h.allocator.malloc = _cap_malloc
  *     h.allocator.calloc = _cap_calloc             # <<<<<<<<<<<<<<
@@ -7459,7 +7528,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_h->allocator.calloc = __pyx_f_5wsmem_8_capture__cap_calloc;
 
-  /* "wsmem/_capture.pyx":269
+  /* "wsmem/_capture.pyx":280
  *     h.allocator.malloc = _cap_malloc
  *     h.allocator.calloc = _cap_calloc
  *     h.allocator.realloc = _cap_realloc             # <<<<<<<<<<<<<<
@@ -7468,7 +7537,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_h->allocator.realloc = __pyx_f_5wsmem_8_capture__cap_realloc;
 
-  /* "wsmem/_capture.pyx":270
+  /* "wsmem/_capture.pyx":281
  *     h.allocator.calloc = _cap_calloc
  *     h.allocator.realloc = _cap_realloc
  *     h.allocator.free = _cap_free             # <<<<<<<<<<<<<<
@@ -7477,14 +7546,14 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_h->allocator.free = __pyx_f_5wsmem_8_capture__cap_free;
 
-  /* "wsmem/_capture.pyx":271
+  /* "wsmem/_capture.pyx":282
  *     h.allocator.realloc = _cap_realloc
  *     h.allocator.free = _cap_free
  *     return PyCapsule_New(h, CAPSULE_NAME, _capsule_destructor)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_4 = PyCapsule_New(__pyx_v_h, __pyx_v_5wsmem_8_capture_CAPSULE_NAME, __pyx_f_5wsmem_8_capture__capsule_destructor); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 271, __pyx_L1_error)
+  __pyx_t_4 = PyCapsule_New(__pyx_v_h, __pyx_v_5wsmem_8_capture_CAPSULE_NAME, __pyx_f_5wsmem_8_capture__capsule_destructor); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 282, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   {
     PyObject *__pyx_temp;
@@ -7497,7 +7566,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":255
+  /* "wsmem/_capture.pyx":266
  * 
  * 
  * cdef object make_handler(Arena arena):             # <<<<<<<<<<<<<<
@@ -7520,7 +7589,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_make_handler(struct __pyx_obj_5wsmem_6
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":274
+/* "wsmem/_capture.pyx":285
  * 
  * 
  * cdef inline PyDataMem_Handler* _ours(object capsule) noexcept:             # <<<<<<<<<<<<<<
@@ -7538,7 +7607,7 @@ static CYTHON_INLINE PyDataMem_Handler *__pyx_f_5wsmem_8_capture__ours(PyObject 
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_capture.pyx":276
+  /* "wsmem/_capture.pyx":287
  * cdef inline PyDataMem_Handler* _ours(object capsule) noexcept:
  *     cdef PyDataMem_Handler* h
  *     if capsule is None or not PyCapsule_IsValid(capsule, CAPSULE_NAME):             # <<<<<<<<<<<<<<
@@ -7563,7 +7632,7 @@ static CYTHON_INLINE PyDataMem_Handler *__pyx_f_5wsmem_8_capture__ours(PyObject 
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":277
+    /* "wsmem/_capture.pyx":288
  *     cdef PyDataMem_Handler* h
  *     if capsule is None or not PyCapsule_IsValid(capsule, CAPSULE_NAME):
  *         return NULL             # <<<<<<<<<<<<<<
@@ -7576,7 +7645,7 @@ static CYTHON_INLINE PyDataMem_Handler *__pyx_f_5wsmem_8_capture__ours(PyObject 
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":276
+    /* "wsmem/_capture.pyx":287
  * cdef inline PyDataMem_Handler* _ours(object capsule) noexcept:
  *     cdef PyDataMem_Handler* h
  *     if capsule is None or not PyCapsule_IsValid(capsule, CAPSULE_NAME):             # <<<<<<<<<<<<<<
@@ -7585,18 +7654,18 @@ static CYTHON_INLINE PyDataMem_Handler *__pyx_f_5wsmem_8_capture__ours(PyObject 
 */
   }
 
-  /* "wsmem/_capture.pyx":278
+  /* "wsmem/_capture.pyx":289
  *     if capsule is None or not PyCapsule_IsValid(capsule, CAPSULE_NAME):
  *         return NULL
  *     h = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, CAPSULE_NAME)             # <<<<<<<<<<<<<<
  *     if h == NULL or h.allocator.malloc != _cap_malloc:
  *         return NULL
 */
-  __pyx_t_3 = PyCapsule_GetPointer(__pyx_v_capsule, __pyx_v_5wsmem_8_capture_CAPSULE_NAME); if (unlikely(__pyx_t_3 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 278, __pyx_L1_error)
+  __pyx_t_3 = PyCapsule_GetPointer(__pyx_v_capsule, __pyx_v_5wsmem_8_capture_CAPSULE_NAME); if (unlikely(__pyx_t_3 == ((void *)NULL) && PyErr_Occurred())) __PYX_ERR(0, 289, __pyx_L1_error)
   __pyx_v_h = ((PyDataMem_Handler *)__pyx_t_3);
 
 
-  /* "wsmem/_capture.pyx":279
+  /* "wsmem/_capture.pyx":290
  *         return NULL
  *     h = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, CAPSULE_NAME)
  *     if h == NULL or h.allocator.malloc != _cap_malloc:             # <<<<<<<<<<<<<<
@@ -7622,7 +7691,7 @@ static CYTHON_INLINE PyDataMem_Handler *__pyx_f_5wsmem_8_capture__ours(PyObject 
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":280
+    /* "wsmem/_capture.pyx":291
  *     h = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, CAPSULE_NAME)
  *     if h == NULL or h.allocator.malloc != _cap_malloc:
  *         return NULL             # <<<<<<<<<<<<<<
@@ -7635,7 +7704,7 @@ static CYTHON_INLINE PyDataMem_Handler *__pyx_f_5wsmem_8_capture__ours(PyObject 
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":279
+    /* "wsmem/_capture.pyx":290
  *         return NULL
  *     h = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, CAPSULE_NAME)
  *     if h == NULL or h.allocator.malloc != _cap_malloc:             # <<<<<<<<<<<<<<
@@ -7644,7 +7713,7 @@ static CYTHON_INLINE PyDataMem_Handler *__pyx_f_5wsmem_8_capture__ours(PyObject 
 */
   }
 
-  /* "wsmem/_capture.pyx":281
+  /* "wsmem/_capture.pyx":292
  *     if h == NULL or h.allocator.malloc != _cap_malloc:
  *         return NULL
  *     return h             # <<<<<<<<<<<<<<
@@ -7657,7 +7726,7 @@ static CYTHON_INLINE PyDataMem_Handler *__pyx_f_5wsmem_8_capture__ours(PyObject 
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":274
+  /* "wsmem/_capture.pyx":285
  * 
  * 
  * cdef inline PyDataMem_Handler* _ours(object capsule) noexcept:             # <<<<<<<<<<<<<<
@@ -7675,7 +7744,7 @@ static CYTHON_INLINE PyDataMem_Handler *__pyx_f_5wsmem_8_capture__ours(PyObject 
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":284
+/* "wsmem/_capture.pyx":295
  * 
  * 
  * cdef void detach_handler(object capsule) noexcept:             # <<<<<<<<<<<<<<
@@ -7687,7 +7756,7 @@ static void __pyx_f_5wsmem_8_capture_detach_handler(PyObject *__pyx_v_capsule) {
   PyDataMem_Handler *__pyx_v_h;
   int __pyx_t_1;
 
-  /* "wsmem/_capture.pyx":285
+  /* "wsmem/_capture.pyx":296
  * 
  * cdef void detach_handler(object capsule) noexcept:
  *     cdef PyDataMem_Handler* h = _ours(capsule)             # <<<<<<<<<<<<<<
@@ -7696,7 +7765,7 @@ static void __pyx_f_5wsmem_8_capture_detach_handler(PyObject *__pyx_v_capsule) {
 */
   __pyx_v_h = __pyx_f_5wsmem_8_capture__ours(__pyx_v_capsule);
 
-  /* "wsmem/_capture.pyx":286
+  /* "wsmem/_capture.pyx":297
  * cdef void detach_handler(object capsule) noexcept:
  *     cdef PyDataMem_Handler* h = _ours(capsule)
  *     if h != NULL:             # <<<<<<<<<<<<<<
@@ -7708,7 +7777,7 @@ static void __pyx_f_5wsmem_8_capture_detach_handler(PyObject *__pyx_v_capsule) {
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":287
+    /* "wsmem/_capture.pyx":298
  *     cdef PyDataMem_Handler* h = _ours(capsule)
  *     if h != NULL:
  *         (<CapCtx*>h.allocator.ctx).arena = NULL             # <<<<<<<<<<<<<<
@@ -7717,7 +7786,7 @@ static void __pyx_f_5wsmem_8_capture_detach_handler(PyObject *__pyx_v_capsule) {
 */
     ((struct __pyx_t_5wsmem_8_capture_CapCtx *)__pyx_v_h->allocator.ctx)->arena = NULL;
 
-    /* "wsmem/_capture.pyx":286
+    /* "wsmem/_capture.pyx":297
  * cdef void detach_handler(object capsule) noexcept:
  *     cdef PyDataMem_Handler* h = _ours(capsule)
  *     if h != NULL:             # <<<<<<<<<<<<<<
@@ -7726,7 +7795,7 @@ static void __pyx_f_5wsmem_8_capture_detach_handler(PyObject *__pyx_v_capsule) {
 */
   }
 
-  /* "wsmem/_capture.pyx":284
+  /* "wsmem/_capture.pyx":295
  * 
  * 
  * cdef void detach_handler(object capsule) noexcept:             # <<<<<<<<<<<<<<
@@ -7739,7 +7808,7 @@ static void __pyx_f_5wsmem_8_capture_detach_handler(PyObject *__pyx_v_capsule) {
 
 }
 
-/* "wsmem/_capture.pyx":290
+/* "wsmem/_capture.pyx":301
  * 
  * 
  * cdef object set_handler(object capsule):             # <<<<<<<<<<<<<<
@@ -7761,7 +7830,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_handler", 0);
 
-  /* "wsmem/_capture.pyx":292
+  /* "wsmem/_capture.pyx":303
  * cdef object set_handler(object capsule):
  *     cdef PyObject* old
  *     if capsule is None:             # <<<<<<<<<<<<<<
@@ -7772,7 +7841,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":293
+    /* "wsmem/_capture.pyx":304
  *     cdef PyObject* old
  *     if capsule is None:
  *         old = PyDataMem_SetHandler_NULL(NULL)             # <<<<<<<<<<<<<<
@@ -7781,7 +7850,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
 */
     __pyx_v_old = PyDataMem_SetHandler(NULL);
 
-    /* "wsmem/_capture.pyx":294
+    /* "wsmem/_capture.pyx":305
  *     if capsule is None:
  *         old = PyDataMem_SetHandler_NULL(NULL)
  *         if old == NULL:             # <<<<<<<<<<<<<<
@@ -7793,7 +7862,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
     if (unlikely(__pyx_t_1)) {
 
 
-      /* "wsmem/_capture.pyx":295
+      /* "wsmem/_capture.pyx":306
  *         old = PyDataMem_SetHandler_NULL(NULL)
  *         if old == NULL:
  *             raise RuntimeError("numpy refused to restore its default memory handler")             # <<<<<<<<<<<<<<
@@ -7806,14 +7875,14 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
         PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_numpy_refused_to_restore_its_def};
         __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 295, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 306, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
       __Pyx_Raise(__pyx_t_2, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-      __PYX_ERR(0, 295, __pyx_L1_error)
+      __PYX_ERR(0, 306, __pyx_L1_error)
 
-      /* "wsmem/_capture.pyx":294
+      /* "wsmem/_capture.pyx":305
  *     if capsule is None:
  *         old = PyDataMem_SetHandler_NULL(NULL)
  *         if old == NULL:             # <<<<<<<<<<<<<<
@@ -7822,7 +7891,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
 */
     }
 
-    /* "wsmem/_capture.pyx":296
+    /* "wsmem/_capture.pyx":307
  *         if old == NULL:
  *             raise RuntimeError("numpy refused to restore its default memory handler")
  *         token = <object>old      # takes a reference of its own...             # <<<<<<<<<<<<<<
@@ -7834,7 +7903,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
     __pyx_v_token = __pyx_t_2;
     __pyx_t_2 = 0;
 
-    /* "wsmem/_capture.pyx":297
+    /* "wsmem/_capture.pyx":308
  *             raise RuntimeError("numpy refused to restore its default memory handler")
  *         token = <object>old      # takes a reference of its own...
  *         Py_DECREF(token)         # ...so drop the new one SetHandler returned             # <<<<<<<<<<<<<<
@@ -7843,7 +7912,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
 */
     Py_DECREF(__pyx_v_token);
 
-    /* "wsmem/_capture.pyx":298
+    /* "wsmem/_capture.pyx":309
  *         token = <object>old      # takes a reference of its own...
  *         Py_DECREF(token)         # ...so drop the new one SetHandler returned
  *         return token             # <<<<<<<<<<<<<<
@@ -7861,7 +7930,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":292
+    /* "wsmem/_capture.pyx":303
  * cdef object set_handler(object capsule):
  *     cdef PyObject* old
  *     if capsule is None:             # <<<<<<<<<<<<<<
@@ -7870,14 +7939,14 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
 */
   }
 
-  /* "wsmem/_capture.pyx":299
+  /* "wsmem/_capture.pyx":310
  *         Py_DECREF(token)         # ...so drop the new one SetHandler returned
  *         return token
  *     return PyDataMem_SetHandler(capsule)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_2 = PyDataMem_SetHandler(__pyx_v_capsule); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 299, __pyx_L1_error)
+  __pyx_t_2 = PyDataMem_SetHandler(__pyx_v_capsule); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 310, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -7890,7 +7959,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":290
+  /* "wsmem/_capture.pyx":301
  * 
  * 
  * cdef object set_handler(object capsule):             # <<<<<<<<<<<<<<
@@ -7912,7 +7981,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_set_handler(PyObject *__pyx_v_capsule)
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":302
+/* "wsmem/_capture.pyx":313
  * 
  * 
  * cdef void restore_handler(object token) noexcept:             # <<<<<<<<<<<<<<
@@ -7934,7 +8003,7 @@ static void __pyx_f_5wsmem_8_capture_restore_handler(PyObject *__pyx_v_token) {
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("restore_handler", 0);
 
-  /* "wsmem/_capture.pyx":303
+  /* "wsmem/_capture.pyx":314
  * 
  * cdef void restore_handler(object token) noexcept:
  *     try:             # <<<<<<<<<<<<<<
@@ -7950,18 +8019,18 @@ static void __pyx_f_5wsmem_8_capture_restore_handler(PyObject *__pyx_v_token) {
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "wsmem/_capture.pyx":304
+      /* "wsmem/_capture.pyx":315
  * cdef void restore_handler(object token) noexcept:
  *     try:
  *         PyDataMem_SetHandler(token)             # <<<<<<<<<<<<<<
  *     except BaseException:
  *         PyErr_Clear()
 */
-      __pyx_t_4 = PyDataMem_SetHandler(__pyx_v_token); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 304, __pyx_L3_error)
+      __pyx_t_4 = PyDataMem_SetHandler(__pyx_v_token); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 315, __pyx_L3_error)
       __Pyx_GOTREF(__pyx_t_4);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-      /* "wsmem/_capture.pyx":303
+      /* "wsmem/_capture.pyx":314
  * 
  * cdef void restore_handler(object token) noexcept:
  *     try:             # <<<<<<<<<<<<<<
@@ -7976,7 +8045,7 @@ static void __pyx_f_5wsmem_8_capture_restore_handler(PyObject *__pyx_v_token) {
     __pyx_L3_error:;
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-    /* "wsmem/_capture.pyx":305
+    /* "wsmem/_capture.pyx":316
  *     try:
  *         PyDataMem_SetHandler(token)
  *     except BaseException:             # <<<<<<<<<<<<<<
@@ -7986,12 +8055,12 @@ static void __pyx_f_5wsmem_8_capture_restore_handler(PyObject *__pyx_v_token) {
     __pyx_t_5 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
     if (__pyx_t_5) {
       __Pyx_AddTraceback("wsmem._capture.restore_handler", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_6, &__pyx_t_7) < 0) __PYX_ERR(0, 305, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_4, &__pyx_t_6, &__pyx_t_7) < 0) __PYX_ERR(0, 316, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_4);
       __Pyx_XGOTREF(__pyx_t_6);
       __Pyx_XGOTREF(__pyx_t_7);
 
-      /* "wsmem/_capture.pyx":306
+      /* "wsmem/_capture.pyx":317
  *         PyDataMem_SetHandler(token)
  *     except BaseException:
  *         PyErr_Clear()             # <<<<<<<<<<<<<<
@@ -8006,7 +8075,7 @@ static void __pyx_f_5wsmem_8_capture_restore_handler(PyObject *__pyx_v_token) {
     }
     goto __pyx_L5_except_error;
 
-    /* "wsmem/_capture.pyx":303
+    /* "wsmem/_capture.pyx":314
  * 
  * cdef void restore_handler(object token) noexcept:
  *     try:             # <<<<<<<<<<<<<<
@@ -8027,7 +8096,7 @@ static void __pyx_f_5wsmem_8_capture_restore_handler(PyObject *__pyx_v_token) {
     __pyx_L8_try_end:;
   }
 
-  /* "wsmem/_capture.pyx":302
+  /* "wsmem/_capture.pyx":313
  * 
  * 
  * cdef void restore_handler(object token) noexcept:             # <<<<<<<<<<<<<<
@@ -8047,7 +8116,7 @@ static void __pyx_f_5wsmem_8_capture_restore_handler(PyObject *__pyx_v_token) {
   __Pyx_RefNannyFinishContext();
 }
 
-/* "wsmem/_capture.pyx":309
+/* "wsmem/_capture.pyx":320
  * 
  * 
  * cdef object captured_in(object arr, unsigned long long* gen, Block** block):             # <<<<<<<<<<<<<<
@@ -8070,7 +8139,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_5;
   __Pyx_RefNannySetupContext("captured_in", 0);
 
-  /* "wsmem/_capture.pyx":315
+  /* "wsmem/_capture.pyx":326
  *     cdef CapHdr* hdr
  *     cdef Arena a
  *     if not PyArray_CHKFLAGS(<PyObject*>arr, NPY_ARRAY_OWNDATA):             # <<<<<<<<<<<<<<
@@ -8082,7 +8151,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":316
+    /* "wsmem/_capture.pyx":327
  *     cdef Arena a
  *     if not PyArray_CHKFLAGS(<PyObject*>arr, NPY_ARRAY_OWNDATA):
  *         return None             # <<<<<<<<<<<<<<
@@ -8099,7 +8168,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":315
+    /* "wsmem/_capture.pyx":326
  *     cdef CapHdr* hdr
  *     cdef Arena a
  *     if not PyArray_CHKFLAGS(<PyObject*>arr, NPY_ARRAY_OWNDATA):             # <<<<<<<<<<<<<<
@@ -8108,7 +8177,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
 */
   }
 
-  /* "wsmem/_capture.pyx":317
+  /* "wsmem/_capture.pyx":328
  *     if not PyArray_CHKFLAGS(<PyObject*>arr, NPY_ARRAY_OWNDATA):
  *         return None
  *     cap = PyArray_HANDLER(<PyObject*>arr)             # <<<<<<<<<<<<<<
@@ -8117,7 +8186,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
 */
   __pyx_v_cap = PyArray_HANDLER(((PyObject *)__pyx_v_arr));
 
-  /* "wsmem/_capture.pyx":318
+  /* "wsmem/_capture.pyx":329
  *         return None
  *     cap = PyArray_HANDLER(<PyObject*>arr)
  *     if cap == NULL:             # <<<<<<<<<<<<<<
@@ -8129,7 +8198,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":319
+    /* "wsmem/_capture.pyx":330
  *     cap = PyArray_HANDLER(<PyObject*>arr)
  *     if cap == NULL:
  *         return None             # <<<<<<<<<<<<<<
@@ -8146,7 +8215,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":318
+    /* "wsmem/_capture.pyx":329
  *         return None
  *     cap = PyArray_HANDLER(<PyObject*>arr)
  *     if cap == NULL:             # <<<<<<<<<<<<<<
@@ -8155,7 +8224,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
 */
   }
 
-  /* "wsmem/_capture.pyx":320
+  /* "wsmem/_capture.pyx":331
  *     if cap == NULL:
  *         return None
  *     h = _ours(<object>cap)             # <<<<<<<<<<<<<<
@@ -8164,7 +8233,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
 */
   __pyx_v_h = __pyx_f_5wsmem_8_capture__ours(((PyObject *)__pyx_v_cap));
 
-  /* "wsmem/_capture.pyx":321
+  /* "wsmem/_capture.pyx":332
  *         return None
  *     h = _ours(<object>cap)
  *     if h == NULL:             # <<<<<<<<<<<<<<
@@ -8176,7 +8245,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":322
+    /* "wsmem/_capture.pyx":333
  *     h = _ours(<object>cap)
  *     if h == NULL:
  *         return None             # <<<<<<<<<<<<<<
@@ -8193,7 +8262,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":321
+    /* "wsmem/_capture.pyx":332
  *         return None
  *     h = _ours(<object>cap)
  *     if h == NULL:             # <<<<<<<<<<<<<<
@@ -8202,7 +8271,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
 */
   }
 
-  /* "wsmem/_capture.pyx":323
+  /* "wsmem/_capture.pyx":334
  *     if h == NULL:
  *         return None
  *     ctx = <CapCtx*>h.allocator.ctx             # <<<<<<<<<<<<<<
@@ -8211,7 +8280,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
 */
   __pyx_v_ctx = ((struct __pyx_t_5wsmem_8_capture_CapCtx *)__pyx_v_h->allocator.ctx);
 
-  /* "wsmem/_capture.pyx":324
+  /* "wsmem/_capture.pyx":335
  *         return None
  *     ctx = <CapCtx*>h.allocator.ctx
  *     hdr = <CapHdr*>(<char*>PyArray_DATA_OBJ(<PyObject*>arr) - WSMEM_HDR)             # <<<<<<<<<<<<<<
@@ -8220,7 +8289,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
 */
   __pyx_v_hdr = ((struct __pyx_t_5wsmem_8_capture_CapHdr *)(((char *)PyArray_DATA(((PyObject *)__pyx_v_arr))) - WSMEM_HDR));
 
-  /* "wsmem/_capture.pyx":325
+  /* "wsmem/_capture.pyx":336
  *     ctx = <CapCtx*>h.allocator.ctx
  *     hdr = <CapHdr*>(<char*>PyArray_DATA_OBJ(<PyObject*>arr) - WSMEM_HDR)
  *     if ctx.arena == NULL or hdr.pin.block == NULL:             # <<<<<<<<<<<<<<
@@ -8246,7 +8315,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":326
+    /* "wsmem/_capture.pyx":337
  *     hdr = <CapHdr*>(<char*>PyArray_DATA_OBJ(<PyObject*>arr) - WSMEM_HDR)
  *     if ctx.arena == NULL or hdr.pin.block == NULL:
  *         return None             # <<<<<<<<<<<<<<
@@ -8263,7 +8332,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":325
+    /* "wsmem/_capture.pyx":336
  *     ctx = <CapCtx*>h.allocator.ctx
  *     hdr = <CapHdr*>(<char*>PyArray_DATA_OBJ(<PyObject*>arr) - WSMEM_HDR)
  *     if ctx.arena == NULL or hdr.pin.block == NULL:             # <<<<<<<<<<<<<<
@@ -8272,7 +8341,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
 */
   }
 
-  /* "wsmem/_capture.pyx":327
+  /* "wsmem/_capture.pyx":338
  *     if ctx.arena == NULL or hdr.pin.block == NULL:
  *         return None
  *     a = <Arena>ctx.arena             # <<<<<<<<<<<<<<
@@ -8284,7 +8353,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   __pyx_v_a = ((struct __pyx_obj_5wsmem_6_arena_Arena *)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "wsmem/_capture.pyx":328
+  /* "wsmem/_capture.pyx":339
  *         return None
  *     a = <Arena>ctx.arena
  *     if not arena_valid(a, hdr.pin.generation):             # <<<<<<<<<<<<<<
@@ -8296,7 +8365,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_capture.pyx":329
+    /* "wsmem/_capture.pyx":340
  *     a = <Arena>ctx.arena
  *     if not arena_valid(a, hdr.pin.generation):
  *         return None             # <<<<<<<<<<<<<<
@@ -8313,7 +8382,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
     }
     goto __pyx_L0;
 
-    /* "wsmem/_capture.pyx":328
+    /* "wsmem/_capture.pyx":339
  *         return None
  *     a = <Arena>ctx.arena
  *     if not arena_valid(a, hdr.pin.generation):             # <<<<<<<<<<<<<<
@@ -8322,7 +8391,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
 */
   }
 
-  /* "wsmem/_capture.pyx":330
+  /* "wsmem/_capture.pyx":341
  *     if not arena_valid(a, hdr.pin.generation):
  *         return None
  *     gen[0] = hdr.pin.generation             # <<<<<<<<<<<<<<
@@ -8334,7 +8403,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   (__pyx_v_gen[0]) = __pyx_t_4;
 
 
-  /* "wsmem/_capture.pyx":331
+  /* "wsmem/_capture.pyx":342
  *         return None
  *     gen[0] = hdr.pin.generation
  *     block[0] = hdr.pin.block             # <<<<<<<<<<<<<<
@@ -8346,7 +8415,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   (__pyx_v_block[0]) = __pyx_t_5;
 
 
-  /* "wsmem/_capture.pyx":332
+  /* "wsmem/_capture.pyx":343
  *     gen[0] = hdr.pin.generation
  *     block[0] = hdr.pin.block
  *     return a             # <<<<<<<<<<<<<<
@@ -8364,7 +8433,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":309
+  /* "wsmem/_capture.pyx":320
  * 
  * 
  * cdef object captured_in(object arr, unsigned long long* gen, Block** block):             # <<<<<<<<<<<<<<
@@ -8384,7 +8453,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_captured_in(PyObject *__pyx_v_arr, uns
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":335
+/* "wsmem/_capture.pyx":346
  * 
  * 
  * cdef object heap_copy(object arr):             # <<<<<<<<<<<<<<
@@ -8415,19 +8484,19 @@ static PyObject *__pyx_f_5wsmem_8_capture_heap_copy(PyObject *__pyx_v_arr) {
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("heap_copy", 0);
 
-  /* "wsmem/_capture.pyx":337
+  /* "wsmem/_capture.pyx":348
  * cdef object heap_copy(object arr):
  *     """np.array(arr, copy=True) with NumPy's default handler (plain heap)."""
  *     token = set_handler(None)             # <<<<<<<<<<<<<<
  *     try:
  *         return np.array(arr, copy=True, order="K")
 */
-  __pyx_t_1 = __pyx_f_5wsmem_8_capture_set_handler(Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 337, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_5wsmem_8_capture_set_handler(Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 348, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_token = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "wsmem/_capture.pyx":338
+  /* "wsmem/_capture.pyx":349
  *     """np.array(arr, copy=True) with NumPy's default handler (plain heap)."""
  *     token = set_handler(None)
  *     try:             # <<<<<<<<<<<<<<
@@ -8436,7 +8505,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_heap_copy(PyObject *__pyx_v_arr) {
 */
   /*try:*/ {
 
-    /* "wsmem/_capture.pyx":339
+    /* "wsmem/_capture.pyx":350
  *     token = set_handler(None)
  *     try:
  *         return np.array(arr, copy=True, order="K")             # <<<<<<<<<<<<<<
@@ -8444,9 +8513,9 @@ static PyObject *__pyx_f_5wsmem_8_capture_heap_copy(PyObject *__pyx_v_arr) {
  *         restore_handler(token)
 */
     __pyx_t_2 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 339, __pyx_L4_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_3);
-    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 339, __pyx_L4_error)
+    __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_array); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 350, __pyx_L4_error)
     __Pyx_GOTREF(__pyx_t_4);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     #if CYTHON_VECTORCALL
@@ -8467,13 +8536,13 @@ static PyObject *__pyx_f_5wsmem_8_capture_heap_copy(PyObject *__pyx_v_arr) {
       PyObject *__pyx_callargs[4] = {__pyx_t_2, __pyx_v_arr, Py_True, __pyx_mstate_global->__pyx_n_u_K};
       #if CYTHON_VECTORCALL
       __pyx_t_3 = __pyx_mstate_global->__pyx_tuple[0];
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 339, __pyx_L4_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L4_error)
       __Pyx_INCREF(__pyx_t_3);
       #else
       {
         PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_copy, __pyx_mstate_global->__pyx_n_u_order};
         __pyx_t_3 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 2);
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 339, __pyx_L4_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L4_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       #endif
@@ -8483,7 +8552,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_heap_copy(PyObject *__pyx_v_arr) {
       #endif
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 339, __pyx_L4_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 350, __pyx_L4_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     {
@@ -8498,7 +8567,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_heap_copy(PyObject *__pyx_v_arr) {
     goto __pyx_L3_return;
   }
 
-  /* "wsmem/_capture.pyx":341
+  /* "wsmem/_capture.pyx":352
  *         return np.array(arr, copy=True, order="K")
  *     finally:
  *         restore_handler(token)             # <<<<<<<<<<<<<<
@@ -8549,7 +8618,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_heap_copy(PyObject *__pyx_v_arr) {
     }
   }
 
-  /* "wsmem/_capture.pyx":335
+  /* "wsmem/_capture.pyx":346
  * 
  * 
  * cdef object heap_copy(object arr):             # <<<<<<<<<<<<<<
@@ -8572,7 +8641,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_heap_copy(PyObject *__pyx_v_arr) {
   return __pyx_r;
 }
 
-/* "wsmem/_capture.pyx":344
+/* "wsmem/_capture.pyx":355
  * 
  * 
  * cdef object take_error():             # <<<<<<<<<<<<<<
@@ -8586,7 +8655,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_take_error(void) {
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("take_error", 0);
 
-  /* "wsmem/_capture.pyx":347
+  /* "wsmem/_capture.pyx":358
  *     """Return and forget the error of the last allocation the handler refused."""
  *     global _last_error
  *     err = _last_error             # <<<<<<<<<<<<<<
@@ -8596,7 +8665,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_take_error(void) {
   __Pyx_INCREF(__pyx_v_5wsmem_8_capture__last_error);
   __pyx_v_err = __pyx_v_5wsmem_8_capture__last_error;
 
-  /* "wsmem/_capture.pyx":348
+  /* "wsmem/_capture.pyx":359
  *     global _last_error
  *     err = _last_error
  *     _last_error = None             # <<<<<<<<<<<<<<
@@ -8607,7 +8676,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_take_error(void) {
   __Pyx_DECREF_SET(__pyx_v_5wsmem_8_capture__last_error, Py_None);
   __Pyx_GIVEREF(Py_None);
 
-  /* "wsmem/_capture.pyx":349
+  /* "wsmem/_capture.pyx":360
  *     err = _last_error
  *     _last_error = None
  *     return err             # <<<<<<<<<<<<<<
@@ -8623,7 +8692,7 @@ static PyObject *__pyx_f_5wsmem_8_capture_take_error(void) {
   }
   goto __pyx_L0;
 
-  /* "wsmem/_capture.pyx":344
+  /* "wsmem/_capture.pyx":355
  * 
  * 
  * cdef object take_error():             # <<<<<<<<<<<<<<
@@ -8735,7 +8804,7 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #endif
   __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7cpython_4type_type) __PYX_ERR(2, 9, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyImport_ImportModule("wsmem._arena"); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 66, __pyx_L1_error)
+  __pyx_t_1 = PyImport_ImportModule("wsmem._arena"); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 68, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = __Pyx_ImportType_3_3_1(__pyx_t_1, "wsmem._arena", "Arena",
   #if defined(PYPY_VERSION_NUM) && PYPY_VERSION_NUM < 0x050B0000
@@ -8745,8 +8814,8 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_5wsmem_6_arena_Arena), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_5wsmem_6_arena_Arena),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) __PYX_ERR(3, 66, __pyx_L1_error)
-  if (unlikely(__Pyx_GetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena, (void**)&__pyx_vtabptr_5wsmem_6_arena_Arena) != 1)) __PYX_ERR(3, 66, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) __PYX_ERR(3, 68, __pyx_L1_error)
+  if (unlikely(__Pyx_GetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena, (void**)&__pyx_vtabptr_5wsmem_6_arena_Arena) != 1)) __PYX_ERR(3, 68, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_1 = PyImport_ImportModule("numpy"); if (unlikely(!__pyx_t_1)) __PYX_ERR(1, 229, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
@@ -8947,8 +9016,8 @@ static int __Pyx_modinit_Function_import_code(__pyx_mstatetype *__pyx_mstate) {
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (unlikely(!__pyx_import_signature)) __PYX_ERR(0, 1, __pyx_L1_error)
     #endif
-    const char * __pyx_import_name = __pyx_import_signature + 283;
-    void (**const __pyx_import_pointers[])(void) = {(void (**)(void))&__pyx_f_5wsmem_6_arena_arena_alloc, (void (**)(void))&__pyx_f_5wsmem_6_arena_get_debug_mode, (void (**)(void))&__pyx_f_5wsmem_6_arena_pin_fini, (void (**)(void))&__pyx_f_5wsmem_6_arena_pin_init, (void (**)(void)) NULL};
+    const char * __pyx_import_name = __pyx_import_signature + 369;
+    void (**const __pyx_import_pointers[])(void) = {(void (**)(void))&__pyx_f_5wsmem_6_arena_arena_alloc, (void (**)(void))&__pyx_f_5wsmem_6_arena_get_debug_mode, (void (**)(void))&__pyx_f_5wsmem_6_arena_arena_drop_dead_spill, (void (**)(void))&__pyx_f_5wsmem_6_arena_pin_fini, (void (**)(void))&__pyx_f_5wsmem_6_arena_pin_init, (void (**)(void)) NULL};
     void (**const *__pyx_import_pointer)(void) = __pyx_import_pointers;
     const char *__pyx_import_current_signature = __pyx_import_signature;
     while (*__pyx_import_pointer) {
@@ -9250,43 +9319,43 @@ __Pyx_RefNannySetupContext("PyInit__capture", 0);
   if (__Pyx_InitAfterSharedUtility() < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
   /*--- Execution code ---*/
 
-  /* "wsmem/_capture.pyx":32
+  /* "wsmem/_capture.pyx":33
  *                            get_debug_mode, DEBUG_OFF, DEBUG_BYPASS_EVERYTHING)
  * 
  * import traceback             # <<<<<<<<<<<<<<
  * 
  * cdef extern from "Python.h":
 */
-  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_traceback, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 32, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_traceback, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 33, __pyx_L1_error)
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_traceback, __pyx_t_2) < (0)) __PYX_ERR(0, 32, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_traceback, __pyx_t_2) < (0)) __PYX_ERR(0, 33, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_capture.pyx":65
+  /* "wsmem/_capture.pyx":66
  *     size_t WSMEM_HDR
  * 
  * import numpy as np             # <<<<<<<<<<<<<<
  * cimport numpy as cnp
  * cnp.import_array()
 */
-  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 65, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_numpy, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 66, __pyx_L1_error)
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_np, __pyx_t_2) < (0)) __PYX_ERR(0, 65, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_np, __pyx_t_2) < (0)) __PYX_ERR(0, 66, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_capture.pyx":67
+  /* "wsmem/_capture.pyx":68
  * import numpy as np
  * cimport numpy as cnp
  * cnp.import_array()             # <<<<<<<<<<<<<<
  * 
  * assert sizeof(CapHdr) == WSMEM_HDR, "CapHdr must be 64 bytes to keep data 64-aligned"
 */
-  __pyx_t_3 = __pyx_f_5numpy_import_array(); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 67, __pyx_L1_error)
+  __pyx_t_3 = __pyx_f_5numpy_import_array(); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 68, __pyx_L1_error)
 
 
-  /* "wsmem/_capture.pyx":69
+  /* "wsmem/_capture.pyx":70
  * cnp.import_array()
  * 
  * assert sizeof(CapHdr) == WSMEM_HDR, "CapHdr must be 64 bytes to keep data 64-aligned"             # <<<<<<<<<<<<<<
@@ -9299,15 +9368,15 @@ __Pyx_RefNannySetupContext("PyInit__capture", 0);
 
     if (unlikely(!__pyx_t_4)) {
       __Pyx_Raise(((PyObject *)(((PyTypeObject*)PyExc_AssertionError))), __pyx_mstate_global->__pyx_kp_u_CapHdr_must_be_64_bytes_to_keep, 0, 0);
-      __PYX_ERR(0, 69, __pyx_L1_error)
+      __PYX_ERR(0, 70, __pyx_L1_error)
     }
 
   }
   #else
-  if ((1)); else __PYX_ERR(0, 69, __pyx_L1_error)
+  if ((1)); else __PYX_ERR(0, 70, __pyx_L1_error)
   #endif
 
-  /* "wsmem/_capture.pyx":71
+  /* "wsmem/_capture.pyx":72
  * assert sizeof(CapHdr) == WSMEM_HDR, "CapHdr must be 64 bytes to keep data 64-aligned"
  * 
  * cdef const char* CAPSULE_NAME = b"mem_handler"             # <<<<<<<<<<<<<<
@@ -9316,7 +9385,7 @@ __Pyx_RefNannySetupContext("PyInit__capture", 0);
 */
   __pyx_v_5wsmem_8_capture_CAPSULE_NAME = __pyx_k_mem_handler;
 
-  /* "wsmem/_capture.pyx":73
+  /* "wsmem/_capture.pyx":74
  * cdef const char* CAPSULE_NAME = b"mem_handler"
  * # The WorkspaceOverflowError of the last refused allocation (see take_error).
  * cdef object _last_error = None             # <<<<<<<<<<<<<<
@@ -9386,7 +9455,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "wsmem/_capture.pyx":339
+  /* "wsmem/_capture.pyx":350
  *     token = set_handler(None)
  *     try:
  *         return np.array(arr, copy=True, order="K")             # <<<<<<<<<<<<<<
@@ -9395,7 +9464,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_copy, __pyx_mstate_global->__pyx_n_u_order};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 339, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 350, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
@@ -9437,30 +9506,30 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
     const struct { const unsigned int length: 6; } str_length_index[] = {{1},{47},{51},{39},{34},{6},{47},{1},{8},{10},{8},{12},{14},{12},{8},{5},{18},{4},{13},{2},{5},{5},{10},{9}};
-    const struct { const unsigned int length: 9; } bytes_length_index[] = {{288},{327},{32}};
+    const struct { const unsigned int length: 9; } bytes_length_index[] = {{288},{435},{32}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (437 bytes) */
-static const char cstring[] = "x\332\215RMo\3330\014\325O\341q-\262\236\266\036v\031\272.H\200\025M\260\217\303N\002m\321\261\032\353c2\325\325\373\365\243\354$M\272b\210\017\024)>>\221\317\374x\213qi\022\270\3343T\004\327\357\240\032\230z\340\000[\242\010\006\031\345\366-vv\343\311\370\354\342\000\211\232\334\223)\240D=\207D`\271\007C\r\346\216\301\221\013i\200\026\275\351(\215%W\272\026\324\225\223\264\305\224p\200\006m7QX\027C\342cXv\310\355?\210\337\275\020\177\230,\204\314\020\232\375SMH\200p\237\335zx\361\372\027\255\035Z\257\345s\301\344\216\212\347\321\215g\034\236t\215\321\356\375G\306jB\374\312\330\355Q\"\007k=v]w\326\223\026:NXS\205\365\266\016q\240\247\022\262\356Y.|\034\047\t\311P\352\211w\232\034\360\353aU=P\315p\371\346\331\275P\352\325\373\031d\337\217\272\303\372\247\276[\335/FS\022=\247,\220\251o\326\357GY\364\265\264I\036\365\247.\324[\270\024\342#\336\223\222P=\274,\272)\026Nk\036\2035\027\252X8\355\267%\214\272\014\257dH\275\023[\211\230\234\023\031\221H9\334\322!\301%\240\224BR\206D\246\366\220\331-\320>\256[L\347\367*:\330?\244\371|=\254g8\231\352\377\205k\353\313\270gC\317ld\006\323\234\317\347\253?z\006\307\232O\014\330\t\205\332\210\350\206\252\274)[M*\312J6\326\333\321\221\223\047Y\224Z\376X\314\365\372f1\237\274\357\313\257\363o\313\325\335\347\277\207|n\317";
-    PyObject *data = __Pyx_DecompressString(cstring, 437, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (455 bytes) */
+static const char cstring[] = "x\332\225SMo\3330\014\325O\341q-\262\236\326\036v\031\272-H\200\026\215\261\217\303N\002m\321\261\032}M\242\272z\277~\262\235\244I\233C\346\003E\211\217\217\344\223\374\351\013\206\245\212`sb\250\tn>@\3353%`\017\033\242\000\n\031\313\351{4z\355H\271lC\017\221\332\234H\r\240H\211}$\320\234@Q\213\3310X\262>\366\320\241S\206\342\230r%\233\202\272\262%\2541F\354\241Em&\nm\203\217|\010\313\026\271{\203\370\223\n\361\307\311\202\317\014\276\335\225j}\004\204\207l\253\376U\365;)-j\047\313g\275\312\206\006\317\241\035\327\320?\313\006\203\336\371O\214\365\204\370\235\321\354PE\016\226r\354\2721\332\221,t\034\261\241\032\233M\343CO\317\303\226e\342r\340\3028\211\217\212b\"\336j\262\307W\375\252~\244\206\341\362\335\213{!\304\311\363\031d\227F\335\241\372%\357W\017\213\321\014\201\3041\027\310\3247\313\353Q\026yS\332$\207\362\263\361\315\006.\013\361\001\357Q\212\257\037_\047\335\016\026\216s\236\274V\027b\260p\334oG\030\3440\274(C\312\255\330\242\210\3119\222*\022\t\213\033\332\007x\330P\214>\nEE\246n\037\331>\240\335\276\3510\236\337k\321A\377%\311\347\353\241\035\303\321T\347W:\247\302I\3267\340J\273\377\202\236Y|\006\223z/\353\311\3473\203\303\233\234\030\320\024\n\261.W\251\250\316\353\341_\241mHE\037\312)*\231\2026F\204\362\374[\355\364\350\224\225\247+\020b\371s1\227\325\355b>y?\226\337\346\337\227\253\373\257\377\000\237\263\226\222";
+    PyObject *data = __Pyx_DecompressString(cstring, 455, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (585 bytes) */
-static const char cstring[] = "\377?CapHdr \377must be \37764 bytes\377 to keep\337 data\023\000-a\377lignednu\377mpy refu\367sed!\001rest\377ore its \377default \377memory h\277andler.\002.\333_c#\000.m\034\000ia\377rray fai\375l=\003import\276\033\tumath\021\016w\365sV\000:\000\003 out\367 ofc\005for \177a NumPyo\014\377K__main_}_\005\000odule\006\001\367nam\003\002pyx_\317capi\032\001\010\001vt{ab\034\003qual\036\005\356\214 t__\261\002cli\367ne_L\000trac\377ebackcop\367yex\013\001t_st\366\016\000np\237\"orde\317rset\215$\047\006Py\377Object *\335(\001\007)\000\000\003\022, \367uns\363\" PY_\357LONG\000\002 *,\337 struC\000__n\300\001t_5\230\"_6\244\000\377ena_Bloc\237k **)L\t&\no[bj%\rAr8\000 &\013\277void)\000\002\001 \336\242\013heap\321@py\325\000\342\000_\344D\000\312 tu\367red\240 \000mak\365e\020\006t\t\001erro/r\000de\244 h*\006\272d\036;\005char\231 \205\200$\205 \337ize_t\346\200\047in\347t (\312\t\253;Pin0\216!\373\003\010 \362\201$, \342\003\000\005\326\322T, \230ia\234A_a\375l\331@\000get_d\377ebug_mod\377e\000pin_fi\263ni\004\002\005\000ts\222\"\000\377\000HUGE_PA\373GE\004\003THRES\017HOLD";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 585, 1016);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (611 bytes) */
+static const char cstring[] = "\377?CapHdr \377must be \37764 bytes\377 to keep\337 data\023\000-a\377lignednu\377mpy refu\367sed!\001rest\377ore its \377default \377memory h\277andler.\002.\333_c#\000.m\034\000ia\377rray fai\375l=\003import\276\033\tumath\021\016w\365sV\000:\000\003 out\367 ofc\005for \177a NumPyo\014\377K__main_}_\005\000odule\006\001\367nam\003\002pyx_\317capi\032\001\010\001vt{ab\034\003qual\036\005\356\214 t__\261\002cli\367ne_L\000trac\377ebackcop\367yex\013\001t_st\366\016\000np\237\"orde\317rset\215$\047\006Py\377Object *\335(\001\007)\000\000\003\022, \367uns\363\" PY_\357LONG\000\002 *,\337 struC\000__n\300\001t_5\230\"_6\244\000\377ena_Bloc\237k **)L\t&\no[bj%\rAr8\000 &\013\277void)\000\002\001 \336\242\013heap\321@py\325\000\342\000_\344D\000\312 tu\367red\240 \000mak\365e\020\006t\t\001erro/r\000de\244 h*\006\272d\036;\005char\231 \205\200$\205 \337ize_t\346\200\047in\007t (\312\t@\047\316\201!\244%\201[\207Pin\344!\321#\010 \310\202$,\261 \270#\000\005\250t, \356ia\356\362A_al\257`\000ge\377t_debug_\337mode\000\025\003dr\373op\023\000ad_sp\377ill\000pin_\317fini\004\002\005\000ts\376\376\"\000\000HUGE_\357PAGE\004\003THR?ESHOLD";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 611, 1124);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (1016 bytes) */
-static const char bytes[] = "?CapHdr must be 64 bytes to keep data 64-alignednumpy refused to restore its default memory handlernumpy._core.multiarray failed to importnumpy._core.umath failed to importwsmem:wsmem: out of memory for a NumPy memory handlerK__main____module____name____pyx_capi____pyx_vtable____qualname____test__arraycline_in_tracebackcopyextract_stacknpnumpyordersetdefaulttracebackPyObject *(PyObject *)\000\000PyObject *(PyObject *, unsigned PY_LONG_LONG *, struct __pyx_t_5wsmem_6_arena_Block **)\000PyObject *(struct __pyx_obj_5wsmem_6_arena_Arena *)\000PyObject *(void)\000void (PyObject *)\000\000heap_copy\000set_handler\000captured_in\000make_handler\000take_error\000detach_handler\000restore_handlerchar *(struct __pyx_obj_5wsmem_6_arena_Arena *, size_t, struct __pyx_t_5wsmem_6_arena_Block **)\000int (void)\000void (struct __pyx_t_5wsmem_6_arena_Pin *)\000void (struct __pyx_t_5wsmem_6_arena_Pin *, struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000arena_alloc\000get_debug_mode\000pin_fini\000pin_initsize_t\000\000HUGE_PAGE\000HUGE_THRESHOLD";
+    #else /* compression: none (1124 bytes) */
+static const char bytes[] = "?CapHdr must be 64 bytes to keep data 64-alignednumpy refused to restore its default memory handlernumpy._core.multiarray failed to importnumpy._core.umath failed to importwsmem:wsmem: out of memory for a NumPy memory handlerK__main____module____name____pyx_capi____pyx_vtable____qualname____test__arraycline_in_tracebackcopyextract_stacknpnumpyordersetdefaulttracebackPyObject *(PyObject *)\000\000PyObject *(PyObject *, unsigned PY_LONG_LONG *, struct __pyx_t_5wsmem_6_arena_Block **)\000PyObject *(struct __pyx_obj_5wsmem_6_arena_Arena *)\000PyObject *(void)\000void (PyObject *)\000\000heap_copy\000set_handler\000captured_in\000make_handler\000take_error\000detach_handler\000restore_handlerchar *(struct __pyx_obj_5wsmem_6_arena_Arena *, size_t, struct __pyx_t_5wsmem_6_arena_Block **)\000int (void)\000void (struct __pyx_obj_5wsmem_6_arena_Arena *, struct __pyx_t_5wsmem_6_arena_Block *)\000void (struct __pyx_t_5wsmem_6_arena_Pin *)\000void (struct __pyx_t_5wsmem_6_arena_Pin *, struct __pyx_t_5wsmem_6_arena_Block *, char *, char *, unsigned PY_LONG_LONG, PyObject *)\000arena_alloc\000get_debug_mode\000arena_drop_dead_spill\000pin_fini\000pin_initsize_t\000\000HUGE_PAGE\000HUGE_THRESHOLD";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED

@@ -27,6 +27,7 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy, strncpy
 
 from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_init, pin_fini,
+                           arena_drop_dead_spill,
                            get_debug_mode, DEBUG_OFF, DEBUG_BYPASS_EVERYTHING)
 
 import traceback
@@ -180,6 +181,7 @@ cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
     cdef CapHdr* h
     cdef Block* blk
     cdef Arena a
+    cdef bint drop
     if ptr == NULL:
         return
     h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
@@ -203,7 +205,16 @@ cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
                 return
             h.pin.block = NULL
             return
+    # Decide before releasing the pin: it may hold the last reference to the
+    # block (a spill of an earlier cycle), and then blk is freed by pin_fini.
+    # A spill of the open cycle is also referenced by the arena, so it
+    # survives pin_fini; unmap it now rather than at the end of the cycle
+    # (learning cycles spill every temporary: holding them all would multiply
+    # peak RSS).
+    drop = ctx.arena != NULL and not blk.is_main and blk.in_spills
     pin_fini(&h.pin)
+    if drop:
+        arena_drop_dead_spill(<Arena>ctx.arena, blk)
 
 
 cdef void* _cap_malloc(void* ctx, size_t size) noexcept with gil:

@@ -2022,10 +2022,12 @@ struct __pyx_t_5wsmem_6_arena_Block {
   struct __pyx_t_5wsmem_6_arena_Block *prev;
   struct __pyx_t_5wsmem_6_arena_Block *next;
   struct __pyx_t_5wsmem_6_arena_Block *next_spill;
+  struct __pyx_t_5wsmem_6_arena_Block *prev_spill;
+  int in_spills;
 };
 
-/* "wsmem/_arena.pxd":58
- *     Block* next_spill       # links in state.spills (spills of the open cycle)
+/* "wsmem/_arena.pxd":60
+ *     bint in_spills          # linked in state.spills (the arena holds a ref for it)
  * 
  * cdef struct ArenaState:             # <<<<<<<<<<<<<<
  *     # Heap-allocated so that blocks kept alive by pins never point at a dead
@@ -2102,7 +2104,7 @@ struct __pyx_t_5wsmem_8_capture_CapCtx {
   struct __pyx_t_5wsmem_8_capture_FreeSlot free[__pyx_e_5wsmem_8_capture_FREE_SLOTS];
 };
 
-/* "wsmem/_arena.pxd":66
+/* "wsmem/_arena.pxd":68
  *     bint arena_alive
  * 
  * cdef class Arena:             # <<<<<<<<<<<<<<
@@ -2127,6 +2129,7 @@ struct __pyx_obj_5wsmem_6_arena_Arena {
   int init_pending;
   size_t cycle_bytes;
   size_t spilled_bytes;
+  size_t spill_held;
   size_t spilled_count;
   size_t last_cycle_bytes;
   size_t peak_cycle_bytes;
@@ -2215,7 +2218,7 @@ struct __pyx_obj_5wsmem_10_workspace__ScopeOut {
 
 
 
-/* "wsmem/_arena.pxd":66
+/* "wsmem/_arena.pxd":68
  *     bint arena_alive
  * 
  * cdef class Arena:             # <<<<<<<<<<<<<<
@@ -2234,6 +2237,7 @@ struct __pyx_vtabstruct_5wsmem_6_arena_Arena {
   int (*release_all)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   int (*check_owner)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   void (*_drop_blocks)(struct __pyx_obj_5wsmem_6_arena_Arena *);
+  void (*_drop_spills)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   size_t (*pinned_bytes)(struct __pyx_obj_5wsmem_6_arena_Arena *);
   size_t (*capacity)(struct __pyx_obj_5wsmem_6_arena_Arena *);
 };
@@ -4318,7 +4322,7 @@ return 0;
 #endif
 /* #### Code section: module_code ### */
 
-/* "wsmem/_arena.pxd":121
+/* "wsmem/_arena.pxd":129
  * 
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:             # <<<<<<<<<<<<<<
@@ -4331,7 +4335,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5ws
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_arena.pxd":122
+  /* "wsmem/_arena.pxd":130
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:
  *     return a.generation == gen and a.depth > 0 and not a.destroyed             # <<<<<<<<<<<<<<
@@ -4369,7 +4373,7 @@ static CYTHON_INLINE int __pyx_f_5wsmem_6_arena_arena_valid(struct __pyx_obj_5ws
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pxd":121
+  /* "wsmem/_arena.pxd":129
  * 
  * # Validity of an array born in generation `gen` of arena `a`.
  * cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:             # <<<<<<<<<<<<<<

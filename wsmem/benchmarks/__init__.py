@@ -69,3 +69,6 @@ def suite_names() -> list[str]:
 register_suite("alloc", "wsmem.benchmarks.alloc",
                "allocation microbenchmark: np.empty vs wsmem.empty / ws.empty / "
                "np.asarray(wsmem.empty), 64 B .. 16 MiB")
+register_suite("cyclic", "wsmem.benchmarks.cyclic",
+               "cyclic NumPy steps (training-style step, 2-D Poisson CG), one process "
+               "per config: glibc, tuned glibc, jemalloc, mimalloc, out= limit, wsmem")

@@ -1,0 +1,79 @@
+"""The ``cyclic`` benchmark suite: plumbing and agreement, never speed.
+
+One tiny worker of every available config per workload (each a subprocess,
+as in the real benchmark): its JSON lines have the expected keys, and it
+computes the same ``s`` as plain NumPy.  Timing is measured in bench/, never
+asserted here.
+"""
+import io
+import json
+
+import pytest
+
+from wsmem.benchmarks import cyclic, get_suite, suite_names
+
+_AVAILABLE = [k for k in cyclic.CONFIGS if cyclic.config_available(k)[0]]
+_TINY = {"train": 8, "cg": 16}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Plain NumPy's s per workload (a worker process, like the others)."""
+    return {wl: cyclic.run_worker_once("numpy", wl, size)["ready"]["s_warmup"][0]
+            for wl, size in _TINY.items()}
+
+
+@pytest.mark.parametrize("workload", sorted(_TINY))
+@pytest.mark.parametrize("config", _AVAILABLE)
+def test_worker_json_and_agreement(config, workload, reference):
+    res = cyclic.run_worker_once(config, workload, _TINY[workload], batches=2)
+    ready, batches, final = res["ready"], res["batches"], res["final"]
+    assert ready["ready"] is True and ready["config"] == config
+    assert ready["workload"] == workload and ready["size"] == _TINY[workload]
+    assert ready["steps_per_batch"] >= 1
+    assert len(ready["s_warmup"]) == cyclic.WARMUP_STEPS
+    lib = cyclic.CONFIGS[config][2]
+    if lib is not None and ready["preloaded"] is not None:
+        assert config in ready["preloaded"], f"LD_PRELOAD {lib} not mapped"
+    elif ready["preloaded"] is not None:
+        assert ready["preloaded"] == []
+    ref = reference[workload]
+    for s in ready["s_warmup"] + [b["s"] for b in batches]:
+        assert s == pytest.approx(ref, rel=cyclic.RTOL, abs=0)
+    for b in batches:
+        assert b["steps"] == ready["steps_per_batch"]
+        assert b["time_per_step_s"] > 0 and b["faults_per_step"] >= 0
+        if config == "wsmem":
+            assert b["spilled_count"] == 0          # learned during warm-up
+            assert b["ws_capacity"] > 0
+        else:
+            assert "spilled_count" not in b
+    assert final["done"] is True and final["maxrss_kib"] > 0
+
+
+def test_worker_rejects_unknown_names():
+    out = io.StringIO()
+    assert cyclic.worker_main("nope", "train", 8, 0.001, stdin=io.StringIO(""),
+                              stdout=out) == 2
+    assert "error" in json.loads(out.getvalue())
+
+
+def test_missing_peer_library_is_skipped_with_a_note(monkeypatch):
+    monkeypatch.setitem(cyclic.CONFIGS, "jemalloc",
+                        ("jemalloc", {}, "/nonexistent/libjemalloc.so.2"))
+    res = cyclic.run(tiny=True, sizes={"train": (8,)}, configs=["numpy", "jemalloc", "wsmem"])
+    assert [r["config"] for r in res["rows"]] == ["numpy", "wsmem"]
+    assert any("jemalloc skipped" in note for note in res["skipped"])
+    assert res["all_match"] is True and res["steady_state_ok"] is True
+    table = cyclic.format_table(res)
+    assert "Note: jemalloc skipped" in table and "| 8 | 64 KiB | wsmem |" in table
+    ws_row = res["rows"][1]
+    assert ws_row["ratio_vs_best_peer"] > 0 and ws_row["best_peer"] == "numpy"
+    assert {t["target"].split(":")[0] for t in res["targets"]} == {"train rows=8"}
+
+
+def test_suite_is_registered():
+    assert "cyclic" in suite_names()
+    module = get_suite("cyclic").load()
+    assert module is cyclic
+    assert callable(module.run) and callable(module.format_table)

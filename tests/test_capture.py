@@ -1,0 +1,993 @@
+"""NumPy drop-in ("capture"): a NEP 49 memory handler per workspace.
+
+While a capturing workspace is current, NumPy's own allocations come from it;
+arrays that outlive their cycle pin their own lines (never a page) until they
+die, from any thread, even after the workspace is destroyed or collected.
+"""
+import asyncio
+import contextvars
+import gc
+import threading
+
+import numpy as np
+import pytest
+from numpy._core.multiarray import get_handler_name
+
+import wsmem
+from wsmem import WorkspaceOverflowError, WsArray
+
+DEFAULT = "default_allocator"
+LINE = 128
+
+
+def hname(ws):
+    return f"wsmem:{ws.name}"
+
+
+def owner_handler(arr):
+    """Handler name of the ndarray that owns `arr`'s memory (walks views)."""
+    x = arr
+    while isinstance(x, np.ndarray) and not x.flags.owndata:
+        x = x.base
+    if not isinstance(x, np.ndarray):
+        return None
+    return get_handler_name(x)
+
+
+def pinned(ws):
+    return ws.stats().pinned_bytes
+
+
+def scribble(ws, sizes=(1, 2, 10, 100, 1000, 5000), value=-7.0, cycles=3):
+    """Later cycles that allocate and write over whatever the arena hands out."""
+    for _ in range(cycles):
+        with ws:
+            junk = [np.full(n, value) for n in sizes]
+            junk += [np.empty(n) for n in sizes]
+            for j in junk[len(sizes):]:
+                j.fill(value)
+            del junk
+
+
+# ---------------------------------------------------------------- handler switching
+
+def test_handler_installed_inside_with_and_restored_after(ws):
+    assert get_handler_name() == DEFAULT
+    with ws:
+        assert get_handler_name() == hname(ws)
+        a = np.ones(16)
+        assert get_handler_name(a) == hname(ws)
+    assert get_handler_name() == DEFAULT
+    b = np.ones(16)
+    assert get_handler_name(b) == DEFAULT
+    # NumPy still reports the handler that allocated `a`.
+    assert get_handler_name(a) == hname(ws)
+    del a, b
+
+
+def test_nesting_innermost_wins(ws):
+    inner = wsmem.Workspace("capture_inner")
+    try:
+        with ws:
+            assert get_handler_name() == hname(ws)
+            with inner:
+                assert get_handler_name() == hname(inner)
+                x = np.arange(10.0)
+                assert get_handler_name(x) == hname(inner)
+                with ws:   # re-entering the outer one makes it innermost again
+                    assert get_handler_name() == hname(ws)
+                assert get_handler_name() == hname(inner)
+                del x
+            assert get_handler_name() == hname(ws)
+        assert get_handler_name() == DEFAULT
+    finally:
+        inner.destroy()
+
+
+def test_scope_out_gives_default_allocator(ws):
+    with ws:
+        with wsmem.scope_out():
+            assert get_handler_name() == DEFAULT
+            kept = np.arange(100.0)
+            assert get_handler_name(kept) == DEFAULT
+        assert get_handler_name() == hname(ws)
+    assert get_handler_name() == DEFAULT
+    assert pinned(ws) == 0            # scoped-out memory is not the workspace's
+    scribble(ws)
+    np.testing.assert_array_equal(kept, np.arange(100.0))
+    del kept
+
+
+def test_borrow_reinstalls_outer_handler(ws):
+    inner = wsmem.Workspace("capture_borrow_inner")
+    try:
+        with ws:
+            with inner:
+                assert get_handler_name() == hname(inner)
+                with ws.borrow():
+                    assert get_handler_name() == hname(ws)
+                    a = np.ones(8)
+                    assert get_handler_name(a) == hname(ws)
+                assert get_handler_name() == hname(inner)
+                with wsmem.scope_out():
+                    assert get_handler_name() == DEFAULT
+                    with ws.borrow():
+                        assert get_handler_name() == hname(ws)
+                    assert get_handler_name() == DEFAULT
+                assert get_handler_name() == hname(inner)
+            del a
+        assert get_handler_name() == DEFAULT
+    finally:
+        inner.destroy()
+
+
+def test_inner_workspace_without_capture_restores_default(ws):
+    nocap = wsmem.Workspace("capture_nocap", capture=False)
+    try:
+        with ws:
+            with nocap:
+                assert get_handler_name() == DEFAULT
+                a = np.ones(32)
+                assert get_handler_name(a) == DEFAULT
+                # wsmem's own creation functions still use the inner workspace
+                w = wsmem.ones(4)
+                assert w.workspace is nocap
+                del w
+            assert get_handler_name() == hname(ws)
+        assert pinned(ws) == 0 and pinned(nocap) == 0
+        del a
+    finally:
+        nocap.destroy()
+
+
+def test_exception_inside_with_restores_handler(ws):
+    inner = wsmem.Workspace("capture_exc_inner")
+    try:
+        with pytest.raises(ZeroDivisionError):
+            with ws:
+                with inner:
+                    1 / 0
+        assert get_handler_name() == DEFAULT
+        assert wsmem.current_workspace() is None
+        with ws:
+            try:
+                with inner:
+                    raise KeyError("x")
+            except KeyError:
+                pass
+            assert get_handler_name() == hname(ws)
+            try:
+                with wsmem.scope_out():
+                    raise ValueError("y")
+            except ValueError:
+                pass
+            assert get_handler_name() == hname(ws)
+        assert get_handler_name() == DEFAULT
+    finally:
+        inner.destroy()
+
+
+def test_asyncio_tasks_see_their_own_handler(ws):
+    seen = {}
+
+    async def inside(entered, checked):
+        with ws:
+            seen["in"] = get_handler_name()
+            arr = np.ones(64)
+            seen["in_arr"] = get_handler_name(arr)
+            entered.set()
+            await checked.wait()
+            seen["in_after_switch"] = get_handler_name()
+            del arr
+        seen["in_closed"] = get_handler_name()
+
+    async def outside(entered, checked):
+        seen["out_before"] = get_handler_name()
+        await entered.wait()
+        seen["out"] = get_handler_name()
+        arr = np.ones(64)
+        seen["out_arr"] = get_handler_name(arr)
+        del arr
+        checked.set()
+
+    async def main():
+        entered, checked = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(inside(entered, checked), outside(entered, checked))
+        seen["main"] = get_handler_name()
+
+    asyncio.run(main())
+    assert seen == {
+        "in": hname(ws), "in_arr": hname(ws), "in_after_switch": hname(ws),
+        "in_closed": DEFAULT, "out_before": DEFAULT, "out": DEFAULT, "out_arr": DEFAULT,
+        "main": DEFAULT,
+    }
+    assert not ws.is_open
+    assert get_handler_name() == DEFAULT
+
+
+def test_thread_started_inside_with_does_not_capture(ws):
+    out = {}
+
+    def worker():
+        out["handler"] = get_handler_name()
+        arr = np.arange(2000.0)
+        out["arr_handler"] = get_handler_name(arr)
+        out["arr"] = arr
+
+    with ws:
+        before = ws.stats().cycle_bytes
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert ws.stats().cycle_bytes == before
+    assert out["handler"] == DEFAULT
+    assert out["arr_handler"] == DEFAULT
+    assert pinned(ws) == 0
+    scribble(ws, sizes=(2000,))
+    np.testing.assert_array_equal(out.pop("arr"), np.arange(2000.0))
+
+
+def test_other_thread_with_copied_context_falls_back_to_heap(ws):
+    """The handler is current in another thread (copied context), but the
+    workspace belongs to its owner thread: allocations there use the heap."""
+    out = {}
+
+    def worker():
+        out["handler"] = get_handler_name()
+        out["arr"] = np.arange(3000.0)
+
+    with ws:
+        np.ones(10)            # the workspace is serving this thread
+        ctx = contextvars.copy_context()
+        before = ws.stats()
+        t = threading.Thread(target=ctx.run, args=(worker,))
+        t.start()
+        t.join()
+        after = ws.stats()
+        assert after.cycle_bytes == before.cycle_bytes
+        assert after.pinned_bytes == before.pinned_bytes
+    assert out["handler"] == hname(ws)
+    arr = out.pop("arr")
+    assert pinned(ws) == 0
+    scribble(ws, sizes=(3000,))
+    np.testing.assert_array_equal(arr, np.arange(3000.0))
+    del arr, ctx
+
+
+def test_copied_context_after_destroy_and_collect_uses_heap():
+    w = wsmem.Workspace("capture_ctx_dead")
+    with w:
+        ctx = contextvars.copy_context()
+    w.destroy()
+    a = ctx.run(np.arange, 500.0)
+    assert ctx.run(get_handler_name) == "wsmem:capture_ctx_dead"
+    np.testing.assert_array_equal(a, np.arange(500.0))
+    del w
+    gc.collect()
+    b = ctx.run(np.arange, 700.0)
+    b2 = ctx.run(np.zeros, 50)
+    np.testing.assert_array_equal(b, np.arange(700.0))
+    assert not b2.any()
+    del a, b, b2, ctx
+    gc.collect()
+
+
+# ---------------------------------------------------------------- captured arrays
+
+def test_captured_array_survives_cycle_and_pins_its_lines(ws):
+    with ws:
+        a = np.arange(1000.0) * 3
+        assert get_handler_name(a) == hname(ws)
+    assert pinned(ws) > 0
+    leaks = ws.leaks()
+    assert len(leaks) == 1
+    assert leaks[0].shape is None and leaks[0].dtype is None
+    assert leaks[0].nbytes >= a.nbytes
+    assert leaks[0].nbytes <= a.nbytes + 64 + 2 * LINE
+    scribble(ws, sizes=(1000, 999, 1001, 3), cycles=5)
+    np.testing.assert_array_equal(a, np.arange(1000.0) * 3)
+    a += 1                           # still writable, and nothing else owns it
+    scribble(ws, sizes=(1000,))
+    np.testing.assert_array_equal(a, np.arange(1000.0) * 3 + 1)
+    del a
+    assert pinned(ws) == 0
+    assert ws.leaks() == []
+
+
+def test_captured_array_freed_from_another_thread(ws):
+    with ws:
+        box = [np.full(1000, 4.0)]
+    assert pinned(ws) > 0
+    t = threading.Thread(target=box.pop)
+    t.start()
+    t.join()
+    assert box == []
+    assert pinned(ws) == 0
+    # Freed from another thread while the owner has a later cycle open.
+    with ws:
+        box = [np.full(1000, 5.0)]
+    with ws:
+        b = np.full(1000, 6.0)
+        t = threading.Thread(target=box.pop)
+        t.start()
+        t.join()
+        c = np.full(1000, 7.0)
+        d = np.full(1000, 8.0)
+        assert (b == 6.0).all() and (c == 7.0).all() and (d == 8.0).all()
+        assert not np.shares_memory(c, d) and not np.shares_memory(b, c)
+        del b, c, d
+    assert pinned(ws) == 0
+
+
+def test_captured_array_valid_after_destroy():
+    w = wsmem.Workspace("capture_destroy")
+    with w:
+        a = np.arange(5000.0)
+        small = np.full(3, 2.5)
+    w.destroy()
+    assert w.stats().pages >= 1 and w.stats().pinned_bytes > 0   # kept by the pins
+    np.testing.assert_array_equal(a, np.arange(5000.0))
+    a[:] = 1.0                       # the pinned block is still mapped and ours
+    assert a.sum() == 5000.0
+    assert (small == 2.5).all()
+    # Other workspaces' allocations do not land on it.
+    other = wsmem.Workspace("capture_destroy_other")
+    scribble(other, sizes=(5000, 3))
+    other.destroy()
+    assert a.sum() == 5000.0 and (small == 2.5).all()
+    del a, small
+    assert w.stats().pinned_bytes == 0
+    assert w.stats().pages == 0                      # released when the last one died
+
+
+def test_captured_array_valid_after_workspace_collected():
+    w = wsmem.Workspace("capture_collected")
+    with w:
+        a = np.arange(5000.0)
+        b = np.ones((7, 3))
+    del w
+    gc.collect()
+    assert not any(x.name == "capture_collected" for x in wsmem._workspace.live_workspaces())
+    np.testing.assert_array_equal(a, np.arange(5000.0))
+    assert get_handler_name(a) == "wsmem:capture_collected"
+    c = np.concatenate([a, a])       # plain heap now
+    assert get_handler_name(c) == DEFAULT
+    b *= 2
+    assert (b == 2).all()
+    del a, b, c                      # releases the last block: must not crash
+    gc.collect()
+
+
+def test_200_cycles_keeping_small_results_pin_lines_not_pages(ws):
+    results = []
+    growth = []
+    for i in range(200):
+        before = pinned(ws)
+        with ws:
+            tmp = np.ones(100)       # a dying temporary each cycle
+            results.append(np.ones(2) * i)
+            del tmp
+        growth.append(pinned(ws) - before)
+    total = pinned(ws)
+    # each result: 16 data bytes + 64-byte header, line-rounded
+    assert total <= 200 * 2 * LINE, total
+    assert max(growth) <= 2 * LINE, growth
+    assert total >= 200 * 16
+    assert len(ws.leaks()) == 200
+    for i, r in enumerate(results):
+        assert get_handler_name(r) == hname(ws)
+        assert r[0] == i and r[1] == i, (i, r)
+    del results, r
+    assert pinned(ws) == 0
+
+
+def test_200_cycles_in_a_sized_block_pin_one_line_each():
+    w = wsmem.Workspace("capture_200_sized", learning="none", initial_size=1 << 16)
+    results = []
+    for i in range(200):
+        with w:
+            tmp = np.full(100, -1.0)
+            results.append(np.full(2, float(i)))
+            del tmp
+    s = w.stats()
+    assert s.spilled_count == 0 and s.pages == 1
+    assert 200 * 16 <= s.pinned_bytes <= 200 * 2 * LINE
+    for i, r in enumerate(results):
+        assert (r == i).all(), (i, r)
+    del results, r
+    assert pinned(w) == 0
+    w.destroy()
+
+
+# ---------------------------------------------------------------- allocation paths
+
+def test_empty_and_zeros_are_captured(ws):
+    for _ in range(3):
+        with ws:
+            e = np.empty((100, 7))
+            z = np.zeros((100, 7), dtype=np.int32)
+            zl = np.zeros_like(e)
+            assert get_handler_name(e) == get_handler_name(z) == get_handler_name(zl) == hname(ws)
+            e.fill(3.0)
+            assert not z.any() and not zl.any()
+            assert (e == 3.0).all()
+            del e, z, zl
+
+
+def test_zeros_are_zero_on_dirty_arena_memory():
+    w = wsmem.Workspace("capture_calloc", learning="none", initial_size=1 << 20)
+    n = 10000
+    with w:                          # fill the block with garbage
+        garbage = [np.full(n, 7.0) for _ in range(8)]
+        dirty = [(g.ctypes.data, g.ctypes.data + g.nbytes) for g in garbage]
+        del garbage
+    with w:                          # next cycle: the same (dirty) bytes
+        zs = [np.zeros(n) for _ in range(8)]
+        lo, hi = min(z.ctypes.data for z in zs), max(z.ctypes.data + z.nbytes for z in zs)
+        assert lo < dirty[-1][1] and hi > dirty[0][0]     # really reused dirty memory
+        for z in zs:
+            assert not z.any()
+        del zs
+    with w:                          # within a cycle: calloc reuses freed memory
+        g = np.full(n, 3.0)
+        addr = g.ctypes.data
+        del g
+        z = np.zeros(n)
+        assert z.ctypes.data == addr
+        assert not z.any()
+        g2 = np.full((n // 2, 2), 9.0)
+        addr2 = g2.ctypes.data
+        del g2
+        z2 = np.zeros((n // 2, 2))
+        assert z2.ctypes.data == addr2
+        assert not z2.any()
+        del z, z2
+    w.destroy()
+
+
+def test_resize_grow_and_shrink_preserve_data(ws):
+    with ws:
+        a = np.arange(10.0)
+        a.resize(100000, refcheck=False)              # realloc: grow
+        assert get_handler_name(a) == hname(ws)
+        np.testing.assert_array_equal(a[:10], np.arange(10.0))
+        assert not a[10:].any()
+        a[:] = np.arange(100000.0)
+        b = np.full(100000, -1.0)                     # must not alias a
+        a.resize(5, refcheck=False)                   # shrink
+        np.testing.assert_array_equal(a, np.arange(5.0))
+        a.resize(2000, refcheck=False)                # grow again
+        np.testing.assert_array_equal(a[:5], np.arange(5.0))
+        assert not a[5:].any()
+        assert (b == -1.0).all()
+        del b
+    np.testing.assert_array_equal(a[:5], np.arange(5.0))
+    assert pinned(ws) > 0
+    scribble(ws, sizes=(2000, 100000, 5))
+    np.testing.assert_array_equal(a[:5], np.arange(5.0))
+    assert not a[5:].any()
+    # Resized (beyond its allocation) while the workspace is closed: moves to
+    # the heap, data kept, and the workspace's lines are released at once.
+    a[:] = np.arange(2000.0)
+    a.resize(150000, refcheck=False)
+    np.testing.assert_array_equal(a[:2000], np.arange(2000.0))
+    assert not a[2000:].any()
+    assert pinned(ws) == 0
+    # Resized in a later cycle: back into the workspace.
+    with ws:
+        a.resize(160000, refcheck=False)
+        np.testing.assert_array_equal(a[:2000], np.arange(2000.0))
+        assert not a[2000:].any()
+        c = np.full(160000, 2.0)
+        assert not np.shares_memory(a, c)
+        del c
+    assert pinned(ws) > 0
+    scribble(ws, sizes=(160000, 150000))
+    np.testing.assert_array_equal(a[:2000], np.arange(2000.0))
+    del a
+    assert pinned(ws) == 0
+
+
+def test_sort_argsort_concatenate_unique_results(ws):
+    data = np.random.default_rng(0).standard_normal(5000)
+    rounded = np.round(data * 3)
+    ref_sort, ref_arg = np.sort(data), np.argsort(data, kind="stable")
+    ref_cat = np.concatenate([data, data[::-1], data[:17]])
+    ref_u, ref_c = np.unique(rounded, return_counts=True)
+    ref_2d = np.sort(data.reshape(50, 100), axis=0)
+    for _ in range(3):
+        with ws:
+            s = np.sort(data)
+            i = np.argsort(data, kind="stable")
+            c = np.concatenate([data, data[::-1], data[:17]])
+            u, cnt = np.unique(rounded, return_counts=True)
+            s2 = np.sort(data.reshape(50, 100), axis=0)
+            for r in (s, i, c, u, cnt, s2):
+                assert owner_handler(r) == hname(ws)
+            del r
+        scribble(ws, sizes=(5000, 10017, len(ref_u)))
+        np.testing.assert_array_equal(s, ref_sort)
+        np.testing.assert_array_equal(i, ref_arg)
+        np.testing.assert_array_equal(c, ref_cat)
+        np.testing.assert_array_equal(u, ref_u)
+        np.testing.assert_array_equal(cnt, ref_c)
+        np.testing.assert_array_equal(s2, ref_2d)
+    del s, i, c, u, cnt, s2
+    assert pinned(ws) == 0
+
+
+def test_zero_size_arrays(ws):
+    with ws:
+        arrs = [np.empty(0), np.zeros((0, 5)), np.ones((5, 0), dtype=np.int8),
+                np.empty((3, 0, 2)), np.concatenate([np.empty(0), np.empty(0)])]
+        for a in arrs:
+            assert a.size == 0
+            assert get_handler_name(a) == hname(ws)
+        del a
+        full = np.full(4, 1.5)
+    assert [a.shape for a in arrs] == [(0,), (0, 5), (5, 0), (3, 0, 2), (0,)]
+    assert all(a.sum() == 0 for a in arrs)
+    scribble(ws)
+    assert (full == 1.5).all()
+    del arrs, full
+    assert pinned(ws) == 0
+
+
+def test_many_tiny_arrays_do_not_alias(ws):
+    for cycle in range(2):
+        with ws:
+            tiny = [np.full(1, float(k + 1000 * cycle)) for k in range(1000)]
+            assert all(get_handler_name(t) == hname(ws) for t in tiny)
+            addrs = sorted(t.ctypes.data for t in tiny)
+            assert len(set(addrs)) == 1000
+            for k, t in enumerate(tiny):
+                assert t[0] == k + 1000 * cycle
+    assert pinned(ws) <= 1000 * LINE
+    scribble(ws, sizes=(1, 1, 1, 2))
+    for k, t in enumerate(tiny):
+        assert t[0] == k + 1000
+    del tiny, t
+    assert pinned(ws) == 0
+
+
+def test_big_arrays_over_4mib(ws):
+    n = 700_000                      # 5.6 MB of float64
+    kept = []
+    for cycle in range(3):
+        with ws:
+            a = np.arange(n, dtype=np.float64) + cycle
+            assert a.nbytes > 4 << 20
+            assert get_handler_name(a) == hname(ws)
+            b = a * 2
+            assert not np.shares_memory(a, b)
+            kept.append(a)
+            del a, b
+    for cycle, a in enumerate(kept):
+        assert a[0] == cycle and a[-1] == n - 1 + cycle
+        np.testing.assert_array_equal(a, np.arange(n, dtype=np.float64) + cycle)
+    del kept, a
+    assert pinned(ws) == 0
+
+
+# ---------------------------------------------------------------- within-cycle reuse
+
+def test_same_size_reuses_freed_memory_within_cycle(ws):
+    with ws:                          # learning cycle (spills are not reused)
+        warm = [np.ones(n) for n in (2, 100, 4096, 100_000)]
+        del warm
+    for _ in range(3):
+        with ws:
+            for n in (2, 100, 4096, 100_000):
+                a = np.ones(n)
+                addr = a.ctypes.data
+                del a
+                b = np.ones(n)
+                assert b.ctypes.data == addr, n
+                assert (b == 1).all()
+                del b
+
+
+def test_different_sizes_do_not_alias_live_arrays(ws):
+    sizes = [1, 3, 8, 17, 100, 1000, 3, 8, 1, 4096, 17, 100]
+    for _ in range(3):
+        with ws:
+            arrs = {}
+            for k, n in enumerate(sizes):
+                arrs[k] = np.full(n, float(k))
+            for k in (1, 4, 7, 10):          # free some, then allocate around them
+                del arrs[k]
+            for k, n in enumerate([3, 99, 101, 8, 16, 18, 1000, 4096], start=100):
+                arrs[k] = np.full(n, float(k))
+            for k, a in arrs.items():
+                assert (a == k).all(), k
+            items = list(arrs.values())
+            for i in range(len(items)):
+                for j in range(i + 1, len(items)):
+                    assert not np.shares_memory(items[i], items[j])
+            del arrs, items, a
+
+
+# ---------------------------------------------------------------- steady state
+
+def test_design_step_steady_state(ws):
+    rng = np.random.default_rng(42)
+    x = rng.standard_normal((64, 256))
+    w = rng.standard_normal((256, 1024))
+    h = x @ w
+    h = np.maximum(h, 0)
+    y = h * 2 + 1
+    z_ref = np.exp(-y)
+    del h, y
+    cycle_bytes = []
+    for cycle in range(30):
+        with ws:
+            h = x @ w
+            h = np.maximum(h, 0)
+            y = h * 2 + 1
+            z = np.exp(-y)
+            assert get_handler_name(z) == hname(ws)
+            s = ws.stats()
+        cycle_bytes.append(s.cycle_bytes)
+        if cycle >= 2:
+            assert s.spilled_count == 0, (cycle, s)
+            assert s.cycle_bytes == cycle_bytes[2], cycle_bytes
+        np.testing.assert_array_equal(z, z_ref)
+    assert ws.stats().pages == 1
+    del h, y, z
+    assert pinned(ws) == 0
+
+
+# ---------------------------------------------------------------- policies
+
+def test_spill_fail_with_capture():
+    w = wsmem.Workspace("capture_fail", spill="fail", learning="none",
+                        initial_size=64 * 1024, allocation="strict")
+    with w:
+        a = wsmem.ones(5000)                         # 40 000 of 65 536 bytes
+        with pytest.raises(WorkspaceOverflowError):
+            a + a                                    # ufunc on WsArrays
+        with pytest.raises(WorkspaceOverflowError):
+            np.concatenate([a, a])                   # NumPy function: re-raised as ours
+        with pytest.raises(MemoryError):
+            np.ones(10_000)                          # pure NumPy: its MemoryError
+        small = np.ones(10)                          # what fits still works
+        assert get_handler_name(small) == hname(w)
+        assert (a.numpy() == 1).all()
+        del small
+    with w:                                           # usable in the next cycle
+        b = np.ones(5000)
+        assert get_handler_name(b) == hname(w)
+        c = wsmem.ones(1000) + 1
+        assert (b == 1).all() and (c.numpy() == 2).all()
+        assert w.stats().spilled_count == 0
+        del b, c
+    del a
+    w.destroy()
+
+
+def test_max_size_with_capture():
+    w = wsmem.Workspace("capture_max", max_size=64 * 1024, learning="none",
+                        initial_size=32 * 1024, allocation="strict")
+    with w:
+        a = wsmem.ones(3000)                         # 24 000 of 32 768 bytes
+        with pytest.raises(WorkspaceOverflowError):
+            np.concatenate([a, a, a])
+        with pytest.raises(WorkspaceOverflowError):
+            a * np.ones((4, 1))                      # (4, 3000) result
+        with pytest.raises(MemoryError):
+            np.ones(10_000)
+        spilled = np.ones(1000)                      # a spill within max_size is fine
+        assert get_handler_name(spilled) == hname(w)
+        assert (spilled == 1).all()
+        del spilled
+    with w:
+        b = np.ones(3000)
+        assert (b == 1).all()
+        assert get_handler_name(b) == hname(w)
+        del b
+    del a
+    w.destroy()
+
+
+def test_bypass_everything_captured_arrays_are_heap():
+    w = wsmem.Workspace("capture_bypass", learning="none", initial_size=1 << 20)
+    with w:
+        base = w.empty(1).ptr
+    cap = w.stats().capacity
+    assert cap >= 1 << 20
+    with wsmem.debug_mode("bypass_everything"):
+        with w:
+            a = np.arange(10_000.0)
+            assert not (base <= a.ctypes.data < base + cap)
+            assert w.stats().pinned_bytes == 0
+            assert w.stats().cycle_bytes == 0
+            b = np.zeros(100)
+            assert not b.any()
+    assert w.stats().pinned_bytes == 0
+    assert w.leaks() == []
+    scribble(w, sizes=(10_000, 100), value=-1.0)
+    np.testing.assert_array_equal(a, np.arange(10_000.0))
+    assert not b.any()
+    del a, b
+    w.destroy()
+
+
+# ---------------------------------------------------------------- WsArray interplay
+
+def test_wsarray_results_live_in_workspace_zero_copy(ws):
+    ref = np.arange(4096.0).reshape(64, 64) / 100
+    for _ in range(2):
+        with ws:
+            a = ws.asarray(ref)
+            r = np.exp(a)                                   # ufunc
+            assert isinstance(r, WsArray) and r.workspace is ws
+            np.testing.assert_array_equal(r.numpy(), np.exp(ref))
+            s = np.sort(a, axis=0)                          # NumPy function
+            assert isinstance(s, WsArray) and s.workspace is ws
+            np.testing.assert_array_equal(s.numpy(), np.sort(ref, axis=0))
+            before = ws.stats().cycle_bytes
+            c = np.concatenate([a, a])
+            grew = ws.stats().cycle_bytes - before
+            assert isinstance(c, WsArray) and c.workspace is ws
+            assert grew < 2 * c.nbytes, grew                # adopted, not copied again
+            np.testing.assert_array_equal(c.numpy(), np.concatenate([ref, ref]))
+            t = np.transpose(a)
+            assert isinstance(t, WsArray) and t.workspace is ws
+            assert np.shares_memory(t.numpy(), a.numpy())
+            m = a.sum(axis=0)
+            assert isinstance(m, WsArray) and m.workspace is ws
+            np.testing.assert_allclose(m.numpy(), ref.sum(axis=0))
+            d = a.detach()
+            assert d.workspace is None
+            assert owner_handler(d.numpy()) not in (hname(ws), None)
+            assert not np.shares_memory(d.numpy(), a.numpy())
+        assert not r.is_valid and not s.is_valid and not c.is_valid
+        scribble(ws, sizes=(4096, 8192, 64))
+        assert d.is_valid
+        np.testing.assert_array_equal(d.numpy(), ref)
+    del a, r, s, c, t, m, d
+    assert pinned(ws) == 0
+
+
+# ---------------------------------------------------------------- more edges
+
+def _assert_disjoint(arrays):
+    spans = sorted((a.ctypes.data, a.ctypes.data + max(a.nbytes, 1)) for a in arrays)
+    for (lo1, hi1), (lo2, hi2) in zip(spans, spans[1:]):
+        assert hi1 <= lo2, (lo1, hi1, lo2, hi2)
+
+
+def test_free_table_with_colliding_sizes_never_aliases(ws):
+    """Many distinct sizes (several per hash bucket) freed and reallocated in
+    one cycle: every allocation gets bytes of its own."""
+    sizes = list(range(1, 601))                      # 8 .. 4800 bytes
+    with ws:
+        warm = [np.empty(n) for n in sizes]
+        del warm
+    for _ in range(2):
+        with ws:
+            first = [np.full(n, -1.0) for n in sizes]
+            del first                                # all onto the free table
+            second = [np.full(n, float(n)) for n in reversed(sizes)]
+            extra = [np.full(n, float(-n)) for n in sizes[::7]]
+            for a in second:
+                assert (a == a.size).all()
+            for a in extra:
+                assert (a == -a.size).all()
+            _assert_disjoint(second + extra)
+            del second, extra, a
+    assert pinned(ws) == 0
+
+
+def test_reentering_open_workspace_keeps_captured_arrays(ws):
+    with ws:
+        a = np.arange(100.0)
+        with ws:
+            assert get_handler_name() == hname(ws)
+            b = np.arange(100.0) + 1
+            assert not np.shares_memory(a, b)
+        assert get_handler_name() == hname(ws)
+        c = np.arange(100.0) + 2
+        _assert_disjoint([a, b, c])
+        np.testing.assert_array_equal(a, np.arange(100.0))
+        np.testing.assert_array_equal(b, np.arange(100.0) + 1)
+    assert ws.stats().cycles == 1
+    del a, b, c
+
+
+def test_object_arrays_under_capture(ws):
+    with ws:
+        o = np.empty(50, dtype=object)
+        assert all(x is None for x in o)
+        o[:] = [f"s{i}" for i in range(50)]
+        p = np.array([[1, "a"], [None, 2.5]], dtype=object)
+    scribble(ws, sizes=(50, 4))
+    assert list(o) == [f"s{i}" for i in range(50)]
+    assert p[0, 1] == "a" and p[1, 0] is None
+    del o, p
+    assert pinned(ws) == 0
+
+
+def test_tracked_workspace_records_allocation_site_of_captured_arrays():
+    w = wsmem.Workspace("capture_track", track=True)
+    with w:
+        kept = np.ones(20)
+    leaks = w.leaks()
+    assert len(leaks) == 1 and leaks[0].shape is None
+    assert leaks[0].traceback
+    assert "test_tracked_workspace_records" in "".join(map(str, leaks[0].traceback))
+    del kept
+    assert w.leaks() == []
+    w.destroy()
+
+
+def test_spill_everything_with_capture(ws):
+    with wsmem.debug_mode("spill_everything"):
+        for _ in range(2):
+            with ws:
+                a = np.arange(1000.0)
+                b = np.ones(1000)
+                assert get_handler_name(a) == hname(ws)
+                assert ws.stats().spilled_count >= 2
+                assert not np.shares_memory(a, b)
+                del b
+        assert pinned(ws) > 0
+    scribble(ws, sizes=(1000,))
+    np.testing.assert_array_equal(a, np.arange(1000.0))
+    del a
+    assert pinned(ws) == 0
+
+
+def test_arrays_from_a_finished_threads_workspace():
+    out = []
+
+    def worker():
+        w = wsmem.get_workspace("capture_thread_ws")
+        for i in range(3):
+            with w:
+                out.append(np.full(1000, float(i)))
+                tmp = np.ones(5000)
+                del tmp
+        # the thread ends with its workspace registered, neither destroyed
+        # nor open
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    gc.collect()
+    scribble(wsmem.Workspace("capture_thread_main"), sizes=(1000, 5000))
+    for i, a in enumerate(out):
+        assert get_handler_name(a) == "wsmem:capture_thread_ws"
+        assert (a == i).all()
+    del out, a
+    gc.collect()
+
+
+def test_allocation_the_system_refuses_under_capture(ws):
+    with ws:
+        a = wsmem.ones(10)
+        v = np.broadcast_to(a, (1 << 40, 10))            # 80 TiB if materialised
+        assert np.shares_memory(v.numpy(), a.numpy())
+        with pytest.raises(WorkspaceOverflowError):
+            np.concatenate([v, v])                       # refused inside the handler
+        with pytest.raises(WorkspaceOverflowError):
+            v + 1
+        with pytest.raises(MemoryError):
+            np.empty(1 << 45)                            # pure NumPy
+        ok = np.full(10, 3.0)
+        assert get_handler_name(ok) == hname(ws)
+        assert (ok == 3).all()
+        del ok, v, a
+    # the refused requests were not learned
+    assert ws.stats().capacity < 1 << 20
+    with ws:
+        b = np.ones(100)
+        assert (b == 1).all() and get_handler_name(b) == hname(ws)
+        del b
+
+
+_EXIT_SCRIPT = r'''
+import gc, os, sys
+import numpy as np, wsmem
+ws = wsmem.Workspace("exit_ws")
+keep = []
+for i in range(5):
+    with ws:
+        keep.append(np.full(1000, float(i)))
+        keep.append(np.full(3, float(i)))
+gone = wsmem.Workspace("exit_destroyed")
+with gone:
+    keep.append(np.arange(10.0))
+gone.destroy()
+collected = wsmem.Workspace("exit_collected")
+with collected:
+    keep.append(np.arange(20.0))
+del collected
+gc.collect()
+if hasattr(os, "fork"):
+    pid = os.fork()
+    if pid == 0:
+        ok = all((keep[2 * i] == i).all() for i in range(5))
+        with ws:
+            x = np.ones(1000)
+        del keep[:]
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+assert all((keep[2 * i] == i).all() and (keep[2 * i + 1] == i).all() for i in range(5))
+assert (keep[10] == np.arange(10.0)).all() and (keep[11] == np.arange(20.0)).all()
+with ws:
+    open_at_exit = np.ones(50)
+    print("ok", flush=True)
+    sys.exit(0)          # leaves the cycle through the exception; arrays die at exit
+'''
+
+
+def test_captured_arrays_alive_at_interpreter_exit_and_fork():
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, MALLOC_CHECK_="3",
+               PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(
+                   os.path.abspath(wsmem.__file__))), os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-W", "error", "-c", _EXIT_SCRIPT], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.strip() == "ok" and r.stderr == ""
+
+
+@pytest.mark.parametrize("cfg", [
+    {},
+    {"learning": "none", "initial_size": 1 << 16},
+    {"spill": "reallocate", "learning": "none", "initial_size": 4096},
+    {"learning": "over_time", "cycles_before_init": 5},
+], ids=["first_loop", "sized", "reallocate", "over_time"])
+def test_random_mix_of_captured_allocations_keeps_every_value(cfg):
+    """Seeded mix of np.full/zeros/concatenate/empty, frees, resizes, arrays
+    kept across cycles and freed later: every live array keeps its value."""
+    import random
+    for seed in range(4):
+        rnd = random.Random(seed)
+        w = wsmem.Workspace(f"capture_mix_{seed}", **cfg)
+        live = {}
+        nid = 0
+        for cycle in range(40):
+            with w:
+                for _ in range(rnd.randint(1, 30)):
+                    r = rnd.random()
+                    if r < 0.5 or not live:
+                        n = rnd.choice([0, 1, 2, 3, 7, 8, 16, 100, 1000,
+                                        rnd.randint(1, 5000), 70000])
+                        v, kind = float(nid), rnd.random()
+                        if kind < 0.3:
+                            a = np.full(n, v)
+                        elif kind < 0.5:
+                            a = np.zeros(n)
+                            a += v
+                        elif kind < 0.7:
+                            a = np.concatenate([np.full(n // 2, v), np.full(n - n // 2, v)])
+                        else:
+                            a = np.empty(n)
+                            a.fill(v)
+                        assert get_handler_name(a) == hname(w)
+                        live[nid] = (a, v)
+                        nid += 1
+                    elif r < 0.8:
+                        del live[rnd.choice(list(live))]
+                    elif r < 0.9:
+                        a, v = live[rnd.choice(list(live))]
+                        n, old = rnd.choice([0, 1, 5, 50, 3000, 100000]), a.size
+                        a.resize(n, refcheck=False)
+                        if n > old:
+                            a[old:] = v
+                    else:
+                        for k, (a, v) in live.items():
+                            assert (a == v).all(), (seed, cycle, k)
+                for k in list(live):
+                    if rnd.random() < 0.6:
+                        del live[k]
+            for k, (a, v) in live.items():
+                assert (a == v).all(), (seed, cycle, k, a[:4], v)
+        del live, a
+        assert pinned(w) == 0
+        w.destroy()

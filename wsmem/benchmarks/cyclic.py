@@ -1,0 +1,711 @@
+"""Cyclic-step benchmark: unchanged NumPy code per step, six memory set-ups.
+
+Two workloads, each one *step* repeated many times:
+
+- ``train``: DESIGN.md's training-style step, ``h = x @ w; h = np.maximum(h, 0);
+  y = h * 2 + 1; z = np.exp(-y); s = float(z.sum())`` with ``x`` of shape
+  ``(rows, 256)`` and ``w`` of shape ``(256, 1024)``, float64.  Sizes are
+  ``rows`` = 8, 64, 512, 4096: temporaries of 64 KiB, 512 KiB, 4 MiB, 32 MiB.
+- ``cg``: a workload the allocator was not designed around: conjugate
+  gradient on the 2-D Poisson problem (5-point Laplacian, Dirichlet
+  boundary) on an ``n x n`` grid, the operator applied matrix-free with NumPy
+  slicing.  One step is a whole solve of :data:`CG_ITERS` iterations from
+  ``x0 = 0``, written as a textbook would (``x = x + alpha * p`` etc.), so every
+  iteration makes and drops ~10 vector-sized temporaries inside the one cycle;
+  ``s`` is the final squared residual norm.  Sizes are ``n`` = 90, 256, 1024:
+  vectors of 63 KiB, 512 KiB, 8 MiB.
+
+Configurations, each in its own process (a worker started as
+``python -m wsmem.benchmarks.cyclic --worker CONFIG WORKLOAD SIZE``):
+
+- ``numpy``: plain NumPy, glibc malloc;
+- ``glibc_tuned``: glibc with ``MALLOC_MMAP_THRESHOLD_`` and
+  ``MALLOC_TRIM_THRESHOLD_`` set to 4294967296 (environment, read at start);
+- ``jemalloc``, ``mimalloc``: the Debian libraries through ``LD_PRELOAD``
+  (skipped, with a note, when the library is not installed);
+- ``limit``: the same arithmetic with preallocated buffers and ``out=``
+  arguments, so a step allocates nothing: the zero-allocation limit;
+- ``wsmem``: the unchanged NumPy step inside ``with ws:`` for a workspace
+  created once (default config: ``capture=True``, ``learning="first_loop"``).
+
+Method: for one workload and size, the workers are started one after the
+other; each builds its inputs, runs :data:`WARMUP_STEPS` steps (the workspace
+learns its size in the first) and calibrates how many steps make a batch of
+about ``target_s``.  Then in every round each worker runs one batch, in an
+order rotated per round, while the others wait on their stdin; a batch reports
+its time per step and its minor page faults per step (``ru_minflt`` delta over
+the timed steps).  Reported: the median over rounds (and min/max, to show the
+noise), peak RSS (``ru_maxrss`` of the worker at the end, warm-up included),
+and for wsmem ``ws.stats().spilled_count`` after every batch (steady state:
+0).  Every worker returns its ``s`` after warm-up and after every batch; each
+must equal plain NumPy's (to a relative 1e-9) or the results say MISMATCH.
+
+BLAS runs single-threaded in every worker (``OPENBLAS_NUM_THREADS=1`` etc.,
+``blas_threads`` to change it): the machine this was written on has 2 shared
+cores, and a spinning BLAS pool made timings noise rather than allocator.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+__all__ = ["DESCRIPTION", "CONFIGS", "WORKLOADS", "SIZES", "CG_ITERS", "run",
+           "format_table", "worker_main", "config_available", "run_worker_once"]
+
+DESCRIPTION = ("cyclic NumPy steps (training-style step; matrix-free 2-D Poisson CG) "
+               "in one process per config: glibc, tuned glibc, jemalloc, mimalloc, "
+               "zero-allocation limit, wsmem")
+
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+MIMALLOC = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
+_BIG = "4294967296"
+
+# key -> (label, extra environment, preloaded library or None)
+CONFIGS = {
+    "numpy": ("NumPy (glibc)", {}, None),
+    "glibc_tuned": ("glibc tuned", {"MALLOC_MMAP_THRESHOLD_": _BIG,
+                                    "MALLOC_TRIM_THRESHOLD_": _BIG}, None),
+    "jemalloc": ("jemalloc", {}, JEMALLOC),
+    "mimalloc": ("mimalloc", {}, MIMALLOC),
+    "limit": ("limit (out=)", {}, None),
+    "wsmem": ("wsmem", {}, None),
+}
+PEERS = ("numpy", "glibc_tuned", "jemalloc", "mimalloc")
+
+TRAIN_IN, TRAIN_OUT = 256, 1024
+CG_ITERS = 10
+WORKLOADS = {
+    "train": ("training-style step: x @ w, maximum, *2+1, exp(-y), sum",
+              "rows", lambda rows: rows * TRAIN_OUT * 8),
+    "cg": (f"2-D Poisson CG, {CG_ITERS} iterations per step, matrix-free slicing matvec",
+           "n", lambda n: n * n * 8),
+}
+SIZES = {"train": (8, 64, 512, 4096), "cg": (90, 256, 1024)}
+QUICK_SIZES = {"train": (64, 4096), "cg": (256,)}
+TINY_SIZES = {"train": (8,), "cg": (16,)}
+
+# (rounds, target seconds per batch) per mode.
+_MODES = {"full": (7, 0.25), "quick": (3, 0.06), "tiny": (1, 0.002)}
+WARMUP_STEPS = 3
+RTOL = 1e-9
+
+# --------------------------------------------------------------------------
+# Workloads (run inside the workers)
+
+
+def _train_inputs(rows):
+    import numpy as np
+    rng = np.random.default_rng(12345)
+    x = rng.standard_normal((rows, TRAIN_IN))
+    w = rng.standard_normal((TRAIN_IN, TRAIN_OUT)) * (1.0 / 16)
+    return x, w
+
+
+def _make_train(rows, limit):
+    import numpy as np
+    x, w = _train_inputs(rows)
+    if not limit:
+        def step():
+            h = x @ w
+            h = np.maximum(h, 0)
+            y = h * 2 + 1
+            z = np.exp(-y)
+            return float(z.sum())
+        return step
+
+    h = np.empty((rows, TRAIN_OUT))
+    matmul, maximum, multiply, add, negative, exp = (
+        np.matmul, np.maximum, np.multiply, np.add, np.negative, np.exp)
+
+    def step_limit():
+        # the same ufunc calls, in place into one preallocated buffer
+        matmul(x, w, out=h)
+        maximum(h, 0, out=h)
+        multiply(h, 2, out=h)
+        add(h, 1, out=h)
+        negative(h, out=h)
+        exp(h, out=h)
+        return float(h.sum())
+    return step_limit
+
+
+def _cg_rhs(n):
+    import numpy as np
+    rng = np.random.default_rng(2024)
+    return rng.standard_normal((n, n))
+
+
+def _make_cg(n, limit):
+    import numpy as np
+    b = _cg_rhs(n)
+    iters = CG_ITERS
+
+    if not limit:
+        def laplacian(u):
+            """5-point Laplacian (times h^2), zero Dirichlet boundary."""
+            au = 4 * u
+            au[1:, :] -= u[:-1, :]
+            au[:-1, :] -= u[1:, :]
+            au[:, 1:] -= u[:, :-1]
+            au[:, :-1] -= u[:, 1:]
+            return au
+
+        def step():
+            x = np.zeros_like(b)
+            r = b - laplacian(x)
+            p = r.copy()
+            rs = np.vdot(r, r)
+            for _ in range(iters):
+                ap = laplacian(p)
+                alpha = rs / np.vdot(p, ap)
+                x = x + alpha * p
+                r = r - alpha * ap
+                rs_new = np.vdot(r, r)
+                p = r + (rs_new / rs) * p
+                rs = rs_new
+            return float(rs)
+        return step
+
+    x, r, p, ap, tmp = (np.empty_like(b) for _ in range(5))
+    multiply, subtract, add, vdot = np.multiply, np.subtract, np.add, np.vdot
+
+    def laplacian_into(u, au):
+        multiply(u, 4, out=au)
+        subtract(au[1:, :], u[:-1, :], out=au[1:, :])
+        subtract(au[:-1, :], u[1:, :], out=au[:-1, :])
+        subtract(au[:, 1:], u[:, :-1], out=au[:, 1:])
+        subtract(au[:, :-1], u[:, 1:], out=au[:, :-1])
+
+    def step_limit():
+        x.fill(0)
+        laplacian_into(x, ap)
+        subtract(b, ap, out=r)
+        p[...] = r
+        rs = vdot(r, r)
+        for _ in range(iters):
+            laplacian_into(p, ap)
+            alpha = rs / vdot(p, ap)
+            multiply(p, alpha, out=tmp)
+            add(x, tmp, out=x)
+            multiply(ap, alpha, out=tmp)
+            subtract(r, tmp, out=r)
+            rs_new = vdot(r, r)
+            multiply(p, rs_new / rs, out=tmp)
+            add(r, tmp, out=p)
+            rs = rs_new
+        return float(rs)
+    return step_limit
+
+
+_MAKERS = {"train": _make_train, "cg": _make_cg}
+
+# --------------------------------------------------------------------------
+# Worker: one process per configuration, driven over stdin/stdout
+
+
+def _minflt():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _maxrss_kib():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def _preloaded():
+    """Which peer allocator libraries are mapped into this process."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            maps = f.read()
+    except OSError:
+        return None
+    return sorted(name for name in ("jemalloc", "mimalloc") if f"lib{name}" in maps)
+
+
+def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=None,
+                stdout=None) -> int:
+    """Run one worker: warm up, print a ready line, then answer ``run``/``quit``.
+
+    Every reply is one JSON line on ``stdout``.
+    """
+    import gc
+
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+
+    def send(obj):
+        stdout.write(json.dumps(obj) + "\n")
+        stdout.flush()
+
+    if config not in CONFIGS or workload not in _MAKERS:
+        send({"error": f"unknown config/workload {config!r}/{workload!r}"})
+        return 2
+    rss_start = _maxrss_kib()
+    step = _MAKERS[workload](size, config == "limit")
+    ws = None
+    if config == "wsmem":
+        import wsmem
+        if wsmem.current_workspace() is not None:
+            send({"error": "a workspace is already open"})
+            return 2
+        ws = wsmem.Workspace(f"bench_cyclic_{workload}_{size}")
+        plain = step
+
+        def step():
+            with ws:
+                return plain()
+
+    gc.collect()
+    gc.disable()   # as timeit does; the steps make no reference cycles
+    clock = time.perf_counter
+    s_values = [step() for _ in range(max(1, warmup))]
+    # calibrate: steps per batch so a batch takes about target_s
+    n, t = 1, 0.0
+    while True:
+        t0 = clock()
+        for _ in range(n):
+            step()
+        t = clock() - t0
+        if t >= target_s / 4 or n >= 1 << 20:
+            break
+        n *= 2
+    steps = max(1, math.ceil(n * target_s / max(t, 1e-9)))
+    ready = {"ready": True, "config": config, "workload": workload, "size": size,
+             "steps_per_batch": steps, "s_warmup": s_values, "rss_start_kib": rss_start,
+             "pid": os.getpid(), "preloaded": _preloaded()}
+    if ws is not None:
+        st = ws.stats()
+        ready["ws_capacity"] = st.capacity
+        ready["ws_peak_cycle_bytes"] = st.peak_cycle_bytes
+    send(ready)
+
+    for line in stdin:
+        cmd = line.strip()
+        if cmd == "run":
+            f0 = _minflt()
+            t0 = clock()
+            for _ in range(steps):
+                s = step()
+            t = clock() - t0
+            f1 = _minflt()
+            reply = {"time_per_step_s": t / steps, "faults_per_step": (f1 - f0) / steps,
+                     "steps": steps, "s": s}
+            if ws is not None:
+                st = ws.stats()        # describes the last finished cycle
+                reply["spilled_count"] = st.spilled_count
+                reply["spilled_bytes"] = st.spilled_bytes
+                reply["ws_capacity"] = st.capacity
+            send(reply)
+        elif cmd == "quit" or not cmd:
+            break
+        else:
+            send({"error": f"unknown command {cmd!r}"})
+    final = {"done": True, "maxrss_kib": _maxrss_kib()}
+    if ws is not None:
+        st = ws.stats()
+        final["ws_capacity"] = st.capacity
+        final["ws_peak_cycle_bytes"] = st.peak_cycle_bytes
+        final["ws_pages"] = st.pages
+        ws.destroy()
+    send(final)
+    gc.enable()
+    return 0
+
+# --------------------------------------------------------------------------
+# Driver
+
+
+def config_available(config) -> tuple[bool, str]:
+    """Whether ``config`` can run here, and a note when it cannot."""
+    lib = CONFIGS[config][2]
+    if lib is not None and not os.path.exists(lib):
+        return False, f"{config} skipped: {lib} not found (apt-get install " \
+                      f"{'libjemalloc2' if 'jemalloc' in lib else 'libmimalloc2.0'})"
+    return True, ""
+
+
+def _root():
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _worker_env(config, blas_threads):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                        "MALLOC_ARENA_MAX", "MALLOC_TOP_PAD_")}
+    label, extra, lib = CONFIGS[config]
+    env.update(extra)
+    if lib is not None:
+        env["LD_PRELOAD"] = lib
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(blas_threads)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_root(), env.get("PYTHONPATH")]))
+    env.pop("WSMEM_TRACK", None)
+    return env
+
+
+class _Worker:
+    def __init__(self, config, workload, size, target_s, blas_threads):
+        self.config = config
+        cmd = [sys.executable, "-m", "wsmem.benchmarks.cyclic", "--worker", config,
+               workload, str(size), "--target-s", repr(target_s)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     env=_worker_env(config, blas_threads), cwd=_root())
+
+    def read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read()
+            self.proc.wait()
+            raise RuntimeError(f"cyclic worker {self.config} died "
+                               f"(rc={self.proc.returncode}): {err.strip()[-2000:]}")
+        msg = json.loads(line)
+        if "error" in msg:
+            raise RuntimeError(f"cyclic worker {self.config}: {msg['error']}")
+        return msg
+
+    def ask(self, cmd):
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self):
+        try:
+            return self.ask("quit")
+        finally:
+            self.proc.stdin.close()
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+            self.proc.wait(timeout=60)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_worker_once(config, workload, size, *, target_s=0.002, blas_threads=1,
+                    batches=1) -> dict:
+    """Start one worker, run ``batches`` batches, quit; ready + batches + final."""
+    w = _Worker(config, workload, size, target_s, blas_threads)
+    try:
+        ready = w.read()
+        runs = [w.ask("run") for _ in range(batches)]
+        final = w.close()
+    except BaseException:
+        w.kill()
+        raise
+    return {"ready": ready, "batches": runs, "final": final}
+
+
+def _s_matches(s, ref):
+    return s == ref or abs(s - ref) <= RTOL * max(abs(ref), 1e-300)
+
+
+def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress):
+    workers, ready, batches, final = {}, {}, {k: [] for k in configs}, {}
+    try:
+        for k in configs:            # one at a time: warm-up and calibration alone
+            workers[k] = _Worker(k, workload, size, target_s, blas_threads)
+            ready[k] = workers[k].read()
+        for r in range(rounds):
+            start = r % len(configs)
+            for k in configs[start:] + configs[:start]:
+                batches[k].append(workers[k].ask("run"))
+        for k in configs:
+            final[k] = workers[k].close()
+    finally:
+        for w in workers.values():
+            w.kill()
+
+    ref = ready["numpy"]["s_warmup"][0] if "numpy" in ready else None
+    rows = []
+    for k in configs:
+        times = [b["time_per_step_s"] for b in batches[k]]
+        faults = [b["faults_per_step"] for b in batches[k]]
+        s_all = ready[k]["s_warmup"] + [b["s"] for b in batches[k]]
+        if ref is None:
+            ref = s_all[0]
+        lib = CONFIGS[k][2]
+        if lib is not None and ready[k].get("preloaded") is not None and \
+                k not in ready[k]["preloaded"]:
+            raise RuntimeError(f"cyclic: LD_PRELOAD={lib} did not load in the {k} worker")
+        bad = [s for s in s_all if not _s_matches(s, ref)]
+        row = {
+            "workload": workload, "size": size,
+            "temp_bytes": WORKLOADS[workload][2](size),
+            "config": k, "label": CONFIGS[k][0],
+            "time_per_step_s": statistics.median(times),
+            "time_min_s": min(times), "time_max_s": max(times),
+            "time_rounds_s": times,
+            "faults_per_step": statistics.median(faults),
+            "faults_rounds": faults,
+            "peak_rss_kib": final[k]["maxrss_kib"],
+            "start_rss_kib": ready[k]["rss_start_kib"],
+            "steps_per_batch": ready[k]["steps_per_batch"],
+            "s": s_all[-1], "s_ref": ref,
+            "s_max_rel_err": max(abs(s - ref) / max(abs(ref), 1e-300) for s in s_all),
+            "s_matches": not bad,
+        }
+        if k == "wsmem":
+            row["steady_spilled_count"] = max(b["spilled_count"] for b in batches[k])
+            row["steady_spilled_bytes"] = max(b["spilled_bytes"] for b in batches[k])
+            row["ws_capacity"] = final[k]["ws_capacity"]
+            row["ws_peak_cycle_bytes"] = final[k]["ws_peak_cycle_bytes"]
+        rows.append(row)
+    by = {r["config"]: r for r in rows}
+    peers = [by[k] for k in PEERS if k in by]
+    best_peer = min(peers, key=lambda r: r["time_per_step_s"]) if peers else None
+    for r in rows:
+        t = r["time_per_step_s"]
+        for k in list(PEERS) + ["limit"]:
+            if k in by:
+                r[f"ratio_vs_{k}"] = by[k]["time_per_step_s"] / t
+        if best_peer is not None:
+            r["best_peer"] = best_peer["config"]
+            r["ratio_vs_best_peer"] = best_peer["time_per_step_s"] / t
+        if "numpy" in by:
+            r["rss_vs_numpy"] = r["peak_rss_kib"] / by["numpy"]["peak_rss_kib"]
+    if progress is not None:
+        parts = ", ".join(f"{r['config']} {_fmt_time(r['time_per_step_s'])}" for r in rows)
+        progress(f"cyclic {workload} {WORKLOADS[workload][1]}={size}: {parts}")
+        for r in rows:
+            if not r["s_matches"]:
+                progress(f"cyclic MISMATCH: {workload} {size} {r['config']} s={r['s']!r} "
+                         f"vs numpy {r['s_ref']!r}")
+    return rows
+
+
+def _targets(rows):
+    """The targets from the brief, evaluated on the rows (met or not, with numbers)."""
+    out = []
+    for wl in WORKLOADS:
+        sizes = sorted({r["size"] for r in rows if r["workload"] == wl})
+        for size in sizes:
+            by = {r["config"]: r for r in rows if r["workload"] == wl and r["size"] == size}
+            ws = by.get("wsmem")
+            if ws is None:
+                continue
+            name = f"{wl} {WORKLOADS[wl][1]}={size}"
+            if "ratio_vs_best_peer" in ws:
+                out.append({"target": f"{name}: wsmem >= 1.0x best of peers",
+                            "value": ws["ratio_vs_best_peer"],
+                            "met": ws["ratio_vs_best_peer"] >= 1.0,
+                            "detail": f"best peer {ws['best_peer']}"})
+            if "ratio_vs_limit" in ws:
+                out.append({"target": f"{name}: wsmem within 10% of limit (ratio >= 0.909)",
+                            "value": ws["ratio_vs_limit"],
+                            "met": ws["ratio_vs_limit"] >= 1 / 1.1})
+            if "rss_vs_numpy" in ws:
+                out.append({"target": f"{name}: wsmem peak RSS <= 1.3x NumPy's",
+                            "value": ws["rss_vs_numpy"], "met": ws["rss_vs_numpy"] <= 1.3})
+            if wl == "train" and size == 64 and "ratio_vs_numpy" in ws:
+                out.append({"target": f"{name}: wsmem >= 1.8x plain NumPy (512 KiB temps)",
+                            "value": ws["ratio_vs_numpy"], "met": ws["ratio_vs_numpy"] >= 1.8})
+    return out
+
+
+def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
+        target_s: float | None = None, sizes: dict | None = None, configs=None,
+        blas_threads: int = 1, progress: Callable[[str], None] | None = None) -> dict:
+    """Run the cyclic benchmark (workers in subprocesses) and return JSON-ready results.
+
+    Parameters
+    ----------
+    quick : bool
+        3 rounds of ~60 ms batches at fewer sizes (train rows 64 and 4096,
+        cg n 256) instead of 7 rounds of ~0.25 s at every size.
+    tiny : bool
+        One round of tiny batches at tiny sizes: plumbing only (tests).
+    rounds, target_s : optional
+        Override rounds and seconds per batch.
+    sizes : dict, optional
+        ``{"train": (rows, ...), "cg": (n, ...)}``; a workload left out is not run.
+    configs : iterable of str, optional
+        Subset of :data:`CONFIGS` (default: all that are available here).
+    blas_threads : int
+        Threads for BLAS in every worker (default 1).
+
+    Returns
+    -------
+    dict
+        ``suite``, ``machine``, ``method``, ``rows`` (one per workload, size,
+        config), ``skipped`` (notes on configs that could not run),
+        ``all_match`` (every config computed plain NumPy's ``s``),
+        ``steady_state_ok`` (wsmem spilled nothing after warm-up), ``targets``.
+    """
+    from wsmem.benchmarks._env import machine_info
+    mode = "tiny" if tiny else "quick" if quick else "full"
+    default_rounds, default_target = _MODES[mode]
+    rounds = default_rounds if rounds is None else int(rounds)
+    target_s = default_target if target_s is None else float(target_s)
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
+    if not target_s > 0:
+        raise ValueError(f"target_s={target_s} must be > 0")
+    if sizes is None:
+        sizes = TINY_SIZES if tiny else QUICK_SIZES if quick else SIZES
+    sizes = {wl: tuple(int(s) for s in v) for wl, v in sizes.items()}
+    for wl in sizes:
+        if wl not in WORKLOADS:
+            raise ValueError(f"unknown workload {wl!r}; known: {', '.join(WORKLOADS)}")
+    wanted = list(CONFIGS if configs is None else configs)
+    for k in wanted:
+        if k not in CONFIGS:
+            raise ValueError(f"unknown config {k!r}; known: {', '.join(CONFIGS)}")
+    use, skipped = [], []
+    for k in wanted:
+        ok, note = config_available(k)
+        if ok:
+            use.append(k)
+        else:
+            skipped.append(note)
+            if progress is not None:
+                progress(f"cyclic: {note}")
+
+    t0 = time.perf_counter()
+    rows = []
+    for wl, wl_sizes in sizes.items():
+        for size in wl_sizes:
+            rows.extend(_bench_one(wl, size, use, rounds, target_s, blas_threads, progress))
+    return {
+        "suite": "cyclic",
+        "schema": 1,
+        "machine": machine_info(),
+        "method": {
+            "mode": mode,
+            "rounds": rounds,
+            "target_s_per_batch": target_s,
+            "warmup_steps": WARMUP_STEPS,
+            "cg_iters_per_step": CG_ITERS,
+            "blas_threads": blas_threads,
+            "configs": {k: {"label": CONFIGS[k][0], "env": CONFIGS[k][1],
+                            "ld_preload": CONFIGS[k][2]} for k in use},
+            "workloads": {wl: WORKLOADS[wl][0] for wl in sizes},
+            "statistic": "median over interleaved rounds (one batch per config per round, "
+                         "rotated order, one process per config) of time per step; "
+                         "faults = ru_minflt delta over a batch / steps; peak RSS = "
+                         "ru_maxrss at worker exit; ratio = other / wsmem time (> 1: "
+                         "wsmem faster)",
+            "s_rtol": RTOL,
+        },
+        "configs": [{"key": k, "label": CONFIGS[k][0]} for k in use],
+        "skipped": skipped,
+        "rows": rows,
+        "all_match": all(r["s_matches"] for r in rows),
+        "steady_state_ok": all(not r.get("steady_spilled_count") for r in rows),
+        "targets": _targets(rows),
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+
+# --------------------------------------------------------------------------
+# Formatting
+
+
+def _fmt_time(t):
+    if t >= 1:
+        return f"{t:.2f} s"
+    if t >= 1e-3:
+        return f"{t * 1e3:.3g} ms"
+    return f"{t * 1e6:.3g} us"
+
+
+def _fmt_bytes(n):
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            v = n / (1 << shift)
+            return f"{v:.0f} {unit}" if abs(v - round(v)) < 0.05 else f"{v:.1f} {unit}"
+    return f"{n} B"
+
+
+def format_table(results: dict) -> str:
+    """Markdown: one table per workload, a line per size and config."""
+    lines = []
+    rows = results["rows"]
+    for wl in dict.fromkeys(r["workload"] for r in rows):
+        desc, dim, _ = WORKLOADS[wl]
+        lines.append(f"### {wl}: {desc}")
+        lines.append("")
+        header = [dim, "temporaries", "config", "time/step (min..max)", "vs NumPy",
+                  "vs best peer", "vs limit", "faults/step", "peak RSS", "RSS vs NumPy",
+                  "spilled"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(header)))
+                     + "|")
+        for r in (r for r in rows if r["workload"] == wl):
+            def ratio(key):
+                v = r.get(key)
+                return "-" if v is None else f"{v:.2f}x"
+            best = ratio("ratio_vs_best_peer")
+            if "best_peer" in r and best != "-":
+                best += f" ({r['best_peer']})"
+            cfg = r["label"] + ("" if r["s_matches"] else " **MISMATCH**")
+            cells = [str(r["size"]), _fmt_bytes(r["temp_bytes"]), cfg,
+                     f"{_fmt_time(r['time_per_step_s'])} ({_fmt_time(r['time_min_s'])}.."
+                     f"{_fmt_time(r['time_max_s'])})",
+                     ratio("ratio_vs_numpy"), best, ratio("ratio_vs_limit"),
+                     f"{r['faults_per_step']:,.1f}",
+                     f"{r['peak_rss_kib'] / 1024:,.1f} MiB", ratio("rss_vs_numpy"),
+                     "-" if "steady_spilled_count" not in r else str(r["steady_spilled_count"])]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    m = results["method"]
+    lines.append(f"Median of {m['rounds']} interleaved rounds, batches of "
+                 f"~{m['target_s_per_batch']:g} s, one process per config, BLAS threads "
+                 f"= {m['blas_threads']}; ratios = other config's time / this row's time "
+                 "(> 1: this row faster); 'spilled' = wsmem spilled_count per cycle after "
+                 "warm-up.")
+    spread = [r["time_max_s"] / r["time_min_s"] for r in rows if r["time_min_s"] > 0]
+    if spread:
+        lines.append(f"Noise: max/min time over rounds per row: median "
+                     f"{statistics.median(spread):.2f}x, worst {max(spread):.2f}x.")
+    for note in results.get("skipped", []):
+        lines.append(f"Note: {note}")
+    if results["all_match"]:
+        lines.append("Results: every config computed the same s as plain NumPy "
+                     f"(rtol {m['s_rtol']:g}).")
+    else:
+        bad = [f"{r['workload']} {r['size']} {r['config']}: {r['s']!r} vs {r['s_ref']!r}"
+               for r in rows if not r["s_matches"]]
+        lines.append("**MISMATCH** with plain NumPy: " + "; ".join(bad))
+    if not results["steady_state_ok"]:
+        lines.append("WARNING: wsmem still spilled after warm-up.")
+    targets = results.get("targets") or []
+    if targets:
+        lines.append("")
+        lines.append("Targets:")
+        for t in targets:
+            extra = f" ({t['detail']})" if t.get("detail") else ""
+            lines.append(f"- {'met' if t['met'] else 'NOT met'}: {t['target']}: "
+                         f"{t['value']:.2f}{extra}")
+    return "\n".join(lines)
+
+# --------------------------------------------------------------------------
+
+
+def _main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m wsmem.benchmarks.cyclic",
+                                description="cyclic benchmark worker (internal) or a run")
+    p.add_argument("--worker", nargs=3, metavar=("CONFIG", "WORKLOAD", "SIZE"))
+    p.add_argument("--target-s", type=float, default=0.25)
+    p.add_argument("--warmup", type=int, default=WARMUP_STEPS)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    if args.worker:
+        config, workload, size = args.worker
+        return worker_main(config, workload, int(size), args.target_s, args.warmup)
+    res = run(quick=args.quick, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
