@@ -1871,7 +1871,7 @@ struct __pyx_obj_5wsmem_6_arena_Arena {
 
 
 
-/* "wsmem/_arena.pyx":266
+/* "wsmem/_arena.pyx":270
  * 
  * 
  * cdef class Arena:             # <<<<<<<<<<<<<<
@@ -4603,22 +4603,23 @@ static struct __pyx_t_5wsmem_6_arena_Block *__pyx_f_5wsmem_6_arena__block_new(st
 
 static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_Block *__pyx_v_b) {
   struct __pyx_t_5wsmem_6_arena_ArenaState *__pyx_v_st;
+  int __pyx_v_last;
   int __pyx_t_1;
   struct __pyx_t_5wsmem_6_arena_ArenaState *__pyx_t_2;
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_3;
   int __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":122
- *     """Drop one reference; unmap and unlink the block at zero."""
+  /* "wsmem/_arena.pyx":123
  *     cdef ArenaState* st
+ *     cdef bint last
  *     b.refs -= 1             # <<<<<<<<<<<<<<
  *     if b.refs > 0:
  *         return
 */
   __pyx_v_b->refs = (__pyx_v_b->refs - 1);
 
-  /* "wsmem/_arena.pyx":123
- *     cdef ArenaState* st
+  /* "wsmem/_arena.pyx":124
+ *     cdef bint last
  *     b.refs -= 1
  *     if b.refs > 0:             # <<<<<<<<<<<<<<
  *         return
@@ -4629,7 +4630,7 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":124
+    /* "wsmem/_arena.pyx":125
  *     b.refs -= 1
  *     if b.refs > 0:
  *         return             # <<<<<<<<<<<<<<
@@ -4640,8 +4641,8 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":123
- *     cdef ArenaState* st
+    /* "wsmem/_arena.pyx":124
+ *     cdef bint last
  *     b.refs -= 1
  *     if b.refs > 0:             # <<<<<<<<<<<<<<
  *         return
@@ -4649,7 +4650,7 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
 */
   }
 
-  /* "wsmem/_arena.pyx":125
+  /* "wsmem/_arena.pyx":126
  *     if b.refs > 0:
  *         return
  *     st = b.state             # <<<<<<<<<<<<<<
@@ -4660,7 +4661,7 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
 
   __pyx_v_st = __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":126
+  /* "wsmem/_arena.pyx":127
  *         return
  *     st = b.state
  *     if b.prev != NULL:             # <<<<<<<<<<<<<<
@@ -4672,7 +4673,7 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":127
+    /* "wsmem/_arena.pyx":128
  *     st = b.state
  *     if b.prev != NULL:
  *         b.prev.next = b.next             # <<<<<<<<<<<<<<
@@ -4683,7 +4684,7 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
 
     __pyx_v_b->prev->next = __pyx_t_3;
 
-    /* "wsmem/_arena.pyx":126
+    /* "wsmem/_arena.pyx":127
  *         return
  *     st = b.state
  *     if b.prev != NULL:             # <<<<<<<<<<<<<<
@@ -4693,7 +4694,7 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
     goto __pyx_L4;
   }
 
-  /* "wsmem/_arena.pyx":129
+  /* "wsmem/_arena.pyx":130
  *         b.prev.next = b.next
  *     else:
  *         st.blocks = b.next             # <<<<<<<<<<<<<<
@@ -4707,7 +4708,7 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
   }
   __pyx_L4:;
 
-  /* "wsmem/_arena.pyx":130
+  /* "wsmem/_arena.pyx":131
  *     else:
  *         st.blocks = b.next
  *     if b.next != NULL:             # <<<<<<<<<<<<<<
@@ -4719,18 +4720,18 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":131
+    /* "wsmem/_arena.pyx":132
  *         st.blocks = b.next
  *     if b.next != NULL:
  *         b.next.prev = b.prev             # <<<<<<<<<<<<<<
  *     st.n_live_blocks -= 1
- *     with nogil:
+ *     # Decide under the GIL: munmap below releases it, and another thread may
 */
     __pyx_t_3 = __pyx_v_b->prev;
 
     __pyx_v_b->next->prev = __pyx_t_3;
 
-    /* "wsmem/_arena.pyx":130
+    /* "wsmem/_arena.pyx":131
  *     else:
  *         st.blocks = b.next
  *     if b.next != NULL:             # <<<<<<<<<<<<<<
@@ -4739,18 +4740,43 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
 */
   }
 
-  /* "wsmem/_arena.pyx":132
+  /* "wsmem/_arena.pyx":133
  *     if b.next != NULL:
  *         b.next.prev = b.prev
  *     st.n_live_blocks -= 1             # <<<<<<<<<<<<<<
- *     with nogil:
- *         pages_release(&b.region)
+ *     # Decide under the GIL: munmap below releases it, and another thread may
+ *     # drop the arena's other last block meanwhile; only one may free `st`.
 */
   __pyx_v_st->n_live_blocks = (__pyx_v_st->n_live_blocks - 1);
 
-  /* "wsmem/_arena.pyx":133
- *         b.next.prev = b.prev
- *     st.n_live_blocks -= 1
+  /* "wsmem/_arena.pyx":136
+ *     # Decide under the GIL: munmap below releases it, and another thread may
+ *     # drop the arena's other last block meanwhile; only one may free `st`.
+ *     last = st.n_live_blocks == 0 and not st.arena_alive             # <<<<<<<<<<<<<<
+ *     with nogil:
+ *         pages_release(&b.region)
+*/
+  __pyx_t_4 = (__pyx_v_st->n_live_blocks == 0);
+
+  if (__pyx_t_4) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_4;
+
+    goto __pyx_L6_bool_binop_done;
+  }
+  __pyx_t_4 = (!__pyx_v_st->arena_alive);
+
+
+  __pyx_t_1 = __pyx_t_4;
+
+  __pyx_L6_bool_binop_done:;
+  __pyx_v_last = __pyx_t_1;
+
+  /* "wsmem/_arena.pyx":137
+ *     # drop the arena's other last block meanwhile; only one may free `st`.
+ *     last = st.n_live_blocks == 0 and not st.arena_alive
  *     with nogil:             # <<<<<<<<<<<<<<
  *         pages_release(&b.region)
  *     free(b)
@@ -4761,19 +4787,19 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "wsmem/_arena.pyx":134
- *     st.n_live_blocks -= 1
+        /* "wsmem/_arena.pyx":138
+ *     last = st.n_live_blocks == 0 and not st.arena_alive
  *     with nogil:
  *         pages_release(&b.region)             # <<<<<<<<<<<<<<
  *     free(b)
- *     if st.n_live_blocks == 0 and not st.arena_alive:
+ *     if last:
 */
         __pyx_f_5wsmem_6_pages_pages_release((&__pyx_v_b->region));
       }
 
-      /* "wsmem/_arena.pyx":133
- *         b.next.prev = b.prev
- *     st.n_live_blocks -= 1
+      /* "wsmem/_arena.pyx":137
+ *     # drop the arena's other last block meanwhile; only one may free `st`.
+ *     last = st.n_live_blocks == 0 and not st.arena_alive
  *     with nogil:             # <<<<<<<<<<<<<<
  *         pages_release(&b.region)
  *     free(b)
@@ -4782,60 +4808,43 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
         /*normal exit:*/{
           __Pyx_FastGIL_Forget();
           PyEval_RestoreThread(_save);
-          goto __pyx_L8;
+          goto __pyx_L10;
         }
-        __pyx_L8:;
+        __pyx_L10:;
       }
   }
 
-  /* "wsmem/_arena.pyx":135
+  /* "wsmem/_arena.pyx":139
  *     with nogil:
  *         pages_release(&b.region)
  *     free(b)             # <<<<<<<<<<<<<<
- *     if st.n_live_blocks == 0 and not st.arena_alive:
+ *     if last:
  *         free(st)
 */
   free(__pyx_v_b);
 
-  /* "wsmem/_arena.pyx":136
+  /* "wsmem/_arena.pyx":140
  *         pages_release(&b.region)
  *     free(b)
- *     if st.n_live_blocks == 0 and not st.arena_alive:             # <<<<<<<<<<<<<<
+ *     if last:             # <<<<<<<<<<<<<<
  *         free(st)
  * 
 */
-  __pyx_t_4 = (__pyx_v_st->n_live_blocks == 0);
+  if (__pyx_v_last) {
 
-  if (__pyx_t_4) {
-
-  } else {
-
-    __pyx_t_1 = __pyx_t_4;
-
-    goto __pyx_L10_bool_binop_done;
-  }
-  __pyx_t_4 = (!__pyx_v_st->arena_alive);
-
-
-  __pyx_t_1 = __pyx_t_4;
-
-  __pyx_L10_bool_binop_done:;
-  if (__pyx_t_1) {
-
-
-    /* "wsmem/_arena.pyx":137
+    /* "wsmem/_arena.pyx":141
  *     free(b)
- *     if st.n_live_blocks == 0 and not st.arena_alive:
+ *     if last:
  *         free(st)             # <<<<<<<<<<<<<<
  * 
  * 
 */
     free(__pyx_v_st);
 
-    /* "wsmem/_arena.pyx":136
+    /* "wsmem/_arena.pyx":140
  *         pages_release(&b.region)
  *     free(b)
- *     if st.n_live_blocks == 0 and not st.arena_alive:             # <<<<<<<<<<<<<<
+ *     if last:             # <<<<<<<<<<<<<<
  *         free(st)
  * 
 */
@@ -4853,9 +4862,10 @@ static void __pyx_f_5wsmem_6_arena__block_decref(struct __pyx_t_5wsmem_6_arena_B
   __pyx_L0:;
 
 
+
 }
 
-/* "wsmem/_arena.pyx":142
+/* "wsmem/_arena.pyx":146
  * # ---------------------------------------------------------------- pins
  * 
  * cdef void pin_init(Pin* p, Block* block, char* lo, char* hi, unsigned long long generation,             # <<<<<<<<<<<<<<
@@ -4869,7 +4879,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
   struct __pyx_t_5wsmem_6_arena_Pin *__pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":145
+  /* "wsmem/_arena.pyx":149
  *                    object owner) noexcept:
  *     """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until pin_fini."""
  *     cdef size_t off_lo = <size_t>(lo - block.region.ptr)             # <<<<<<<<<<<<<<
@@ -4878,7 +4888,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_off_lo = ((size_t)(__pyx_v_lo - __pyx_v_block->region.ptr));
 
-  /* "wsmem/_arena.pyx":146
+  /* "wsmem/_arena.pyx":150
  *     """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until pin_fini."""
  *     cdef size_t off_lo = <size_t>(lo - block.region.ptr)
  *     cdef size_t off_hi = <size_t>(hi - block.region.ptr)             # <<<<<<<<<<<<<<
@@ -4887,7 +4897,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_off_hi = ((size_t)(__pyx_v_hi - __pyx_v_block->region.ptr));
 
-  /* "wsmem/_arena.pyx":147
+  /* "wsmem/_arena.pyx":151
  *     cdef size_t off_lo = <size_t>(lo - block.region.ptr)
  *     cdef size_t off_hi = <size_t>(hi - block.region.ptr)
  *     p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT             # <<<<<<<<<<<<<<
@@ -4896,7 +4906,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_p->lo = ((__pyx_v_off_lo >> __pyx_e_5wsmem_6_arena_LINE_SHIFT) << __pyx_e_5wsmem_6_arena_LINE_SHIFT);
 
-  /* "wsmem/_arena.pyx":148
+  /* "wsmem/_arena.pyx":152
  *     cdef size_t off_hi = <size_t>(hi - block.region.ptr)
  *     p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT
  *     p.hi = _round_up(off_hi, LINE)             # <<<<<<<<<<<<<<
@@ -4905,7 +4915,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_p->hi = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_off_hi, __pyx_e_5wsmem_6_arena_LINE);
 
-  /* "wsmem/_arena.pyx":149
+  /* "wsmem/_arena.pyx":153
  *     p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT
  *     p.hi = _round_up(off_hi, LINE)
  *     p.block = block             # <<<<<<<<<<<<<<
@@ -4914,7 +4924,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_p->block = __pyx_v_block;
 
-  /* "wsmem/_arena.pyx":150
+  /* "wsmem/_arena.pyx":154
  *     p.hi = _round_up(off_hi, LINE)
  *     p.block = block
  *     p.generation = generation             # <<<<<<<<<<<<<<
@@ -4923,7 +4933,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_p->generation = __pyx_v_generation;
 
-  /* "wsmem/_arena.pyx":151
+  /* "wsmem/_arena.pyx":155
  *     p.block = block
  *     p.generation = generation
  *     p.owner = <PyObject*>owner             # <<<<<<<<<<<<<<
@@ -4932,7 +4942,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_p->owner = ((PyObject *)__pyx_v_owner);
 
-  /* "wsmem/_arena.pyx":152
+  /* "wsmem/_arena.pyx":156
  *     p.generation = generation
  *     p.owner = <PyObject*>owner
  *     Py_INCREF(owner)             # <<<<<<<<<<<<<<
@@ -4941,7 +4951,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   Py_INCREF(__pyx_v_owner);
 
-  /* "wsmem/_arena.pyx":153
+  /* "wsmem/_arena.pyx":157
  *     p.owner = <PyObject*>owner
  *     Py_INCREF(owner)
  *     p.prev = NULL             # <<<<<<<<<<<<<<
@@ -4950,7 +4960,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_p->prev = NULL;
 
-  /* "wsmem/_arena.pyx":154
+  /* "wsmem/_arena.pyx":158
  *     Py_INCREF(owner)
  *     p.prev = NULL
  *     p.next = block.pins             # <<<<<<<<<<<<<<
@@ -4961,7 +4971,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 
   __pyx_v_p->next = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":155
+  /* "wsmem/_arena.pyx":159
  *     p.prev = NULL
  *     p.next = block.pins
  *     if block.pins != NULL:             # <<<<<<<<<<<<<<
@@ -4973,7 +4983,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":156
+    /* "wsmem/_arena.pyx":160
  *     p.next = block.pins
  *     if block.pins != NULL:
  *         block.pins.prev = p             # <<<<<<<<<<<<<<
@@ -4982,7 +4992,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
     __pyx_v_block->pins->prev = __pyx_v_p;
 
-    /* "wsmem/_arena.pyx":155
+    /* "wsmem/_arena.pyx":159
  *     p.prev = NULL
  *     p.next = block.pins
  *     if block.pins != NULL:             # <<<<<<<<<<<<<<
@@ -4991,7 +5001,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   }
 
-  /* "wsmem/_arena.pyx":157
+  /* "wsmem/_arena.pyx":161
  *     if block.pins != NULL:
  *         block.pins.prev = p
  *     block.pins = p             # <<<<<<<<<<<<<<
@@ -5000,7 +5010,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_block->pins = __pyx_v_p;
 
-  /* "wsmem/_arena.pyx":158
+  /* "wsmem/_arena.pyx":162
  *         block.pins.prev = p
  *     block.pins = p
  *     block.n_pins += 1             # <<<<<<<<<<<<<<
@@ -5009,7 +5019,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_block->n_pins = (__pyx_v_block->n_pins + 1);
 
-  /* "wsmem/_arena.pyx":159
+  /* "wsmem/_arena.pyx":163
  *     block.pins = p
  *     block.n_pins += 1
  *     block.refs += 1             # <<<<<<<<<<<<<<
@@ -5018,7 +5028,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_block->refs = (__pyx_v_block->refs + 1);
 
-  /* "wsmem/_arena.pyx":142
+  /* "wsmem/_arena.pyx":146
  * # ---------------------------------------------------------------- pins
  * 
  * cdef void pin_init(Pin* p, Block* block, char* lo, char* hi, unsigned long long generation,             # <<<<<<<<<<<<<<
@@ -5032,7 +5042,7 @@ static void __pyx_f_5wsmem_6_arena_pin_init(struct __pyx_t_5wsmem_6_arena_Pin *_
 
 }
 
-/* "wsmem/_arena.pyx":162
+/* "wsmem/_arena.pyx":166
  * 
  * 
  * cdef void pin_fini(Pin* p) noexcept:             # <<<<<<<<<<<<<<
@@ -5048,7 +5058,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
   int __pyx_t_3;
   struct __pyx_t_5wsmem_6_arena_Pin *__pyx_t_4;
 
-  /* "wsmem/_arena.pyx":165
+  /* "wsmem/_arena.pyx":169
  *     """Undo pin_init (GIL held).  The owner is released last: it may be the
  *     only reference keeping the arena alive."""
  *     cdef Block* b = p.block             # <<<<<<<<<<<<<<
@@ -5059,7 +5069,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":166
+  /* "wsmem/_arena.pyx":170
  *     only reference keeping the arena alive."""
  *     cdef Block* b = p.block
  *     cdef PyObject* owner = p.owner             # <<<<<<<<<<<<<<
@@ -5070,7 +5080,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 
   __pyx_v_owner = __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":167
+  /* "wsmem/_arena.pyx":171
  *     cdef Block* b = p.block
  *     cdef PyObject* owner = p.owner
  *     if b == NULL:             # <<<<<<<<<<<<<<
@@ -5082,7 +5092,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_arena.pyx":168
+    /* "wsmem/_arena.pyx":172
  *     cdef PyObject* owner = p.owner
  *     if b == NULL:
  *         return             # <<<<<<<<<<<<<<
@@ -5093,7 +5103,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":167
+    /* "wsmem/_arena.pyx":171
  *     cdef Block* b = p.block
  *     cdef PyObject* owner = p.owner
  *     if b == NULL:             # <<<<<<<<<<<<<<
@@ -5102,7 +5112,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   }
 
-  /* "wsmem/_arena.pyx":169
+  /* "wsmem/_arena.pyx":173
  *     if b == NULL:
  *         return
  *     if p.prev != NULL:             # <<<<<<<<<<<<<<
@@ -5114,7 +5124,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_arena.pyx":170
+    /* "wsmem/_arena.pyx":174
  *         return
  *     if p.prev != NULL:
  *         p.prev.next = p.next             # <<<<<<<<<<<<<<
@@ -5125,7 +5135,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 
     __pyx_v_p->prev->next = __pyx_t_4;
 
-    /* "wsmem/_arena.pyx":169
+    /* "wsmem/_arena.pyx":173
  *     if b == NULL:
  *         return
  *     if p.prev != NULL:             # <<<<<<<<<<<<<<
@@ -5135,7 +5145,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
     goto __pyx_L4;
   }
 
-  /* "wsmem/_arena.pyx":172
+  /* "wsmem/_arena.pyx":176
  *         p.prev.next = p.next
  *     else:
  *         b.pins = p.next             # <<<<<<<<<<<<<<
@@ -5149,7 +5159,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
   }
   __pyx_L4:;
 
-  /* "wsmem/_arena.pyx":173
+  /* "wsmem/_arena.pyx":177
  *     else:
  *         b.pins = p.next
  *     if p.next != NULL:             # <<<<<<<<<<<<<<
@@ -5161,7 +5171,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
   if (__pyx_t_3) {
 
 
-    /* "wsmem/_arena.pyx":174
+    /* "wsmem/_arena.pyx":178
  *         b.pins = p.next
  *     if p.next != NULL:
  *         p.next.prev = p.prev             # <<<<<<<<<<<<<<
@@ -5172,7 +5182,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 
     __pyx_v_p->next->prev = __pyx_t_4;
 
-    /* "wsmem/_arena.pyx":173
+    /* "wsmem/_arena.pyx":177
  *     else:
  *         b.pins = p.next
  *     if p.next != NULL:             # <<<<<<<<<<<<<<
@@ -5181,7 +5191,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   }
 
-  /* "wsmem/_arena.pyx":175
+  /* "wsmem/_arena.pyx":179
  *     if p.next != NULL:
  *         p.next.prev = p.prev
  *     b.n_pins -= 1             # <<<<<<<<<<<<<<
@@ -5190,7 +5200,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_b->n_pins = (__pyx_v_b->n_pins - 1);
 
-  /* "wsmem/_arena.pyx":176
+  /* "wsmem/_arena.pyx":180
  *         p.next.prev = p.prev
  *     b.n_pins -= 1
  *     p.block = NULL             # <<<<<<<<<<<<<<
@@ -5199,7 +5209,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_p->block = NULL;
 
-  /* "wsmem/_arena.pyx":177
+  /* "wsmem/_arena.pyx":181
  *     b.n_pins -= 1
  *     p.block = NULL
  *     p.owner = NULL             # <<<<<<<<<<<<<<
@@ -5208,7 +5218,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_v_p->owner = NULL;
 
-  /* "wsmem/_arena.pyx":178
+  /* "wsmem/_arena.pyx":182
  *     p.block = NULL
  *     p.owner = NULL
  *     _block_decref(b)             # <<<<<<<<<<<<<<
@@ -5217,7 +5227,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
 
-  /* "wsmem/_arena.pyx":179
+  /* "wsmem/_arena.pyx":183
  *     p.owner = NULL
  *     _block_decref(b)
  *     Py_XDECREF(owner)             # <<<<<<<<<<<<<<
@@ -5226,7 +5236,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 */
   Py_XDECREF(__pyx_v_owner);
 
-  /* "wsmem/_arena.pyx":162
+  /* "wsmem/_arena.pyx":166
  * 
  * 
  * cdef void pin_fini(Pin* p) noexcept:             # <<<<<<<<<<<<<<
@@ -5241,7 +5251,7 @@ static void __pyx_f_5wsmem_6_arena_pin_fini(struct __pyx_t_5wsmem_6_arena_Pin *_
 
 }
 
-/* "wsmem/_arena.pyx":182
+/* "wsmem/_arena.pyx":186
  * 
  * 
  * cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,             # <<<<<<<<<<<<<<
@@ -5262,7 +5272,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pin_create", 0);
 
-  /* "wsmem/_arena.pyx":184
+  /* "wsmem/_arena.pyx":188
  * cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
  *                      object owner) except NULL:
  *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))             # <<<<<<<<<<<<<<
@@ -5271,7 +5281,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   __pyx_v_p = ((struct __pyx_t_5wsmem_6_arena_Pin *)malloc((sizeof(struct __pyx_t_5wsmem_6_arena_Pin))));
 
-  /* "wsmem/_arena.pyx":185
+  /* "wsmem/_arena.pyx":189
  *                      object owner) except NULL:
  *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
  *     if p == NULL:             # <<<<<<<<<<<<<<
@@ -5283,7 +5293,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":186
+    /* "wsmem/_arena.pyx":190
  *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
  *     if p == NULL:
  *         raise MemoryError("wsmem: out of memory for a pin record")             # <<<<<<<<<<<<<<
@@ -5296,14 +5306,14 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_for_a_pin_re};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 186, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 190, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 186, __pyx_L1_error)
+    __PYX_ERR(0, 190, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":185
+    /* "wsmem/_arena.pyx":189
  *                      object owner) except NULL:
  *     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
  *     if p == NULL:             # <<<<<<<<<<<<<<
@@ -5312,7 +5322,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   }
 
-  /* "wsmem/_arena.pyx":187
+  /* "wsmem/_arena.pyx":191
  *     if p == NULL:
  *         raise MemoryError("wsmem: out of memory for a pin record")
  *     pin_init(p, block, lo, hi, generation, owner)             # <<<<<<<<<<<<<<
@@ -5321,7 +5331,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
 */
   __pyx_f_5wsmem_6_arena_pin_init(__pyx_v_p, __pyx_v_block, __pyx_v_lo, __pyx_v_hi, __pyx_v_generation, __pyx_v_owner);
 
-  /* "wsmem/_arena.pyx":188
+  /* "wsmem/_arena.pyx":192
  *         raise MemoryError("wsmem: out of memory for a pin record")
  *     pin_init(p, block, lo, hi, generation, owner)
  *     return p             # <<<<<<<<<<<<<<
@@ -5334,7 +5344,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":182
+  /* "wsmem/_arena.pyx":186
  * 
  * 
  * cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,             # <<<<<<<<<<<<<<
@@ -5355,7 +5365,7 @@ static struct __pyx_t_5wsmem_6_arena_Pin *__pyx_f_5wsmem_6_arena_pin_create(stru
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":191
+/* "wsmem/_arena.pyx":195
  * 
  * 
  * cdef void pin_release(Pin* p) noexcept:             # <<<<<<<<<<<<<<
@@ -5367,7 +5377,7 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
   PyObject *__pyx_v_owner;
   PyObject *__pyx_t_1;
 
-  /* "wsmem/_arena.pyx":192
+  /* "wsmem/_arena.pyx":196
  * 
  * cdef void pin_release(Pin* p) noexcept:
  *     cdef PyObject* owner = p.owner             # <<<<<<<<<<<<<<
@@ -5378,7 +5388,7 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
 
   __pyx_v_owner = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":193
+  /* "wsmem/_arena.pyx":197
  * cdef void pin_release(Pin* p) noexcept:
  *     cdef PyObject* owner = p.owner
  *     p.owner = NULL             # <<<<<<<<<<<<<<
@@ -5387,7 +5397,7 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
 */
   __pyx_v_p->owner = NULL;
 
-  /* "wsmem/_arena.pyx":194
+  /* "wsmem/_arena.pyx":198
  *     cdef PyObject* owner = p.owner
  *     p.owner = NULL
  *     pin_fini(p)          # owner's reference is dropped below, after free(p)             # <<<<<<<<<<<<<<
@@ -5396,7 +5406,7 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
 */
   __pyx_f_5wsmem_6_arena_pin_fini(__pyx_v_p);
 
-  /* "wsmem/_arena.pyx":195
+  /* "wsmem/_arena.pyx":199
  *     p.owner = NULL
  *     pin_fini(p)          # owner's reference is dropped below, after free(p)
  *     free(p)             # <<<<<<<<<<<<<<
@@ -5405,7 +5415,7 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
 */
   free(__pyx_v_p);
 
-  /* "wsmem/_arena.pyx":196
+  /* "wsmem/_arena.pyx":200
  *     pin_fini(p)          # owner's reference is dropped below, after free(p)
  *     free(p)
  *     Py_XDECREF(owner)             # <<<<<<<<<<<<<<
@@ -5414,7 +5424,7 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
 */
   Py_XDECREF(__pyx_v_owner);
 
-  /* "wsmem/_arena.pyx":191
+  /* "wsmem/_arena.pyx":195
  * 
  * 
  * cdef void pin_release(Pin* p) noexcept:             # <<<<<<<<<<<<<<
@@ -5427,7 +5437,7 @@ static void __pyx_f_5wsmem_6_arena_pin_release(struct __pyx_t_5wsmem_6_arena_Pin
 
 }
 
-/* "wsmem/_arena.pyx":199
+/* "wsmem/_arena.pyx":203
  * 
  * 
  * cdef int _cmp_range(const void* a, const void* b) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5444,7 +5454,7 @@ static int __pyx_f_5wsmem_6_arena__cmp_range(void const *__pyx_v_a, void const *
   int __pyx_t_3;
   int __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":200
+  /* "wsmem/_arena.pyx":204
  * 
  * cdef int _cmp_range(const void* a, const void* b) noexcept nogil:
  *     cdef size_t x = (<size_t*>a)[0]             # <<<<<<<<<<<<<<
@@ -5453,7 +5463,7 @@ static int __pyx_f_5wsmem_6_arena__cmp_range(void const *__pyx_v_a, void const *
 */
   __pyx_v_x = (((size_t *)__pyx_v_a)[0]);
 
-  /* "wsmem/_arena.pyx":201
+  /* "wsmem/_arena.pyx":205
  * cdef int _cmp_range(const void* a, const void* b) noexcept nogil:
  *     cdef size_t x = (<size_t*>a)[0]
  *     cdef size_t y = (<size_t*>b)[0]             # <<<<<<<<<<<<<<
@@ -5462,7 +5472,7 @@ static int __pyx_f_5wsmem_6_arena__cmp_range(void const *__pyx_v_a, void const *
 */
   __pyx_v_y = (((size_t *)__pyx_v_b)[0]);
 
-  /* "wsmem/_arena.pyx":202
+  /* "wsmem/_arena.pyx":206
  *     cdef size_t x = (<size_t*>a)[0]
  *     cdef size_t y = (<size_t*>b)[0]
  *     return -1 if x < y else (1 if x > y else 0)             # <<<<<<<<<<<<<<
@@ -5493,7 +5503,7 @@ static int __pyx_f_5wsmem_6_arena__cmp_range(void const *__pyx_v_a, void const *
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":199
+  /* "wsmem/_arena.pyx":203
  * 
  * 
  * cdef int _cmp_range(const void* a, const void* b) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5508,7 +5518,7 @@ static int __pyx_f_5wsmem_6_arena__cmp_range(void const *__pyx_v_a, void const *
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":205
+/* "wsmem/_arena.pyx":209
  * 
  * 
  * cdef size_t _merged_ranges(Block* b, size_t** out) except? 0:             # <<<<<<<<<<<<<<
@@ -5536,7 +5546,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_merged_ranges", 0);
 
-  /* "wsmem/_arena.pyx":207
+  /* "wsmem/_arena.pyx":211
  * cdef size_t _merged_ranges(Block* b, size_t** out) except? 0:
  *     """Sorted, merged [lo, hi) pairs of the live pins of `b` (malloc'd in *out)."""
  *     cdef size_t n = 0, m = 0, i             # <<<<<<<<<<<<<<
@@ -5546,7 +5556,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   __pyx_v_n = 0;
   __pyx_v_m = 0;
 
-  /* "wsmem/_arena.pyx":208
+  /* "wsmem/_arena.pyx":212
  *     """Sorted, merged [lo, hi) pairs of the live pins of `b` (malloc'd in *out)."""
  *     cdef size_t n = 0, m = 0, i
  *     cdef Pin* p = b.pins             # <<<<<<<<<<<<<<
@@ -5557,7 +5567,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 
   __pyx_v_p = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":210
+  /* "wsmem/_arena.pyx":214
  *     cdef Pin* p = b.pins
  *     cdef size_t* r
  *     out[0] = NULL             # <<<<<<<<<<<<<<
@@ -5566,7 +5576,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   (__pyx_v_out[0]) = NULL;
 
-  /* "wsmem/_arena.pyx":211
+  /* "wsmem/_arena.pyx":215
  *     cdef size_t* r
  *     out[0] = NULL
  *     if b.n_pins == 0:             # <<<<<<<<<<<<<<
@@ -5578,7 +5588,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":212
+    /* "wsmem/_arena.pyx":216
  *     out[0] = NULL
  *     if b.n_pins == 0:
  *         return 0             # <<<<<<<<<<<<<<
@@ -5591,7 +5601,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":211
+    /* "wsmem/_arena.pyx":215
  *     cdef size_t* r
  *     out[0] = NULL
  *     if b.n_pins == 0:             # <<<<<<<<<<<<<<
@@ -5600,7 +5610,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   }
 
-  /* "wsmem/_arena.pyx":213
+  /* "wsmem/_arena.pyx":217
  *     if b.n_pins == 0:
  *         return 0
  *     r = <size_t*>malloc(2 * b.n_pins * sizeof(size_t))             # <<<<<<<<<<<<<<
@@ -5609,7 +5619,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   __pyx_v_r = ((size_t *)malloc(((2 * __pyx_v_b->n_pins) * (sizeof(size_t)))));
 
-  /* "wsmem/_arena.pyx":214
+  /* "wsmem/_arena.pyx":218
  *         return 0
  *     r = <size_t*>malloc(2 * b.n_pins * sizeof(size_t))
  *     if r == NULL:             # <<<<<<<<<<<<<<
@@ -5621,7 +5631,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_arena.pyx":215
+    /* "wsmem/_arena.pyx":219
  *     r = <size_t*>malloc(2 * b.n_pins * sizeof(size_t))
  *     if r == NULL:
  *         raise MemoryError("wsmem: out of memory while listing pins")             # <<<<<<<<<<<<<<
@@ -5634,14 +5644,14 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_while_listin};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 215, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 219, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 215, __pyx_L1_error)
+    __PYX_ERR(0, 219, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":214
+    /* "wsmem/_arena.pyx":218
  *         return 0
  *     r = <size_t*>malloc(2 * b.n_pins * sizeof(size_t))
  *     if r == NULL:             # <<<<<<<<<<<<<<
@@ -5650,7 +5660,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   }
 
-  /* "wsmem/_arena.pyx":216
+  /* "wsmem/_arena.pyx":220
  *     if r == NULL:
  *         raise MemoryError("wsmem: out of memory while listing pins")
  *     while p != NULL:             # <<<<<<<<<<<<<<
@@ -5663,7 +5673,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 
     if (!__pyx_t_2) break;
 
-    /* "wsmem/_arena.pyx":217
+    /* "wsmem/_arena.pyx":221
  *         raise MemoryError("wsmem: out of memory while listing pins")
  *     while p != NULL:
  *         r[2 * n] = p.lo             # <<<<<<<<<<<<<<
@@ -5675,7 +5685,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     (__pyx_v_r[(2 * __pyx_v_n)]) = __pyx_t_5;
 
 
-    /* "wsmem/_arena.pyx":218
+    /* "wsmem/_arena.pyx":222
  *     while p != NULL:
  *         r[2 * n] = p.lo
  *         r[2 * n + 1] = p.hi if p.hi < b.size else _round_up(b.size, LINE)             # <<<<<<<<<<<<<<
@@ -5695,7 +5705,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     (__pyx_v_r[((2 * __pyx_v_n) + 1)]) = __pyx_t_5;
 
 
-    /* "wsmem/_arena.pyx":219
+    /* "wsmem/_arena.pyx":223
  *         r[2 * n] = p.lo
  *         r[2 * n + 1] = p.hi if p.hi < b.size else _round_up(b.size, LINE)
  *         n += 1             # <<<<<<<<<<<<<<
@@ -5704,7 +5714,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
     __pyx_v_n = (__pyx_v_n + 1);
 
-    /* "wsmem/_arena.pyx":220
+    /* "wsmem/_arena.pyx":224
  *         r[2 * n + 1] = p.hi if p.hi < b.size else _round_up(b.size, LINE)
  *         n += 1
  *         p = p.next             # <<<<<<<<<<<<<<
@@ -5716,7 +5726,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     __pyx_v_p = __pyx_t_1;
   }
 
-  /* "wsmem/_arena.pyx":221
+  /* "wsmem/_arena.pyx":225
  *         n += 1
  *         p = p.next
  *     qsort(r, n, 2 * sizeof(size_t), _cmp_range)             # <<<<<<<<<<<<<<
@@ -5725,7 +5735,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   qsort(__pyx_v_r, __pyx_v_n, (2 * (sizeof(size_t))), __pyx_f_5wsmem_6_arena__cmp_range);
 
-  /* "wsmem/_arena.pyx":222
+  /* "wsmem/_arena.pyx":226
  *         p = p.next
  *     qsort(r, n, 2 * sizeof(size_t), _cmp_range)
  *     for i in range(1, n):             # <<<<<<<<<<<<<<
@@ -5739,7 +5749,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   for (__pyx_t_7 = 1; __pyx_t_7 < __pyx_t_6; __pyx_t_7+=1) {
     __pyx_v_i = __pyx_t_7;
 
-    /* "wsmem/_arena.pyx":223
+    /* "wsmem/_arena.pyx":227
  *     qsort(r, n, 2 * sizeof(size_t), _cmp_range)
  *     for i in range(1, n):
  *         if r[2 * i] <= r[2 * m + 1]:             # <<<<<<<<<<<<<<
@@ -5751,7 +5761,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":224
+      /* "wsmem/_arena.pyx":228
  *     for i in range(1, n):
  *         if r[2 * i] <= r[2 * m + 1]:
  *             if r[2 * i + 1] > r[2 * m + 1]:             # <<<<<<<<<<<<<<
@@ -5763,7 +5773,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
       if (__pyx_t_2) {
 
 
-        /* "wsmem/_arena.pyx":225
+        /* "wsmem/_arena.pyx":229
  *         if r[2 * i] <= r[2 * m + 1]:
  *             if r[2 * i + 1] > r[2 * m + 1]:
  *                 r[2 * m + 1] = r[2 * i + 1]             # <<<<<<<<<<<<<<
@@ -5772,7 +5782,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
         (__pyx_v_r[((2 * __pyx_v_m) + 1)]) = (__pyx_v_r[((2 * __pyx_v_i) + 1)]);
 
-        /* "wsmem/_arena.pyx":224
+        /* "wsmem/_arena.pyx":228
  *     for i in range(1, n):
  *         if r[2 * i] <= r[2 * m + 1]:
  *             if r[2 * i + 1] > r[2 * m + 1]:             # <<<<<<<<<<<<<<
@@ -5781,7 +5791,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
       }
 
-      /* "wsmem/_arena.pyx":223
+      /* "wsmem/_arena.pyx":227
  *     qsort(r, n, 2 * sizeof(size_t), _cmp_range)
  *     for i in range(1, n):
  *         if r[2 * i] <= r[2 * m + 1]:             # <<<<<<<<<<<<<<
@@ -5791,7 +5801,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
       goto __pyx_L9;
     }
 
-    /* "wsmem/_arena.pyx":227
+    /* "wsmem/_arena.pyx":231
  *                 r[2 * m + 1] = r[2 * i + 1]
  *         else:
  *             m += 1             # <<<<<<<<<<<<<<
@@ -5801,7 +5811,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
     /*else*/ {
       __pyx_v_m = (__pyx_v_m + 1);
 
-      /* "wsmem/_arena.pyx":228
+      /* "wsmem/_arena.pyx":232
  *         else:
  *             m += 1
  *             r[2 * m] = r[2 * i]             # <<<<<<<<<<<<<<
@@ -5810,7 +5820,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
       (__pyx_v_r[(2 * __pyx_v_m)]) = (__pyx_v_r[(2 * __pyx_v_i)]);
 
-      /* "wsmem/_arena.pyx":229
+      /* "wsmem/_arena.pyx":233
  *             m += 1
  *             r[2 * m] = r[2 * i]
  *             r[2 * m + 1] = r[2 * i + 1]             # <<<<<<<<<<<<<<
@@ -5823,7 +5833,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   }
 
 
-  /* "wsmem/_arena.pyx":230
+  /* "wsmem/_arena.pyx":234
  *             r[2 * m] = r[2 * i]
  *             r[2 * m + 1] = r[2 * i + 1]
  *     out[0] = r             # <<<<<<<<<<<<<<
@@ -5832,7 +5842,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
 */
   (__pyx_v_out[0]) = __pyx_v_r;
 
-  /* "wsmem/_arena.pyx":231
+  /* "wsmem/_arena.pyx":235
  *             r[2 * m + 1] = r[2 * i + 1]
  *     out[0] = r
  *     return m + 1             # <<<<<<<<<<<<<<
@@ -5845,7 +5855,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":205
+  /* "wsmem/_arena.pyx":209
  * 
  * 
  * cdef size_t _merged_ranges(Block* b, size_t** out) except? 0:             # <<<<<<<<<<<<<<
@@ -5870,7 +5880,7 @@ static size_t __pyx_f_5wsmem_6_arena__merged_ranges(struct __pyx_t_5wsmem_6_aren
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":234
+/* "wsmem/_arena.pyx":238
  * 
  * 
  * cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:             # <<<<<<<<<<<<<<
@@ -5882,7 +5892,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
   int __pyx_t_1;
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_2;
 
-  /* "wsmem/_arena.pyx":235
+  /* "wsmem/_arena.pyx":239
  * 
  * cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:
  *     if b.prev_spill != NULL:             # <<<<<<<<<<<<<<
@@ -5894,7 +5904,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":236
+    /* "wsmem/_arena.pyx":240
  * cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:
  *     if b.prev_spill != NULL:
  *         b.prev_spill.next_spill = b.next_spill             # <<<<<<<<<<<<<<
@@ -5905,7 +5915,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
 
     __pyx_v_b->prev_spill->next_spill = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":235
+    /* "wsmem/_arena.pyx":239
  * 
  * cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:
  *     if b.prev_spill != NULL:             # <<<<<<<<<<<<<<
@@ -5915,7 +5925,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
     goto __pyx_L3;
   }
 
-  /* "wsmem/_arena.pyx":238
+  /* "wsmem/_arena.pyx":242
  *         b.prev_spill.next_spill = b.next_spill
  *     else:
  *         st.spills = b.next_spill             # <<<<<<<<<<<<<<
@@ -5929,7 +5939,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
   }
   __pyx_L3:;
 
-  /* "wsmem/_arena.pyx":239
+  /* "wsmem/_arena.pyx":243
  *     else:
  *         st.spills = b.next_spill
  *     if b.next_spill != NULL:             # <<<<<<<<<<<<<<
@@ -5941,7 +5951,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":240
+    /* "wsmem/_arena.pyx":244
  *         st.spills = b.next_spill
  *     if b.next_spill != NULL:
  *         b.next_spill.prev_spill = b.prev_spill             # <<<<<<<<<<<<<<
@@ -5952,7 +5962,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
 
     __pyx_v_b->next_spill->prev_spill = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":239
+    /* "wsmem/_arena.pyx":243
  *     else:
  *         st.spills = b.next_spill
  *     if b.next_spill != NULL:             # <<<<<<<<<<<<<<
@@ -5961,7 +5971,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
 */
   }
 
-  /* "wsmem/_arena.pyx":241
+  /* "wsmem/_arena.pyx":245
  *     if b.next_spill != NULL:
  *         b.next_spill.prev_spill = b.prev_spill
  *     b.next_spill = b.prev_spill = NULL             # <<<<<<<<<<<<<<
@@ -5971,7 +5981,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
   __pyx_v_b->next_spill = NULL;
   __pyx_v_b->prev_spill = NULL;
 
-  /* "wsmem/_arena.pyx":242
+  /* "wsmem/_arena.pyx":246
  *         b.next_spill.prev_spill = b.prev_spill
  *     b.next_spill = b.prev_spill = NULL
  *     b.in_spills = False             # <<<<<<<<<<<<<<
@@ -5980,7 +5990,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
 */
   __pyx_v_b->in_spills = 0;
 
-  /* "wsmem/_arena.pyx":234
+  /* "wsmem/_arena.pyx":238
  * 
  * 
  * cdef void _unlink_spill(ArenaState* st, Block* b) noexcept:             # <<<<<<<<<<<<<<
@@ -5992,7 +6002,7 @@ static void __pyx_f_5wsmem_6_arena__unlink_spill(struct __pyx_t_5wsmem_6_arena_A
 
 }
 
-/* "wsmem/_arena.pyx":245
+/* "wsmem/_arena.pyx":249
  * 
  * 
  * cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:             # <<<<<<<<<<<<<<
@@ -6004,7 +6014,7 @@ static void __pyx_f_5wsmem_6_arena_arena_drop_dead_spill(struct __pyx_obj_5wsmem
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":246
+  /* "wsmem/_arena.pyx":250
  * 
  * cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:
  *     if b.in_spills and b.refs == 1 and b.state == a.state:             # <<<<<<<<<<<<<<
@@ -6036,7 +6046,7 @@ static void __pyx_f_5wsmem_6_arena_arena_drop_dead_spill(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":247
+    /* "wsmem/_arena.pyx":251
  * cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:
  *     if b.in_spills and b.refs == 1 and b.state == a.state:
  *         _unlink_spill(a.state, b)             # <<<<<<<<<<<<<<
@@ -6045,7 +6055,7 @@ static void __pyx_f_5wsmem_6_arena_arena_drop_dead_spill(struct __pyx_obj_5wsmem
 */
     __pyx_f_5wsmem_6_arena__unlink_spill(__pyx_v_a->state, __pyx_v_b);
 
-    /* "wsmem/_arena.pyx":248
+    /* "wsmem/_arena.pyx":252
  *     if b.in_spills and b.refs == 1 and b.state == a.state:
  *         _unlink_spill(a.state, b)
  *         a.spill_held -= b.size             # <<<<<<<<<<<<<<
@@ -6054,7 +6064,7 @@ static void __pyx_f_5wsmem_6_arena_arena_drop_dead_spill(struct __pyx_obj_5wsmem
 */
     __pyx_v_a->spill_held = (__pyx_v_a->spill_held - __pyx_v_b->size);
 
-    /* "wsmem/_arena.pyx":249
+    /* "wsmem/_arena.pyx":253
  *         _unlink_spill(a.state, b)
  *         a.spill_held -= b.size
  *         _block_decref(b)             # <<<<<<<<<<<<<<
@@ -6063,7 +6073,7 @@ static void __pyx_f_5wsmem_6_arena_arena_drop_dead_spill(struct __pyx_obj_5wsmem
 */
     __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
 
-    /* "wsmem/_arena.pyx":246
+    /* "wsmem/_arena.pyx":250
  * 
  * cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:
  *     if b.in_spills and b.refs == 1 and b.state == a.state:             # <<<<<<<<<<<<<<
@@ -6072,7 +6082,7 @@ static void __pyx_f_5wsmem_6_arena_arena_drop_dead_spill(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_arena.pyx":245
+  /* "wsmem/_arena.pyx":249
  * 
  * 
  * cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:             # <<<<<<<<<<<<<<
@@ -6084,7 +6094,7 @@ static void __pyx_f_5wsmem_6_arena_arena_drop_dead_spill(struct __pyx_obj_5wsmem
 
 }
 
-/* "wsmem/_arena.pyx":254
+/* "wsmem/_arena.pyx":258
  * # ---------------------------------------------------------------- allocation
  * 
  * cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -6104,7 +6114,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_arena.pyx":255
+  /* "wsmem/_arena.pyx":259
  * 
  * cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:
  *     cdef size_t sz = _round_up(nbytes, a.alignment)             # <<<<<<<<<<<<<<
@@ -6113,7 +6123,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
   __pyx_v_sz = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_nbytes, __pyx_v_a->alignment);
 
-  /* "wsmem/_arena.pyx":257
+  /* "wsmem/_arena.pyx":261
  *     cdef size_t sz = _round_up(nbytes, a.alignment)
  *     cdef char* p
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:             # <<<<<<<<<<<<<<
@@ -6159,7 +6169,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":258
+    /* "wsmem/_arena.pyx":262
  *     cdef char* p
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:
  *         p = a.main.region.ptr + a.cursor             # <<<<<<<<<<<<<<
@@ -6168,7 +6178,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
     __pyx_v_p = (__pyx_v_a->main->region.ptr + __pyx_v_a->cursor);
 
-    /* "wsmem/_arena.pyx":259
+    /* "wsmem/_arena.pyx":263
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:
  *         p = a.main.region.ptr + a.cursor
  *         a.cursor += sz             # <<<<<<<<<<<<<<
@@ -6177,7 +6187,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
     __pyx_v_a->cursor = (__pyx_v_a->cursor + __pyx_v_sz);
 
-    /* "wsmem/_arena.pyx":260
+    /* "wsmem/_arena.pyx":264
  *         p = a.main.region.ptr + a.cursor
  *         a.cursor += sz
  *         a.cycle_bytes += sz             # <<<<<<<<<<<<<<
@@ -6186,7 +6196,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
     __pyx_v_a->cycle_bytes = (__pyx_v_a->cycle_bytes + __pyx_v_sz);
 
-    /* "wsmem/_arena.pyx":261
+    /* "wsmem/_arena.pyx":265
  *         a.cursor += sz
  *         a.cycle_bytes += sz
  *         block[0] = a.main             # <<<<<<<<<<<<<<
@@ -6198,7 +6208,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
     (__pyx_v_block[0]) = __pyx_t_3;
 
 
-    /* "wsmem/_arena.pyx":262
+    /* "wsmem/_arena.pyx":266
  *         a.cycle_bytes += sz
  *         block[0] = a.main
  *         return p             # <<<<<<<<<<<<<<
@@ -6211,7 +6221,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":257
+    /* "wsmem/_arena.pyx":261
  *     cdef size_t sz = _round_up(nbytes, a.alignment)
  *     cdef char* p
  *     if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:             # <<<<<<<<<<<<<<
@@ -6220,20 +6230,20 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
 */
   }
 
-  /* "wsmem/_arena.pyx":263
+  /* "wsmem/_arena.pyx":267
  *         block[0] = a.main
  *         return p
  *     return a.alloc_slow(nbytes, block)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_a->__pyx_vtab)->alloc_slow(__pyx_v_a, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_4 == ((void *)NULL))) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_a->__pyx_vtab)->alloc_slow(__pyx_v_a, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_4 == ((void *)NULL))) __PYX_ERR(0, 267, __pyx_L1_error)
   {
     __pyx_r = __pyx_t_4;
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":254
+  /* "wsmem/_arena.pyx":258
  * # ---------------------------------------------------------------- allocation
  * 
  * cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -6252,7 +6262,7 @@ static char *__pyx_f_5wsmem_6_arena_arena_alloc(struct __pyx_obj_5wsmem_6_arena_
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":269
+/* "wsmem/_arena.pyx":273
  *     """C-level state of a workspace; :class:`wsmem.Workspace` is the public face."""
  * 
  *     def __cinit__(self, *args, **kwargs):             # <<<<<<<<<<<<<<
@@ -6304,7 +6314,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "wsmem/_arena.pyx":270
+  /* "wsmem/_arena.pyx":274
  * 
  *     def __cinit__(self, *args, **kwargs):
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))             # <<<<<<<<<<<<<<
@@ -6313,7 +6323,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->state = ((struct __pyx_t_5wsmem_6_arena_ArenaState *)calloc(1, (sizeof(struct __pyx_t_5wsmem_6_arena_ArenaState))));
 
-  /* "wsmem/_arena.pyx":271
+  /* "wsmem/_arena.pyx":275
  *     def __cinit__(self, *args, **kwargs):
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))
  *         if self.state == NULL:             # <<<<<<<<<<<<<<
@@ -6325,7 +6335,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":272
+    /* "wsmem/_arena.pyx":276
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))
  *         if self.state == NULL:
  *             raise MemoryError("wsmem: out of memory for a workspace")             # <<<<<<<<<<<<<<
@@ -6338,14 +6348,14 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_for_a_worksp};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 272, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 272, __pyx_L1_error)
+    __PYX_ERR(0, 276, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":271
+    /* "wsmem/_arena.pyx":275
  *     def __cinit__(self, *args, **kwargs):
  *         self.state = <ArenaState*>calloc(1, sizeof(ArenaState))
  *         if self.state == NULL:             # <<<<<<<<<<<<<<
@@ -6354,7 +6364,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":273
+  /* "wsmem/_arena.pyx":277
  *         if self.state == NULL:
  *             raise MemoryError("wsmem: out of memory for a workspace")
  *         self.state.arena_alive = True             # <<<<<<<<<<<<<<
@@ -6363,7 +6373,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->state->arena_alive = 1;
 
-  /* "wsmem/_arena.pyx":274
+  /* "wsmem/_arena.pyx":278
  *             raise MemoryError("wsmem: out of memory for a workspace")
  *         self.state.arena_alive = True
  *         self.alignment = 64             # <<<<<<<<<<<<<<
@@ -6372,7 +6382,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->alignment = 64;
 
-  /* "wsmem/_arena.pyx":275
+  /* "wsmem/_arena.pyx":279
  *         self.state.arena_alive = True
  *         self.alignment = 64
  *         self.owner_thread = PyThread_get_thread_ident()             # <<<<<<<<<<<<<<
@@ -6381,7 +6391,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->owner_thread = PyThread_get_thread_ident();
 
-  /* "wsmem/_arena.pyx":276
+  /* "wsmem/_arena.pyx":280
  *         self.alignment = 64
  *         self.owner_thread = PyThread_get_thread_ident()
  *         self.name = ""             # <<<<<<<<<<<<<<
@@ -6393,7 +6403,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   __Pyx_GOTREF(__pyx_v_self->name);
   __Pyx_DECREF_SET(__pyx_v_self->name, __pyx_mstate_global->__pyx_kp_u__3);
 
-  /* "wsmem/_arena.pyx":269
+  /* "wsmem/_arena.pyx":273
  *     """C-level state of a workspace; :class:`wsmem.Workspace` is the public face."""
  * 
  *     def __cinit__(self, *args, **kwargs):             # <<<<<<<<<<<<<<
@@ -6415,7 +6425,7 @@ static int __pyx_pf_5wsmem_6_arena_5Arena___cinit__(struct __pyx_obj_5wsmem_6_ar
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":278
+/* "wsmem/_arena.pyx":282
  *         self.name = ""
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -6444,7 +6454,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "wsmem/_arena.pyx":279
+  /* "wsmem/_arena.pyx":283
  * 
  *     def __dealloc__(self):
  *         cdef ArenaState* st = self.state             # <<<<<<<<<<<<<<
@@ -6455,7 +6465,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 
   __pyx_v_st = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":280
+  /* "wsmem/_arena.pyx":284
  *     def __dealloc__(self):
  *         cdef ArenaState* st = self.state
  *         if st == NULL:             # <<<<<<<<<<<<<<
@@ -6467,7 +6477,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":281
+    /* "wsmem/_arena.pyx":285
  *         cdef ArenaState* st = self.state
  *         if st == NULL:
  *             return             # <<<<<<<<<<<<<<
@@ -6478,7 +6488,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":280
+    /* "wsmem/_arena.pyx":284
  *     def __dealloc__(self):
  *         cdef ArenaState* st = self.state
  *         if st == NULL:             # <<<<<<<<<<<<<<
@@ -6487,7 +6497,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   }
 
-  /* "wsmem/_arena.pyx":282
+  /* "wsmem/_arena.pyx":286
  *         if st == NULL:
  *             return
  *         self._drop_blocks()             # <<<<<<<<<<<<<<
@@ -6496,7 +6506,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_blocks(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":283
+  /* "wsmem/_arena.pyx":287
  *             return
  *         self._drop_blocks()
  *         free(self.holes)             # <<<<<<<<<<<<<<
@@ -6505,7 +6515,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   free(__pyx_v_self->holes);
 
-  /* "wsmem/_arena.pyx":284
+  /* "wsmem/_arena.pyx":288
  *         self._drop_blocks()
  *         free(self.holes)
  *         self.holes = NULL             # <<<<<<<<<<<<<<
@@ -6514,7 +6524,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   __pyx_v_self->holes = NULL;
 
-  /* "wsmem/_arena.pyx":285
+  /* "wsmem/_arena.pyx":289
  *         free(self.holes)
  *         self.holes = NULL
  *         st.arena_alive = False             # <<<<<<<<<<<<<<
@@ -6523,7 +6533,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   __pyx_v_st->arena_alive = 0;
 
-  /* "wsmem/_arena.pyx":286
+  /* "wsmem/_arena.pyx":290
  *         self.holes = NULL
  *         st.arena_alive = False
  *         if st.n_live_blocks == 0:             # <<<<<<<<<<<<<<
@@ -6535,7 +6545,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":287
+    /* "wsmem/_arena.pyx":291
  *         st.arena_alive = False
  *         if st.n_live_blocks == 0:
  *             free(st)             # <<<<<<<<<<<<<<
@@ -6544,7 +6554,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
     free(__pyx_v_st);
 
-    /* "wsmem/_arena.pyx":286
+    /* "wsmem/_arena.pyx":290
  *         self.holes = NULL
  *         st.arena_alive = False
  *         if st.n_live_blocks == 0:             # <<<<<<<<<<<<<<
@@ -6553,7 +6563,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   }
 
-  /* "wsmem/_arena.pyx":288
+  /* "wsmem/_arena.pyx":292
  *         if st.n_live_blocks == 0:
  *             free(st)
  *         self.state = NULL             # <<<<<<<<<<<<<<
@@ -6562,7 +6572,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   __pyx_v_self->state = NULL;
 
-  /* "wsmem/_arena.pyx":289
+  /* "wsmem/_arena.pyx":293
  *             free(st)
  *         self.state = NULL
  *         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current             # <<<<<<<<<<<<<<
@@ -6574,16 +6584,16 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":290
+    /* "wsmem/_arena.pyx":294
  *         self.state = NULL
  *         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current
  *             set_current_arena(None)             # <<<<<<<<<<<<<<
  * 
  *     cdef void _drop_spills(self) noexcept:
 */
-    __pyx_f_5wsmem_6_arena_set_current_arena(Py_None); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 290, __pyx_L1_error)
+    __pyx_f_5wsmem_6_arena_set_current_arena(Py_None); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 294, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":289
+    /* "wsmem/_arena.pyx":293
  *             free(st)
  *         self.state = NULL
  *         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current             # <<<<<<<<<<<<<<
@@ -6592,7 +6602,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 */
   }
 
-  /* "wsmem/_arena.pyx":278
+  /* "wsmem/_arena.pyx":282
  *         self.name = ""
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -6609,7 +6619,7 @@ static void __pyx_pf_5wsmem_6_arena_5Arena_2__dealloc__(struct __pyx_obj_5wsmem_
 
 }
 
-/* "wsmem/_arena.pyx":292
+/* "wsmem/_arena.pyx":296
  *             set_current_arena(None)
  * 
  *     cdef void _drop_spills(self) noexcept:             # <<<<<<<<<<<<<<
@@ -6622,7 +6632,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_spills(struct __pyx_obj_5wsmem_6
   int __pyx_t_1;
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_2;
 
-  /* "wsmem/_arena.pyx":295
+  /* "wsmem/_arena.pyx":299
  *         """Drop the arena's reference on every spill of the open cycle."""
  *         cdef Block* b
  *         while self.state.spills != NULL:             # <<<<<<<<<<<<<<
@@ -6635,7 +6645,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_spills(struct __pyx_obj_5wsmem_6
 
     if (!__pyx_t_1) break;
 
-    /* "wsmem/_arena.pyx":296
+    /* "wsmem/_arena.pyx":300
  *         cdef Block* b
  *         while self.state.spills != NULL:
  *             b = self.state.spills             # <<<<<<<<<<<<<<
@@ -6646,7 +6656,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_spills(struct __pyx_obj_5wsmem_6
 
     __pyx_v_b = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":297
+    /* "wsmem/_arena.pyx":301
  *         while self.state.spills != NULL:
  *             b = self.state.spills
  *             _unlink_spill(self.state, b)             # <<<<<<<<<<<<<<
@@ -6655,7 +6665,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_spills(struct __pyx_obj_5wsmem_6
 */
     __pyx_f_5wsmem_6_arena__unlink_spill(__pyx_v_self->state, __pyx_v_b);
 
-    /* "wsmem/_arena.pyx":298
+    /* "wsmem/_arena.pyx":302
  *             b = self.state.spills
  *             _unlink_spill(self.state, b)
  *             _block_decref(b)             # <<<<<<<<<<<<<<
@@ -6665,7 +6675,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_spills(struct __pyx_obj_5wsmem_6
     __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
   }
 
-  /* "wsmem/_arena.pyx":299
+  /* "wsmem/_arena.pyx":303
  *             _unlink_spill(self.state, b)
  *             _block_decref(b)
  *         self.spill_held = 0             # <<<<<<<<<<<<<<
@@ -6674,7 +6684,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_spills(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->spill_held = 0;
 
-  /* "wsmem/_arena.pyx":292
+  /* "wsmem/_arena.pyx":296
  *             set_current_arena(None)
  * 
  *     cdef void _drop_spills(self) noexcept:             # <<<<<<<<<<<<<<
@@ -6687,7 +6697,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_spills(struct __pyx_obj_5wsmem_6
 
 }
 
-/* "wsmem/_arena.pyx":301
+/* "wsmem/_arena.pyx":305
  *         self.spill_held = 0
  * 
  *     cdef void _drop_blocks(self) noexcept:             # <<<<<<<<<<<<<<
@@ -6700,7 +6710,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
   int __pyx_t_1;
   struct __pyx_t_5wsmem_6_arena_Block *__pyx_t_2;
 
-  /* "wsmem/_arena.pyx":303
+  /* "wsmem/_arena.pyx":307
  *     cdef void _drop_blocks(self) noexcept:
  *         cdef Block* b
  *         self._drop_spills()             # <<<<<<<<<<<<<<
@@ -6709,7 +6719,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
   ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_spills(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":304
+  /* "wsmem/_arena.pyx":308
  *         cdef Block* b
  *         self._drop_spills()
  *         if self.main != NULL:             # <<<<<<<<<<<<<<
@@ -6721,7 +6731,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":305
+    /* "wsmem/_arena.pyx":309
  *         self._drop_spills()
  *         if self.main != NULL:
  *             b = self.main             # <<<<<<<<<<<<<<
@@ -6732,7 +6742,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 
     __pyx_v_b = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":306
+    /* "wsmem/_arena.pyx":310
  *         if self.main != NULL:
  *             b = self.main
  *             self.main = NULL             # <<<<<<<<<<<<<<
@@ -6741,7 +6751,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
     __pyx_v_self->main = NULL;
 
-    /* "wsmem/_arena.pyx":307
+    /* "wsmem/_arena.pyx":311
  *             b = self.main
  *             self.main = NULL
  *             _block_decref(b)             # <<<<<<<<<<<<<<
@@ -6750,7 +6760,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
     __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_b);
 
-    /* "wsmem/_arena.pyx":304
+    /* "wsmem/_arena.pyx":308
  *         cdef Block* b
  *         self._drop_spills()
  *         if self.main != NULL:             # <<<<<<<<<<<<<<
@@ -6759,7 +6769,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 */
   }
 
-  /* "wsmem/_arena.pyx":308
+  /* "wsmem/_arena.pyx":312
  *             self.main = NULL
  *             _block_decref(b)
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -6769,7 +6779,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":309
+  /* "wsmem/_arena.pyx":313
  *             _block_decref(b)
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0             # <<<<<<<<<<<<<<
@@ -6779,7 +6789,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
   __pyx_v_self->n_holes = 0;
   __pyx_v_self->hole_index = 0;
 
-  /* "wsmem/_arena.pyx":301
+  /* "wsmem/_arena.pyx":305
  *         self.spill_held = 0
  * 
  *     cdef void _drop_blocks(self) noexcept:             # <<<<<<<<<<<<<<
@@ -6792,7 +6802,7 @@ static void __pyx_f_5wsmem_6_arena_5Arena__drop_blocks(struct __pyx_obj_5wsmem_6
 
 }
 
-/* "wsmem/_arena.pyx":311
+/* "wsmem/_arena.pyx":315
  *         self.n_holes = self.hole_index = 0
  * 
  *     cdef int _configure(self, object cfg) except -1:             # <<<<<<<<<<<<<<
@@ -6821,48 +6831,48 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_configure", 0);
 
-  /* "wsmem/_arena.pyx":312
+  /* "wsmem/_arena.pyx":316
  * 
  *     cdef int _configure(self, object cfg) except -1:
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,             # <<<<<<<<<<<<<<
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 312, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_NONE); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 312, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_NONE); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_none, __pyx_t_2) < (0)) __PYX_ERR(0, 312, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_none, __pyx_t_2) < (0)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 312, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_FIRST_LOOP); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_first_loop, __pyx_t_2) < (0)) __PYX_ERR(0, 312, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_first_loop, __pyx_t_2) < (0)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":313
+  /* "wsmem/_arena.pyx":317
  *     cdef int _configure(self, object cfg) except -1:
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]             # <<<<<<<<<<<<<<
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
 */
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_OVER_TIME); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LEARN_OVER_TIME); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_over_time, __pyx_t_2) < (0)) __PYX_ERR(0, 312, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_over_time, __pyx_t_2) < (0)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_learning); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_learning); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 313, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 317, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":312
+  /* "wsmem/_arena.pyx":316
  * 
  *     cdef int _configure(self, object cfg) except -1:
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,             # <<<<<<<<<<<<<<
@@ -6871,48 +6881,48 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->learning = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":314
+  /* "wsmem/_arena.pyx":318
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,             # <<<<<<<<<<<<<<
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 314, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_EXTERNAL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 314, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_EXTERNAL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_external, __pyx_t_3) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_external, __pyx_t_3) < (0)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_REALLOCATE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 314, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_REALLOCATE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_reallocate, __pyx_t_3) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_reallocate, __pyx_t_3) < (0)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":315
+  /* "wsmem/_arena.pyx":319
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]             # <<<<<<<<<<<<<<
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
 */
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_FAIL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 315, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_SPILL_FAIL); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fail, __pyx_t_3) < (0)) __PYX_ERR(0, 314, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fail, __pyx_t_3) < (0)) __PYX_ERR(0, 318, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_spill); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 315, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_spill); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 315, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 315, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 315, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 319, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":314
+  /* "wsmem/_arena.pyx":318
  *         self.learning = {"none": LEARN_NONE, "first_loop": LEARN_FIRST_LOOP,
  *                          "over_time": LEARN_OVER_TIME}[cfg.learning.value]
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,             # <<<<<<<<<<<<<<
@@ -6921,44 +6931,44 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->spill = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":316
+  /* "wsmem/_arena.pyx":320
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,             # <<<<<<<<<<<<<<
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
 */
-  __pyx_t_3 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 316, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_STRICT); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 316, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_STRICT); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_strict, __pyx_t_1) < (0)) __PYX_ERR(0, 316, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_strict, __pyx_t_1) < (0)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_arena.pyx":317
+  /* "wsmem/_arena.pyx":321
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]             # <<<<<<<<<<<<<<
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
 */
-  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_OVERALLOCATE); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 317, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_ALLOC_OVERALLOCATE); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_overallocate, __pyx_t_1) < (0)) __PYX_ERR(0, 316, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_overallocate, __pyx_t_1) < (0)) __PYX_ERR(0, 320, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_allocation); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 317, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_allocation); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 317, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_t_3, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 317, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_GetItem(__pyx_t_3, __pyx_t_2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 317, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_1); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 321, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "wsmem/_arena.pyx":316
+  /* "wsmem/_arena.pyx":320
  *         self.spill = {"external": SPILL_EXTERNAL, "reallocate": SPILL_REALLOCATE,
  *                       "fail": SPILL_FAIL}[cfg.spill.value]
  *         self.allocation = {"strict": ALLOC_STRICT,             # <<<<<<<<<<<<<<
@@ -6967,44 +6977,44 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->allocation = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":318
+  /* "wsmem/_arena.pyx":322
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,             # <<<<<<<<<<<<<<
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
 */
-  __pyx_t_1 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 318, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(2); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 322, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_BLOCK_LEFT); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 318, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_BLOCK_LEFT); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 322, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_block_left, __pyx_t_2) < (0)) __PYX_ERR(0, 318, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_block_left, __pyx_t_2) < (0)) __PYX_ERR(0, 322, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":319
+  /* "wsmem/_arena.pyx":323
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]             # <<<<<<<<<<<<<<
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
  *                          "mmap": LOC_MMAP}[cfg.location.value]
 */
-  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_ENDOFBUFFER); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_RESET_ENDOFBUFFER); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 323, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_endofbuffer_reached, __pyx_t_2) < (0)) __PYX_ERR(0, 318, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_endofbuffer_reached, __pyx_t_2) < (0)) __PYX_ERR(0, 322, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_reset); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_reset); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 323, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 323, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_GetItem(__pyx_t_1, __pyx_t_3); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 323, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_2); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 323, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":318
+  /* "wsmem/_arena.pyx":322
  *         self.allocation = {"strict": ALLOC_STRICT,
  *                            "overallocate": ALLOC_OVERALLOCATE}[cfg.allocation.value]
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,             # <<<<<<<<<<<<<<
@@ -7013,52 +7023,52 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->reset = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":320
+  /* "wsmem/_arena.pyx":324
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,             # <<<<<<<<<<<<<<
  *                          "mmap": LOC_MMAP}[cfg.location.value]
  *         self.initial_size = cfg.initial_size
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyDict_NewPresized(4); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_HOST); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_HOST); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_host, __pyx_t_3) < (0)) __PYX_ERR(0, 320, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_host, __pyx_t_3) < (0)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_PINNED); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_PINNED); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_pinned, __pyx_t_3) < (0)) __PYX_ERR(0, 320, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_pinned, __pyx_t_3) < (0)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_DEVICE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 320, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_DEVICE); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_device, __pyx_t_3) < (0)) __PYX_ERR(0, 320, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_device, __pyx_t_3) < (0)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":321
+  /* "wsmem/_arena.pyx":325
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
  *                          "mmap": LOC_MMAP}[cfg.location.value]             # <<<<<<<<<<<<<<
  *         self.initial_size = cfg.initial_size
  *         self.min_size = cfg.min_size
 */
-  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_MMAP); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 321, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From___pyx_anon_enum(__pyx_e_5wsmem_6_arena_LOC_MMAP); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mmap, __pyx_t_3) < (0)) __PYX_ERR(0, 320, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mmap, __pyx_t_3) < (0)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 321, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_location); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 321, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_value); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 321, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyDict_GetItem(__pyx_t_2, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 321, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int(__pyx_t_3); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":320
+  /* "wsmem/_arena.pyx":324
  *         self.reset = {"block_left": RESET_BLOCK_LEFT,
  *                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,             # <<<<<<<<<<<<<<
@@ -7067,85 +7077,85 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->location = __pyx_t_4;
 
-  /* "wsmem/_arena.pyx":322
+  /* "wsmem/_arena.pyx":326
  *         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
  *                          "mmap": LOC_MMAP}[cfg.location.value]
  *         self.initial_size = cfg.initial_size             # <<<<<<<<<<<<<<
  *         self.min_size = cfg.min_size
  *         self.max_size = cfg.max_size
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_initial_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 322, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_initial_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 326, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 322, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 326, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->initial_size = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":323
+  /* "wsmem/_arena.pyx":327
  *                          "mmap": LOC_MMAP}[cfg.location.value]
  *         self.initial_size = cfg.initial_size
  *         self.min_size = cfg.min_size             # <<<<<<<<<<<<<<
  *         self.max_size = cfg.max_size
  *         self.cycles_before_init = cfg.cycles_before_init
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_min_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 323, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_min_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 323, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 327, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->min_size = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":324
+  /* "wsmem/_arena.pyx":328
  *         self.initial_size = cfg.initial_size
  *         self.min_size = cfg.min_size
  *         self.max_size = cfg.max_size             # <<<<<<<<<<<<<<
  *         self.cycles_before_init = cfg.cycles_before_init
  *         self.overallocation = cfg.overallocation_limit
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_max_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 324, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_max_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 328, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 324, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 328, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->max_size = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":325
+  /* "wsmem/_arena.pyx":329
  *         self.min_size = cfg.min_size
  *         self.max_size = cfg.max_size
  *         self.cycles_before_init = cfg.cycles_before_init             # <<<<<<<<<<<<<<
  *         self.overallocation = cfg.overallocation_limit
  *         self.alignment = cfg.effective_alignment
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_cycles_before_init); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 325, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_cycles_before_init); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 329, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 325, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 329, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->cycles_before_init = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":326
+  /* "wsmem/_arena.pyx":330
  *         self.max_size = cfg.max_size
  *         self.cycles_before_init = cfg.cycles_before_init
  *         self.overallocation = cfg.overallocation_limit             # <<<<<<<<<<<<<<
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_overallocation_limit); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 326, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_overallocation_limit); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 330, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_6 = __Pyx_PyFloat_AsDouble(__pyx_t_3); if (unlikely((__pyx_t_6 == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 326, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyFloat_AsDouble(__pyx_t_3); if (unlikely((__pyx_t_6 == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 330, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->overallocation = __pyx_t_6;
 
-  /* "wsmem/_arena.pyx":327
+  /* "wsmem/_arena.pyx":331
  *         self.cycles_before_init = cfg.cycles_before_init
  *         self.overallocation = cfg.overallocation_limit
  *         self.alignment = cfg.effective_alignment             # <<<<<<<<<<<<<<
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:
 */
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_effective_alignment); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 327, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_effective_alignment); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 331, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 327, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_As_size_t(__pyx_t_3); if (unlikely((__pyx_t_5 == (size_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 331, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_v_self->alignment = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":328
+  /* "wsmem/_arena.pyx":332
  *         self.overallocation = cfg.overallocation_limit
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE             # <<<<<<<<<<<<<<
@@ -7154,7 +7164,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   __pyx_v_self->initialized = (__pyx_v_self->learning == __pyx_e_5wsmem_6_arena_LEARN_NONE);
 
-  /* "wsmem/_arena.pyx":329
+  /* "wsmem/_arena.pyx":333
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:             # <<<<<<<<<<<<<<
@@ -7166,21 +7176,21 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   if (__pyx_t_7) {
 
 
-    /* "wsmem/_arena.pyx":330
+    /* "wsmem/_arena.pyx":334
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:             # <<<<<<<<<<<<<<
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")
  *                 os.close(fd)
 */
-    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 330, __pyx_L1_error)
+    __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 334, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __pyx_t_7 = (__pyx_t_3 == Py_None);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
     if (__pyx_t_7) {
 
 
-      /* "wsmem/_arena.pyx":331
+      /* "wsmem/_arena.pyx":335
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")             # <<<<<<<<<<<<<<
@@ -7188,9 +7198,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *                 self.mmap_temp = True
 */
       __pyx_t_1 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_tempfile); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_tempfile); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 335, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mkstemp); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 331, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_mkstemp); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 335, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
       #if CYTHON_VECTORCALL
@@ -7211,13 +7221,13 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         PyObject *__pyx_callargs[3] = {__pyx_t_1, __pyx_mstate_global->__pyx_kp_u_wsmem, __pyx_mstate_global->__pyx_kp_u_mmap_2};
         #if CYTHON_VECTORCALL
         __pyx_t_2 = __pyx_mstate_global->__pyx_tuple[0];
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 335, __pyx_L1_error)
         __Pyx_INCREF(__pyx_t_2);
         #else
         {
           PyObject *__pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_prefix, __pyx_mstate_global->__pyx_n_u_suffix};
           __pyx_t_2 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 2);
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 335, __pyx_L1_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         #endif
@@ -7227,7 +7237,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         #endif
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 331, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 335, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       if ((likely(PyTuple_CheckExact(__pyx_t_3))) || (PyList_CheckExact(__pyx_t_3))) {
@@ -7236,7 +7246,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         if (unlikely(size != 2)) {
           if (size > 2) __Pyx_RaiseTooManyValuesError(2);
           else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-          __PYX_ERR(0, 331, __pyx_L1_error)
+          __PYX_ERR(0, 335, __pyx_L1_error)
         }
         #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
         if (likely(PyTuple_CheckExact(sequence))) {
@@ -7246,22 +7256,22 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
           __Pyx_INCREF(__pyx_t_2);
         } else {
           __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 331, __pyx_L1_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 335, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_8);
           __pyx_t_2 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 335, __pyx_L1_error)
           __Pyx_XGOTREF(__pyx_t_2);
         }
         #else
-        __pyx_t_8 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 331, __pyx_L1_error)
+        __pyx_t_8 = __Pyx_PySequence_ITEM(sequence, 0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 335, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
-        __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 331, __pyx_L1_error)
+        __pyx_t_2 = __Pyx_PySequence_ITEM(sequence, 1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 335, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_2);
         #endif
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
       } else {
         Py_ssize_t index = -1;
-        __pyx_t_1 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 331, __pyx_L1_error)
+        __pyx_t_1 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 335, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_1);
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         __pyx_t_9 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_1);
@@ -7269,7 +7279,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         __Pyx_GOTREF(__pyx_t_8);
         index = 1; __pyx_t_2 = __pyx_t_9(__pyx_t_1); if (unlikely(!__pyx_t_2)) goto __pyx_L5_unpacking_failed;
         __Pyx_GOTREF(__pyx_t_2);
-        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_1), 2) < (0)) __PYX_ERR(0, 331, __pyx_L1_error)
+        if (__Pyx_IternextUnpackEndCheck(__pyx_t_9(__pyx_t_1), 2) < (0)) __PYX_ERR(0, 335, __pyx_L1_error)
         __pyx_t_9 = NULL;
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
         goto __pyx_L6_unpacking_done;
@@ -7277,7 +7287,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
         __pyx_t_9 = NULL;
         if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
-        __PYX_ERR(0, 331, __pyx_L1_error)
+        __PYX_ERR(0, 335, __pyx_L1_error)
         __pyx_L6_unpacking_done:;
       }
       __pyx_v_fd = __pyx_t_8;
@@ -7285,7 +7295,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
       __pyx_v_path = __pyx_t_2;
       __pyx_t_2 = 0;
 
-      /* "wsmem/_arena.pyx":332
+      /* "wsmem/_arena.pyx":336
  *             if cfg.mmap_path is None:
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")
  *                 os.close(fd)             # <<<<<<<<<<<<<<
@@ -7293,9 +7303,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *             else:
 */
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 332, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 336, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
-      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 332, __pyx_L1_error)
+      __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_close); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 336, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __pyx_t_5 = 1;
@@ -7315,12 +7325,12 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
         __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_1, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 332, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 336, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-      /* "wsmem/_arena.pyx":333
+      /* "wsmem/_arena.pyx":337
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")
  *                 os.close(fd)
  *                 self.mmap_temp = True             # <<<<<<<<<<<<<<
@@ -7329,7 +7339,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
       __pyx_v_self->mmap_temp = 1;
 
-      /* "wsmem/_arena.pyx":330
+      /* "wsmem/_arena.pyx":334
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:             # <<<<<<<<<<<<<<
@@ -7339,7 +7349,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
       goto __pyx_L4;
     }
 
-    /* "wsmem/_arena.pyx":335
+    /* "wsmem/_arena.pyx":339
  *                 self.mmap_temp = True
  *             else:
  *                 path = cfg.mmap_path             # <<<<<<<<<<<<<<
@@ -7347,12 +7357,12 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *             self.mmap_path = os.fsencode(path)
 */
     /*else*/ {
-      __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 335, __pyx_L1_error)
+      __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_cfg, __pyx_mstate_global->__pyx_n_u_mmap_path); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 339, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
       __pyx_v_path = __pyx_t_3;
       __pyx_t_3 = 0;
 
-      /* "wsmem/_arena.pyx":336
+      /* "wsmem/_arena.pyx":340
  *             else:
  *                 path = cfg.mmap_path
  *                 self.mmap_temp = False             # <<<<<<<<<<<<<<
@@ -7363,7 +7373,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
     }
     __pyx_L4:;
 
-    /* "wsmem/_arena.pyx":337
+    /* "wsmem/_arena.pyx":341
  *                 path = cfg.mmap_path
  *                 self.mmap_temp = False
  *             self.mmap_path = os.fsencode(path)             # <<<<<<<<<<<<<<
@@ -7371,9 +7381,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
  *         if self.allocation == ALLOC_OVERALLOCATE:
 */
     __pyx_t_1 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 337, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 337, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_fsencode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
     __pyx_t_5 = 1;
@@ -7393,16 +7403,16 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_8, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 337, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 341, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
-    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 337, __pyx_L1_error)
+    if (!(likely(PyBytes_CheckExact(__pyx_t_3))||((__pyx_t_3) == Py_None) || __Pyx_RaiseUnexpectedTypeError("bytes", __pyx_t_3))) __PYX_ERR(0, 341, __pyx_L1_error)
     __Pyx_GIVEREF(__pyx_t_3);
     __Pyx_GOTREF(__pyx_v_self->mmap_path);
     __Pyx_DECREF_SET(__pyx_v_self->mmap_path, ((PyObject*)__pyx_t_3));
     __pyx_t_3 = 0;
 
-    /* "wsmem/_arena.pyx":329
+    /* "wsmem/_arena.pyx":333
  *         self.alignment = cfg.effective_alignment
  *         self.initialized = self.learning == LEARN_NONE
  *         if self.location == LOC_MMAP:             # <<<<<<<<<<<<<<
@@ -7411,7 +7421,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":338
+  /* "wsmem/_arena.pyx":342
  *                 self.mmap_temp = False
  *             self.mmap_path = os.fsencode(path)
  *         cdef size_t initial = self.initial_size             # <<<<<<<<<<<<<<
@@ -7422,7 +7432,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 
   __pyx_v_initial = __pyx_t_5;
 
-  /* "wsmem/_arena.pyx":339
+  /* "wsmem/_arena.pyx":343
  *             self.mmap_path = os.fsencode(path)
  *         cdef size_t initial = self.initial_size
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7434,7 +7444,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   if (__pyx_t_7) {
 
 
-    /* "wsmem/_arena.pyx":340
+    /* "wsmem/_arena.pyx":344
  *         cdef size_t initial = self.initial_size
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             initial = <size_t>(initial * (1.0 + self.overallocation))             # <<<<<<<<<<<<<<
@@ -7443,7 +7453,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
     __pyx_v_initial = ((size_t)(__pyx_v_initial * (1.0 + __pyx_v_self->overallocation)));
 
-    /* "wsmem/_arena.pyx":339
+    /* "wsmem/_arena.pyx":343
  *             self.mmap_path = os.fsencode(path)
  *         cdef size_t initial = self.initial_size
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7452,7 +7462,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":341
+  /* "wsmem/_arena.pyx":345
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             initial = <size_t>(initial * (1.0 + self.overallocation))
  *         if self.max_size and initial > self.max_size:             # <<<<<<<<<<<<<<
@@ -7478,7 +7488,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   if (__pyx_t_7) {
 
 
-    /* "wsmem/_arena.pyx":342
+    /* "wsmem/_arena.pyx":346
  *             initial = <size_t>(initial * (1.0 + self.overallocation))
  *         if self.max_size and initial > self.max_size:
  *             initial = self.max_size             # <<<<<<<<<<<<<<
@@ -7489,7 +7499,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 
     __pyx_v_initial = __pyx_t_5;
 
-    /* "wsmem/_arena.pyx":341
+    /* "wsmem/_arena.pyx":345
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             initial = <size_t>(initial * (1.0 + self.overallocation))
  *         if self.max_size and initial > self.max_size:             # <<<<<<<<<<<<<<
@@ -7498,17 +7508,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
 */
   }
 
-  /* "wsmem/_arena.pyx":343
+  /* "wsmem/_arena.pyx":347
  *         if self.max_size and initial > self.max_size:
  *             initial = self.max_size
  *         self.set_capacity(initial)             # <<<<<<<<<<<<<<
  *         return 0
  * 
 */
-  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_initial); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 343, __pyx_L1_error)
+  __pyx_t_4 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_initial); if (unlikely(__pyx_t_4 == ((int)-1))) __PYX_ERR(0, 347, __pyx_L1_error)
 
 
-  /* "wsmem/_arena.pyx":344
+  /* "wsmem/_arena.pyx":348
  *             initial = self.max_size
  *         self.set_capacity(initial)
  *         return 0             # <<<<<<<<<<<<<<
@@ -7521,7 +7531,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":311
+  /* "wsmem/_arena.pyx":315
  *         self.n_holes = self.hole_index = 0
  * 
  *     cdef int _configure(self, object cfg) except -1:             # <<<<<<<<<<<<<<
@@ -7546,7 +7556,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena__configure(struct __pyx_obj_5wsmem_6_ar
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":346
+/* "wsmem/_arena.pyx":350
  *         return 0
  * 
  *     cdef size_t capacity(self) noexcept:             # <<<<<<<<<<<<<<
@@ -7559,7 +7569,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_capacity(struct __pyx_obj_5wsmem_6_a
   size_t __pyx_t_1;
   int __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":347
+  /* "wsmem/_arena.pyx":351
  * 
  *     cdef size_t capacity(self) noexcept:
  *         return self.main.size if self.main != NULL else 0             # <<<<<<<<<<<<<<
@@ -7581,7 +7591,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_capacity(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":346
+  /* "wsmem/_arena.pyx":350
  *         return 0
  * 
  *     cdef size_t capacity(self) noexcept:             # <<<<<<<<<<<<<<
@@ -7595,7 +7605,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_capacity(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":349
+/* "wsmem/_arena.pyx":353
  *         return self.main.size if self.main != NULL else 0
  * 
  *     cdef size_t learned_size(self, size_t peak) noexcept:             # <<<<<<<<<<<<<<
@@ -7610,7 +7620,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   size_t __pyx_t_2;
   int __pyx_t_3;
 
-  /* "wsmem/_arena.pyx":350
+  /* "wsmem/_arena.pyx":354
  * 
  *     cdef size_t learned_size(self, size_t peak) noexcept:
  *         cdef size_t t = peak             # <<<<<<<<<<<<<<
@@ -7619,7 +7629,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   __pyx_v_t = __pyx_v_peak;
 
-  /* "wsmem/_arena.pyx":351
+  /* "wsmem/_arena.pyx":355
  *     cdef size_t learned_size(self, size_t peak) noexcept:
  *         cdef size_t t = peak
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7631,7 +7641,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":352
+    /* "wsmem/_arena.pyx":356
  *         cdef size_t t = peak
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             t = <size_t>(peak * (1.0 + self.overallocation))             # <<<<<<<<<<<<<<
@@ -7640,7 +7650,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
     __pyx_v_t = ((size_t)(__pyx_v_peak * (1.0 + __pyx_v_self->overallocation)));
 
-    /* "wsmem/_arena.pyx":351
+    /* "wsmem/_arena.pyx":355
  *     cdef size_t learned_size(self, size_t peak) noexcept:
  *         cdef size_t t = peak
  *         if self.allocation == ALLOC_OVERALLOCATE:             # <<<<<<<<<<<<<<
@@ -7649,7 +7659,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_arena.pyx":353
+  /* "wsmem/_arena.pyx":357
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             t = <size_t>(peak * (1.0 + self.overallocation))
  *         if t < self.min_size:             # <<<<<<<<<<<<<<
@@ -7661,7 +7671,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":354
+    /* "wsmem/_arena.pyx":358
  *             t = <size_t>(peak * (1.0 + self.overallocation))
  *         if t < self.min_size:
  *             t = self.min_size             # <<<<<<<<<<<<<<
@@ -7672,7 +7682,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 
     __pyx_v_t = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":353
+    /* "wsmem/_arena.pyx":357
  *         if self.allocation == ALLOC_OVERALLOCATE:
  *             t = <size_t>(peak * (1.0 + self.overallocation))
  *         if t < self.min_size:             # <<<<<<<<<<<<<<
@@ -7681,7 +7691,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_arena.pyx":355
+  /* "wsmem/_arena.pyx":359
  *         if t < self.min_size:
  *             t = self.min_size
  *         if self.max_size and t > self.max_size:             # <<<<<<<<<<<<<<
@@ -7707,7 +7717,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":356
+    /* "wsmem/_arena.pyx":360
  *             t = self.min_size
  *         if self.max_size and t > self.max_size:
  *             t = self.max_size             # <<<<<<<<<<<<<<
@@ -7718,7 +7728,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 
     __pyx_v_t = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":355
+    /* "wsmem/_arena.pyx":359
  *         if t < self.min_size:
  *             t = self.min_size
  *         if self.max_size and t > self.max_size:             # <<<<<<<<<<<<<<
@@ -7727,7 +7737,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
 */
   }
 
-  /* "wsmem/_arena.pyx":357
+  /* "wsmem/_arena.pyx":361
  *         if self.max_size and t > self.max_size:
  *             t = self.max_size
  *         return t             # <<<<<<<<<<<<<<
@@ -7740,7 +7750,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":349
+  /* "wsmem/_arena.pyx":353
  *         return self.main.size if self.main != NULL else 0
  * 
  *     cdef size_t learned_size(self, size_t peak) noexcept:             # <<<<<<<<<<<<<<
@@ -7755,7 +7765,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_learned_size(struct __pyx_obj_5wsmem
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":359
+/* "wsmem/_arena.pyx":363
  *         return t
  * 
  *     cdef int set_capacity(self, size_t size) except -1:             # <<<<<<<<<<<<<<
@@ -7789,7 +7799,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("set_capacity", 0);
 
-  /* "wsmem/_arena.pyx":365
+  /* "wsmem/_arena.pyx":369
  *         pins still reference stays mapped until the last of them is released.
  *         """
  *         cdef Block* new = NULL             # <<<<<<<<<<<<<<
@@ -7798,7 +7808,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   __pyx_v_new = NULL;
 
-  /* "wsmem/_arena.pyx":366
+  /* "wsmem/_arena.pyx":370
  *         """
  *         cdef Block* new = NULL
  *         cdef Block* old = self.main             # <<<<<<<<<<<<<<
@@ -7809,7 +7819,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 
   __pyx_v_old = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":367
+  /* "wsmem/_arena.pyx":371
  *         cdef Block* new = NULL
  *         cdef Block* old = self.main
  *         if size == self.capacity():             # <<<<<<<<<<<<<<
@@ -7821,7 +7831,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":368
+    /* "wsmem/_arena.pyx":372
  *         cdef Block* old = self.main
  *         if size == self.capacity():
  *             return 0             # <<<<<<<<<<<<<<
@@ -7834,7 +7844,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":367
+    /* "wsmem/_arena.pyx":371
  *         cdef Block* new = NULL
  *         cdef Block* old = self.main
  *         if size == self.capacity():             # <<<<<<<<<<<<<<
@@ -7843,7 +7853,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":369
+  /* "wsmem/_arena.pyx":373
  *         if size == self.capacity():
  *             return 0
  *         if self.location == LOC_MMAP and old != NULL:             # <<<<<<<<<<<<<<
@@ -7869,7 +7879,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "wsmem/_arena.pyx":372
+    /* "wsmem/_arena.pyx":376
  *             # The file maps at offset 0: a second block would alias the first,
  *             # whose bytes live views may still read.
  *             raise WorkspaceError(             # <<<<<<<<<<<<<<
@@ -7877,27 +7887,27 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
  *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
 */
     __pyx_t_5 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 372, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 376, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
 
-    /* "wsmem/_arena.pyx":373
+    /* "wsmem/_arena.pyx":377
  *             # whose bytes live views may still read.
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} is file-backed (location='mmap'): its block has "             # <<<<<<<<<<<<<<
  *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
  *                 f"workspace with the initial_size you need.")
 */
-    __pyx_t_7 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 373, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 377, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
 
-    /* "wsmem/_arena.pyx":374
+    /* "wsmem/_arena.pyx":378
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} is file-backed (location='mmap'): its block has "
  *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "             # <<<<<<<<<<<<<<
  *                 f"workspace with the initial_size you need.")
  *         if size > 0:
 */
-    __pyx_t_8 = __Pyx_PyUnicode_From_size_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self), 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 374, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_From_size_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self), 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 378, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __pyx_t_9[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_9[1] = __pyx_t_7;
@@ -7905,7 +7915,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
     __pyx_t_9[3] = __pyx_t_8;
     __pyx_t_9[4] = __pyx_mstate_global->__pyx_kp_u_and_cannot_be_resized_Create_th;
 
-    /* "wsmem/_arena.pyx":373
+    /* "wsmem/_arena.pyx":377
  *             # whose bytes live views may still read.
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} is file-backed (location='mmap'): its block has "             # <<<<<<<<<<<<<<
@@ -7921,7 +7931,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
     __pyx_t_11 |= __Pyx_PyUnicode_KIND_04(__pyx_t_9[1]);
     #endif
     __pyx_t_12 = __Pyx_PyUnicode_Join(__pyx_t_9, 5, __pyx_t_10, __pyx_t_11);
-    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 373, __pyx_L1_error)
+    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 377, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
@@ -7943,14 +7953,14 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 372, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 376, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 372, __pyx_L1_error)
+    __PYX_ERR(0, 376, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":369
+    /* "wsmem/_arena.pyx":373
  *         if size == self.capacity():
  *             return 0
  *         if self.location == LOC_MMAP and old != NULL:             # <<<<<<<<<<<<<<
@@ -7959,7 +7969,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":376
+  /* "wsmem/_arena.pyx":380
  *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
  *                 f"workspace with the initial_size you need.")
  *         if size > 0:             # <<<<<<<<<<<<<<
@@ -7971,17 +7981,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":377
+    /* "wsmem/_arena.pyx":381
  *                 f"workspace with the initial_size you need.")
  *         if size > 0:
  *             new = _block_new(self.state, size, True, self)             # <<<<<<<<<<<<<<
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:
 */
-    __pyx_t_1 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_size, 1, __pyx_v_self); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 377, __pyx_L1_error)
+    __pyx_t_1 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_size, 1, __pyx_v_self); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 381, __pyx_L1_error)
     __pyx_v_new = __pyx_t_1;
 
-    /* "wsmem/_arena.pyx":378
+    /* "wsmem/_arena.pyx":382
  *         if size > 0:
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:             # <<<<<<<<<<<<<<
@@ -8004,7 +8014,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":379
+      /* "wsmem/_arena.pyx":383
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:             # <<<<<<<<<<<<<<
@@ -8020,7 +8030,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
         __Pyx_XGOTREF(__pyx_t_16);
         /*try:*/ {
 
-          /* "wsmem/_arena.pyx":380
+          /* "wsmem/_arena.pyx":384
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:
  *                     os.unlink(self.mmap_path)             # <<<<<<<<<<<<<<
@@ -8028,9 +8038,9 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
  *                     pass
 */
           __pyx_t_6 = NULL;
-          __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 380, __pyx_L11_error)
+          __Pyx_GetModuleGlobalName(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 384, __pyx_L11_error)
           __Pyx_GOTREF(__pyx_t_12);
-          __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_unlink); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 380, __pyx_L11_error)
+          __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_12, __pyx_mstate_global->__pyx_n_u_unlink); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 384, __pyx_L11_error)
           __Pyx_GOTREF(__pyx_t_5);
           __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
           __pyx_t_13 = 1;
@@ -8050,12 +8060,12 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
             __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_13, (2-__pyx_t_13) | (__pyx_t_13*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
             __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 380, __pyx_L11_error)
+            if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 384, __pyx_L11_error)
             __Pyx_GOTREF(__pyx_t_4);
           }
           __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-          /* "wsmem/_arena.pyx":379
+          /* "wsmem/_arena.pyx":383
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:             # <<<<<<<<<<<<<<
@@ -8075,7 +8085,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
         __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
 
-        /* "wsmem/_arena.pyx":381
+        /* "wsmem/_arena.pyx":385
  *                 try:
  *                     os.unlink(self.mmap_path)
  *                 except OSError:             # <<<<<<<<<<<<<<
@@ -8089,7 +8099,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
         }
         goto __pyx_L13_except_error;
 
-        /* "wsmem/_arena.pyx":379
+        /* "wsmem/_arena.pyx":383
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:
  *                 try:             # <<<<<<<<<<<<<<
@@ -8110,7 +8120,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
         __pyx_L16_try_end:;
       }
 
-      /* "wsmem/_arena.pyx":378
+      /* "wsmem/_arena.pyx":382
  *         if size > 0:
  *             new = _block_new(self.state, size, True, self)
  *             if self.location == LOC_MMAP and self.mmap_temp:             # <<<<<<<<<<<<<<
@@ -8119,7 +8129,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
     }
 
-    /* "wsmem/_arena.pyx":376
+    /* "wsmem/_arena.pyx":380
  *                 f"the fixed size {self.capacity()} and cannot be resized. Create the "
  *                 f"workspace with the initial_size you need.")
  *         if size > 0:             # <<<<<<<<<<<<<<
@@ -8128,7 +8138,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":383
+  /* "wsmem/_arena.pyx":387
  *                 except OSError:
  *                     pass
  *         self.main = new             # <<<<<<<<<<<<<<
@@ -8137,7 +8147,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   __pyx_v_self->main = __pyx_v_new;
 
-  /* "wsmem/_arena.pyx":384
+  /* "wsmem/_arena.pyx":388
  *                     pass
  *         self.main = new
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -8147,7 +8157,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":385
+  /* "wsmem/_arena.pyx":389
  *         self.main = new
  *         self.cursor = self.limit = 0
  *         if old != NULL:             # <<<<<<<<<<<<<<
@@ -8159,7 +8169,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":386
+    /* "wsmem/_arena.pyx":390
  *         self.cursor = self.limit = 0
  *         if old != NULL:
  *             _block_decref(old)             # <<<<<<<<<<<<<<
@@ -8168,7 +8178,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
     __pyx_f_5wsmem_6_arena__block_decref(__pyx_v_old);
 
-    /* "wsmem/_arena.pyx":385
+    /* "wsmem/_arena.pyx":389
  *         self.main = new
  *         self.cursor = self.limit = 0
  *         if old != NULL:             # <<<<<<<<<<<<<<
@@ -8177,7 +8187,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":387
+  /* "wsmem/_arena.pyx":391
  *         if old != NULL:
  *             _block_decref(old)
  *         return 0             # <<<<<<<<<<<<<<
@@ -8190,7 +8200,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":359
+  /* "wsmem/_arena.pyx":363
  *         return t
  * 
  *     cdef int set_capacity(self, size_t size) except -1:             # <<<<<<<<<<<<<<
@@ -8216,7 +8226,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_set_capacity(struct __pyx_obj_5wsmem_6_
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":389
+/* "wsmem/_arena.pyx":393
  *         return 0
  * 
  *     cdef int begin_cycle(self) except -1:             # <<<<<<<<<<<<<<
@@ -8246,7 +8256,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("begin_cycle", 0);
 
-  /* "wsmem/_arena.pyx":391
+  /* "wsmem/_arena.pyx":395
  *     cdef int begin_cycle(self) except -1:
  *         """Start a cycle: next generation, cursor at the first free hole."""
  *         cdef size_t* ranges = NULL             # <<<<<<<<<<<<<<
@@ -8255,7 +8265,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_ranges = NULL;
 
-  /* "wsmem/_arena.pyx":393
+  /* "wsmem/_arena.pyx":397
  *         cdef size_t* ranges = NULL
  *         cdef size_t n, i, k, start, end, prev_end
  *         self.generation += 1             # <<<<<<<<<<<<<<
@@ -8264,7 +8274,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_self->generation = (__pyx_v_self->generation + 1);
 
-  /* "wsmem/_arena.pyx":394
+  /* "wsmem/_arena.pyx":398
  *         cdef size_t n, i, k, start, end, prev_end
  *         self.generation += 1
  *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0             # <<<<<<<<<<<<<<
@@ -8275,7 +8285,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   __pyx_v_self->spilled_bytes = 0;
   __pyx_v_self->spilled_count = 0;
 
-  /* "wsmem/_arena.pyx":395
+  /* "wsmem/_arena.pyx":399
  *         self.generation += 1
  *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
  *         self.spill_held = 0             # <<<<<<<<<<<<<<
@@ -8284,7 +8294,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_self->spill_held = 0;
 
-  /* "wsmem/_arena.pyx":396
+  /* "wsmem/_arena.pyx":400
  *         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
  *         self.spill_held = 0
  *         self.n_holes = self.hole_index = 0             # <<<<<<<<<<<<<<
@@ -8294,7 +8304,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   __pyx_v_self->n_holes = 0;
   __pyx_v_self->hole_index = 0;
 
-  /* "wsmem/_arena.pyx":397
+  /* "wsmem/_arena.pyx":401
  *         self.spill_held = 0
  *         self.n_holes = self.hole_index = 0
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -8304,7 +8314,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":398
+  /* "wsmem/_arena.pyx":402
  *         self.n_holes = self.hole_index = 0
  *         self.cursor = self.limit = 0
  *         if self.main == NULL:             # <<<<<<<<<<<<<<
@@ -8316,7 +8326,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":399
+    /* "wsmem/_arena.pyx":403
  *         self.cursor = self.limit = 0
  *         if self.main == NULL:
  *             return 0             # <<<<<<<<<<<<<<
@@ -8329,7 +8339,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":398
+    /* "wsmem/_arena.pyx":402
  *         self.n_holes = self.hole_index = 0
  *         self.cursor = self.limit = 0
  *         if self.main == NULL:             # <<<<<<<<<<<<<<
@@ -8338,7 +8348,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":400
+  /* "wsmem/_arena.pyx":404
  *         if self.main == NULL:
  *             return 0
  *         if self.main.n_pins == 0:             # <<<<<<<<<<<<<<
@@ -8350,7 +8360,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":401
+    /* "wsmem/_arena.pyx":405
  *             return 0
  *         if self.main.n_pins == 0:
  *             self.limit = self.main.size             # <<<<<<<<<<<<<<
@@ -8361,7 +8371,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 
     __pyx_v_self->limit = __pyx_t_2;
 
-    /* "wsmem/_arena.pyx":402
+    /* "wsmem/_arena.pyx":406
  *         if self.main.n_pins == 0:
  *             self.limit = self.main.size
  *             return 0             # <<<<<<<<<<<<<<
@@ -8374,7 +8384,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":400
+    /* "wsmem/_arena.pyx":404
  *         if self.main == NULL:
  *             return 0
  *         if self.main.n_pins == 0:             # <<<<<<<<<<<<<<
@@ -8383,17 +8393,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":404
+  /* "wsmem/_arena.pyx":408
  *             return 0
  *         # Pinned ranges survive from earlier cycles: allocate only in the gaps.
  *         n = _merged_ranges(self.main, &ranges)             # <<<<<<<<<<<<<<
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
 */
-  __pyx_t_2 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_self->main, (&__pyx_v_ranges)); if (unlikely(__pyx_t_2 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 404, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_self->main, (&__pyx_v_ranges)); if (unlikely(__pyx_t_2 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 408, __pyx_L1_error)
   __pyx_v_n = __pyx_t_2;
 
-  /* "wsmem/_arena.pyx":405
+  /* "wsmem/_arena.pyx":409
  *         # Pinned ranges survive from earlier cycles: allocate only in the gaps.
  *         n = _merged_ranges(self.main, &ranges)
  *         free(self.holes)             # <<<<<<<<<<<<<<
@@ -8402,7 +8412,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   free(__pyx_v_self->holes);
 
-  /* "wsmem/_arena.pyx":406
+  /* "wsmem/_arena.pyx":410
  *         n = _merged_ranges(self.main, &ranges)
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))             # <<<<<<<<<<<<<<
@@ -8411,7 +8421,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_self->holes = ((size_t *)malloc(((2 * (__pyx_v_n + 1)) * (sizeof(size_t)))));
 
-  /* "wsmem/_arena.pyx":407
+  /* "wsmem/_arena.pyx":411
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
  *         if self.holes == NULL:             # <<<<<<<<<<<<<<
@@ -8423,7 +8433,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":408
+    /* "wsmem/_arena.pyx":412
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
  *         if self.holes == NULL:
  *             free(ranges)             # <<<<<<<<<<<<<<
@@ -8432,7 +8442,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     free(__pyx_v_ranges);
 
-    /* "wsmem/_arena.pyx":409
+    /* "wsmem/_arena.pyx":413
  *         if self.holes == NULL:
  *             free(ranges)
  *             raise MemoryError("wsmem: out of memory for the hole list")             # <<<<<<<<<<<<<<
@@ -8445,14 +8455,14 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_wsmem_out_of_memory_for_the_hole};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_MemoryError)), __pyx_callargs+__pyx_t_2, (2-__pyx_t_2) | (__pyx_t_2*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 409, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 413, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 409, __pyx_L1_error)
+    __PYX_ERR(0, 413, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":407
+    /* "wsmem/_arena.pyx":411
  *         free(self.holes)
  *         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
  *         if self.holes == NULL:             # <<<<<<<<<<<<<<
@@ -8461,7 +8471,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":410
+  /* "wsmem/_arena.pyx":414
  *             free(ranges)
  *             raise MemoryError("wsmem: out of memory for the hole list")
  *         k = 0             # <<<<<<<<<<<<<<
@@ -8470,7 +8480,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_k = 0;
 
-  /* "wsmem/_arena.pyx":411
+  /* "wsmem/_arena.pyx":415
  *             raise MemoryError("wsmem: out of memory for the hole list")
  *         k = 0
  *         prev_end = 0             # <<<<<<<<<<<<<<
@@ -8479,7 +8489,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_prev_end = 0;
 
-  /* "wsmem/_arena.pyx":412
+  /* "wsmem/_arena.pyx":416
  *         k = 0
  *         prev_end = 0
  *         for i in range(n + 1):             # <<<<<<<<<<<<<<
@@ -8493,7 +8503,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
     __pyx_v_i = __pyx_t_6;
 
-    /* "wsmem/_arena.pyx":413
+    /* "wsmem/_arena.pyx":417
  *         prev_end = 0
  *         for i in range(n + 1):
  *             end = ranges[2 * i] if i < n else self.main.size             # <<<<<<<<<<<<<<
@@ -8512,7 +8522,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 
     __pyx_v_end = __pyx_t_7;
 
-    /* "wsmem/_arena.pyx":414
+    /* "wsmem/_arena.pyx":418
  *         for i in range(n + 1):
  *             end = ranges[2 * i] if i < n else self.main.size
  *             start = _round_up(prev_end, self.alignment)             # <<<<<<<<<<<<<<
@@ -8521,7 +8531,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_start = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_prev_end, __pyx_v_self->alignment);
 
-    /* "wsmem/_arena.pyx":415
+    /* "wsmem/_arena.pyx":419
  *             end = ranges[2 * i] if i < n else self.main.size
  *             start = _round_up(prev_end, self.alignment)
  *             if end > start:             # <<<<<<<<<<<<<<
@@ -8533,7 +8543,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_arena.pyx":416
+      /* "wsmem/_arena.pyx":420
  *             start = _round_up(prev_end, self.alignment)
  *             if end > start:
  *                 self.holes[2 * k] = start             # <<<<<<<<<<<<<<
@@ -8542,7 +8552,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       (__pyx_v_self->holes[(2 * __pyx_v_k)]) = __pyx_v_start;
 
-      /* "wsmem/_arena.pyx":417
+      /* "wsmem/_arena.pyx":421
  *             if end > start:
  *                 self.holes[2 * k] = start
  *                 self.holes[2 * k + 1] = end             # <<<<<<<<<<<<<<
@@ -8551,7 +8561,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       (__pyx_v_self->holes[((2 * __pyx_v_k) + 1)]) = __pyx_v_end;
 
-      /* "wsmem/_arena.pyx":418
+      /* "wsmem/_arena.pyx":422
  *                 self.holes[2 * k] = start
  *                 self.holes[2 * k + 1] = end
  *                 k += 1             # <<<<<<<<<<<<<<
@@ -8560,7 +8570,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       __pyx_v_k = (__pyx_v_k + 1);
 
-      /* "wsmem/_arena.pyx":415
+      /* "wsmem/_arena.pyx":419
  *             end = ranges[2 * i] if i < n else self.main.size
  *             start = _round_up(prev_end, self.alignment)
  *             if end > start:             # <<<<<<<<<<<<<<
@@ -8569,7 +8579,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     }
 
-    /* "wsmem/_arena.pyx":419
+    /* "wsmem/_arena.pyx":423
  *                 self.holes[2 * k + 1] = end
  *                 k += 1
  *             if i < n:             # <<<<<<<<<<<<<<
@@ -8581,7 +8591,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_arena.pyx":420
+      /* "wsmem/_arena.pyx":424
  *                 k += 1
  *             if i < n:
  *                 prev_end = ranges[2 * i + 1]             # <<<<<<<<<<<<<<
@@ -8590,7 +8600,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
       __pyx_v_prev_end = (__pyx_v_ranges[((2 * __pyx_v_i) + 1)]);
 
-      /* "wsmem/_arena.pyx":419
+      /* "wsmem/_arena.pyx":423
  *                 self.holes[2 * k + 1] = end
  *                 k += 1
  *             if i < n:             # <<<<<<<<<<<<<<
@@ -8601,7 +8611,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   }
 
 
-  /* "wsmem/_arena.pyx":421
+  /* "wsmem/_arena.pyx":425
  *             if i < n:
  *                 prev_end = ranges[2 * i + 1]
  *         free(ranges)             # <<<<<<<<<<<<<<
@@ -8610,7 +8620,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   free(__pyx_v_ranges);
 
-  /* "wsmem/_arena.pyx":422
+  /* "wsmem/_arena.pyx":426
  *                 prev_end = ranges[2 * i + 1]
  *         free(ranges)
  *         self.n_holes = k             # <<<<<<<<<<<<<<
@@ -8619,7 +8629,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_self->n_holes = __pyx_v_k;
 
-  /* "wsmem/_arena.pyx":423
+  /* "wsmem/_arena.pyx":427
  *         free(ranges)
  *         self.n_holes = k
  *         if k > 0:             # <<<<<<<<<<<<<<
@@ -8631,7 +8641,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":424
+    /* "wsmem/_arena.pyx":428
  *         self.n_holes = k
  *         if k > 0:
  *             self.cursor = self.holes[0]             # <<<<<<<<<<<<<<
@@ -8640,7 +8650,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_self->cursor = (__pyx_v_self->holes[0]);
 
-    /* "wsmem/_arena.pyx":425
+    /* "wsmem/_arena.pyx":429
  *         if k > 0:
  *             self.cursor = self.holes[0]
  *             self.limit = self.holes[1]             # <<<<<<<<<<<<<<
@@ -8649,7 +8659,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_self->limit = (__pyx_v_self->holes[1]);
 
-    /* "wsmem/_arena.pyx":426
+    /* "wsmem/_arena.pyx":430
  *             self.cursor = self.holes[0]
  *             self.limit = self.holes[1]
  *             self.hole_index = 1             # <<<<<<<<<<<<<<
@@ -8658,7 +8668,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
     __pyx_v_self->hole_index = 1;
 
-    /* "wsmem/_arena.pyx":423
+    /* "wsmem/_arena.pyx":427
  *         free(ranges)
  *         self.n_holes = k
  *         if k > 0:             # <<<<<<<<<<<<<<
@@ -8667,7 +8677,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":427
+  /* "wsmem/_arena.pyx":431
  *             self.limit = self.holes[1]
  *             self.hole_index = 1
  *         return 0             # <<<<<<<<<<<<<<
@@ -8680,7 +8690,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":389
+  /* "wsmem/_arena.pyx":393
  *         return 0
  * 
  *     cdef int begin_cycle(self) except -1:             # <<<<<<<<<<<<<<
@@ -8707,7 +8717,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_begin_cycle(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":429
+/* "wsmem/_arena.pyx":433
  *         return 0
  * 
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -8744,7 +8754,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("alloc_slow", 0);
 
-  /* "wsmem/_arena.pyx":431
+  /* "wsmem/_arena.pyx":435
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:
  *         cdef size_t sz, s, e
  *         if nbytes == 0:             # <<<<<<<<<<<<<<
@@ -8756,7 +8766,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":432
+    /* "wsmem/_arena.pyx":436
  *         cdef size_t sz, s, e
  *         if nbytes == 0:
  *             block[0] = NULL             # <<<<<<<<<<<<<<
@@ -8765,7 +8775,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     (__pyx_v_block[0]) = NULL;
 
-    /* "wsmem/_arena.pyx":433
+    /* "wsmem/_arena.pyx":437
  *         if nbytes == 0:
  *             block[0] = NULL
  *             return wsmem_zero_area             # <<<<<<<<<<<<<<
@@ -8778,7 +8788,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":431
+    /* "wsmem/_arena.pyx":435
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:
  *         cdef size_t sz, s, e
  *         if nbytes == 0:             # <<<<<<<<<<<<<<
@@ -8787,7 +8797,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":434
+  /* "wsmem/_arena.pyx":438
  *             block[0] = NULL
  *             return wsmem_zero_area
  *         if nbytes >= MAX_REQUEST:             # <<<<<<<<<<<<<<
@@ -8799,7 +8809,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":435
+    /* "wsmem/_arena.pyx":439
  *             return wsmem_zero_area
  *         if nbytes >= MAX_REQUEST:
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")             # <<<<<<<<<<<<<<
@@ -8807,7 +8817,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:
 */
     __pyx_t_3 = NULL;
-    __pyx_t_4 = __Pyx_PyUnicode_From_size_t(__pyx_v_nbytes, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 435, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_From_size_t(__pyx_v_nbytes, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 439, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_5[0] = __pyx_mstate_global->__pyx_kp_u_cannot_allocate;
     __pyx_t_5[1] = __pyx_t_4;
@@ -8818,7 +8828,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     #endif
     __pyx_t_7 = 0;
     __pyx_t_8 = __Pyx_PyUnicode_Join(__pyx_t_5, 3, __pyx_t_6, __pyx_t_7);
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 435, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 439, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_9 = 1;
@@ -8827,14 +8837,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 435, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 439, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 435, __pyx_L1_error)
+    __PYX_ERR(0, 439, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":434
+    /* "wsmem/_arena.pyx":438
  *             block[0] = NULL
  *             return wsmem_zero_area
  *         if nbytes >= MAX_REQUEST:             # <<<<<<<<<<<<<<
@@ -8843,7 +8853,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":436
+  /* "wsmem/_arena.pyx":440
  *         if nbytes >= MAX_REQUEST:
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
  *         sz = _round_up(nbytes, self.alignment)             # <<<<<<<<<<<<<<
@@ -8852,7 +8862,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   __pyx_v_sz = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_nbytes, __pyx_v_self->alignment);
 
-  /* "wsmem/_arena.pyx":437
+  /* "wsmem/_arena.pyx":441
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
  *         sz = _round_up(nbytes, self.alignment)
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -8864,20 +8874,20 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":438
+    /* "wsmem/_arena.pyx":442
  *         sz = _round_up(nbytes, self.alignment)
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:
  *             return self.spill_alloc(nbytes, block)             # <<<<<<<<<<<<<<
  *         while self.hole_index < self.n_holes:
  *             s = self.holes[2 * self.hole_index]
 */
-    __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 438, __pyx_L1_error)
+    __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 442, __pyx_L1_error)
     {
       __pyx_r = __pyx_t_10;
     }
     goto __pyx_L0;
 
-    /* "wsmem/_arena.pyx":437
+    /* "wsmem/_arena.pyx":441
  *             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
  *         sz = _round_up(nbytes, self.alignment)
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:             # <<<<<<<<<<<<<<
@@ -8886,7 +8896,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":439
+  /* "wsmem/_arena.pyx":443
  *         if _debug_mode == DEBUG_SPILL_EVERYTHING:
  *             return self.spill_alloc(nbytes, block)
  *         while self.hole_index < self.n_holes:             # <<<<<<<<<<<<<<
@@ -8899,7 +8909,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 
     if (!__pyx_t_1) break;
 
-    /* "wsmem/_arena.pyx":440
+    /* "wsmem/_arena.pyx":444
  *             return self.spill_alloc(nbytes, block)
  *         while self.hole_index < self.n_holes:
  *             s = self.holes[2 * self.hole_index]             # <<<<<<<<<<<<<<
@@ -8908,7 +8918,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     __pyx_v_s = (__pyx_v_self->holes[(2 * __pyx_v_self->hole_index)]);
 
-    /* "wsmem/_arena.pyx":441
+    /* "wsmem/_arena.pyx":445
  *         while self.hole_index < self.n_holes:
  *             s = self.holes[2 * self.hole_index]
  *             e = self.holes[2 * self.hole_index + 1]             # <<<<<<<<<<<<<<
@@ -8917,7 +8927,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     __pyx_v_e = (__pyx_v_self->holes[((2 * __pyx_v_self->hole_index) + 1)]);
 
-    /* "wsmem/_arena.pyx":442
+    /* "wsmem/_arena.pyx":446
  *             s = self.holes[2 * self.hole_index]
  *             e = self.holes[2 * self.hole_index + 1]
  *             self.hole_index += 1             # <<<<<<<<<<<<<<
@@ -8926,7 +8936,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
     __pyx_v_self->hole_index = (__pyx_v_self->hole_index + 1);
 
-    /* "wsmem/_arena.pyx":443
+    /* "wsmem/_arena.pyx":447
  *             e = self.holes[2 * self.hole_index + 1]
  *             self.hole_index += 1
  *             if e - s >= sz:             # <<<<<<<<<<<<<<
@@ -8938,7 +8948,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     if (__pyx_t_1) {
 
 
-      /* "wsmem/_arena.pyx":444
+      /* "wsmem/_arena.pyx":448
  *             self.hole_index += 1
  *             if e - s >= sz:
  *                 self.cursor = s + sz             # <<<<<<<<<<<<<<
@@ -8947,7 +8957,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
       __pyx_v_self->cursor = (__pyx_v_s + __pyx_v_sz);
 
-      /* "wsmem/_arena.pyx":445
+      /* "wsmem/_arena.pyx":449
  *             if e - s >= sz:
  *                 self.cursor = s + sz
  *                 self.limit = e             # <<<<<<<<<<<<<<
@@ -8956,7 +8966,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
       __pyx_v_self->limit = __pyx_v_e;
 
-      /* "wsmem/_arena.pyx":446
+      /* "wsmem/_arena.pyx":450
  *                 self.cursor = s + sz
  *                 self.limit = e
  *                 self.cycle_bytes += sz             # <<<<<<<<<<<<<<
@@ -8965,7 +8975,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
       __pyx_v_self->cycle_bytes = (__pyx_v_self->cycle_bytes + __pyx_v_sz);
 
-      /* "wsmem/_arena.pyx":447
+      /* "wsmem/_arena.pyx":451
  *                 self.limit = e
  *                 self.cycle_bytes += sz
  *                 block[0] = self.main             # <<<<<<<<<<<<<<
@@ -8977,7 +8987,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       (__pyx_v_block[0]) = __pyx_t_11;
 
 
-      /* "wsmem/_arena.pyx":448
+      /* "wsmem/_arena.pyx":452
  *                 self.cycle_bytes += sz
  *                 block[0] = self.main
  *                 return self.main.region.ptr + s             # <<<<<<<<<<<<<<
@@ -8990,7 +9000,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       }
       goto __pyx_L0;
 
-      /* "wsmem/_arena.pyx":443
+      /* "wsmem/_arena.pyx":447
  *             e = self.holes[2 * self.hole_index + 1]
  *             self.hole_index += 1
  *             if e - s >= sz:             # <<<<<<<<<<<<<<
@@ -9000,7 +9010,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     }
   }
 
-  /* "wsmem/_arena.pyx":449
+  /* "wsmem/_arena.pyx":453
  *                 block[0] = self.main
  *                 return self.main.region.ptr + s
  *         if self.initialized and self.spill == SPILL_FAIL:             # <<<<<<<<<<<<<<
@@ -9022,7 +9032,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":450
+    /* "wsmem/_arena.pyx":454
  *                 return self.main.region.ptr + s
  *         if self.initialized and self.spill == SPILL_FAIL:
  *             raise WorkspaceOverflowError(             # <<<<<<<<<<<<<<
@@ -9030,57 +9040,57 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "
 */
     __pyx_t_8 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 450, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 454, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
 
-    /* "wsmem/_arena.pyx":451
+    /* "wsmem/_arena.pyx":455
  *         if self.initialized and self.spill == SPILL_FAIL:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "             # <<<<<<<<<<<<<<
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
 */
-    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 451, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
-    __Pyx_GetModuleGlobalName(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 451, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_13, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
-    __pyx_t_14 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 451, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
-    __pyx_t_15 = __Pyx_PyObject_CallOneArg(__pyx_t_13, __pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 451, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_CallOneArg(__pyx_t_13, __pyx_t_14); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
-    __pyx_t_14 = __Pyx_PyObject_FormatSimple(__pyx_t_15, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 451, __pyx_L1_error)
+    __pyx_t_14 = __Pyx_PyObject_FormatSimple(__pyx_t_15, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_14)) __PYX_ERR(0, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_14);
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
 
-    /* "wsmem/_arena.pyx":452
+    /* "wsmem/_arena.pyx":456
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "             # <<<<<<<<<<<<<<
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
  *                 self._stats_or_none())
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_15, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 452, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_15, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 456, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
-    __pyx_t_13 = __Pyx_PyLong_FromSize_t((__pyx_v_self->limit - __pyx_v_self->cursor)); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 452, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyLong_FromSize_t((__pyx_v_self->limit - __pyx_v_self->cursor)); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 456, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
-    __pyx_t_16 = __Pyx_PyObject_CallOneArg(__pyx_t_15, __pyx_t_13); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 452, __pyx_L1_error)
+    __pyx_t_16 = __Pyx_PyObject_CallOneArg(__pyx_t_15, __pyx_t_13); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 456, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_16);
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-    __pyx_t_13 = __Pyx_PyObject_FormatSimple(__pyx_t_16, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 452, __pyx_L1_error)
+    __pyx_t_13 = __Pyx_PyObject_FormatSimple(__pyx_t_16, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 456, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
-    __Pyx_GetModuleGlobalName(__pyx_t_16, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 452, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_16, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_16)) __PYX_ERR(0, 456, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_16);
-    __pyx_t_15 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 452, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 456, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
-    __pyx_t_17 = __Pyx_PyObject_CallOneArg(__pyx_t_16, __pyx_t_15); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 452, __pyx_L1_error)
+    __pyx_t_17 = __Pyx_PyObject_CallOneArg(__pyx_t_16, __pyx_t_15); if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 456, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_17);
     __Pyx_DECREF(__pyx_t_16); __pyx_t_16 = 0;
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
-    __pyx_t_15 = __Pyx_PyObject_FormatSimple(__pyx_t_17, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 452, __pyx_L1_error)
+    __pyx_t_15 = __Pyx_PyObject_FormatSimple(__pyx_t_17, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 456, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_15);
     __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
     __pyx_t_18[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
@@ -9093,7 +9103,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     __pyx_t_18[7] = __pyx_t_15;
     __pyx_t_18[8] = __pyx_mstate_global->__pyx_kp_u_spill_fail_Raise_initial_size_o;
 
-    /* "wsmem/_arena.pyx":451
+    /* "wsmem/_arena.pyx":455
  *         if self.initialized and self.spill == SPILL_FAIL:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "             # <<<<<<<<<<<<<<
@@ -9115,14 +9125,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
     }
     #endif
     __pyx_t_17 = __Pyx_PyUnicode_Join(__pyx_t_18, 9, __pyx_t_6, __pyx_t_7);
-    if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 451, __pyx_L1_error)
+    if (unlikely(!__pyx_t_17)) __PYX_ERR(0, 455, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_17);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_DECREF(__pyx_t_14); __pyx_t_14 = 0;
     __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
     __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
 
-    /* "wsmem/_arena.pyx":454
+    /* "wsmem/_arena.pyx":458
  *                 f"{_nbytes_str(self.limit - self.cursor)} left of {_nbytes_str(self.capacity())} "
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
  *                 self._stats_or_none())             # <<<<<<<<<<<<<<
@@ -9136,7 +9146,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       PyObject *__pyx_callargs[2] = {__pyx_t_13, NULL};
       __pyx_t_15 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_callargs+__pyx_t_9, (1-__pyx_t_9) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_13); __pyx_t_13 = 0;
-      if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 454, __pyx_L1_error)
+      if (unlikely(!__pyx_t_15)) __PYX_ERR(0, 458, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_15);
     }
     __pyx_t_9 = 1;
@@ -9158,14 +9168,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
       __Pyx_DECREF(__pyx_t_17); __pyx_t_17 = 0;
       __Pyx_DECREF(__pyx_t_15); __pyx_t_15 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 450, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 454, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 450, __pyx_L1_error)
+    __PYX_ERR(0, 454, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":449
+    /* "wsmem/_arena.pyx":453
  *                 block[0] = self.main
  *                 return self.main.region.ptr + s
  *         if self.initialized and self.spill == SPILL_FAIL:             # <<<<<<<<<<<<<<
@@ -9174,20 +9184,20 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
 */
   }
 
-  /* "wsmem/_arena.pyx":455
+  /* "wsmem/_arena.pyx":459
  *                 f"(spill='fail'). Raise initial_size, or use spill='external' or 'reallocate'.",
  *                 self._stats_or_none())
  *         return self.spill_alloc(nbytes, block)             # <<<<<<<<<<<<<<
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:
 */
-  __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 455, __pyx_L1_error)
+  __pyx_t_10 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->spill_alloc(__pyx_v_self, __pyx_v_nbytes, __pyx_v_block); if (unlikely(__pyx_t_10 == ((void *)NULL))) __PYX_ERR(0, 459, __pyx_L1_error)
   {
     __pyx_r = __pyx_t_10;
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":429
+  /* "wsmem/_arena.pyx":433
  *         return 0
  * 
  *     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -9217,7 +9227,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_alloc_slow(struct __pyx_obj_5wsmem_6_
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":457
+/* "wsmem/_arena.pyx":461
  *         return self.spill_alloc(nbytes, block)
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -9252,7 +9262,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("spill_alloc", 0);
 
-  /* "wsmem/_arena.pyx":458
+  /* "wsmem/_arena.pyx":462
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:
  *         cdef size_t sz = _round_up(nbytes, self.alignment)             # <<<<<<<<<<<<<<
@@ -9261,7 +9271,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_sz = __pyx_f_5wsmem_6_arena__round_up(__pyx_v_nbytes, __pyx_v_self->alignment);
 
-  /* "wsmem/_arena.pyx":460
+  /* "wsmem/_arena.pyx":464
  *         cdef size_t sz = _round_up(nbytes, self.alignment)
  *         cdef Block* b
  *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:             # <<<<<<<<<<<<<<
@@ -9287,7 +9297,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":461
+    /* "wsmem/_arena.pyx":465
  *         cdef Block* b
  *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:
  *             raise WorkspaceOverflowError(             # <<<<<<<<<<<<<<
@@ -9295,67 +9305,67 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 461, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_WorkspaceOverflowError); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 465, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
 
-    /* "wsmem/_arena.pyx":462
+    /* "wsmem/_arena.pyx":466
  *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="             # <<<<<<<<<<<<<<
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
  *                 f"{_nbytes_str(self.spill_held)} spilled and held this cycle). Raise max_size, "
 */
-    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 462, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 466, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 462, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 466, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 462, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyLong_FromSize_t(__pyx_v_sz); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 466, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_9 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_8); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 462, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_8); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 466, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-    __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_9, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 462, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyObject_FormatSimple(__pyx_t_9, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 466, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
 
-    /* "wsmem/_arena.pyx":463
+    /* "wsmem/_arena.pyx":467
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "             # <<<<<<<<<<<<<<
  *                 f"{_nbytes_str(self.spill_held)} spilled and held this cycle). Raise max_size, "
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
 */
-    __pyx_t_9 = __Pyx_PyUnicode_From_size_t(__pyx_v_self->max_size, 0, ' ', 'd'); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 463, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyUnicode_From_size_t(__pyx_v_self->max_size, 0, ' ', 'd'); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 467, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 463, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 467, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_10 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 463, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyLong_FromSize_t(((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->capacity(__pyx_v_self)); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 467, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
-    __pyx_t_11 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_10); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 463, __pyx_L1_error)
+    __pyx_t_11 = __Pyx_PyObject_CallOneArg(__pyx_t_7, __pyx_t_10); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 467, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-    __pyx_t_10 = __Pyx_PyObject_FormatSimple(__pyx_t_11, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 463, __pyx_L1_error)
+    __pyx_t_10 = __Pyx_PyObject_FormatSimple(__pyx_t_11, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 467, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
 
-    /* "wsmem/_arena.pyx":464
+    /* "wsmem/_arena.pyx":468
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="
  *                 f"{self.max_size} ({_nbytes_str(self.capacity())} block + "
  *                 f"{_nbytes_str(self.spill_held)} spilled and held this cycle). Raise max_size, "             # <<<<<<<<<<<<<<
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
  *                 self._stats_or_none())
 */
-    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 464, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_11, __pyx_mstate_global->__pyx_n_u_nbytes_str); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 468, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
-    __pyx_t_7 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spill_held); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 464, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spill_held); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 468, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_12 = __Pyx_PyObject_CallOneArg(__pyx_t_11, __pyx_t_7); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 464, __pyx_L1_error)
+    __pyx_t_12 = __Pyx_PyObject_CallOneArg(__pyx_t_11, __pyx_t_7); if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 468, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_t_12, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 464, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyObject_FormatSimple(__pyx_t_12, __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 468, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
     __pyx_t_13[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
@@ -9370,7 +9380,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
     __pyx_t_13[9] = __pyx_t_7;
     __pyx_t_13[10] = __pyx_mstate_global->__pyx_kp_u_spilled_and_held_this_cycle_Rai;
 
-    /* "wsmem/_arena.pyx":462
+    /* "wsmem/_arena.pyx":466
  *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:
  *             raise WorkspaceOverflowError(
  *                 f"workspace {self.name!r}: {_nbytes_str(sz)} more would exceed max_size="             # <<<<<<<<<<<<<<
@@ -9389,7 +9399,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
     __pyx_t_15 |= __Pyx_PyUnicode_KIND_04(__pyx_t_13[1]) | __Pyx_PyUnicode_KIND_04(__pyx_t_13[3]) | __Pyx_PyUnicode_KIND_04(__pyx_t_13[7]) | __Pyx_PyUnicode_KIND_04(__pyx_t_13[9]);
     #endif
     __pyx_t_12 = __Pyx_PyUnicode_Join(__pyx_t_13, 11, __pyx_t_14, __pyx_t_15);
-    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 462, __pyx_L1_error)
+    if (unlikely(!__pyx_t_12)) __PYX_ERR(0, 466, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_12);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
@@ -9397,7 +9407,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
     __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
 
-    /* "wsmem/_arena.pyx":466
+    /* "wsmem/_arena.pyx":470
  *                 f"{_nbytes_str(self.spill_held)} spilled and held this cycle). Raise max_size, "
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
  *                 self._stats_or_none())             # <<<<<<<<<<<<<<
@@ -9411,7 +9421,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
       PyObject *__pyx_callargs[2] = {__pyx_t_10, NULL};
       __pyx_t_7 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_callargs+__pyx_t_16, (1-__pyx_t_16) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 466, __pyx_L1_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 470, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_7);
     }
     __pyx_t_16 = 1;
@@ -9433,14 +9443,14 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
       __Pyx_DECREF(__pyx_t_12); __pyx_t_12 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 461, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 465, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 461, __pyx_L1_error)
+    __PYX_ERR(0, 465, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":460
+    /* "wsmem/_arena.pyx":464
  *         cdef size_t sz = _round_up(nbytes, self.alignment)
  *         cdef Block* b
  *         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:             # <<<<<<<<<<<<<<
@@ -9449,17 +9459,17 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   }
 
-  /* "wsmem/_arena.pyx":467
+  /* "wsmem/_arena.pyx":471
  *                 f"allocate less per cycle, or allocate outside it with wsmem.scope_out().",
  *                 self._stats_or_none())
  *         b = _block_new(self.state, sz, False, self)             # <<<<<<<<<<<<<<
  *         b.next_spill = self.state.spills
  *         if self.state.spills != NULL:
 */
-  __pyx_t_17 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_sz, 0, __pyx_v_self); if (unlikely(__pyx_t_17 == ((void *)NULL))) __PYX_ERR(0, 467, __pyx_L1_error)
+  __pyx_t_17 = __pyx_f_5wsmem_6_arena__block_new(__pyx_v_self->state, __pyx_v_sz, 0, __pyx_v_self); if (unlikely(__pyx_t_17 == ((void *)NULL))) __PYX_ERR(0, 471, __pyx_L1_error)
   __pyx_v_b = __pyx_t_17;
 
-  /* "wsmem/_arena.pyx":468
+  /* "wsmem/_arena.pyx":472
  *                 self._stats_or_none())
  *         b = _block_new(self.state, sz, False, self)
  *         b.next_spill = self.state.spills             # <<<<<<<<<<<<<<
@@ -9470,7 +9480,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 
   __pyx_v_b->next_spill = __pyx_t_17;
 
-  /* "wsmem/_arena.pyx":469
+  /* "wsmem/_arena.pyx":473
  *         b = _block_new(self.state, sz, False, self)
  *         b.next_spill = self.state.spills
  *         if self.state.spills != NULL:             # <<<<<<<<<<<<<<
@@ -9482,7 +9492,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   if (__pyx_t_1) {
 
 
-    /* "wsmem/_arena.pyx":470
+    /* "wsmem/_arena.pyx":474
  *         b.next_spill = self.state.spills
  *         if self.state.spills != NULL:
  *             self.state.spills.prev_spill = b             # <<<<<<<<<<<<<<
@@ -9491,7 +9501,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
     __pyx_v_self->state->spills->prev_spill = __pyx_v_b;
 
-    /* "wsmem/_arena.pyx":469
+    /* "wsmem/_arena.pyx":473
  *         b = _block_new(self.state, sz, False, self)
  *         b.next_spill = self.state.spills
  *         if self.state.spills != NULL:             # <<<<<<<<<<<<<<
@@ -9500,7 +9510,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   }
 
-  /* "wsmem/_arena.pyx":471
+  /* "wsmem/_arena.pyx":475
  *         if self.state.spills != NULL:
  *             self.state.spills.prev_spill = b
  *         self.state.spills = b             # <<<<<<<<<<<<<<
@@ -9509,7 +9519,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->state->spills = __pyx_v_b;
 
-  /* "wsmem/_arena.pyx":472
+  /* "wsmem/_arena.pyx":476
  *             self.state.spills.prev_spill = b
  *         self.state.spills = b
  *         b.in_spills = True             # <<<<<<<<<<<<<<
@@ -9518,7 +9528,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_b->in_spills = 1;
 
-  /* "wsmem/_arena.pyx":473
+  /* "wsmem/_arena.pyx":477
  *         self.state.spills = b
  *         b.in_spills = True
  *         self.spill_held += sz             # <<<<<<<<<<<<<<
@@ -9527,7 +9537,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->spill_held = (__pyx_v_self->spill_held + __pyx_v_sz);
 
-  /* "wsmem/_arena.pyx":474
+  /* "wsmem/_arena.pyx":478
  *         b.in_spills = True
  *         self.spill_held += sz
  *         self.spilled_bytes += sz             # <<<<<<<<<<<<<<
@@ -9536,7 +9546,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->spilled_bytes = (__pyx_v_self->spilled_bytes + __pyx_v_sz);
 
-  /* "wsmem/_arena.pyx":475
+  /* "wsmem/_arena.pyx":479
  *         self.spill_held += sz
  *         self.spilled_bytes += sz
  *         self.spilled_count += 1             # <<<<<<<<<<<<<<
@@ -9545,7 +9555,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->spilled_count = (__pyx_v_self->spilled_count + 1);
 
-  /* "wsmem/_arena.pyx":476
+  /* "wsmem/_arena.pyx":480
  *         self.spilled_bytes += sz
  *         self.spilled_count += 1
  *         self.cycle_bytes += sz             # <<<<<<<<<<<<<<
@@ -9554,7 +9564,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   __pyx_v_self->cycle_bytes = (__pyx_v_self->cycle_bytes + __pyx_v_sz);
 
-  /* "wsmem/_arena.pyx":477
+  /* "wsmem/_arena.pyx":481
  *         self.spilled_count += 1
  *         self.cycle_bytes += sz
  *         block[0] = b             # <<<<<<<<<<<<<<
@@ -9563,7 +9573,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
 */
   (__pyx_v_block[0]) = __pyx_v_b;
 
-  /* "wsmem/_arena.pyx":478
+  /* "wsmem/_arena.pyx":482
  *         self.cycle_bytes += sz
  *         block[0] = b
  *         return b.region.ptr             # <<<<<<<<<<<<<<
@@ -9576,7 +9586,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":457
+  /* "wsmem/_arena.pyx":461
  *         return self.spill_alloc(nbytes, block)
  * 
  *     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:             # <<<<<<<<<<<<<<
@@ -9606,7 +9616,7 @@ static char *__pyx_f_5wsmem_6_arena_5Arena_spill_alloc(struct __pyx_obj_5wsmem_6
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":480
+/* "wsmem/_arena.pyx":484
  *         return b.region.ptr
  * 
  *     cdef int end_cycle(self) except -1:             # <<<<<<<<<<<<<<
@@ -9634,7 +9644,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("end_cycle", 0);
 
-  /* "wsmem/_arena.pyx":483
+  /* "wsmem/_arena.pyx":487
  *         """Close the cycle: free spills, learn, grow; the generation's arrays go stale."""
  *         cdef size_t target
  *         self._drop_spills()             # <<<<<<<<<<<<<<
@@ -9643,7 +9653,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_spills(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":484
+  /* "wsmem/_arena.pyx":488
  *         cdef size_t target
  *         self._drop_spills()
  *         self.cycles += 1             # <<<<<<<<<<<<<<
@@ -9652,7 +9662,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   __pyx_v_self->cycles = (__pyx_v_self->cycles + 1);
 
-  /* "wsmem/_arena.pyx":485
+  /* "wsmem/_arena.pyx":489
  *         self._drop_spills()
  *         self.cycles += 1
  *         self.last_cycle_bytes = self.cycle_bytes             # <<<<<<<<<<<<<<
@@ -9663,7 +9673,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
   __pyx_v_self->last_cycle_bytes = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":486
+  /* "wsmem/_arena.pyx":490
  *         self.cycles += 1
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:             # <<<<<<<<<<<<<<
@@ -9675,7 +9685,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":487
+    /* "wsmem/_arena.pyx":491
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:
  *             self.peak_cycle_bytes = self.cycle_bytes             # <<<<<<<<<<<<<<
@@ -9686,7 +9696,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
     __pyx_v_self->peak_cycle_bytes = __pyx_t_1;
 
-    /* "wsmem/_arena.pyx":486
+    /* "wsmem/_arena.pyx":490
  *         self.cycles += 1
  *         self.last_cycle_bytes = self.cycle_bytes
  *         if self.cycle_bytes > self.peak_cycle_bytes:             # <<<<<<<<<<<<<<
@@ -9695,7 +9705,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   }
 
-  /* "wsmem/_arena.pyx":488
+  /* "wsmem/_arena.pyx":492
  *         if self.cycle_bytes > self.peak_cycle_bytes:
  *             self.peak_cycle_bytes = self.cycle_bytes
  *         self.cursor = self.limit = 0             # <<<<<<<<<<<<<<
@@ -9705,7 +9715,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   __pyx_v_self->cursor = 0;
   __pyx_v_self->limit = 0;
 
-  /* "wsmem/_arena.pyx":489
+  /* "wsmem/_arena.pyx":493
  *             self.peak_cycle_bytes = self.cycle_bytes
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0             # <<<<<<<<<<<<<<
@@ -9715,7 +9725,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   __pyx_v_self->n_holes = 0;
   __pyx_v_self->hole_index = 0;
 
-  /* "wsmem/_arena.pyx":490
+  /* "wsmem/_arena.pyx":494
  *         self.cursor = self.limit = 0
  *         self.n_holes = self.hole_index = 0
  *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)             # <<<<<<<<<<<<<<
@@ -9724,7 +9734,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   if (!__pyx_v_self->init_pending) {
   } else {
-    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->init_pending); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 490, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->init_pending); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 494, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_3 = __pyx_t_4;
     __pyx_t_4 = 0;
@@ -9735,7 +9745,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_t_2) {
 
   } else {
-    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 490, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 494, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_3 = __pyx_t_4;
     __pyx_t_4 = 0;
@@ -9744,7 +9754,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   }
   __pyx_t_2 = (__pyx_v_self->learning != __pyx_e_5wsmem_6_arena_LEARN_NONE);
 
-  __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 490, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 494, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_3 = __pyx_t_4;
   __pyx_t_4 = 0;
@@ -9753,7 +9763,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   __pyx_v_learn = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":491
+  /* "wsmem/_arena.pyx":495
  *         self.n_holes = self.hole_index = 0
  *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
@@ -9762,7 +9772,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   if (__pyx_v_self->initialized) {
   } else {
-    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->initialized); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 491, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_v_self->initialized); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 495, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_3 = __pyx_t_4;
     __pyx_t_4 = 0;
@@ -9773,7 +9783,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_t_2) {
 
   } else {
-    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 491, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 495, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_3 = __pyx_t_4;
     __pyx_t_4 = 0;
@@ -9781,7 +9791,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":492
+  /* "wsmem/_arena.pyx":496
  *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *                 and _debug_mode == DEBUG_OFF)             # <<<<<<<<<<<<<<
@@ -9791,21 +9801,21 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_v_self->spilled_bytes) {
   } else {
 
-    /* "wsmem/_arena.pyx":491
+    /* "wsmem/_arena.pyx":495
  *         self.n_holes = self.hole_index = 0
  *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes             # <<<<<<<<<<<<<<
  *                 and _debug_mode == DEBUG_OFF)
  *         if learn or grow:
 */
-    __pyx_t_4 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spilled_bytes); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 491, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_FromSize_t(__pyx_v_self->spilled_bytes); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 495, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_3 = __pyx_t_4;
     __pyx_t_4 = 0;
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":492
+  /* "wsmem/_arena.pyx":496
  *         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *                 and _debug_mode == DEBUG_OFF)             # <<<<<<<<<<<<<<
@@ -9814,7 +9824,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   __pyx_t_2 = (__pyx_v_5wsmem_6_arena__debug_mode == __pyx_e_5wsmem_6_arena_DEBUG_OFF);
 
-  __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 492, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyBool_FromLong(__pyx_t_2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 496, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_3 = __pyx_t_4;
   __pyx_t_4 = 0;
@@ -9823,14 +9833,14 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   __pyx_v_grow = __pyx_t_3;
   __pyx_t_3 = 0;
 
-  /* "wsmem/_arena.pyx":493
+  /* "wsmem/_arena.pyx":497
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *                 and _debug_mode == DEBUG_OFF)
  *         if learn or grow:             # <<<<<<<<<<<<<<
  *             # What the next cycle needs: this cycle's bytes, plus what is still
  *             # pinned now (arrays that outlive the cycle, such as a loop's last
 */
-  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_learn); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 493, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_learn); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 497, __pyx_L1_error)
   if (!__pyx_t_5) {
 
   } else {
@@ -9839,7 +9849,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
     goto __pyx_L12_bool_binop_done;
   }
-  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_grow); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 493, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v_grow); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(0, 497, __pyx_L1_error)
 
   __pyx_t_2 = __pyx_t_5;
 
@@ -9847,7 +9857,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":497
+    /* "wsmem/_arena.pyx":501
  *             # pinned now (arrays that outlive the cycle, such as a loop's last
  *             # results still bound to names when the next cycle starts).
  *             need = self.cycle_bytes + self.pinned_bytes()             # <<<<<<<<<<<<<<
@@ -9856,7 +9866,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_need = (__pyx_v_self->cycle_bytes + ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->pinned_bytes(__pyx_v_self));
 
-    /* "wsmem/_arena.pyx":498
+    /* "wsmem/_arena.pyx":502
  *             # results still bound to names when the next cycle starts).
  *             need = self.cycle_bytes + self.pinned_bytes()
  *             if need > self.learn_peak:             # <<<<<<<<<<<<<<
@@ -9868,7 +9878,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":499
+      /* "wsmem/_arena.pyx":503
  *             need = self.cycle_bytes + self.pinned_bytes()
  *             if need > self.learn_peak:
  *                 self.learn_peak = need             # <<<<<<<<<<<<<<
@@ -9877,7 +9887,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
       __pyx_v_self->learn_peak = __pyx_v_need;
 
-      /* "wsmem/_arena.pyx":498
+      /* "wsmem/_arena.pyx":502
  *             # results still bound to names when the next cycle starts).
  *             need = self.cycle_bytes + self.pinned_bytes()
  *             if need > self.learn_peak:             # <<<<<<<<<<<<<<
@@ -9886,7 +9896,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     }
 
-    /* "wsmem/_arena.pyx":493
+    /* "wsmem/_arena.pyx":497
  *         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
  *                 and _debug_mode == DEBUG_OFF)
  *         if learn or grow:             # <<<<<<<<<<<<<<
@@ -9895,7 +9905,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
   }
 
-  /* "wsmem/_arena.pyx":502
+  /* "wsmem/_arena.pyx":506
  *         # first_loop learns from the first cycle that allocated anything: an
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
@@ -9919,7 +9929,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":503
+  /* "wsmem/_arena.pyx":507
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (
  *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or             # <<<<<<<<<<<<<<
@@ -9946,7 +9956,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   }
   __pyx_L19_next_or:;
 
-  /* "wsmem/_arena.pyx":504
+  /* "wsmem/_arena.pyx":508
  *         if self.init_pending or (not self.initialized and (
  *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
  *                 (self.learning == LEARN_OVER_TIME and             # <<<<<<<<<<<<<<
@@ -9964,7 +9974,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "wsmem/_arena.pyx":505
+  /* "wsmem/_arena.pyx":509
  *                 (self.learning == LEARN_FIRST_LOOP and self.cycle_bytes > 0) or
  *                 (self.learning == LEARN_OVER_TIME and
  *                  self.cycles >= max(self.cycles_before_init, 1)))):             # <<<<<<<<<<<<<<
@@ -9993,7 +10003,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 
   __pyx_L16_bool_binop_done:;
 
-  /* "wsmem/_arena.pyx":502
+  /* "wsmem/_arena.pyx":506
  *         # first_loop learns from the first cycle that allocated anything: an
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
@@ -10003,7 +10013,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":506
+    /* "wsmem/_arena.pyx":510
  *                 (self.learning == LEARN_OVER_TIME and
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
  *             self.initialized = True             # <<<<<<<<<<<<<<
@@ -10012,7 +10022,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_self->initialized = 1;
 
-    /* "wsmem/_arena.pyx":507
+    /* "wsmem/_arena.pyx":511
  *                  self.cycles >= max(self.cycles_before_init, 1)))):
  *             self.initialized = True
  *             self.init_pending = False             # <<<<<<<<<<<<<<
@@ -10021,17 +10031,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_self->init_pending = 0;
 
-    /* "wsmem/_arena.pyx":508
+    /* "wsmem/_arena.pyx":512
  *             self.initialized = True
  *             self.init_pending = False
  *             self.set_capacity(self.learned_size(self.learn_peak))             # <<<<<<<<<<<<<<
  *         elif grow:
  *             target = self.learned_size(need)
 */
-    __pyx_t_8 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_self->learn_peak)); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 508, __pyx_L1_error)
+    __pyx_t_8 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_self->learn_peak)); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 512, __pyx_L1_error)
 
 
-    /* "wsmem/_arena.pyx":502
+    /* "wsmem/_arena.pyx":506
  *         # first_loop learns from the first cycle that allocated anything: an
  *         # empty first cycle would otherwise size the block to 0 for good.
  *         if self.init_pending or (not self.initialized and (             # <<<<<<<<<<<<<<
@@ -10041,18 +10051,18 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     goto __pyx_L15;
   }
 
-  /* "wsmem/_arena.pyx":509
+  /* "wsmem/_arena.pyx":513
  *             self.init_pending = False
  *             self.set_capacity(self.learned_size(self.learn_peak))
  *         elif grow:             # <<<<<<<<<<<<<<
  *             target = self.learned_size(need)
  *             if target > self.capacity():
 */
-  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_grow); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 509, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_IsTrue(__pyx_v_grow); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 513, __pyx_L1_error)
   if (__pyx_t_2) {
 
 
-    /* "wsmem/_arena.pyx":510
+    /* "wsmem/_arena.pyx":514
  *             self.set_capacity(self.learned_size(self.learn_peak))
  *         elif grow:
  *             target = self.learned_size(need)             # <<<<<<<<<<<<<<
@@ -10061,7 +10071,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     __pyx_v_target = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->learned_size(__pyx_v_self, __pyx_v_need);
 
-    /* "wsmem/_arena.pyx":511
+    /* "wsmem/_arena.pyx":515
  *         elif grow:
  *             target = self.learned_size(need)
  *             if target > self.capacity():             # <<<<<<<<<<<<<<
@@ -10073,17 +10083,17 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":512
+      /* "wsmem/_arena.pyx":516
  *             target = self.learned_size(need)
  *             if target > self.capacity():
  *                 self.set_capacity(target)             # <<<<<<<<<<<<<<
  *         return 0
  * 
 */
-      __pyx_t_8 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 512, __pyx_L1_error)
+      __pyx_t_8 = ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->set_capacity(__pyx_v_self, __pyx_v_target); if (unlikely(__pyx_t_8 == ((int)-1))) __PYX_ERR(0, 516, __pyx_L1_error)
 
 
-      /* "wsmem/_arena.pyx":511
+      /* "wsmem/_arena.pyx":515
  *         elif grow:
  *             target = self.learned_size(need)
  *             if target > self.capacity():             # <<<<<<<<<<<<<<
@@ -10092,7 +10102,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 */
     }
 
-    /* "wsmem/_arena.pyx":509
+    /* "wsmem/_arena.pyx":513
  *             self.init_pending = False
  *             self.set_capacity(self.learned_size(self.learn_peak))
  *         elif grow:             # <<<<<<<<<<<<<<
@@ -10102,7 +10112,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   }
   __pyx_L15:;
 
-  /* "wsmem/_arena.pyx":513
+  /* "wsmem/_arena.pyx":517
  *             if target > self.capacity():
  *                 self.set_capacity(target)
  *         return 0             # <<<<<<<<<<<<<<
@@ -10115,7 +10125,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":480
+  /* "wsmem/_arena.pyx":484
  *         return b.region.ptr
  * 
  *     cdef int end_cycle(self) except -1:             # <<<<<<<<<<<<<<
@@ -10139,7 +10149,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":515
+/* "wsmem/_arena.pyx":519
  *         return 0
  * 
  *     cdef int release_all(self) except -1:             # <<<<<<<<<<<<<<
@@ -10150,7 +10160,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_end_cycle(struct __pyx_obj_5wsmem_6_are
 static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_arena_Arena *__pyx_v_self) {
   int __pyx_r;
 
-  /* "wsmem/_arena.pyx":517
+  /* "wsmem/_arena.pyx":521
  *     cdef int release_all(self) except -1:
  *         """destroy(): drop every block; pinned ones live on until released."""
  *         self._drop_blocks()             # <<<<<<<<<<<<<<
@@ -10159,7 +10169,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
 */
   ((struct __pyx_vtabstruct_5wsmem_6_arena_Arena *)__pyx_v_self->__pyx_vtab)->_drop_blocks(__pyx_v_self);
 
-  /* "wsmem/_arena.pyx":518
+  /* "wsmem/_arena.pyx":522
  *         """destroy(): drop every block; pinned ones live on until released."""
  *         self._drop_blocks()
  *         return 0             # <<<<<<<<<<<<<<
@@ -10172,7 +10182,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":515
+  /* "wsmem/_arena.pyx":519
  *         return 0
  * 
  *     cdef int release_all(self) except -1:             # <<<<<<<<<<<<<<
@@ -10186,7 +10196,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_release_all(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":520
+/* "wsmem/_arena.pyx":524
  *         return 0
  * 
  *     cdef int check_owner(self) except -1:             # <<<<<<<<<<<<<<
@@ -10215,7 +10225,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("check_owner", 0);
 
-  /* "wsmem/_arena.pyx":521
+  /* "wsmem/_arena.pyx":525
  * 
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()             # <<<<<<<<<<<<<<
@@ -10224,7 +10234,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
 */
   __pyx_v_me = PyThread_get_thread_ident();
 
-  /* "wsmem/_arena.pyx":522
+  /* "wsmem/_arena.pyx":526
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:             # <<<<<<<<<<<<<<
@@ -10236,7 +10246,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "wsmem/_arena.pyx":523
+    /* "wsmem/_arena.pyx":527
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:
  *             raise WorkspaceError(             # <<<<<<<<<<<<<<
@@ -10244,29 +10254,29 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
 */
     __pyx_t_3 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 523, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_WorkspaceError); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 527, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
 
-    /* "wsmem/_arena.pyx":524
+    /* "wsmem/_arena.pyx":528
  *         if me != self.owner_thread:
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "             # <<<<<<<<<<<<<<
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
  *                 f"thread with wsmem.get_workspace(name, cfg).")
 */
-    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 524, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->name), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 528, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_self->owner_thread, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 524, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_self->owner_thread, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 528, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
 
-    /* "wsmem/_arena.pyx":525
+    /* "wsmem/_arena.pyx":529
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "             # <<<<<<<<<<<<<<
  *                 f"thread with wsmem.get_workspace(name, cfg).")
  *         return 0
 */
-    __pyx_t_7 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_me, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 525, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_unsigned_long(__pyx_v_me, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 529, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_8[0] = __pyx_mstate_global->__pyx_kp_u_workspace;
     __pyx_t_8[1] = __pyx_t_5;
@@ -10276,7 +10286,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
     __pyx_t_8[5] = __pyx_t_7;
     __pyx_t_8[6] = __pyx_mstate_global->__pyx_kp_u_Workspaces_are_per_thread_creat;
 
-    /* "wsmem/_arena.pyx":524
+    /* "wsmem/_arena.pyx":528
  *         if me != self.owner_thread:
  *             raise WorkspaceError(
  *                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "             # <<<<<<<<<<<<<<
@@ -10292,7 +10302,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
     __pyx_t_10 |= __Pyx_PyUnicode_KIND_04(__pyx_t_8[1]);
     #endif
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_8, 7, __pyx_t_9, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 524, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 528, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -10315,14 +10325,14 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 523, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 527, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 523, __pyx_L1_error)
+    __PYX_ERR(0, 527, __pyx_L1_error)
 
-    /* "wsmem/_arena.pyx":522
+    /* "wsmem/_arena.pyx":526
  *     cdef int check_owner(self) except -1:
  *         cdef unsigned long me = PyThread_get_thread_ident()
  *         if me != self.owner_thread:             # <<<<<<<<<<<<<<
@@ -10331,7 +10341,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
 */
   }
 
-  /* "wsmem/_arena.pyx":527
+  /* "wsmem/_arena.pyx":531
  *                 f"this thread ({me}). Workspaces are per thread: create one in each "
  *                 f"thread with wsmem.get_workspace(name, cfg).")
  *         return 0             # <<<<<<<<<<<<<<
@@ -10344,7 +10354,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":520
+  /* "wsmem/_arena.pyx":524
  *         return 0
  * 
  *     cdef int check_owner(self) except -1:             # <<<<<<<<<<<<<<
@@ -10370,7 +10380,7 @@ static int __pyx_f_5wsmem_6_arena_5Arena_check_owner(struct __pyx_obj_5wsmem_6_a
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":529
+/* "wsmem/_arena.pyx":533
  *         return 0
  * 
  *     cdef size_t pinned_bytes(self) noexcept:             # <<<<<<<<<<<<<<
@@ -10400,7 +10410,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("pinned_bytes", 0);
 
-  /* "wsmem/_arena.pyx":531
+  /* "wsmem/_arena.pyx":535
  *     cdef size_t pinned_bytes(self) noexcept:
  *         """Bytes kept out of reuse by live exports, line-rounded, over all blocks."""
  *         cdef Block* b = self.state.blocks             # <<<<<<<<<<<<<<
@@ -10411,7 +10421,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":532
+  /* "wsmem/_arena.pyx":536
  *         """Bytes kept out of reuse by live exports, line-rounded, over all blocks."""
  *         cdef Block* b = self.state.blocks
  *         cdef size_t total = 0, n, i             # <<<<<<<<<<<<<<
@@ -10420,7 +10430,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
   __pyx_v_total = 0;
 
-  /* "wsmem/_arena.pyx":533
+  /* "wsmem/_arena.pyx":537
  *         cdef Block* b = self.state.blocks
  *         cdef size_t total = 0, n, i
  *         cdef size_t* r = NULL             # <<<<<<<<<<<<<<
@@ -10429,7 +10439,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
   __pyx_v_r = NULL;
 
-  /* "wsmem/_arena.pyx":534
+  /* "wsmem/_arena.pyx":538
  *         cdef size_t total = 0, n, i
  *         cdef size_t* r = NULL
  *         while b != NULL:             # <<<<<<<<<<<<<<
@@ -10442,7 +10452,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 
     if (!__pyx_t_2) break;
 
-    /* "wsmem/_arena.pyx":535
+    /* "wsmem/_arena.pyx":539
  *         cdef size_t* r = NULL
  *         while b != NULL:
  *             if b.n_pins:             # <<<<<<<<<<<<<<
@@ -10454,7 +10464,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
     if (__pyx_t_2) {
 
 
-      /* "wsmem/_arena.pyx":536
+      /* "wsmem/_arena.pyx":540
  *         while b != NULL:
  *             if b.n_pins:
  *                 if b.is_main:             # <<<<<<<<<<<<<<
@@ -10463,7 +10473,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
       if (__pyx_v_b->is_main) {
 
-        /* "wsmem/_arena.pyx":537
+        /* "wsmem/_arena.pyx":541
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -10479,17 +10489,17 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           __Pyx_XGOTREF(__pyx_t_5);
           /*try:*/ {
 
-            /* "wsmem/_arena.pyx":538
+            /* "wsmem/_arena.pyx":542
  *                 if b.is_main:
  *                     try:
  *                         n = _merged_ranges(b, &r)             # <<<<<<<<<<<<<<
  *                     except MemoryError:
  *                         n = 0
 */
-            __pyx_t_6 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_b, (&__pyx_v_r)); if (unlikely(__pyx_t_6 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 538, __pyx_L7_error)
+            __pyx_t_6 = __pyx_f_5wsmem_6_arena__merged_ranges(__pyx_v_b, (&__pyx_v_r)); if (unlikely(__pyx_t_6 == ((size_t)0) && PyErr_Occurred())) __PYX_ERR(0, 542, __pyx_L7_error)
             __pyx_v_n = __pyx_t_6;
 
-            /* "wsmem/_arena.pyx":537
+            /* "wsmem/_arena.pyx":541
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -10503,7 +10513,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           goto __pyx_L14_try_end;
           __pyx_L7_error:;
 
-          /* "wsmem/_arena.pyx":539
+          /* "wsmem/_arena.pyx":543
  *                     try:
  *                         n = _merged_ranges(b, &r)
  *                     except MemoryError:             # <<<<<<<<<<<<<<
@@ -10514,7 +10524,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           if (__pyx_t_7) {
             __Pyx_ErrRestore(0,0,0);
 
-            /* "wsmem/_arena.pyx":540
+            /* "wsmem/_arena.pyx":544
  *                         n = _merged_ranges(b, &r)
  *                     except MemoryError:
  *                         n = 0             # <<<<<<<<<<<<<<
@@ -10526,7 +10536,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           }
           goto __pyx_L9_except_error;
 
-          /* "wsmem/_arena.pyx":537
+          /* "wsmem/_arena.pyx":541
  *             if b.n_pins:
  *                 if b.is_main:
  *                     try:             # <<<<<<<<<<<<<<
@@ -10547,7 +10557,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
           __pyx_L14_try_end:;
         }
 
-        /* "wsmem/_arena.pyx":541
+        /* "wsmem/_arena.pyx":545
  *                     except MemoryError:
  *                         n = 0
  *                     for i in range(n):             # <<<<<<<<<<<<<<
@@ -10561,7 +10571,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
           __pyx_v_i = __pyx_t_9;
 
-          /* "wsmem/_arena.pyx":542
+          /* "wsmem/_arena.pyx":546
  *                         n = 0
  *                     for i in range(n):
  *                         total += r[2 * i + 1] - r[2 * i]             # <<<<<<<<<<<<<<
@@ -10572,7 +10582,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         }
 
 
-        /* "wsmem/_arena.pyx":543
+        /* "wsmem/_arena.pyx":547
  *                     for i in range(n):
  *                         total += r[2 * i + 1] - r[2 * i]
  *                     free(r)             # <<<<<<<<<<<<<<
@@ -10581,7 +10591,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
         free(__pyx_v_r);
 
-        /* "wsmem/_arena.pyx":544
+        /* "wsmem/_arena.pyx":548
  *                         total += r[2 * i + 1] - r[2 * i]
  *                     free(r)
  *                     r = NULL             # <<<<<<<<<<<<<<
@@ -10590,7 +10600,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
         __pyx_v_r = NULL;
 
-        /* "wsmem/_arena.pyx":536
+        /* "wsmem/_arena.pyx":540
  *         while b != NULL:
  *             if b.n_pins:
  *                 if b.is_main:             # <<<<<<<<<<<<<<
@@ -10600,7 +10610,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
         goto __pyx_L6;
       }
 
-      /* "wsmem/_arena.pyx":546
+      /* "wsmem/_arena.pyx":550
  *                     r = NULL
  *                 else:
  *                     total += _round_up(b.size, LINE)             # <<<<<<<<<<<<<<
@@ -10612,7 +10622,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
       }
       __pyx_L6:;
 
-      /* "wsmem/_arena.pyx":535
+      /* "wsmem/_arena.pyx":539
  *         cdef size_t* r = NULL
  *         while b != NULL:
  *             if b.n_pins:             # <<<<<<<<<<<<<<
@@ -10621,7 +10631,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
 */
     }
 
-    /* "wsmem/_arena.pyx":547
+    /* "wsmem/_arena.pyx":551
  *                 else:
  *                     total += _round_up(b.size, LINE)
  *             b = b.next             # <<<<<<<<<<<<<<
@@ -10633,7 +10643,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
     __pyx_v_b = __pyx_t_1;
   }
 
-  /* "wsmem/_arena.pyx":548
+  /* "wsmem/_arena.pyx":552
  *                     total += _round_up(b.size, LINE)
  *             b = b.next
  *         return total             # <<<<<<<<<<<<<<
@@ -10646,7 +10656,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":529
+  /* "wsmem/_arena.pyx":533
  *         return 0
  * 
  *     cdef size_t pinned_bytes(self) noexcept:             # <<<<<<<<<<<<<<
@@ -10669,7 +10679,7 @@ static size_t __pyx_f_5wsmem_6_arena_5Arena_pinned_bytes(struct __pyx_obj_5wsmem
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":550
+/* "wsmem/_arena.pyx":554
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
@@ -10735,7 +10745,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_stats_or_none", 0);
 
-  /* "wsmem/_arena.pyx":551
+  /* "wsmem/_arena.pyx":555
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10751,7 +10761,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "wsmem/_arena.pyx":552
+      /* "wsmem/_arena.pyx":556
  *     def _stats_or_none(self):
  *         try:
  *             return self.stats()             # <<<<<<<<<<<<<<
@@ -10765,7 +10775,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
         PyObject *__pyx_callargs[2] = {__pyx_t_5, NULL};
         __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_stats, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 552, __pyx_L3_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 556, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
       {
@@ -10779,7 +10789,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
       __pyx_t_4 = 0;
       goto __pyx_L7_try_return;
 
-      /* "wsmem/_arena.pyx":551
+      /* "wsmem/_arena.pyx":555
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10791,7 +10801,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
 
-    /* "wsmem/_arena.pyx":553
+    /* "wsmem/_arena.pyx":557
  *         try:
  *             return self.stats()
  *         except Exception:             # <<<<<<<<<<<<<<
@@ -10802,7 +10812,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     if (__pyx_t_7) {
       __Pyx_ErrRestore(0,0,0);
 
-      /* "wsmem/_arena.pyx":554
+      /* "wsmem/_arena.pyx":558
  *             return self.stats()
  *         except Exception:
  *             return None             # <<<<<<<<<<<<<<
@@ -10821,7 +10831,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     }
     goto __pyx_L5_except_error;
 
-    /* "wsmem/_arena.pyx":551
+    /* "wsmem/_arena.pyx":555
  * 
  *     def _stats_or_none(self):
  *         try:             # <<<<<<<<<<<<<<
@@ -10848,7 +10858,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
     goto __pyx_L0;
   }
 
-  /* "wsmem/_arena.pyx":550
+  /* "wsmem/_arena.pyx":554
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
@@ -10868,7 +10878,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_4_stats_or_none(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "wsmem/_arena.pyx":556
+/* "wsmem/_arena.pyx":560
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
@@ -10937,7 +10947,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_live_pins", 0);
 
-  /* "wsmem/_arena.pyx":558
+  /* "wsmem/_arena.pyx":562
  *     def _live_pins(self):
  *         """[(nbytes, generation, owner)] of every live pin (for leaks())."""
  *         cdef Block* b = self.state.blocks             # <<<<<<<<<<<<<<
@@ -10948,19 +10958,19 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
   __pyx_v_b = __pyx_t_1;
 
-  /* "wsmem/_arena.pyx":560
+  /* "wsmem/_arena.pyx":564
  *         cdef Block* b = self.state.blocks
  *         cdef Pin* p
  *         out = []             # <<<<<<<<<<<<<<
  *         while b != NULL:
  *             p = b.pins
 */
-  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 560, __pyx_L1_error)
+  __pyx_t_2 = PyList_New(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 564, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_v_out = ((PyObject*)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":561
+  /* "wsmem/_arena.pyx":565
  *         cdef Pin* p
  *         out = []
  *         while b != NULL:             # <<<<<<<<<<<<<<
@@ -10973,7 +10983,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
     if (!__pyx_t_3) break;
 
-    /* "wsmem/_arena.pyx":562
+    /* "wsmem/_arena.pyx":566
  *         out = []
  *         while b != NULL:
  *             p = b.pins             # <<<<<<<<<<<<<<
@@ -10984,7 +10994,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
     __pyx_v_p = __pyx_t_4;
 
-    /* "wsmem/_arena.pyx":563
+    /* "wsmem/_arena.pyx":567
  *         while b != NULL:
  *             p = b.pins
  *             while p != NULL:             # <<<<<<<<<<<<<<
@@ -10997,33 +11007,33 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
 
       if (!__pyx_t_3) break;
 
-      /* "wsmem/_arena.pyx":564
+      /* "wsmem/_arena.pyx":568
  *             p = b.pins
  *             while p != NULL:
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))             # <<<<<<<<<<<<<<
  *                 p = p.next
  *             b = b.next
 */
-      __pyx_t_2 = __Pyx_PyLong_FromSize_t((__pyx_v_p->hi - __pyx_v_p->lo)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 564, __pyx_L1_error)
+      __pyx_t_2 = __Pyx_PyLong_FromSize_t((__pyx_v_p->hi - __pyx_v_p->lo)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 568, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_5 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_p->generation); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 564, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_PyLong_From_unsigned_PY_LONG_LONG(__pyx_v_p->generation); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 568, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_6 = PyTuple_New(3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 564, __pyx_L1_error)
+      __pyx_t_6 = PyTuple_New(3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 568, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __Pyx_GIVEREF(__pyx_t_2);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 564, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 568, __pyx_L1_error);
       __Pyx_GIVEREF(__pyx_t_5);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 564, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 1, __pyx_t_5) != (0)) __PYX_ERR(0, 568, __pyx_L1_error);
       __Pyx_INCREF(((PyObject *)__pyx_v_p->owner));
       __Pyx_GIVEREF(((PyObject *)__pyx_v_p->owner));
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 2, ((PyObject *)__pyx_v_p->owner)) != (0)) __PYX_ERR(0, 564, __pyx_L1_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_6, 2, ((PyObject *)__pyx_v_p->owner)) != (0)) __PYX_ERR(0, 568, __pyx_L1_error);
       __pyx_t_2 = 0;
       __pyx_t_5 = 0;
-      __pyx_t_7 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_6); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 564, __pyx_L1_error)
+      __pyx_t_7 = __Pyx_PyList_Append(__pyx_v_out, __pyx_t_6); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 568, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
 
-      /* "wsmem/_arena.pyx":565
+      /* "wsmem/_arena.pyx":569
  *             while p != NULL:
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))
  *                 p = p.next             # <<<<<<<<<<<<<<
@@ -11035,7 +11045,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
       __pyx_v_p = __pyx_t_4;
     }
 
-    /* "wsmem/_arena.pyx":566
+    /* "wsmem/_arena.pyx":570
  *                 out.append((p.hi - p.lo, p.generation, <object>p.owner))
  *                 p = p.next
  *             b = b.next             # <<<<<<<<<<<<<<
@@ -11046,7 +11056,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
     __pyx_v_b = __pyx_t_1;
   }
 
-  /* "wsmem/_arena.pyx":567
+  /* "wsmem/_arena.pyx":571
  *                 p = p.next
  *             b = b.next
  *         return out             # <<<<<<<<<<<<<<
@@ -11062,7 +11072,7 @@ static PyObject *__pyx_pf_5wsmem_6_arena_5Arena_6_live_pins(struct __pyx_obj_5ws
   }
   goto __pyx_L0;
 
-  /* "wsmem/_arena.pyx":556
+  /* "wsmem/_arena.pyx":560
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
@@ -11649,14 +11659,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_6_arena_Arena(__pyx_mstatetype
   __pyx_vtable_5wsmem_6_arena_Arena.pinned_bytes = (size_t (*)(struct __pyx_obj_5wsmem_6_arena_Arena *))__pyx_f_5wsmem_6_arena_5Arena_pinned_bytes;
   __pyx_vtable_5wsmem_6_arena_Arena.capacity = (size_t (*)(struct __pyx_obj_5wsmem_6_arena_Arena *))__pyx_f_5wsmem_6_arena_5Arena_capacity;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_arena_Arena_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena)) __PYX_ERR(0, 266, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_5wsmem_6_arena_Arena_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena)) __PYX_ERR(0, 270, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena = &__pyx_type_5wsmem_6_arena_Arena;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 266, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 270, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena);
@@ -11666,9 +11676,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_5wsmem_6_arena_Arena(__pyx_mstatetype
     __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_vtabptr_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 266, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Arena, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 266, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 266, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_vtabptr_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 270, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Arena, (PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 270, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_5wsmem_6_arena_Arena) < (0)) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -12154,34 +12164,34 @@ __Pyx_RefNannySetupContext("PyInit__arena", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_nbytes_str, __pyx_t_2) < (0)) __PYX_ERR(0, 71, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":550
+  /* "wsmem/_arena.pyx":554
  *         return total
  * 
  *     def _stats_or_none(self):             # <<<<<<<<<<<<<<
  *         try:
  *             return self.stats()
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_5_stats_or_none, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__stats_or_none, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 550, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_5_stats_or_none, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__stats_or_none, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[1])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 554, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_t_2) < (0)) __PYX_ERR(0, 550, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_stats_or_none, __pyx_t_2) < (0)) __PYX_ERR(0, 554, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "wsmem/_arena.pyx":556
+  /* "wsmem/_arena.pyx":560
  *             return None
  * 
  *     def _live_pins(self):             # <<<<<<<<<<<<<<
  *         """[(nbytes, generation, owner)] of every live pin (for leaks())."""
  *         cdef Block* b = self.state.blocks
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_7_live_pins, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__live_pins, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 556, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_5wsmem_6_arena_5Arena_7_live_pins, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Arena__live_pins, NULL, __pyx_mstate_global->__pyx_n_u_wsmem__arena, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 560, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_live_pins, __pyx_t_2) < (0)) __PYX_ERR(0, 556, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_5wsmem_6_arena_Arena, __pyx_mstate_global->__pyx_n_u_live_pins, __pyx_t_2) < (0)) __PYX_ERR(0, 560, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "(tree fragment)":1
@@ -12278,7 +12288,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "wsmem/_arena.pyx":331
+  /* "wsmem/_arena.pyx":335
  *         if self.location == LOC_MMAP:
  *             if cfg.mmap_path is None:
  *                 fd, path = tempfile.mkstemp(prefix="wsmem-", suffix=".mmap")             # <<<<<<<<<<<<<<
@@ -12287,7 +12297,7 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_prefix, __pyx_mstate_global->__pyx_n_u_suffix};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 331, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 335, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
@@ -12449,12 +12459,12 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[0] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_nbytes_str, __pyx_mstate->__pyx_kp_b_iso88591_r_1_r_r_Q_r_Bd_r_Q_r_E_q_2Qb_V1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[0])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 550};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 1, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 554};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self};
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_stats_or_none, __pyx_mstate->__pyx_kp_b_iso88591_A_4vQ_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 556};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 560};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_b, __pyx_mstate->__pyx_n_u_p, __pyx_mstate->__pyx_n_u_out};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_pyx_wsmem__arena_pyx, __pyx_mstate->__pyx_n_u_live_pins, __pyx_mstate->__pyx_kp_b_iso88591_A_F_a_b_1_Cq_7_AT_1E_xq_AQ_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }

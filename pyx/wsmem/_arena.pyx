@@ -119,6 +119,7 @@ cdef Block* _block_new(ArenaState* st, size_t size, bint is_main, Arena arena) e
 cdef void _block_decref(Block* b) noexcept:
     """Drop one reference; unmap and unlink the block at zero."""
     cdef ArenaState* st
+    cdef bint last
     b.refs -= 1
     if b.refs > 0:
         return
@@ -130,10 +131,13 @@ cdef void _block_decref(Block* b) noexcept:
     if b.next != NULL:
         b.next.prev = b.prev
     st.n_live_blocks -= 1
+    # Decide under the GIL: munmap below releases it, and another thread may
+    # drop the arena's other last block meanwhile; only one may free `st`.
+    last = st.n_live_blocks == 0 and not st.arena_alive
     with nogil:
         pages_release(&b.region)
     free(b)
-    if st.n_live_blocks == 0 and not st.arena_alive:
+    if last:
         free(st)
 
 
