@@ -490,7 +490,8 @@ cdef int _reraise_workspace_error(object exc) except -1:
 
 
 cdef tuple _ufunc_dtypes_cache_key(tuple ins):
-    return tuple([x.dtype if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else type(x)
+    return tuple([(<WsArray>x)._dtype if type(x) is WsArray else
+                  (x.dtype if isinstance(x, (cnp.ndarray, np.generic)) else type(x))
                   for x in ins])
 
 
@@ -538,7 +539,8 @@ cdef object _ufunc_call(object ufunc, tuple inputs, dict kwargs):
     if arena is None or kwargs or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
         return None
     for x in inputs:
-        if not isinstance(x, (WsArray, cnp.ndarray, float, int, complex, bool, np.generic)):
+        if not (type(x) is WsArray or _is_ndarray(x) or type(x) is float or type(x) is int
+                or isinstance(x, (complex, np.generic))):
             return None
     key = (ufunc, _ufunc_dtypes_cache_key(inputs))
     dts = _resolve_cache.get(key)
@@ -554,8 +556,8 @@ cdef object _ufunc_call(object ufunc, tuple inputs, dict kwargs):
         if len(_resolve_cache) > 4096:
             _resolve_cache.clear()
         _resolve_cache[key] = dts
-    shapes = [x.shape if isinstance(x, (WsArray, cnp.ndarray, np.generic)) else ()
-              for x in inputs]
+    shapes = [x.shape if (type(x) is WsArray or isinstance(x, (cnp.ndarray, np.generic)))
+              else () for x in inputs]
     if ufunc.signature is None:
         shape = _broadcast(shapes)
     elif ufunc is np.matmul:
@@ -565,9 +567,37 @@ cdef object _ufunc_call(object ufunc, tuple inputs, dict kwargs):
     if shape is None:
         return None
     outs = tuple([new_array(arena, shape, dt, "C", INIT_NONE) for dt in dts])
-    views = tuple([_unwrap(x) for x in inputs])
-    ufunc(*views, out=tuple([(<WsArray>o)._view() for o in outs]))
+    # Unpinned views: NumPy reads the inputs and writes the given outputs
+    # synchronously, and returns `out`, never a view of an input, so nothing
+    # made here can outlive the call.
+    views = tuple([_call_view(<WsArray>x) if type(x) is WsArray else x for x in inputs])
+    ufunc(*views, out=tuple([_call_view(<WsArray>o) for o in outs]))
     return outs[0] if len(outs) == 1 else outs
+
+
+cdef object _op(object ufunc, tuple inputs):
+    """Operator fast path: straight to _ufunc_call, skipping NumPy's override
+    dispatch; anything it declines goes through the ufunc (and __array_ufunc__)."""
+    take_error()
+    try:
+        r = _ufunc_call(ufunc, inputs, None)
+        if r is not None:
+            return r
+    except MemoryError as exc:
+        _reraise_workspace_error(exc)
+        raise
+    return ufunc(*inputs)
+
+
+cdef object _call_view(WsArray a):
+    """Checked ndarray over a's memory for the duration of one NumPy call,
+    without a pin (base: the WsArray).  Never hand it to user code."""
+    a._check()
+    Py_INCREF(a._dtype)
+    arr = PyArray_NewFromDescr(<PyTypeObject*>cnp.ndarray, <PyObject*>a._dtype, a._nd,
+                               a._shape, a._strides, a._data, NPY_ARRAY_WRITEABLE, NULL)
+    cnp.set_array_base(<cnp.ndarray>arr, a)
+    return arr
 
 
 @cython.no_gc
@@ -860,6 +890,10 @@ cdef class WsArray:
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         take_error()
         try:
+            if method == "__call__" and not kwargs:
+                r = _ufunc_call(ufunc, inputs, kwargs)
+                if r is not None:
+                    return r
             return self._array_ufunc(ufunc, method, inputs, kwargs)
         except MemoryError as exc:
             _reraise_workspace_error(exc)
@@ -875,10 +909,6 @@ cdef class WsArray:
 
     def _array_ufunc(self, ufunc, method, tuple inputs, dict kwargs):
         out = kwargs.get("out")
-        if method == "__call__" and out is None:
-            r = _ufunc_call(ufunc, inputs, kwargs)
-            if r is not None:
-                return r
         conv_in = tuple([_unwrap(x) for x in inputs])
         if out is not None:
             kwargs["out"] = _unwrap(out if type(out) is tuple else (out,))
@@ -1053,53 +1083,55 @@ cdef class WsArray:
     __hash__ = None
 
     # ------------------------------------------------------------ operators
-    def __add__(self, other): return np.add(self, other)
-    def __radd__(self, other): return np.add(other, self)
+    def __add__(self, other): return _op(np.add, (self, other,))
+    def __radd__(self, other): return _op(np.add, (other, self,))
     def __iadd__(self, other): return np.add(self, other, out=(self,))
-    def __sub__(self, other): return np.subtract(self, other)
-    def __rsub__(self, other): return np.subtract(other, self)
+    def __sub__(self, other): return _op(np.subtract, (self, other,))
+    def __rsub__(self, other): return _op(np.subtract, (other, self,))
     def __isub__(self, other): return np.subtract(self, other, out=(self,))
-    def __mul__(self, other): return np.multiply(self, other)
-    def __rmul__(self, other): return np.multiply(other, self)
+    def __mul__(self, other): return _op(np.multiply, (self, other,))
+    def __rmul__(self, other): return _op(np.multiply, (other, self,))
     def __imul__(self, other): return np.multiply(self, other, out=(self,))
-    def __truediv__(self, other): return np.true_divide(self, other)
-    def __rtruediv__(self, other): return np.true_divide(other, self)
+    def __truediv__(self, other): return _op(np.true_divide, (self, other,))
+    def __rtruediv__(self, other): return _op(np.true_divide, (other, self,))
     def __itruediv__(self, other): return np.true_divide(self, other, out=(self,))
-    def __floordiv__(self, other): return np.floor_divide(self, other)
-    def __rfloordiv__(self, other): return np.floor_divide(other, self)
+    def __floordiv__(self, other): return _op(np.floor_divide, (self, other,))
+    def __rfloordiv__(self, other): return _op(np.floor_divide, (other, self,))
     def __ifloordiv__(self, other): return np.floor_divide(self, other, out=(self,))
-    def __mod__(self, other): return np.remainder(self, other)
-    def __rmod__(self, other): return np.remainder(other, self)
+    def __mod__(self, other): return _op(np.remainder, (self, other,))
+    def __rmod__(self, other): return _op(np.remainder, (other, self,))
     def __imod__(self, other): return np.remainder(self, other, out=(self,))
-    def __pow__(self, other, mod=None): return np.power(self, other)
-    def __rpow__(self, other, mod=None): return np.power(other, self)
+    def __pow__(self, other, mod=None): return _op(np.power, (self, other,))
+    def __rpow__(self, other, mod=None): return _op(np.power, (other, self,))
     def __ipow__(self, other): return np.power(self, other, out=(self,))
-    def __matmul__(self, other): return np.matmul(self, other)
-    def __rmatmul__(self, other): return np.matmul(other, self)
+    def __matmul__(self, other): return _op(np.matmul, (self, other,))
+    def __rmatmul__(self, other): return _op(np.matmul, (other, self,))
     def __imatmul__(self, other): return np.matmul(self, other, out=(self,))
-    def __and__(self, other): return np.bitwise_and(self, other)
-    def __rand__(self, other): return np.bitwise_and(other, self)
+    def __and__(self, other): return _op(np.bitwise_and, (self, other,))
+    def __rand__(self, other): return _op(np.bitwise_and, (other, self,))
     def __iand__(self, other): return np.bitwise_and(self, other, out=(self,))
-    def __or__(self, other): return np.bitwise_or(self, other)
-    def __ror__(self, other): return np.bitwise_or(other, self)
+    def __or__(self, other): return _op(np.bitwise_or, (self, other,))
+    def __ror__(self, other): return _op(np.bitwise_or, (other, self,))
     def __ior__(self, other): return np.bitwise_or(self, other, out=(self,))
-    def __xor__(self, other): return np.bitwise_xor(self, other)
-    def __rxor__(self, other): return np.bitwise_xor(other, self)
+    def __xor__(self, other): return _op(np.bitwise_xor, (self, other,))
+    def __rxor__(self, other): return _op(np.bitwise_xor, (other, self,))
     def __ixor__(self, other): return np.bitwise_xor(self, other, out=(self,))
-    def __lshift__(self, other): return np.left_shift(self, other)
-    def __rlshift__(self, other): return np.left_shift(other, self)
-    def __rshift__(self, other): return np.right_shift(self, other)
-    def __rrshift__(self, other): return np.right_shift(other, self)
-    def __neg__(self): return np.negative(self)
-    def __pos__(self): return np.positive(self)
-    def __abs__(self): return np.absolute(self)
-    def __invert__(self): return np.invert(self)
-    def __eq__(self, other): return np.equal(self, other)
-    def __ne__(self, other): return np.not_equal(self, other)
-    def __lt__(self, other): return np.less(self, other)
-    def __le__(self, other): return np.less_equal(self, other)
-    def __gt__(self, other): return np.greater(self, other)
-    def __ge__(self, other): return np.greater_equal(self, other)
+    def __lshift__(self, other): return _op(np.left_shift, (self, other,))
+    def __rlshift__(self, other): return _op(np.left_shift, (other, self,))
+    def __rshift__(self, other): return _op(np.right_shift, (self, other,))
+    def __rrshift__(self, other): return _op(np.right_shift, (other, self,))
+    def __neg__(self): return _op(np.negative, (self,))
+    def __pos__(self): return _op(np.positive, (self,))
+    def __abs__(self): return _op(np.absolute, (self,))
+    def __invert__(self): return _op(np.invert, (self,))
+    def __eq__(self, other): return _op(np.equal, (self, other,))
+    def __ne__(self, other): return _op(np.not_equal, (self, other,))
+    def __lt__(self, other): return _op(np.less, (self, other,))
+    def __le__(self, other): return _op(np.less_equal, (self, other,))
+    def __gt__(self, other): return _op(np.greater, (self, other,))
+    def __ge__(self, other): return _op(np.greater_equal, (self, other,))
+
+
 
 
 def _from_pickle(arr):
