@@ -217,8 +217,44 @@ cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
         arena_drop_dead_spill(<Arena>ctx.arena, blk)
 
 
-cdef void* _cap_malloc(void* ctx, size_t size) noexcept with gil:
+# NumPy calls its data allocator with the GIL held, so the entry points below
+# (C, in the verbatim block) only check, and take the GIL themselves in the
+# rare case it is not held: cheaper than PyGILState_Ensure/Release every call.
+cdef extern from *:
+    """
+    static void* (*wsmem_malloc_impl)(void*, size_t);
+    static void (*wsmem_free_impl)(void*, void*);
+    static void* wsmem_cap_malloc(void* ctx, size_t n) {
+        if (PyGILState_Check()) return wsmem_malloc_impl(ctx, n);
+        PyGILState_STATE st = PyGILState_Ensure();
+        void* p = wsmem_malloc_impl(ctx, n);
+        PyGILState_Release(st);
+        return p;
+    }
+    static void wsmem_cap_free(void* ctx, void* ptr, size_t size) {
+        (void)size;
+        if (PyGILState_Check()) { wsmem_free_impl(ctx, ptr); return; }
+        PyGILState_STATE st = PyGILState_Ensure();
+        wsmem_free_impl(ctx, ptr);
+        PyGILState_Release(st);
+    }
+    """
+    void* (*wsmem_malloc_impl)(void*, size_t) noexcept
+    void (*wsmem_free_impl)(void*, void*) noexcept
+    void* wsmem_cap_malloc(void* ctx, size_t n) noexcept nogil
+    void wsmem_cap_free(void* ctx, void* ptr, size_t size) noexcept nogil
+
+
+cdef void* _malloc_impl(void* ctx, size_t size) noexcept:
     return _cap_malloc_gil(<CapCtx*>ctx, size)
+
+
+cdef void _free_impl(void* ctx, void* ptr) noexcept:
+    _cap_free_gil(<CapCtx*>ctx, ptr)
+
+
+wsmem_malloc_impl = _malloc_impl
+wsmem_free_impl = _free_impl
 
 
 cdef void* _cap_calloc(void* ctx, size_t nelem, size_t elsize) noexcept with gil:
@@ -252,10 +288,6 @@ cdef void* _cap_realloc(void* ctx, void* ptr, size_t new_size) noexcept with gil
     return q
 
 
-cdef void _cap_free(void* ctx, void* ptr, size_t size) noexcept with gil:
-    _cap_free_gil(<CapCtx*>ctx, ptr)
-
-
 cdef void _capsule_destructor(object capsule) noexcept:
     cdef PyDataMem_Handler* h = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, CAPSULE_NAME)
     if h != NULL:
@@ -275,10 +307,10 @@ cdef object make_handler(Arena arena):
     h.version = 1
     ctx.arena = <PyObject*>arena
     h.allocator.ctx = ctx
-    h.allocator.malloc = _cap_malloc
+    h.allocator.malloc = wsmem_cap_malloc
     h.allocator.calloc = _cap_calloc
     h.allocator.realloc = _cap_realloc
-    h.allocator.free = _cap_free
+    h.allocator.free = wsmem_cap_free
     return PyCapsule_New(h, CAPSULE_NAME, _capsule_destructor)
 
 
@@ -287,7 +319,7 @@ cdef inline PyDataMem_Handler* _ours(object capsule) noexcept:
     if capsule is None or not PyCapsule_IsValid(capsule, CAPSULE_NAME):
         return NULL
     h = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, CAPSULE_NAME)
-    if h == NULL or h.allocator.malloc != _cap_malloc:
+    if h == NULL or h.allocator.malloc != wsmem_cap_malloc:
         return NULL
     return h
 
