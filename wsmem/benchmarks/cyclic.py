@@ -91,7 +91,8 @@ QUICK_SIZES = {"train": (64, 4096), "cg": (256,)}
 TINY_SIZES = {"train": (8,), "cg": (16,)}
 
 # (rounds, target seconds per batch) per mode.
-_MODES = {"full": (7, 0.25), "quick": (3, 0.06), "tiny": (1, 0.002)}
+# mode: (rounds, seconds per batch, worker processes per config)
+_MODES = {"full": (9, 0.2, 3), "quick": (3, 0.06, 1), "tiny": (1, 0.002, 1)}
 WARMUP_STEPS = 3
 RTOL = 1e-9
 
@@ -409,18 +410,30 @@ def _s_matches(s, ref):
     return s == ref or abs(s - ref) <= RTOL * max(abs(ref), 1e-300)
 
 
-def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress):
+def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress, procs=1):
+    """Run `rounds` interleaved rounds.  Each config has `procs` independent
+    worker processes (a process's memory layout alone moves small steps by
+    several percent); a round runs one batch on every worker, in rotated
+    order.  A config's time in a round is the median over its processes."""
     workers, ready, batches, final = {}, {}, {k: [] for k in configs}, {}
+    order = [(k, p) for p in range(procs) for k in configs]
     try:
-        for k in configs:            # one at a time: warm-up and calibration alone
-            workers[k] = _Worker(k, workload, size, target_s, blas_threads)
-            ready[k] = workers[k].read()
+        for k, p in order:           # one at a time: warm-up and calibration alone
+            workers[k, p] = _Worker(k, workload, size, target_s, blas_threads)
+            first = workers[k, p].read()      # warm-up report (s, steps per batch)
+            ready.setdefault(k, first)
         for r in range(rounds):
-            start = r % len(configs)
-            for k in configs[start:] + configs[:start]:
-                batches[k].append(workers[k].ask("run"))
-        for k in configs:
-            final[k] = workers[k].close()
+            start = r % len(order)
+            got = {k: [] for k in configs}
+            for k, p in order[start:] + order[:start]:
+                got[k].append(workers[k, p].ask("run"))
+            for k in configs:
+                batches[k].append(_merge_round(got[k]))
+        for k, p in order:
+            f = workers[k, p].close()
+            prev = final.get(k)
+            if prev is None or f["maxrss_kib"] > prev["maxrss_kib"]:
+                final[k] = f
     finally:
         for w in workers.values():
             w.kill()
@@ -430,7 +443,7 @@ def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress
     for k in configs:
         times = [b["time_per_step_s"] for b in batches[k]]
         faults = [b["faults_per_step"] for b in batches[k]]
-        s_all = ready[k]["s_warmup"] + [b["s"] for b in batches[k]]
+        s_all = ready[k]["s_warmup"] + [s for b in batches[k] for s in b.get("s_all", [b["s"]])]
         if ref is None:
             ref = s_all[0]
         lib = CONFIGS[k][2]
@@ -464,13 +477,13 @@ def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress
     peers = [by[k] for k in PEERS if k in by]
     best_peer = min(peers, key=lambda r: r["time_per_step_s"]) if peers else None
     for r in rows:
-        t = r["time_per_step_s"]
+        t = r["time_rounds_s"]
         for k in list(PEERS) + ["limit"]:
             if k in by:
-                r[f"ratio_vs_{k}"] = by[k]["time_per_step_s"] / t
+                r[f"ratio_vs_{k}"] = _paired_ratio(by[k]["time_rounds_s"], t)
         if best_peer is not None:
             r["best_peer"] = best_peer["config"]
-            r["ratio_vs_best_peer"] = best_peer["time_per_step_s"] / t
+            r["ratio_vs_best_peer"] = _paired_ratio(best_peer["time_rounds_s"], t)
         if "numpy" in by:
             r["rss_vs_numpy"] = r["peak_rss_kib"] / by["numpy"]["peak_rss_kib"]
     if progress is not None:
@@ -481,6 +494,26 @@ def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress
                 progress(f"cyclic MISMATCH: {workload} {size} {r['config']} s={r['s']!r} "
                          f"vs numpy {r['s_ref']!r}")
     return rows
+
+
+def _merge_round(batches):
+    """One config's batches of one round (one per process) as one record:
+    medians of the numbers, the worst spill count, every s."""
+    if len(batches) == 1:
+        return batches[0]
+    out = dict(batches[0])
+    for key in ("time_per_step_s", "faults_per_step"):
+        out[key] = statistics.median(b[key] for b in batches)
+    for key in ("spilled_count", "spilled_bytes"):
+        if key in out:
+            out[key] = max(b[key] for b in batches)
+    out["s_all"] = [b["s"] for b in batches]
+    return out
+
+
+def _paired_ratio(peer_times, times):
+    """Median over rounds of peer/this time, each round measured back to back."""
+    return statistics.median(a / b for a, b in zip(peer_times, times))
 
 
 def _targets(rows):
@@ -521,7 +554,8 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
     ----------
     quick : bool
         3 rounds of ~60 ms batches at fewer sizes (train rows 64 and 4096,
-        cg n 256) instead of 7 rounds of ~0.25 s at every size.
+        cg n 256) with one worker per config, instead of 9 rounds of ~0.2 s
+        at every size with 3 workers per config.
     tiny : bool
         One round of tiny batches at tiny sizes: plumbing only (tests).
     rounds, target_s : optional
@@ -543,7 +577,7 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
     """
     from wsmem.benchmarks._env import machine_info
     mode = "tiny" if tiny else "quick" if quick else "full"
-    default_rounds, default_target = _MODES[mode]
+    default_rounds, default_target, procs = _MODES[mode]
     rounds = default_rounds if rounds is None else int(rounds)
     target_s = default_target if target_s is None else float(target_s)
     if rounds < 1:
@@ -574,7 +608,8 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
     rows = []
     for wl, wl_sizes in sizes.items():
         for size in wl_sizes:
-            rows.extend(_bench_one(wl, size, use, rounds, target_s, blas_threads, progress))
+            rows.extend(_bench_one(wl, size, use, rounds, target_s, blas_threads, progress,
+                                   procs))
     return {
         "suite": "cyclic",
         "schema": 1,
@@ -582,6 +617,7 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
         "method": {
             "mode": mode,
             "rounds": rounds,
+            "processes_per_config": procs,
             "target_s_per_batch": target_s,
             "warmup_steps": WARMUP_STEPS,
             "cg_iters_per_step": CG_ITERS,
@@ -589,11 +625,12 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
             "configs": {k: {"label": CONFIGS[k][0], "env": CONFIGS[k][1],
                             "ld_preload": CONFIGS[k][2]} for k in use},
             "workloads": {wl: WORKLOADS[wl][0] for wl in sizes},
-            "statistic": "median over interleaved rounds (one batch per config per round, "
-                         "rotated order, one process per config) of time per step; "
-                         "faults = ru_minflt delta over a batch / steps; peak RSS = "
-                         "ru_maxrss at worker exit; ratio = other / wsmem time (> 1: "
-                         "wsmem faster)",
+            "statistic": "time per step: median over interleaved rounds (every worker "
+                         "runs one batch per round, rotated order; a config's time in a "
+                         "round is the median over its worker processes); ratio: median "
+                         "over rounds of the paired per-round ratio other / this (> 1: "
+                         "this faster); faults = ru_minflt delta over a batch / steps; "
+                         "peak RSS = largest ru_maxrss at worker exit",
             "s_rtol": RTOL,
         },
         "configs": [{"key": k, "label": CONFIGS[k][0]} for k in use],
@@ -657,11 +694,13 @@ def format_table(results: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     m = results["method"]
-    lines.append(f"Median of {m['rounds']} interleaved rounds, batches of "
-                 f"~{m['target_s_per_batch']:g} s, one process per config, BLAS threads "
-                 f"= {m['blas_threads']}; ratios = other config's time / this row's time "
-                 "(> 1: this row faster); 'spilled' = wsmem spilled_count per cycle after "
-                 "warm-up.")
+    procs = m.get("processes_per_config", 1)
+    lines.append(f"Time: median of {m['rounds']} interleaved rounds, batches of "
+                 f"~{m['target_s_per_batch']:g} s, {procs} worker process(es) per config "
+                 f"(median over them per round), BLAS threads = {m['blas_threads']}; "
+                 "ratios: median over rounds of the paired per-round ratio other config's "
+                 "time / this row's time (> 1: this row faster); 'spilled' = wsmem "
+                 "spilled_count per cycle after warm-up.")
     spread = [r["time_max_s"] / r["time_min_s"] for r in rows if r["time_min_s"] > 0]
     if spread:
         lines.append(f"Noise: max/min time over rounds per row: median "
