@@ -26,6 +26,8 @@ from wsmem._array import (WsArray, asarray, empty, empty_like, full, full_like, 
 from wsmem._workspace import (Workspace, current_workspace, debug_mode,
                               get_debug_mode_name, scope_out)
 from wsmem._registry import destroy_thread_workspaces, get_workspace, thread_workspaces
+from wsmem._mgr import ArrayType, WorkspaceMgr, WorkspaceMode
+from wsmem._gc import set_gc_window, toggle_periodic_gc
 
 __version__ = "0.1.0"
 
@@ -36,4 +38,5 @@ __all__ = [
     "asarray", "empty", "empty_like", "full", "full_like", "ones", "ones_like", "zeros",
     "zeros_like", "current_workspace", "debug_mode", "get_debug_mode_name", "scope_out",
     "destroy_thread_workspaces", "get_workspace", "thread_workspaces",
+    "ArrayType", "WorkspaceMgr", "WorkspaceMode", "set_gc_window", "toggle_periodic_gc",
 ]

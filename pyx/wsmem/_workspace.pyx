@@ -21,6 +21,24 @@ from wsmem._stats import WorkspaceStats, LeakInfo
 _tls = threading.local()
 # Every live Workspace of the process (weakly), for diagnostics and tests.
 _all = weakref.WeakSet()
+# Called as fn(workspace) after each outermost cycle ends (e.g. the GC window).
+cdef list _cycle_end_hooks = []
+
+
+def add_cycle_end_hook(fn):
+    """Call ``fn(workspace)`` after every cycle that closes (any thread)."""
+    if not callable(fn):
+        raise TypeError(f"hook must be callable, got {type(fn).__name__}")
+    if fn not in _cycle_end_hooks:
+        _cycle_end_hooks.append(fn)
+
+
+def remove_cycle_end_hook(fn):
+    """Undo add_cycle_end_hook (no error if it was not added)."""
+    try:
+        _cycle_end_hooks.remove(fn)
+    except ValueError:
+        pass
 
 
 def live_workspaces():
@@ -154,6 +172,9 @@ cdef class Workspace(Arena):
             except Exception:
                 if exc_type is None:
                     raise
+            if _cycle_end_hooks:
+                for fn in list(_cycle_end_hooks):
+                    fn(self)
         return False
 
     def borrow(self):
