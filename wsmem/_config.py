@@ -184,6 +184,14 @@ class WorkspaceConfig:
             if self.location in (Location.HOST, Location.MMAP):
                 raise ValueError(f"device={self.device} only applies to location='device' "
                                  "or 'pinned'")
+        if self.reset is ResetPolicy.ENDOFBUFFER_REACHED:
+            if self.learning is not LearningPolicy.NONE or self.initial_size == 0:
+                raise ValueError("reset='endofbuffer_reached' (a circular workspace) needs "
+                                 "learning='none' and initial_size > 0: the ring's size, as "
+                                 "in ND4J (it grows by itself when an item does not fit)")
+            if self.location is Location.MMAP:
+                raise ValueError("a circular workspace cannot be file-backed: its ring "
+                                 "grows; use location='host'")
         if self.location is Location.MMAP:
             if self.learning is not LearningPolicy.NONE:
                 raise ValueError("location='mmap' needs learning='none' (a file-backed "

@@ -57,6 +57,16 @@ cdef struct Block:
     Block* prev_spill
     bint in_spills          # linked in state.spills (the arena holds a ref for it)
 
+cdef struct RingInfo:
+    # A circular workspace's former ring, frozen when the ring grew: nothing
+    # writes to it again; its arrays stay valid until the floor passes it or
+    # the current ring has wrapped twice, then the arena drops its reference.
+    Block* block                    # owned reference
+    unsigned int serial
+    unsigned long long lap          # lap and cursor at retirement (validity)
+    size_t cursor
+    unsigned long long retired_at   # ring_wraps at retirement
+
 cdef struct ArenaState:
     # Heap-allocated so that blocks kept alive by pins never point at a dead
     # Arena: freed when the arena is gone and its last block is released.
@@ -93,6 +103,20 @@ cdef class Arena:
     cdef size_t learn_peak          # max cycle_bytes since the last (re)initialisation
     cdef unsigned long long cycles
     cdef bint initialized           # learning finished (or learning == none)
+    # --- circular workspaces (reset == RESET_ENDOFBUFFER).  The cursor is
+    # not reset between cycles; a ring array (position serial, lap, offset)
+    # is valid until the ring writes over it, or the floor passes it.
+    cdef bint ring_started
+    cdef unsigned int ring_serial        # serial of the current ring block
+    cdef unsigned long long ring_lap     # wraps of the current ring
+    cdef unsigned long long ring_wraps   # wraps over all rings (release of retired rings)
+    cdef bint holes_dirty                # a pin landed ahead of the cursor: rebuild holes
+    cdef RingInfo* retired               # owned (malloc): n_retired frozen rings
+    cdef size_t n_retired
+    cdef bint floor_set                  # arrays before (serial, lap, off) are stale
+    cdef unsigned int floor_serial
+    cdef unsigned long long floor_lap
+    cdef size_t floor_off
     # --- configuration (validated by wsmem._config)
     cdef int learning, spill, allocation, reset, location
     cdef size_t initial_size, min_size, max_size, cycles_before_init
@@ -115,6 +139,10 @@ cdef class Arena:
     cdef void _drop_spills(self) noexcept
     cdef size_t pinned_bytes(self) noexcept
     cdef size_t capacity(self) noexcept
+    cdef char* ring_alloc_slow(self, size_t sz, Block** block) except NULL
+    cdef int build_holes(self, size_t start) except -1
+    cdef bint _fit(self, size_t sz, size_t* start) noexcept
+    cdef void ring_release_retired(self) noexcept
 
 # Allocate `nbytes` (rounded up to the alignment) in the open cycle: a bump
 # within the current hole, else the slow path (next hole, spill, or
@@ -125,9 +153,22 @@ cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL
 # was freed): unmap it now instead of at the end of the cycle.
 cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept
 
-# Validity of an array born in generation `gen` of arena `a`.
-cdef inline bint arena_valid(Arena a, unsigned long long gen) noexcept:
-    return a.generation == gen and a.depth > 0 and not a.destroyed
+# Validity of an array born in generation `gen` of arena `a`, at offset `off`
+# of its block.  Scoped workspaces: the cycle it was born in is still open.
+# Circular ones: its bytes have not been written over (gen = serial << 40 | lap).
+cdef inline bint arena_valid(Arena a, unsigned long long gen, size_t off) noexcept:
+    if a.reset == RESET_BLOCK_LEFT:
+        return a.generation == gen and a.depth > 0 and not a.destroyed
+    return ring_valid(a, gen, off)
+
+cdef bint ring_valid(Arena a, unsigned long long gen, size_t off) noexcept
+# Position tag of the next allocation of a circular arena (its `gen`).
+cdef inline unsigned long long ring_gen(Arena a) noexcept:
+    return ((<unsigned long long>a.ring_serial) << 40) | a.ring_lap
+# An export pinned [p.lo, p.hi) of a ring block, maybe ahead of the cursor.
+cdef void ring_note_pin(Arena a, Pin* p) noexcept
+# Make every array allocated in ring `a` before position (gen, off) stale.
+cdef void ring_expire_before(Arena a, unsigned long long gen, size_t off) noexcept
 
 # Pin [lo, hi) of `block` into a caller-owned record (no allocation); undo
 # with pin_fini.  pin_create/pin_release do the same with a malloc'd record.

@@ -17,7 +17,7 @@ list is built only at cycle start, and only when pins exist.
 """
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.pythread cimport PyThread_get_thread_ident
-from libc.stdlib cimport malloc, calloc, free, qsort
+from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport strerror
 
 from wsmem._pages cimport (PageRegion, pages_map_host, pages_map_file, pages_malloc,
@@ -253,6 +253,56 @@ cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:
         _block_decref(b)
 
 
+# ---------------------------------------------------------------- circular workspaces
+
+cdef inline bint _lap_valid(unsigned long long lap, size_t off, unsigned long long cur_lap,
+                            size_t cursor) noexcept:
+    # Written over once the ring has come around past its offset.
+    return lap == cur_lap or (lap + 1 == cur_lap and off >= cursor)
+
+
+cdef bint ring_valid(Arena a, unsigned long long gen, size_t off) noexcept:
+    cdef unsigned int serial = <unsigned int>(gen >> 40)
+    cdef unsigned long long lap = gen & ((1ULL << 40) - 1)
+    cdef size_t i
+    if a.destroyed:
+        return False
+    if a.floor_set:
+        if (serial < a.floor_serial or (serial == a.floor_serial and (
+                lap < a.floor_lap or (lap == a.floor_lap and off < a.floor_off)))):
+            return False
+    if serial == a.ring_serial:
+        return _lap_valid(lap, off, a.ring_lap, a.cursor)
+    for i in range(a.n_retired):
+        if a.retired[i].serial == serial:
+            return _lap_valid(lap, off, a.retired[i].lap, a.retired[i].cursor)
+    return False
+
+
+cdef void ring_note_pin(Arena a, Pin* p) noexcept:
+    if a.reset != RESET_ENDOFBUFFER or p.block != a.main or p.hi <= a.cursor:
+        return
+    # An export of a still-valid array of the previous lap, ahead of the
+    # cursor: the hole being filled must stop before it, and the holes after
+    # it are rebuilt from the live pins on the next slow-path allocation.
+    if p.lo < a.limit:
+        a.limit = p.lo if p.lo > a.cursor else a.cursor
+    a.holes_dirty = True
+
+
+cdef void ring_expire_before(Arena a, unsigned long long gen, size_t off) noexcept:
+    cdef unsigned int serial = <unsigned int>(gen >> 40)
+    cdef unsigned long long lap = gen & ((1ULL << 40) - 1)
+    if a.floor_set and (serial < a.floor_serial or (serial == a.floor_serial and (
+            lap < a.floor_lap or (lap == a.floor_lap and off <= a.floor_off)))):
+        return      # the floor only moves forward
+    a.floor_set = True
+    a.floor_serial = serial
+    a.floor_lap = lap
+    a.floor_off = off
+    a.ring_release_retired()
+
+
 # ---------------------------------------------------------------- allocation
 
 cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:
@@ -286,6 +336,8 @@ cdef class Arena:
         self._drop_blocks()
         free(self.holes)
         self.holes = NULL
+        free(self.retired)
+        self.retired = NULL
         st.arena_alive = False
         if st.n_live_blocks == 0:
             free(st)
@@ -304,7 +356,11 @@ cdef class Arena:
 
     cdef void _drop_blocks(self) noexcept:
         cdef Block* b
+        cdef size_t i
         self._drop_spills()
+        for i in range(self.n_retired):
+            _block_decref(self.retired[i].block)
+        self.n_retired = 0
         if self.main != NULL:
             b = self.main
             self.main = NULL
@@ -386,17 +442,25 @@ cdef class Arena:
                     pass
         self.main = new
         self.cursor = self.limit = 0
+        self.ring_started = False
         if old != NULL:
             _block_decref(old)
         return 0
 
     cdef int begin_cycle(self) except -1:
-        """Start a cycle: next generation, cursor at the first free hole."""
-        cdef size_t* ranges = NULL
-        cdef size_t n, i, k, start, end, prev_end
+        """Start a cycle: next generation, cursor at the first free hole.
+
+        A circular workspace keeps its cursor: the ring goes on where the last
+        cycle left it.
+        """
         self.generation += 1
         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
         self.spill_held = 0
+        if self.reset == RESET_ENDOFBUFFER:
+            if not self.ring_started and self.main != NULL:
+                self.ring_started = True
+                self.build_holes(0)
+            return 0
         self.n_holes = self.hole_index = 0
         self.cursor = self.limit = 0
         if self.main == NULL:
@@ -405,30 +469,140 @@ cdef class Arena:
             self.limit = self.main.size
             return 0
         # Pinned ranges survive from earlier cycles: allocate only in the gaps.
+        self.build_holes(0)
+        return 0
+
+    cdef int build_holes(self, size_t start) except -1:
+        """Holes of the main block in [start, size) around the live pins; the
+        cursor goes to the first one (or to the end when there is none)."""
+        cdef size_t* ranges = NULL
+        cdef size_t n, i, k, s, end, prev_end
         n = _merged_ranges(self.main, &ranges)
         free(self.holes)
         self.holes = <size_t*>malloc(2 * (n + 1) * sizeof(size_t))
         if self.holes == NULL:
             free(ranges)
+            self.n_holes = self.hole_index = 0
+            self.cursor = self.limit = self.main.size
             raise MemoryError("wsmem: out of memory for the hole list")
         k = 0
-        prev_end = 0
+        prev_end = start
         for i in range(n + 1):
             end = ranges[2 * i] if i < n else self.main.size
-            start = _round_up(prev_end, self.alignment)
-            if end > start:
-                self.holes[2 * k] = start
+            if i < n and ranges[2 * i + 1] <= start:
+                continue
+            s = _round_up(prev_end, self.alignment)
+            if end > s:
+                self.holes[2 * k] = s
                 self.holes[2 * k + 1] = end
                 k += 1
-            if i < n:
+            if i < n and ranges[2 * i + 1] > prev_end:
                 prev_end = ranges[2 * i + 1]
         free(ranges)
         self.n_holes = k
+        self.holes_dirty = False
         if k > 0:
             self.cursor = self.holes[0]
             self.limit = self.holes[1]
             self.hole_index = 1
+        else:
+            self.cursor = self.limit = self.main.size
+            self.hole_index = 0
         return 0
+
+    cdef bint _fit(self, size_t sz, size_t* start) noexcept:
+        """First place for sz bytes: the rest of the current hole, then the
+        holes after it (a hole too small is left behind)."""
+        cdef size_t s, e
+        if sz <= self.limit - self.cursor:
+            start[0] = self.cursor
+            self.cursor += sz
+            return True
+        while self.hole_index < self.n_holes:
+            s = self.holes[2 * self.hole_index]
+            e = self.holes[2 * self.hole_index + 1]
+            self.hole_index += 1
+            if e - s >= sz:
+                start[0] = s
+                self.cursor = s + sz
+                self.limit = e
+                return True
+        self.cursor = self.limit
+        return False
+
+    cdef char* ring_alloc_slow(self, size_t sz, Block** block) except NULL:
+        """Circular workspace: rest of the lap, else wrap, else grow."""
+        cdef size_t start, cap, new_cap
+        cdef Block* new
+        cdef RingInfo* grown
+        # State on entry: if nothing fits and the ring grows, nothing was
+        # written meanwhile, so the retired ring freezes at this state.
+        cdef unsigned long long lap0 = self.ring_lap, wraps0 = self.ring_wraps
+        cdef size_t cursor0 = self.cursor
+        if self.main != NULL:
+            if self.holes_dirty:
+                self.build_holes(self.cursor)
+            if not self._fit(sz, &start):
+                # Wrap: a new lap over the whole ring, around live pins.
+                self.ring_lap += 1
+                self.ring_wraps += 1
+                self.ring_release_retired()
+                self.build_holes(0)
+                if not self._fit(sz, &start):
+                    start = <size_t>-1
+            if start != <size_t>-1:
+                self.cycle_bytes += sz
+                block[0] = self.main
+                return self.main.region.ptr + start
+        # Grow: a larger ring; the old one is retired frozen (its arrays stay
+        # valid until the floor passes them or the new ring wrapped twice).
+        cap = self.capacity()
+        new_cap = 2 * cap if 2 * cap > cap + sz else cap + sz
+        if self.max_size and new_cap > self.max_size:
+            new_cap = self.max_size
+        if new_cap < sz or new_cap <= cap:
+            raise WorkspaceOverflowError(
+                f"circular workspace {self.name!r}: {_nbytes_str(sz)} does not fit in its "
+                f"{_nbytes_str(cap)} ring around the live exports, and growing would exceed "
+                f"max_size={self.max_size}. Raise max_size, or release views of older items.",
+                self._stats_or_none())
+        new = _block_new(self.state, new_cap, True, self)
+        if self.main != NULL:
+            grown = <RingInfo*>realloc(self.retired, (self.n_retired + 1) * sizeof(RingInfo))
+            if grown == NULL:
+                _block_decref(new)
+                raise MemoryError("wsmem: out of memory for the retired-ring list")
+            self.retired = grown
+            self.retired[self.n_retired].block = self.main       # the arena's reference moves here
+            self.retired[self.n_retired].serial = self.ring_serial
+            self.retired[self.n_retired].lap = lap0
+            self.retired[self.n_retired].cursor = cursor0
+            self.retired[self.n_retired].retired_at = wraps0
+            self.ring_wraps = wraps0
+            self.n_retired += 1
+        self.main = new
+        self.ring_serial += 1
+        self.ring_lap = 0
+        self.ring_started = True
+        self.n_holes = self.hole_index = 0
+        self.holes_dirty = False
+        self.cursor = sz
+        self.limit = new_cap
+        self.cycle_bytes += sz
+        block[0] = new
+        return new.region.ptr
+
+    cdef void ring_release_retired(self) noexcept:
+        cdef size_t i = 0, j
+        while i < self.n_retired:
+            if (self.ring_wraps >= self.retired[i].retired_at + 2 or
+                    (self.floor_set and self.floor_serial > self.retired[i].serial)):
+                _block_decref(self.retired[i].block)
+                for j in range(i + 1, self.n_retired):
+                    self.retired[j - 1] = self.retired[j]
+                self.n_retired -= 1
+            else:
+                i += 1
 
     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:
         cdef size_t sz, s, e
@@ -438,6 +612,10 @@ cdef class Arena:
         if nbytes >= MAX_REQUEST:
             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
         sz = _round_up(nbytes, self.alignment)
+        if self.reset == RESET_ENDOFBUFFER:
+            # Rings never spill (a spill would be freed at the end of the cycle,
+            # while ring arrays live until written over), not even in debug modes.
+            return self.ring_alloc_slow(sz, block)
         if _debug_mode == DEBUG_SPILL_EVERYTHING:
             return self.spill_alloc(nbytes, block)
         while self.hole_index < self.n_holes:
@@ -489,6 +667,8 @@ cdef class Arena:
         self.last_cycle_bytes = self.cycle_bytes
         if self.cycle_bytes > self.peak_cycle_bytes:
             self.peak_cycle_bytes = self.cycle_bytes
+        if self.reset == RESET_ENDOFBUFFER:
+            return 0            # the ring keeps its cursor; nothing to learn
         self.cursor = self.limit = 0
         self.n_holes = self.hole_index = 0
         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)

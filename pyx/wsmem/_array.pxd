@@ -16,6 +16,7 @@ cdef class WsArray:
     cdef unsigned long long _gen  # generation the bytes were allocated in
     cdef Block* _block          # borrowed: block holding the bytes; NULL for heap or 0 bytes
     cdef char* _data            # first element
+    cdef size_t _off            # offset of its allocation in _block (ring validity)
     cdef object _base           # heap arrays: the ndarray owning the memory; else None
     cdef cnp.dtype _dtype
     cdef int _nd

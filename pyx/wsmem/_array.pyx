@@ -28,7 +28,8 @@ from libc.string cimport memset, memcpy
 from wsmem._capture cimport (captured_in, heap_copy, take_error, set_handler,
                              restore_handler)
 from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_create,
-                           pin_release, pin_init, pin_fini, current_arena, get_debug_mode,
+                           pin_release, pin_init, pin_fini, ring_gen, ring_note_pin,
+                           RESET_ENDOFBUFFER, current_arena, get_debug_mode,
                            DEBUG_BYPASS_EVERYTHING)
 
 import operator
@@ -300,7 +301,13 @@ cdef WsArray new_array(Arena arena, object shape, object dtype, object order, in
     a._block = block
     a._dtype = d
     a._ws = arena
-    a._gen = arena.generation
+    # Read after the allocation: in a circular workspace it may have wrapped
+    # or grown the ring.
+    if arena.reset == RESET_ENDOFBUFFER:
+        a._gen = ring_gen(arena)
+        a._off = <size_t>(p - block.region.ptr) if block != NULL else 0
+    else:
+        a._gen = arena.generation
     if arena.track:
         # Cython functions make no Python frames: the last entry is the caller's line.
         a._tb = traceback.extract_stack()
@@ -368,8 +375,11 @@ cdef inline void _extent(WsArray a, char** lo, char** hi) noexcept:
 cdef Pin* _pin(WsArray a) except NULL:
     cdef char* lo
     cdef char* hi
+    cdef Pin* p
     _extent(a, &lo, &hi)
-    return pin_create(a._block, lo, hi, a._gen, a)
+    p = pin_create(a._block, lo, hi, a._gen, a)
+    ring_note_pin(a._ws, p)
+    return p
 
 
 # ---------------------------------------------------------------- WsArray
@@ -382,6 +392,11 @@ cdef object _stale_error(WsArray a):
     if ws.destroyed:
         msg = (f"{what} is a leaked workspace pointer: the workspace was destroyed. "
                f"{advice}")
+    elif ws.reset == RESET_ENDOFBUFFER:
+        msg = (f"{what} is an outdated workspace pointer: the circular workspace has "
+               f"written over (or expired) its bytes. Use items of a circular workspace "
+               f"before it comes around (for prefetch: within `buffer` items), or keep "
+               f"them with .detach() / .leverage_to(ws).")
     elif ws.generation == a._gen:
         msg = (f"{what} is a leaked workspace pointer: it was allocated in generation "
                f"{a._gen}, and that cycle has closed (workspace generation "
@@ -444,8 +459,9 @@ cdef object _adopt(object r):
         owner = _view_owner(<cnp.ndarray>r)
         if owner is not None:
             src = <WsArray>owner
-            if src._ws is not None and arena_valid(src._ws, src._gen):
+            if src._ws is not None and arena_valid(src._ws, src._gen, src._off):
                 out = _wrap_ndarray(<cnp.ndarray>r, src._ws, src._gen, src._block)
+                out._off = src._off     # a view lives exactly as long as its allocation
                 # A view shares its source's owner: when the source wraps an
                 # ndarray NumPy allocated in the workspace, that ndarray must
                 # outlive every view, or its bytes could be reused this cycle.
@@ -455,7 +471,7 @@ cdef object _adopt(object r):
             return r
         ws_of = captured_in(r, &gen, &block)
         if ws_of is not None:
-            # NumPy allocated it in a live workspace (capture): zero copy.
+            # NumPy allocated it in a live (scoped) workspace (capture): zero copy.
             return _wrap_ndarray(<cnp.ndarray>r, <Arena>ws_of, gen, block, True)
         arena = _target()
         if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
@@ -634,7 +650,7 @@ cdef class WsArray:
 
     # ------------------------------------------------------------ validity
     cdef int _check(self) except -1:
-        if self._ws is not None and not arena_valid(self._ws, self._gen):
+        if self._ws is not None and not arena_valid(self._ws, self._gen, self._off):
             raise _stale_error(self)
         return 0
 
@@ -682,6 +698,7 @@ cdef class WsArray:
         p = _ExportPin.__new__(_ExportPin)
         _extent(self, &lo, &hi)
         pin_init(&p.rec, self._block, lo, hi, self._gen, self)
+        ring_note_pin(self._ws, &p.rec)
         p.buf = self._data
         p.length = hi - self._data
         return p
@@ -761,7 +778,7 @@ cdef class WsArray:
     @property
     def is_valid(self):
         """True while the array may be used (always True on the heap)."""
-        return self._ws is None or arena_valid(self._ws, self._gen)
+        return self._ws is None or arena_valid(self._ws, self._gen, self._off)
 
     @property
     def traceback(self):

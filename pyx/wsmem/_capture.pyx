@@ -27,7 +27,7 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy, strncpy
 
 from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_init, pin_fini,
-                           arena_drop_dead_spill,
+                           arena_drop_dead_spill, RESET_BLOCK_LEFT,
                            get_debug_mode, DEBUG_OFF, DEBUG_BYPASS_EVERYTHING)
 
 import traceback
@@ -368,7 +368,9 @@ cdef object captured_in(object arr, unsigned long long* gen, Block** block):
     if ctx.arena == NULL or hdr.pin.block == NULL:
         return None
     a = <Arena>ctx.arena
-    if not arena_valid(a, hdr.pin.generation):
+    # Circular workspaces: the header records the cycle, not the ring
+    # position, so their NumPy results are copied rather than adopted.
+    if a.reset != RESET_BLOCK_LEFT or not arena_valid(a, hdr.pin.generation, 0):
         return None
     gen[0] = hdr.pin.generation
     block[0] = hdr.pin.block

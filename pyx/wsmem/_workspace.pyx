@@ -1,7 +1,8 @@
 """Workspace: the public face of an arena (cycles, scopes, stats, leaks)."""
 cimport cython
 from wsmem._arena cimport (Arena, current_arena, set_current_arena, get_debug_mode,
-                           set_debug_mode, LOC_HOST, LOC_MMAP,
+                           set_debug_mode, LOC_HOST, LOC_MMAP, RESET_ENDOFBUFFER,
+                           ring_expire_before,
                            DEBUG_OFF, DEBUG_SPILL_EVERYTHING, DEBUG_BYPASS_EVERYTHING)
 from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
 from wsmem._capture cimport make_handler, detach_handler, set_handler, restore_handler
@@ -129,10 +130,6 @@ cdef class Workspace(Arena):
             config = config.replace(**overrides)
         if config.location in (Location.DEVICE, Location.PINNED):
             raise WorkspaceError(_gpu_unavailable(config.location.value))
-        if config.reset is ResetPolicy.ENDOFBUFFER_REACHED:
-            raise WorkspaceError("reset='endofbuffer_reached' (circular workspaces) is not "
-                                 "available in this version of wsmem; use "
-                                 "reset='block_left'.")
         self.name = name
         self.config = config
         self.track = config.track or tracking_forced()
@@ -216,6 +213,19 @@ cdef class Workspace(Arena):
         except ImportError:
             pass
 
+    def _expire_before(self, WsArray arr):
+        """Circular workspaces: make every array allocated before `arr` stale now.
+
+        Used by :func:`wsmem.prefetch` to end a batch's validity window; may be
+        called from any thread.  Bytes behind live exports stay pinned.
+        """
+        if self.reset != RESET_ENDOFBUFFER:
+            raise WorkspaceError(f"workspace {self.name!r} is not circular; "
+                                 "_expire_before() applies to reset='endofbuffer_reached'")
+        if arr.workspace is not self:
+            raise ValueError("the array does not belong to this workspace")
+        ring_expire_before(self, arr._gen, arr._off)
+
     def _require_usable(self):
         if self.destroyed:
             raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one")
@@ -248,7 +258,7 @@ cdef class Workspace(Arena):
             name=self.name,
             location=self.config.location.value,
             capacity=self.capacity(),
-            offset=self.cursor if self.depth > 0 else 0,
+            offset=self.cursor if (self.depth > 0 or self.reset == RESET_ENDOFBUFFER) else 0,
             cycle_bytes=self.cycle_bytes,
             last_cycle_bytes=self.last_cycle_bytes,
             peak_cycle_bytes=self.peak_cycle_bytes,
@@ -273,8 +283,14 @@ cdef class Workspace(Arena):
             is on (``track=True`` or ``WSMEM_TRACK=1``).
         """
         out = []
+        ring = self.reset == RESET_ENDOFBUFFER
         for nbytes, gen, owner in self._live_pins():
-            if self.depth > 0 and gen == self.generation:
+            if ring:
+                # A ring has no cycles of its own: a leak is an export of an
+                # array the ring has since written over or expired.
+                if not isinstance(owner, WsArray) or owner.is_valid:
+                    continue
+            elif self.depth > 0 and gen == self.generation:
                 continue
             if isinstance(owner, WsArray):
                 out.append(LeakInfo(nbytes=nbytes, shape=owner.shape, dtype=owner.dtype,
