@@ -28,6 +28,7 @@ from wsmem._workspace import (Workspace, current_workspace, debug_mode,
 from wsmem._registry import destroy_thread_workspaces, get_workspace, thread_workspaces
 from wsmem._mgr import ArrayType, WorkspaceMgr, WorkspaceMode
 from wsmem._gc import set_gc_window, toggle_periodic_gc
+from wsmem._prefetch import prefetch, shield
 
 __version__ = "0.1.0"
 
@@ -39,4 +40,5 @@ __all__ = [
     "zeros_like", "current_workspace", "debug_mode", "get_debug_mode_name", "scope_out",
     "destroy_thread_workspaces", "get_workspace", "thread_workspaces",
     "ArrayType", "WorkspaceMgr", "WorkspaceMode", "set_gc_window", "toggle_periodic_gc",
+    "prefetch", "shield",
 ]

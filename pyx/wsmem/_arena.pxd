@@ -74,6 +74,7 @@ cdef struct ArenaState:
     Block* spills           # spill blocks of the open cycle (arena holds a ref on each)
     size_t n_live_blocks
     bint arena_alive
+    bint holes_dirty        # a pin on a main block was released: rings rebuild holes
 
 cdef class Arena:
     # --- allocation state.  Invariants: cursor <= limit <= main.size; cursor
@@ -111,6 +112,7 @@ cdef class Arena:
     cdef unsigned long long ring_lap     # wraps of the current ring
     cdef unsigned long long ring_wraps   # wraps over all rings (release of retired rings)
     cdef bint holes_dirty                # a pin landed ahead of the cursor: rebuild holes
+                                         # (state.holes_dirty: a pin was released)
     cdef RingInfo* retired               # owned (malloc): n_retired frozen rings
     cdef size_t n_retired
     cdef bint floor_set                  # arrays before (serial, lap, off) are stale
@@ -167,6 +169,11 @@ cdef inline unsigned long long ring_gen(Arena a) noexcept:
     return ((<unsigned long long>a.ring_serial) << 40) | a.ring_lap
 # An export pinned [p.lo, p.hi) of a ring block, maybe ahead of the cursor.
 cdef void ring_note_pin(Arena a, Pin* p) noexcept
+# wsmem._array registers how to read the allocation offset of a pin's owner
+# (a WsArray; SIZE_MAX for anything else): ring validity matches exports by
+# (generation, allocation offset) without _arena knowing the WsArray type.
+ctypedef size_t (*owner_off_fn)(PyObject* owner) noexcept
+cdef void set_owner_off_fn(owner_off_fn fn) noexcept
 # Make every array allocated in ring `a` before position (gen, off) stale.
 cdef void ring_expire_before(Arena a, unsigned long long gen, size_t off) noexcept
 

@@ -177,6 +177,8 @@ cdef void pin_fini(Pin* p) noexcept:
     if p.next != NULL:
         p.next.prev = p.prev
     b.n_pins -= 1
+    if b.is_main:
+        b.state.holes_dirty = True      # rings may reuse these bytes now
     p.block = NULL
     p.owner = NULL
     _block_decref(b)
@@ -261,6 +263,28 @@ cdef inline bint _lap_valid(unsigned long long lap, size_t off, unsigned long lo
     return lap == cur_lap or (lap + 1 == cur_lap and off >= cursor)
 
 
+cdef owner_off_fn _owner_off = NULL
+
+
+cdef void set_owner_off_fn(owner_off_fn fn) noexcept:
+    global _owner_off
+    _owner_off = fn
+
+
+cdef inline bint _export_alive(Block* b, unsigned long long gen, size_t off) noexcept:
+    # An export of this very allocation is alive: it was made while the array
+    # was valid, and its pin has kept the ring off these bytes ever since,
+    # however many times the ring has wrapped around it.
+    cdef Pin* p = b.pins if b != NULL else NULL
+    if _owner_off == NULL:
+        return False
+    while p != NULL:
+        if p.generation == gen and p.owner != NULL and _owner_off(p.owner) == off:
+            return True
+        p = p.next
+    return False
+
+
 cdef bint ring_valid(Arena a, unsigned long long gen, size_t off) noexcept:
     cdef unsigned int serial = <unsigned int>(gen >> 40)
     cdef unsigned long long lap = gen & ((1ULL << 40) - 1)
@@ -272,15 +296,16 @@ cdef bint ring_valid(Arena a, unsigned long long gen, size_t off) noexcept:
                 lap < a.floor_lap or (lap == a.floor_lap and off < a.floor_off)))):
             return False
     if serial == a.ring_serial:
-        return _lap_valid(lap, off, a.ring_lap, a.cursor)
+        return _lap_valid(lap, off, a.ring_lap, a.cursor) or _export_alive(a.main, gen, off)
     for i in range(a.n_retired):
         if a.retired[i].serial == serial:
-            return _lap_valid(lap, off, a.retired[i].lap, a.retired[i].cursor)
+            return (_lap_valid(lap, off, a.retired[i].lap, a.retired[i].cursor)
+                    or _export_alive(a.retired[i].block, gen, off))
     return False
 
 
 cdef void ring_note_pin(Arena a, Pin* p) noexcept:
-    if a.reset != RESET_ENDOFBUFFER or p.block != a.main or p.hi <= a.cursor:
+    if a is None or a.reset != RESET_ENDOFBUFFER or p.block != a.main or p.hi <= a.cursor:
         return
     # An export of a still-valid array of the previous lap, ahead of the
     # cursor: the hole being filled must stop before it, and the holes after
@@ -540,7 +565,8 @@ cdef class Arena:
         cdef unsigned long long lap0 = self.ring_lap, wraps0 = self.ring_wraps
         cdef size_t cursor0 = self.cursor
         if self.main != NULL:
-            if self.holes_dirty:
+            if self.holes_dirty or self.state.holes_dirty:
+                self.state.holes_dirty = False
                 self.build_holes(self.cursor)
             if not self._fit(sz, &start):
                 # Wrap: a new lap over the whole ring, around live pins.

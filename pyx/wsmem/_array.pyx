@@ -29,6 +29,7 @@ from wsmem._capture cimport (captured_in, heap_copy, take_error, set_handler,
                              restore_handler)
 from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_create,
                            pin_release, pin_init, pin_fini, ring_gen, ring_note_pin,
+                           set_owner_off_fn,
                            RESET_ENDOFBUFFER, current_arena, get_debug_mode,
                            DEBUG_BYPASS_EVERYTHING)
 
@@ -1149,6 +1150,16 @@ cdef class WsArray:
     def __ge__(self, other): return _op(np.greater_equal, (self, other,))
 
 
+
+
+cdef size_t _wsarray_off(PyObject* owner) noexcept:
+    # Allocation offset of a pin's owner when it is a WsArray (see _arena).
+    if type(<object>owner) is WsArray:
+        return (<WsArray>owner)._off
+    return <size_t>-1
+
+
+set_owner_off_fn(_wsarray_off)
 
 
 def _from_pickle(arr):

@@ -72,3 +72,6 @@ register_suite("alloc", "wsmem.benchmarks.alloc",
 register_suite("cyclic", "wsmem.benchmarks.cyclic",
                "cyclic NumPy steps (training-style step, 2-D Poisson CG), one process "
                "per config: glibc, tuned glibc, jemalloc, mimalloc, out= limit, wsmem")
+register_suite("example", "wsmem.benchmarks.example",
+               "worked example: MLP training epoch and evaluation, plain NumPy vs "
+               "WorkspaceMgr (+ prefetch), one process per config")
