@@ -23,9 +23,6 @@ CFG = mlp.TrainConfig(hidden=(64, 64), batch_size=128, epochs=2, lr=0.05, moment
 
 needs_prefetch = pytest.mark.skipif(not mlp.has_prefetch(),
                                     reason="this wsmem has no wsmem.prefetch")
-# wsmem.prefetch (in progress) can hand out a batch that is already stale
-# (WorkspaceLeakError "outdated workspace pointer" on its first use) after
-# ~15-40 equal items; reported with a repro.  Not strict: passes once fixed.
 
 @pytest.fixture(scope="module")
 def data():
