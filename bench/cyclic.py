@@ -12,7 +12,7 @@ wsmem/benchmarks/cyclic.py for the method.  Run it on a quiet machine: the
 configs are interleaved and medians taken, but a busy machine still widens
 the min..max spread recorded in the table.
 """
-import json
+
 import os
 import shlex
 import sys
@@ -22,41 +22,14 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:        # an in-place build is importable without installing
     sys.path.insert(0, ROOT)
 
-from wsmem.benchmarks import cyclic  # noqa: E402
+from wsmem.benchmarks import save_full_run  # noqa: E402
 
 
 def main():
     command = "python " + " ".join(shlex.quote(a) for a in
                                    [os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
                                    + sys.argv[1:])
-    results = cyclic.run(quick=False,
-                         progress=lambda m: print(m, file=sys.stderr, flush=True))
-    results["command"] = command
-    m = results["machine"]
-    try:
-        load = " ".join(open("/proc/loadavg", encoding="ascii").read().split()[:3])
-    except OSError:
-        load = "unknown"
-    results["loadavg_at_end"] = load
-    table = cyclic.format_table(results)
-    header = [
-        f"command: {command}   (run from the repository root)",
-        f"date:    {m['date_utc']}",
-        f"machine: {m['cpu_model']}, {m['cpu_count']} logical cores, {m['platform']}, "
-        f"{m['libc']}, transparent_hugepage={m['transparent_hugepage']}",
-        f"versions: wsmem {m['wsmem']}, numpy {m['numpy']}, "
-        f"python {m['python']} ({m['python_implementation']})",
-        f"elapsed: {results['elapsed_s']} s; load average at end: {load}",
-        "",
-    ]
-    out_dir = os.path.join(HERE, "results")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "cyclic.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(header) + "\n" + table + "\n")
-    with open(os.path.join(out_dir, "cyclic.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    print(table)
+    print(save_full_run("cyclic", os.path.join(HERE, "results"), command))
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ True
 from __future__ import annotations
 
 import dataclasses
+import os
 import importlib
 from types import ModuleType
 
-__all__ = ["Suite", "register_suite", "get_suite", "suite_names"]
+__all__ = ["Suite", "register_suite", "get_suite", "suite_names", "save_full_run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,3 +76,43 @@ register_suite("cyclic", "wsmem.benchmarks.cyclic",
 register_suite("example", "wsmem.benchmarks.example",
                "worked example: MLP training epoch and evaluation, plain NumPy vs "
                "WorkspaceMgr (+ prefetch), one process per config")
+
+
+def save_full_run(name: str, results_dir: str, command: str) -> str:
+    """Run suite `name` in full and keep its results (the ``bench/*.py`` scripts).
+
+    Writes ``<results_dir>/<name>.txt`` (command, date, machine, load, the
+    table) and ``<name>.json`` (every number); returns the table.
+    """
+    import json
+    import sys
+
+    module = get_suite(name).load()
+    results = module.run(quick=False,
+                         progress=lambda m: print(m, file=sys.stderr, flush=True))
+    results["command"] = command
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            load = " ".join(f.read().split()[:3])
+    except OSError:
+        load = "unknown"
+    results["loadavg_at_end"] = load
+    m = results["machine"]
+    table = module.format_table(results)
+    header = [
+        f"command: {command}   (run from the repository root)",
+        f"date:    {m['date_utc']}",
+        f"machine: {m['cpu_model']}, {m['cpu_count']} logical cores, {m['platform']}, "
+        f"{m['libc']}, transparent_hugepage={m['transparent_hugepage']}",
+        f"versions: wsmem {m['wsmem']}, numpy {m['numpy']}, "
+        f"python {m['python']} ({m['python_implementation']})",
+        f"elapsed: {results['elapsed_s']} s; load average at end: {load}",
+        "",
+    ]
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, f"{name}.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(header) + "\n" + table + "\n")
+    with open(os.path.join(results_dir, f"{name}.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    return table
