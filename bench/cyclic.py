@@ -14,23 +14,10 @@ the min..max spread recorded in the table.
 """
 
 import os
-import shlex
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:        # an in-place build is importable without installing
-    sys.path.insert(0, ROOT)
-
-from wsmem.benchmarks import save_full_run  # noqa: E402
-
-
-def main():
-    command = "python " + " ".join(shlex.quote(a) for a in
-                                   [os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
-                                   + sys.argv[1:])
-    print(save_full_run("cyclic", os.path.join(HERE, "results"), command))
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wsmem.benchmarks import save_full_run  # noqa: E402  (an in-place build works too)
 
 if __name__ == "__main__":
-    main()
+    print(save_full_run("cyclic", __file__))

@@ -78,14 +78,23 @@ register_suite("example", "wsmem.benchmarks.example",
                "WorkspaceMgr (+ prefetch), one process per config")
 
 
-def save_full_run(name: str, results_dir: str, command: str) -> str:
+def save_full_run(name: str, script: str) -> str:
     """Run suite `name` in full and keep its results (the ``bench/*.py`` scripts).
 
-    Writes ``<results_dir>/<name>.txt`` (command, date, machine, load, the
-    table) and ``<name>.json`` (every number); returns the table.
+    `script` is the calling script's ``__file__``: results go to ``results/``
+    beside it, as ``<name>.txt`` (command, date, machine, load, the table) and
+    ``<name>.json`` (every number).  Returns the table.
     """
     import json
+    import shlex
     import sys
+
+    here = os.path.dirname(os.path.abspath(script))
+    results_dir = os.path.join(here, "results")
+    root = os.path.dirname(here)
+    command = "python " + " ".join(shlex.quote(a) for a in
+                                   [os.path.relpath(os.path.abspath(script), root)]
+                                   + sys.argv[1:])
 
     module = get_suite(name).load()
     results = module.run(quick=False,
