@@ -1,3 +1,7 @@
+"""One training step (rows=64, 512 KiB temporaries) repeated N times, for
+instruction counting under valgrind (see bench/results/callgrind_train64.txt
+and cachegrind_train64.txt): python bench/callgrind_step.py {numpy,wsmem,limit} N
+"""
 import os, sys
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
 import numpy as np, wsmem
