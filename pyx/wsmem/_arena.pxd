@@ -74,7 +74,8 @@ cdef struct ArenaState:
     Block* spills           # spill blocks of the open cycle (arena holds a ref on each)
     size_t n_live_blocks
     bint arena_alive
-    bint holes_dirty        # a pin on a main block was released: rings rebuild holes
+    bint holes_dirty        # a pin on a main block changed (released, or landed ahead of
+                            # a ring's cursor): a ring rebuilds its holes before going on
 
 cdef class Arena:
     # --- allocation state.  Invariants: cursor <= limit <= main.size; cursor
@@ -111,8 +112,6 @@ cdef class Arena:
     cdef unsigned int ring_serial        # serial of the current ring block
     cdef unsigned long long ring_lap     # wraps of the current ring
     cdef unsigned long long ring_wraps   # wraps over all rings (release of retired rings)
-    cdef bint holes_dirty                # a pin landed ahead of the cursor: rebuild holes
-                                         # (state.holes_dirty: a pin was released)
     cdef RingInfo* retired               # owned (malloc): n_retired frozen rings
     cdef size_t n_retired
     cdef bint floor_set                  # arrays before (serial, lap, off) are stale

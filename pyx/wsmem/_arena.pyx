@@ -312,7 +312,7 @@ cdef void ring_note_pin(Arena a, Pin* p) noexcept:
     # it are rebuilt from the live pins on the next slow-path allocation.
     if p.lo < a.limit:
         a.limit = p.lo if p.lo > a.cursor else a.cursor
-    a.holes_dirty = True
+    a.state.holes_dirty = True
 
 
 cdef void ring_expire_before(Arena a, unsigned long long gen, size_t off) noexcept:
@@ -525,7 +525,7 @@ cdef class Arena:
                 prev_end = ranges[2 * i + 1]
         free(ranges)
         self.n_holes = k
-        self.holes_dirty = False
+        self.state.holes_dirty = False
         if k > 0:
             self.cursor = self.holes[0]
             self.limit = self.holes[1]
@@ -552,8 +552,7 @@ cdef class Arena:
                 self.cursor = s + sz
                 self.limit = e
                 return True
-        self.cursor = self.limit
-        return False
+        return False            # the current hole keeps its rest for smaller requests
 
     cdef char* ring_alloc_slow(self, size_t sz, Block** block) except NULL:
         """Circular workspace: rest of the lap, else wrap, else grow."""
@@ -565,8 +564,7 @@ cdef class Arena:
         cdef unsigned long long lap0 = self.ring_lap, wraps0 = self.ring_wraps
         cdef size_t cursor0 = self.cursor
         if self.main != NULL:
-            if self.holes_dirty or self.state.holes_dirty:
-                self.state.holes_dirty = False
+            if self.state.holes_dirty:
                 self.build_holes(self.cursor)
             if not self._fit(sz, &start):
                 # Wrap: a new lap over the whole ring, around live pins.
@@ -611,7 +609,7 @@ cdef class Arena:
         self.ring_lap = 0
         self.ring_started = True
         self.n_holes = self.hole_index = 0
-        self.holes_dirty = False
+        self.state.holes_dirty = False
         self.cursor = sz
         self.limit = new_cap
         self.cycle_bytes += sz
@@ -631,7 +629,7 @@ cdef class Arena:
                 i += 1
 
     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:
-        cdef size_t sz, s, e
+        cdef size_t sz, start
         if nbytes == 0:
             block[0] = NULL
             return wsmem_zero_area
@@ -644,16 +642,10 @@ cdef class Arena:
             return self.ring_alloc_slow(sz, block)
         if _debug_mode == DEBUG_SPILL_EVERYTHING:
             return self.spill_alloc(nbytes, block)
-        while self.hole_index < self.n_holes:
-            s = self.holes[2 * self.hole_index]
-            e = self.holes[2 * self.hole_index + 1]
-            self.hole_index += 1
-            if e - s >= sz:
-                self.cursor = s + sz
-                self.limit = e
-                self.cycle_bytes += sz
-                block[0] = self.main
-                return self.main.region.ptr + s
+        if self._fit(sz, &start):
+            self.cycle_bytes += sz
+            block[0] = self.main
+            return self.main.region.ptr + start
         if self.initialized and self.spill == SPILL_FAIL:
             raise WorkspaceOverflowError(
                 f"workspace {self.name!r} is full: {_nbytes_str(sz)} requested, "
