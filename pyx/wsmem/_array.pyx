@@ -497,13 +497,21 @@ cdef object _from_result(WsArray self, object v, object r):
     return _adopt(r)
 
 
-cdef int _reraise_workspace_error(object exc) except -1:
-    """NumPy reports a refused captured allocation as its own MemoryError;
-    raise the workspace's WorkspaceOverflowError (with stats) instead."""
-    err = take_error()
-    if err is not None and not isinstance(exc, type(err)):
-        raise err from exc
-    return 0
+cdef object _guarded_call(object fn, tuple args, dict kwargs):
+    """fn(*args, **kwargs) for a NumPy call that may allocate in a workspace.
+
+    NumPy reports an allocation the capture handler refused (max_size,
+    spill="fail") as its own MemoryError; raise the workspace's
+    WorkspaceOverflowError (with stats), kept aside by the handler, instead.
+    """
+    take_error()
+    try:
+        return fn(*args, **kwargs)
+    except MemoryError as exc:
+        err = take_error()
+        if err is not None and not isinstance(exc, type(err)):
+            raise err from exc
+        raise
 
 
 cdef tuple _ufunc_dtypes_cache_key(tuple ins):
@@ -588,22 +596,30 @@ cdef object _ufunc_call(object ufunc, tuple inputs, dict kwargs):
     # synchronously, and returns `out`, never a view of an input, so nothing
     # made here can outlive the call.
     views = tuple([_call_view(<WsArray>x) if type(x) is WsArray else x for x in inputs])
-    ufunc(*views, out=tuple([_call_view(<WsArray>o) for o in outs]))
+    _guarded_call(ufunc, views, {"out": tuple([_call_view(<WsArray>o) for o in outs])})
     return outs[0] if len(outs) == 1 else outs
 
 
 cdef object _op(object ufunc, tuple inputs):
     """Operator fast path: straight to _ufunc_call, skipping NumPy's override
     dispatch; anything it declines goes through the ufunc (and __array_ufunc__)."""
-    take_error()
-    try:
-        r = _ufunc_call(ufunc, inputs, None)
-        if r is not None:
-            return r
-    except MemoryError as exc:
-        _reraise_workspace_error(exc)
-        raise
-    return ufunc(*inputs)
+    r = _ufunc_call(ufunc, inputs, None)
+    return r if r is not None else ufunc(*inputs)
+
+
+cdef object _ufunc_on_views(object ufunc, object method, tuple inputs, dict kwargs):
+    """Any ufunc method: NumPy runs on checked views; results are adopted
+    (or the given `out` returned, as NumPy does)."""
+    out = kwargs.get("out")
+    fn = getattr(ufunc, method)
+    conv_in = tuple([_unwrap(x) for x in inputs])
+    if out is None:
+        return _adopt(_guarded_call(fn, conv_in, kwargs))
+    kwargs["out"] = _unwrap(out if type(out) is tuple else (out,))
+    _guarded_call(fn, conv_in, kwargs)
+    if type(out) is tuple:
+        return out[0] if len(out) == 1 else out
+    return out
 
 
 cdef object _call_view(WsArray a):
@@ -906,35 +922,14 @@ cdef class WsArray:
 
     # ------------------------------------------------------------ NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        take_error()
-        try:
-            if method == "__call__" and not kwargs:
-                r = _ufunc_call(ufunc, inputs, kwargs)
-                if r is not None:
-                    return r
-            return self._array_ufunc(ufunc, method, inputs, kwargs)
-        except MemoryError as exc:
-            _reraise_workspace_error(exc)
-            raise
+        if method == "__call__" and not kwargs:
+            r = _ufunc_call(ufunc, inputs, kwargs)
+            if r is not None:
+                return r
+        return _ufunc_on_views(ufunc, method, inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
-        take_error()
-        try:
-            return _adopt(func(*_unwrap(args), **_unwrap(kwargs)))
-        except MemoryError as exc:
-            _reraise_workspace_error(exc)
-            raise
-
-    def _array_ufunc(self, ufunc, method, tuple inputs, dict kwargs):
-        out = kwargs.get("out")
-        conv_in = tuple([_unwrap(x) for x in inputs])
-        if out is not None:
-            kwargs["out"] = _unwrap(out if type(out) is tuple else (out,))
-            getattr(ufunc, method)(*conv_in, **kwargs)
-            if type(out) is tuple:
-                return out[0] if len(out) == 1 else out
-            return out
-        return _adopt(getattr(ufunc, method)(*conv_in, **kwargs))
+        return _adopt(_guarded_call(func, _unwrap(args), _unwrap(kwargs)))
 
     # ------------------------------------------------------------ copies
     def detach(self):
@@ -1045,12 +1040,8 @@ cdef class WsArray:
         attr = getattr(v, name)
         if callable(attr):
             def method(*args, **kwargs):
-                take_error()
-                try:
-                    return _from_result(self, v, attr(*_unwrap(args), **_unwrap(kwargs)))
-                except MemoryError as exc:
-                    _reraise_workspace_error(exc)
-                    raise
+                return _from_result(self, v, _guarded_call(attr, _unwrap(args),
+                                                           _unwrap(kwargs)))
             method.__name__ = name
             method.__doc__ = attr.__doc__
             return method
