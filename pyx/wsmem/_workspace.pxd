@@ -7,3 +7,4 @@ cdef class Workspace(Arena):
     cdef object __weakref__
 
     cdef int _require_open(self) except -1
+    cdef object _borrowed(self, object fn, tuple args)

@@ -10,7 +10,7 @@ from wsmem._capture cimport make_handler, detach_handler, set_handler, restore_h
 import threading
 import weakref
 
-import numpy as np
+import wsmem._array as _array_api
 
 from wsmem._config import WorkspaceConfig, Location, ResetPolicy, DebugMode, tracking_forced
 from wsmem._errors import WorkspaceError
@@ -231,6 +231,12 @@ cdef class Workspace(Arena):
             raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one")
         self.check_owner()
 
+    cdef object _borrowed(self, object fn, tuple args):
+        """fn(*args) with this (open) workspace current: the module-level
+        creation functions, allocating here."""
+        with self.borrow():
+            return fn(*args)
+
     cdef int _require_open(self) except -1:
         if self.depth <= 0 or self.destroyed:
             if self.destroyed:
@@ -327,39 +333,27 @@ cdef class Workspace(Arena):
 
     def full(self, shape, fill_value, dtype=None, order="C"):
         """`fill_value` everywhere, in this (open) workspace."""
-        with self.borrow():
-            from wsmem._array import full
-            return full(shape, fill_value, dtype, order)
+        return self._borrowed(_array_api.full, (shape, fill_value, dtype, order,))
 
     def empty_like(self, prototype, dtype=None, order="K", shape=None):
         """Uninitialised array shaped like `prototype`, in this workspace."""
-        with self.borrow():
-            from wsmem._array import empty_like
-            return empty_like(prototype, dtype, order, shape)
+        return self._borrowed(_array_api.empty_like, (prototype, dtype, order, shape,))
 
     def zeros_like(self, prototype, dtype=None, order="K", shape=None):
         """Zeros shaped like `prototype`, in this workspace."""
-        with self.borrow():
-            from wsmem._array import zeros_like
-            return zeros_like(prototype, dtype, order, shape)
+        return self._borrowed(_array_api.zeros_like, (prototype, dtype, order, shape,))
 
     def ones_like(self, prototype, dtype=None, order="K", shape=None):
         """Ones shaped like `prototype`, in this workspace."""
-        with self.borrow():
-            from wsmem._array import ones_like
-            return ones_like(prototype, dtype, order, shape)
+        return self._borrowed(_array_api.ones_like, (prototype, dtype, order, shape,))
 
     def full_like(self, prototype, fill_value, dtype=None, order="K", shape=None):
         """`fill_value` shaped like `prototype`, in this workspace."""
-        with self.borrow():
-            from wsmem._array import full_like
-            return full_like(prototype, fill_value, dtype, order, shape)
+        return self._borrowed(_array_api.full_like, (prototype, fill_value, dtype, order, shape,))
 
     def asarray(self, a, dtype=None, order=None):
         """`a` copied into this workspace (returned as is when already here)."""
-        with self.borrow():
-            from wsmem._array import asarray
-            return asarray(a, dtype, order)
+        return self._borrowed(_array_api.asarray, (a, dtype, order,))
 
 
 @cython.final
