@@ -1,7 +1,7 @@
 """Workspace: the public face of an arena (cycles, scopes, stats, leaks)."""
 cimport cython
 from wsmem._arena cimport (Arena, current_arena, set_current_arena, get_debug_mode,
-                           set_debug_mode, LOC_HOST, LOC_MMAP, RESET_ENDOFBUFFER,
+                           set_debug_mode, RESET_ENDOFBUFFER,
                            ring_expire_before,
                            DEBUG_OFF, DEBUG_SPILL_EVERYTHING, DEBUG_BYPASS_EVERYTHING)
 from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
@@ -12,7 +12,7 @@ import weakref
 
 import wsmem._array as _array_api
 
-from wsmem._config import WorkspaceConfig, Location, ResetPolicy, DebugMode, tracking_forced
+from wsmem._config import WorkspaceConfig, Location, DebugMode, tracking_forced
 from wsmem._errors import WorkspaceError
 from wsmem._stats import WorkspaceStats, LeakInfo
 
