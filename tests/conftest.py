@@ -32,3 +32,22 @@ def ws(request):
     yield w
     if not w.is_open:
         w.destroy()
+
+
+@pytest.fixture
+def workspace_factory():
+    """make(prefix) -> a function making workspaces named prefix0, prefix1, ...
+    (keyword arguments go to Workspace); all destroyed after the test."""
+    made = []
+
+    def factory(prefix):
+        def make(name=prefix, **kw):
+            w = wsmem.Workspace(f"{name}{len(made)}", **kw)
+            made.append(w)
+            return w
+        return make
+
+    yield factory
+    for w in made:
+        if not w.is_open:
+            w.destroy()

@@ -1,12 +1,12 @@
 """Bad input: every error has the right type, a message that says what to do,
 and leaves the workspace usable."""
 import gc
-import threading
 
 import numpy as np
 import pytest
 
 import wsmem
+from threadutil import thread_outcome as _in_thread
 from wsmem import (WorkspaceConfig, WorkspaceError, WorkspaceLeakError,
                    WorkspaceOverflowError)
 
@@ -455,20 +455,6 @@ def test_overflow_max_size_leaves_workspace_usable():
 
 # ---------------------------------------------------------------- foreign thread
 
-def _in_thread(fn):
-    box = {}
-
-    def run():
-        try:
-            box["result"] = fn()
-        except BaseException as e:     # noqa: BLE001 - reported to the test
-            box["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(30)
-    assert not t.is_alive()
-    return box
 
 
 def _enter(ws):

@@ -112,18 +112,8 @@ def raw_bytes(x):
 
 
 @pytest.fixture
-def make_ws():
-    made = []
-
-    def make(name="exp", **kw):
-        w = wsmem.Workspace(f"{name}{len(made)}", **kw)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        if not w.is_open:
-            w.destroy()
+def make_ws(workspace_factory):
+    return workspace_factory("exp")
 
 
 def _dl_pointer(capsule, name):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import wsmem
+from threadutil import run_in_thread
 from wsmem import ArrayType, WorkspaceError, WorkspaceLeakError, WorkspaceMgr, WorkspaceMode
 
 CFG = wsmem.WorkspaceConfig()
@@ -18,27 +19,6 @@ def _mgr():
                          ArrayType.ACTIVATION_GRAD: ("T_ACT", CFG),
                          ArrayType.FF_WORKING_MEM: ("T_WORK", CFG_SMALL)},
                         scoped_out={ArrayType.INPUT})
-
-
-def _in_thread(fn):
-    """Run fn in a new thread; return its result or re-raise its exception."""
-    box = {}
-
-    def run():
-        try:
-            box["result"] = fn()
-        except BaseException as exc:   # noqa: BLE001 - reported to the caller
-            box["error"] = exc
-        finally:
-            wsmem.destroy_thread_workspaces()
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(30)
-    assert not t.is_alive()
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
 
 
 # ------------------------------------------------------------------ enums
@@ -485,7 +465,7 @@ def test_workspace_of_another_thread_is_refused():
                 detached = wsmem.zeros(2)
         return ws, a, detached
 
-    other_ws, foreign, detached = _in_thread(make)
+    other_ws, foreign, detached = run_in_thread(make, destroy_registry=True)
     with mgr.scope(ArrayType.ACTIVATIONS) as mine:
         assert mine is not other_ws
         with pytest.raises(WorkspaceError):

@@ -6,26 +6,8 @@ import numpy as np
 import pytest
 
 import wsmem
+from threadutil import run_in_thread as _in_thread
 from wsmem import WorkspaceError
-
-
-def _in_thread(fn):
-    """Run fn in a new thread; return its result or re-raise its exception."""
-    box = {}
-
-    def run():
-        try:
-            box["result"] = fn()
-        except BaseException as exc:   # noqa: BLE001 - reported to the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(30)
-    assert not t.is_alive()
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
 
 
 # ------------------------------------------------------------------ registry

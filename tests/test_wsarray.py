@@ -10,18 +10,8 @@ from wsmem import WorkspaceError, WorkspaceLeakError, WsArray
 
 
 @pytest.fixture
-def make_ws():
-    made = []
-
-    def make(name="arr", **kw):
-        w = wsmem.Workspace(f"{name}{len(made)}", **kw)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        if not w.is_open:
-            w.destroy()
+def make_ws(workspace_factory):
+    return workspace_factory("arr")
 
 
 def view(a):
