@@ -64,3 +64,29 @@ def machine_info() -> dict:
         "date_utc": datetime.datetime.now(datetime.timezone.utc)
                     .isoformat(timespec="seconds"),
     }
+
+
+def select_configs(suite, known, configs, available, progress=None, require=()):
+    """The configurations a suite runs: `configs` (default: all `known`),
+    validated, with `require` added in front, minus the unavailable ones.
+
+    `available(key) -> (ok, note)`.  Returns ``(use, skipped_notes)``; each
+    skip is also reported through `progress` as ``"<suite>: <note>"``.
+    """
+    wanted = list(known if configs is None else configs)
+    for k in wanted:
+        if k not in known:
+            raise ValueError(f"unknown config {k!r}; known: {', '.join(known)}")
+    for k in reversed(require):
+        if k not in wanted:
+            wanted.insert(0, k)
+    use, skipped = [], []
+    for k in wanted:
+        ok, note = available(k)
+        if ok:
+            use.append(k)
+        else:
+            skipped.append(note)
+            if progress is not None:
+                progress(f"{suite}: {note}")
+    return use, skipped

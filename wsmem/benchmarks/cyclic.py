@@ -575,7 +575,7 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
         ``all_match`` (every config computed plain NumPy's ``s``),
         ``steady_state_ok`` (wsmem spilled nothing after warm-up), ``targets``.
     """
-    from wsmem.benchmarks._env import machine_info
+    from wsmem.benchmarks._env import machine_info, select_configs
     mode = "tiny" if tiny else "quick" if quick else "full"
     default_rounds, default_target, procs = _MODES[mode]
     rounds = default_rounds if rounds is None else int(rounds)
@@ -590,19 +590,7 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
     for wl in sizes:
         if wl not in WORKLOADS:
             raise ValueError(f"unknown workload {wl!r}; known: {', '.join(WORKLOADS)}")
-    wanted = list(CONFIGS if configs is None else configs)
-    for k in wanted:
-        if k not in CONFIGS:
-            raise ValueError(f"unknown config {k!r}; known: {', '.join(CONFIGS)}")
-    use, skipped = [], []
-    for k in wanted:
-        ok, note = config_available(k)
-        if ok:
-            use.append(k)
-        else:
-            skipped.append(note)
-            if progress is not None:
-                progress(f"cyclic: {note}")
+    use, skipped = select_configs("cyclic", CONFIGS, configs, config_available, progress)
 
     t0 = time.perf_counter()
     rows = []

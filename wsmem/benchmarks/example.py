@@ -316,7 +316,7 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
         plain's), ``steady_state_ok`` (no workspace grew after the first
         step; evaluation allocated nothing after its first batch).
     """
-    from wsmem.benchmarks._env import machine_info
+    from wsmem.benchmarks._env import machine_info, select_configs
     mode = "tiny" if tiny else "quick" if quick else "full"
     m = MODES[mode]
     rounds = m["rounds"] if rounds is None else int(rounds)
@@ -326,21 +326,9 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
     n_train = m["n_train"] if n_train is None else int(n_train)
     n_test = m["n_test"] if n_test is None else int(n_test)
     hidden = m["hidden"]
-    wanted = list(CONFIGS if configs is None else configs)
-    for k in wanted:
-        if k not in CONFIGS:
-            raise ValueError(f"unknown config {k!r}; known: {', '.join(CONFIGS)}")
-    if "plain" not in wanted:
-        wanted.insert(0, "plain")              # the reference for losses and ratios
-    use, skipped = [], []
-    for k in wanted:
-        ok, note = config_available(k)
-        if ok:
-            use.append(k)
-        else:
-            skipped.append(note)
-            if progress is not None:
-                progress(f"example: {note}")
+    # "plain" is always run: the reference for losses and ratios
+    use, skipped = select_configs("example", CONFIGS, configs, config_available, progress,
+                                  require=("plain",))
 
     t_start = time.perf_counter()
     order = [(k, p) for p in range(procs) for k in use]
