@@ -73,32 +73,25 @@ def _np_empty_cycles(shape, dtype, ws) -> CycleFn:
     return cycles
 
 
-def _wsmem_empty_cycles(shape, dtype, ws) -> CycleFn:
-    empty = wsmem.empty
+def _in_ws_cycles(pick_empty):
+    """Cycle timer allocating with ``pick_empty(ws)`` (bound before the loop)."""
+    def make(shape, dtype, ws) -> CycleFn:
+        empty = pick_empty(ws)
 
-    def cycles(n):
-        clock = time.perf_counter_ns
-        t0 = clock()
-        for _ in range(n):
-            with ws:
-                held = [empty(shape, dtype) for _ in _PER_CYCLE]
-                del held
-        return clock() - t0
-    return cycles
+        def cycles(n):
+            clock = time.perf_counter_ns
+            t0 = clock()
+            for _ in range(n):
+                with ws:
+                    held = [empty(shape, dtype) for _ in _PER_CYCLE]
+                    del held
+            return clock() - t0
+        return cycles
+    return make
 
 
-def _ws_empty_cycles(shape, dtype, ws) -> CycleFn:
-    empty = ws.empty
-
-    def cycles(n):
-        clock = time.perf_counter_ns
-        t0 = clock()
-        for _ in range(n):
-            with ws:
-                held = [empty(shape, dtype) for _ in _PER_CYCLE]
-                del held
-        return clock() - t0
-    return cycles
+_wsmem_empty_cycles = _in_ws_cycles(lambda ws: wsmem.empty)
+_ws_empty_cycles = _in_ws_cycles(lambda ws: ws.empty)
 
 
 def _view_cycles(to_ndarray):
