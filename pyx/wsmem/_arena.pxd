@@ -177,12 +177,10 @@ cdef void set_owner_off_fn(owner_off_fn fn) noexcept
 cdef void ring_expire_before(Arena a, unsigned long long gen, size_t off) noexcept
 
 # Pin [lo, hi) of `block` into a caller-owned record (no allocation); undo
-# with pin_fini.  pin_create/pin_release do the same with a malloc'd record.
+# with pin_fini.  pin_release undoes it and frees a malloc'd record.
 cdef void pin_init(Pin* p, Block* block, char* lo, char* hi, unsigned long long generation,
                    object owner) noexcept
 cdef void pin_fini(Pin* p) noexcept
-cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
-                     object owner) except NULL
 cdef void pin_release(Pin* pin) noexcept
 
 # Per-thread state: the innermost active arena (None under scope_out or when

@@ -185,15 +185,6 @@ cdef void pin_fini(Pin* p) noexcept:
     Py_XDECREF(owner)
 
 
-cdef Pin* pin_create(Block* block, char* lo, char* hi, unsigned long long generation,
-                     object owner) except NULL:
-    cdef Pin* p = <Pin*>malloc(sizeof(Pin))
-    if p == NULL:
-        raise MemoryError("wsmem: out of memory for a pin record")
-    pin_init(p, block, lo, hi, generation, owner)
-    return p
-
-
 cdef void pin_release(Pin* p) noexcept:
     cdef PyObject* owner = p.owner
     p.owner = NULL

@@ -27,7 +27,7 @@ from libc.string cimport memset, memcpy
 
 from wsmem._capture cimport (captured_in, heap_copy, take_error, set_handler,
                              restore_handler)
-from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_create,
+from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid,
                            pin_release, pin_init, pin_fini, ring_gen, ring_note_pin,
                            set_owner_off_fn,
                            RESET_ENDOFBUFFER, current_arena, get_debug_mode,
@@ -373,13 +373,23 @@ cdef inline void _extent(WsArray a, char** lo, char** hi) noexcept:
     hi[0] = h
 
 
-cdef Pin* _pin(WsArray a) except NULL:
+cdef char* _pin_into(WsArray a, Pin* p) noexcept:
+    """Pin a's bytes (its extent, line-rounded) into record p; returns the
+    end of the extent.  Every export path pins through here."""
     cdef char* lo
     cdef char* hi
-    cdef Pin* p
     _extent(a, &lo, &hi)
-    p = pin_create(a._block, lo, hi, a._gen, a)
+    pin_init(p, a._block, lo, hi, a._gen, a)
     ring_note_pin(a._ws, p)
+    return hi
+
+
+cdef Pin* _pin(WsArray a) except NULL:
+    """A malloc'd pin on a's bytes (buffer exports: Py_buffer.internal)."""
+    cdef Pin* p = <Pin*>malloc(sizeof(Pin))
+    if p == NULL:
+        raise MemoryError("wsmem: out of memory for a pin record")
+    _pin_into(a, p)
     return p
 
 
@@ -706,18 +716,13 @@ cdef class WsArray:
         """Object that keeps the bytes valid for an export: a pin (arena
         memory), the owner ndarray (heap), or self (no bytes)."""
         cdef _ExportPin p
-        cdef char* lo
-        cdef char* hi
         if self._ws is None:
             return self._base
         if self._block == NULL or self._size() == 0:
             return self
         p = _ExportPin.__new__(_ExportPin)
-        _extent(self, &lo, &hi)
-        pin_init(&p.rec, self._block, lo, hi, self._gen, self)
-        ring_note_pin(self._ws, &p.rec)
+        p.length = _pin_into(self, &p.rec) - self._data
         p.buf = self._data
-        p.length = hi - self._data
         return p
 
     cdef object _view(self):

@@ -21,7 +21,7 @@ NumPy frees an array through the handler that allocated it, so the capsule
 """
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_IsValid
 from cpython.pythread cimport PyThread_get_thread_ident
-from cpython.ref cimport PyObject, Py_DECREF
+from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_Clear
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy, strncpy
@@ -50,7 +50,7 @@ cdef extern from "numpy/arrayobject.h":
         unsigned char version
         PyDataMemAllocator allocator
     object PyDataMem_SetHandler(object handler)
-    PyObject* PyDataMem_SetHandler_NULL "PyDataMem_SetHandler"(PyObject* handler)
+    object PyDataMem_SetDefaultHandler "PyDataMem_SetHandler"(PyObject* handler)
     PyObject* PyArray_HANDLER(PyObject* arr)
     int NPY_ARRAY_OWNDATA
     int PyArray_CHKFLAGS(PyObject* arr, int flags)
@@ -331,14 +331,8 @@ cdef void detach_handler(object capsule) noexcept:
 
 
 cdef object set_handler(object capsule):
-    cdef PyObject* old
     if capsule is None:
-        old = PyDataMem_SetHandler_NULL(NULL)
-        if old == NULL:
-            raise RuntimeError("numpy refused to restore its default memory handler")
-        token = <object>old      # takes a reference of its own...
-        Py_DECREF(token)         # ...so drop the new one SetHandler returned
-        return token
+        return PyDataMem_SetDefaultHandler(NULL)     # NULL: NumPy's default handler
     return PyDataMem_SetHandler(capsule)
 
 
