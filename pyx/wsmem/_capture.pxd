@@ -22,6 +22,7 @@ cdef struct CapCtx:
     PyObject* arena     # borrowed Workspace; NULL once it is deallocated
     unsigned long long free_gen   # generation the free table belongs to
     size_t n_free       # entries in use in `free`
+    size_t spill_parked # bytes of this cycle's spills waiting in `free` for reuse
     FreeSlot free[FREE_SLOTS]
 
 # Make the capsule for `arena` (one per workspace).

@@ -99,6 +99,7 @@ cdef inline void _reset_free(CapCtx* ctx, unsigned long long gen) noexcept:
     if ctx.n_free:
         memset(ctx.free, 0, sizeof(ctx.free))
         ctx.n_free = 0
+    ctx.spill_parked = 0
     ctx.free_gen = gen
 
 
@@ -133,6 +134,12 @@ cdef inline bint _push_free(CapCtx* ctx, CapHdr* h) noexcept:
 
 # ---------------------------------------------------------------- the handler
 
+cdef inline size_t _park_limit(Arena a) noexcept:
+    # Dead spills kept for reuse in one cycle: the block's size, at least 64 MiB.
+    cdef size_t cap = a.capacity()
+    return cap if cap > (<size_t>64 << 20) else (<size_t>64 << 20)
+
+
 cdef inline Arena _serving(CapCtx* ctx):
     """The workspace if it can serve this allocation now, else None."""
     cdef Arena a
@@ -160,6 +167,8 @@ cdef void* _cap_malloc_gil(CapCtx* ctx, size_t size) noexcept:
     h = _pop_free(ctx, size) if ctx.n_free else NULL
     if h != NULL:
         p = <char*>h
+        if not h.pin.block.is_main:
+            ctx.spill_parked -= h.pin.block.size
         pin_init(&h.pin, h.pin.block, p, p + WSMEM_HDR + size, a.generation, owner)
         h.size = size
         return p + WSMEM_HDR
@@ -208,10 +217,28 @@ cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
     # Decide before releasing the pin: it may hold the last reference to the
     # block (a spill of an earlier cycle), and then blk is freed by pin_fini.
     # A spill of the open cycle is also referenced by the arena, so it
-    # survives pin_fini; unmap it now rather than at the end of the cycle
-    # (learning cycles spill every temporary: holding them all would multiply
-    # peak RSS).
+    # survives pin_fini.  Park it in the free table for the next allocation
+    # of this size in this cycle (the learning cycle spills every temporary,
+    # and a cycle that outgrew its block spills the same sizes over and over:
+    # unmapping and mapping each would cost a system call and fresh page
+    # faults per temporary).  Parked bytes are bounded so that a cycle of
+    # ever-new sizes does not hold all its dead temporaries: past the bound,
+    # the spill is unmapped at once.
     drop = ctx.arena != NULL and not blk.is_main and blk.in_spills
+    if drop and blk.refs == 2 and get_debug_mode() == DEBUG_OFF:
+        a = <Arena>ctx.arena
+        if (a.depth > 0 and blk.state == a.state and
+                ctx.spill_parked + blk.size <= _park_limit(a)):
+            if ctx.free_gen != a.generation:
+                _reset_free(ctx, a.generation)
+            pin_fini(&h.pin)
+            h.pin.block = blk
+            if _push_free(ctx, h):
+                ctx.spill_parked += blk.size
+                return
+            h.pin.block = NULL
+            arena_drop_dead_spill(a, blk)
+            return
     pin_fini(&h.pin)
     if drop:
         arena_drop_dead_spill(<Arena>ctx.arena, blk)
