@@ -11,7 +11,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["_pages", "_arena", "_capture", "_array", "_workspace"]
+MODULES = ["_pages", "_arena", "_capture", "_array", "_gpu", "_workspace"]
 
 define_macros = [("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")]
 extra_compile = ["-O3"]

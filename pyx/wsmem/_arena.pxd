@@ -120,6 +120,8 @@ cdef class Arena:
     cdef size_t floor_off
     # --- configuration (validated by wsmem._config)
     cdef int learning, spill, allocation, reset, location
+    cdef int device                 # CUDA device (LOC_DEVICE / LOC_PINNED), else -1
+    cdef object gpu                 # wsmem._gpu.DeviceState (device/pinned), else None
     cdef size_t initial_size, min_size, max_size, cycles_before_init
     cdef double overallocation
     cdef bint track

@@ -21,7 +21,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport strerror
 
 from wsmem._pages cimport (PageRegion, pages_map_host, pages_map_file, pages_malloc,
-                           pages_release)
+                           pages_map_gpu, pages_release, PAGES_DEVICE, PAGES_PINNED)
 
 import os
 import tempfile
@@ -88,7 +88,15 @@ cdef Block* _block_new(ArenaState* st, size_t size, bint is_main, Arena arena) e
     cdef const char* path
     if b == NULL:
         raise MemoryError("wsmem: out of memory for a block header")
-    if is_main and arena.location == LOC_MMAP:
+    if arena.location == LOC_DEVICE or arena.location == LOC_PINNED:
+        try:
+            pages_map_gpu(&b.region, size, PAGES_DEVICE if arena.location == LOC_DEVICE
+                          else PAGES_PINNED, arena.device, arena)
+        except BaseException:
+            free(b)
+            raise
+        err = 0
+    elif is_main and arena.location == LOC_MMAP:
         path = arena.mmap_path
         with nogil:
             err = pages_map_file(&b.region, size, path)
@@ -395,6 +403,7 @@ cdef class Arena:
                       "endofbuffer_reached": RESET_ENDOFBUFFER}[cfg.reset.value]
         self.location = {"host": LOC_HOST, "pinned": LOC_PINNED, "device": LOC_DEVICE,
                          "mmap": LOC_MMAP}[cfg.location.value]
+        self.device = -1 if cfg.device is None else cfg.device
         self.initial_size = cfg.initial_size
         self.min_size = cfg.min_size
         self.max_size = cfg.max_size

@@ -24,6 +24,9 @@ cdef class WsArray:
     cdef cnp.npy_intp* _strides # _shape + _nd
     cdef cnp.npy_intp _small[16]
     cdef object _tb             # allocation traceback (track=True) or None
+    cdef int _dev               # 0: host memory; N + 1: device memory on CUDA device N
+    cdef int _dl                # DLPack device type of the memory (0: kDLCPU)
+    cdef Pin* _xpin             # pin taken by __cuda_array_interface__ (held until dealloc)
 
     cdef int _check(self) except -1
     cdef object _view(self)
@@ -31,6 +34,7 @@ cdef class WsArray:
     cdef Py_ssize_t _size(self) noexcept
     cdef bint _c_contig(self) noexcept
     cdef bint _f_contig(self) noexcept
+    cdef object _dlpack_device(self, stream, max_version, dl_device, copy)
 
 # Allocate an array in `arena` (open, owned by this thread); None means heap.
 cdef WsArray new_array(Arena arena, object shape, object dtype, object order, int init)

@@ -26,10 +26,10 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
 from wsmem._capture cimport (captured_in, heap_copy, take_error, set_handler,
-                             restore_handler)
+                             restore_handler, device_captured)
 from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid,
                            pin_release, pin_init, pin_fini, ring_gen, ring_note_pin,
-                           set_owner_off_fn,
+                           set_owner_off_fn, LOC_DEVICE, LOC_PINNED,
                            RESET_ENDOFBUFFER, current_arena, get_debug_mode,
                            DEBUG_BYPASS_EVERYTHING)
 
@@ -41,6 +41,32 @@ import numpy as np
 from wsmem._errors import WorkspaceError, WorkspaceLeakError
 
 cnp.import_array()
+
+cdef object _gpu_mod = None
+
+
+cdef object _gpu():
+    """wsmem._gpu, imported on first use (device and pinned arrays only)."""
+    global _gpu_mod
+    if _gpu_mod is None:
+        from wsmem import _gpu as g
+        _gpu_mod = g
+    return _gpu_mod
+
+
+cdef inline Arena _host_target():
+    """The current arena unless it holds device memory (host results then go
+    to the heap: a NumPy result never lands in device memory)."""
+    cdef Arena a = <Arena>current_arena()
+    if a is not None and a.location == LOC_DEVICE:
+        return None
+    return a
+
+
+cdef object _device_error(WsArray a, str what):
+    return TypeError(
+        f"{what} needs host memory, and this WsArray lives on cuda:{a._dev - 1}. Use "
+        f"a.cupy() (zero copy) or cupy.asarray(a), and cupy.asnumpy(...) for a host copy.")
 
 cdef extern from "numpy/arrayobject.h":
     ctypedef struct PyArray_Descr:
@@ -111,6 +137,8 @@ cdef extern from *:
 
 cdef enum:
     kDLCPU = 1
+    kDLCUDA = 2
+    kDLCUDAHost = 3
     kDLInt = 0
     kDLUInt = 1
     kDLFloat = 2
@@ -312,6 +340,14 @@ cdef WsArray new_array(Arena arena, object shape, object dtype, object order, in
     if arena.track:
         # Cython functions make no Python frames: the last entry is the caller's line.
         a._tb = traceback.extract_stack()
+    if arena.location == LOC_DEVICE:
+        a._dev = arena.device + 1
+        a._dl = kDLCUDA
+        if init == INIT_ZEROS and nbytes:
+            _gpu().memset0(a)
+        return a
+    if arena.location == LOC_PINNED:
+        a._dl = kDLCUDAHost
     if init == INIT_ZEROS and nbytes:
         if nbytes > 65536:
             with nogil:
@@ -466,6 +502,8 @@ cdef object _adopt(object r):
     cdef Arena arena
     cdef unsigned long long gen = 0
     cdef Block* block = NULL
+    if _gpu_mod is not None and _gpu_mod.is_cupy(r):
+        return _adopt_cupy(r)
     if _is_ndarray(r):
         owner = _view_owner(<cnp.ndarray>r)
         if owner is not None:
@@ -484,7 +522,7 @@ cdef object _adopt(object r):
         if ws_of is not None:
             # NumPy allocated it in a live (scoped) workspace (capture): zero copy.
             return _wrap_ndarray(<cnp.ndarray>r, <Arena>ws_of, gen, block, True)
-        arena = _target()
+        arena = _host_target()
         if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
             return _wrap_ndarray(<cnp.ndarray>r, None, 0, NULL)
         out = new_array(arena, r.shape, r.dtype,
@@ -497,6 +535,54 @@ cdef object _adopt(object r):
     if type(r) is list:
         return [_adopt(y) for y in <list>r]
     return r
+
+
+cdef WsArray _wrap_cupy(object r, Arena ws, unsigned long long gen, Block* block,
+                        object base, size_t off):
+    """A device WsArray over cupy array r's memory."""
+    cdef int nd = r.ndim
+    cdef WsArray a = _blank(nd)
+    cdef int i
+    shape = r.shape
+    strides = r.strides
+    for i in range(nd):
+        a._shape[i] = shape[i]
+        a._strides[i] = strides[i]
+    a._data = <char*><size_t>r.data.ptr
+    a._dtype = np.dtype(r.dtype)
+    a._ws = ws
+    a._gen = gen
+    a._block = block
+    a._off = off
+    a._base = base
+    a._dev = r.data.device_id + 1
+    a._dl = kDLCUDA
+    return a
+
+
+cdef object _adopt_cupy(object r):
+    """wsmem's form of a CuPy result: a view of a device WsArray stays in its
+    workspace and generation; an array CuPy allocated through a device
+    workspace's allocator is wrapped (zero copy, r kept as the owner); any
+    other is a heap device array."""
+    cdef WsArray src
+    cdef Arena arena
+    cdef unsigned long long gen = 0
+    cdef Block* block = NULL
+    mem = r.data.mem
+    owner = getattr(mem, "_owner", None)
+    if type(owner) is _ExportPin and (<_ExportPin>owner).rec.block != NULL:
+        src = <WsArray>(<object>(<_ExportPin>owner).rec.owner)
+        if src._ws is not None and arena_valid(src._ws, src._gen, src._off):
+            return _wrap_cupy(r, src._ws, src._gen, src._block, src._base, src._off)
+    if type(owner) is WsArray:          # view of a size-0 array
+        src = <WsArray>owner
+        return _wrap_cupy(r, src._ws, src._gen, src._block, src._base, src._off)
+    arena = <Arena>current_arena()
+    if arena is not None and arena.location == LOC_DEVICE and \
+            device_captured(arena, <size_t>r.data.ptr, &gen, &block):
+        return _wrap_cupy(r, arena, gen, block, r, 0)
+    return _wrap_cupy(r, None, 0, NULL, r, 0)
 
 
 cdef object _from_result(WsArray self, object v, object r):
@@ -570,10 +656,12 @@ cdef object _matmul_shape(tuple a, tuple b):
 cdef object _ufunc_call(object ufunc, tuple inputs, dict kwargs):
     """ufunc(*inputs) with outputs allocated in the current workspace up front
     (no heap temporary, no copy) when shapes and dtypes can be resolved."""
-    cdef Arena arena = _target()
+    cdef Arena arena = _host_target()
     if arena is None or kwargs or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
         return None
     for x in inputs:
+        if type(x) is WsArray and (<WsArray>x)._dev:
+            return None                 # CuPy runs it (see _ufunc_on_views)
         if not (type(x) is WsArray or _is_ndarray(x) or type(x) is float or type(x) is int
                 or isinstance(x, (complex, np.generic))):
             return None
@@ -632,6 +720,25 @@ cdef object _ufunc_on_views(object ufunc, object method, tuple inputs, dict kwar
     return out
 
 
+cdef inline void _copyto(WsArray dst, object dv, object sv) except *:
+    if dst._dev or _gpu_mod is not None and _gpu_mod.is_cupy(sv):
+        _gpu().copyto(dv, sv)
+    else:
+        np.copyto(dv, sv, casting="unsafe")
+
+
+cdef WsArray _new_like_self(WsArray self, object shape, object dtype, object order):
+    """A new array on self's side (host or device): in the current workspace
+    when it holds that kind of memory, else on the heap."""
+    cdef Arena a = <Arena>current_arena()
+    if self._dev:
+        if a is not None and a.location == LOC_DEVICE:
+            return new_array(a, shape, dtype, order, INIT_NONE)
+        c = _gpu().cupy_module().empty(shape, dtype, order)
+        return _wrap_cupy(c, None, 0, NULL, c, 0)
+    return new_array(_host_target(), shape, dtype, order, INIT_NONE)
+
+
 cdef object _call_view(WsArray a):
     """Checked ndarray over a's memory for the duration of one NumPy call,
     without a pin (base: the WsArray).  Never hand it to user code."""
@@ -674,6 +781,9 @@ cdef class WsArray:
         if self._shape != NULL and self._shape != self._small:
             PyMem_Free(self._shape)
         self._shape = NULL
+        if self._xpin != NULL:
+            pin_release(self._xpin)
+            self._xpin = NULL
 
     # ------------------------------------------------------------ validity
     cdef int _check(self) except -1:
@@ -726,9 +836,12 @@ cdef class WsArray:
         return p
 
     cdef object _view(self):
-        """A checked ndarray over the same memory, pinned for its lifetime."""
+        """A checked ndarray (cupy.ndarray for device memory) over the same
+        memory, pinned for its lifetime."""
         self._check()
         base = self._pin_base()
+        if self._dev:
+            return _gpu().cupy_view(self, base)
         Py_INCREF(self._dtype)    # stolen by PyArray_NewFromDescr
         arr = PyArray_NewFromDescr(<PyTypeObject*>cnp.ndarray, <PyObject*>self._dtype,
                                    self._nd, self._shape, self._strides, self._data,
@@ -774,8 +887,8 @@ cdef class WsArray:
 
     @property
     def device(self):
-        """'cpu' for host memory."""
-        return "cpu"
+        """'cpu' for host (and pinned) memory, 'cuda:N' for device memory."""
+        return f"cuda:{self._dev - 1}" if self._dev else "cpu"
 
     @property
     def ptr(self):
@@ -830,10 +943,65 @@ cdef class WsArray:
         ------
         WorkspaceLeakError
             If the array's cycle has ended.
+        TypeError
+            If the array lives in device memory (use :meth:`cupy`).
         """
+        if self._dev:
+            raise _device_error(self, "numpy()")
         return self._view()
 
+    def cupy(self):
+        """Zero-copy cupy.ndarray view of device memory; it keeps these bytes
+        out of reuse while it lives.
+
+        Returns
+        -------
+        cupy.ndarray
+            Shares memory with this array (on ``self.device``).
+
+        Raises
+        ------
+        WorkspaceLeakError
+            If the array's cycle has ended.
+        TypeError
+            If the array lives in host memory (copy it with ``cupy.asarray(a)``).
+        """
+        if not self._dev:
+            raise TypeError("cupy() gives a zero-copy view of device memory, and this "
+                            "WsArray lives in host memory; copy it to the GPU with "
+                            "cupy.asarray(a), or allocate it in a location='device' "
+                            "workspace.")
+        return self._view()
+
+    @property
+    def __cuda_array_interface__(self):
+        """CUDA array interface v3 of device memory (with the workspace's stream).
+
+        Reading it pins the array's bytes for the rest of the array's life:
+        consumers (cupy.asarray, Numba, PyTorch) keep the array as the owner
+        of their view, so its memory must outlive the cycle.
+        """
+        if not self._dev:
+            raise AttributeError("__cuda_array_interface__: this WsArray lives in host "
+                                 "memory (use __array_interface__ / the buffer protocol)")
+        self._check()
+        if self._xpin == NULL and self._ws is not None and self._block != NULL and \
+                self._size() > 0:
+            self._xpin = _pin(self)
+        return {
+            "version": 3,
+            "shape": self.shape,
+            "typestr": self._dtype.str,
+            "descr": self._dtype.descr,
+            "strides": None if self._c_contig() else self.strides,
+            "data": (<size_t>self._data, False),
+            "stream": (_gpu().stream_for_export(self._ws) if self._ws is not None
+                       else None),
+        }
+
     def __array__(self, dtype=None, copy=None):
+        if self._dev:
+            raise _device_error(self, "conversion to a NumPy array")
         v = self._view()
         if dtype is not None:
             dt = np.dtype(dtype)
@@ -849,6 +1017,9 @@ cdef class WsArray:
 
     @property
     def __array_interface__(self):
+        if self._dev:
+            raise AttributeError("__array_interface__: this WsArray lives in device "
+                                 "memory (use __cuda_array_interface__)")
         self._check()
         c = self._c_contig()
         d = {
@@ -867,6 +1038,9 @@ cdef class WsArray:
         return d
 
     def __getbuffer__(self, Py_buffer* view, int flags):
+        if self._dev:
+            raise BufferError(f"a WsArray on cuda:{self._dev - 1} has no host buffer; use "
+                              f"a.cupy() or cupy.asnumpy(a.cupy())")
         self._check()
         c = self._c_contig()
         if (flags & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS and not c:
@@ -902,8 +1076,10 @@ cdef class WsArray:
             view.internal = NULL
 
     def __dlpack_device__(self):
-        """(kDLCPU, 0)."""
-        return (kDLCPU, 0)
+        """(kDLCPU, 0) on the host, (kDLCUDA, N) on device N, (kDLCUDAHost, 0) pinned."""
+        if self._dev:
+            return (kDLCUDA, self._dev - 1)
+        return (self._dl if self._dl else kDLCPU, 0)
 
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
         """Export as a DLPack capsule (versioned when max_version >= (1, 0)).
@@ -912,18 +1088,44 @@ cdef class WsArray:
         ``copy=True`` exports a heap copy; ``stream`` must be None on the CPU.
         """
         self._check()
+        if self._dev:
+            return self._dlpack_device(stream, max_version, dl_device, copy)
         if stream is not None:
             raise ValueError("stream must be None for a CPU array (DLPack: kDLCPU)")
-        if dl_device is not None and tuple(dl_device) != (kDLCPU, 0):
+        if dl_device is not None and tuple(dl_device) not in ((kDLCPU, 0), self.__dlpack_device__()):
             raise BufferError(f"cannot export a CPU WsArray to device {tuple(dl_device)}; "
                               "copy it with the consumer's library (e.g. cupy.asarray)")
         if copy:
             base = np.array(self._view(), copy=True)
             return _dlpack_capsule(base, <char*>cnp.PyArray_DATA(base), self._nd,
                                    self._shape, self._strides, self._dtype,
-                                   max_version, True)
+                                   max_version, True, kDLCPU, 0)
         return _dlpack_capsule(self._pin_base(), self._data, self._nd, self._shape,
-                               self._strides, self._dtype, max_version, False)
+                               self._strides, self._dtype, max_version, False,
+                               self._dl if self._dl else kDLCPU, 0)
+
+    cdef object _dlpack_device(self, stream, max_version, dl_device, copy):
+        cdef int dev = self._dev - 1
+        if dl_device is not None and tuple(dl_device) != (kDLCUDA, dev):
+            raise BufferError(f"cannot export a WsArray on cuda:{dev} to device "
+                              f"{tuple(dl_device)}; copy it with cupy.asnumpy or the "
+                              f"consumer's library")
+        if stream is not None and type(stream) is not int:
+            raise TypeError(f"stream must be an int (a CUDA stream handle, 1 for the legacy "
+                            f"default stream, -1 for no synchronization), got "
+                            f"{type(stream).__name__}")
+        if stream == 0:
+            raise ValueError("stream=0 is ambiguous in DLPack for CUDA; pass 1 (legacy "
+                             "default stream), 2 (per-thread default) or a stream handle")
+        # Make the consumer's stream wait for the work queued on ours.
+        _gpu().wait_for_consumer(self._ws, stream)
+        if copy:
+            base = _gpu().heap_copy(self._view())
+            return _dlpack_capsule(base, <char*><size_t>base.data.ptr, self._nd,
+                                   self._shape, self._strides, self._dtype,
+                                   max_version, True, kDLCUDA, dev)
+        return _dlpack_capsule(self._pin_base(), self._data, self._nd, self._shape,
+                               self._strides, self._dtype, max_version, False, kDLCUDA, dev)
 
     # ------------------------------------------------------------ NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -945,6 +1147,9 @@ cdef class WsArray:
         WsArray
             A heap array (``workspace is None``) equal to this one.
         """
+        if self._dev:
+            c = _gpu().heap_copy(self._view())
+            return _wrap_cupy(c, None, 0, NULL, c, 0)
         return _wrap_ndarray(heap_copy(self._view()), None, 0, NULL)
 
     def leverage_to(self, ws):
@@ -970,7 +1175,7 @@ cdef class WsArray:
             return self
         out = new_array(target, self.shape, self._dtype,
                         "F" if (self._f_contig() and not self._c_contig()) else "C", INIT_NONE)
-        np.copyto(out._view(), self._view(), casting="no")
+        _copyto(out, out._view(), self._view())
         return out
 
     def copy(self, order="C"):
@@ -979,8 +1184,8 @@ cdef class WsArray:
         v = self._view()
         if order in ("K", "A", "k", "a"):
             order = "F" if (self._f_contig() and not self._c_contig()) else "C"
-        out = new_array(_target(), self.shape, self._dtype, order, INIT_NONE)
-        np.copyto(out._view(), v, casting="no")
+        out = _new_like_self(self, self.shape, self._dtype, order)
+        _copyto(out, out._view(), v)
         return out
 
     def astype(self, dtype, order="K", casting="unsafe", copy=True):
@@ -995,8 +1200,8 @@ cdef class WsArray:
         if not np.can_cast(self._dtype, dt, casting=casting):
             raise TypeError(f"Cannot cast array data from {self._dtype!r} to {dt!r} "
                             f"according to the rule {casting!r}")
-        out = new_array(_target(), self.shape, dt, order, INIT_NONE)
-        np.copyto(out._view(), v, casting="unsafe")
+        out = _new_like_self(self, self.shape, dt, order)
+        _copyto(out, out._view(), v)
         return out
 
     def fill(self, value):
@@ -1225,7 +1430,7 @@ cdef int _dl_dtype(cnp.dtype d, DLDataType* out) except -1:
 
 cdef object _dlpack_capsule(object keeper, char* data, int nd, cnp.npy_intp* shape,
                             cnp.npy_intp* strides, cnp.dtype d, object max_version,
-                            bint copied):
+                            bint copied, int dl_type, int dl_id):
     """Build a (versioned) DLPack capsule over data; `keeper` stays alive
     (holding the pin) until the consumer's deleter runs."""
     cdef DLTensor* t
@@ -1258,8 +1463,8 @@ cdef object _dlpack_capsule(object keeper, char* data, int nd, cnp.npy_intp* sha
         dims[i] = shape[i]
         dims[nd + i] = strides[i] // isz
     t.data = data
-    t.device.device_type = kDLCPU
-    t.device.device_id = 0
+    t.device.device_type = dl_type
+    t.device.device_id = dl_id
     t.ndim = nd
     t.dtype = dt
     t.shape = dims

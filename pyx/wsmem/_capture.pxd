@@ -16,14 +16,28 @@ cdef struct FreeSlot:
     size_t size         # 0: empty bucket
     CapHdr* head        # freed allocations of exactly `size` bytes (linked by pin.next)
 
+cdef struct DevHdr:
+    # A device allocation's record (device memory cannot hold a header): it
+    # lives on the host, found by address in CapCtx.table.
+    CapHdr h            # pin + size, as for host allocations (h.pin.block NULL: heap)
+    char* ptr           # the device address handed to CuPy
+    DevHdr* hnext       # chain in CapCtx.table
+
 cdef struct CapCtx:
-    # Owned by the handler capsule (freed by its destructor, when the last
-    # ndarray allocated through it is gone).
+    # NumPy handler: owned by the handler capsule (freed by its destructor,
+    # when the last ndarray allocated through it is gone).  CuPy allocator
+    # (device=True): freed when its workspace is gone and no allocation
+    # made through it is alive (n_live == 0).
     PyObject* arena     # borrowed Workspace; NULL once it is deallocated
     unsigned long long free_gen   # generation the free table belongs to
     size_t n_free       # entries in use in `free`
     size_t spill_parked # bytes of this cycle's spills waiting in `free` for reuse
     FreeSlot free[FREE_SLOTS]
+    bint device         # a CuPy allocator context (records in `table`)
+    bint orphaned       # the workspace is gone (device contexts)
+    DevHdr** table      # address -> record, power-of-two buckets
+    size_t table_mask
+    size_t n_live       # DevHdr records alive (live allocations + parked ones)
 
 # Make the capsule for `arena` (one per workspace).
 cdef object make_handler(Arena arena)
@@ -40,3 +54,13 @@ cdef object captured_in(object arr, unsigned long long* gen, Block** block)
 cdef object heap_copy(object arr)
 # The WorkspaceOverflowError behind the last NULL the handler returned (or None).
 cdef object take_error()
+
+# The C side of a device workspace's CuPy allocator: an owner object whose
+# .addresses are (param, malloc, free) for cupy.cuda.memory.CFunctionAllocator
+# (wsmem._gpu builds that).  Does not import CuPy.
+cdef object make_cupy_allocator(Arena arena)
+# The workspace is going away: its CuPy allocator serves from the heap from now on.
+cdef void detach_cupy_allocator(object owner) noexcept
+# If `ptr` starts a live allocation CuPy made through device workspace a's
+# allocator in a's live generation, fill gen/block and return True.
+cdef bint device_captured(Arena a, size_t ptr, unsigned long long* gen, Block** block)

@@ -19,10 +19,11 @@ data through its handler:
 NumPy frees an array through the handler that allocated it, so the capsule
 (and its context) lives until the last such array is gone.
 """
+cimport cython
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_IsValid
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject
-from cpython.exc cimport PyErr_Clear
+from cpython.exc cimport PyErr_Clear, PyErr_SetObject
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy, strncpy
 
@@ -95,8 +96,25 @@ cdef inline size_t _slot(size_t size) noexcept:
     return ((size >> 6) * 0x9E3779B97F4A7C15ULL >> 32) & (FREE_SLOTS - 1)
 
 
+cdef void _free_parked_records(CapCtx* ctx) noexcept:
+    # Device contexts: parked records are host mallocs (host headers live in
+    # arena memory and need no freeing).
+    cdef size_t i
+    cdef CapHdr* h
+    cdef CapHdr* nxt
+    for i in range(FREE_SLOTS):
+        h = ctx.free[i].head
+        while h != NULL:
+            nxt = <CapHdr*>h.pin.next
+            free(h)
+            ctx.n_live -= 1
+            h = nxt
+
+
 cdef inline void _reset_free(CapCtx* ctx, unsigned long long gen) noexcept:
     if ctx.n_free:
+        if ctx.device:
+            _free_parked_records(ctx)
         memset(ctx.free, 0, sizeof(ctx.free))
         ctx.n_free = 0
     ctx.spill_parked = 0
@@ -186,18 +204,13 @@ cdef void* _cap_malloc_gil(CapCtx* ctx, size_t size) noexcept:
     return p + WSMEM_HDR
 
 
-cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
-    cdef CapHdr* h
-    cdef Block* blk
+cdef bint _retire(CapCtx* ctx, CapHdr* h) noexcept:
+    """Release the pin of arena allocation `h` (pin.block set).  Returns True
+    when `h` was parked in the free table for reuse in this cycle (the caller
+    must then keep the record), else False."""
+    cdef Block* blk = h.pin.block
     cdef Arena a
     cdef bint drop
-    if ptr == NULL:
-        return
-    h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
-    blk = h.pin.block
-    if blk == NULL:
-        free(h)
-        return
     if ctx.arena != NULL and blk.is_main and get_debug_mode() == DEBUG_OFF:
         a = <Arena>ctx.arena
         if a.depth > 0 and blk is a.main:
@@ -211,9 +224,9 @@ cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
             pin_fini(&h.pin)
             h.pin.block = blk          # pin_fini cleared it; the table needs it back
             if _push_free(ctx, h):
-                return
+                return True
             h.pin.block = NULL
-            return
+            return False
     # Decide before releasing the pin: it may hold the last reference to the
     # block (a spill of an earlier cycle), and then blk is freed by pin_fini.
     # A spill of the open cycle is also referenced by the arena, so it
@@ -235,13 +248,25 @@ cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
             h.pin.block = blk
             if _push_free(ctx, h):
                 ctx.spill_parked += blk.size
-                return
+                return True
             h.pin.block = NULL
             arena_drop_dead_spill(a, blk)
-            return
+            return False
     pin_fini(&h.pin)
     if drop:
         arena_drop_dead_spill(<Arena>ctx.arena, blk)
+    return False
+
+
+cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
+    cdef CapHdr* h
+    if ptr == NULL:
+        return
+    h = <CapHdr*>(<char*>ptr - WSMEM_HDR)
+    if h.pin.block == NULL:
+        free(h)
+        return
+    _retire(ctx, h)          # the header lies in arena memory: nothing to free
 
 
 # NumPy calls its data allocator with the GIL held, so the entry points below
@@ -413,3 +438,286 @@ cdef object take_error():
     err = _last_error
     _last_error = None
     return err
+
+
+# ---------------------------------------------------------------- CuPy allocator
+#
+# A device workspace makes CuPy allocate from it through
+# cupy.cuda.memory.CFunctionAllocator: CuPy calls the C functions below (with
+# the GIL held, from its Python-level allocation) for every cupy.ndarray made
+# while the workspace is current, and again when the array dies.  Device
+# memory cannot carry a header, so each allocation's record (a DevHdr: the
+# same pin and size as a host header) lives on the host, found by address in
+# a hash table.  Reuse follows the host rules: exact-size within the cycle,
+# pins keep escaped arrays' lines out of later cycles.  Stream order makes the
+# reuse safe: the workspace is bound to one stream per cycle (wsmem._gpu).
+
+cdef inline size_t _bucket(CapCtx* ctx, const char* ptr) noexcept:
+    return ((<size_t>ptr >> 8) * 0x9E3779B97F4A7C15ULL >> 24) & ctx.table_mask
+
+
+cdef int _table_grow(CapCtx* ctx) noexcept:
+    cdef size_t n = (ctx.table_mask + 1) * 2 if ctx.table != NULL else 1024
+    cdef DevHdr** t = <DevHdr**>calloc(n, sizeof(DevHdr*))
+    cdef DevHdr** old = ctx.table
+    cdef size_t old_n = ctx.table_mask + 1 if old != NULL else 0
+    cdef size_t i, j
+    cdef DevHdr* d
+    cdef DevHdr* nxt
+    if t == NULL:
+        return -1
+    ctx.table = t
+    ctx.table_mask = n - 1
+    for i in range(old_n):
+        d = old[i]
+        while d != NULL:
+            nxt = d.hnext
+            j = _bucket(ctx, d.ptr)
+            d.hnext = t[j]
+            t[j] = d
+            d = nxt
+    free(old)
+    return 0
+
+
+cdef inline void _table_put(CapCtx* ctx, DevHdr* d) noexcept:
+    cdef size_t j = _bucket(ctx, d.ptr)
+    d.hnext = ctx.table[j]
+    ctx.table[j] = d
+
+
+cdef inline DevHdr* _table_take(CapCtx* ctx, const char* ptr) noexcept:
+    cdef DevHdr** link
+    cdef DevHdr* d
+    if ctx.table == NULL:
+        return NULL
+    link = &ctx.table[_bucket(ctx, ptr)]
+    d = link[0]
+    while d != NULL:
+        if d.ptr == ptr:
+            link[0] = d.hnext
+            d.hnext = NULL
+            return d
+        link = &d.hnext
+        d = d.hnext
+    return NULL
+
+
+cdef void _dev_ctx_free(CapCtx* ctx) noexcept:
+    free(ctx.table)
+    free(ctx)
+
+
+cdef inline void _dev_ctx_maybe_free(CapCtx* ctx) noexcept:
+    if ctx.orphaned and ctx.n_live == 0:
+        _dev_ctx_free(ctx)
+
+
+cdef void* _dev_fail(object exc) noexcept:
+    # CuPy turns a NULL from the allocator into a pointer 0 silently; report
+    # the error through Python instead: Cython-compiled CuPy checks for a set
+    # exception when the allocator returns -1, and raises it.
+    global _last_error
+    _last_error = exc
+    PyErr_SetObject(type(exc), exc)
+    return <void*>-1
+
+
+cdef void* _dev_record(CapCtx* ctx, char* p, Block* blk, size_t size,
+                       unsigned long long gen, object owner) noexcept:
+    cdef DevHdr* d
+    if ctx.n_live + 1 > (ctx.table_mask + 1 if ctx.table != NULL else 0):
+        if _table_grow(ctx) != 0:
+            return NULL
+    d = <DevHdr*>malloc(sizeof(DevHdr))
+    if d == NULL:
+        return NULL
+    d.ptr = p
+    d.hnext = NULL
+    d.h.size = size
+    d.h.pin.block = NULL
+    if blk != NULL:
+        pin_init(&d.h.pin, blk, p, p + size, gen, owner)
+    ctx.n_live += 1
+    _table_put(ctx, d)
+    return p
+
+
+cdef void* _dev_heap_alloc(CapCtx* ctx, size_t size, int device_id) noexcept:
+    """Device memory outside the workspace (it cannot serve this allocation)."""
+    cdef char* p
+    cdef void* r
+    try:
+        from wsmem import _gpu
+        p = <char*><size_t>_gpu.heap_malloc(size, device_id)
+    except BaseException as exc:
+        return _dev_fail(exc)
+    r = _dev_record(ctx, p, NULL, size, 0, None)
+    if r == NULL:
+        _gpu.heap_free(<size_t>p, device_id)
+        return _dev_fail(MemoryError("wsmem: out of host memory for an allocation record"))
+    return r
+
+
+cdef void* _dev_malloc_gil(CapCtx* ctx, size_t size, int device_id) noexcept:
+    cdef Arena a = _serving(ctx)
+    cdef CapHdr* h
+    cdef DevHdr* d
+    cdef char* p
+    cdef void* r
+    cdef Block* blk = NULL
+    if a is None or device_id != a.device:
+        return _dev_heap_alloc(ctx, size, device_id)
+    if ctx.free_gen != a.generation:
+        _reset_free(ctx, a.generation)
+    owner = traceback.extract_stack() if a.track else None
+    h = _pop_free(ctx, size) if ctx.n_free else NULL
+    if h != NULL:
+        d = <DevHdr*>h
+        if not h.pin.block.is_main:
+            ctx.spill_parked -= h.pin.block.size
+        pin_init(&h.pin, h.pin.block, d.ptr, d.ptr + size, a.generation, owner)
+        h.size = size
+        _table_put(ctx, d)
+        return d.ptr
+    try:
+        p = arena_alloc(a, size, &blk)
+    except BaseException as exc:
+        return _dev_fail(exc)
+    r = _dev_record(ctx, p, blk, size, a.generation, owner)
+    if r == NULL:
+        # Nothing pins p: the bytes go back with the cycle.
+        return _dev_fail(MemoryError("wsmem: out of host memory for an allocation record"))
+    return r
+
+
+cdef void _dev_free_gil(CapCtx* ctx, void* ptr, int device_id) noexcept:
+    cdef DevHdr* d = _table_take(ctx, <char*>ptr)
+    if d == NULL:
+        return                       # not ours (never happens through CuPy)
+    if d.h.pin.block == NULL:
+        try:
+            from wsmem import _gpu
+            _gpu.heap_free(<size_t>ptr, device_id)
+        except BaseException:
+            PyErr_Clear()            # interpreter shutdown: the driver reclaims it
+        free(d)
+        ctx.n_live -= 1
+    elif not _retire(ctx, &d.h):
+        free(d)
+        ctx.n_live -= 1
+    _dev_ctx_maybe_free(ctx)
+
+
+cdef extern from *:
+    """
+    static void* (*wsmem_dev_malloc_impl)(void*, size_t, int);
+    static void (*wsmem_dev_free_impl)(void*, void*, int);
+    static void* wsmem_dev_malloc(void* ctx, size_t n, int dev) {
+        if (PyGILState_Check()) return wsmem_dev_malloc_impl(ctx, n, dev);
+        PyGILState_STATE st = PyGILState_Ensure();
+        void* p = wsmem_dev_malloc_impl(ctx, n, dev);
+        PyGILState_Release(st);
+        return p;
+    }
+    static void wsmem_dev_free(void* ctx, void* ptr, int dev) {
+        if (PyGILState_Check()) { wsmem_dev_free_impl(ctx, ptr, dev); return; }
+        PyGILState_STATE st = PyGILState_Ensure();
+        wsmem_dev_free_impl(ctx, ptr, dev);
+        PyGILState_Release(st);
+    }
+    """
+    void* (*wsmem_dev_malloc_impl)(void*, size_t, int) noexcept
+    void (*wsmem_dev_free_impl)(void*, void*, int) noexcept
+    void* wsmem_dev_malloc(void* ctx, size_t n, int dev) noexcept nogil
+    void wsmem_dev_free(void* ctx, void* ptr, int dev) noexcept nogil
+
+
+cdef void* _dev_malloc_impl(void* ctx, size_t size, int device_id) noexcept:
+    return _dev_malloc_gil(<CapCtx*>ctx, size, device_id)
+
+
+cdef void _dev_free_impl(void* ctx, void* ptr, int device_id) noexcept:
+    _dev_free_gil(<CapCtx*>ctx, ptr, device_id)
+
+
+wsmem_dev_malloc_impl = _dev_malloc_impl
+wsmem_dev_free_impl = _dev_free_impl
+
+
+@cython.final
+cdef class _DevAllocOwner:
+    """Keeps a device context for as long as its workspace lives (the
+    CFunctionAllocator's owner); records of live cupy arrays keep the
+    context itself alive past that (CuPy's memory objects hold only the raw
+    pointer)."""
+    cdef CapCtx* ctx
+
+    def __dealloc__(self):
+        cdef CapCtx* ctx = self.ctx
+        self.ctx = NULL
+        if ctx == NULL:
+            return
+        ctx.arena = NULL
+        ctx.orphaned = True
+        _reset_free(ctx, 0)          # parked records can never be reused now
+        _dev_ctx_maybe_free(ctx)
+
+    @property
+    def live_records(self):
+        """Allocation records alive (live cupy arrays, plus parked ones)."""
+        return self.ctx.n_live if self.ctx != NULL else 0
+
+    @property
+    def addresses(self):
+        """(param, malloc, free) addresses for cupy.cuda.memory.CFunctionAllocator."""
+        return (<size_t>self.ctx, <size_t><void*>wsmem_dev_malloc,
+                <size_t><void*>wsmem_dev_free)
+
+
+cdef object make_cupy_allocator(Arena arena):
+    cdef CapCtx* ctx = <CapCtx*>calloc(1, sizeof(CapCtx))
+    cdef _DevAllocOwner owner
+    if ctx == NULL:
+        raise MemoryError("wsmem: out of memory for a CuPy allocator")
+    ctx.arena = <PyObject*>arena
+    ctx.device = True
+    if _table_grow(ctx) != 0:
+        free(ctx)
+        raise MemoryError("wsmem: out of memory for a CuPy allocator")
+    owner = _DevAllocOwner.__new__(_DevAllocOwner)
+    owner.ctx = ctx
+    return owner
+
+
+cdef void detach_cupy_allocator(object owner) noexcept:
+    if type(owner) is _DevAllocOwner and (<_DevAllocOwner>owner).ctx != NULL:
+        (<_DevAllocOwner>owner).ctx.arena = NULL
+
+
+def _make_cupy_allocator_for_tests(Arena arena):
+    """The C side of a CuPy allocator over `arena` (tests drive it directly)."""
+    return make_cupy_allocator(arena)
+
+
+cdef bint device_captured(Arena a, size_t ptr, unsigned long long* gen, Block** block):
+    """Whether device address `ptr` starts a live allocation CuPy made through
+    a's allocator in a's live generation (then fill gen/block)."""
+    cdef CapCtx* ctx
+    cdef DevHdr* d
+    if a.gpu is None or a.reset != RESET_BLOCK_LEFT:
+        return False
+    owner = a.gpu.alloc_owner
+    if type(owner) is not _DevAllocOwner or (<_DevAllocOwner>owner).ctx == NULL:
+        return False
+    ctx = (<_DevAllocOwner>owner).ctx
+    if ctx.table == NULL:
+        return False
+    d = ctx.table[_bucket(ctx, <char*>ptr)]
+    while d != NULL and d.ptr != <char*>ptr:
+        d = d.hnext
+    if d == NULL or d.h.pin.block == NULL or not arena_valid(a, d.h.pin.generation, 0):
+        return False
+    gen[0] = d.h.pin.generation
+    block[0] = d.h.pin.block
+    return True

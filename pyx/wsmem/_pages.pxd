@@ -11,6 +11,8 @@ cdef enum PageKind:
     PAGES_HOST = 0      # anonymous private mapping
     PAGES_FILE = 1      # MAP_SHARED mapping of a file (location="mmap")
     PAGES_MALLOC = 2    # posix_memalign (small spills)
+    PAGES_DEVICE = 3    # cudaMalloc (wsmem._gpu, through CuPy's runtime)
+    PAGES_PINNED = 4    # cudaHostAlloc: page-locked host memory (wsmem._gpu)
 
 cdef struct PageRegion:
     char* ptr           # start of the usable, aligned memory (NULL if empty)
@@ -19,6 +21,18 @@ cdef struct PageRegion:
     size_t map_size     # length passed to munmap (0 for malloc'd memory)
     int fd              # file descriptor kept open for PAGES_FILE, else -1
     PageKind kind
+    int device          # CUDA device of PAGES_DEVICE / PAGES_PINNED regions
+
+# The GPU layer (wsmem._gpu) registers its page source here when first used.
+# map: GIL held; fills `out` or raises (WorkspaceOverflowError on CUDA OOM).
+ctypedef int (*gpu_map_fn)(PageRegion* out, size_t size, int kind, int device,
+                           object arena) except -1
+# release: any thread, GIL held or not (it takes the GIL itself).
+ctypedef void (*gpu_release_fn)(PageRegion* region) noexcept nogil
+cdef void pages_set_gpu(gpu_map_fn map_fn, gpu_release_fn release_fn) noexcept
+# Map device or pinned pages (`kind` PAGES_DEVICE / PAGES_PINNED) on `device`.
+cdef int pages_map_gpu(PageRegion* out, size_t size, int kind, int device,
+                       object arena) except -1
 
 # Huge page size used for alignment and MADV_HUGEPAGE (x86-64 and aarch64 THP).
 cdef size_t HUGE_PAGE

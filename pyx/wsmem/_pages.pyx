@@ -14,6 +14,9 @@ cdef extern from "stdlib.h" nogil:
 cdef extern from "sys/mman.h" nogil:
     int MADV_HUGEPAGE
 
+cdef gpu_map_fn _gpu_map = NULL
+cdef gpu_release_fn _gpu_release = NULL
+
 cdef size_t HUGE_PAGE = 2 * 1024 * 1024
 cdef size_t HUGE_THRESHOLD = 4 * 1024 * 1024
 
@@ -29,6 +32,7 @@ cdef void _clear(PageRegion* r) noexcept nogil:
     r.map_size = 0
     r.fd = -1
     r.kind = PAGES_HOST
+    r.device = -1
 
 
 cdef int pages_map_host(PageRegion* out, size_t size, size_t alignment) noexcept nogil:
@@ -117,7 +121,27 @@ cdef int pages_malloc(PageRegion* out, size_t size, size_t alignment) noexcept n
     return 0
 
 
+cdef void pages_set_gpu(gpu_map_fn map_fn, gpu_release_fn release_fn) noexcept:
+    global _gpu_map, _gpu_release
+    _gpu_map = map_fn
+    _gpu_release = release_fn
+
+
+cdef int pages_map_gpu(PageRegion* out, size_t size, int kind, int device,
+                       object arena) except -1:
+    _clear(out)
+    if _gpu_map == NULL:
+        raise RuntimeError("wsmem: the GPU page source is not loaded (import wsmem._gpu)")
+    return _gpu_map(out, size, kind, device, arena)
+
+
 cdef void pages_release(PageRegion* region) noexcept nogil:
+    if region.map_base != NULL and (region.kind == PAGES_DEVICE or
+                                    region.kind == PAGES_PINNED):
+        if _gpu_release != NULL:
+            _gpu_release(region)
+        _clear(region)
+        return
     if region.map_base != NULL:
         if region.kind == PAGES_MALLOC:
             free(region.map_base)

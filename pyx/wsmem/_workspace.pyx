@@ -55,40 +55,59 @@ cdef list _stack():
         return _tls.stack
 
 
+# wsmem._gpu once a device or pinned workspace exists: from then on, frames
+# also switch CuPy's (thread-local) allocator.  Host-only programs never
+# import CuPy.
+cdef object _gpu = None
+cdef object _NO_CUPY = object()
+
+
 cdef void _push(object frame, list stack) except *:
     """Make `frame` (a Workspace, or None for the heap) current; NumPy's
     memory handler follows it (the workspace's when it captures, else
-    NumPy's default).  Each stack entry is (frame, handler token)."""
+    NumPy's default), and so does CuPy's allocator once GPU workspaces exist.
+    Each stack entry is (frame, handler token, CuPy allocator token)."""
     handler = None
     if frame is not None:
         handler = (<Workspace>frame)._handler
     token = set_handler(handler)
-    stack.append((frame, token))
+    ctoken = _NO_CUPY
+    if _gpu is not None:
+        try:
+            ctoken = _gpu.push_allocator(frame)
+        except BaseException:
+            restore_handler(token)
+            raise
+    stack.append((frame, token, ctoken))
     set_current_arena(frame)
 
 
 cdef void _pop(object frame, list stack) noexcept:
     # Remove the innermost entry of this frame (normally the top) and restore
-    # the NumPy handler that was current when it was pushed.
+    # the NumPy handler (and CuPy allocator) current when it was pushed.
     cdef Py_ssize_t i
     for i in range(len(stack) - 1, -1, -1):
         if stack[i][0] is frame:
             restore_handler(stack[i][1])
+            if stack[i][2] is not _NO_CUPY:
+                try:
+                    _gpu.pop_allocator(stack[i][2])
+                except BaseException:
+                    pass
             del stack[i]
             break
     set_current_arena(stack[-1][0] if stack else None)
 
 
-def _gpu_unavailable(location):
-    try:
-        import cupy  # noqa: F401
-    except Exception as exc:
-        return (f"location={location!r} needs CuPy and a CUDA device, and CuPy could not be "
-                f"imported ({type(exc).__name__}: {exc}). Install the gpu extra "
-                f"(pip install 'wsmem[gpu]') on a machine with an NVIDIA GPU, or use "
-                f"location='host'.")
-    return (f"location={location!r} (device and pinned pages through CUDA) is not available "
-            f"in this version of wsmem; use location='host'.")
+cdef object _load_gpu(location, device):
+    """wsmem._gpu, after checking that `location` can be served here."""
+    global _gpu
+    from wsmem import _gpu as g
+    reason = g.unavailable(location, device)
+    if reason is not None:
+        raise WorkspaceError(reason)
+    _gpu = g
+    return g
 
 
 cdef class Workspace(Arena):
@@ -128,13 +147,18 @@ cdef class Workspace(Arena):
                             f"{type(config).__name__}")
         elif overrides:
             config = config.replace(**overrides)
+        gpu = None
         if config.location in (Location.DEVICE, Location.PINNED):
-            raise WorkspaceError(_gpu_unavailable(config.location.value))
+            gpu = _load_gpu(config.location.value, config.device)
+            if config.device is None:
+                config = config.replace(device=gpu.current_device())
         self.name = name
         self.config = config
         self.track = config.track or tracking_forced()
         self._configure(config)
-        if config.capture:
+        if gpu is not None:
+            gpu.setup(self, config.capture)
+        if config.capture and config.location is not Location.DEVICE:
             self._handler = make_handler(self)
         _all.add(self)
 
@@ -143,6 +167,8 @@ cdef class Workspace(Arena):
         # keep the capsule, and from now on it frees only.
         if self._handler is not None:
             detach_handler(self._handler)
+        if self.gpu is not None:
+            self.gpu.detach()
 
     # ------------------------------------------------------------ cycles
     def __enter__(self):
@@ -152,6 +178,8 @@ cdef class Workspace(Arena):
         self.check_owner()
         if self.depth == 0:
             self.begin_cycle()
+            if self.gpu is not None:
+                _gpu.begin_cycle(self)
         self.depth += 1
         _push(self, _stack())
         return self

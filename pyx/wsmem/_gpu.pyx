@@ -1,0 +1,341 @@
+# cython: boundscheck=False, wraparound=False
+"""GPU layer: device and pinned pages, stream binding, and the CuPy side of
+device WsArrays and of the CuPy drop-in.
+
+Everything CUDA goes through CuPy's runtime bindings (``cupy.cuda.runtime``),
+imported on first use, so ``import wsmem`` never needs CuPy.  Calls into CUDA
+happen per block (learning, growth, spills) and per cycle (stream binding),
+never per array: arrays are carved out of the blocks by the arena, and CuPy's
+allocations reach the arena through C function pointers (wsmem._capture).
+"""
+cimport numpy as cnp
+from libc.string cimport memset
+
+from wsmem._pages cimport (PageRegion, pages_set_gpu, pages_map_host,
+                           PAGES_DEVICE, PAGES_PINNED)
+from wsmem._arena cimport Arena, LOC_DEVICE, LOC_PINNED
+from wsmem._array cimport WsArray
+from wsmem._capture cimport make_cupy_allocator, detach_cupy_allocator
+
+import sys
+
+from wsmem._errors import WorkspaceError, WorkspaceOverflowError
+
+cnp.import_array()
+
+_cupy = None
+# Tests without a GPU: device/pinned pages come from host memory and no CUDA
+# call is made (the logic above CUDA can then run on any machine).
+cdef bint _host_backing = False
+
+
+def _set_host_backing_for_tests(flag):
+    """Tests only: back device/pinned workspaces with host memory (no CUDA)."""
+    global _host_backing
+    _host_backing = bool(flag)
+
+
+def cupy_module():
+    """CuPy, imported on first use (ImportError propagates)."""
+    global _cupy
+    if _cupy is None:
+        import cupy
+        _cupy = cupy
+    return _cupy
+
+
+def unavailable(location, device=None):
+    """Why a `location` workspace cannot be made here (a sentence), or None."""
+    if _host_backing:
+        return None
+    try:
+        cp = cupy_module()
+    except Exception as exc:
+        return (f"location={location!r} needs CuPy and a CUDA device, and CuPy could not be "
+                f"imported ({type(exc).__name__}: {exc}). Install the gpu extra "
+                f"(pip install 'wsmem[gpu]') on a machine with an NVIDIA GPU, or use "
+                f"location='host'.")
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return (f"location={location!r} needs a CUDA device, and CuPy found none "
+                f"({type(exc).__name__}: {exc}). Run on a machine with an NVIDIA GPU and "
+                f"driver, or use location='host'.")
+    if n == 0:
+        return (f"location={location!r} needs a CUDA device, and this machine has none; "
+                f"use location='host'.")
+    if device is not None and device >= n:
+        return (f"device={device} does not exist: this machine has {n} CUDA device(s) "
+                f"(0..{n - 1}).")
+    return None
+
+
+def current_device():
+    """The current CUDA device id (0 under host backing)."""
+    if _host_backing:
+        return 0
+    return cupy_module().cuda.runtime.getDevice()
+
+
+# ---------------------------------------------------------------- page source
+
+cdef int _map(PageRegion* out, size_t size, int kind, int device, object arena) except -1:
+    cdef int err
+    if _host_backing:
+        with nogil:
+            err = pages_map_host(out, size, 4096)
+        if err:
+            raise WorkspaceOverflowError(
+                f"workspace {arena.name!r}: the system refused {size} bytes", None)
+        out.device = device
+        return 0
+    cp = cupy_module()
+    rt = cp.cuda.runtime
+    try:
+        with cp.cuda.Device(device):
+            if kind == PAGES_DEVICE:
+                ptr = rt.malloc(size)
+            else:
+                ptr = rt.hostAlloc(size, rt.hostAllocPortable)
+    except rt.CUDARuntimeError as exc:
+        what = "device memory (cudaMalloc)" if kind == PAGES_DEVICE else \
+            "pinned host memory (cudaHostAlloc)"
+        raise WorkspaceOverflowError(
+            f"workspace {arena.name!r}: CUDA refused {size} bytes of {what} on device "
+            f"{device} ({exc}). Free GPU memory (e.g. cupy.get_default_memory_pool()."
+            f"free_all_blocks()), lower max_size/initial_size, or use a smaller batch.",
+            arena._stats_or_none()) from exc
+    out.ptr = <char*><size_t>ptr
+    out.map_base = <void*><size_t>ptr
+    out.size = size
+    out.map_size = size
+    out.kind = PAGES_DEVICE if kind == PAGES_DEVICE else PAGES_PINNED
+    out.device = device
+    return 0
+
+
+cdef void _release(PageRegion* r) noexcept nogil:
+    with gil:
+        _release_gil(<size_t>r.map_base, r.kind, r.device)
+
+
+cdef void _release_gil(size_t ptr, int kind, int device) noexcept:
+    try:
+        if _cupy is None or sys.is_finalizing():
+            return              # the driver reclaims everything at process exit
+        rt = _cupy.cuda.runtime
+        with _cupy.cuda.Device(device):
+            if kind == PAGES_DEVICE:
+                rt.free(ptr)
+            else:
+                rt.freeHost(ptr)
+    except BaseException:
+        pass
+
+
+pages_set_gpu(_map, _release)
+
+
+def heap_malloc(size_t size, int device):
+    """Device memory outside any workspace (the CuPy allocator's fallback)."""
+    cdef PageRegion r
+    if _host_backing:
+        if pages_map_host(&r, size, 4096):
+            raise MemoryError(f"cannot allocate {size} bytes")
+        return <size_t>r.ptr
+    cp = cupy_module()
+    with cp.cuda.Device(device):
+        return cp.cuda.runtime.malloc(size)
+
+
+def heap_free(size_t ptr, int device):
+    """Free what heap_malloc returned."""
+    if _host_backing:
+        return          # host-backing tests: leaked on purpose (tiny, test only)
+    cp = cupy_module()
+    with cp.cuda.Device(device):
+        cp.cuda.runtime.free(ptr)
+
+
+# ---------------------------------------------------------------- per workspace
+
+cdef class DeviceState:
+    """GPU state of a device or pinned workspace."""
+    cdef public int device
+    cdef public bint is_device          # device memory (else pinned host memory)
+    cdef public object stream           # cupy Stream the open (or last) cycle is bound to
+    cdef public size_t stream_ptr
+    cdef public object allocator        # cupy CFunctionAllocator (device + capture)
+    cdef public object alloc_owner      # its C side (wsmem._capture)
+
+    def detach(self):
+        if self.alloc_owner is not None:
+            detach_cupy_allocator(self.alloc_owner)
+
+
+def setup(Arena ws, bint capture):
+    """Make the DeviceState of a device/pinned workspace (called before its
+    first block is mapped)."""
+    st = DeviceState()
+    st.device = ws.device
+    st.is_device = ws.location == LOC_DEVICE
+    st.stream = None
+    st.stream_ptr = 0
+    if st.is_device and capture:
+        st.alloc_owner = make_cupy_allocator(ws)
+        if not _host_backing:
+            cp = cupy_module()
+            param, mfn, ffn = st.alloc_owner.addresses
+            st.allocator = cp.cuda.memory.CFunctionAllocator(param, mfn, ffn, st.alloc_owner)
+    ws.gpu = st
+    return st
+
+
+def begin_cycle(Arena ws):
+    """Bind the cycle to the current stream.  Memory reused from the last
+    cycle was last used on that cycle's stream: a different stream first
+    waits for everything queued there so far."""
+    cdef DeviceState st = ws.gpu
+    if _host_backing:
+        return
+    cp = cupy_module()
+    s = cp.cuda.get_current_stream()
+    ptr = s.ptr
+    if st.stream is not None and ptr != st.stream_ptr:
+        ev = cp.cuda.Event(disable_timing=True)
+        ev.record(st.stream)
+        s.wait_event(ev)
+    st.stream = s
+    st.stream_ptr = ptr
+
+
+def stream_for_export(Arena ws):
+    """The stream of ws's open/last cycle as the CUDA array interface wants it
+    (1 for the legacy default stream), or None."""
+    cdef DeviceState st = ws.gpu
+    if st is None or st.stream is None:
+        return None
+    return st.stream_ptr if st.stream_ptr != 0 else 1
+
+
+def wait_for_consumer(Arena ws, consumer):
+    """DLPack: make the consumer's stream (an int, as the protocol passes it)
+    wait for the work queued on ws's stream."""
+    cdef DeviceState st = ws.gpu if ws is not None else None
+    if _host_backing or st is None or st.stream is None or consumer is None or consumer == -1:
+        return
+    cp = cupy_module()
+    mine = st.stream_ptr if st.stream_ptr != 0 else 1
+    if consumer == mine or (consumer in (0, 1) and st.stream_ptr == 0):
+        return
+    ev = cp.cuda.Event(disable_timing=True)
+    ev.record(st.stream)
+    target = cp.cuda.ExternalStream(0 if consumer == 1 else consumer)
+    target.wait_event(ev)
+
+
+_NO_CHANGE = object()
+
+
+def push_allocator(Arena ws):
+    """Make ws's CuPy allocator current in this thread; returns the token for
+    pop_allocator.  ws None (scope_out, host workspace) restores CuPy's
+    default inside a device workspace."""
+    cp = _cupy
+    if cp is None:
+        return _NO_CHANGE
+    mem = cp.cuda.memory
+    prev = mem._get_thread_local_allocator()
+    alloc = None
+    if ws is not None and ws.gpu is not None:
+        alloc = (<DeviceState>ws.gpu).allocator
+        if alloc is not None:
+            alloc = alloc.malloc
+    if alloc is prev:
+        return _NO_CHANGE
+    mem._set_thread_local_allocator(alloc)
+    return prev
+
+
+def pop_allocator(token):
+    if token is _NO_CHANGE or _cupy is None:
+        return
+    _cupy.cuda.memory._set_thread_local_allocator(token)
+
+
+# ---------------------------------------------------------------- device arrays
+
+def extent(WsArray a):
+    """(lo, hi) addresses of a's bytes."""
+    cdef char* lo = a._data
+    cdef char* hi = a._data + a._dtype.itemsize
+    cdef int i
+    cdef cnp.npy_intp span
+    for i in range(a._nd):
+        span = (a._shape[i] - 1) * a._strides[i]
+        if span < 0:
+            lo += span
+        else:
+            hi += span
+    return <size_t>lo, <size_t>hi
+
+
+def cupy_view(WsArray a, owner):
+    """A cupy.ndarray over a's device memory; `owner` (a pin) lives as long as it."""
+    cp = cupy_module()
+    lo, hi = extent(a)
+    mem = cp.cuda.UnownedMemory(lo, hi - lo, owner, device_id=a._devid)
+    mp = cp.cuda.MemoryPointer(mem, <size_t>a._data - lo)
+    return cp.ndarray(a.shape, a._dtype, mp, a.strides)
+
+
+def memset0(WsArray a):
+    """Zero a new device array, in order on its workspace's stream."""
+    cdef size_t n = a._size() * a._dtype.itemsize
+    if _host_backing:
+        memset(a._data, 0, n)
+        return
+    cp = cupy_module()
+    st = a._ws.gpu if a._ws is not None else None
+    stream = (<DeviceState>st).stream_ptr if st is not None else 0
+    with cp.cuda.Device(a._dev - 1):
+        cp.cuda.runtime.memsetAsync(<size_t>a._data, 0, n, stream)
+
+
+def is_cupy(x):
+    return _cupy is not None and isinstance(x, _cupy.ndarray)
+
+
+def copyto(dst, src):
+    """np.copyto for any mix of ndarray / cupy.ndarray views (same shape)."""
+    cp = _cupy
+    if cp is not None and isinstance(dst, cp.ndarray):
+        if not isinstance(src, cp.ndarray):
+            src = cp.asarray(src)
+        cp.copyto(dst, src, casting="unsafe")
+    elif cp is not None and isinstance(src, cp.ndarray):
+        import numpy as np
+        np.copyto(dst, src.get(), casting="unsafe")
+    else:
+        import numpy as np
+        np.copyto(dst, src, casting="unsafe")
+
+
+def heap_copy(view):
+    """A copy of cupy array `view` that no workspace owns (CuPy's default allocator)."""
+    cp = cupy_module()
+    mem = cp.cuda.memory
+    prev = mem._get_thread_local_allocator()
+    mem._set_thread_local_allocator(None)
+    try:
+        return view.copy()
+    finally:
+        mem._set_thread_local_allocator(prev)
+
+
+def allocator_param(Arena ws):
+    """The C param of ws's CuPy allocator (identifies its allocations), or 0."""
+    cdef DeviceState st = ws.gpu
+    if st is None or st.alloc_owner is None:
+        return 0
+    return st.alloc_owner.addresses[0]
