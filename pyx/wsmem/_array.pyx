@@ -429,6 +429,20 @@ cdef Pin* _pin(WsArray a) except NULL:
     return p
 
 
+cdef Pin* _self_pin(WsArray a) except NULL:
+    """A malloc'd pin on a's bytes held by `a` itself (its owner is a's
+    traceback, not `a`: a pin owning its holder would never be released)."""
+    cdef Pin* p = <Pin*>malloc(sizeof(Pin))
+    cdef char* lo
+    cdef char* hi
+    if p == NULL:
+        raise MemoryError("wsmem: out of memory for a pin record")
+    _extent(a, &lo, &hi)
+    pin_init(p, a._block, lo, hi, a._gen, a._tb)
+    ring_note_pin(a._ws, p)
+    return p
+
+
 # ---------------------------------------------------------------- WsArray
 
 cdef object _stale_error(WsArray a):
@@ -987,7 +1001,7 @@ cdef class WsArray:
         self._check()
         if self._xpin == NULL and self._ws is not None and self._block != NULL and \
                 self._size() > 0:
-            self._xpin = _pin(self)
+            self._xpin = _self_pin(self)
         return {
             "version": 3,
             "shape": self.shape,

@@ -183,8 +183,12 @@ def setup(Arena ws, bint capture):
     st.stream_ptr = 0
     if st.is_device and capture:
         st.alloc_owner = make_cupy_allocator(ws)
-        if not _host_backing:
+        try:
             cp = cupy_module()
+        except ImportError:
+            if not _host_backing:
+                raise
+        else:
             param, mfn, ffn = st.alloc_owner.addresses
             st.allocator = cp.cuda.memory.CFunctionAllocator(param, mfn, ffn, st.alloc_owner)
     ws.gpu = st
@@ -284,7 +288,7 @@ def cupy_view(WsArray a, owner):
     """A cupy.ndarray over a's device memory; `owner` (a pin) lives as long as it."""
     cp = cupy_module()
     lo, hi = extent(a)
-    mem = cp.cuda.UnownedMemory(lo, hi - lo, owner, device_id=a._devid)
+    mem = cp.cuda.UnownedMemory(lo, hi - lo, owner, device_id=a._dev - 1)
     mp = cp.cuda.MemoryPointer(mem, <size_t>a._data - lo)
     return cp.ndarray(a.shape, a._dtype, mp, a.strides)
 
@@ -339,3 +343,8 @@ def allocator_param(Arena ws):
     if st is None or st.alloc_owner is None:
         return 0
     return st.alloc_owner.addresses[0]
+
+
+def state(Arena ws):
+    """The DeviceState of a device/pinned workspace (None for host ones)."""
+    return ws.gpu
