@@ -327,6 +327,21 @@ class TestOnGPU:
             assert float(d.sum()) == 2.0 * (1 << 20)
             del h, d
 
+    def test_prefetch_to_device_delivers_cupy_batches_in_order(self):
+        import cupy as cp
+        items = [(np.full((64, 32), k, dtype=np.float32), k) for k in range(40)]
+        seen = []
+        kept = []
+        with wsmem.prefetch(iter(items), buffer=4, device=0) as it:
+            for x, k in it:
+                assert isinstance(x, cp.ndarray) and x.device.id == 0
+                seen.append((float(x.sum()), k))
+                if k % 10 == 0:
+                    kept.append(x)                         # pinned: never written over
+        assert seen == [(64 * 32 * float(k), k) for k in range(40)]
+        assert [float(x[0, 0]) for x in kept] == [0.0, 10.0, 20.0, 30.0]
+        del kept
+
     def test_device_oom_raises_overflow_and_workspace_survives(self, workspace_factory):
         import cupy as cp
         ws = workspace_factory("gpu")(location="device", initial_size=1 << 20,

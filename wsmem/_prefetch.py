@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from wsmem._array import WsArray
 from wsmem._errors import WorkspaceError
 from wsmem._workspace import Workspace
 
@@ -202,7 +203,86 @@ def _copy_item(ring: Workspace, item: Any) -> tuple:
     return batch, pins, first
 
 
-def _produce(it: Iterator, chan: _Channel, buffer: int, name: str) -> None:
+class _DeviceStage:
+    """Producer-side GPU staging for ``prefetch(device=N)``.
+
+    Items are copied into a *pinned* ring (page-locked, so the copies to the
+    GPU run at full speed and asynchronously), then copied with
+    ``cudaMemcpyAsync`` on a side stream into a *device* ring; the consumer's
+    stream waits on an event recorded after the item's copies.  Batches hold
+    ``cupy.ndarray`` views of the device ring: each pins its bytes for as long
+    as it lives, so the device ring goes around (or grows past) batches the
+    consumer keeps.  At most `buffer` items' copies are in flight: before
+    staging another, the producer waits for the oldest, so a pinned slot is
+    never written while the GPU still reads it (the pinned ring holds
+    ``2 * buffer + 2`` items).
+    """
+
+    def __init__(self, device: int, name: str, ring_bytes: int, buffer: int) -> None:
+        import cupy
+        self.cp = cupy
+        self.device = device
+        self.buffer = buffer
+        self.dev = cupy.cuda.Device(device)
+        self.dev.use()
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.pinned = Workspace(f"{name}-pinned", reset="endofbuffer_reached",
+                                learning="none", initial_size=ring_bytes,
+                                allocation="strict", capture=False,
+                                location="pinned", device=device)
+        self.ring = Workspace(f"{name}-device", reset="endofbuffer_reached",
+                              learning="none", initial_size=ring_bytes,
+                              allocation="strict", capture=False,
+                              location="device", device=device)
+        self.inflight: collections.deque = collections.deque()
+
+    def wait_slot(self) -> None:
+        while len(self.inflight) >= self.buffer:
+            self.inflight.popleft().synchronize()
+
+    def to_device(self, x: Any) -> Any:
+        """Batch `x` (WsArray leaves in the pinned ring) with cupy arrays in
+        the device ring, copies queued on the side stream."""
+        if isinstance(x, tuple):
+            items = [self.to_device(v) for v in x]
+            if hasattr(x, "_fields"):
+                return type(x)(*items)
+            return tuple(items) if type(x) is tuple else type(x)(items)
+        if isinstance(x, list):
+            items = [self.to_device(v) for v in x]
+            return items if type(x) is list else type(x)(items)
+        if isinstance(x, dict):
+            pairs = [(k, self.to_device(v)) for k, v in x.items()]
+            return dict(pairs) if type(x) is dict else type(x)(pairs)
+        if isinstance(x, WsArray) and x.workspace is self.pinned:
+            with self.ring:
+                d = self.ring.empty(x.shape, dtype=x.dtype)
+                view = d.cupy()                      # pins d's bytes while the batch lives
+            if x.nbytes:
+                rt = self.cp.cuda.runtime
+                rt.memcpyAsync(d.ptr, x.ptr, x.nbytes, rt.memcpyHostToDevice,
+                               self.stream.ptr)
+            return view
+        return x
+
+    def stage(self, batch: Any) -> tuple:
+        out = self.to_device(batch)
+        ev = self.cp.cuda.Event(disable_timing=True)
+        ev.record(self.stream)
+        self.inflight.append(ev)
+        return out, ev
+
+    def close(self) -> None:
+        try:
+            self.stream.synchronize()
+        finally:
+            self.inflight.clear()
+            self.ring.destroy()
+            self.pinned.destroy()
+
+
+def _produce(it: Iterator, chan: _Channel, buffer: int, name: str,
+             device: int | None = None) -> None:
     """Body of the producer thread (see the module docstring for ownership).
 
     `window` holds ``(index, pins)`` for every copied item whose pins are still
@@ -210,6 +290,7 @@ def _produce(it: Iterator, chan: _Channel, buffer: int, name: str) -> None:
     consumer has taken ``buffer`` items after it and expired it).
     """
     ring = None
+    stage = None
     window: collections.deque = collections.deque()
     index = 0
     try:
@@ -224,11 +305,22 @@ def _produce(it: Iterator, chan: _Channel, buffer: int, name: str) -> None:
             while window and window[0][0] < taken - buffer:
                 window.popleft()                       # drop item k's pins
             try:
-                if ring is None:
+                if ring is None and device is None:
                     ring = Workspace(name, reset="endofbuffer_reached", learning="none",
                                      initial_size=_ring_size(buffer, _item_bytes(payload)),
                                      allocation="strict", capture=False)
+                elif ring is None:
+                    stage = _DeviceStage(device, name,
+                                         _ring_size(buffer, _item_bytes(payload)), buffer)
+                    ring = stage.pinned
+                if stage is not None:
+                    stage.wait_slot()
                 batch, pins, first = _copy_item(ring, payload)
+                if stage is not None:
+                    # cupy arrays out; `first` becomes (first, event): the
+                    # consumer's stream waits on the event.
+                    batch, event = stage.stage(batch)
+                    first = (first, event)
             except BaseException as exc:            # noqa: BLE001 - delivered to the consumer
                 tb = exc.__traceback__
                 chan.put((_ERROR, exc.with_traceback(tb.tb_next if tb is not None else None)))
@@ -246,7 +338,9 @@ def _produce(it: Iterator, chan: _Channel, buffer: int, name: str) -> None:
     finally:
         window.clear()                                  # release every pin
         chan.drain()
-        if ring is not None:
+        if stage is not None:
+            stage.close()
+        elif ring is not None:
             ring.destroy()
 
 
@@ -276,7 +370,7 @@ def _check_buffer(buffer: Any) -> int:
 
 
 def _check_device(device: Any) -> None:
-    """device=None: host.  Anything else needs CuPy and CUDA (and is not built yet)."""
+    """device=None: host.  Anything else needs CuPy and that CUDA device."""
     if device is None:
         return
     if isinstance(device, bool) or not isinstance(device, numbers.Integral) or device < 0:
@@ -299,10 +393,7 @@ def _check_device(device: Any) -> None:
         raise WorkspaceError(
             f"prefetch(device={device}): there is no CUDA device {device} "
             f"({count} visible). Use a device id below {count}, or device=None.")
-    raise WorkspaceError(
-        f"prefetch(device={device}): staging batches in pinned memory and copying them to "
-        "the GPU is not implemented in this version of wsmem. Use device=None and copy "
-        "each batch with cupy.asarray(batch) in the training loop.")
+    return
 
 
 class PrefetchIterator:
@@ -314,8 +405,10 @@ class PrefetchIterator:
     exit) closes it as well.
     """
 
-    def __init__(self, iterable: Iterable, buffer: int = 8) -> None:
+    def __init__(self, iterable: Iterable, buffer: int = 8,
+                 device: int | None = None) -> None:
         self._buffer = _check_buffer(buffer)
+        self._device = device
         it = iter(iterable)
         serial = next(_serial)
         # The channel is all the thread shares with this object.
@@ -326,7 +419,8 @@ class PrefetchIterator:
         self._firsts: collections.deque = collections.deque()
         self._done = False
         self._thread = threading.Thread(
-            target=_produce, args=(it, self._chan, self._buffer, f"prefetch-{serial}"),
+            target=_produce,
+            args=(it, self._chan, self._buffer, f"prefetch-{serial}", device),
             name=f"wsmem-prefetch-{serial}", daemon=True)
         del it
         self._thread.start()
@@ -364,6 +458,10 @@ class PrefetchIterator:
             finally:
                 del payload
         index, batch, first = payload
+        if self._device is not None:
+            first, event = first
+            import cupy
+            cupy.cuda.get_current_stream().wait_event(event)
         firsts = self._firsts
         firsts.append(first)
         if len(firsts) > self._buffer:
@@ -482,9 +580,12 @@ def prefetch(iterable: Iterable, buffer: int = 8,
         Items prefetched ahead, and how many further items a batch stays
         valid for (>= 1).
     device : int, optional
-        CUDA device to stage batches on.  Needs CuPy and a CUDA device;
-        GPU staging is not implemented in this version, so any value other
-        than None raises :class:`~wsmem.WorkspaceError` naming what is missing.
+        CUDA device to deliver batches on (needs CuPy and that device).  The
+        thread stages each item in page-locked (pinned) memory and copies it
+        to the device asynchronously on a side stream; batches hold
+        ``cupy.ndarray`` leaves, each keeping its device bytes for as long
+        as it lives, and ``__next__`` makes the current stream wait for the
+        item's copies.
 
     Returns
     -------
@@ -496,7 +597,7 @@ def prefetch(iterable: Iterable, buffer: int = 8,
     TypeError, ValueError
         `buffer` is not an int >= 1 (bool is refused), or `iterable` is not iterable.
     WorkspaceError
-        `device` was given.
+        `device` was given and CuPy or that CUDA device is missing.
 
     Examples
     --------
@@ -518,7 +619,7 @@ def prefetch(iterable: Iterable, buffer: int = 8,
         return ShieldedIterator(iterable)
     buffer = _check_buffer(buffer)
     _check_device(device)
-    return PrefetchIterator(iterable, buffer)
+    return PrefetchIterator(iterable, buffer, device)
 
 
 def shield(iterable: Iterable) -> Shielded:
