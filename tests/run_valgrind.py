@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 
-WSMEM_FRAME = re.compile(r"wsmem[/.]_(arena|array|workspace|pages)|pyx/wsmem/")
+WSMEM_FRAME = re.compile(r"wsmem[/.]_(arena|array|workspace|pages|capture|gpu)|pyx/wsmem/")
 INVALID = re.compile(r"Invalid (read|write|free)|Mismatched free|free\(\) / delete")
 LOADER = re.compile(r"dl-load\.c|dl-open\.c|rtld|ld-linux")
 # glibc's vectorised string functions as the innermost frame (vector over-read).

@@ -309,6 +309,22 @@ class TestOnGPU:
         assert float(r1[0]) > 1.0
         del r1
 
+    def test_asarray_into_device_workspace_and_back(self, workspace_factory):
+        import cupy as cp
+        ws = workspace_factory("gpu")(location="device")
+        host = np.arange(12, dtype=np.float64).reshape(3, 4)
+        with ws:
+            d = wsmem.asarray(host)
+            assert d.device == "cuda:0" and d.workspace is ws
+            assert (cp.asnumpy(d.cupy()) == host).all()
+            e = d.detach()
+            assert e.workspace is None and e.device == "cuda:0"
+            del d
+        assert (cp.asnumpy(e.cupy()) == host).all()
+        h = wsmem.asarray(e)                               # no workspace: a host copy
+        assert h.device == "cpu" and (h.numpy() == host).all()
+        del e, h
+
     def test_device_dlpack_to_cupy(self, workspace_factory):
         import cupy as cp
         ws = workspace_factory("gpu")(location="device")

@@ -516,7 +516,7 @@ cdef object _adopt(object r):
     cdef Arena arena
     cdef unsigned long long gen = 0
     cdef Block* block = NULL
-    if _gpu_mod is not None and _gpu_mod.is_cupy(r):
+    if not _is_ndarray(r) and type(r).__name__ == "ndarray" and _gpu().is_cupy(r):
         return _adopt_cupy(r)
     if _is_ndarray(r):
         owner = _view_owner(<cnp.ndarray>r)
@@ -1620,6 +1620,21 @@ def full_like(prototype, fill_value, dtype=None, order="K", shape=None):
     return a
 
 
+cdef object _device_asarray(Arena arena, object a, object dtype, object order):
+    """asarray() into a device workspace: CuPy converts (and allocates through
+    the workspace when it captures); the result is the workspace's."""
+    cdef WsArray out
+    c = _gpu().cupy_module().asarray(a, dtype=dtype, order=order)
+    r = _adopt_cupy(c)
+    if (<WsArray>r)._ws is arena and (<WsArray>r)._gen == arena.generation:
+        return r
+    out = new_array(arena, c.shape, c.dtype,
+                    "F" if (c.flags.f_contiguous and not c.flags.c_contiguous) else "C",
+                    INIT_NONE)
+    _copyto(out, out._view(), c)
+    return out
+
+
 def asarray(a, dtype=None, order=None):
     """`a` as a WsArray in the current workspace.
 
@@ -1635,6 +1650,10 @@ def asarray(a, dtype=None, order=None):
                 and src.is_valid and order in (None, "K", "A")):
             return a
         a = src._view()
+    if arena is not None and arena.location == LOC_DEVICE:
+        return _device_asarray(arena, a, dtype, order)
+    if not _is_ndarray(a) and type(a).__name__ == "ndarray" and _gpu().is_cupy(a):
+        a = a.get()                     # a CuPy array into host memory: a host copy
     arr = np.asarray(a, dtype=dtype, order=order)
     if arr.dtype.hasobject:
         _as_dtype(arr.dtype)    # raises the TypeError explaining why
