@@ -228,6 +228,19 @@ class WorkspaceConfig:
         return dataclasses.replace(self, **changes)
 
 
+_tracking_on = False     # set by force_tracking() (e.g. pytest --wsmem-leaks)
+
+
+def force_tracking(on: bool) -> bool:
+    """Turn allocation tracebacks on for workspaces created from now on, as
+    WSMEM_TRACK=1 does, without touching the environment of child processes.
+    Returns the previous setting."""
+    global _tracking_on
+    prev, _tracking_on = _tracking_on, bool(on)
+    return prev
+
+
 def tracking_forced() -> bool:
-    """True when WSMEM_TRACK=1 turns allocation tracebacks on everywhere."""
-    return os.environ.get("WSMEM_TRACK", "") not in ("", "0")
+    """True when WSMEM_TRACK=1 (or force_tracking(True)) turns allocation
+    tracebacks on everywhere."""
+    return _tracking_on or os.environ.get("WSMEM_TRACK", "") not in ("", "0")
