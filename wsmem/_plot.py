@@ -145,7 +145,8 @@ def plot_history(ws: "Workspace | WorkspaceHistory", path: str | os.PathLike[str
                         color="#2a9d48" if learned else "#a05a00", va="bottom")
     ax.set_ylabel(unit)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8.5, framealpha=0.9, ncol=2)
+    if n:
+        ax.legend(loc="upper right", fontsize=8.5, framealpha=0.9, ncol=2)
     ax.set_title("memory: capacity vs what each cycle used; red = spilled", fontsize=9.5,
                  loc="left")
 
@@ -226,6 +227,8 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]
     ax.axvline(1.0, color="black", lw=1)
     if ratios and max(ratios) > 20:
         ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set_yticks(range(n))
     ax.set_yticklabels(labels, fontsize=8.5)
     ax.invert_yaxis()
