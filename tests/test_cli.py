@@ -213,3 +213,12 @@ def test_comparison_rows_of_cyclic_results_name_the_best_allocator():
                      "best_peer": "JEMALLOC"}]
     assert "| cyclic | train step | 64 (512 KiB) | 1 ms | JEMALLOC | 1.10x |" in \
         format_comparison(rows)
+
+
+def test_info_shows_huge_pages_cuda_and_plotting():
+    proc = _run("info")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for prefix in ("hugetlb pages: ", "cuda: ", "plots: ", "allocation tracking (WSMEM_TRACK): "):
+        assert any(line.startswith(prefix) for line in lines), (prefix, proc.stdout)
+    assert "(defrag: " in proc.stdout

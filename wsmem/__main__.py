@@ -28,14 +28,24 @@ def _cmd_info(args) -> int:
     import numpy as np
 
     import wsmem
-    from wsmem.benchmarks._env import cpu_model, cupy_status, transparent_hugepage
+    from wsmem.benchmarks._env import (cpu_model, cuda_devices, cuda_status, cupy_status,
+                                       hugetlb_pages, matplotlib_status, thp_defrag,
+                                       transparent_hugepage)
 
     print(f"wsmem {wsmem.__version__} ({os.path.dirname(wsmem.__file__)})")
     print(f"numpy {np.__version__}")
     print(f"python {sys.version.split()[0]} ({sys.executable})")
     print(f"cpu: {cpu_model()} ({os.cpu_count()} logical cores)")
-    print(f"transparent hugepages: {transparent_hugepage()}")
+    print(f"transparent hugepages: {transparent_hugepage()} (defrag: {thp_defrag()}); "
+          f"wsmem asks for them (MADV_HUGEPAGE) on blocks of 4 MiB and more")
+    print(f"hugetlb pages: {hugetlb_pages()}")
     print(f"cupy: {cupy_status()}")
+    print(f"cuda: {cuda_status()}")
+    for line in cuda_devices():
+        print(f"  {line}")
+    print(f"plots: {matplotlib_status()}")
+    from wsmem._config import tracking_forced
+    print(f"allocation tracking (WSMEM_TRACK): {'on' if tracking_forced() else 'off'}")
     print("default WorkspaceConfig:")
     for field in dataclasses.fields(wsmem.WorkspaceConfig):
         value = getattr(wsmem.WorkspaceConfig(), field.name)
@@ -144,10 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     info = sub.add_parser(
-        "info", help="print versions, CPU, transparent hugepage mode, CuPy, default config",
+        "info", help="print versions, CPU, huge-page settings, CuPy/CUDA, default config",
         description="Print wsmem/numpy/python versions, the CPU model, the transparent "
-                    "hugepage setting, whether CuPy imports, and the default "
-                    "WorkspaceConfig.")
+                    "and hugetlb huge-page settings, whether CuPy imports and which CUDA "
+                    "devices it sees, whether matplotlib (charts) is installed, and the "
+                    "default WorkspaceConfig.")
     info.set_defaults(func=_cmd_info)
 
     suites_help = "; ".join(f"{n}: {get_suite(n).summary}" for n in suite_names())
