@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+from typing import TYPE_CHECKING
 
 __all__ = [
     "AllocationPolicy", "LearningPolicy", "SpillPolicy", "ResetPolicy",
@@ -147,6 +148,19 @@ class WorkspaceConfig:
     alignment: int | None = None
     capture: bool = True
     track: bool = False
+
+    if TYPE_CHECKING:
+        # What type checkers see: policies may be given as enums or as their
+        # strings (__post_init__ coerces them); the fields hold the enums.
+        def __init__(self, initial_size: int = 0, min_size: int = 0, max_size: int = 0,
+                     overallocation_limit: float = 0.3, cycles_before_init: int = 0,
+                     allocation: AllocationPolicy | str = AllocationPolicy.OVERALLOCATE,
+                     learning: LearningPolicy | str = LearningPolicy.FIRST_LOOP,
+                     spill: SpillPolicy | str = SpillPolicy.EXTERNAL,
+                     reset: ResetPolicy | str = ResetPolicy.BLOCK_LEFT,
+                     location: Location | str = Location.HOST, device: int | None = None,
+                     mmap_path: str | None = None, alignment: int | None = None,
+                     capture: bool = True, track: bool = False) -> None: ...
 
     def __post_init__(self):
         set_ = object.__setattr__
