@@ -201,17 +201,19 @@ def test_comparison_rows_of_cyclic_results_name_the_best_allocator():
     from wsmem.benchmarks._compare import comparison_rows, format_comparison
     res = {"suite": "cyclic",
            "configs": [{"key": k, "label": k.upper()} for k in
-                       ("numpy", "jemalloc", "limit", "wsmem")],
+                       ("numpy", "jemalloc", "mimalloc", "limit", "wsmem")],
            "rows": [{"workload": "train", "size": 64, "temp_bytes": 512 << 10,
                      "config": "wsmem", "label": "wsmem", "time_per_step_s": 0.001,
-                     "ratio_vs_numpy": 2.0, "ratio_vs_jemalloc": 1.1, "ratio_vs_limit": 0.9,
-                     "best_peer": "jemalloc"}]}
+                     "ratio_vs_numpy": 2.0, "ratio_vs_jemalloc": 1.1,
+                     "ratio_vs_mimalloc": 1.05, "ratio_vs_limit": 0.9,
+                     "best_peer": "jemalloc"}]}     # the suite's pick by median time
     rows = comparison_rows(res)
-    assert rows == [{"suite": "cyclic", "workload": "train step", "size": "64 (512 KiB)",
+    assert rows == [{"suite": "cyclic", "workload": "training step",
+                     "size": "rows=64 (512 KiB)",
                      "wsmem": "wsmem", "wsmem_time_s": 0.001,
-                     "peers": {"NUMPY": 2.0, "JEMALLOC": 1.1, "LIMIT": 0.9},
-                     "best_peer": "JEMALLOC"}]
-    assert "| cyclic | train step | 64 (512 KiB) | 1 ms | JEMALLOC | 1.10x |" in \
+                     "peers": {"NUMPY": 2.0, "JEMALLOC": 1.1, "MIMALLOC": 1.05, "LIMIT": 0.9},
+                     "best_peer": "MIMALLOC"}]      # lowest paired ratio, limit excluded
+    assert "| cyclic | training step | rows=64 (512 KiB) | 1 ms | MIMALLOC | 1.05x |" in \
         format_comparison(rows)
 
 

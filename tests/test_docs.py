@@ -121,3 +121,29 @@ def test_api_reference_covers_every_public_name():
         text = f.read()
     missing = [n for n in wsmem.__all__ if f"`wsmem.{n}" not in text]
     assert not missing, missing
+
+
+def test_benchmarks_page_shows_the_saved_results():
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    try:
+        import make_bench_charts
+    finally:
+        sys.path.pop(0)
+    with open(make_bench_charts.PAGE, encoding="utf-8") as f:
+        text = f.read()
+    shown = text.split(make_bench_charts.BEGIN)[1].split(make_bench_charts.END)[0]
+    assert shown.strip() == make_bench_charts.comparison_from_results().strip(), \
+        "docs/benchmarks.md is out of date: run python docs/make_bench_charts.py"
+
+
+def test_readme_results_table_shows_the_saved_results():
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    try:
+        import make_bench_charts
+    finally:
+        sys.path.pop(0)
+    with open(make_bench_charts.README, encoding="utf-8") as f:
+        text = f.read()
+    shown = text.split(make_bench_charts.README_BEGIN)[1].split(make_bench_charts.README_END)[0]
+    assert shown.strip() == make_bench_charts.readme_table().strip(), \
+        "README.md results are out of date: run python docs/make_bench_charts.py"

@@ -212,7 +212,7 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]
               for r in rows]
     n, k = len(rows), max(len(peers), 1)
     height = 0.8 / k
-    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.32 * n * k + 0.3 * n))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.19 * n * k + 0.25 * n))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ratios = [v for r in rows for v in r["peers"].values()]
     for j, p in enumerate(peers):
@@ -232,12 +232,15 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]
     ax.set_yticks(range(n))
     ax.set_yticklabels(labels, fontsize=8.5)
     ax.invert_yaxis()
-    ax.set_xlabel("peer time / wsmem time   (> 1: wsmem faster)")
+    ax.set_xlabel("peer time / wsmem time   (> 1: wsmem faster; shaded: wsmem slower)")
     ax.set_title(title, fontsize=10.5, loc="left")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="best", title="peer", title_fontsize=8)
     if ratios:
         ax.set_xlim(right=max(ratios) * (1.6 if max(ratios) > 20 else 1.15))
+        left = ax.get_xlim()[0]
+        ax.axvspan(left, 1.0, color="#999999", alpha=0.08, lw=0)
+        ax.set_xlim(left=left)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -67,6 +67,9 @@ def _alloc(results: Row) -> list[Row]:
     return out
 
 
+_CYCLIC_NAMES = {"train": ("training step", "rows"), "cg": ("CG, 2-D Poisson", "n")}
+
+
 def _cyclic(results: Row) -> list[Row]:
     labels = {c["key"]: c["label"] for c in results.get("configs", [])}
     out = []
@@ -75,13 +78,14 @@ def _cyclic(results: Row) -> list[Row]:
             continue
         peers = {labels.get(k, k): r[f"ratio_vs_{k}"] for k in labels
                  if k != "wsmem" and r.get(f"ratio_vs_{k}") is not None}
-        size = (f"{r['size']} ({_fmt_bytes(r['temp_bytes'])})" if "temp_bytes" in r
-                else str(r["size"]))
-        # The suite names its best allocator peer; the out= limit is not one.
-        best = labels.get(r.get("best_peer", ""))
-        if best not in peers:
-            best = _best({k: v for k, v in peers.items() if k != labels.get("limit")})
-        out.append({"suite": "cyclic", "workload": f"{r['workload']} step", "size": size,
+        workload, param = _CYCLIC_NAMES.get(r["workload"], (r["workload"], "size"))
+        size = f"{param}={r['size']}"
+        if "temp_bytes" in r:
+            size += f" ({_fmt_bytes(r['temp_bytes'])})"
+        # The best peer has the lowest paired ratio; the out= limit is not a peer
+        # (it is the same math without allocations).
+        best = _best({k: v for k, v in peers.items() if k != labels.get("limit")})
+        out.append({"suite": "cyclic", "workload": workload, "size": size,
                     "wsmem": r["label"], "wsmem_time_s": r["time_per_step_s"],
                     "peers": peers, "best_peer": best})
     return out
@@ -135,5 +139,6 @@ def format_comparison(rows: list[Row]) -> str:
                     f"| {r['suite']} | {r['workload']} | {r['size']} | "
                     f"{_fmt_time(r['wsmem_time_s'])} | - | - | {each} |")
     note = ("\nRatios are peer time / wsmem time: > 1 means wsmem is faster, < 1 slower. "
-            "Time per allocation (alloc), per step (cyclic), per epoch (example).")
+            "Best peer: the fastest one (lowest ratio; cyclic's out= limit is not a peer). "
+            "wsmem time per allocation (alloc), per step (cyclic), per epoch (example).")
     return "\n".join(head + body) + "\n" + note
