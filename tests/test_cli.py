@@ -224,3 +224,15 @@ def test_info_shows_huge_pages_cuda_and_plotting():
     for prefix in ("hugetlb pages: ", "cuda: ", "plots: ", "allocation tracking (WSMEM_TRACK): "):
         assert any(line.startswith(prefix) for line in lines), (prefix, proc.stdout)
     assert "(defrag: " in proc.stdout
+
+
+def test_placeholder_suite_that_is_not_written_is_skipped(tmp_path, capsys, monkeypatch):
+    from wsmem.benchmarks import gpu
+    monkeypatch.setattr(gpu, "unavailable", lambda: None)      # as on a CUDA machine
+    assert main(["bench", "--tiny", "--suite", "gpu,alloc", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[gpu] skipped: not implemented (the GPU suite is not written yet)" in out
+    assert "## alloc" in out
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["skipped"] == [{"suite": "gpu", "reason":
+                                 "not implemented (the GPU suite is not written yet)"}]
