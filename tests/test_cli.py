@@ -127,3 +127,112 @@ def test_alloc_run_refuses_an_open_workspace(ws):
     with ws:
         with pytest.raises(RuntimeError, match="no workspace open"):
             alloc.run(tiny=True, sizes=[64])
+
+
+def test_suite_accepts_comma_lists_and_repeats(tmp_path):
+    proc = _run("bench", "--tiny", "--suite", "alloc,gpu", "--suite", "alloc",
+                "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("## alloc") == 1            # repeats run once
+    assert (tmp_path / "alloc.json").exists()
+    assert not (tmp_path / "cyclic.json").exists() and not (tmp_path / "example.json").exists()
+
+
+def test_unavailable_suite_is_skipped_with_its_reason(tmp_path, capsys, monkeypatch):
+    from wsmem.benchmarks import gpu
+    monkeypatch.setattr(gpu, "unavailable", lambda: "no CUDA device (test)")
+    assert main(["bench", "--tiny", "--suite", "gpu", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[gpu] skipped: no CUDA device (test)" in out
+    assert not list(tmp_path.glob("gpu.*"))
+
+
+def test_gpu_placeholder_reports_why_it_cannot_run():
+    from wsmem.benchmarks import gpu
+    reason = gpu.unavailable()
+    if reason is None:                    # CuPy and a device: the suite is not written yet
+        with pytest.raises(NotImplementedError):
+            gpu.run(tiny=True)
+    else:
+        assert "CuPy" in reason or "CUDA" in reason, reason
+
+
+def test_comparison_table_and_charts(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["bench", "--tiny", "--suite", "alloc,example", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    table = out.split("## wsmem against each peer (all suites)")[1]
+    assert "| suite | workload | size | wsmem time | best peer | vs best peer |" in table
+    assert table.count("| alloc |") == len(alloc.SIZES)
+    assert table.count("| example |") == 2                     # WorkspaceMgr, + prefetch
+    assert "plain NumPy" in table and "np.empty" in table
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert {r["suite"] for r in saved["rows"]} == {"alloc", "example"}
+    for r in saved["rows"]:
+        assert r["wsmem_time_s"] > 0 and r["best_peer"] in r["peers"]
+        assert all(v > 0 for v in r["peers"].values())
+    for name in ("alloc", "example"):
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    assert f"charts: {tmp_path / 'alloc.png'}" in out
+    assert "pip install 'wsmem[plot]'" not in out
+
+
+def test_without_matplotlib_table_and_json_come_with_a_hint(tmp_path, capsys, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib' (simulated)")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main(["bench", "--tiny", "--suite", "alloc", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    hints = [line for line in out.splitlines() if "pip install 'wsmem[plot]'" in line]
+    assert len(hints) == 1, out
+    assert "## wsmem against each peer" in out
+    assert (tmp_path / "alloc.json").exists() and (tmp_path / "comparison.json").exists()
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_comparison_rows_of_cyclic_results_name_the_best_allocator():
+    from wsmem.benchmarks._compare import comparison_rows, format_comparison
+    res = {"suite": "cyclic",
+           "configs": [{"key": k, "label": k.upper()} for k in
+                       ("numpy", "jemalloc", "mimalloc", "limit", "wsmem")],
+           "rows": [{"workload": "train", "size": 64, "temp_bytes": 512 << 10,
+                     "config": "wsmem", "label": "wsmem", "time_per_step_s": 0.001,
+                     "ratio_vs_numpy": 2.0, "ratio_vs_jemalloc": 1.1,
+                     "ratio_vs_mimalloc": 1.05, "ratio_vs_limit": 0.9,
+                     "best_peer": "jemalloc"}]}     # the suite's pick by median time
+    rows = comparison_rows(res)
+    assert rows == [{"suite": "cyclic", "workload": "training step",
+                     "size": "rows=64 (512 KiB)",
+                     "wsmem": "wsmem", "wsmem_time_s": 0.001,
+                     "peers": {"NUMPY": 2.0, "JEMALLOC": 1.1, "MIMALLOC": 1.05, "LIMIT": 0.9},
+                     "best_peer": "MIMALLOC"}]      # lowest paired ratio, limit excluded
+    assert "| cyclic | training step | rows=64 (512 KiB) | 1 ms | MIMALLOC | 1.05x |" in \
+        format_comparison(rows)
+
+
+def test_info_shows_huge_pages_cuda_and_plotting():
+    proc = _run("info")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for prefix in ("hugetlb pages: ", "cuda: ", "plots: ", "allocation tracking (WSMEM_TRACK): "):
+        assert any(line.startswith(prefix) for line in lines), (prefix, proc.stdout)
+    assert "(defrag: " in proc.stdout
+
+
+def test_placeholder_suite_that_is_not_written_is_skipped(tmp_path, capsys, monkeypatch):
+    from wsmem.benchmarks import gpu
+    monkeypatch.setattr(gpu, "unavailable", lambda: None)      # as on a CUDA machine
+    assert main(["bench", "--tiny", "--suite", "gpu,alloc", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[gpu] skipped: not implemented (the GPU suite is not written yet)" in out
+    assert "## alloc" in out
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["skipped"] == [{"suite": "gpu", "reason":
+                                 "not implemented (the GPU suite is not written yet)"}]

@@ -20,25 +20,26 @@ of reading reused memory.
 from wsmem._config import (AllocationPolicy, DebugMode, LearningPolicy, Location,
                            ResetPolicy, SpillPolicy, WorkspaceConfig)
 from wsmem._errors import WorkspaceError, WorkspaceLeakError, WorkspaceOverflowError
-from wsmem._stats import LeakInfo, WorkspaceStats
+from wsmem._stats import LeakInfo, WorkspaceHistory, WorkspaceStats
 from wsmem._array import (WsArray, asarray, empty, empty_like, full, full_like, ones,
                           ones_like, zeros, zeros_like)
-from wsmem._workspace import (Workspace, current_workspace, debug_mode,
+from wsmem._workspace import (HISTORY_LENGTH, Workspace, current_workspace, debug_mode,
                               get_debug_mode_name, scope_out)
 from wsmem._registry import destroy_thread_workspaces, get_workspace, thread_workspaces
 from wsmem._mgr import ArrayType, WorkspaceMgr, WorkspaceMode
 from wsmem._gc import set_gc_window, toggle_periodic_gc
 from wsmem._prefetch import prefetch, shield
+from wsmem._plot import plot_history
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AllocationPolicy", "DebugMode", "LearningPolicy", "Location", "ResetPolicy",
     "SpillPolicy", "WorkspaceConfig", "WorkspaceError", "WorkspaceLeakError",
-    "WorkspaceOverflowError", "LeakInfo", "WorkspaceStats", "WsArray", "Workspace",
+    "WorkspaceOverflowError", "LeakInfo", "WorkspaceHistory", "WorkspaceStats", "WsArray", "Workspace",
     "asarray", "empty", "empty_like", "full", "full_like", "ones", "ones_like", "zeros",
     "zeros_like", "current_workspace", "debug_mode", "get_debug_mode_name", "scope_out",
     "destroy_thread_workspaces", "get_workspace", "thread_workspaces",
     "ArrayType", "WorkspaceMgr", "WorkspaceMode", "set_gc_window", "toggle_periodic_gc",
-    "prefetch", "shield",
+    "prefetch", "shield", "HISTORY_LENGTH", "plot_history",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+from typing import TYPE_CHECKING
 
 __all__ = [
     "AllocationPolicy", "LearningPolicy", "SpillPolicy", "ResetPolicy",
@@ -148,6 +149,19 @@ class WorkspaceConfig:
     capture: bool = True
     track: bool = False
 
+    if TYPE_CHECKING:
+        # What type checkers see: policies may be given as enums or as their
+        # strings (__post_init__ coerces them); the fields hold the enums.
+        def __init__(self, initial_size: int = 0, min_size: int = 0, max_size: int = 0,
+                     overallocation_limit: float = 0.3, cycles_before_init: int = 0,
+                     allocation: AllocationPolicy | str = AllocationPolicy.OVERALLOCATE,
+                     learning: LearningPolicy | str = LearningPolicy.FIRST_LOOP,
+                     spill: SpillPolicy | str = SpillPolicy.EXTERNAL,
+                     reset: ResetPolicy | str = ResetPolicy.BLOCK_LEFT,
+                     location: Location | str = Location.HOST, device: int | None = None,
+                     mmap_path: str | None = None, alignment: int | None = None,
+                     capture: bool = True, track: bool = False) -> None: ...
+
     def __post_init__(self):
         set_ = object.__setattr__
         for name in ("initial_size", "min_size", "max_size", "cycles_before_init"):
@@ -228,6 +242,19 @@ class WorkspaceConfig:
         return dataclasses.replace(self, **changes)
 
 
+_tracking_on = False     # set by force_tracking() (e.g. pytest --wsmem-leaks)
+
+
+def force_tracking(on: bool) -> bool:
+    """Turn allocation tracebacks on for workspaces created from now on, as
+    WSMEM_TRACK=1 does, without touching the environment of child processes.
+    Returns the previous setting."""
+    global _tracking_on
+    prev, _tracking_on = _tracking_on, bool(on)
+    return prev
+
+
 def tracking_forced() -> bool:
-    """True when WSMEM_TRACK=1 turns allocation tracebacks on everywhere."""
-    return os.environ.get("WSMEM_TRACK", "") not in ("", "0")
+    """True when WSMEM_TRACK=1 (or force_tracking(True)) turns allocation
+    tracebacks on everywhere."""
+    return _tracking_on or os.environ.get("WSMEM_TRACK", "") not in ("", "0")

@@ -6,6 +6,14 @@ from wsmem._arena cimport (Arena, current_arena, set_current_arena, get_debug_mo
                            DEBUG_OFF, DEBUG_SPILL_EVERYTHING, DEBUG_BYPASS_EVERYTHING)
 from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
 from wsmem._capture cimport make_handler, detach_handler, set_handler, restore_handler
+from wsmem._arena cimport Block
+from libc.stdlib cimport realloc, free
+
+cdef extern from "sys/resource.h" nogil:
+    enum: RUSAGE_THREAD
+    struct rusage:
+        long ru_minflt
+    int getrusage(int who, rusage* usage)
 
 import threading
 import weakref
@@ -14,7 +22,7 @@ import wsmem._array as _array_api
 
 from wsmem._config import WorkspaceConfig, Location, DebugMode, tracking_forced
 from wsmem._errors import WorkspaceError
-from wsmem._stats import WorkspaceStats, LeakInfo
+from wsmem._stats import WorkspaceStats, LeakInfo, WorkspaceHistory
 
 # Per-thread stack of active frames: a Workspace, or None for scope_out().
 # It holds the strong references; wsmem._arena's thread-local pointer
@@ -22,6 +30,10 @@ from wsmem._stats import WorkspaceStats, LeakInfo
 _tls = threading.local()
 # Every live Workspace of the process (weakly), for diagnostics and tests.
 _all = weakref.WeakSet()
+# Cycles kept by Workspace.history() (the last ones; older records are overwritten).
+cdef enum:
+    _HISTORY_LENGTH = 1024
+HISTORY_LENGTH = _HISTORY_LENGTH
 # Called as fn(workspace) after each outermost cycle ends (e.g. the GC window).
 cdef list _cycle_end_hooks = []
 
@@ -45,6 +57,14 @@ def remove_cycle_end_hook(fn):
 def live_workspaces():
     """Every Workspace alive in the process (any thread, destroyed ones included)."""
     return list(_all)
+
+
+cdef long long _thread_minflt() noexcept nogil:
+    """Minor page faults of the calling thread so far (-1 if unavailable)."""
+    cdef rusage ru
+    if getrusage(RUSAGE_THREAD, &ru) != 0:
+        return -1
+    return ru.ru_minflt
 
 
 cdef list _stack():
@@ -169,6 +189,8 @@ cdef class Workspace(Arena):
             detach_handler(self._handler)
         if self.gpu is not None:
             self.gpu.detach()
+        free(self.hist)
+        self.hist = NULL
 
     # ------------------------------------------------------------ cycles
     def __enter__(self):
@@ -180,27 +202,113 @@ cdef class Workspace(Arena):
             self.begin_cycle()
             if self.gpu is not None:
                 _gpu.begin_cycle(self)
+            if self.track:
+                self.hist_minflt0 = _thread_minflt()
         self.depth += 1
         _push(self, _stack())
         return self
 
     def __exit__(self, exc_type, exc, tb):
         cdef list stack = _stack()
+        cdef size_t cap
+        cdef bint was_init
         if self.depth <= 0:
             raise WorkspaceError(f"workspace {self.name!r} is not open; __exit__ without "
                                  "__enter__")
         self.depth -= 1
         _pop(self, stack)
         if self.depth == 0:
+            cap = self.capacity()
+            was_init = self.initialized
             try:
                 self.end_cycle()
             except Exception:
                 if exc_type is None:
                     raise
+            finally:
+                self._record_cycle(cap, was_init)
             if _cycle_end_hooks:
                 for fn in list(_cycle_end_hooks):
                     fn(self)
         return False
+
+    cdef void _record_cycle(self, size_t cap_before, bint was_init) noexcept:
+        """Append the cycle that just ended to the history ring (C only, no
+        allocation once the ring has grown to HISTORY_LENGTH)."""
+        cdef CycleRecord* r
+        cdef Block* b
+        cdef size_t new_cap
+        if self.hist_len == self.hist_cap and self.hist_cap < _HISTORY_LENGTH:
+            new_cap = 16 if self.hist_cap == 0 else min(2 * self.hist_cap, _HISTORY_LENGTH)
+            r = <CycleRecord*>realloc(self.hist, new_cap * sizeof(CycleRecord))
+            if r == NULL:
+                return              # out of memory: the history misses this cycle
+            self.hist = r
+            self.hist_cap = new_cap
+        if self.hist_len < self.hist_cap:
+            r = &self.hist[self.hist_len]
+            self.hist_len += 1
+        else:                       # full ring: overwrite the oldest
+            r = &self.hist[self.hist_head]
+            self.hist_head = (self.hist_head + 1) % _HISTORY_LENGTH
+        r.cycle = self.cycles
+        r.capacity = cap_before
+        r.capacity_after = self.capacity()
+        r.cycle_bytes = self.cycle_bytes
+        r.spilled_bytes = self.spilled_bytes
+        r.spilled_count = self.spilled_count
+        r.learned = self.initialized and not was_init
+        r.pinned_bytes = 0
+        b = self.state.blocks if self.state != NULL else NULL
+        while b != NULL:            # pinned_bytes() merges ranges: only when pins exist
+            if b.n_pins:
+                r.pinned_bytes = self.pinned_bytes()
+                break
+            b = b.next
+        r.page_faults = -1
+        if self.track and self.hist_minflt0 >= 0:
+            r.page_faults = _thread_minflt() - self.hist_minflt0
+
+    def history(self):
+        """Per-cycle history of the last ``HISTORY_LENGTH`` (1024) outermost cycles.
+
+        Recorded at the end of every outermost cycle at a cost of a few
+        nanoseconds; page faults are counted only with tracking on
+        (``track=True`` or ``WSMEM_TRACK=1``), since reading them costs a
+        system call at each cycle start and end.
+
+        Returns
+        -------
+        WorkspaceHistory
+            NumPy arrays, one element per cycle, oldest first: ``cycle``,
+            ``capacity`` (block the cycle ran with), ``capacity_after``,
+            ``cycle_bytes``, ``spilled_bytes``, ``spilled_count``,
+            ``pinned_bytes`` (still pinned when the cycle ended),
+            ``page_faults`` (-1 where not measured), ``learned``.
+
+        Examples
+        --------
+        >>> import numpy as np, wsmem
+        >>> ws = wsmem.Workspace("doc_hist")
+        >>> for _ in range(3):
+        ...     with ws:
+        ...         a = np.ones(10_000)
+        >>> h = ws.history()
+        >>> h.cycle.tolist(), h.learned.tolist(), int(h.spilled_count[-1])
+        ([1, 2, 3], [True, False, False], 0)
+        >>> ws.destroy()
+        """
+        cdef size_t i, j, n = self.hist_len
+        cdef CycleRecord* r
+        rows = []
+        for i in range(n):
+            j = (self.hist_head + i) % _HISTORY_LENGTH if n == _HISTORY_LENGTH else i
+            r = &self.hist[j]
+            rows.append((r.cycle, r.capacity, r.capacity_after, r.cycle_bytes,
+                         r.spilled_bytes, r.spilled_count, r.pinned_bytes, r.page_faults,
+                         r.learned))
+        with _ScopeOut():           # NumPy's own memory, not this workspace's
+            return WorkspaceHistory.from_rows(self.name, rows)
 
     def borrow(self):
         """Make this open workspace current again, without a new cycle.

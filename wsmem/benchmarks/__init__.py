@@ -1,13 +1,19 @@
 """Benchmark suites behind ``python -m wsmem bench``.
 
-A suite is a module with three names:
+A suite is a module with three names (and one optional):
 
 - ``DESCRIPTION``: one line for ``--help``;
 - ``run(quick=False, *, rounds=None, target_s=None, progress=None) -> dict``:
   measures and returns JSON-ready results (``"suite"``, ``"machine"``,
   ``"method"``, ``"rows"``, ...); ``progress(msg)`` receives one-line status
   messages;
-- ``format_table(results) -> str``: the results as a Markdown table.
+- ``format_table(results) -> str``: the results as a Markdown table;
+- optional ``unavailable() -> str | None``: why the suite cannot run on this
+  machine (e.g. no CUDA device), or None.  ``bench`` then prints
+  ``[NAME] skipped: <reason>`` and goes on with the next suite;
+- optional ``comparison(results) -> list[dict]``: rows for the combined
+  table (see :mod:`wsmem.benchmarks._compare`; built-in suites are adapted
+  there).
 
 Suites are registered by name and imported only when used, so a suite whose
 dependencies are missing (e.g. a GPU suite without CuPy) costs nothing until
@@ -76,6 +82,9 @@ register_suite("cyclic", "wsmem.benchmarks.cyclic",
 register_suite("example", "wsmem.benchmarks.example",
                "worked example: MLP training epoch and evaluation, plain NumPy vs "
                "WorkspaceMgr (+ prefetch), one process per config")
+register_suite("gpu", "wsmem.benchmarks.gpu",
+               "GPU: CuPy allocation and kernels in device workspaces "
+               "(skipped without CuPy and a CUDA device)")
 
 
 def save_full_run(name: str, script: str) -> str:

@@ -6,7 +6,8 @@ import os
 import platform
 import sys
 
-__all__ = ["cpu_model", "transparent_hugepage", "cupy_status", "machine_info"]
+__all__ = ["cpu_model", "transparent_hugepage", "thp_defrag", "hugetlb_pages",
+           "cupy_status", "cuda_devices", "matplotlib_status", "machine_info"]
 
 _THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
 
@@ -33,6 +34,72 @@ def transparent_hugepage() -> str:
         return "unavailable"
     start, end = text.find("["), text.find("]")
     return text[start + 1:end] if 0 <= start < end else text
+
+
+def thp_defrag() -> str:
+    """The transparent hugepage defrag mode (bracketed word), or "unavailable"."""
+    try:
+        with open(_THP_PATH.replace("enabled", "defrag"), encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError:
+        return "unavailable"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else text
+
+
+def hugetlb_pages() -> str:
+    """Explicit (hugetlbfs) huge pages from /proc/meminfo: total, free and size."""
+    info = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
+    except OSError:
+        return "unavailable"
+    if "HugePages_Total" not in info:
+        return "unavailable"
+    return (f"{info['HugePages_Total']} total, {info.get('HugePages_Free', '?')} free, "
+            f"{info.get('Hugepagesize', '?')} each (wsmem uses transparent huge pages, "
+            f"not these)")
+
+
+def cuda_devices() -> list[str]:
+    """One line per CUDA device CuPy sees ([] without CuPy or a device)."""
+    try:
+        import cupy
+        n = cupy.cuda.runtime.getDeviceCount()
+        out = []
+        for i in range(n):
+            p = cupy.cuda.runtime.getDeviceProperties(i)
+            name = p["name"].decode() if isinstance(p["name"], bytes) else p["name"]
+            out.append(f"cuda:{i} {name}, {p['totalGlobalMem'] / 2**30:.1f} GiB, "
+                       f"compute capability {p['major']}.{p['minor']}")
+        return out
+    except Exception:
+        return []
+
+
+def cuda_status() -> str:
+    """Why no CUDA device is usable, or how many there are (one line)."""
+    try:
+        import cupy
+    except Exception as exc:
+        return f"unavailable: CuPy not importable ({type(exc).__name__})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return f"unavailable ({type(exc).__name__}: {exc})".splitlines()[0]
+    return f"{n} device(s)"
+
+
+def matplotlib_status() -> str:
+    """``"matplotlib X.Y"`` or how to install it (charts are optional)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "not installed (no charts; pip install 'wsmem[plot]')"
+    return f"matplotlib {matplotlib.__version__}"
 
 
 def cupy_status() -> str:

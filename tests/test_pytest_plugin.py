@@ -1,0 +1,139 @@
+"""The pytest plugin: --wsmem-leaks and the wsmem_workspace fixture.
+
+Each inner session runs in a subprocess: an inner test that leaks on purpose
+must not leave pinned memory in this process (conftest checks that).
+"""
+import importlib.metadata
+import os
+import re
+
+import pytest
+
+import wsmem
+
+pytest_plugins = ["pytester"]
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(wsmem.__file__)))
+
+
+def _plugin_args():
+    # Load the plugin by hand unless the installed entry point already does.
+    eps = importlib.metadata.entry_points(group="pytest11")
+    if any(ep.value == "wsmem.pytest_plugin" for ep in eps):
+        return []
+    return ["-p", "wsmem.pytest_plugin"]
+
+
+@pytest.fixture
+def run(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [_ROOT, os.environ.get("PYTHONPATH")])))
+    monkeypatch.delenv("WSMEM_TRACK", raising=False)
+
+    def run(*args):
+        return pytester.runpytest_subprocess(*_plugin_args(), "-p", "no:cacheprovider",
+                                             *args)
+    return run
+
+
+LEAKY = '''
+import numpy as np
+import wsmem
+
+kept = []
+
+def test_clean(wsmem_workspace):
+    with wsmem_workspace:
+        total = float(np.exp(-np.ones(1000)).sum())
+    assert total > 0
+
+def test_escaped_view(wsmem_workspace):
+    for _ in range(2):
+        with wsmem_workspace:
+            a = wsmem_workspace.zeros(1000)
+            kept.append(np.asarray(a))        # escapes its cycle: pins its memory
+
+def test_captured_numpy_array(wsmem_workspace):
+    with wsmem_workspace:
+        kept.append(np.ones(5000))            # NumPy's own allocation, captured
+'''
+
+
+def test_leaks_option_fails_leaking_tests_with_tracebacks(run, pytester):
+    pytester.makepyfile(test_leaky=LEAKY)
+    result = run("--wsmem-leaks", "-v")
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["*test_clean PASSED*", "*test_escaped_view FAILED*",
+                                 "*test_captured_numpy_array FAILED*"])
+    held = [int(m) for m in re.findall(r"left (\d+) bytes of workspace memory pinned", out)]
+    assert len(held) == 2 and 2 * 8000 <= held[0] <= 2 * 8000 + 4 * 128, out  # line-rounded
+    assert "(2 allocation(s))" in out
+    assert "a view of a (1000,) float64 array" in out
+    assert "a NumPy array allocated in the workspace" in out
+    # allocation sites of both kinds of leak, from the test file itself
+    assert "a = wsmem_workspace.zeros(1000)" in out and "kept.append(np.ones(5000))" in out
+    assert "_pytest" not in out.split("short test summary")[0]     # pytest frames trimmed
+    assert out.count("allocated at:") >= 2, out
+    assert "in test_escaped_view" in out and "in test_captured_numpy_array" in out
+    assert "allocation site unknown" not in out
+
+
+def test_without_the_option_leaks_pass(run, pytester):
+    pytester.makepyfile(test_leaky=LEAKY)
+    run().assert_outcomes(passed=3)
+
+
+def test_leaks_before_the_test_are_not_blamed_on_it(run, pytester):
+    pytester.makepyfile(test_order='''
+import numpy as np
+import wsmem
+
+ws = wsmem.Workspace("module_ws")
+with ws:
+    early = np.asarray(ws.zeros(100))       # pinned at import, before any test
+
+def test_later_and_clean():
+    with ws:
+        float(np.ones(10).sum())
+''')
+    run("--wsmem-leaks").assert_outcomes(passed=1)
+
+
+def test_failing_test_is_reported_as_its_own_failure(run, pytester):
+    pytester.makepyfile(test_fail='''
+import numpy as np
+
+def test_fails(wsmem_workspace):
+    with wsmem_workspace:
+        v = np.asarray(wsmem_workspace.zeros(10))
+    assert v.size == 0
+''')
+    result = run("--wsmem-leaks")
+    result.assert_outcomes(failed=1)
+    assert "assert 10 == 0" in result.stdout.str()
+    assert "pinned by escaped views" not in result.stdout.str()
+
+
+def test_fixture_gives_each_test_a_fresh_destroyed_workspace(run, pytester):
+    pytester.makepyfile(test_fixture='''
+import wsmem
+seen = []
+
+def test_one(wsmem_workspace):
+    assert isinstance(wsmem_workspace, wsmem.Workspace)
+    assert wsmem_workspace.name == "test_one" and wsmem_workspace.stats().cycles == 0
+    with wsmem_workspace:
+        wsmem.empty(10)
+    seen.append(wsmem_workspace)
+
+def test_two(wsmem_workspace):
+    assert wsmem_workspace is not seen[0] and seen[0].is_destroyed
+    assert wsmem_workspace.stats().cycles == 0
+''')
+    run("-p", "no:randomly").assert_outcomes(passed=2)
+
+
+def test_help_lists_the_option(run):
+    result = run("--help")
+    result.stdout.fnmatch_lines(["*--wsmem-leaks*"])
