@@ -227,12 +227,24 @@ def test_info_shows_huge_pages_cuda_and_plotting():
 
 
 def test_placeholder_suite_that_is_not_written_is_skipped(tmp_path, capsys, monkeypatch):
-    from wsmem.benchmarks import gpu
-    monkeypatch.setattr(gpu, "unavailable", lambda: None)      # as on a CUDA machine
-    assert main(["bench", "--tiny", "--suite", "gpu,alloc", "--out", str(tmp_path)]) == 0
+    import sys
+    import types
+
+    from wsmem import benchmarks
+    fake = types.ModuleType("wsmem_fake_suite")
+    fake.DESCRIPTION = "a suite whose run() is not written"
+
+    def run(**kw):
+        raise NotImplementedError("the fake suite is not written yet")
+    fake.run = run
+    fake.format_table = lambda results: ""
+    monkeypatch.setitem(sys.modules, "wsmem_fake_suite", fake)
+    monkeypatch.setattr(benchmarks, "_SUITES", dict(benchmarks._SUITES))
+    benchmarks.register_suite("fake", "wsmem_fake_suite", "not written")
+    assert main(["bench", "--tiny", "--suite", "fake,alloc", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "[gpu] skipped: not implemented (the GPU suite is not written yet)" in out
+    assert "[fake] skipped: not implemented (the fake suite is not written yet)" in out
     assert "## alloc" in out
     saved = json.loads((tmp_path / "comparison.json").read_text())
-    assert saved["skipped"] == [{"suite": "gpu", "reason":
-                                 "not implemented (the GPU suite is not written yet)"}]
+    assert saved["skipped"] == [{"suite": "fake", "reason":
+                                 "not implemented (the fake suite is not written yet)"}]
