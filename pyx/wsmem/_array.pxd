@@ -38,3 +38,5 @@ cdef class WsArray:
 
 # Allocate an array in `arena` (open, owned by this thread); None means heap.
 cdef WsArray new_array(Arena arena, object shape, object dtype, object order, int init)
+# [lo, hi): the bytes a's elements span (any strides).
+cdef void wsarray_extent(WsArray a, char** lo, char** hi) noexcept

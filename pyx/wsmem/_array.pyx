@@ -409,6 +409,10 @@ cdef inline void _extent(WsArray a, char** lo, char** hi) noexcept:
     hi[0] = h
 
 
+cdef void wsarray_extent(WsArray a, char** lo, char** hi) noexcept:
+    _extent(a, lo, hi)
+
+
 cdef char* _pin_into(WsArray a, Pin* p) noexcept:
     """Pin a's bytes (its extent, line-rounded) into record p; returns the
     end of the extent.  Every export path pins through here."""

@@ -14,7 +14,7 @@ from libc.string cimport memset
 from wsmem._pages cimport (PageRegion, pages_set_gpu, pages_map_host,
                            PAGES_DEVICE, PAGES_PINNED)
 from wsmem._arena cimport Arena, LOC_DEVICE, LOC_PINNED
-from wsmem._array cimport WsArray
+from wsmem._array cimport WsArray, wsarray_extent
 from wsmem._capture cimport make_cupy_allocator, detach_cupy_allocator
 
 import sys
@@ -271,16 +271,9 @@ def pop_allocator(token):
 
 def extent(WsArray a):
     """(lo, hi) addresses of a's bytes."""
-    cdef char* lo = a._data
-    cdef char* hi = a._data + a._dtype.itemsize
-    cdef int i
-    cdef cnp.npy_intp span
-    for i in range(a._nd):
-        span = (a._shape[i] - 1) * a._strides[i]
-        if span < 0:
-            lo += span
-        else:
-            hi += span
+    cdef char* lo
+    cdef char* hi
+    wsarray_extent(a, &lo, &hi)
     return <size_t>lo, <size_t>hi
 
 

@@ -642,12 +642,7 @@ def _fmt_time(t):
     return f"{t * 1e6:.3g} us"
 
 
-def _fmt_bytes(n):
-    for unit, shift in (("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            v = n / (1 << shift)
-            return f"{v:.0f} {unit}" if abs(v - round(v)) < 0.05 else f"{v:.1f} {unit}"
-    return f"{n} B"
+from wsmem.benchmarks._compare import _fmt_bytes  # noqa: E402
 
 
 def format_table(results: dict) -> str:
