@@ -56,11 +56,16 @@ _names = itertools.count()
 
 
 class _AI:
-    """An object exporting only __array_interface__ (NumPy keeps its `data`
-    object, the pin, as the base of the array it builds)."""
+    """A consumer-made object exporting only a WsArray's __array_interface__.
 
-    def __init__(self, iface):
-        self.__array_interface__ = iface
+    For a workspace array the dict's `data` is the pin, which NumPy keeps as
+    the base of the array it builds; that is what is tested here.  Like any
+    consumer of the protocol it keeps the provider alive (a heap WsArray's
+    `data` is a pointer tuple, exactly as NumPy's own arrays give it)."""
+
+    def __init__(self, src):
+        self.src = src
+        self.__array_interface__ = src.__array_interface__
 
 
 class Stats:
@@ -444,7 +449,7 @@ class WorkspaceMachine(RuleBasedStateMachine):
             "numpy": lambda x: x.numpy(),
             "__array__": lambda x: x.__array__(),
             "array_copy_false": lambda x: np.array(x, copy=False),
-            "array_interface": lambda x: np.asarray(_AI(x.__array_interface__)),
+            "array_interface": lambda x: np.asarray(_AI(x)),
         }[kind]
         if not rec.valid():
             with pytest.raises(WorkspaceLeakError):
