@@ -51,3 +51,9 @@ def workspace_factory():
     for w in made:
         if not w.is_open:
             w.destroy()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--wsmem-fuzz-steps", type=int, default=None,
+                     help="steps of the workspace state machine (tests/test_state_machine.py; "
+                          "default 100 programs x 35 steps; also WSMEM_FUZZ_STEPS)")

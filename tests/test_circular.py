@@ -226,3 +226,23 @@ def test_random_programs_keep_every_valid_byte(seed):
     gc.collect()
     assert ring.stats().pinned_bytes == 0       # every export died with the program
     ring.destroy()
+
+
+def test_leverage_into_own_ring_over_the_source():
+    # Regression (found by the state machine): leverage_to allocated the
+    # destination before pinning the source, so a destination placed over the
+    # source (the next slot of the ring's lap) made the copy raise
+    # WorkspaceLeakError on a valid array.
+    ring = _ring("RING_LEV", size=2048)
+    with ring:
+        a = ring.asarray(np.arange(108.0))             # 864 B at 0
+        b = ring.asarray(np.arange(108.0) + 1000)      # 864 B at 896
+        c = ring.asarray(np.arange(108.0) + 2000)      # wraps: at 0 (a is gone)
+        assert not a.is_valid and b.is_valid and c.is_valid
+        d = b.leverage_to(ring)                        # the cursor is at b
+        # the ring went around b (pinned for the copy); passed by, b expires
+        # as ring items do, but its bytes reached d intact
+        assert d.is_valid and d.ptr != b.ptr
+        assert d.tolist() == (np.arange(108.0) + 1000).tolist()
+    del a, b, c, d
+    ring.destroy()

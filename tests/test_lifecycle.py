@@ -1,6 +1,7 @@
 """Teardown: thread exit, interpreter exit and reference cycles release
 everything exactly once, with no crash and no error output."""
 import gc
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,11 +13,16 @@ import wsmem
 from wsmem._workspace import live_workspaces
 
 
+# Passed through to the child: where wsmem is imported from, and the
+# sanitizer runtime of an ASan build (tests/run_asan.py).
+_PASS_ENV = ("PYTHONPATH", "LD_PRELOAD", "ASAN_OPTIONS")
+
+
 def _run(code):
+    env = {"MALLOC_CHECK_": "3", "PYTHONMALLOC": "debug", "PATH": "/usr/bin:/bin"}
+    env.update({k: os.environ[k] for k in _PASS_ENV if k in os.environ})
     proc = subprocess.run([sys.executable, "-X", "dev", "-c", textwrap.dedent(code)],
-                          capture_output=True, text=True, timeout=120,
-                          env={"MALLOC_CHECK_": "3", "PYTHONMALLOC": "debug",
-                               "PATH": "/usr/bin:/bin"})
+                          capture_output=True, text=True, timeout=120, env=env)
     return proc
 
 
@@ -87,3 +93,73 @@ def test_reference_cycle_through_a_view_is_collected_safely():
         del h
         gc.collect()
     assert not [w for w in live_workspaces() if w.name == "CYCLE"]
+
+
+def test_interpreter_exit_with_everything_running():
+    # Everything at once, exiting with sys.exit() from inside an open cycle:
+    # tracked leaks, an open file-backed workspace, a ring, two running
+    # prefetch threads (slow loader; full queue), a daemon thread blocked
+    # inside its own open cycle holding views, the GC window on, and a fork()
+    # child that exits through the normal interpreter shutdown too.
+    proc = _run("""
+        import os, sys, threading, time
+        import numpy as np, wsmem
+        wsmem.set_gc_window(1000)
+        ws = wsmem.get_workspace("EXIT_ALL", track=True)
+        keep = []
+        for i in range(3):
+            with ws:
+                keep.append(np.asarray(wsmem.full(64, float(i))))
+                keep.append(np.full(8, float(i)))
+        assert len(ws.leaks()) == 6, ws.leaks()
+        mm = wsmem.Workspace("EXIT_MMAP", location="mmap", learning="none",
+                             initial_size=1 << 16)
+        mm.__enter__()
+        m = np.asarray(wsmem.full(100, 7.0))           # live export of the file pages
+        mm.__exit__(None, None, None)
+        ring = wsmem.Workspace("EXIT_RING", reset="endofbuffer_reached", learning="none",
+                               initial_size=1 << 16)
+        with ring:
+            r = [wsmem.full(100, float(i)) for i in range(10)]
+
+        def slow():
+            while True:
+                time.sleep(0.02)
+                yield np.ones(10)
+
+        it1 = wsmem.prefetch(slow(), buffer=2)
+        it2 = wsmem.prefetch((np.full(1000, i) for i in iter(int, 1)), buffer=4)
+        b1, b2 = next(it1), next(it2)
+        inside = threading.Event()
+
+        def stuck():
+            w = wsmem.get_workspace("EXIT_THREAD")
+            with w:
+                v = np.asarray(wsmem.full(32, 1.0))
+                c = np.ones(32)
+                inside.set()
+                threading.Event().wait()
+
+        threading.Thread(target=stuck, daemon=True).start()
+        inside.wait(10)
+        time.sleep(0.1)
+        pid = os.fork()
+        if pid == 0:
+            # the child: inherited everything, exits the normal way
+            try:
+                next(it1)
+            except wsmem.WorkspaceError:
+                pass
+            with ws:
+                x = np.ones(100) + wsmem.full(100, 1.0)
+            sys.exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        print("done", float(m[0]), float(r[-1][0]), float(b2[0]))
+        with ws:
+            a = wsmem.full(10, 1.0)
+            sys.exit(0)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "done 7.0 9.0 0.0"
+    assert proc.stderr == "", proc.stderr

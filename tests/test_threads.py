@@ -1,5 +1,9 @@
 """Per-thread workspaces (after ND4J's WorkspaceProviderTests testMultithreading*,
 testWorkspacesSerialization and the workspace manager's per-thread registry)."""
+import collections
+import gc
+import os
+import sys
 import threading
 
 import numpy as np
@@ -193,3 +197,111 @@ def test_view_released_in_other_thread():
     _in_thread(drop)
     assert ws.stats().pinned_bytes == 0
     ws.destroy()
+
+
+# ------------------------------------------------------------------ stress
+
+STRESS_THREADS = 16
+STRESS_CYCLES = int(os.environ.get("WSMEM_THREAD_CYCLES", "10000"))
+
+
+def test_stress_16_threads_views_freed_by_other_threads():
+    """16 threads x 10,000 cycles, each thread in its own workspace.  Every
+    cycle exports a view (pinned) and a captured NumPy array into a shared
+    pool; a random *other* thread later checks their bytes and drops them, so
+    pins are released from threads that did not allocate.  Every 500 cycles a
+    thread tries to use another thread's workspace and must be refused.  At
+    the end no pin is lost: each workspace has 0 pinned bytes."""
+    pool = collections.deque()          # (owner k, view, captured, value)
+    errors = []
+    checked = [0] * STRESS_THREADS      # bytes checked by thread k
+    exported = [0] * STRESS_THREADS     # bytes thread k put into the pool
+    foreign_refusals = [0] * STRESS_THREADS
+    spaces = [None] * STRESS_THREADS
+    start = threading.Barrier(STRESS_THREADS)
+    produced = threading.Barrier(STRESS_THREADS)
+
+    def check(k, item):
+        owner, view, cap, value = item
+        if owner == k and len(pool) > 0:     # prefer dropping another thread's views
+            pool.append(item)
+            return
+        if not (view == value).all() or not (cap == -value).all():
+            raise AssertionError(f"thread {k}: view of thread {owner} lost its bytes "
+                                 f"({view[:3]}, {cap[:3]} != {value})")
+        checked[k] += view.nbytes + cap.nbytes
+
+    def worker(k):
+        try:
+            ws = wsmem.get_workspace("STRESS", learning="first_loop")
+            spaces[k] = ws
+            rng = np.random.default_rng(k)
+            start.wait(30)
+            for i in range(STRESS_CYCLES):
+                value = float(k * 1_000_000 + i)
+                with ws:
+                    n = 16 + int(rng.integers(0, 64))
+                    a = wsmem.full(n, value)
+                    tmp = np.full(n, value) * 2          # captured temporary, dies here
+                    assert float(tmp[0]) == 2 * value
+                    cap = np.negative(np.asarray(a))     # captured, escapes the cycle
+                    pool.append((k, np.asarray(a), cap, value))
+                    exported[k] += a.nbytes + cap.nbytes
+                    del a, tmp, cap
+                for _ in range(2 if len(pool) > 4 * STRESS_THREADS else 1):
+                    try:
+                        item = pool.popleft()
+                    except IndexError:
+                        break
+                    check(k, item)
+                    del item
+                if i % 500 == 250:
+                    other = spaces[(k + 1) % STRESS_THREADS]
+                    if other is not None:
+                        with pytest.raises(WorkspaceError, match="thread"):
+                            with other:
+                                pass
+                        with pytest.raises(WorkspaceError):     # "not open" or "thread"
+                            other.empty(3)
+                        with pytest.raises(WorkspaceError, match="thread"):
+                            other.destroy()
+                        foreign_refusals[k] += 1
+            produced.wait(60)
+            while True:
+                try:
+                    item = pool.popleft()
+                except IndexError:
+                    break
+                owner, view, cap, value = item
+                assert (view == value).all() and (cap == -value).all()
+                checked[k] += view.nbytes + cap.nbytes
+                del item, view, cap
+        except BaseException as exc:   # noqa: BLE001
+            errors.append((k, exc))
+            start.abort()
+            produced.abort()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)          # more interleaving than the default 5 ms
+    try:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(STRESS_THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+    finally:
+        sys.setswitchinterval(old)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors[:3]
+    assert not pool
+    gc.collect()
+    for k, ws in enumerate(spaces):
+        s = ws.stats()
+        assert s.cycles == STRESS_CYCLES
+        assert s.pinned_bytes == 0, (k, s)        # no lost pins
+        assert ws.leaks() == []
+        assert foreign_refusals[k] == STRESS_CYCLES // 500
+    # every byte exported was checked once, by some thread
+    assert sum(checked) == sum(exported) > 0
+    print(f"\nthreads={STRESS_THREADS} cycles/thread={STRESS_CYCLES} "
+          f"bytes checked={sum(checked)}")

@@ -30,6 +30,7 @@ from wsmem._mgr import ArrayType, WorkspaceMgr, WorkspaceMode
 from wsmem._gc import set_gc_window, toggle_periodic_gc
 from wsmem._prefetch import prefetch, shield
 from wsmem._plot import plot_history
+from wsmem import _fork  # noqa: F401  (os.register_at_fork handlers)
 
 __version__ = "0.1.0"
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import itertools
 import numbers
+import os
 import queue
 import threading
 import weakref
@@ -78,14 +79,22 @@ class _Channel:
     releases its pins, destroys the ring and ends.  ``taken`` is written by
     the consumer only (number of items it has taken); the producer reads it
     to know which pins it may release (an int store is atomic under the GIL).
+    ``pid`` is the process the thread runs in: a fork() child has no producer
+    thread, and the queue's and the event's locks may have been held by it at
+    the fork, so a child never touches them (:meth:`forked`).
     """
 
-    __slots__ = ("queue", "stop", "taken")
+    __slots__ = ("queue", "stop", "taken", "pid")
 
     def __init__(self, buffer: int) -> None:
         self.queue: queue.Queue = queue.Queue(maxsize=buffer)
         self.stop = threading.Event()
         self.taken = 0
+        self.pid = os.getpid()
+
+    def forked(self) -> bool:
+        """True in a fork() child of the process that started the producer."""
+        return self.pid != os.getpid()
 
     def put(self, msg: tuple) -> bool:
         """Put `msg`, waiting for room; False when stopped first."""
@@ -348,8 +357,11 @@ def _shutdown(chan: _Channel, thread: threading.Thread, timeout: float) -> None:
     """Stop the producer and wait (up to `timeout` s) for it to destroy its ring.
 
     Runs from close(), from the garbage collector and at interpreter exit;
-    never raises.  Never joins from the producer thread itself.
+    never raises.  Never joins from the producer thread itself.  In a fork()
+    child it does nothing: the thread and its ring belong to the parent.
     """
+    if chan.forked():
+        return
     chan.stop.set()
     if thread is not threading.current_thread() and thread.ident is not None:
         thread.join(timeout)
@@ -439,6 +451,11 @@ class PrefetchIterator:
         if self._done:
             raise StopIteration
         chan = self._chan
+        if chan.forked():
+            self.close()
+            raise WorkspaceError("this prefetch iterator was created before fork(); its "
+                                 "thread does not exist in this process, and the iterator "
+                                 "is closed. Create a new wsmem.prefetch(...) in the child.")
         while True:
             try:
                 kind, payload = chan.queue.get(timeout=_POLL_S)

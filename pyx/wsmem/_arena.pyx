@@ -630,6 +630,8 @@ cdef class Arena:
 
     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL:
         cdef size_t sz, start
+        if self.owner_thread == 0:
+            self.check_owner()              # disowned in a fork() child
         if nbytes == 0:
             block[0] = NULL
             return wsmem_zero_area
@@ -722,11 +724,40 @@ cdef class Arena:
     cdef int check_owner(self) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
         if me != self.owner_thread:
+            if self.owner_thread == 0:
+                why = ("it is file-backed (location='mmap'): the parent process still "
+                       "allocates in the same shared file pages" if self.location == LOC_MMAP
+                       else "the thread that owned it does not exist in this process")
+                raise WorkspaceError(
+                    f"workspace {self.name!r} was inherited through fork() and cannot be "
+                    f"used in this process: {why}. Create a new workspace in the child "
+                    f"(wsmem.Workspace or wsmem.get_workspace).")
             raise WorkspaceError(
                 f"workspace {self.name!r} belongs to thread {self.owner_thread}, not to "
                 f"this thread ({me}). Workspaces are per thread: create one in each "
                 f"thread with wsmem.get_workspace(name, cfg).")
         return 0
+
+    def _after_fork_child(self, unsigned long forking_thread):
+        """In a fork() child (see wsmem/_fork.py): disown this workspace unless
+        the forking thread owns it and its memory is private to this process.
+
+        A file-backed block (location='mmap') is a MAP_SHARED mapping that the
+        parent still allocates in: a child allocation would write over the
+        parent's arrays.  A workspace of another thread has no owner here.
+        Disowned (owner_thread 0): entering, allocating (the fast path finds
+        an empty hole and the slow path checks the owner), the capture
+        handler (heap fallback) and resizing are refused; arrays made before
+        the fork stay readable, as the rest of the child's memory does.
+        """
+        if self.location != LOC_MMAP and self.owner_thread == forking_thread:
+            return
+        self.owner_thread = 0
+        self.limit = self.cursor
+        self.n_holes = self.hole_index = 0
+        self.initialized = True             # no learning, no growth: no new block
+        self.init_pending = False
+        self.spill = SPILL_EXTERNAL
 
     cdef size_t pinned_bytes(self) noexcept:
         """Bytes kept out of reuse by live exports, line-rounded, over all blocks."""

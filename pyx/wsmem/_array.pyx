@@ -1191,9 +1191,10 @@ cdef class WsArray:
                 f"(with ws: / ws.borrow()) around the call, or use detach().")
         if self._ws is target and self._gen == target.generation:
             return self
+        src = self._view()      # pinned first: a ring target goes around it, not over it
         out = new_array(target, self.shape, self._dtype,
                         "F" if (self._f_contig() and not self._c_contig()) else "C", INIT_NONE)
-        _copyto(out, out._view(), self._view())
+        _copyto(out, out._view(), src)
         return out
 
     def copy(self, order="C"):
