@@ -163,3 +163,30 @@ def test_interpreter_exit_with_everything_running():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "done 7.0 9.0 0.0"
     assert proc.stderr == "", proc.stderr
+
+
+def test_workspace_in_a_garbage_cycle_with_a_surviving_captured_array():
+    # The collector used to clear the Workspace's fields (tp_clear) before
+    # deallocating it; __dealloc__ then could not detach the NumPy handler,
+    # and freeing the surviving array touched the dead workspace (SIGSEGV).
+    proc = _run("""
+        import gc, numpy as np, wsmem
+        gc.disable()
+        for order in range(2):
+            lst = []
+            if order:
+                lst.append(lst)
+            ws = wsmem.Workspace("CYCLE", initial_size=1 << 20, learning="none")
+            if not order:
+                lst.append(lst)
+            lst.append(ws)
+            with ws:
+                keep = np.ones(1000)
+            del ws, lst
+            assert gc.collect() > 0
+            assert float(keep.sum()) == 1000.0
+            del keep
+        print("ok")
+    """)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip() == "ok"

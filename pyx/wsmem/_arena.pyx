@@ -15,6 +15,7 @@ left out of the holes, so no allocation can ever be handed memory that a live
 view can still read.  Pins are O(1) to create and release; the sorted hole
 list is built only at cycle start, and only when pins exist.
 """
+cimport cython
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
@@ -341,6 +342,10 @@ cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:
     return a.alloc_slow(nbytes, block)
 
 
+# The collector must not clear an Arena's fields before it is deallocated:
+# __dealloc__ (Workspace's too) detaches C contexts through them, and a
+# context left pointing at a dead arena is a use after free.
+@cython.no_gc_clear
 cdef class Arena:
     """C-level state of a workspace; :class:`wsmem.Workspace` is the public face."""
 

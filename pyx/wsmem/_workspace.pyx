@@ -130,6 +130,7 @@ cdef object _load_gpu(location, device):
     return g
 
 
+@cython.no_gc_clear      # see Arena: __dealloc__ detaches the handler through _handler/gpu
 cdef class Workspace(Arena):
     """A named cyclic arena owned by one thread (ND4J's MemoryWorkspace).
 
