@@ -169,15 +169,18 @@ def test_workspace_in_a_garbage_cycle_with_a_surviving_captured_array():
     # The collector used to clear the Workspace's fields (tp_clear) before
     # deallocating it; __dealloc__ then could not detach the NumPy handler,
     # and freeing the surviving array touched the dead workspace (SIGSEGV).
-    proc = _run("""
+    # Run with the plain allocator: -X dev's debug hooks hid the crash.
+    code = textwrap.dedent("""
         import gc, numpy as np, wsmem
         gc.disable()
         for order in range(2):
-            lst = []
             if order:
+                lst = []
                 lst.append(lst)
-            ws = wsmem.Workspace("CYCLE", initial_size=1 << 20, learning="none")
-            if not order:
+                ws = wsmem.Workspace("CYCLE", initial_size=1 << 20, learning="none")
+            else:
+                ws = wsmem.Workspace("CYCLE", initial_size=1 << 20, learning="none")
+                lst = []
                 lst.append(lst)
             lst.append(ws)
             with ws:
@@ -188,5 +191,9 @@ def test_workspace_in_a_garbage_cycle_with_a_surviving_captured_array():
             del keep
         print("ok")
     """)
+    env = {"PATH": "/usr/bin:/bin"}
+    env.update({k: os.environ[k] for k in _PASS_ENV if k in os.environ})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert proc.stdout.strip() == "ok"
