@@ -1,16 +1,33 @@
-"""One training step (rows=64, 512 KiB temporaries) repeated N times, for
-instruction counting under valgrind (see bench/results/callgrind_train64.txt
-and cachegrind_train64.txt): python bench/callgrind_step.py {numpy,wsmem,limit} N
+"""One cyclic-benchmark step repeated N times, for instruction counting under
+valgrind (see bench/results/callgrind_*.txt):
+
+    python bench/callgrind_step.py {numpy,wsmem,limit} N [train|cg] [size]
+
+`size` is rows for train (default 64) and n for cg (default 90).  Run it
+under ``valgrind --tool=callgrind`` for two values of N and take the
+difference of the instruction counts over the difference of N; peers run
+the numpy mode with LD_PRELOAD or MALLOC_* settings (bench/callgrind_run.sh).
 """
-import os, sys
+import os
+import sys
+
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
-import numpy as np, wsmem
-from wsmem.benchmarks.cyclic import _make_train
+import wsmem  # noqa: E402
+from wsmem.benchmarks.cyclic import _make_cg, _make_train  # noqa: E402
+
 mode, n = sys.argv[1], int(sys.argv[2])
-step = _make_train(64, mode == "limit")
+workload = sys.argv[3] if len(sys.argv) > 3 else "train"
+size = int(sys.argv[4]) if len(sys.argv) > 4 else (64 if workload == "train" else 90)
+make = _make_train if workload == "train" else _make_cg
+step = make(size, mode == "limit")
 if mode == "wsmem":
-    ws = wsmem.Workspace("CG"); inner = step
+    ws = wsmem.Workspace("CG")
+    inner = step
+
     def step():
-        with ws: return inner()
-for _ in range(3): step()
-for _ in range(n): step()
+        with ws:
+            return inner()
+for _ in range(3):
+    step()
+for _ in range(n):
+    step()

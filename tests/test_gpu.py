@@ -193,6 +193,7 @@ def test_with_switches_cupys_thread_allocator(host_backed):
     get = cupy.cuda.memory._get_thread_local_allocator
     ws = host_backed("dev", location="device")
     host = host_backed("host")
+    ws2 = host_backed("dev2", location="device")
     before = get()
     with ws:
         inside = get()
@@ -201,8 +202,21 @@ def test_with_switches_cupys_thread_allocator(host_backed):
             assert get() is None                          # CuPy's default inside scope_out
         with host:
             assert get() is None                          # a host workspace: CuPy's default
+        with ws2:
+            assert get().__self__ is _gpu.state(ws2).allocator   # innermost wins
+            with wsmem.scope_out():
+                assert get() is None
         assert get() is inside
     assert get() is before
+
+    def user_allocator(size):                             # never called here
+        raise AssertionError
+    with cupy.cuda.using_allocator(user_allocator):
+        with ws:
+            assert get().__self__ is _gpu.state(ws).allocator
+            with wsmem.scope_out():
+                assert get() is user_allocator            # the user's, not CuPy's global
+        assert get() is user_allocator
 
 
 def test_allocator_refusal_raises_overflow_through_cupy(host_backed):
@@ -291,23 +305,25 @@ class TestOnGPU:
 
     def test_other_stream_waits_for_the_last_cycle(self, workspace_factory):
         import cupy as cp
-        ws = workspace_factory("gpu")(location="device")
+        ws = workspace_factory("gpu")(location="device", learning="none",
+                                      initial_size=64 << 20)
         s1, s2 = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)
         with s1:
             with ws:
                 x = cp.ones(1 << 22, dtype=cp.float32)
-                for _ in range(50):
-                    x = x * 1.0001
-                r1 = x[:4].copy()
+                first = x.data.ptr
+                for _ in range(200):
+                    cp.multiply(x, 1.0001, out=x)          # keeps s1 busy
+                r1 = float(x[:4].sum())
                 del x
         with s2:
             with ws:                                       # reuses s1's bytes
                 y = cp.zeros(1 << 22, dtype=cp.float32)
+                assert y.data.ptr == first
                 total = float(y.sum())
                 del y
         assert total == 0.0
-        assert float(r1[0]) > 1.0
-        del r1
+        assert r1 > 4.0
 
     def test_asarray_into_device_workspace_and_back(self, workspace_factory):
         import cupy as cp
@@ -357,6 +373,21 @@ class TestOnGPU:
         assert seen == [(64 * 32 * float(k), k) for k in range(40)]
         assert [float(x[0, 0]) for x in kept] == [0.0, 10.0, 20.0, 30.0]
         del kept
+
+    def test_prefetch_to_device_keeps_fortran_order(self):
+        import cupy as cp
+        items = [np.asfortranarray(np.arange(12.0).reshape(3, 4) + k) for k in range(6)]
+        with wsmem.prefetch(iter(items), buffer=2, device=0) as it:
+            for k, x in enumerate(it):
+                assert (cp.asnumpy(x) == items[k]).all()
+
+    def test_dlpack_none_stream_means_legacy_default(self, workspace_factory):
+        ws = workspace_factory("gpu")(location="device")
+        with ws:
+            a = wsmem.ones(8)
+            cap = a.__dlpack__(stream=None, max_version=(1, 0))
+            cap2 = a.__dlpack__(stream=2, max_version=(1, 0))
+            del cap, cap2, a
 
     def test_device_oom_raises_overflow_and_workspace_survives(self, workspace_factory):
         import cupy as cp

@@ -84,9 +84,12 @@ class _Channel:
     the fork, so a child never touches them (:meth:`forked`).
     """
 
-    __slots__ = ("queue", "stop", "taken", "pid")
+    __slots__ = ("queue", "stop", "taken", "pid", "consumer_event")
 
     def __init__(self, buffer: int) -> None:
+        # prefetch(device=N): an event recorded on the consumer's stream each
+        # time it takes an item; device-ring bytes are rewritten only after it.
+        self.consumer_event: Any = None
         self.queue: queue.Queue = queue.Queue(maxsize=buffer)
         self.stop = threading.Event()
         self.taken = 0
@@ -224,7 +227,12 @@ class _DeviceStage:
     consumer keeps.  At most `buffer` items' copies are in flight: before
     staging another, the producer waits for the oldest, so a pinned slot is
     never written while the GPU still reads it (the pinned ring holds
-    ``2 * buffer + 2`` items).
+    ``2 * buffer + 2`` items).  The device ring is protected the same way
+    as the pinned one: the producer keeps each item's device views with its
+    pins until the consumer has taken `buffer` more items, and its side
+    stream waits on an event the consumer records on its own stream at each
+    ``__next__``, so no copy overwrites bytes that kernels the consumer
+    queued earlier may still read.
     """
 
     def __init__(self, device: int, name: str, ring_bytes: int, buffer: int) -> None:
@@ -264,8 +272,10 @@ class _DeviceStage:
             pairs = [(k, self.to_device(v)) for k, v in x.items()]
             return dict(pairs) if type(x) is dict else type(x)(pairs)
         if isinstance(x, WsArray) and x.workspace is self.pinned:
+            flags = x.flags
+            order = "F" if flags.f_contiguous and not flags.c_contiguous else "C"
             with self.ring:
-                d = self.ring.empty(x.shape, dtype=x.dtype)
+                d = self.ring.empty(x.shape, dtype=x.dtype, order=order)
                 view = d.cupy()                      # pins d's bytes while the batch lives
             if x.nbytes:
                 rt = self.cp.cuda.runtime
@@ -274,8 +284,12 @@ class _DeviceStage:
             return view
         return x
 
-    def stage(self, batch: Any) -> tuple:
+    def stage(self, batch: Any, pins: list, chan: _Channel) -> tuple:
+        consumed = chan.consumer_event
+        if consumed is not None:
+            self.stream.wait_event(consumed)
         out = self.to_device(batch)
+        _collect_cupy(out, pins)                     # released with the item's pins
         ev = self.cp.cuda.Event(disable_timing=True)
         ev.record(self.stream)
         self.inflight.append(ev)
@@ -288,6 +302,18 @@ class _DeviceStage:
             self.inflight.clear()
             self.ring.destroy()
             self.pinned.destroy()
+
+
+def _collect_cupy(x: Any, out: list) -> None:
+    """Append every non-WsArray array leaf of batch `x` (cupy views) to `out`."""
+    if isinstance(x, (tuple, list)):
+        for v in x:
+            _collect_cupy(v, out)
+    elif isinstance(x, dict):
+        for v in x.values():
+            _collect_cupy(v, out)
+    elif hasattr(x, "__cuda_array_interface__") and not isinstance(x, WsArray):
+        out.append(x)
 
 
 def _produce(it: Iterator, chan: _Channel, buffer: int, name: str,
@@ -328,7 +354,7 @@ def _produce(it: Iterator, chan: _Channel, buffer: int, name: str,
                 if stage is not None:
                     # cupy arrays out; `first` becomes (first, event): the
                     # consumer's stream waits on the event.
-                    batch, event = stage.stage(batch)
+                    batch, event = stage.stage(batch, pins, chan)
                     first = (first, event)
             except BaseException as exc:            # noqa: BLE001 - delivered to the consumer
                 tb = exc.__traceback__
@@ -478,7 +504,12 @@ class PrefetchIterator:
         if self._device is not None:
             first, event = first
             import cupy
-            cupy.cuda.get_current_stream().wait_event(event)
+            with cupy.cuda.Device(self._device):
+                stream = cupy.cuda.get_current_stream()
+                stream.wait_event(event)
+                mark = cupy.cuda.Event(disable_timing=True)
+                mark.record(stream)             # everything queued on earlier batches
+            chan.consumer_event = mark
         firsts = self._firsts
         firsts.append(first)
         if len(firsts) > self._buffer:

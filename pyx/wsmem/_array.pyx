@@ -305,6 +305,10 @@ cdef WsArray _wrap_ndarray(cnp.ndarray arr, Arena ws, unsigned long long gen, Bl
     return a
 
 
+cdef tuple _dims_tuple(int nd, cnp.npy_intp* dims):
+    return tuple([dims[i] for i in range(nd)])
+
+
 cdef WsArray new_array(Arena arena, object shape, object dtype, object order, int init):
     cdef cnp.npy_intp dims[64]
     cdef int nd = _parse_shape(shape, dims)
@@ -315,6 +319,12 @@ cdef WsArray new_array(Arena arena, object shape, object dtype, object order, in
     cdef char* p
     cdef WsArray a
     cdef cnp.ndarray heap
+    if arena is not None and arena.location == LOC_DEVICE and \
+            get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
+        c = _gpu().cupy_module().empty(_dims_tuple(nd, dims), d, "F" if fortran else "C")
+        if init == INIT_ZEROS:
+            c.fill(0)
+        return _wrap_cupy(c, None, 0, NULL, c, 0)
     if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
         Py_INCREF(d)    # PyArray_Empty steals it
         heap = PyArray_Empty(nd, dims, <PyObject*>d, fortran)
@@ -1135,15 +1145,17 @@ cdef class WsArray:
         if stream == 0:
             raise ValueError("stream=0 is ambiguous in DLPack for CUDA; pass 1 (legacy "
                              "default stream), 2 (per-thread default) or a stream handle")
-        # Make the consumer's stream wait for the work queued on ours.
-        _gpu().wait_for_consumer(self._ws, stream)
         if copy:
             base = _gpu().heap_copy(self._view())
-            return _dlpack_capsule(base, <char*><size_t>base.data.ptr, self._nd,
-                                   self._shape, self._strides, self._dtype,
-                                   max_version, True, kDLCUDA, dev)
-        return _dlpack_capsule(self._pin_base(), self._data, self._nd, self._shape,
-                               self._strides, self._dtype, max_version, False, kDLCUDA, dev)
+            cap = _dlpack_capsule(base, <char*><size_t>base.data.ptr, self._nd,
+                                  self._shape, self._strides, self._dtype,
+                                  max_version, True, kDLCUDA, dev)
+        else:
+            cap = _dlpack_capsule(self._pin_base(), self._data, self._nd, self._shape,
+                                  self._strides, self._dtype, max_version, False, kDLCUDA, dev)
+        # The consumer's stream waits for the work queued so far (the copy too).
+        _gpu().wait_for_consumer(self._ws, stream)
+        return cap
 
     # ------------------------------------------------------------ NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -1652,7 +1664,8 @@ def asarray(a, dtype=None, order=None):
     if isinstance(a, WsArray):
         src = <WsArray>a
         if ((dtype is None or np.dtype(dtype) == src._dtype) and src._ws is arena
-                and src.is_valid and order in (None, "K", "A")):
+                and src.is_valid and order in (None, "K", "A")
+                and bool(src._dev) == (arena is not None and arena.location == LOC_DEVICE)):
             return a
         a = src._view()
     if arena is not None and arena.location == LOC_DEVICE:

@@ -591,6 +591,13 @@ cdef void* _dev_malloc_gil(CapCtx* ctx, size_t size, int device_id) noexcept:
     return r
 
 
+cdef inline bint _parkable_here(CapCtx* ctx) noexcept:
+    # Device memory freed in another thread may still be in use by kernels on
+    # that thread's stream: it is not handed to this cycle's next allocation
+    # (stream order covers only the owner thread's cycle stream).
+    return ctx.arena != NULL and (<Arena>ctx.arena).owner_thread == PyThread_get_thread_ident()
+
+
 cdef void _dev_free_gil(CapCtx* ctx, void* ptr, int device_id) noexcept:
     cdef DevHdr* d = _table_take(ctx, <char*>ptr)
     if d == NULL:
@@ -603,7 +610,10 @@ cdef void _dev_free_gil(CapCtx* ctx, void* ptr, int device_id) noexcept:
             PyErr_Clear()            # interpreter shutdown: the driver reclaims it
         free(d)
         ctx.n_live -= 1
-    elif not _retire(ctx, &d.h):
+    elif _parkable_here(ctx) and _retire(ctx, &d.h):
+        pass                         # parked for reuse in this cycle
+    else:
+        pin_fini(&d.h.pin)
         free(d)
         ctx.n_live -= 1
     _dev_ctx_maybe_free(ctx)

@@ -166,11 +166,14 @@ cdef class DeviceState:
     cdef public object stream           # cupy Stream the open (or last) cycle is bound to
     cdef public size_t stream_ptr
     cdef public object allocator        # cupy CFunctionAllocator (device + capture)
+    cdef public object malloc           # its bound malloc (what CuPy's allocator slot holds)
     cdef public object alloc_owner      # its C side (wsmem._capture)
 
     def detach(self):
         if self.alloc_owner is not None:
             detach_cupy_allocator(self.alloc_owner)
+        if self.malloc is not None:
+            _replaced.pop(self.malloc, None)
 
 
 def setup(Arena ws, bint capture):
@@ -191,6 +194,7 @@ def setup(Arena ws, bint capture):
         else:
             param, mfn, ffn = st.alloc_owner.addresses
             st.allocator = cp.cuda.memory.CFunctionAllocator(param, mfn, ffn, st.alloc_owner)
+            st.malloc = st.allocator.malloc
     ws.gpu = st
     return st
 
@@ -203,12 +207,13 @@ def begin_cycle(Arena ws):
     if _host_backing:
         return
     cp = cupy_module()
-    s = cp.cuda.get_current_stream()
-    ptr = s.ptr
-    if st.stream is not None and ptr != st.stream_ptr:
-        ev = cp.cuda.Event(disable_timing=True)
-        ev.record(st.stream)
-        s.wait_event(ev)
+    with cp.cuda.Device(st.device):     # the workspace's device, whatever is current
+        s = cp.cuda.get_current_stream()
+        ptr = s.ptr
+        if st.stream is not None and ptr != st.stream_ptr:
+            ev = cp.cuda.Event(disable_timing=True)
+            ev.record(st.stream)
+            s.wait_event(ev)
     st.stream = s
     st.stream_ptr = ptr
 
@@ -226,25 +231,43 @@ def wait_for_consumer(Arena ws, consumer):
     """DLPack: make the consumer's stream (an int, as the protocol passes it)
     wait for the work queued on ws's stream."""
     cdef DeviceState st = ws.gpu if ws is not None else None
-    if _host_backing or st is None or st.stream is None or consumer is None or consumer == -1:
+    if _host_backing or consumer == -1:
         return
+    if consumer is None:
+        consumer = 1                    # DLPack: None means the legacy default stream
     cp = cupy_module()
-    mine = st.stream_ptr if st.stream_ptr != 0 else 1
-    if consumer == mine or (consumer in (0, 1) and st.stream_ptr == 0):
-        return
-    ev = cp.cuda.Event(disable_timing=True)
-    ev.record(st.stream)
-    target = cp.cuda.ExternalStream(0 if consumer == 1 else consumer)
-    target.wait_event(ev)
+    with cp.cuda.Device(st.device if st is not None else current_device()):
+        # What the export depends on: the workspace's cycle stream, and the
+        # current stream (a copy made for copy=True was queued there).
+        producers = [cp.cuda.get_current_stream()]
+        if st is not None and st.stream is not None and st.stream.ptr != producers[0].ptr:
+            producers.append(st.stream)
+        for p in producers:
+            mine = p.ptr if p.ptr != 0 else 1
+            if consumer == mine:
+                continue
+            ev = cp.cuda.Event(disable_timing=True)
+            ev.record(p)
+            # 1 and 2 are CUDA's legacy and per-thread default stream handles.
+            cp.cuda.runtime.streamWaitEvent(consumer, ev.ptr)
 
 
 _NO_CHANGE = object()
+# wsmem allocator (bound malloc) -> the thread-local allocator it replaced.
+_replaced = {}
+
+
+cdef object _user_allocator(object alloc):
+    """The thread-local allocator in force before wsmem's (None: CuPy's global one)."""
+    while alloc is not None and alloc in _replaced:
+        alloc = _replaced[alloc]
+    return alloc
 
 
 def push_allocator(Arena ws):
     """Make ws's CuPy allocator current in this thread; returns the token for
-    pop_allocator.  ws None (scope_out, host workspace) restores CuPy's
-    default inside a device workspace."""
+    pop_allocator.  Frames without one (scope_out, host workspaces) restore
+    the allocator the user had before any wsmem device workspace."""
     cp = _cupy
     if cp is None:
         return _NO_CHANGE
@@ -252,9 +275,11 @@ def push_allocator(Arena ws):
     prev = mem._get_thread_local_allocator()
     alloc = None
     if ws is not None and ws.gpu is not None:
-        alloc = (<DeviceState>ws.gpu).allocator
-        if alloc is not None:
-            alloc = alloc.malloc
+        alloc = (<DeviceState>ws.gpu).malloc
+    if alloc is None:
+        alloc = _user_allocator(prev)
+    elif alloc is not prev:
+        _replaced[alloc] = prev
     if alloc is prev:
         return _NO_CHANGE
     mem._set_thread_local_allocator(alloc)
@@ -293,10 +318,8 @@ def memset0(WsArray a):
         memset(a._data, 0, n)
         return
     cp = cupy_module()
-    st = a._ws.gpu if a._ws is not None else None
-    stream = (<DeviceState>st).stream_ptr if st is not None else 0
     with cp.cuda.Device(a._dev - 1):
-        cp.cuda.runtime.memsetAsync(<size_t>a._data, 0, n, stream)
+        cp.cuda.runtime.memsetAsync(<size_t>a._data, 0, n, cp.cuda.get_current_stream().ptr)
 
 
 def is_cupy(x):
@@ -323,7 +346,7 @@ def heap_copy(view):
     cp = cupy_module()
     mem = cp.cuda.memory
     prev = mem._get_thread_local_allocator()
-    mem._set_thread_local_allocator(None)
+    mem._set_thread_local_allocator(_user_allocator(prev))
     try:
         return view.copy()
     finally:

@@ -55,19 +55,24 @@ def _peers():
     try:
         import rmm
         from rmm.allocators.cupy import rmm_cupy_allocator
-
-        def rmm_setup(kind):
-            def setup():
-                base = rmm.mr.CudaMemoryResource()
-                mr = (rmm.mr.PoolMemoryResource(base, initial_pool_size=1 << 30)
-                      if kind == "pool" else rmm.mr.ArenaMemoryResource(base))
-                rmm.mr.set_current_device_resource(mr)
-                return rmm_cupy_allocator
-            return setup
-        peers["rmm_pool"] = (rmm_setup("pool"), lambda: None)
-        peers["rmm_arena"] = (rmm_setup("arena"), lambda: None)
     except Exception:
-        pass
+        return peers
+    base = rmm.mr.CudaMemoryResource()
+    resources = {"rmm_pool": rmm.mr.PoolMemoryResource(base, initial_pool_size=1 << 30),
+                 "rmm_arena": rmm.mr.ArenaMemoryResource(base)}
+    saved = []
+
+    def rmm_setup(mr):
+        def setup():
+            saved.append(rmm.mr.get_current_device_resource())
+            rmm.mr.set_current_device_resource(mr)
+            return rmm_cupy_allocator
+        return setup
+
+    def rmm_teardown():
+        rmm.mr.set_current_device_resource(saved.pop())
+    for name, mr in resources.items():
+        peers[name] = (rmm_setup(mr), rmm_teardown)
     return peers
 
 
@@ -121,6 +126,7 @@ def run(quick=False, *, tiny=False, rounds=None, progress=None, **_ignored) -> d
     cycles_for = {s: max(5, min(200, (256 << 20) // (s * ALLOCS))) for s in sizes}
     kernel = _kernel()
     peers = _peers()
+    failed: dict = {}
     dev = cupy.cuda.Device()
     gpu_name = cupy.cuda.runtime.getDeviceProperties(dev.id)["name"].decode()
     rows = []
@@ -132,12 +138,19 @@ def run(quick=False, *, tiny=False, rounds=None, progress=None, **_ignored) -> d
         with ws:                                 # learning cycle
             _cycle(size, kernel)
         for r in range(rounds):
-            for name, (setup, teardown) in peers.items():
+            for name, (setup, teardown) in list(peers.items()):
                 alloc = setup()
-                with cupy.cuda.using_allocator(alloc):
-                    _measure(size, 2, kernel, contextlib.nullcontext)   # warm
-                    t, a = _measure(size, cycles, kernel, contextlib.nullcontext)
-                teardown()
+                try:
+                    with cupy.cuda.using_allocator(alloc):
+                        _measure(size, 2, kernel, contextlib.nullcontext)   # warm
+                        t, a = _measure(size, cycles, kernel, contextlib.nullcontext)
+                except Exception as exc:        # e.g. no cudaMallocAsync support
+                    say(f"gpu: {name} dropped ({type(exc).__name__}: {exc})")
+                    failed[name] = f"{type(exc).__name__}: {exc}"
+                    del peers[name], times[name], allocs[name]
+                    continue
+                finally:
+                    teardown()
                 times[name].append(t)
                 allocs[name].append(a)
             t, a = _measure(size, cycles, kernel, lambda: ws)
@@ -164,7 +177,7 @@ def run(quick=False, *, tiny=False, rounds=None, progress=None, **_ignored) -> d
             "method": (f"{ALLOCS} cupy.empty float32 arrays + {ALLOCS - 1} elementwise "
                        f"kernels per cycle; median of {rounds} interleaved rounds; "
                        "ratios = peer / wsmem per round (> 1: wsmem faster)"),
-            "rows": rows}
+            "rows": rows, "dropped_peers": failed}
 
 
 def format_table(results: dict) -> str:
