@@ -58,6 +58,10 @@ def main(argv):
     args = argv or ["tests", "-q", "-p", "no:cacheprovider",
                     "-k", "not mimalloc and not bench_rounds_override"]
     os.makedirs(tree, exist_ok=True)
+    # Generated C from an earlier run may look newer than the copied sources
+    # (copy2 keeps their mtimes), and cythonize would then reuse it.
+    for stale in glob.glob(os.path.join(tree, "pyx", "wsmem", "*.c")):
+        os.remove(stale)
     copy_tree(tree)
     logdir = os.path.join(tree, "asan-logs")
     shutil.rmtree(logdir, ignore_errors=True)
