@@ -241,6 +241,18 @@ def test_array_interface_dict(ws):
         del d, dt, x
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_array_interface_of_empty_arrays(ws, order):
+    # Found by the long fuzz run: a zero-size F-order workspace array gave
+    # itself as `data`, and NumPy's plain-buffer request on a non-C layout
+    # raised BufferError.  No bytes, nothing to pin: a pointer tuple.
+    with ws:
+        a = wsmem.empty((2, 0, 3), dtype=bool, order=order)
+        x = np.asarray(_IfaceOnly(a.__array_interface__))
+        assert x.shape == (2, 0, 3) and x.dtype == bool
+        del x
+
+
 def test_array_interface_heap(ws):
     a = wsmem.ones(4)                  # no workspace open: heap
     d = a.__array_interface__

@@ -1057,7 +1057,9 @@ cdef class WsArray:
             "descr": self._dtype.descr,
             "strides": None if c else self.strides,
         }
-        if self._ws is None:
+        if self._ws is None or self._block == NULL or self._size() == 0:
+            # Heap memory (the consumer keeps the provider, as with NumPy's own
+            # arrays), or no bytes at all: nothing in a workspace to pin.
             d["data"] = (<size_t>self._data, False)
         else:
             # A buffer object (not a pointer tuple): NumPy keeps it as the new
