@@ -72,6 +72,13 @@ def main(argv):
                    env=dict(os.environ, WSMEM_SANITIZE="address"))
     libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
                              text=True, check=True).stdout.strip()
+    # libstdc++ after the runtime: a C++ extension (matplotlib's ft2font)
+    # throwing an exception otherwise hits ASan's __cxa_throw interceptor
+    # before the real one is resolved, and ASan aborts the process.
+    libstdcxx = subprocess.run(["gcc", "-print-file-name=libstdc++.so.6"],
+                               capture_output=True, text=True).stdout.strip()
+    if os.path.isabs(libstdcxx) and os.path.exists(libstdcxx):
+        libasan = f"{libasan} {os.path.realpath(libstdcxx)}"
     env = dict(os.environ, LD_PRELOAD=libasan, PYTHONMALLOC="malloc", PYTHONPATH=tree,
                ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:verify_asan_link_order=0:"
                             f"log_path={logdir}/asan")
