@@ -132,19 +132,15 @@ def _make_bench_charts():
     return make_bench_charts
 
 
-def test_benchmarks_page_shows_the_saved_results():
-    make_bench_charts = _make_bench_charts()
-    with open(make_bench_charts.PAGE, encoding="utf-8") as f:
+@pytest.mark.parametrize("page, begin, end, make", [
+    ("PAGE", "BEGIN", "END", "comparison_from_results"),      # docs/benchmarks.md
+    ("README", "README_BEGIN", "README_END", "readme_table"),  # README.md results
+])
+def test_generated_tables_show_the_saved_results(page, begin, end, make):
+    charts = _make_bench_charts()
+    path = getattr(charts, page)
+    with open(path, encoding="utf-8") as f:
         text = f.read()
-    shown = text.split(make_bench_charts.BEGIN)[1].split(make_bench_charts.END)[0]
-    assert shown.strip() == make_bench_charts.comparison_from_results().strip(), \
-        "docs/benchmarks.md is out of date: run python docs/make_bench_charts.py"
-
-
-def test_readme_results_table_shows_the_saved_results():
-    make_bench_charts = _make_bench_charts()
-    with open(make_bench_charts.README, encoding="utf-8") as f:
-        text = f.read()
-    shown = text.split(make_bench_charts.README_BEGIN)[1].split(make_bench_charts.README_END)[0]
-    assert shown.strip() == make_bench_charts.readme_table().strip(), \
-        "README.md results are out of date: run python docs/make_bench_charts.py"
+    shown = text.split(getattr(charts, begin))[1].split(getattr(charts, end))[0]
+    assert shown.strip() == getattr(charts, make)().strip(), \
+        f"{os.path.relpath(path, ROOT)} is out of date: run python docs/make_bench_charts.py"
