@@ -300,7 +300,7 @@ def test_stress_16_threads_views_freed_by_other_threads():
         assert s.cycles == STRESS_CYCLES
         assert s.pinned_bytes == 0, (k, s)        # no lost pins
         assert ws.leaks() == []
-        assert foreign_refusals[k] == STRESS_CYCLES // 500
+        assert foreign_refusals[k] == (STRESS_CYCLES + 250) // 500   # at i % 500 == 250
     # every byte exported was checked once, by some thread
     assert sum(checked) == sum(exported) > 0
     print(f"\nthreads={STRESS_THREADS} cycles/thread={STRESS_CYCLES} "
