@@ -246,3 +246,21 @@ def test_leverage_into_own_ring_over_the_source():
         assert d.tolist() == (np.arange(108.0) + 1000).tolist()
     del a, b, c, d
     ring.destroy()
+
+
+def test_ufunc_result_in_own_ring_over_the_input():
+    # Regression (found by the state machine): a WsArray ufunc allocated its
+    # output before taking (pinned) views of its inputs, so an output placed
+    # over the input (the ring wrapping) made -b raise WorkspaceLeakError on
+    # a valid array.
+    ring = _ring("RING_UFUNC", size=2048)
+    with ring:
+        a = ring.asarray(np.arange(108.0))             # 864 B at 0
+        b = ring.asarray(np.arange(108.0) + 1000)      # 864 B at 896
+        c = ring.asarray(np.arange(108.0) + 2000)      # wraps: at 0 (a is gone)
+        assert not a.is_valid and b.is_valid and c.is_valid
+        d = -b                                         # the cursor is at b
+        assert d.is_valid and d.ptr != b.ptr
+        assert d.tolist() == (-(np.arange(108.0) + 1000)).tolist()
+    del a, b, c, d
+    ring.destroy()

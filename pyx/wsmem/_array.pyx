@@ -717,11 +717,17 @@ cdef object _ufunc_call(object ufunc, tuple inputs, dict kwargs):
         return None
     if shape is None:
         return None
+    # Input views before the outputs are allocated.  Unpinned views suffice
+    # where nothing can reuse an input's bytes during the call: NumPy reads
+    # the inputs and writes the given outputs synchronously, and returns
+    # `out`, never a view of an input.  In a circular workspace, though, the
+    # outputs' allocation may wrap the ring over an input: pin inputs there
+    # first, so that the ring goes around them (as leverage_to does).
+    if arena.reset == RESET_ENDOFBUFFER:
+        views = tuple([(<WsArray>x)._view() if type(x) is WsArray else x for x in inputs])
+    else:
+        views = tuple([_call_view(<WsArray>x) if type(x) is WsArray else x for x in inputs])
     outs = tuple([new_array(arena, shape, dt, "C", INIT_NONE) for dt in dts])
-    # Unpinned views: NumPy reads the inputs and writes the given outputs
-    # synchronously, and returns `out`, never a view of an input, so nothing
-    # made here can outlive the call.
-    views = tuple([_call_view(<WsArray>x) if type(x) is WsArray else x for x in inputs])
     _guarded_call(ufunc, views, {"out": tuple([_call_view(<WsArray>o) for o in outs])})
     return outs[0] if len(outs) == 1 else outs
 
