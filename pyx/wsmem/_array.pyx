@@ -423,37 +423,25 @@ cdef void wsarray_extent(WsArray a, char** lo, char** hi) noexcept:
     _extent(a, lo, hi)
 
 
-cdef char* _pin_into(WsArray a, Pin* p) noexcept:
+cdef char* _pin_into(WsArray a, Pin* p, object owner) noexcept:
     """Pin a's bytes (its extent, line-rounded) into record p; returns the
-    end of the extent.  Every export path pins through here."""
+    end of the extent.  Every export path pins through here.  `owner` is
+    `a` for pins held by exports; a pin held by `a` itself names a's
+    traceback instead (a pin owning its holder would never be released)."""
     cdef char* lo
     cdef char* hi
     _extent(a, &lo, &hi)
-    pin_init(p, a._block, lo, hi, a._gen, a)
+    pin_init(p, a._block, lo, hi, a._gen, owner)
     ring_note_pin(a._ws, p)
     return hi
 
 
-cdef Pin* _pin(WsArray a) except NULL:
-    """A malloc'd pin on a's bytes (buffer exports: Py_buffer.internal)."""
+cdef Pin* _pin(WsArray a, object owner) except NULL:
+    """A malloc'd pin on a's bytes (Py_buffer.internal, the CUDA interface's)."""
     cdef Pin* p = <Pin*>malloc(sizeof(Pin))
     if p == NULL:
         raise MemoryError("wsmem: out of memory for a pin record")
-    _pin_into(a, p)
-    return p
-
-
-cdef Pin* _self_pin(WsArray a) except NULL:
-    """A malloc'd pin on a's bytes held by `a` itself (its owner is a's
-    traceback, not `a`: a pin owning its holder would never be released)."""
-    cdef Pin* p = <Pin*>malloc(sizeof(Pin))
-    cdef char* lo
-    cdef char* hi
-    if p == NULL:
-        raise MemoryError("wsmem: out of memory for a pin record")
-    _extent(a, &lo, &hi)
-    pin_init(p, a._block, lo, hi, a._gen, a._tb)
-    ring_note_pin(a._ws, p)
+    _pin_into(a, p, owner)
     return p
 
 
@@ -865,7 +853,7 @@ cdef class WsArray:
         if self._block == NULL or self._size() == 0:
             return self
         p = _ExportPin.__new__(_ExportPin)
-        p.length = _pin_into(self, &p.rec) - self._data
+        p.length = _pin_into(self, &p.rec, self) - self._data
         p.buf = self._data
         return p
 
@@ -1021,7 +1009,7 @@ cdef class WsArray:
         self._check()
         if self._xpin == NULL and self._ws is not None and self._block != NULL and \
                 self._size() > 0:
-            self._xpin = _self_pin(self)
+            self._xpin = _pin(self, self._tb)
         return {
             "version": 3,
             "shape": self.shape,
@@ -1093,7 +1081,7 @@ cdef class WsArray:
             _formats[self._dtype] = fmt
         view.internal = NULL
         if self._ws is not None and self._block != NULL and self._size() > 0:
-            view.internal = <void*>_pin(self)
+            view.internal = <void*>_pin(self, self)
         view.buf = self._data
         view.obj = self
         view.len = self._size() * self._dtype.itemsize

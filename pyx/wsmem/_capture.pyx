@@ -718,10 +718,6 @@ cdef void detach_cupy_allocator(object owner) noexcept:
         (<_DevAllocOwner>owner).ctx.arena = NULL
 
 
-def _make_cupy_allocator_for_tests(Arena arena):
-    """The C side of a CuPy allocator over `arena` (tests drive it directly)."""
-    return make_cupy_allocator(arena)
-
 
 cdef bint device_captured(Arena a, size_t ptr, unsigned long long* gen, Block** block):
     """Whether device address `ptr` starts a live allocation CuPy made through

@@ -353,14 +353,6 @@ def heap_copy(view):
         mem._set_thread_local_allocator(prev)
 
 
-def allocator_param(Arena ws):
-    """The C param of ws's CuPy allocator (identifies its allocations), or 0."""
-    cdef DeviceState st = ws.gpu
-    if st is None or st.alloc_owner is None:
-        return 0
-    return st.alloc_owner.addresses[0]
-
-
 def state(Arena ws):
     """The DeviceState of a device/pinned workspace (None for host ones)."""
     return ws.gpu
