@@ -63,7 +63,7 @@ def _alloc_fn(ws):
 @pytest.mark.skipif(HAVE_CUDA, reason="CUDA is available here")
 @pytest.mark.parametrize("location", ["device", "pinned"])
 def test_unavailable_reason_names_what_is_missing(location):
-    reason = _gpu.unavailable(location)
+    reason = _gpu.unavailable(f"location={location!r}")
     assert reason is not None and location in reason
     assert "CuPy" in reason or "CUDA" in reason
 

@@ -413,25 +413,11 @@ def _check_device(device: Any) -> None:
         return
     if isinstance(device, bool) or not isinstance(device, numbers.Integral) or device < 0:
         raise TypeError(f"device must be None or a CUDA device id (int >= 0), got {device!r}")
-    try:
-        import cupy
-    except Exception as exc:        # ImportError, or CuPy failing to load its CUDA libraries
-        raise WorkspaceError(
-            f"prefetch(device={device}) needs CuPy and a CUDA device, and CuPy could not be "
-            f"imported ({type(exc).__name__}: {exc}). Install the gpu extra "
-            "(pip install 'wsmem[gpu]') on a machine with an NVIDIA GPU, or use "
-            "device=None (batches in host memory).") from None
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        raise WorkspaceError(
-            f"prefetch(device={device}) needs a CUDA device, and CUDA reports none "
-            f"({type(exc).__name__}: {exc}). Use device=None (batches in host memory).") from None
-    if device >= count:
-        raise WorkspaceError(
-            f"prefetch(device={device}): there is no CUDA device {device} "
-            f"({count} visible). Use a device id below {count}, or device=None.")
-    return
+    from wsmem import _gpu
+    reason = _gpu.unavailable(f"prefetch(device={device})", device,
+                              "use device=None (batches in host memory)")
+    if reason is not None:
+        raise WorkspaceError(reason)
 
 
 class PrefetchIterator:

@@ -17,6 +17,7 @@ from wsmem._arena cimport Arena, LOC_DEVICE, LOC_PINNED
 from wsmem._array cimport WsArray, wsarray_extent
 from wsmem._capture cimport make_cupy_allocator, detach_cupy_allocator
 
+import importlib
 import sys
 
 from wsmem._errors import WorkspaceError, WorkspaceOverflowError
@@ -44,29 +45,32 @@ def cupy_module():
     return _cupy
 
 
-def unavailable(location, device=None):
-    """Why a `location` workspace cannot be made here (a sentence), or None."""
+def unavailable(what, device=None, fallback="use location='host'"):
+    """Why `what` (e.g. "location='device'") cannot have CUDA device `device`
+    here (a sentence ending in `fallback`), or None when it can.
+
+    CuPy is imported afresh (not the cached module), so a CuPy that cannot
+    load is reported, not raised.
+    """
     if _host_backing:
         return None
     try:
-        cp = cupy_module()
-    except Exception as exc:
-        return (f"location={location!r} needs CuPy and a CUDA device, and CuPy could not be "
-                f"imported ({type(exc).__name__}: {exc}). Install the gpu extra "
-                f"(pip install 'wsmem[gpu]') on a machine with an NVIDIA GPU, or use "
-                f"location='host'.")
+        cp = importlib.import_module("cupy")   # honours a None entry in sys.modules
+    except Exception as exc:        # ImportError, or CuPy failing to load its CUDA libraries
+        return (f"{what} needs CuPy and a CUDA device, and CuPy could not be imported "
+                f"({type(exc).__name__}: {exc}). Install the gpu extra "
+                f"(pip install 'wsmem[gpu]') on a machine with an NVIDIA GPU, or {fallback}.")
     try:
         n = cp.cuda.runtime.getDeviceCount()
     except Exception as exc:
-        return (f"location={location!r} needs a CUDA device, and CuPy found none "
+        return (f"{what} needs a CUDA device, and CUDA reports none "
                 f"({type(exc).__name__}: {exc}). Run on a machine with an NVIDIA GPU and "
-                f"driver, or use location='host'.")
+                f"driver, or {fallback}.")
     if n == 0:
-        return (f"location={location!r} needs a CUDA device, and this machine has none; "
-                f"use location='host'.")
+        return f"{what} needs a CUDA device, and this machine has none; {fallback}."
     if device is not None and device >= n:
-        return (f"device={device} does not exist: this machine has {n} CUDA device(s) "
-                f"(0..{n - 1}).")
+        return (f"{what}: there is no CUDA device {device} ({n} visible). Use a device "
+                f"id below {n}, or {fallback}.")
     return None
 
 

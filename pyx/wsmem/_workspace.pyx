@@ -123,7 +123,7 @@ cdef object _load_gpu(location, device):
     """wsmem._gpu, after checking that `location` can be served here."""
     global _gpu
     from wsmem import _gpu as g
-    reason = g.unavailable(location, device)
+    reason = g.unavailable(f"location={location!r}", device)
     if reason is not None:
         raise WorkspaceError(reason)
     _gpu = g

@@ -27,16 +27,8 @@ SIZES = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20]
 
 def unavailable() -> str | None:
     """Why this suite cannot run here (CuPy or a CUDA device missing), or None."""
-    try:
-        import cupy
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        return f"CuPy is not installed ({type(exc).__name__}); pip install 'wsmem[gpu]'"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() == 0:
-            return "no CUDA device"
-    except Exception as exc:
-        return f"no usable CUDA device ({type(exc).__name__}: {exc})"
-    return None
+    from wsmem import _gpu
+    return _gpu.unavailable("the gpu suite", fallback="leave it out of --suite")
 
 
 def _peers():
