@@ -132,6 +132,23 @@ def _is_leaf_array(x: Any) -> bool:
     return hasattr(t, "__array_interface__") or hasattr(t, "__array__")
 
 
+def _map_leaves(x: Any, leaf: Any) -> Any:
+    """`x` with ``leaf(v)`` in place of every leaf: tuples (namedtuples too),
+    lists and dicts, nested, are rebuilt with their own types."""
+    if isinstance(x, tuple):
+        items = [_map_leaves(v, leaf) for v in x]
+        if hasattr(x, "_fields"):                       # namedtuple
+            return type(x)(*items)
+        return tuple(items) if type(x) is tuple else type(x)(items)
+    if isinstance(x, list):
+        items = [_map_leaves(v, leaf) for v in x]
+        return items if type(x) is list else type(x)(items)
+    if isinstance(x, dict):
+        pairs = [(k, _map_leaves(v, leaf)) for k, v in x.items()]
+        return dict(pairs) if type(x) is dict else type(x)(pairs)
+    return leaf(x)
+
+
 def _copy_into(ring: Workspace, x: Any, out: list, pins: list) -> Any:
     """`x` with every array leaf copied into the (open) ring; appends the copies
     to `out` and a pin (an ndarray export) of each to `pins`.
@@ -140,26 +157,17 @@ def _copy_into(ring: Workspace, x: Any, out: list, pins: list) -> Any:
     may make the ring wrap, and must go around this one (or grow the ring)
     rather than write over it.
     """
-    if isinstance(x, tuple):
-        items = [_copy_into(ring, v, out, pins) for v in x]
-        if hasattr(x, "_fields"):                       # namedtuple
-            return type(x)(*items)
-        return tuple(items) if type(x) is tuple else type(x)(items)
-    if isinstance(x, list):
-        items = [_copy_into(ring, v, out, pins) for v in x]
-        return items if type(x) is list else type(x)(items)
-    if isinstance(x, dict):
-        pairs = [(k, _copy_into(ring, v, out, pins)) for k, v in x.items()]
-        return dict(pairs) if type(x) is dict else type(x)(pairs)
-    if _is_leaf_array(x):
-        a = x if isinstance(x, np.ndarray) else np.asarray(x)
+    def leaf(v: Any) -> Any:
+        if not _is_leaf_array(v):
+            return v
+        a = v if isinstance(v, np.ndarray) else np.asarray(v)
         if a.dtype.hasobject:
-            return x                   # Python objects: nothing to copy into raw memory
+            return v                   # Python objects: nothing to copy into raw memory
         w = ring.asarray(a)
         out.append(w)
         pins.append(np.asarray(w))
         return w
-    return x
+    return _map_leaves(x, leaf)
 
 
 def _item_bytes(x: Any) -> int:
@@ -257,39 +265,28 @@ class _DeviceStage:
         while len(self.inflight) >= self.buffer:
             self.inflight.popleft().synchronize()
 
-    def to_device(self, x: Any) -> Any:
-        """Batch `x` (WsArray leaves in the pinned ring) with cupy arrays in
-        the device ring, copies queued on the side stream."""
-        if isinstance(x, tuple):
-            items = [self.to_device(v) for v in x]
-            if hasattr(x, "_fields"):
-                return type(x)(*items)
-            return tuple(items) if type(x) is tuple else type(x)(items)
-        if isinstance(x, list):
-            items = [self.to_device(v) for v in x]
-            return items if type(x) is list else type(x)(items)
-        if isinstance(x, dict):
-            pairs = [(k, self.to_device(v)) for k, v in x.items()]
-            return dict(pairs) if type(x) is dict else type(x)(pairs)
-        if isinstance(x, WsArray) and x.workspace is self.pinned:
-            flags = x.flags
-            order = "F" if flags.f_contiguous and not flags.c_contiguous else "C"
-            with self.ring:
-                d = self.ring.empty(x.shape, dtype=x.dtype, order=order)
-                view = d.cupy()                      # pins d's bytes while the batch lives
-            if x.nbytes:
-                rt = self.cp.cuda.runtime
-                rt.memcpyAsync(d.ptr, x.ptr, x.nbytes, rt.memcpyHostToDevice,
-                               self.stream.ptr)
-            return view
-        return x
+    def to_device(self, x: Any, pins: list) -> Any:
+        """Leaf `x` of a batch: a WsArray of the pinned ring becomes a cupy
+        array in the device ring (copy queued on the side stream), kept in
+        `pins` too so that it is released with the item's pins."""
+        if not (isinstance(x, WsArray) and x.workspace is self.pinned):
+            return x
+        flags = x.flags
+        order = "F" if flags.f_contiguous and not flags.c_contiguous else "C"
+        with self.ring:
+            d = self.ring.empty(x.shape, dtype=x.dtype, order=order)
+            view = d.cupy()                          # pins d's bytes while the batch lives
+        if x.nbytes:
+            rt = self.cp.cuda.runtime
+            rt.memcpyAsync(d.ptr, x.ptr, x.nbytes, rt.memcpyHostToDevice, self.stream.ptr)
+        pins.append(view)
+        return view
 
     def stage(self, batch: Any, pins: list, chan: _Channel) -> tuple:
         consumed = chan.consumer_event
         if consumed is not None:
             self.stream.wait_event(consumed)
-        out = self.to_device(batch)
-        _collect_cupy(out, pins)                     # released with the item's pins
+        out = _map_leaves(batch, lambda v: self.to_device(v, pins))
         ev = self.cp.cuda.Event(disable_timing=True)
         ev.record(self.stream)
         self.inflight.append(ev)
@@ -302,18 +299,6 @@ class _DeviceStage:
             self.inflight.clear()
             self.ring.destroy()
             self.pinned.destroy()
-
-
-def _collect_cupy(x: Any, out: list) -> None:
-    """Append every non-WsArray array leaf of batch `x` (cupy views) to `out`."""
-    if isinstance(x, (tuple, list)):
-        for v in x:
-            _collect_cupy(v, out)
-    elif isinstance(x, dict):
-        for v in x.values():
-            _collect_cupy(v, out)
-    elif hasattr(x, "__cuda_array_interface__") and not isinstance(x, WsArray):
-        out.append(x)
 
 
 def _produce(it: Iterator, chan: _Channel, buffer: int, name: str,
