@@ -228,22 +228,31 @@ def test_random_programs_keep_every_valid_byte(seed):
     ring.destroy()
 
 
+def _ring_wrapped_at_b(name):
+    """A 2 KiB ring holding a (written over), b and c, the cursor at b."""
+    ring = _ring(name, size=2048)
+    ring.__enter__()
+    a = ring.asarray(np.arange(108.0))             # 864 B at 0
+    b = ring.asarray(np.arange(108.0) + 1000)      # 864 B at 896
+    c = ring.asarray(np.arange(108.0) + 2000)      # wraps: at 0 (a is gone)
+    assert not a.is_valid and b.is_valid and c.is_valid
+    return ring, a, b, c
+
+
 def test_leverage_into_own_ring_over_the_source():
     # Regression (found by the state machine): leverage_to allocated the
     # destination before pinning the source, so a destination placed over the
     # source (the next slot of the ring's lap) made the copy raise
     # WorkspaceLeakError on a valid array.
-    ring = _ring("RING_LEV", size=2048)
-    with ring:
-        a = ring.asarray(np.arange(108.0))             # 864 B at 0
-        b = ring.asarray(np.arange(108.0) + 1000)      # 864 B at 896
-        c = ring.asarray(np.arange(108.0) + 2000)      # wraps: at 0 (a is gone)
-        assert not a.is_valid and b.is_valid and c.is_valid
+    ring, a, b, c = _ring_wrapped_at_b("RING_LEV")
+    try:
         d = b.leverage_to(ring)                        # the cursor is at b
         # the ring went around b (pinned for the copy); passed by, b expires
         # as ring items do, but its bytes reached d intact
         assert d.is_valid and d.ptr != b.ptr
         assert d.tolist() == (np.arange(108.0) + 1000).tolist()
+    finally:
+        ring.__exit__(None, None, None)
     del a, b, c, d
     ring.destroy()
 
@@ -253,14 +262,12 @@ def test_ufunc_result_in_own_ring_over_the_input():
     # output before taking (pinned) views of its inputs, so an output placed
     # over the input (the ring wrapping) made -b raise WorkspaceLeakError on
     # a valid array.
-    ring = _ring("RING_UFUNC", size=2048)
-    with ring:
-        a = ring.asarray(np.arange(108.0))             # 864 B at 0
-        b = ring.asarray(np.arange(108.0) + 1000)      # 864 B at 896
-        c = ring.asarray(np.arange(108.0) + 2000)      # wraps: at 0 (a is gone)
-        assert not a.is_valid and b.is_valid and c.is_valid
+    ring, a, b, c = _ring_wrapped_at_b("RING_UFUNC")
+    try:
         d = -b                                         # the cursor is at b
         assert d.is_valid and d.ptr != b.ptr
         assert d.tolist() == (-(np.arange(108.0) + 1000)).tolist()
+    finally:
+        ring.__exit__(None, None, None)
     del a, b, c, d
     ring.destroy()
