@@ -319,13 +319,13 @@ cdef WsArray new_array(Arena arena, object shape, object dtype, object order, in
     cdef char* p
     cdef WsArray a
     cdef cnp.ndarray heap
-    if arena is not None and arena.location == LOC_DEVICE and \
-            get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
-        c = _gpu().cupy_module().empty(_dims_tuple(nd, dims), d, "F" if fortran else "C")
-        if init == INIT_ZEROS:
-            c.fill(0)
-        return _wrap_cupy(c, None, 0, NULL, c, 0)
     if arena is None or get_debug_mode() == DEBUG_BYPASS_EVERYTHING:
+        if arena is not None and arena.location == LOC_DEVICE:
+            # bypassed device workspace: heap memory of the same kind
+            c = _gpu().cupy_module().empty(_dims_tuple(nd, dims), d, "F" if fortran else "C")
+            if init == INIT_ZEROS:
+                c.fill(0)
+            return _wrap_cupy(c, None, 0, NULL, c, 0)
         Py_INCREF(d)    # PyArray_Empty steals it
         heap = PyArray_Empty(nd, dims, <PyObject*>d, fortran)
         if init == INIT_ZEROS and nbytes:
@@ -350,13 +350,13 @@ cdef WsArray new_array(Arena arena, object shape, object dtype, object order, in
     if arena.track:
         # Cython functions make no Python frames: the last entry is the caller's line.
         a._tb = traceback.extract_stack()
-    if arena.location == LOC_DEVICE:
-        a._dev = arena.device + 1
-        a._dl = kDLCUDA
-        if init == INIT_ZEROS and nbytes:
-            _gpu().memset0(a)
-        return a
-    if arena.location == LOC_PINNED:
+    if arena.gpu is not None:           # device or pinned pages (one test on the host path)
+        if arena.location == LOC_DEVICE:
+            a._dev = arena.device + 1
+            a._dl = kDLCUDA
+            if init == INIT_ZEROS and nbytes:
+                _gpu().memset0(a)
+            return a
         a._dl = kDLCUDAHost
     if init == INIT_ZEROS and nbytes:
         if nbytes > 65536:
