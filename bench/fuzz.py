@@ -32,6 +32,7 @@ def main():
     print(f"wsmem {wsmem.__version__} from {os.path.dirname(wsmem.__file__)}, numpy "
           f"{np.__version__}, python {platform.python_version()}")
     sm.Stats.reset()
+    sm.load_lazy_modules()
     t0 = time.perf_counter()
     # Hypothesis ends some programs early: run batches until the steps are done.
     while sm.Stats.steps < args.steps:
