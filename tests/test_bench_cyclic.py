@@ -77,3 +77,32 @@ def test_suite_is_registered():
     module = get_suite("cyclic").load()
     assert module is cyclic
     assert callable(module.run) and callable(module.format_table)
+
+
+def test_median_ci_order_statistics():
+    # 9 rounds: x(2)..x(8), coverage 1 - 2 * (1 + 9) / 512
+    lo, hi, cov = cyclic._median_ci([9, 1, 8, 2, 7, 3, 6, 4, 5])
+    assert (lo, hi) == (2, 8) and cov == pytest.approx(1 - 20 / 512)
+    # 20 rounds: the textbook x(6)..x(15), 95.9%
+    lo, hi, cov = cyclic._median_ci(list(range(1, 21)))
+    assert (lo, hi) == (6, 15) and cov == pytest.approx(0.9586, abs=1e-4)
+    # too few rounds for 95%: min..max and the coverage it really has
+    assert cyclic._median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0, 0.75)
+
+
+def test_targets_say_when_a_shortfall_is_within_noise():
+    def row(config, times):
+        return {"workload": "train", "size": 8, "config": config,
+                "time_rounds_s": times}
+    wsr = row("wsmem", [1.0] * 9)
+    peer = row("mimalloc", [0.9, 0.95, 0.97, 0.99, 0.99, 1.01, 1.02, 1.05, 1.1])
+    wsr["ratio_vs_best_peer"] = cyclic._paired_ratio(peer["time_rounds_s"], wsr["time_rounds_s"])
+    wsr["ratio_vs_best_peer_ci"] = list(cyclic._paired_ratio_ci(peer["time_rounds_s"],
+                                                                wsr["time_rounds_s"]))
+    wsr["best_peer"] = "mimalloc"
+    (t,) = [t for t in cyclic._targets([wsr, peer]) if "best of peers" in t["target"]]
+    assert not t["met"] and t["value"] == pytest.approx(0.99)
+    assert "0.95..1.05" in t["detail"] and "tie within this run's noise" in t["detail"]
+    wsr["ratio_vs_best_peer_ci"] = [0.9, 0.97, 0.96]
+    (t,) = [t for t in cyclic._targets([wsr, peer]) if "best of peers" in t["target"]]
+    assert "slower beyond this run's noise" in t["detail"]

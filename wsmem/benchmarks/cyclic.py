@@ -484,6 +484,7 @@ def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress
         if best_peer is not None:
             r["best_peer"] = best_peer["config"]
             r["ratio_vs_best_peer"] = _paired_ratio(best_peer["time_rounds_s"], t)
+            r["ratio_vs_best_peer_ci"] = list(_paired_ratio_ci(best_peer["time_rounds_s"], t))
         if "numpy" in by:
             r["rss_vs_numpy"] = r["peak_rss_kib"] / by["numpy"]["peak_rss_kib"]
     if progress is not None:
@@ -516,6 +517,31 @@ def _paired_ratio(peer_times, times):
     return statistics.median(a / b for a, b in zip(peer_times, times))
 
 
+def _median_ci(values, level=0.95):
+    """Distribution-free confidence interval of the median of ``values``.
+
+    The order statistics ``x(k)..x(n+1-k)`` (1-based) for the largest ``k``
+    whose coverage ``1 - 2 P(Binomial(n, 1/2) < k)`` is at least ``level``;
+    with too few values for ``level``, ``min..max`` and its coverage.
+    Returns ``(lo, hi, coverage)``: 9 rounds give ``x(2)..x(8)``, 96.1%.
+    """
+    xs = sorted(values)
+    n = len(xs)
+
+    def coverage(k):
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return xs[k - 1], xs[n - k], coverage(k)
+
+
+def _paired_ratio_ci(peer_times, times):
+    """`_median_ci` of the per-round ratios peer/this time."""
+    return _median_ci([a / b for a, b in zip(peer_times, times)])
+
+
 def _targets(rows):
     """The targets from the brief, evaluated on the rows (met or not, with numbers)."""
     out = []
@@ -528,10 +554,19 @@ def _targets(rows):
                 continue
             name = f"{wl} {WORKLOADS[wl][1]}={size}"
             if "ratio_vs_best_peer" in ws:
+                detail = f"best peer {ws['best_peer']}"
+                ci = ws.get("ratio_vs_best_peer_ci")
+                if ci is not None:
+                    lo, hi, cov = ci
+                    detail += f"; {cov:.0%} CI of the paired ratio {lo:.2f}..{hi:.2f}"
+                    if lo < 1.0 <= hi:
+                        detail += ": the interval holds 1.0, a tie within this run's noise"
+                    elif hi < 1.0:
+                        detail += ": slower beyond this run's noise"
                 out.append({"target": f"{name}: wsmem >= 1.0x best of peers",
                             "value": ws["ratio_vs_best_peer"],
                             "met": ws["ratio_vs_best_peer"] >= 1.0,
-                            "detail": f"best peer {ws['best_peer']}"})
+                            "detail": detail})
             if "ratio_vs_limit" in ws:
                 out.append({"target": f"{name}: wsmem within 10% of limit (ratio >= 0.909)",
                             "value": ws["ratio_vs_limit"],
@@ -664,6 +699,9 @@ def format_table(results: dict) -> str:
                 v = r.get(key)
                 return "-" if v is None else f"{v:.2f}x"
             best = ratio("ratio_vs_best_peer")
+            if "ratio_vs_best_peer_ci" in r and best != "-":
+                lo, hi, _ = r["ratio_vs_best_peer_ci"]
+                best += f" [{lo:.2f}..{hi:.2f}]"
             if "best_peer" in r and best != "-":
                 best += f" ({r['best_peer']})"
             cfg = r["label"] + ("" if r["s_matches"] else " **MISMATCH**")
@@ -682,7 +720,9 @@ def format_table(results: dict) -> str:
                  f"~{m['target_s_per_batch']:g} s, {procs} worker process(es) per config "
                  f"(median over them per round), BLAS threads = {m['blas_threads']}; "
                  "ratios: median over rounds of the paired per-round ratio other config's "
-                 "time / this row's time (> 1: this row faster); 'spilled' = wsmem "
+                 "time / this row's time (> 1: this row faster), with [a..b] the "
+                 "distribution-free confidence interval of that median (order statistics "
+                 "of the per-round ratios; 96% for 9 rounds); 'spilled' = wsmem "
                  "spilled_count per cycle after warm-up.")
     spread = [r["time_max_s"] / r["time_min_s"] for r in rows if r["time_min_s"] > 0]
     if spread:
