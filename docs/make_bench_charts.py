@@ -73,6 +73,9 @@ def readme_table() -> str:
         others = {k: v for k, v in r["peers"].items() if k != base and k not in _NOT_PEERS}
         best = min(others, key=others.__getitem__) if others else None
         vs_best = f"{others[best]:.2f}x ({best})" if best else "-"
+        if best in r.get("ci", {}):
+            lo, hi = r["ci"][best]
+            vs_best = f"{others[best]:.2f}x [{lo:.2f}..{hi:.2f}] ({best})"
         lines.append(f"| {r['workload']} | {r['size']} | {_fmt_time(r['wsmem_time_s'])} | "
                      f"{r['peers'][base]:.2f}x | {vs_best} |")
     return "\n".join(lines)

@@ -7,7 +7,8 @@ shape::
     {"suite", "workload", "size", "wsmem", "wsmem_time_s",
      "peers": {peer label: peer time / wsmem time}, "best_peer"}
 
-A ratio > 1 means wsmem is faster than that peer.  A suite module may define
+plus, for cyclic rows, ``"ci": {peer label: (lo, hi)}``: the run's confidence
+interval of the paired ratio against its fastest peer.  A ratio > 1 means wsmem is faster than that peer.  A suite module may define
 ``comparison(results) -> list[dict]`` to provide these rows itself (the GPU
 suite does); the built-in suites are adapted here, from the numbers they
 already store, so nothing is measured twice.
@@ -85,9 +86,14 @@ def _cyclic(results: Row) -> list[Row]:
         # The best peer has the lowest paired ratio; the out= limit is not a peer
         # (it is the same math without allocations).
         best = _best({k: v for k, v in peers.items() if k != labels.get("limit")})
-        out.append({"suite": "cyclic", "workload": workload, "size": size,
-                    "wsmem": r["label"], "wsmem_time_s": r["time_per_step_s"],
-                    "peers": peers, "best_peer": best})
+        row = {"suite": "cyclic", "workload": workload, "size": size,
+               "wsmem": r["label"], "wsmem_time_s": r["time_per_step_s"],
+               "peers": peers, "best_peer": best}
+        if r.get("ratio_vs_best_peer_ci") and r.get("best_peer") in labels:
+            # the run's interval is against its fastest peer (by median time)
+            lo, hi, _ = r["ratio_vs_best_peer_ci"]
+            row["ci"] = {labels[r["best_peer"]]: (lo, hi)}
+        out.append(row)
     return out
 
 
