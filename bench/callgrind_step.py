@@ -12,21 +12,12 @@ import os
 import sys
 
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
-import wsmem  # noqa: E402
-from wsmem.benchmarks.cyclic import _make_cg, _make_train  # noqa: E402
+from wsmem.benchmarks.cyclic import make_step  # noqa: E402
 
 mode, n = sys.argv[1], int(sys.argv[2])
 workload = sys.argv[3] if len(sys.argv) > 3 else "train"
 size = int(sys.argv[4]) if len(sys.argv) > 4 else (64 if workload == "train" else 90)
-make = _make_train if workload == "train" else _make_cg
-step = make(size, mode == "limit")
-if mode == "wsmem":
-    ws = wsmem.Workspace("CG")
-    inner = step
-
-    def step():
-        with ws:
-            return inner()
+step, ws = make_step(mode if mode in ("wsmem", "limit") else "numpy", workload, size)
 for _ in range(3):
     step()
 for _ in range(n):

@@ -26,16 +26,8 @@ MIMALLOC = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"
 
 def child(config, rows, batches, steps):
     sys.path.insert(0, ROOT)
-    from wsmem.benchmarks import cyclic
-    step = cyclic._make_train(rows, config == "limit")
-    if config == "wsmem":
-        import wsmem
-        ws = wsmem.Workspace("preload_ab")
-        plain = step
-
-        def step():
-            with ws:
-                return plain()
+    from wsmem.benchmarks.cyclic import make_step
+    step, ws = make_step(config, "train", rows)
     for _ in range(20):
         step()
     times = []

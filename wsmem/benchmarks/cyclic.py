@@ -55,7 +55,7 @@ import sys
 import time
 from typing import Callable
 
-__all__ = ["DESCRIPTION", "CONFIGS", "WORKLOADS", "SIZES", "CG_ITERS", "run",
+__all__ = ["DESCRIPTION", "CONFIGS", "WORKLOADS", "SIZES", "CG_ITERS", "run", "make_step",
            "format_table", "worker_main", "config_available", "run_worker_once"]
 
 DESCRIPTION = ("cyclic NumPy steps (training-style step; matrix-free 2-D Poisson CG) "
@@ -206,6 +206,25 @@ def _make_cg(n, limit):
 
 _MAKERS = {"train": _make_train, "cg": _make_cg}
 
+
+def make_step(config, workload, size):
+    """The step a config runs, and its workspace (None but for ``"wsmem"``).
+
+    The workload's step (its ``out=`` form for ``"limit"``); for ``"wsmem"``
+    the same step as one cycle of a fresh workspace.  The peers differ only by
+    their process environment (``LD_PRELOAD``, ``MALLOC_*``).
+    """
+    step = _MAKERS[workload](size, config == "limit")
+    if config != "wsmem":
+        return step, None
+    import wsmem
+    ws = wsmem.Workspace(f"bench_cyclic_{workload}_{size}")
+
+    def cycle():
+        with ws:
+            return step()
+    return cycle, ws
+
 # --------------------------------------------------------------------------
 # Worker: one process per configuration, driven over stdin/stdout
 
@@ -249,19 +268,12 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
         send({"error": f"unknown config/workload {config!r}/{workload!r}"})
         return 2
     rss_start = _maxrss_kib()
-    step = _MAKERS[workload](size, config == "limit")
-    ws = None
     if config == "wsmem":
         import wsmem
         if wsmem.current_workspace() is not None:
             send({"error": "a workspace is already open"})
             return 2
-        ws = wsmem.Workspace(f"bench_cyclic_{workload}_{size}")
-        plain = step
-
-        def step():
-            with ws:
-                return plain()
+    step, ws = make_step(config, workload, size)
 
     gc.collect()
     gc.disable()   # as timeit does; the steps make no reference cycles
