@@ -57,3 +57,17 @@ def pytest_addoption(parser):
     parser.addoption("--wsmem-fuzz-steps", type=int, default=None,
                      help="steps of the workspace state machine (tests/test_state_machine.py; "
                           "default 100 programs x 35 steps; also WSMEM_FUZZ_STEPS)")
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    """Make `import matplotlib` (and its submodules) fail, as without the extra."""
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib' (simulated)")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)

@@ -178,16 +178,7 @@ def test_comparison_table_and_charts(tmp_path, capsys):
     assert "pip install 'wsmem[plot]'" not in out
 
 
-def test_without_matplotlib_table_and_json_come_with_a_hint(tmp_path, capsys, monkeypatch):
-    import builtins
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("No module named 'matplotlib' (simulated)")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+def test_without_matplotlib_table_and_json_come_with_a_hint(tmp_path, capsys, no_matplotlib):
     assert main(["bench", "--tiny", "--suite", "alloc", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     hints = [line for line in out.splitlines() if "pip install 'wsmem[plot]'" in line]

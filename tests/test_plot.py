@@ -1,5 +1,4 @@
 """wsmem.plot_history and the ratio charts (matplotlib is optional)."""
-import builtins
 
 import numpy as np
 import pytest
@@ -39,15 +38,7 @@ def test_plot_history_accepts_a_history_and_an_empty_one(ws, tmp_path):
     assert (tmp_path / "one.svg").read_text().lstrip().startswith("<?xml")
 
 
-def test_plot_history_without_matplotlib_says_how_to_get_it(ws, tmp_path, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("simulated")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+def test_plot_history_without_matplotlib_says_how_to_get_it(ws, tmp_path, no_matplotlib):
     with pytest.raises(ImportError, match=r"pip install 'wsmem\[plot\]'"):
         wsmem.plot_history(ws, tmp_path / "t.png")
     assert not (tmp_path / "t.png").exists()

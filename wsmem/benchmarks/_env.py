@@ -25,26 +25,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def transparent_hugepage() -> str:
-    """The THP mode in force (the bracketed word of the sysfs file), or "unavailable"."""
+def _bracketed_mode(path: str) -> str:
+    """The mode in force in a sysfs choice file (its bracketed word), or "unavailable"."""
     try:
-        with open(_THP_PATH, encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             text = f.read().strip()
     except OSError:
         return "unavailable"
     start, end = text.find("["), text.find("]")
     return text[start + 1:end] if 0 <= start < end else text
+
+
+def transparent_hugepage() -> str:
+    """The THP mode in force (the bracketed word of the sysfs file), or "unavailable"."""
+    return _bracketed_mode(_THP_PATH)
 
 
 def thp_defrag() -> str:
     """The transparent hugepage defrag mode (bracketed word), or "unavailable"."""
-    try:
-        with open(_THP_PATH.replace("enabled", "defrag"), encoding="ascii") as f:
-            text = f.read().strip()
-    except OSError:
-        return "unavailable"
-    start, end = text.find("["), text.find("]")
-    return text[start + 1:end] if 0 <= start < end else text
+    return _bracketed_mode(_THP_PATH.replace("enabled", "defrag"))
 
 
 def hugetlb_pages() -> str:

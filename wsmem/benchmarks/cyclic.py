@@ -55,6 +55,8 @@ import sys
 import time
 from typing import Callable
 
+from wsmem.benchmarks._compare import _median_ci, _paired_ratio, _paired_ratio_ci  # noqa: F401
+
 __all__ = ["DESCRIPTION", "CONFIGS", "WORKLOADS", "SIZES", "CG_ITERS", "run", "make_step",
            "format_table", "worker_main", "config_available", "run_worker_once"]
 
@@ -522,36 +524,6 @@ def _merge_round(batches):
             out[key] = max(b[key] for b in batches)
     out["s_all"] = [b["s"] for b in batches]
     return out
-
-
-def _paired_ratio(peer_times, times):
-    """Median over rounds of peer/this time, each round measured back to back."""
-    return statistics.median(a / b for a, b in zip(peer_times, times))
-
-
-def _median_ci(values, level=0.95):
-    """Distribution-free confidence interval of the median of ``values``.
-
-    The order statistics ``x(k)..x(n+1-k)`` (1-based) for the largest ``k``
-    whose coverage ``1 - 2 P(Binomial(n, 1/2) < k)`` is at least ``level``;
-    with too few values for ``level``, ``min..max`` and its coverage.
-    Returns ``(lo, hi, coverage)``: 9 rounds give ``x(2)..x(8)``, 96.1%.
-    """
-    xs = sorted(values)
-    n = len(xs)
-
-    def coverage(k):
-        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n
-
-    k = 1
-    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
-        k += 1
-    return xs[k - 1], xs[n - k], coverage(k)
-
-
-def _paired_ratio_ci(peer_times, times):
-    """`_median_ci` of the per-round ratios peer/this time."""
-    return _median_ci([a / b for a, b in zip(peer_times, times)])
 
 
 def _targets(rows):

@@ -50,6 +50,8 @@ import sys
 import time
 from typing import Callable
 
+from wsmem.benchmarks._compare import _paired_ratio
+
 __all__ = ["DESCRIPTION", "CONFIGS", "MODES", "run", "format_table", "worker_main",
            "config_available", "run_worker_once"]
 
@@ -279,11 +281,6 @@ def _merge(epochs: list[dict]) -> dict:
         out["eval_spills_after_first"] = max(e["eval_spills_after_first"] for e in epochs)
         out["eval_cycle_bytes"] = sorted({b for e in epochs for b in e["eval_cycle_bytes"]})
     return out
-
-
-def _paired_ratio(peer_times, times) -> float:
-    """Median over rounds of peer/this time, each round measured back to back."""
-    return statistics.median(a / b for a, b in zip(peer_times, times))
 
 
 def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
