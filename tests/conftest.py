@@ -19,6 +19,7 @@ def _clean_wsmem_state():
     yield
     assert wsmem.current_workspace() is None, "test left a workspace (or scope) active"
     assert wsmem.get_debug_mode_name() is wsmem.DebugMode.DISABLED, "debug mode left on"
+    assert not wsmem.heap_is_aligned(), "test left wsmem.aligned_heap() on"
     wsmem.destroy_thread_workspaces()
     gc.collect()
     pinned = _pinned()

@@ -43,10 +43,16 @@ cdef struct CapCtx:
 cdef object make_handler(Arena arena)
 # The workspace is going away: frees still work, allocations go to the heap.
 cdef void detach_handler(object capsule) noexcept
-# Install `capsule` (None: NumPy's default) for the running context; returns
-# the token to restore with restore_handler.
+# Install `capsule` (None: this context's heap, NumPy's default handler unless
+# wsmem.aligned_heap() is on) for the running context; returns the token to
+# restore with restore_handler.
 cdef object set_handler(object capsule)
 cdef void restore_handler(object token)
+# The heap outside workspaces for the running context (contextvar): aligned
+# (wsmem's aligned-heap handler) or NumPy's default; returns the var's token.
+cdef object set_heap(bint aligned)
+cdef void reset_heap(object token) except *
+cdef bint heap_aligned()
 # If ndarray `arr` owns memory captured in the live generation of a
 # workspace, return that workspace and fill gen/block; else None.
 cdef object captured_in(object arr, unsigned long long* gen, Block** block)

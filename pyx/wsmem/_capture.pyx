@@ -31,6 +31,7 @@ from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_init
                            arena_drop_dead_spill, RESET_BLOCK_LEFT,
                            get_debug_mode, DEBUG_OFF, DEBUG_BYPASS_EVERYTHING)
 
+import contextvars
 import traceback
 
 cdef extern from "Python.h":
@@ -397,7 +398,9 @@ cdef void detach_handler(object capsule) noexcept:
 
 cdef object set_handler(object capsule):
     if capsule is None:
-        return PyDataMem_SetDefaultHandler(NULL)     # NULL: NumPy's default handler
+        capsule = _heap_var.get()                    # this context's heap
+        if capsule is None:
+            return PyDataMem_SetDefaultHandler(NULL)     # NULL: NumPy's default handler
     return PyDataMem_SetHandler(capsule)
 
 
@@ -451,6 +454,177 @@ cdef object take_error():
     err = _last_error
     _last_error = None
     return err
+
+
+# ---------------------------------------------------------------- aligned heap
+#
+# NumPy's default handler returns malloc's alignment: 16 bytes, and for the
+# mmap-served arrays of 128 KiB and more glibc puts the data 16 bytes into
+# its page.  An AVX-512 kernel reading such an array splits every other
+# 64-byte load across two cache lines: OpenBLAS's dgemm with an (8, 256) x
+# (256, 1024) product runs 6.5-8% slower with its inputs 16, 32 or 48 bytes
+# past a line than on one (bench/results/alignment.txt).  jemalloc and
+# mimalloc align large blocks; glibc does not.  This handler serves NumPy's
+# allocations *outside* workspaces (wsmem.aligned_heap() installs it) from
+# malloc, 64-byte aligned from WSMEM_HEAP_SMALL bytes up, with a 16-byte
+# header before the data (size, offset from malloc's block).  Like NumPy's
+# default handler it caches freed blocks under 1 KiB (with the GIL held;
+# calls without it go straight to malloc/free, so any thread may free);
+# calloc keeps glibc's lazily zeroed fresh pages; arrays of 4 MiB and more
+# are madvised for huge pages as NumPy's default handler does.
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #include <sys/mman.h>
+    #define WSMEM_HEAP_SMALL 256
+    #define WSMEM_HEAP_HUGE (4u << 20)
+    typedef struct { size_t size; size_t off; } wsmem_heap_hdr;
+
+    static inline size_t wsmem_heap_raw_size(size_t n) {
+        /* bytes to ask malloc for; 0 on overflow */
+        size_t extra = n < WSMEM_HEAP_SMALL ? sizeof(wsmem_heap_hdr)
+                                            : sizeof(wsmem_heap_hdr) + 63;
+        return n > SIZE_MAX - extra ? 0 : n + extra;
+    }
+    static inline char* wsmem_heap_spot(char* raw, size_t n) {
+        /* where the data of an n-byte allocation goes in malloc's block raw */
+        if (n < WSMEM_HEAP_SMALL) return raw + sizeof(wsmem_heap_hdr);
+        return (char*)(((uintptr_t)raw + sizeof(wsmem_heap_hdr) + 63) & ~(uintptr_t)63);
+    }
+    static inline void* wsmem_heap_place(char* raw, size_t n) {
+        char* p;
+        if (raw == NULL) return NULL;
+        p = wsmem_heap_spot(raw, n);
+        ((wsmem_heap_hdr*)p)[-1].size = n;
+        ((wsmem_heap_hdr*)p)[-1].off = (size_t)(p - raw);
+        return p;
+    }
+    static inline void wsmem_heap_advise(char* p, size_t n) {
+    #ifdef MADV_HUGEPAGE
+        if (n >= WSMEM_HEAP_HUGE) {
+            uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+            uintptr_t e = ((uintptr_t)p + n) & ~(uintptr_t)4095;
+            if (e > a) madvise((void*)a, e - a, MADV_HUGEPAGE);
+        }
+    #endif
+    }
+    /* NumPy's default handler caches freed blocks under 1 KiB (7 per byte
+       size); a handler of our own bypasses that cache, so this one keeps its
+       own, the same shape, touched only with the GIL held (it serialises
+       the stacks; without the GIL the calls go straight to malloc/free). */
+    #define WSMEM_HEAP_NCACHE 1024
+    #define WSMEM_HEAP_DEPTH 7
+    static void* wsmem_heap_cache[WSMEM_HEAP_NCACHE][WSMEM_HEAP_DEPTH];
+    static unsigned char wsmem_heap_ncached[WSMEM_HEAP_NCACHE];
+
+    static void* wsmem_heap_malloc(void* ctx, size_t n) {
+        size_t raw = wsmem_heap_raw_size(n);
+        char* p;
+        (void)ctx;
+        if (n < WSMEM_HEAP_NCACHE && wsmem_heap_ncached[n] && wsmem_gil_held())
+            return wsmem_heap_cache[n][--wsmem_heap_ncached[n]];
+        if (raw == 0) return NULL;
+        p = (char*)wsmem_heap_place((char*)malloc(raw), n);
+        if (p) wsmem_heap_advise(p, n);
+        return p;
+    }
+    static void* wsmem_heap_calloc(void* ctx, size_t nelem, size_t elsize) {
+        size_t n, raw;
+        char* p;
+        (void)ctx;
+        if (elsize && nelem > SIZE_MAX / elsize) return NULL;
+        n = nelem * elsize;
+        if (n < WSMEM_HEAP_NCACHE && wsmem_heap_ncached[n] && wsmem_gil_held()) {
+            p = (char*)wsmem_heap_cache[n][--wsmem_heap_ncached[n]];
+            memset(p, 0, n);
+            return p;
+        }
+        raw = wsmem_heap_raw_size(n);
+        if (raw == 0) return NULL;
+        /* calloc, not malloc + memset: fresh mmap'd pages stay untouched */
+        p = (char*)wsmem_heap_place((char*)calloc(1, raw), n);
+        if (p) wsmem_heap_advise(p, n);
+        return p;
+    }
+    static void wsmem_heap_free(void* ctx, void* ptr, size_t size) {
+        size_t n;
+        (void)ctx; (void)size;     /* the header knows; NumPy's size is not trusted */
+        if (ptr == NULL) return;
+        n = ((wsmem_heap_hdr*)ptr)[-1].size;
+        if (n < WSMEM_HEAP_NCACHE && wsmem_heap_ncached[n] < WSMEM_HEAP_DEPTH
+                && wsmem_gil_held()) {
+            wsmem_heap_cache[n][wsmem_heap_ncached[n]++] = ptr;
+            return;
+        }
+        free((char*)ptr - ((wsmem_heap_hdr*)ptr)[-1].off);
+    }
+    static void* wsmem_heap_realloc(void* ctx, void* ptr, size_t n) {
+        wsmem_heap_hdr h;
+        size_t raw;
+        char *base, *p, *q;
+        if (ptr == NULL) return wsmem_heap_malloc(ctx, n);
+        h = ((wsmem_heap_hdr*)ptr)[-1];
+        raw = wsmem_heap_raw_size(n);
+        if (raw == 0) return NULL;
+        if ((h.size < WSMEM_HEAP_SMALL) != (n < WSMEM_HEAP_SMALL)) {
+            /* the layout changes: move to a new block */
+            q = (char*)wsmem_heap_malloc(ctx, n);
+            if (q == NULL) return NULL;        /* the old block is untouched */
+            memcpy(q, ptr, h.size < n ? h.size : n);
+            wsmem_heap_free(ctx, ptr, h.size);
+            return q;
+        }
+        base = (char*)realloc((char*)ptr - h.off, raw);
+        if (base == NULL) return NULL;         /* the old block is untouched */
+        /* realloc kept the bytes at base + h.off; the aligned spot may differ.
+           Move the data first: the new header may overlap the old data. */
+        p = wsmem_heap_spot(base, n);
+        if ((size_t)(p - base) != h.off)
+            memmove(p, base + h.off, h.size < n ? h.size : n);
+        wsmem_heap_place(base, n);
+        wsmem_heap_advise(p, n);
+        return p;
+    }
+    """
+    void* wsmem_heap_malloc(void* ctx, size_t n) noexcept nogil
+    void* wsmem_heap_calloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil
+    void* wsmem_heap_realloc(void* ctx, void* ptr, size_t n) noexcept nogil
+    void wsmem_heap_free(void* ctx, void* ptr, size_t size) noexcept nogil
+
+
+cdef object _make_heap_handler():
+    cdef PyDataMem_Handler* h = <PyDataMem_Handler*>calloc(1, sizeof(PyDataMem_Handler))
+    if h == NULL:
+        raise MemoryError("wsmem: out of memory for a NumPy memory handler")
+    strncpy(h.name, b"wsmem:aligned_heap", 126)
+    h.version = 1
+    h.allocator.ctx = NULL
+    h.allocator.malloc = wsmem_heap_malloc
+    h.allocator.calloc = wsmem_heap_calloc
+    h.allocator.realloc = wsmem_heap_realloc
+    h.allocator.free = wsmem_heap_free
+    # No destructor: the handler is stateless and lives as long as the process
+    # (arrays allocated through it may outlive this module's globals).
+    return PyCapsule_New(h, CAPSULE_NAME, NULL)
+
+
+# The one aligned-heap handler, and which heap this context uses outside
+# workspaces: None (NumPy's default) or that handler.
+cdef object _aligned_heap = _make_heap_handler()
+_heap_var = contextvars.ContextVar("wsmem_heap", default=None)
+
+
+cdef object set_heap(bint aligned):
+    return _heap_var.set(_aligned_heap if aligned else None)
+
+
+cdef void reset_heap(object token) except *:
+    _heap_var.reset(token)
+
+
+cdef bint heap_aligned():
+    return _heap_var.get() is not None
 
 
 # ---------------------------------------------------------------- CuPy allocator

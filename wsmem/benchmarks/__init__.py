@@ -98,12 +98,19 @@ def save_full_run(name: str, script: str) -> str:
     import shlex
     import sys
 
+    import argparse
+
     here = os.path.dirname(os.path.abspath(script))
     results_dir = os.path.join(here, "results")
     root = os.path.dirname(here)
-    command = "python " + " ".join(shlex.quote(a) for a in
-                                   [os.path.relpath(os.path.abspath(script), root)]
-                                   + sys.argv[1:])
+    rel = os.path.relpath(os.path.abspath(script), root)
+    # The scripts take no arguments: --help explains, anything else is refused
+    # before minutes of benchmarking overwrite the kept results.
+    doc = (sys.modules["__main__"].__doc__ or "").strip()
+    argparse.ArgumentParser(prog=f"python {rel}", description=doc,
+                            formatter_class=argparse.RawDescriptionHelpFormatter
+                            ).parse_args()
+    command = "python " + shlex.quote(rel)
 
     module = get_suite(name).load()
     results = module.run(quick=False,
