@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 import wsmem  # noqa: E402
 from wsmem.benchmarks.cyclic import TRAIN_OUT, _train_inputs  # noqa: E402
+from wsmem.benchmarks.cyclic import train_limit_step as limit_step  # noqa: E402
 
 
 def placed(a, offset):
@@ -41,21 +42,6 @@ def placed(a, offset):
     out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
     out[...] = a
     return out
-
-
-def limit_step(x, w, h):
-    matmul, maximum, multiply, add, negative, exp = (
-        np.matmul, np.maximum, np.multiply, np.add, np.negative, np.exp)
-
-    def step():
-        matmul(x, w, out=h)
-        maximum(h, 0, out=h)
-        multiply(h, 2, out=h)
-        add(h, 1, out=h)
-        negative(h, out=h)
-        exp(h, out=h)
-        return float(h.sum())
-    return step
 
 
 def measure(rows, rounds):

@@ -20,7 +20,8 @@ NumPy frees an array through the handler that allocated it, so the capsule
 (and its context) lives until the last such array is gone.
 """
 cimport cython
-from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_IsValid
+from cpython.pycapsule cimport (PyCapsule_New, PyCapsule_GetPointer, PyCapsule_IsValid,
+                               PyCapsule_Destructor)
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_Clear, PyErr_SetObject
@@ -36,6 +37,8 @@ import traceback
 
 cdef extern from "Python.h":
     int PyGILState_Check()
+    int PyContextVar_Get(object var, PyObject* default_value, PyObject** value)
+    void Py_DECREF(object o)
 
 cdef extern from "stdlib.h" nogil:
     int posix_memalign(void** memptr, size_t alignment, size_t size)
@@ -361,23 +364,38 @@ cdef void _capsule_destructor(object capsule) noexcept:
         free(h)
 
 
-cdef object make_handler(Arena arena):
+ctypedef void* (*_malloc_t)(void* ctx, size_t size) noexcept
+ctypedef void* (*_calloc_t)(void* ctx, size_t nelem, size_t elsize) noexcept
+ctypedef void* (*_realloc_t)(void* ctx, void* ptr, size_t new_size) noexcept
+ctypedef void (*_free_t)(void* ctx, void* ptr, size_t size) noexcept
+
+
+cdef object _handler_capsule(bytes name, void* ctx, _malloc_t m, _calloc_t c, _realloc_t r,
+                             _free_t f, PyCapsule_Destructor destructor):
+    """A NEP 49 handler capsule named `name` over these functions (ctx is
+    freed here if the handler cannot be made)."""
     cdef PyDataMem_Handler* h = <PyDataMem_Handler*>calloc(1, sizeof(PyDataMem_Handler))
-    cdef CapCtx* ctx = <CapCtx*>calloc(1, sizeof(CapCtx))
-    if h == NULL or ctx == NULL:
-        free(h)
+    if h == NULL:
         free(ctx)
         raise MemoryError("wsmem: out of memory for a NumPy memory handler")
-    name = f"wsmem:{arena.name}".encode()[:120]
-    strncpy(h.name, name, 126)
+    strncpy(h.name, name[:120], 126)
     h.version = 1
-    ctx.arena = <PyObject*>arena
     h.allocator.ctx = ctx
-    h.allocator.malloc = wsmem_cap_malloc
-    h.allocator.calloc = _cap_calloc
-    h.allocator.realloc = _cap_realloc
-    h.allocator.free = wsmem_cap_free
-    return PyCapsule_New(h, CAPSULE_NAME, _capsule_destructor)
+    h.allocator.malloc = m
+    h.allocator.calloc = c
+    h.allocator.realloc = r
+    h.allocator.free = f
+    return PyCapsule_New(h, CAPSULE_NAME, destructor)
+
+
+cdef object make_handler(Arena arena):
+    cdef CapCtx* ctx = <CapCtx*>calloc(1, sizeof(CapCtx))
+    if ctx == NULL:
+        raise MemoryError("wsmem: out of memory for a NumPy memory handler")
+    ctx.arena = <PyObject*>arena
+    return _handler_capsule(f"wsmem:{arena.name}".encode(), ctx, wsmem_cap_malloc,
+                            _cap_calloc, _cap_realloc, wsmem_cap_free,
+                            <PyCapsule_Destructor>_capsule_destructor)
 
 
 cdef inline PyDataMem_Handler* _ours(object capsule) noexcept:
@@ -398,7 +416,7 @@ cdef void detach_handler(object capsule) noexcept:
 
 cdef object set_handler(object capsule):
     if capsule is None:
-        capsule = _heap_var.get()                    # this context's heap
+        capsule = _context_heap()
         if capsule is None:
             return PyDataMem_SetDefaultHandler(NULL)     # NULL: NumPy's default handler
     return PyDataMem_SetHandler(capsule)
@@ -593,26 +611,26 @@ cdef extern from *:
     void wsmem_heap_free(void* ctx, void* ptr, size_t size) noexcept nogil
 
 
-cdef object _make_heap_handler():
-    cdef PyDataMem_Handler* h = <PyDataMem_Handler*>calloc(1, sizeof(PyDataMem_Handler))
-    if h == NULL:
-        raise MemoryError("wsmem: out of memory for a NumPy memory handler")
-    strncpy(h.name, b"wsmem:aligned_heap", 126)
-    h.version = 1
-    h.allocator.ctx = NULL
-    h.allocator.malloc = wsmem_heap_malloc
-    h.allocator.calloc = wsmem_heap_calloc
-    h.allocator.realloc = wsmem_heap_realloc
-    h.allocator.free = wsmem_heap_free
-    # No destructor: the handler is stateless and lives as long as the process
-    # (arrays allocated through it may outlive this module's globals).
-    return PyCapsule_New(h, CAPSULE_NAME, NULL)
-
-
 # The one aligned-heap handler, and which heap this context uses outside
-# workspaces: None (NumPy's default) or that handler.
-cdef object _aligned_heap = _make_heap_handler()
-_heap_var = contextvars.ContextVar("wsmem_heap", default=None)
+# workspaces: None (NumPy's default) or that handler.  No capsule destructor:
+# the handler is stateless and lives as long as the process (arrays
+# allocated through it may outlive this module's globals).
+cdef object _aligned_heap = _handler_capsule(
+    b"wsmem:aligned_heap", NULL, wsmem_heap_malloc, wsmem_heap_calloc,
+    wsmem_heap_realloc, wsmem_heap_free, NULL)
+cdef object _heap_var = contextvars.ContextVar("wsmem_heap", default=None)
+
+
+cdef object _context_heap():
+    """This context's heap handler: the aligned heap's capsule, or None."""
+    cdef PyObject* value = NULL
+    if PyContextVar_Get(_heap_var, NULL, &value) < 0:
+        raise RuntimeError("wsmem: cannot read the heap context variable")
+    if value == NULL:
+        return None
+    result = <object>value
+    Py_DECREF(result)            # PyContextVar_Get returned a new reference
+    return result
 
 
 cdef object set_heap(bint aligned):
@@ -624,7 +642,7 @@ cdef void reset_heap(object token) except *:
 
 
 cdef bint heap_aligned():
-    return _heap_var.get() is not None
+    return _context_heap() is not None
 
 
 # ---------------------------------------------------------------- CuPy allocator

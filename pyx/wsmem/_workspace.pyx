@@ -545,8 +545,9 @@ cdef class aligned_heap:
     """Make NumPy's arrays outside workspaces 64-byte aligned (this thread or task).
 
     NumPy's default allocator gives malloc's 16-byte alignment; glibc puts
-    every array of 128 KiB and more 16 bytes into its page, so an AVX-512
-    kernel splits every other 64-byte load across two cache lines.  The
+    the arrays it maps (from 128 KiB, by default) 16 bytes into their page,
+    so an AVX-512 kernel splits every other 64-byte load across two cache
+    lines.  The
     long-lived arrays of a loop (weights, inputs) are made outside its
     cycles, so a workspace cannot align them: ``aligned_heap()`` does, with a
     NEP 49 handler over malloc that aligns every allocation of 256 bytes and

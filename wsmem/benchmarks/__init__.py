@@ -94,11 +94,10 @@ def save_full_run(name: str, script: str) -> str:
     beside it, as ``<name>.txt`` (command, date, machine, load, the table) and
     ``<name>.json`` (every number).  Returns the table.
     """
+    import argparse
     import json
     import shlex
     import sys
-
-    import argparse
 
     here = os.path.dirname(os.path.abspath(script))
     results_dir = os.path.join(here, "results")

@@ -63,6 +63,7 @@ from typing import Callable
 from wsmem.benchmarks._compare import _median_ci, _paired_ratio, _paired_ratio_ci  # noqa: F401
 
 __all__ = ["DESCRIPTION", "CONFIGS", "WORKLOADS", "SIZES", "CG_ITERS", "run", "make_step",
+           "train_limit_step",
            "format_table", "worker_main", "config_available", "run_worker_once"]
 
 DESCRIPTION = ("cyclic NumPy steps (training-style step; matrix-free 2-D Poisson CG) "
@@ -127,12 +128,17 @@ def _make_train(rows, limit):
             return float(z.sum())
         return step
 
-    h = np.empty((rows, TRAIN_OUT))
+    return train_limit_step(x, w, np.empty((rows, TRAIN_OUT)))
+
+
+def train_limit_step(x, w, h):
+    """The training step's zero-allocation form: the same ufunc calls, in
+    place into the preallocated buffer `h` (``(rows, TRAIN_OUT)`` float64)."""
+    import numpy as np
     matmul, maximum, multiply, add, negative, exp = (
         np.matmul, np.maximum, np.multiply, np.add, np.negative, np.exp)
 
     def step_limit():
-        # the same ufunc calls, in place into one preallocated buffer
         matmul(x, w, out=h)
         maximum(h, 0, out=h)
         multiply(h, 2, out=h)
