@@ -1,0 +1,113 @@
+"""wsmem against tuned glibc and the zero-allocation limit, in one process.
+
+``bench/cyclic.py`` gives every config its own processes, which is the only
+way to compare allocators chosen by ``LD_PRELOAD``; but per-process luck
+(memory layout, what else ran) moves a step by several percent, so small
+differences hide in it.  Here the three set-ups that can share a process run
+in one: plain NumPy on glibc with ``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_`` raised (the script re-executes itself with them
+set: glibc reads them at start), the ``out=`` limit, and the same step inside
+``with ws:``.  The inputs of all three are made under
+:func:`wsmem.aligned_heap`, as in the cyclic benchmark's wsmem and limit
+workers.  Interleaved blocks of ~0.03 s (``--rounds`` of each); reported: the
+minimum, quartile and median time per step and the median relative to plain.
+
+Usage, from the repository root::
+
+    python bench/inprocess.py [--cases train:64 cg:90] [--rounds 41]
+
+Writes ``bench/results/inprocess.txt``.
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296",
+        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def measure(workload, size, rounds):
+    import gc
+    import numpy as np  # noqa: F401  (imported before wsmem, as a user would)
+    import wsmem
+    from wsmem.benchmarks.cyclic import _MAKERS
+
+    with wsmem.aligned_heap():
+        plain = _MAKERS[workload](size, False)
+        limit = _MAKERS[workload](size, True)
+    ws = wsmem.Workspace(f"inprocess_{workload}_{size}")
+
+    def in_ws():
+        with ws:
+            return plain()
+
+    configs = {"plain (tuned glibc)": plain, "limit (out=)": limit, "wsmem": in_ws}
+    values = set()
+    for f in configs.values():
+        for _ in range(3):
+            values.add(round(f(), 6))
+    t0 = time.perf_counter()
+    plain()
+    n = max(1, int(0.03 / max(time.perf_counter() - t0, 1e-6)))
+    times = {k: [] for k in configs}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for k, f in configs.items():
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    f()
+                times[k].append((time.perf_counter() - t0) / n)
+    finally:
+        gc.enable()
+    spilled = ws.stats().spilled_count
+    ws.destroy()
+    base = sorted(times["plain (tuned glibc)"])[rounds // 2]
+    lines = [f"{workload} {'rows' if workload == 'train' else 'n'}={size}: {n} steps per block, "
+             f"{rounds} blocks each; wsmem spilled_count after the last cycle: {spilled}; "
+             f"results {'agree' if len(values) == 1 else 'DIFFER: ' + repr(values)}",
+             f"  {'config':20s} {'min':>10s} {'q25':>10s} {'median':>10s} {'median/plain':>13s}"]
+    for k, t in times.items():
+        t = sorted(t)
+        lines.append(f"  {k:20s} {t[0] * 1e6:8.1f}us {t[rounds // 4] * 1e6:8.1f}us "
+                     f"{t[rounds // 2] * 1e6:8.1f}us {t[rounds // 2] / base:12.3f}x")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", nargs="+", default=["train:64", "cg:90"],
+                   help="WORKLOAD:SIZE, e.g. train:8 cg:1024")
+    p.add_argument("--rounds", type=int, default=41)
+    args = p.parse_args()
+    if any(os.environ.get(k) != v for k, v in _ENV.items()):
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:],
+                  dict(os.environ, **_ENV))
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    import wsmem
+    out = [f"command: python bench/inprocess.py {' '.join(sys.argv[1:])}".rstrip(),
+           f"date: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}; machine: "
+           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+           f"numpy {np.__version__}, wsmem {wsmem.__version__}; environment: "
+           + " ".join(f"{k}={v}" for k, v in _ENV.items()),
+           ""]
+    for case in args.cases:
+        workload, _, size = case.partition(":")
+        if workload not in ("train", "cg") or not size.isdigit():
+            p.error(f"--cases takes WORKLOAD:SIZE with WORKLOAD train or cg, got {case!r}")
+        out.append(measure(workload, int(size), args.rounds))
+        out.append("")
+        print(out[-2], flush=True)
+    path = os.path.join(ROOT, "bench", "results", "inprocess.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(out))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
