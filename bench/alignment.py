@@ -18,7 +18,6 @@ Writes ``bench/results/alignment.txt``.
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 import wsmem  # noqa: E402
+from wsmem.benchmarks._env import write_script_results  # noqa: E402
 from wsmem.benchmarks.cyclic import TRAIN_OUT, _train_inputs  # noqa: E402
 from wsmem.benchmarks.cyclic import train_limit_step as limit_step  # noqa: E402
 
@@ -87,20 +87,9 @@ def main():
     p.add_argument("--rows", type=int, nargs="+", default=[8, 64, 512])
     p.add_argument("--rounds", type=int, default=31)
     args = p.parse_args()
-    out = [f"command: python bench/alignment.py {' '.join(sys.argv[1:])}".rstrip(),
-           f"date: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}; machine: {platform.processor() or platform.machine()}, "
-           f"{os.cpu_count()} cores; numpy {np.__version__}; OPENBLAS_NUM_THREADS="
-           f"{os.environ['OPENBLAS_NUM_THREADS']}",
-           "times: zero-allocation training step (out= buffers); only the inputs' addresses differ",
-           ""]
-    for rows in args.rows:
-        out.append(measure(rows, args.rounds))
-        out.append("")
-        print(out[-2], flush=True)
-    path = os.path.join(ROOT, "bench", "results", "alignment.txt")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(out))
-    print(f"wrote {path}")
+    write_script_results(__file__, "alignment", [
+        "times: zero-allocation training step (out= buffers); only the inputs' addresses differ"],
+        (measure(rows, args.rounds) for rows in args.rows))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Writes ``bench/results/inprocess.txt``.
 """
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -88,25 +87,16 @@ def main():
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:],
                   dict(os.environ, **_ENV))
     sys.path.insert(0, ROOT)
-    import numpy as np
-    import wsmem
-    out = [f"command: python bench/inprocess.py {' '.join(sys.argv[1:])}".rstrip(),
-           f"date: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}; machine: "
-           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-           f"numpy {np.__version__}, wsmem {wsmem.__version__}; environment: "
-           + " ".join(f"{k}={v}" for k, v in _ENV.items()),
-           ""]
+    from wsmem.benchmarks._env import write_script_results
+    cases = []
     for case in args.cases:
         workload, _, size = case.partition(":")
         if workload not in ("train", "cg") or not size.isdigit():
             p.error(f"--cases takes WORKLOAD:SIZE with WORKLOAD train or cg, got {case!r}")
-        out.append(measure(workload, int(size), args.rounds))
-        out.append("")
-        print(out[-2], flush=True)
-    path = os.path.join(ROOT, "bench", "results", "inprocess.txt")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(out))
-    print(f"wrote {path}")
+        cases.append((workload, int(size)))
+    write_script_results(__file__, "inprocess", [
+        "environment: " + " ".join(f"{k}={v}" for k, v in _ENV.items())],
+        (measure(workload, size, args.rounds) for workload, size in cases))
 
 
 if __name__ == "__main__":

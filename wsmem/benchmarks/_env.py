@@ -132,6 +132,36 @@ def machine_info() -> dict:
     }
 
 
+def write_script_results(script: str, name: str, notes: list[str], sections) -> str:
+    """Write ``bench/results/<name>.txt`` for a ``bench/*.py`` measurement script.
+
+    The file starts with the command line (``script`` and this process's
+    arguments), the date, the machine (CPU, cores, NumPy and wsmem versions,
+    BLAS threads), then ``notes``; then each text of the iterable
+    ``sections``, printed as it arrives (a slow section shows progress).
+    Returns the path written.
+    """
+    import numpy as np
+    import wsmem
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(script)))
+    rel = os.path.relpath(os.path.abspath(script), root)
+    out = [f"command: python {rel} {' '.join(sys.argv[1:])}".rstrip(),
+           f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%S%z}; "
+           f"machine: {cpu_model()}, {os.cpu_count()} cores; numpy {np.__version__}, "
+           f"wsmem {wsmem.__version__}; OPENBLAS_NUM_THREADS="
+           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}",
+           *notes, ""]
+    for text in sections:
+        print(text, flush=True)
+        out += [text, ""]
+    path = os.path.join(root, "bench", "results", f"{name}.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(out))
+    print(f"wrote {path}")
+    return path
+
+
 def select_configs(suite, known, configs, available, progress=None, require=()):
     """The configurations a suite runs: `configs` (default: all `known`),
     validated, with `require` added in front, minus the unavailable ones.
