@@ -6,7 +6,7 @@ differs) runs in one process with the same ``x`` and ``w`` copied to
 addresses 0, 16, 32 and 48 bytes past a cache line (glibc puts an mmap-served
 array, 128 KiB and up, 16 bytes past a page), and with ``x`` and ``w`` made
 under :func:`wsmem.aligned_heap`.  The variants run in interleaved blocks of
-~0.05 s (``--rounds`` of them each); reported are the minimum and median time
+~0.05 s (``--rounds`` of them each, the garbage collector off); reported are the minimum and median time
 per step and the ratio of medians to the cache-line-aligned variant.  One
 process, so no process-to-process noise: what differs is the address.
 
@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -30,7 +29,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 import wsmem  # noqa: E402
-from wsmem.benchmarks._env import write_script_results  # noqa: E402
+from wsmem.benchmarks._env import time_interleaved, write_script_results  # noqa: E402
 from wsmem.benchmarks.cyclic import TRAIN_OUT, _train_inputs  # noqa: E402
 from wsmem.benchmarks.cyclic import train_limit_step as limit_step  # noqa: E402
 
@@ -57,18 +56,12 @@ def measure(rows, rounds):
             "aligned_heap": (xa.ctypes.data % 64, wa.ctypes.data % 64)}
     ref = {f"+{off} B": off for off in (0, 16, 32, 48)}
     n = max(3, int(0.05 / (rows * 20e-6)))
-    times = {k: [] for k in variants}
     for f in variants.values():
         for _ in range(5):
             f()
     values = {f() for f in variants.values()}
     assert len({round(v, 6) for v in values}) == 1, values
-    for _ in range(rounds):
-        for k, f in variants.items():
-            t0 = time.perf_counter()
-            for _ in range(n):
-                f()
-            times[k].append((time.perf_counter() - t0) / n)
+    times = time_interleaved(variants, rounds, n)
     base = statistics.median(times["+0 B"])
     lines = [f"train rows={rows} (w {w.nbytes >> 10} KiB, x {x.nbytes >> 10} KiB), "
              f"{n} steps per block, {rounds} blocks each",

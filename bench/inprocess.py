@@ -29,9 +29,9 @@ _ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "42949
 
 
 def measure(workload, size, rounds):
-    import gc
     import numpy as np  # noqa: F401  (imported before wsmem, as a user would)
     import wsmem
+    from wsmem.benchmarks._env import time_interleaved
     from wsmem.benchmarks.cyclic import _MAKERS
 
     with wsmem.aligned_heap():
@@ -51,18 +51,7 @@ def measure(workload, size, rounds):
     t0 = time.perf_counter()
     plain()
     n = max(1, int(0.03 / max(time.perf_counter() - t0, 1e-6)))
-    times = {k: [] for k in configs}
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(rounds):
-            for k, f in configs.items():
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    f()
-                times[k].append((time.perf_counter() - t0) / n)
-    finally:
-        gc.enable()
+    times = time_interleaved(configs, rounds, n)
     spilled = ws.stats().spilled_count
     ws.destroy()
     base = sorted(times["plain (tuned glibc)"])[rounds // 2]

@@ -536,34 +536,29 @@ cdef extern from *:
     static void* wsmem_heap_cache[WSMEM_HEAP_NCACHE][WSMEM_HEAP_DEPTH];
     static unsigned char wsmem_heap_ncached[WSMEM_HEAP_NCACHE];
 
-    static void* wsmem_heap_malloc(void* ctx, size_t n) {
-        size_t raw = wsmem_heap_raw_size(n);
+    static void* wsmem_heap_alloc(size_t n, int zero) {
+        size_t raw;
         char* p;
-        (void)ctx;
-        if (n < WSMEM_HEAP_NCACHE && wsmem_heap_ncached[n] && wsmem_gil_held())
-            return wsmem_heap_cache[n][--wsmem_heap_ncached[n]];
-        if (raw == 0) return NULL;
-        p = (char*)wsmem_heap_place((char*)malloc(raw), n);
-        if (p) wsmem_heap_advise(p, n);
-        return p;
-    }
-    static void* wsmem_heap_calloc(void* ctx, size_t nelem, size_t elsize) {
-        size_t n, raw;
-        char* p;
-        (void)ctx;
-        if (elsize && nelem > SIZE_MAX / elsize) return NULL;
-        n = nelem * elsize;
         if (n < WSMEM_HEAP_NCACHE && wsmem_heap_ncached[n] && wsmem_gil_held()) {
             p = (char*)wsmem_heap_cache[n][--wsmem_heap_ncached[n]];
-            memset(p, 0, n);
+            if (zero) memset(p, 0, n);
             return p;
         }
         raw = wsmem_heap_raw_size(n);
         if (raw == 0) return NULL;
         /* calloc, not malloc + memset: fresh mmap'd pages stay untouched */
-        p = (char*)wsmem_heap_place((char*)calloc(1, raw), n);
+        p = (char*)wsmem_heap_place((char*)(zero ? calloc(1, raw) : malloc(raw)), n);
         if (p) wsmem_heap_advise(p, n);
         return p;
+    }
+    static void* wsmem_heap_malloc(void* ctx, size_t n) {
+        (void)ctx;
+        return wsmem_heap_alloc(n, 0);
+    }
+    static void* wsmem_heap_calloc(void* ctx, size_t nelem, size_t elsize) {
+        (void)ctx;
+        if (elsize && nelem > SIZE_MAX / elsize) return NULL;
+        return wsmem_heap_alloc(nelem * elsize, 1);
     }
     static void wsmem_heap_free(void* ctx, void* ptr, size_t size) {
         size_t n;

@@ -132,6 +132,30 @@ def machine_info() -> dict:
     }
 
 
+def time_interleaved(fns: dict, rounds: int, steps: int) -> dict:
+    """Seconds per call of each function in ``fns``, one block of ``steps``
+    calls per function per round, the functions in turn (slow drift of the
+    machine hits all alike), ``rounds`` rounds, the garbage collector off
+    (as ``timeit`` does).  Returns ``{name: [seconds per call, per round]}``.
+    """
+    import gc
+    import time
+
+    times: dict = {k: [] for k in fns}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    f()
+                times[k].append((time.perf_counter() - t0) / steps)
+    finally:
+        gc.enable()
+    return times
+
+
 def write_script_results(script: str, name: str, notes: list[str], sections) -> str:
     """Write ``bench/results/<name>.txt`` for a ``bench/*.py`` measurement script.
 
