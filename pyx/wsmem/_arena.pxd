@@ -4,7 +4,7 @@
 # Locking: every function here runs with the GIL held, which serialises pins
 # released from other threads against the owner thread's cycle changes.  The
 # owner-thread rule (one thread allocates) is enforced by the callers.
-from cpython.ref cimport PyObject
+from cpython.ref cimport PyObject, Py_XINCREF, Py_XDECREF
 from wsmem._pages cimport PageRegion
 
 # Pins are recorded in lines: an escaped view keeps its own bytes rounded out
@@ -178,11 +178,57 @@ cdef void set_owner_off_fn(owner_off_fn fn) noexcept
 # Make every array allocated in ring `a` before position (gen, off) stale.
 cdef void ring_expire_before(Arena a, unsigned long long gen, size_t off) noexcept
 
-# Pin [lo, hi) of `block` into a caller-owned record (no allocation); undo
-# with pin_fini.  pin_release undoes it and frees a malloc'd record.
-cdef void pin_init(Pin* p, Block* block, char* lo, char* hi, unsigned long long generation,
-                   object owner) noexcept
-cdef void pin_fini(Pin* p) noexcept
+# Drop one reference to block `b`; at zero it is unmapped and unlinked
+# (block_free).  GIL held.
+cdef void block_free(Block* b) noexcept
+
+cdef inline void block_decref(Block* b) noexcept:
+    b.refs -= 1
+    if b.refs <= 0:
+        block_free(b)
+
+# Pin [lo, hi) of `block` (rounded out to LINE boundaries) into a
+# caller-owned record (no allocation), keeping those bytes out of reuse and
+# the block alive; `owner` (may be NULL) gets a strong reference.  Undo with
+# pin_fini; pin_release undoes it and frees a malloc'd record.  Inline: every
+# captured NumPy allocation and free runs one of each (GIL held).
+cdef inline void pin_init(Pin* p, Block* block, char* lo, char* hi,
+                          unsigned long long generation, PyObject* owner) noexcept:
+    p.lo = (<size_t>(lo - block.region.ptr) >> LINE_SHIFT) << LINE_SHIFT
+    p.hi = (<size_t>(hi - block.region.ptr) + (LINE - 1)) & ~(<size_t>(LINE - 1))
+    p.block = block
+    p.generation = generation
+    p.owner = owner
+    Py_XINCREF(owner)
+    p.prev = NULL
+    p.next = block.pins
+    if block.pins != NULL:
+        block.pins.prev = p
+    block.pins = p
+    block.n_pins += 1
+    block.refs += 1
+
+cdef inline void pin_fini(Pin* p) noexcept:
+    # The owner is released last: it may be the only reference keeping the
+    # arena alive.
+    cdef Block* b = p.block
+    cdef PyObject* owner = p.owner
+    if b == NULL:
+        return
+    if p.prev != NULL:
+        p.prev.next = p.next
+    else:
+        b.pins = p.next
+    if p.next != NULL:
+        p.next.prev = p.prev
+    b.n_pins -= 1
+    if b.is_main:
+        b.state.holes_dirty = True      # rings may reuse these bytes now
+    p.block = NULL
+    p.owner = NULL
+    block_decref(b)
+    Py_XDECREF(owner)
+
 cdef void pin_release(Pin* pin) noexcept
 
 # Per-thread state: the innermost active arena (None under scope_out or when

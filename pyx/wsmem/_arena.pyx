@@ -125,14 +125,10 @@ cdef Block* _block_new(ArenaState* st, size_t size, bint is_main, Arena arena) e
     return b
 
 
-cdef void _block_decref(Block* b) noexcept:
-    """Drop one reference; unmap and unlink the block at zero."""
-    cdef ArenaState* st
+cdef void block_free(Block* b) noexcept:
+    """Unmap and unlink block `b`, whose last reference was just dropped."""
+    cdef ArenaState* st = b.state
     cdef bint last
-    b.refs -= 1
-    if b.refs > 0:
-        return
-    st = b.state
     if b.prev != NULL:
         b.prev.next = b.next
     else:
@@ -152,47 +148,7 @@ cdef void _block_decref(Block* b) noexcept:
 
 # ---------------------------------------------------------------- pins
 
-cdef void pin_init(Pin* p, Block* block, char* lo, char* hi, unsigned long long generation,
-                   object owner) noexcept:
-    """Keep [lo, hi) of `block` (rounded out to lines) out of reuse until pin_fini."""
-    cdef size_t off_lo = <size_t>(lo - block.region.ptr)
-    cdef size_t off_hi = <size_t>(hi - block.region.ptr)
-    p.lo = (off_lo >> LINE_SHIFT) << LINE_SHIFT
-    p.hi = _round_up(off_hi, LINE)
-    p.block = block
-    p.generation = generation
-    p.owner = <PyObject*>owner
-    Py_INCREF(owner)
-    p.prev = NULL
-    p.next = block.pins
-    if block.pins != NULL:
-        block.pins.prev = p
-    block.pins = p
-    block.n_pins += 1
-    block.refs += 1
-
-
-cdef void pin_fini(Pin* p) noexcept:
-    """Undo pin_init (GIL held).  The owner is released last: it may be the
-    only reference keeping the arena alive."""
-    cdef Block* b = p.block
-    cdef PyObject* owner = p.owner
-    if b == NULL:
-        return
-    if p.prev != NULL:
-        p.prev.next = p.next
-    else:
-        b.pins = p.next
-    if p.next != NULL:
-        p.next.prev = p.prev
-    b.n_pins -= 1
-    if b.is_main:
-        b.state.holes_dirty = True      # rings may reuse these bytes now
-    p.block = NULL
-    p.owner = NULL
-    _block_decref(b)
-    Py_XDECREF(owner)
-
+# pin_init and pin_fini are inline, in _arena.pxd.
 
 cdef void pin_release(Pin* p) noexcept:
     cdef PyObject* owner = p.owner
@@ -252,7 +208,7 @@ cdef void arena_drop_dead_spill(Arena a, Block* b) noexcept:
     if b.in_spills and b.refs == 1 and b.state == a.state:
         _unlink_spill(a.state, b)
         a.spill_held -= b.size
-        _block_decref(b)
+        block_decref(b)
 
 
 # ---------------------------------------------------------------- circular workspaces
@@ -380,7 +336,7 @@ cdef class Arena:
         while self.state.spills != NULL:
             b = self.state.spills
             _unlink_spill(self.state, b)
-            _block_decref(b)
+            block_decref(b)
         self.spill_held = 0
 
     cdef void _drop_blocks(self) noexcept:
@@ -388,12 +344,12 @@ cdef class Arena:
         cdef size_t i
         self._drop_spills()
         for i in range(self.n_retired):
-            _block_decref(self.retired[i].block)
+            block_decref(self.retired[i].block)
         self.n_retired = 0
         if self.main != NULL:
             b = self.main
             self.main = NULL
-            _block_decref(b)
+            block_decref(b)
         self.cursor = self.limit = 0
         self.n_holes = self.hole_index = 0
 
@@ -474,7 +430,7 @@ cdef class Arena:
         self.cursor = self.limit = 0
         self.ring_started = False
         if old != NULL:
-            _block_decref(old)
+            block_decref(old)
         return 0
 
     cdef int begin_cycle(self) except -1:
@@ -599,7 +555,7 @@ cdef class Arena:
         if self.main != NULL:
             grown = <RingInfo*>realloc(self.retired, (self.n_retired + 1) * sizeof(RingInfo))
             if grown == NULL:
-                _block_decref(new)
+                block_decref(new)
                 raise MemoryError("wsmem: out of memory for the retired-ring list")
             self.retired = grown
             self.retired[self.n_retired].block = self.main       # the arena's reference moves here
@@ -626,7 +582,7 @@ cdef class Arena:
         while i < self.n_retired:
             if (self.ring_wraps >= self.retired[i].retired_at + 2 or
                     (self.floor_set and self.floor_serial > self.retired[i].serial)):
-                _block_decref(self.retired[i].block)
+                block_decref(self.retired[i].block)
                 for j in range(i + 1, self.n_retired):
                     self.retired[j - 1] = self.retired[j]
                 self.n_retired -= 1
@@ -799,7 +755,8 @@ cdef class Arena:
         while b != NULL:
             p = b.pins
             while p != NULL:
-                out.append((p.hi - p.lo, p.generation, <object>p.owner))
+                out.append((p.hi - p.lo, p.generation,
+                            None if p.owner == NULL else <object>p.owner))
                 p = p.next
             b = b.next
         return out

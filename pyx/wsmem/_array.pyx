@@ -431,7 +431,7 @@ cdef char* _pin_into(WsArray a, Pin* p, object owner) noexcept:
     cdef char* lo
     cdef char* hi
     _extent(a, &lo, &hi)
-    pin_init(p, a._block, lo, hi, a._gen, owner)
+    pin_init(p, a._block, lo, hi, a._gen, <PyObject*>owner)
     ring_note_pin(a._ws, p)
     return hi
 

@@ -21,7 +21,7 @@ NumPy frees an array through the handler that allocated it, so the capsule
 """
 cimport cython
 from cpython.pycapsule cimport (PyCapsule_New, PyCapsule_GetPointer, PyCapsule_IsValid,
-                               PyCapsule_Destructor)
+                               PyCapsule_GetName, PyCapsule_Destructor)
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_Clear, PyErr_SetObject
@@ -65,8 +65,26 @@ cdef extern from *:
     """
     #include <assert.h>
     #define WSMEM_HDR 64
+    #if PY_VERSION_HEX >= 0x030D0000
+    #define WSMEM_TSTATE() PyThreadState_GetUnchecked()
+    #else
+    #define WSMEM_TSTATE() _PyThreadState_UncheckedGet()
+    #endif
+    /* The thread holding the GIL: CPython <= 3.11 reads the process-wide
+       current thread state, 3.12+ this thread's (NULL while detached). */
+    static inline int wsmem_gil_held(void) {
+        PyThreadState* ts = WSMEM_TSTATE();
+        return ts != NULL && ts->thread_id == PyThread_get_thread_ident();
+    }
+    /* This thread's ident, with the GIL held: read from its thread state
+       instead of asking pthread again. */
+    static inline unsigned long wsmem_thread_ident(void) {
+        return WSMEM_TSTATE()->thread_id;
+    }
     """
     size_t WSMEM_HDR
+    bint wsmem_gil_held() noexcept nogil
+    unsigned long wsmem_thread_ident() noexcept
 
 import numpy as np
 cimport numpy as cnp
@@ -75,6 +93,25 @@ cnp.import_array()
 assert sizeof(CapHdr) == WSMEM_HDR, "CapHdr must be 64 bytes to keep data 64-aligned"
 
 cdef const char* CAPSULE_NAME = b"mem_handler"
+
+
+cdef void _share_numpy_capsule_name() except *:
+    """Name wsmem's handler capsules with the very string NumPy names its
+    default handler's capsule with.  NumPy looks the handler up by name in
+    every allocation and free (PyCapsule_GetPointer), and CPython compares
+    capsule names by pointer before it calls strcmp: ~40 instructions less
+    per captured alloc + free (callgrind)."""
+    global CAPSULE_NAME
+    cdef const char* name
+    arr = contextvars.Context().run(np.empty, 1)     # an empty context: NumPy's default
+    cdef PyObject* cap = PyArray_HANDLER(<PyObject*>arr)
+    if cap != NULL and PyCapsule_IsValid(<object>cap, CAPSULE_NAME):
+        name = PyCapsule_GetName(<object>cap)
+        if name != NULL:
+            CAPSULE_NAME = name        # static in NumPy's extension, never unloaded
+
+
+_share_numpy_capsule_name()
 # The WorkspaceOverflowError of the last refused allocation (see take_error).
 cdef object _last_error = None
 
@@ -162,50 +199,69 @@ cdef inline size_t _park_limit(Arena a) noexcept:
     return cap if cap > (<size_t>64 << 20) else (<size_t>64 << 20)
 
 
+cdef inline bint _serves(CapCtx* ctx) noexcept:
+    """The workspace can serve an allocation now (GIL held by this thread).
+    The hot paths read the arena through a borrowed pointer: no reference
+    counting per allocation."""
+    cdef PyObject* a = ctx.arena
+    return (a != NULL and (<Arena>a).depth > 0 and not (<Arena>a).destroyed
+            and get_debug_mode() != DEBUG_BYPASS_EVERYTHING
+            and (<Arena>a).owner_thread == wsmem_thread_ident())
+
+
 cdef inline Arena _serving(CapCtx* ctx):
     """The workspace if it can serve this allocation now, else None."""
-    cdef Arena a
-    if ctx.arena == NULL:
-        return None
-    a = <Arena>ctx.arena
-    if (a.depth <= 0 or a.destroyed or get_debug_mode() == DEBUG_BYPASS_EVERYTHING
-            or a.owner_thread != PyThread_get_thread_ident()):
-        return None
-    return a
+    return <Arena>ctx.arena if _serves(ctx) else None
+
+
+cdef char* _bump(Arena a, size_t nbytes, Block** blk) noexcept:
+    """arena_alloc, or NULL with the error kept for take_error (max_size or
+    spill="fail": NumPy turns NULL into its own MemoryError; wsmem's
+    wrappers raise ours instead)."""
+    global _last_error
+    try:
+        return arena_alloc(a, nbytes, blk)
+    except BaseException as exc:
+        _last_error = exc
+        return NULL
+
+
+cdef inline void* _cap_place(CapCtx* ctx, size_t size, PyObject* owner) noexcept:
+    """Serve `size` bytes in the open cycle (the free table first, else a
+    bump) and pin them for `owner` (NULL unless tracking)."""
+    cdef PyObject* a = ctx.arena
+    cdef CapHdr* h = _pop_free(ctx, size) if ctx.n_free else NULL
+    cdef Block* blk = NULL
+    cdef char* p
+    if h != NULL:
+        p = <char*>h
+        blk = h.pin.block
+        if not blk.is_main:
+            ctx.spill_parked -= blk.size
+    else:
+        p = _bump(<Arena>a, WSMEM_HDR + size, &blk)
+        if p == NULL:
+            return NULL
+        h = <CapHdr*>p
+    h.size = size
+    pin_init(&h.pin, blk, p, p + WSMEM_HDR + size, (<Arena>a).generation, owner)
+    return p + WSMEM_HDR
+
+
+cdef void* _cap_malloc_tracked(CapCtx* ctx, size_t size) noexcept:
+    owner = traceback.extract_stack()
+    return _cap_place(ctx, size, <PyObject*>owner)
 
 
 cdef void* _cap_malloc_gil(CapCtx* ctx, size_t size) noexcept:
-    cdef Arena a = _serving(ctx)
-    cdef CapHdr* h
-    cdef char* p
-    cdef Block* blk = NULL
-    if a is None:
+    cdef PyObject* a = ctx.arena
+    if not _serves(ctx):
         return _heap_alloc(size)
-    if ctx.free_gen != a.generation:
-        _reset_free(ctx, a.generation)
-    owner = None
-    if a.track:
-        owner = traceback.extract_stack()
-    h = _pop_free(ctx, size) if ctx.n_free else NULL
-    if h != NULL:
-        p = <char*>h
-        if not h.pin.block.is_main:
-            ctx.spill_parked -= h.pin.block.size
-        pin_init(&h.pin, h.pin.block, p, p + WSMEM_HDR + size, a.generation, owner)
-        h.size = size
-        return p + WSMEM_HDR
-    try:
-        p = arena_alloc(a, WSMEM_HDR + size, &blk)
-    except BaseException as exc:
-        # max_size or spill="fail": NumPy turns NULL into its own MemoryError;
-        # keep ours so that wsmem's wrappers can raise it instead.
-        global _last_error
-        _last_error = exc
-        return NULL
-    h = <CapHdr*>p
-    h.size = size
-    pin_init(&h.pin, blk, p, p + WSMEM_HDR + size, a.generation, owner)
-    return p + WSMEM_HDR
+    if ctx.free_gen != (<Arena>a).generation:
+        _reset_free(ctx, (<Arena>a).generation)
+    if (<Arena>a).track:
+        return _cap_malloc_tracked(ctx, size)
+    return _cap_place(ctx, size, NULL)
 
 
 cdef bint _retire(CapCtx* ctx, CapHdr* h) noexcept:
@@ -213,18 +269,17 @@ cdef bint _retire(CapCtx* ctx, CapHdr* h) noexcept:
     when `h` was parked in the free table for reuse in this cycle (the caller
     must then keep the record), else False."""
     cdef Block* blk = h.pin.block
-    cdef Arena a
+    cdef PyObject* a = ctx.arena
     cdef bint drop
-    if ctx.arena != NULL and blk.is_main and get_debug_mode() == DEBUG_OFF:
-        a = <Arena>ctx.arena
-        if a.depth > 0 and blk is a.main:
+    if a != NULL and blk.is_main and get_debug_mode() == DEBUG_OFF:
+        if (<Arena>a).depth > 0 and blk == (<Arena>a).main:
             # Freed while the workspace is open: reusable by the next allocation
             # of this size in this cycle.  Memory of this cycle lies behind the
             # bump cursor; memory of an earlier cycle was pinned when this cycle
             # began, so the hole list skips it.  Either way nothing else will
             # hand these bytes out before the cycle ends.
-            if ctx.free_gen != a.generation:
-                _reset_free(ctx, a.generation)
+            if ctx.free_gen != (<Arena>a).generation:
+                _reset_free(ctx, (<Arena>a).generation)
             pin_fini(&h.pin)
             h.pin.block = blk          # pin_fini cleared it; the table needs it back
             if _push_free(ctx, h):
@@ -241,20 +296,19 @@ cdef bint _retire(CapCtx* ctx, CapHdr* h) noexcept:
     # faults per temporary).  Parked bytes are bounded so that a cycle of
     # ever-new sizes does not hold all its dead temporaries: past the bound,
     # the spill is unmapped at once.
-    drop = ctx.arena != NULL and not blk.is_main and blk.in_spills
+    drop = a != NULL and not blk.is_main and blk.in_spills
     if drop and blk.refs == 2 and get_debug_mode() == DEBUG_OFF:
-        a = <Arena>ctx.arena
-        if (a.depth > 0 and blk.state == a.state and
-                ctx.spill_parked + blk.size <= _park_limit(a)):
-            if ctx.free_gen != a.generation:
-                _reset_free(ctx, a.generation)
+        if ((<Arena>a).depth > 0 and blk.state == (<Arena>a).state and
+                ctx.spill_parked + blk.size <= _park_limit(<Arena>a)):
+            if ctx.free_gen != (<Arena>a).generation:
+                _reset_free(ctx, (<Arena>a).generation)
             pin_fini(&h.pin)
             h.pin.block = blk
             if _push_free(ctx, h):
                 ctx.spill_parked += blk.size
                 return True
             h.pin.block = NULL
-            arena_drop_dead_spill(a, blk)
+            arena_drop_dead_spill(<Arena>a, blk)
             return False
     pin_fini(&h.pin)
     if drop:
@@ -282,15 +336,6 @@ cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
 # PyGILState_Check costs some 50 (a TSS lookup) on every malloc and free.
 cdef extern from *:
     """
-    #if PY_VERSION_HEX >= 0x030D0000
-    #define WSMEM_TSTATE() PyThreadState_GetUnchecked()
-    #else
-    #define WSMEM_TSTATE() _PyThreadState_UncheckedGet()
-    #endif
-    static inline int wsmem_gil_held(void) {
-        PyThreadState* ts = WSMEM_TSTATE();
-        return ts != NULL && ts->thread_id == PyThread_get_thread_ident();
-    }
     static void* (*wsmem_malloc_impl)(void*, size_t);
     static void (*wsmem_free_impl)(void*, void*);
     static void* wsmem_cap_malloc(void* ctx, size_t n) {
@@ -737,7 +782,7 @@ cdef void* _dev_record(CapCtx* ctx, char* p, Block* blk, size_t size,
     d.h.size = size
     d.h.pin.block = NULL
     if blk != NULL:
-        pin_init(&d.h.pin, blk, p, p + size, gen, owner)
+        pin_init(&d.h.pin, blk, p, p + size, gen, <PyObject*>owner)
     ctx.n_live += 1
     _table_put(ctx, d)
     return p
@@ -776,7 +821,7 @@ cdef void* _dev_malloc_gil(CapCtx* ctx, size_t size, int device_id) noexcept:
         d = <DevHdr*>h
         if not h.pin.block.is_main:
             ctx.spill_parked -= h.pin.block.size
-        pin_init(&h.pin, h.pin.block, d.ptr, d.ptr + size, a.generation, owner)
+        pin_init(&h.pin, h.pin.block, d.ptr, d.ptr + size, a.generation, <PyObject*>owner)
         h.size = size
         _table_put(ctx, d)
         return d.ptr
