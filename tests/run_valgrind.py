@@ -29,7 +29,7 @@ VECTOR_STRING = re.compile(r"==\d+==    at 0x[0-9A-F]+: __\w*(mem|str|wmem|wcs)\
 def main(argv):
     args = argv or ["tests", "-q", "-p", "no:cacheprovider"]
     log = os.path.abspath("valgrind-memcheck.log")
-    env = dict(os.environ, PYTHONMALLOC="malloc")
+    env = dict(os.environ, PYTHONMALLOC="malloc", WSMEM_UNDER_VALGRIND="1")
     cmd = ["valgrind", "--tool=memcheck", "--num-callers=30", f"--log-file={log}",
            os.path.realpath(sys.executable), "-m", "pytest", *args]
     print("+", " ".join(cmd), flush=True)

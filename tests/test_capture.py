@@ -65,6 +65,46 @@ def test_handler_installed_inside_with_and_restored_after(ws):
     del a, b
 
 
+def _errstate_in(ctx):
+    from numpy._core.umath import _extobj_contextvar
+    return ctx.get(_extobj_contextvar, "unset")
+
+
+def test_errstate_is_kept_cached_and_unchanged(ws):
+    """Entering a workspace sets NumPy's error-state context variable to the
+    very object it already read as (so ufunc calls hit CPython's cache):
+    nothing NumPy or the user can see changes."""
+    from numpy._core.umath import _extobj_contextvar
+
+    def run():
+        before_obj = _extobj_contextvar.get()
+        before = np.geterr()
+        assert _errstate_in(contextvars.copy_context()) == "unset"
+        with ws:
+            assert _errstate_in(contextvars.copy_context()) is before_obj
+            assert np.geterr() == before
+            with np.errstate(divide="raise"):
+                with pytest.raises(FloatingPointError):
+                    np.ones(3) / np.zeros(3)
+            assert np.geterr() == before
+            with np.errstate(divide="ignore"):
+                np.ones(3) / np.zeros(3)     # no warning, no error
+        assert np.geterr() == before
+        assert _extobj_contextvar.get() is before_obj
+        # np.seterr inside a cycle persists after it, as it does without wsmem.
+        with ws:
+            old = np.seterr(over="raise")
+        try:
+            assert np.geterr()["over"] == "raise"
+            with pytest.raises(FloatingPointError):
+                np.exp(np.array([1000.0]))
+        finally:
+            np.seterr(**old)
+        assert np.geterr() == before
+
+    contextvars.Context().run(run)      # a fresh context: the variable starts unset
+
+
 def test_nesting_innermost_wins(ws):
     inner = wsmem.Workspace("capture_inner")
     try:

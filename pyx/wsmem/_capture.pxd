@@ -53,6 +53,9 @@ cdef void restore_handler(object token)
 cdef object set_heap(bint aligned)
 cdef void reset_heap(object token) except *
 cdef bint heap_aligned()
+# Set NumPy's error-state context variable to its own value in the running
+# context, so that every ufunc call's read of it is a cache hit (see .pyx).
+cdef void keep_errstate_cached() except *
 # If ndarray `arr` owns memory captured in the live generation of a
 # workspace, return that workspace and fill gen/block; else None.
 cdef object captured_in(object arr, unsigned long long* gen, Block** block)

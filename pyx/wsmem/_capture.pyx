@@ -38,6 +38,7 @@ import traceback
 cdef extern from "Python.h":
     int PyGILState_Check()
     int PyContextVar_Get(object var, PyObject* default_value, PyObject** value)
+    object PyContextVar_Set(object var, object value)
     void Py_DECREF(object o)
 
 cdef extern from "stdlib.h" nogil:
@@ -661,11 +662,12 @@ cdef object _aligned_heap = _handler_capsule(
 cdef object _heap_var = contextvars.ContextVar("wsmem_heap", default=None)
 
 
-cdef object _context_heap():
-    """This context's heap handler: the aligned heap's capsule, or None."""
+cdef object _context_get(object var):
+    """`var`'s value in the running context (None if unset without a default).
+    The C call: no method lookups on the per-cycle path."""
     cdef PyObject* value = NULL
-    if PyContextVar_Get(_heap_var, NULL, &value) < 0:
-        raise RuntimeError("wsmem: cannot read the heap context variable")
+    if PyContextVar_Get(var, NULL, &value) < 0:
+        raise RuntimeError(f"wsmem: cannot read the context variable {var.name!r}")
     if value == NULL:
         return None
     result = <object>value
@@ -673,8 +675,36 @@ cdef object _context_heap():
     return result
 
 
+cdef object _context_heap():
+    """This context's heap handler: the aligned heap's capsule, or None."""
+    return _context_get(_heap_var)
+
+
 cdef object set_heap(bint aligned):
+    keep_errstate_cached()
     return _heap_var.set(_aligned_heap if aligned else None)
+
+
+# NumPy's error-state context variable, read by every ufunc call.  CPython
+# caches a context variable's value per thread, but only when the variable
+# is set in the running context: an unset one walks the context's mapping
+# on every read.  Once wsmem has set its own variables (the memory handler,
+# the heap) that mapping is non-empty, so every ufunc call inside `with ws:`
+# paid that walk (~13 ns of a ~390 ns small `a + a`).  Setting the
+# error-state variable to the very object it already reads as makes the read
+# a cache hit and changes nothing NumPy can see; np.errstate and np.seterr
+# set it over ours as usual.  (A private NumPy name: without it, nothing.)
+try:
+    from numpy._core.umath import _extobj_contextvar as _errstate_var
+except ImportError:
+    _errstate_var = None
+
+
+cdef void keep_errstate_cached() except *:
+    if _errstate_var is not None:
+        value = _context_get(_errstate_var)
+        if value is not None:            # NumPy's variable has a default: always
+            PyContextVar_Set(_errstate_var, value)   # the token is dropped
 
 
 cdef void reset_heap(object token) except *:

@@ -6,7 +6,7 @@ from wsmem._arena cimport (Arena, current_arena, set_current_arena, get_debug_mo
                            DEBUG_OFF, DEBUG_SPILL_EVERYTHING, DEBUG_BYPASS_EVERYTHING)
 from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
 from wsmem._capture cimport (make_handler, detach_handler, set_handler, restore_handler,
-                             set_heap, reset_heap, heap_aligned)
+                             set_heap, reset_heap, heap_aligned, keep_errstate_cached)
 from wsmem._arena cimport Block
 from libc.stdlib cimport realloc, free
 
@@ -91,6 +91,7 @@ cdef void _push(object frame, list stack) except *:
     handler = None
     if frame is not None:
         handler = (<Workspace>frame)._handler
+    keep_errstate_cached()
     token = set_handler(handler)
     ctoken = _NO_CUPY
     if _gpu is not None:
