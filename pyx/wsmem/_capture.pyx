@@ -700,11 +700,23 @@ except ImportError:
     _errstate_var = None
 
 
+cdef object _UNSET = object()
+
+
 cdef void keep_errstate_cached() except *:
-    if _errstate_var is not None:
-        value = _context_get(_errstate_var)
-        if value is not None:            # NumPy's variable has a default: always
-            PyContextVar_Set(_errstate_var, value)   # the token is dropped
+    # Given a default, PyContextVar_Get returns it for a variable that is not
+    # set in the running context (the variable's own default otherwise): one
+    # read (a cache hit once set) tells whether this context needs the set.
+    cdef PyObject* value = NULL
+    if _errstate_var is None:
+        return
+    if PyContextVar_Get(_errstate_var, <PyObject*>_UNSET, &value) < 0:
+        raise RuntimeError("wsmem: cannot read NumPy's error-state context variable")
+    Py_DECREF(<object>value)                 # a new reference; _UNSET or a live value
+    if value == <PyObject*>_UNSET:
+        value_obj = _context_get(_errstate_var)        # NumPy's default
+        if value_obj is not None:
+            PyContextVar_Set(_errstate_var, value_obj)  # the token is dropped
 
 
 cdef void reset_heap(object token) except *:
