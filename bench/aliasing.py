@@ -8,7 +8,7 @@ output a little *after* its input modulo 4096 makes loads falsely wait on
 recent stores to the same low address bits ("4K aliasing").
 
 Part 2, the cyclic benchmark's steps inside ``with ws:`` with page placement
-of captured arrays of 32 KiB and more on (the default) and off
+of large captured arrays on (the default: 256 KiB and more) and off
 (``wsmem._capture._set_page_place_min``), one workspace each, interleaved
 blocks in one process; the ratio is off's time over on's, paired by round.
 
@@ -78,7 +78,7 @@ def placement_section(workload, size, rounds):
 
     with wsmem.aligned_heap():
         step = _MAKERS[workload](size, False)
-    default = _capture._set_page_place_min(32768)
+    default = _capture._set_page_place_min(1 << 62)   # read the default
     _capture._set_page_place_min(default)
     spaces = {"on": wsmem.Workspace(f"aliasing_on_{workload}_{size}"),
               "off": wsmem.Workspace(f"aliasing_off_{workload}_{size}")}
@@ -128,7 +128,7 @@ def main():
     from wsmem.benchmarks._env import write_script_results
     write_script_results(__file__, "aliasing", [
         "part 1: page offsets of a ufunc's input (A) and output (B); "
-        "part 2: page placement of captured arrays >= 32 KiB on vs off"],
+        "part 2: page placement of large captured arrays on (default threshold) vs off"],
         _sections(args.rounds, cases))
 
 

@@ -315,18 +315,18 @@ def test_copied_context_after_destroy_and_collect_uses_heap():
 # ---------------------------------------------------------------- captured arrays
 
 def test_large_captured_arrays_start_at_the_same_page_offset(ws):
-    """Arrays of 32 KiB and more start 64 bytes into a page (header first), in
+    """Arrays of 256 KiB and more start 64 bytes into a page (header first), in
     the current hole, in later holes and after small allocations, so that
     `out = f(in)` never has its output a little after its input modulo 4096
     (4K aliasing); smaller ones are bumped as before."""
     from wsmem import _capture
-    sizes = (4096, 40_000, 512 * 1024, 100, 33_000, 1 << 20)
+    sizes = (4096, 300_000, 512 * 1024, 100, 40_000, 1 << 20)
     kept = None
     for cycle in range(4):
         with ws:
             arrs = [np.full(n // 8, float(cycle)) for n in sizes]
             arrs.append(arrs[1] * 2)            # a ufunc result
-            big = [a for a in arrs if a.nbytes >= 32768]
+            big = [a for a in arrs if a.nbytes >= 256 * 1024]
             assert [a.ctypes.data % 4096 for a in big] == [64] * len(big), cycle
             for a, n in zip(arrs, sizes):
                 assert (a == cycle).all()

@@ -215,24 +215,27 @@ cdef inline Arena _serving(CapCtx* ctx):
     return <Arena>ctx.arena if _serves(ctx) else None
 
 
-# Large captured allocations start on a page boundary (header first, data at
-# +64), so every large array of a cycle has the same offset in its pages.
-# A streaming kernel whose output lies a little *after* its input modulo
-# 4096 bytes (16-128 bytes) runs 1.5-7% slower: its loads falsely wait on
-# stores to the same low address bits ("4K aliasing"; bench/alignment.py,
-# bench/results/alignment.txt).  A plain bump with 64-byte headers puts each
-# array 64 bytes further into its page than the one before: the worst case
-# for `out = f(previous)`.  NumPy's inputs on the aligned heap sit at +64 of
-# their pages as well.  Cost: under one page per large allocation made by a
-# bump (the free table's reuses keep their place).
+# Large captured allocations (256 KiB and more) start on a page boundary
+# (header first, data at +64), so the large arrays of a cycle share one
+# offset in their pages.  A streaming ufunc whose output lies 16-128 bytes
+# *after* its input modulo 4096 runs 1.3-5.4% slower: its loads falsely wait
+# on recent stores with the same low address bits ("4K aliasing";
+# bench/aliasing.py, bench/results/aliasing.txt).  A plain bump with 64-byte
+# headers puts each array 64 bytes further into its page than the one
+# before: the worst case for `out = f(previous)`.  NumPy's inputs on the
+# aligned heap sit at +64 of their pages as well.  Not below 256 KiB: no
+# gain measured at 64 KiB, and stencils (`a[:, 1:] -= b[:, :-1]`) on arrays
+# at one page offset have their output 8 bytes after an input (CG n=90:
+# 0.2% slower).  Cost: under one page per large allocation made by a bump
+# (the free table's reuses keep their place).
 cdef enum:
     PAGE_PLACE_ALIGN = 4096
-cdef size_t _page_place_min = 32768
+cdef size_t _page_place_min = 262144
 
 
 def _set_page_place_min(size_t nbytes):
     """Captured allocations of at least `nbytes` start on a page (default
-    32768; a huge value turns page placement off).  Returns the previous
+    262144; a huge value turns page placement off).  Returns the previous
     value.  For tests and bench/alignment.py."""
     global _page_place_min
     old = _page_place_min
