@@ -215,34 +215,6 @@ cdef inline Arena _serving(CapCtx* ctx):
     return <Arena>ctx.arena if _serves(ctx) else None
 
 
-# Large captured allocations (256 KiB and more) start on a page boundary
-# (header first, data at +64), so the large arrays of a cycle share one
-# offset in their pages.  A streaming ufunc whose output lies 16-128 bytes
-# *after* its input modulo 4096 runs 1.3-5.4% slower: its loads falsely wait
-# on recent stores with the same low address bits ("4K aliasing";
-# bench/aliasing.py, bench/results/aliasing.txt).  A plain bump with 64-byte
-# headers puts each array 64 bytes further into its page than the one
-# before: the worst case for `out = f(previous)`.  NumPy's inputs on the
-# aligned heap sit at +64 of their pages as well.  Not below 256 KiB: no
-# gain measured at 64 KiB, and stencils (`a[:, 1:] -= b[:, :-1]`) on arrays
-# at one page offset have their output 8 bytes after an input (CG n=90:
-# 0.2% slower).  Cost: under one page per large allocation made by a bump
-# (the free table's reuses keep their place).
-cdef enum:
-    PAGE_PLACE_ALIGN = 4096
-cdef size_t _page_place_min = 262144
-
-
-def _set_page_place_min(size_t nbytes):
-    """Captured allocations of at least `nbytes` start on a page (default
-    262144; a huge value turns page placement off).  Returns the previous
-    value.  For tests and bench/alignment.py."""
-    global _page_place_min
-    old = _page_place_min
-    _page_place_min = nbytes
-    return old
-
-
 cdef char* _bump(Arena a, size_t nbytes, Block** blk) noexcept:
     """arena_alloc, or NULL with the error kept for take_error (max_size or
     spill="fail": NumPy turns NULL into its own MemoryError; wsmem's
@@ -253,29 +225,6 @@ cdef char* _bump(Arena a, size_t nbytes, Block** blk) noexcept:
     except BaseException as exc:
         _last_error = exc
         return NULL
-
-
-cdef inline char* _bump_on_page(Arena a, size_t need, Block** blk) noexcept:
-    """_bump `need` bytes starting on a page boundary.  In the current hole:
-    skip to the boundary.  Elsewhere (the next hole, a spill; the address is
-    not known in advance): ask for room to align within.  The skipped bytes
-    stay unpinned (free again next cycle).  Whatever the arena returns, the
-    result lies inside what it handed out: a misplaced array is slower at
-    worst, never unsafe."""
-    cdef size_t page = PAGE_PLACE_ALIGN
-    cdef size_t extra, pad
-    cdef char* p
-    if a.main != NULL:
-        pad = (<size_t>0 - <size_t>(a.main.region.ptr + a.cursor)) & (page - 1)
-        if pad + need <= a.limit - a.cursor:
-            p = _bump(a, pad + need, blk)
-            return p + pad if p != NULL else NULL
-    extra = page - a.alignment if a.alignment < page else 0
-    p = _bump(a, extra + need, blk)
-    if p == NULL:
-        return NULL
-    pad = (<size_t>0 - <size_t>p) & (page - 1)
-    return p + pad if pad <= extra else p
 
 
 cdef inline void* _cap_place(CapCtx* ctx, size_t size, PyObject* owner) noexcept:
@@ -291,10 +240,7 @@ cdef inline void* _cap_place(CapCtx* ctx, size_t size, PyObject* owner) noexcept
         if not blk.is_main:
             ctx.spill_parked -= blk.size
     else:
-        if size >= _page_place_min:
-            p = _bump_on_page(<Arena>a, WSMEM_HDR + size, &blk)
-        else:
-            p = _bump(<Arena>a, WSMEM_HDR + size, &blk)
+        p = _bump(<Arena>a, WSMEM_HDR + size, &blk)
         if p == NULL:
             return NULL
         h = <CapHdr*>p
