@@ -3,11 +3,14 @@
 ``bench/cyclic.py`` gives every config its own processes, which is the only
 way to compare allocators chosen by ``LD_PRELOAD``; but per-process luck
 (memory layout, what else ran) moves a step by several percent, so small
-differences hide in it.  Here the three set-ups that can share a process run
+differences hide in it.  Here the set-ups that can share a process run
 in one: plain NumPy on glibc with ``MALLOC_MMAP_THRESHOLD_`` and
 ``MALLOC_TRIM_THRESHOLD_`` raised (the script re-executes itself with them
 set: glibc reads them at start), the ``out=`` limit, and the same step inside
-``with ws:``.  The inputs of all three are made under
+``with ws:``; and, to tell the cost of the ``with ws:`` frame from that of
+the captured allocations, the step inside ``with ws:`` of a ``capture=False``
+workspace (frames pushed and popped, NumPy's handler switched, NumPy
+allocating as it does outside).  The inputs of all of them are made under
 :func:`wsmem.aligned_heap`, as in the cyclic benchmark's wsmem and limit
 workers.  Interleaved blocks of ~0.03 s (``--rounds`` of each); reported: the
 minimum, quartile and median time per step and the median relative to plain.
@@ -38,12 +41,18 @@ def measure(workload, size, rounds):
         plain = _MAKERS[workload](size, False)
         limit = _MAKERS[workload](size, True)
     ws = wsmem.Workspace(f"inprocess_{workload}_{size}")
+    frame_only = wsmem.Workspace(f"inprocess_nocap_{workload}_{size}", capture=False)
 
     def in_ws():
         with ws:
             return plain()
 
-    configs = {"plain (tuned glibc)": plain, "limit (out=)": limit, "wsmem": in_ws}
+    def in_frame_only():
+        with frame_only:
+            return plain()
+
+    configs = {"plain (tuned glibc)": plain, "limit (out=)": limit,
+               "ws, capture=False": in_frame_only, "wsmem": in_ws}
     values = set()
     for f in configs.values():
         for _ in range(3):
@@ -54,6 +63,7 @@ def measure(workload, size, rounds):
     times = time_interleaved(configs, rounds, n)
     spilled = ws.stats().spilled_count
     ws.destroy()
+    frame_only.destroy()
     base = sorted(times["plain (tuned glibc)"])[rounds // 2]
     lines = [f"{workload} {'rows' if workload == 'train' else 'n'}={size}: {n} steps per block, "
              f"{rounds} blocks each; wsmem spilled_count after the last cycle: {spilled}; "
