@@ -178,6 +178,30 @@ cdef void set_owner_off_fn(owner_off_fn fn) noexcept
 # Make every array allocated in ring `a` before position (gen, off) stale.
 cdef void ring_expire_before(Arena a, unsigned long long gen, size_t off) noexcept
 
+# The two intrusive doubly linked lists (a block's pins, an arena's blocks):
+# push at the head, unlink from anywhere.  Spills link through other fields
+# (next_spill/prev_spill) and keep their own code.
+ctypedef Pin* PinPtr
+ctypedef Block* BlockPtr
+ctypedef fused ListNode:
+    PinPtr
+    BlockPtr
+
+cdef inline void list_push(ListNode* head, ListNode n) noexcept nogil:
+    n.prev = NULL
+    n.next = head[0]
+    if head[0] != NULL:
+        head[0].prev = n
+    head[0] = n
+
+cdef inline void list_unlink(ListNode* head, ListNode n) noexcept nogil:
+    if n.prev != NULL:
+        n.prev.next = n.next
+    else:
+        head[0] = n.next
+    if n.next != NULL:
+        n.next.prev = n.prev
+
 # Drop one reference to block `b`; at zero it is unmapped and unlinked
 # (block_free).  GIL held.
 cdef void block_free(Block* b) noexcept
@@ -200,11 +224,7 @@ cdef inline void pin_init(Pin* p, Block* block, char* lo, char* hi,
     p.generation = generation
     p.owner = owner
     Py_XINCREF(owner)
-    p.prev = NULL
-    p.next = block.pins
-    if block.pins != NULL:
-        block.pins.prev = p
-    block.pins = p
+    list_push(&block.pins, p)
     block.n_pins += 1
     block.refs += 1
 
@@ -215,12 +235,7 @@ cdef inline void pin_fini(Pin* p) noexcept:
     cdef PyObject* owner = p.owner
     if b == NULL:
         return
-    if p.prev != NULL:
-        p.prev.next = p.next
-    else:
-        b.pins = p.next
-    if p.next != NULL:
-        p.next.prev = p.prev
+    list_unlink(&b.pins, p)
     b.n_pins -= 1
     if b.is_main:
         b.state.holes_dirty = True      # rings may reuse these bytes now

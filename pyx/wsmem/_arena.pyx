@@ -117,10 +117,7 @@ cdef Block* _block_new(ArenaState* st, size_t size, bint is_main, Arena arena) e
     b.refs = 1
     b.is_main = is_main
     b.state = st
-    b.next = st.blocks
-    if st.blocks != NULL:
-        st.blocks.prev = b
-    st.blocks = b
+    list_push(&st.blocks, b)
     st.n_live_blocks += 1
     return b
 
@@ -129,12 +126,7 @@ cdef void block_free(Block* b) noexcept:
     """Unmap and unlink block `b`, whose last reference was just dropped."""
     cdef ArenaState* st = b.state
     cdef bint last
-    if b.prev != NULL:
-        b.prev.next = b.next
-    else:
-        st.blocks = b.next
-    if b.next != NULL:
-        b.next.prev = b.prev
+    list_unlink(&st.blocks, b)
     st.n_live_blocks -= 1
     # Decide under the GIL: munmap below releases it, and another thread may
     # drop the arena's other last block meanwhile; only one may free `st`.
