@@ -1,10 +1,13 @@
 """Where a ufunc's output lies relative to its input modulo 4096 bytes.
 
-Ufuncs on 4 MiB float64 buffers carved out of one page-aligned array at
-chosen page offsets (A input, B output): ``maximum(A, 0, out=B)``,
-``multiply(B, 2, out=B)``, ``negative(A, out=B)``, ``exp(B, out=B)``.  An
-output a little *after* its input modulo 4096 makes loads falsely wait on
-recent stores to the same low address bits ("4K aliasing").  This is what
+Ufuncs on float64 buffers carved out of one page-aligned array, the input
+A on a page boundary and the output B at distance d (bytes, modulo 4096)
+from it: ``maximum(A, 0, out=B)``, ``multiply(B, 2, out=B)``,
+``negative(A, out=B)``, ``exp(B, out=B)``, ``add(A, B, out=B)``; 4 MiB
+buffers (the training step's temporaries at rows=512) and 8100 elements
+(CG n=90's).  An output a little *after* its input modulo 4096 (or 8 bytes
+before it: vector loads span 32 bytes) makes loads falsely wait on recent
+stores to the same low address bits ("4K aliasing").  This is what
 an allocator's placement can cost or save a streaming step; see
 docs/design.md ("Tried: large arrays on a page") for what wsmem did with it.
 
@@ -21,15 +24,16 @@ import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-N = 512 * 1024                     # float64 elements: 4 MiB
-OFFSETS = [(0, 0), (0, 16), (0, 64), (0, 128), (0, 2048), (16, 0), (64, 0), (0, 4032)]
+SIZES = [512 * 1024, 8100]         # float64 elements: 4 MiB; CG n=90
+DISTANCES = [0, 8, 16, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
+             3584, 4032, 4088]
 
 
-def offsets_section(rounds):
+def offsets_section(N, rounds):
     import numpy as np
     from wsmem.benchmarks._env import time_interleaved
 
-    base = np.empty(3 * N + 512, dtype=np.float64)
+    base = np.empty(3 * N + 2048, dtype=np.float64)
     first = (-base.ctypes.data) % 4096 // 8        # index of a page boundary
 
     def buf(k, off_bytes):
@@ -44,22 +48,23 @@ def offsets_section(rounds):
             np.multiply(b, 2.0, out=b)
             np.negative(a, out=b)
             np.exp(b, out=b)
+            np.add(a, b, out=b)
         return run
 
     fns = {}
-    for oa, ob in OFFSETS:
-        a, b = buf(0, oa), buf(1, ob)
+    for d in DISTANCES:
+        a, b = buf(0, 0), buf(1, d)
         a[:] = rng.standard_normal(N)
-        fns[(oa, ob)] = kernel(a, b)
-    times = time_interleaved(fns, rounds, 5)
-    ref = statistics.median(times[(0, 0)])
-    lines = [f"4 MiB buffers, 4 ufuncs per call, 5 calls per block, {rounds} blocks each",
-             f"  {'A at':>6s} {'B at':>6s} {'B-A mod 4096':>13s} {'median us':>10s} "
-             f"{'vs B-A = 0':>11s}"]
-    for (oa, ob), t in times.items():
-        med = statistics.median(t)
-        lines.append(f"  {oa:6d} {ob:6d} {(ob - oa) % 4096:13d} {med * 1e6:10.1f} "
-                     f"{med / ref:10.3f}x")
+        fns[d] = kernel(a, b)
+    calls = 5 if N * 8 >= (1 << 20) else 200
+    times = time_interleaved(fns, rounds, calls)
+    ref = statistics.median(times[0])
+    lines = [f"{N} float64 ({N * 8 / 1024:.1f} KiB) buffers, 5 ufuncs per call, {calls} calls "
+             f"per block, {rounds} blocks each",
+             f"  {'B-A mod 4096':>13s} {'median us/call':>15s} {'vs d = 0':>9s}"]
+    for d in DISTANCES:
+        med = statistics.median(times[d])
+        lines.append(f"  {d:13d} {med * 1e6:15.1f} {med / ref:8.3f}x")
     return "\n".join(lines)
 
 
@@ -69,8 +74,8 @@ def main():
     args = p.parse_args()
     from wsmem.benchmarks._env import write_script_results
     write_script_results(__file__, "aliasing", [
-        "page offsets of a ufunc's input (A) and output (B), 4 MiB float64 buffers"],
-        [offsets_section(args.rounds)])
+        "distance modulo 4096 from a ufunc's input (A, on a page) to its output (B)"],
+        (offsets_section(n, args.rounds) for n in SIZES))
 
 
 if __name__ == "__main__":
