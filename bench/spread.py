@@ -5,7 +5,8 @@ same cyclic-benchmark step (``wsmem.benchmarks.cyclic``), interleaved
 blocks, and each is compared with the first, paired by round.  Nothing
 differs between them but where their arenas lie: their addresses modulo
 4096 relative to the step's inputs and the physical pages behind them (L2
-sets).  The order of the copies rotates from round to round.  The same is done for plain NumPy: ``--copies`` copies of the step's
+sets).  The order rotates from round to round (``time_interleaved``).
+The same is done for plain NumPy: ``--copies`` copies of the step's
 inputs, each on its own heap allocation.  A difference between two
 allocators smaller than this spread cannot be credited to either.
 
@@ -26,30 +27,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 CASES = ["train:8", "train:64", "train:512", "cg:90", "cg:256"]
 
 
-def _rotating(fns, rounds, steps):
-    """time_interleaved, but each round starts one function later: the
-    first block of a round runs measurably slower (up to 2% at CG n=90),
-    and a fixed order would charge that to one copy."""
-    import gc
-
-    names = list(fns)
-    times = {k: [] for k in names}
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            for j in range(len(names)):
-                k = names[(r + j) % len(names)]
-                f = fns[k]
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    f()
-                times[k].append((time.perf_counter() - t0) / steps)
-    finally:
-        gc.enable()
-    return times
-
-
 def _paired(times, ref, other):
     r = sorted(a / b for a, b in zip(times[ref], times[other]))
     q = len(r) // 4
@@ -58,6 +35,7 @@ def _paired(times, ref, other):
 
 def spread_section(workload, size, copies, rounds):
     import wsmem
+    from wsmem.benchmarks._env import time_interleaved
     from wsmem.benchmarks.cyclic import _MAKERS
 
     fns = {}
@@ -78,7 +56,7 @@ def spread_section(workload, size, copies, rounds):
     t0 = time.perf_counter()
     fns["wsmem0"]()
     steps = max(1, int(0.05 / (time.perf_counter() - t0)))
-    times = _rotating(fns, rounds, steps)
+    times = time_interleaved(fns, rounds, steps)
     lines = [f"{workload} {size}: {steps} steps per block, {rounds} blocks; median step "
              f"wsmem0 {statistics.median(times['wsmem0']) * 1e6:.1f} us, numpy0 "
              f"{statistics.median(times['numpy0']) * 1e6:.1f} us"]

@@ -136,17 +136,23 @@ def time_interleaved(fns: dict, rounds: int, steps: int) -> dict:
     """Seconds per call of each function in ``fns``, one block of ``steps``
     calls per function per round, the functions in turn (slow drift of the
     machine hits all alike), ``rounds`` rounds, the garbage collector off
-    (as ``timeit`` does).  Returns ``{name: [seconds per call, per round]}``.
+    (as ``timeit`` does).  Each round starts one function later than the
+    one before: the first block of a round can run measurably slower (up
+    to 2% at CG n=90, ``bench/spread.py``), and a fixed order would charge
+    that to one function.  Returns ``{name: [seconds per call, per round]}``.
     """
     import gc
     import time
 
-    times: dict = {k: [] for k in fns}
+    names = list(fns)
+    times: dict = {k: [] for k in names}
     gc.collect()
     gc.disable()
     try:
-        for _ in range(rounds):
-            for k, f in fns.items():
+        for r in range(rounds):
+            for j in range(len(names)):
+                k = names[(r + j) % len(names)]
+                f = fns[k]
                 t0 = time.perf_counter()
                 for _ in range(steps):
                     f()
