@@ -106,3 +106,18 @@ def test_targets_say_when_a_shortfall_is_within_noise():
     wsr["ratio_vs_best_peer_ci"] = [0.9, 0.97, 0.96]
     (t,) = [t for t in cyclic._targets([wsr, peer]) if "best of peers" in t["target"]]
     assert "slower beyond this run's noise" in t["detail"]
+
+
+def test_time_interleaved_rotates_the_order_per_round():
+    # The first block of a round can run slower; each function must take the
+    # first place in turn, and every function gets one sample per round.
+    from wsmem.benchmarks._env import time_interleaved
+
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    times = time_interleaved(fns, rounds=4, steps=2)
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for v in times.values() for t in v)
+    blocks = calls[::2]                      # one entry per block of 2 steps
+    assert calls[1::2] == blocks
+    assert blocks == list("abc" "bca" "cab" "abc")
