@@ -86,13 +86,8 @@ def main():
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:],
                   dict(os.environ, **_ENV))
     sys.path.insert(0, ROOT)
-    from wsmem.benchmarks._env import write_script_results
-    cases = []
-    for case in args.cases:
-        workload, _, size = case.partition(":")
-        if workload not in ("train", "cg") or not size.isdigit():
-            p.error(f"--cases takes WORKLOAD:SIZE with WORKLOAD train or cg, got {case!r}")
-        cases.append((workload, int(size)))
+    from wsmem.benchmarks._env import parse_cases, write_script_results
+    cases = parse_cases(p, args.cases)
     write_script_results(__file__, "inprocess", [
         "environment: " + " ".join(f"{k}={v}" for k, v in _ENV.items())],
         (measure(workload, size, args.rounds) for workload, size in cases))

@@ -77,13 +77,8 @@ def main():
     args = p.parse_args()
     if args.copies < 2:
         p.error("--copies: need at least 2 to compare")
-    cases = []
-    for c in args.cases:
-        wl, _, size = c.partition(":")
-        if wl not in ("train", "cg") or not size.isdigit():
-            p.error(f"--cases: {c!r} is not train:ROWS or cg:N")
-        cases.append((wl, int(size)))
-    from wsmem.benchmarks._env import write_script_results
+    from wsmem.benchmarks._env import parse_cases, write_script_results
+    cases = parse_cases(p, args.cases)
     write_script_results(__file__, "spread", [
         "identical configurations in one process, each over the first, paired by round "
         "(median, quartiles; > 1: the other copy is faster)"],

@@ -121,3 +121,15 @@ def test_time_interleaved_rotates_the_order_per_round():
     blocks = calls[::2]                      # one entry per block of 2 steps
     assert calls[1::2] == blocks
     assert blocks == list("abc" "bca" "cab" "abc")
+
+
+def test_parse_cases_reads_workload_size_and_rejects_the_rest():
+    import argparse
+
+    from wsmem.benchmarks._env import parse_cases
+
+    p = argparse.ArgumentParser(prog="bench")
+    assert parse_cases(p, ["train:8", "cg:1024"]) == [("train", 8), ("cg", 1024)]
+    for bad in ("train", "cg:n", "fft:64", "train:-1"):
+        with pytest.raises(SystemExit):
+            parse_cases(p, [bad])

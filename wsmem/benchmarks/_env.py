@@ -162,6 +162,20 @@ def time_interleaved(fns: dict, rounds: int, steps: int) -> dict:
     return times
 
 
+def parse_cases(parser, cases) -> list:
+    """``WORKLOAD:SIZE`` strings (``train:64``, ``cg:90``) of a bench script's
+    ``--cases`` as ``(workload, size)`` pairs; anything else is a usage
+    error through ``parser`` (an ``argparse.ArgumentParser``)."""
+    out = []
+    for case in cases:
+        workload, _, size = case.partition(":")
+        if workload not in ("train", "cg") or not size.isdigit():
+            parser.error(f"--cases takes WORKLOAD:SIZE with WORKLOAD train or cg "
+                         f"(train:ROWS, cg:N), got {case!r}")
+        out.append((workload, int(size)))
+    return out
+
+
 def write_script_results(script: str, name: str, notes: list[str], sections) -> str:
     """Write ``bench/results/<name>.txt`` for a ``bench/*.py`` measurement script.
 
