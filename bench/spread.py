@@ -27,14 +27,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 CASES = ["train:8", "train:64", "train:512", "cg:90", "cg:256"]
 
 
-def _paired(times, ref, other):
-    r = sorted(a / b for a, b in zip(times[ref], times[other]))
-    q = len(r) // 4
-    return statistics.median(r), r[q], r[-q - 1]
-
-
 def spread_section(workload, size, copies, rounds):
     import wsmem
+    from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
     from wsmem.benchmarks._env import time_interleaved
     from wsmem.benchmarks.cyclic import _MAKERS
 
@@ -63,8 +58,10 @@ def spread_section(workload, size, copies, rounds):
     for kind in ("wsmem", "numpy"):
         cells = []
         for i in range(1, copies):
-            med, lo, hi = _paired(times, f"{kind}0", f"{kind}{i}")
-            cells.append(f"{kind}0/{kind}{i} {med:.3f} ({lo:.3f}..{hi:.3f})")
+            first, other = times[f"{kind}0"], times[f"{kind}{i}"]
+            lo, hi, _ = _paired_ratio_ci(first, other)
+            cells.append(f"{kind}0/{kind}{i} {_paired_ratio(first, other):.3f} "
+                         f"[{lo:.3f}..{hi:.3f}]")
         lines.append("  " + "  ".join(cells))
     return "\n".join(lines)
 
@@ -81,7 +78,8 @@ def main():
     cases = parse_cases(p, args.cases)
     write_script_results(__file__, "spread", [
         "identical configurations in one process, each over the first, paired by round "
-        "(median, quartiles; > 1: the other copy is faster)"],
+        "(median [confidence interval of the median, as bench/cyclic.py]; > 1: the other copy "
+        "is faster)"],
         (spread_section(wl, size, args.copies, args.rounds) for wl, size in cases))
 
 

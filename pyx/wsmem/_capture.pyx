@@ -36,7 +36,6 @@ import contextvars
 import traceback
 
 cdef extern from "Python.h":
-    int PyGILState_Check()
     int PyContextVar_Get(object var, PyObject* default_value, PyObject** value)
     object PyContextVar_Set(object var, object value)
     void Py_DECREF(object o)
