@@ -147,14 +147,25 @@ def test_unavailable_suite_is_skipped_with_its_reason(tmp_path, capsys, monkeypa
     assert not list(tmp_path.glob("gpu.*"))
 
 
-def test_gpu_placeholder_reports_why_it_cannot_run():
+def test_gpu_suite_runs_or_says_why():
     from wsmem.benchmarks import gpu
     reason = gpu.unavailable()
-    if reason is None:                    # CuPy and a device: the suite is not written yet
-        with pytest.raises(NotImplementedError):
-            gpu.run(tiny=True)
-    else:
+    if reason is not None:
         assert "CuPy" in reason or "CUDA" in reason, reason
+        return
+    results = gpu.run(tiny=True)                  # CuPy and a device: a real run
+    configs = {r["config"] for r in results["rows"]}
+    assert {"wsmem", "cupy_pool", "cudaMalloc"} <= configs, configs
+    sizes = {r["bytes"] for r in results["rows"]}
+    assert sizes == set(gpu.SIZES[:2])
+    for r in results["rows"]:
+        assert r["cycle_us"] > 0 and r["alloc_us"] > 0, r
+        if r["config"] == "wsmem":
+            assert r["footprint"] >= 1.0, r       # reserved at least the cycle's need
+        else:
+            assert r["wsmem_cycle_ratio"] > 0, r
+    table = gpu.format_table(results)
+    assert "| wsmem |" in table and "| cupy_pool |" in table
 
 
 def test_comparison_table_and_charts(tmp_path, capsys):

@@ -102,8 +102,12 @@ def test_interpreter_exit_with_everything_running():
     # inside its own open cycle holding views, the GC window on, and a fork()
     # child that exits through the normal interpreter shutdown too.
     proc = _run("""
-        import os, sys, threading, time
+        import os, sys, threading, time, warnings
         import numpy as np, wsmem
+        # Python >= 3.12 warns that fork() with threads may deadlock; this
+        # script forks with threads on purpose (the child must exit cleanly).
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded",
+                                DeprecationWarning)
         wsmem.set_gc_window(1000)
         ws = wsmem.get_workspace("EXIT_ALL", track=True)
         keep = []

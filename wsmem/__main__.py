@@ -119,7 +119,7 @@ def _cmd_bench(args) -> int:
         try:
             results = module.run(quick=args.quick, tiny=args.tiny, rounds=args.rounds,
                                  progress=_progress)
-        except NotImplementedError as exc:     # a placeholder suite (e.g. gpu for now)
+        except NotImplementedError as exc:     # a placeholder suite, not written yet
             print(f"{tag} skipped: not implemented ({exc})", flush=True)
             skipped.append({"suite": suite.name, "reason": f"not implemented ({exc})"})
             continue
