@@ -156,16 +156,46 @@ def test_gpu_suite_runs_or_says_why():
     results = gpu.run(tiny=True)                  # CuPy and a device: a real run
     configs = {r["config"] for r in results["rows"]}
     assert {"wsmem", "cupy_pool", "cudaMalloc"} <= configs, configs
-    sizes = {r["bytes"] for r in results["rows"]}
-    assert sizes == set(gpu.SIZES[:2])
-    for r in results["rows"]:
-        assert r["cycle_us"] > 0 and r["alloc_us"] > 0, r
+    alloc = [r for r in results["rows"] if r["workload"] == "alloc"]
+    step = [r for r in results["rows"] if r["workload"] == "step"]
+    assert {r["bytes"] for r in alloc} == set(gpu.SIZES[:2])
+    assert {r["rows"] for r in step} == set(gpu.STEP_ROWS[:1])
+    for r in alloc + step:
+        assert r["cycle_us"] > 0, r
         if r["config"] == "wsmem":
             assert r["footprint"] >= 1.0, r       # reserved at least the cycle's need
         else:
             assert r["wsmem_cycle_ratio"] > 0, r
+    assert all(r["alloc_us"] > 0 for r in alloc)
     table = gpu.format_table(results)
-    assert "| wsmem |" in table and "| cupy_pool |" in table
+    assert "| wsmem |" in table and "| cupy_pool |" in table and "Training step" in table
+    assert len(gpu.comparison(results)) == 3      # two alloc sizes, one step size
+
+
+def test_gpu_table_and_comparison_rows_from_results():
+    # format_table and comparison() on a hand-made result (no GPU needed)
+    from wsmem.benchmarks import gpu
+    rows = [{"workload": "alloc", "bytes": 4096, "config": "cupy_pool", "cycle_us": 10.0,
+             "alloc_us": 1.0, "wsmem_cycle_ratio": 1.25, "wsmem_alloc_ratio": 1.5},
+            {"workload": "alloc", "bytes": 4096, "config": "cudaMalloc", "cycle_us": 20.0,
+             "alloc_us": 2.0, "wsmem_cycle_ratio": 2.5, "wsmem_alloc_ratio": 3.0},
+            {"workload": "alloc", "bytes": 4096, "config": "wsmem", "cycle_us": 8.0,
+             "alloc_us": 0.5, "capacity": 40960, "footprint": 1.25},
+            {"workload": "step", "rows": 64, "bytes": 64 << 12, "config": "cupy_pool",
+             "cycle_us": 50.0, "wsmem_cycle_ratio": 0.98},
+            {"workload": "step", "rows": 64, "bytes": 64 << 12, "config": "wsmem",
+             "cycle_us": 51.0, "capacity": 1 << 21, "footprint": 1.6}]
+    res = {"gpu": "test GPU", "method": "m", "rows": rows}
+    table = gpu.format_table(res)
+    assert "| 4 KiB | cudaMalloc | 20.0 us | 2.00 us | 2.50x | 3.00x | - |" in table
+    assert "| 4 KiB | wsmem | 8.0 us | 0.50 us | - | - | 1.25x need |" in table
+    assert "| 64 (256 KiB) | cupy_pool | 50.0 us | 0.98x | - |" in table
+    assert "| 64 (256 KiB) | wsmem | 51.0 us | - | 1.60x peak cycle |" in table
+    alloc_row, step_row = gpu.comparison(res)
+    assert alloc_row["best_peer"] == "cupy_pool" and alloc_row["size"] == "4 KiB"
+    assert alloc_row["wsmem_time_s"] == pytest.approx(8e-6)
+    assert step_row["best_peer"] == "cupy_pool" and step_row["peers"] == {"cupy_pool": 0.98}
+    assert step_row["size"] == "rows=64 (256 KiB)"
 
 
 def test_comparison_table_and_charts(tmp_path, capsys):
