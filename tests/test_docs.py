@@ -4,8 +4,8 @@ docs/*.md runs and passes mypy, and docs/api.md matches the docstrings.
 The blocks of one page run in order in one namespace, as a reader would run
 them, after the page's optional ``<!-- docs-test setup: ... -->`` comment
 (the code after its first line; used by pages that show excerpts).  A block
-whose first line contains ``gpu-only`` is skipped (it needs CuPy and a CUDA
-device, and GPU support wsmem does not have yet).
+whose first line contains ``gpu-only`` needs CuPy and a CUDA device: it is
+left out of those runs and run on its own where a device is present.
 """
 import contextlib
 import gc
@@ -81,6 +81,33 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
         wsmem.destroy_thread_workspaces()
         gc.collect()
     assert ran > 0
+    assert wsmem.current_workspace() is None
+
+
+GPU_BLOCKS = [(path, line, code) for path, _, blocks in PAGES
+              for line, code in blocks if _gpu_only(code)]
+
+
+def _have_cuda():
+    from wsmem import _gpu
+    return _gpu.unavailable("the gpu-only examples") is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _have_cuda(), reason="needs CuPy and a CUDA device")
+@pytest.mark.parametrize("block", GPU_BLOCKS,
+                         ids=[f"{os.path.basename(p)}:{n}" for p, n, _ in GPU_BLOCKS])
+def test_gpu_only_blocks_run_on_a_gpu(block, tmp_path, monkeypatch):
+    path, line, code = block
+    monkeypatch.chdir(tmp_path)
+    ns = {"__name__": "__doc_example__"}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(code, f"{path}:{line}", "exec"), ns)
+    finally:
+        ns.clear()
+        wsmem.destroy_thread_workspaces()
+        gc.collect()
     assert wsmem.current_workspace() is None
 
 
