@@ -592,7 +592,7 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
     quick : bool
         3 rounds of ~60 ms batches at fewer sizes (train rows 64 and 4096,
         cg n 256) with one worker per config, instead of 9 rounds of ~0.2 s
-        at every size with 3 workers per config.
+        at every size with 5 worker processes per config.
     tiny : bool
         One round of tiny batches at tiny sizes: plumbing only (tests).
     rounds, target_s : optional
