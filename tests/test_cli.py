@@ -198,6 +198,53 @@ def test_gpu_table_and_comparison_rows_from_results():
     assert step_row["size"] == "rows=64 (256 KiB)"
 
 
+def test_gpu_interleave_rotates_and_drops_failing_peers():
+    # the GPU suite's round loop, with fake peers and timings (no GPU needed;
+    # cupy.cuda.using_allocator only sets CuPy's thread-local allocator)
+    pytest.importorskip("cupy")
+    from wsmem.benchmarks import gpu
+    calls, torn_down = [], []
+    broken = object()                  # the allocator of a pool that fails when used
+
+    def peer(name, fail_setup=False, fail_use=False):
+        def setup():
+            calls.append(name)
+            if fail_setup:
+                raise RuntimeError(f"{name}: cannot make this pool")
+            return broken if fail_use else (lambda n: None)
+        return setup, lambda: torn_down.append(name)
+
+    peers = {"a": peer("a"), "b": peer("b", fail_use=True), "c": peer("c"),
+             "d": peer("d", fail_setup=True)}
+    ws = object()
+    clock = iter(range(1, 1000))
+
+    def measure(wrap, warm=False):
+        if wrap() is ws:
+            calls.append("wsmem")
+        elif gpu_alloc() is broken:
+            raise RuntimeError("b: no cudaMallocAsync here")
+        return (0.0,) if warm else (float(next(clock)),)
+
+    import cupy
+
+    def gpu_alloc():
+        return cupy.cuda.memory._get_thread_local_allocator()
+
+    failed, said = {}, []
+    times = gpu._interleave(peers, ws, 4, measure, failed, said.append, "x")
+    assert set(times) == {"a", "c", "wsmem"} and set(peers) == {"a", "c"}
+    assert sorted(failed) == ["b", "d"] and "cudaMallocAsync" in failed["b"]
+    assert all(len(v) == 4 for v in times.values())
+    # round 1 runs a, b (dropped), c, d (dropped), wsmem; then the order rotates
+    assert calls == ["a", "b", "c", "d", "wsmem",
+                     "c", "wsmem", "a",
+                     "wsmem", "a", "c",
+                     "a", "c", "wsmem"]
+    assert torn_down.count("b") == 1 and "d" not in torn_down   # only what was set up
+    assert len([m for m in said if "dropped" in m]) == 2
+
+
 def test_comparison_table_and_charts(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert main(["bench", "--tiny", "--suite", "alloc,example", "--out", str(tmp_path)]) == 0

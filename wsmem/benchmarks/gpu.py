@@ -133,20 +133,30 @@ def _measure_step(x, w, cycles, wrap):
 
 
 def _interleave(peers, ws, rounds, measure, failed, say, label):
-    """Time every peer (under its allocator) and then wsmem, round by round.
+    """Time every peer (under its allocator) and wsmem, round by round.
 
-    `measure(wrap)` returns a tuple of figures, the first being the time per
-    cycle.  Returns ``name -> list of per-round tuples``; a peer whose
-    allocator fails is dropped from `peers` (and recorded in `failed`).
+    `measure(wrap, warm=False)` returns a tuple of figures, the first being
+    the time per cycle.  The order rotates each round (the first block of a
+    round can run slower), as in ``_env.time_interleaved``.  Returns
+    ``name -> list of per-round tuples``; a peer whose allocator fails is
+    dropped from `peers` (and recorded in `failed`).
     """
     import contextlib
 
     import cupy
     times: dict = {name: [] for name in list(peers) + ["wsmem"]}
     for r in range(rounds):
-        for name, (setup, teardown) in list(peers.items()):
-            alloc = setup()
+        order = list(times)
+        k = r % len(order)
+        for name in order[k:] + order[:k]:
+            if name == "wsmem":
+                times["wsmem"].append(measure(lambda: ws))
+                continue
+            setup, teardown = peers[name]
+            ready = False
             try:
+                alloc = setup()
+                ready = True
                 with cupy.cuda.using_allocator(alloc):
                     measure(contextlib.nullcontext, warm=True)
                     times[name].append(measure(contextlib.nullcontext))
@@ -155,8 +165,8 @@ def _interleave(peers, ws, rounds, measure, failed, say, label):
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 del peers[name], times[name]
             finally:
-                teardown()
-        times["wsmem"].append(measure(lambda: ws))
+                if ready:
+                    teardown()
         say(f"gpu {label} round {r + 1}/{rounds}: wsmem {times['wsmem'][-1][0]:.1f} us/cycle")
     return times
 
