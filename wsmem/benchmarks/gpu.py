@@ -26,6 +26,8 @@ from __future__ import annotations
 import statistics
 import time
 
+from wsmem.benchmarks._compare import _best, _paired_ratio
+
 DESCRIPTION = ("GPU: cupy.empty + a kernel per cycle, and the training step in CuPy, "
                "vs CuPy pools, RMM, cudaMalloc")
 
@@ -172,7 +174,8 @@ def _interleave(peers, ws, rounds, measure, failed, say, label):
 
 
 def _paired(times, name, k=0):
-    return statistics.median([p[k] / w[k] for p, w in zip(times[name], times["wsmem"])])
+    """Paired ratio peer / wsmem of figure `k` (see ``_compare._paired_ratio``)."""
+    return _paired_ratio([t[k] for t in times[name]], [t[k] for t in times["wsmem"]])
 
 
 def run(quick=False, *, tiny=False, rounds=None, progress=None, **_ignored) -> dict:
@@ -299,7 +302,7 @@ def comparison(results: dict) -> list[dict]:
         if mine is None:
             continue
         peers = {r["config"]: r["wsmem_cycle_ratio"] for r in group if r["config"] != "wsmem"}
-        best = min(peers, key=peers.get) if peers else None
+        best = _best(peers)
         if workload == "step":
             name, size = "training step (CuPy)", f"rows={mine['rows']} ({_label(nbytes)})"
         else:
