@@ -245,6 +245,33 @@ def test_gpu_interleave_rotates_and_drops_failing_peers():
     assert len([m for m in said if "dropped" in m]) == 2
 
 
+def test_gpu_timed_loop_wraps_each_cycle_and_sums_work(monkeypatch):
+    # the GPU suite's timing loop with a fake stream (no GPU needed)
+    cupy = pytest.importorskip("cupy")
+    from wsmem.benchmarks import gpu
+    events = []
+
+    class Stream:
+        def synchronize(self):
+            events.append("sync")
+
+    class Wrap:
+        def __enter__(self):
+            events.append("enter")
+
+        def __exit__(self, *exc):
+            events.append("exit")
+
+    monkeypatch.setattr(cupy.cuda, "get_current_stream", lambda: Stream())
+    work = iter([0.5, None, 0.25])
+    us, extra = gpu._timed(lambda: events.append("work") or next(work), 3, Wrap)
+    assert extra == 0.75 and us > 0
+    assert events == ["sync"] + ["enter", "work", "exit"] * 3 + ["sync"]
+    monkeypatch.setattr(gpu, "_cycle", lambda nbytes, kernel: 1e-6 * gpu.ALLOCS)
+    us, per_alloc = gpu._measure(4096, 4, None, Wrap)
+    assert per_alloc == pytest.approx(1.0)            # 1 us per cupy.empty
+
+
 def test_comparison_table_and_charts(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert main(["bench", "--tiny", "--suite", "alloc,example", "--out", str(tmp_path)]) == 0

@@ -98,18 +98,26 @@ def _cycle(nbytes, kernel):
     return t_alloc
 
 
-def _measure(nbytes, cycles, kernel, wrap):
+def _timed(work, cycles, wrap):
+    """Run ``work()`` `cycles` times, each inside ``wrap()``, launches queued
+    back to back with one synchronize: (microseconds per cycle, the sum of
+    what `work` returned)."""
     import cupy
     stream = cupy.cuda.get_current_stream()
     stream.synchronize()
-    t_alloc = 0.0
+    extra = 0.0
     t0 = time.perf_counter()
     for _ in range(cycles):
         with wrap():
-            t_alloc += _cycle(nbytes, kernel)
+            extra += work() or 0.0
     stream.synchronize()
-    total = time.perf_counter() - t0
-    return total / cycles * 1e6, t_alloc / (cycles * ALLOCS) * 1e6
+    return (time.perf_counter() - t0) / cycles * 1e6, extra
+
+
+def _measure(nbytes, cycles, kernel, wrap):
+    """(us per cycle, us per cupy.empty) of the alloc workload."""
+    t, t_alloc = _timed(lambda: _cycle(nbytes, kernel), cycles, wrap)
+    return t, t_alloc / (cycles * ALLOCS) * 1e6
 
 
 def _step(x, w):
@@ -119,19 +127,6 @@ def _step(x, w):
     y = h * 2 + 1
     z = cupy.exp(-y)
     z.sum()
-
-
-def _measure_step(x, w, cycles, wrap):
-    """Microseconds per training step (launches queued, one synchronize)."""
-    import cupy
-    stream = cupy.cuda.get_current_stream()
-    stream.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(cycles):
-        with wrap():
-            _step(x, w)
-    stream.synchronize()
-    return (time.perf_counter() - t0) / cycles * 1e6
 
 
 def _interleave(peers, ws, rounds, measure, failed, say, label):
@@ -232,7 +227,7 @@ def run(quick=False, *, tiny=False, rounds=None, progress=None, **_ignored) -> d
         cycles = 3 if tiny else max(20, min(500, (1 << 30) // (nrows * STEP_N * 4 * 5)))
 
         def measure(wrap, warm=False, x=x, cycles=cycles):
-            return (_measure_step(x, w, 3 if warm else cycles, wrap),)
+            return _timed(lambda: _step(x, w), 3 if warm else cycles, wrap)[:1]
         times = _interleave(peers, ws, rounds, measure, failed, say, f"step rows={nrows}")
         st = ws.stats()
         for name in times:
