@@ -214,6 +214,67 @@ def test_exception_inside_with_restores_handler(ws):
         inner.destroy()
 
 
+def test_frames_set_numpys_handler_variable_directly():
+    # wsmem found the context variable NumPy keeps its handler in (the probe
+    # at import), so frames set and reset it without PyDataMem_SetHandler.
+    # NumPy 2.x keeps it there; a NumPy that stops doing so gets the
+    # PyDataMem_SetHandler path, which this suite also covers (below).
+    from wsmem import _capture
+    if int(np.__version__.split(".")[0]) >= 3:
+        pytest.skip("the probe's expectation is for NumPy 2.x")
+    assert _capture._direct_handler_switch()
+
+
+def test_frame_left_in_another_context_restores_the_running_one(ws):
+    # Entered in one context, left in another: the frame's token cannot reset
+    # the variable there, so the handler the frame replaced is set in the
+    # running context (what PyDataMem_SetHandler did).  The context it was
+    # entered in keeps the workspace's handler, which serves from the heap
+    # once the cycle is closed.
+    def body():
+        ws.__enter__()
+        left = contextvars.copy_context()
+        assert left.run(ws.__exit__, None, None, None) is False
+        assert left.run(get_handler_name) == DEFAULT
+        assert get_handler_name() == hname(ws)
+        a = np.arange(300.0)                      # cycle closed: the heap
+        assert pinned(ws) == 0
+        scribble(ws, sizes=(300,))
+        np.testing.assert_array_equal(a, np.arange(300.0))
+        with ws:                                  # the workspace goes on
+            b = np.ones(10)
+            assert get_handler_name(b) == hname(ws)
+            assert ws.stats().cycle_bytes > 0
+            del b
+
+    contextvars.copy_context().run(body)
+    assert get_handler_name() == DEFAULT
+
+
+def test_frame_entered_in_a_fresh_context_leaves_the_handler_set():
+    # In a context where NumPy's handler variable was never set, a frame
+    # first sets it to what it reads as (NumPy's default): leaving the frame
+    # then restores that value instead of unsetting the variable, whose reads
+    # CPython could no longer cache.
+    w = wsmem.Workspace("capture_fresh_ctx")
+
+    def run():
+        before = list(contextvars.copy_context().items())
+        with w:
+            assert get_handler_name() == hname(w)
+        after = dict(contextvars.copy_context().items())
+        return before, after
+
+    before, after = contextvars.Context().run(run)
+    assert before == []
+    # NumPy's handler capsules are named "mem_handler" (its error state is
+    # a capsule too, named otherwise)
+    handlers = [v for v in after.values() if '"mem_handler"' in repr(v)]
+    assert len(handlers) == 1
+    assert contextvars.Context().run(get_handler_name) == DEFAULT
+    w.destroy()
+
+
 def test_asyncio_tasks_see_their_own_handler(ws):
     seen = {}
 

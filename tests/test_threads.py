@@ -147,6 +147,43 @@ def test_current_workspace_is_per_thread():
     ws.destroy()
 
 
+def test_thread_reusing_a_dead_owners_ident_uses_its_own_frame_stack():
+    # A workspace keeps its owner thread's frame stack for `with ws:`.  A new
+    # thread may get the ident of the dead owner (pthread reuses them), and
+    # then passes the owner check: its frames must go on its own stack, so
+    # that current_workspace() there sees the workspace.
+    made = {}
+
+    def owner():
+        made["ws"] = wsmem.Workspace("ident_reuse")
+        made["ident"] = threading.get_ident()
+        with made["ws"]:
+            np.ones(10)
+
+    _in_thread(owner)
+    seen = {}
+
+    def successor():
+        if threading.get_ident() != made["ident"]:
+            return
+        with made["ws"]:
+            seen["current"] = wsmem.current_workspace()
+            with wsmem.scope_out():              # pushed on and popped off this
+                seen["scoped"] = wsmem.current_workspace()   # thread's stack
+            seen["back"] = wsmem.current_workspace()
+        seen["after"] = wsmem.current_workspace()
+        made["ws"].destroy()
+
+    for _ in range(20):
+        _in_thread(successor)
+        if seen:
+            break
+    if not seen:
+        pytest.skip("no new thread got the dead owner's ident")
+    assert seen["current"] is made["ws"] and seen["scoped"] is None
+    assert seen["back"] is made["ws"] and seen["after"] is None
+
+
 def test_threads_run_cycles_concurrently():
     n_threads, n_cycles = 4, 50
     errors = []

@@ -33,6 +33,7 @@ cdef struct CapCtx:
     size_t n_free       # entries in use in `free`
     size_t spill_parked # bytes of this cycle's spills waiting in `free` for reuse
     FreeSlot free[FREE_SLOTS]
+    unsigned short used[FREE_SLOTS]   # indices of the n_free buckets in use
     bint device         # a CuPy allocator context (records in `table`)
     bint orphaned       # the workspace is gone (device contexts)
     DevHdr** table      # address -> record, power-of-two buckets

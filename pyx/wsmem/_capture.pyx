@@ -38,6 +38,7 @@ import traceback
 cdef extern from "Python.h":
     int PyContextVar_Get(object var, PyObject* default_value, PyObject** value)
     object PyContextVar_Set(object var, object value)
+    int PyContextVar_Reset(object var, object token) except -1
     void Py_DECREF(object o)
 
 cdef extern from "stdlib.h" nogil:
@@ -137,27 +138,29 @@ cdef inline size_t _slot(size_t size) noexcept:
     return ((size >> 6) * 0x9E3779B97F4A7C15ULL >> 32) & (FREE_SLOTS - 1)
 
 
-cdef void _free_parked_records(CapCtx* ctx) noexcept:
+cdef void _free_parked_records(CapCtx* ctx, size_t i) noexcept:
     # Device contexts: parked records are host mallocs (host headers live in
     # arena memory and need no freeing).
-    cdef size_t i
-    cdef CapHdr* h
+    cdef CapHdr* h = ctx.free[i].head
     cdef CapHdr* nxt
-    for i in range(FREE_SLOTS):
-        h = ctx.free[i].head
-        while h != NULL:
-            nxt = <CapHdr*>h.pin.next
-            free(h)
-            ctx.n_live -= 1
-            h = nxt
+    while h != NULL:
+        nxt = <CapHdr*>h.pin.next
+        free(h)
+        ctx.n_live -= 1
+        h = nxt
 
 
 cdef inline void _reset_free(CapCtx* ctx, unsigned long long gen) noexcept:
-    if ctx.n_free:
+    # Clear only the buckets this generation used (ctx.used): a memset of the
+    # whole table would write 4 KiB, 64 cache lines, at every cycle.
+    cdef size_t k, i
+    for k in range(ctx.n_free):
+        i = ctx.used[k]
         if ctx.device:
-            _free_parked_records(ctx)
-        memset(ctx.free, 0, sizeof(ctx.free))
-        ctx.n_free = 0
+            _free_parked_records(ctx, i)
+        ctx.free[i].size = 0
+        ctx.free[i].head = NULL
+    ctx.n_free = 0
     ctx.spill_parked = 0
     ctx.free_gen = gen
 
@@ -183,6 +186,7 @@ cdef inline bint _push_free(CapCtx* ctx, CapHdr* h) noexcept:
         if ctx.free[i].size == h.size or ctx.free[i].size == 0:
             if ctx.free[i].size == 0:
                 ctx.free[i].size = h.size
+                ctx.used[ctx.n_free] = <unsigned short>i
                 ctx.n_free += 1
             h.pin.next = <Pin*>ctx.free[i].head
             ctx.free[i].head = h
@@ -462,14 +466,32 @@ cdef void detach_handler(object capsule) noexcept:
 cdef object set_handler(object capsule):
     if capsule is None:
         capsule = _context_heap()
-        if capsule is None:
+        if capsule is None and _handler_var is None:
             return PyDataMem_SetDefaultHandler(NULL)     # NULL: NumPy's default handler
-    return PyDataMem_SetHandler(capsule)
+        if capsule is None:
+            capsule = _numpy_default
+    if _handler_var is not None:
+        _keep_set(_handler_var, _numpy_default)
+        return PyContextVar_Set(_handler_var, capsule)   # a contextvars.Token
+    return PyDataMem_SetHandler(capsule)                  # the handler it replaced
 
 
 cdef void restore_handler(object token) noexcept:
     try:
-        PyDataMem_SetHandler(token)
+        if type(token) is _Token:
+            try:
+                PyContextVar_Reset(_handler_var, token)
+            except (ValueError, RuntimeError):
+                # Set in another context (a frame left from a different task
+                # than it was entered in), or used already: put the handler
+                # the frame replaced back in the running context instead, as
+                # PyDataMem_SetHandler would.
+                PyErr_Clear()
+                old = token.old_value
+                PyContextVar_Set(_handler_var, _numpy_default if old is _Token.MISSING
+                                 else old)
+        else:
+            PyDataMem_SetHandler(token)
     except BaseException:
         PyErr_Clear()
 
@@ -661,6 +683,71 @@ cdef object _aligned_heap = _handler_capsule(
 cdef object _heap_var = contextvars.ContextVar("wsmem_heap", default=None)
 
 
+# NumPy keeps the current NEP 49 handler in a context variable it does not
+# export; PyDataMem_SetHandler reads it, checks the capsule, sets it and drops
+# the token, and restoring a frame's handler does all that again: some 2,000
+# instructions per cycle, most of them out of cache after a step's work.
+# Found once (below), wsmem sets the variable itself and resets it with the
+# token on the way out: the same values in the same context, as NumPy would
+# have set them.  If NumPy stops keeping the handler this way the probe finds
+# nothing and PyDataMem_SetHandler is used as before.
+_Token = contextvars.Token
+cdef object _handler_var = None
+cdef object _numpy_default = None    # the variable's default: NumPy's default handler
+
+
+def _probe_handler_var():
+    """(variable, its default) if NumPy's handler lives in a context
+    variable that wsmem can set the way PyDataMem_SetHandler does, else None."""
+    from numpy._core.multiarray import get_handler_name
+
+    def installed():
+        PyDataMem_SetHandler(_aligned_heap)
+        return list(contextvars.copy_context().items())
+
+    def set_directly(var):
+        default = var.get()              # unset in a fresh context: the default
+        var.set(_aligned_heap)
+        return default, get_handler_name(), get_handler_name(np.empty(1))
+
+    try:
+        items = contextvars.Context().run(installed)
+        if len(items) != 1 or items[0][1] is not _aligned_heap:
+            return None
+        var = items[0][0]
+        default, name, arr_name = contextvars.Context().run(set_directly, var)
+    except Exception:
+        return None
+    if (not PyCapsule_IsValid(default, CAPSULE_NAME) or name != "wsmem:aligned_heap"
+            or arr_name != "wsmem:aligned_heap"):
+        return None
+    return var, default
+
+
+cdef void _keep_set(object var, object default) except *:
+    # As keep_errstate_cached below: a variable that is unset in the running
+    # context would come back unset after the frame's reset, and reads of an
+    # unset variable are never cached (NumPy reads this one in every
+    # allocation).  Set it to what it reads as, once per context.
+    cdef PyObject* value = NULL
+    if PyContextVar_Get(var, <PyObject*>_UNSET, &value) < 0:
+        raise RuntimeError("wsmem: cannot read NumPy's handler context variable")
+    Py_DECREF(<object>value)
+    if value == <PyObject*>_UNSET:
+        PyContextVar_Set(var, default)        # the token is dropped
+
+
+_found = _probe_handler_var()
+if _found is not None:
+    _handler_var, _numpy_default = _found
+del _found
+
+
+def _direct_handler_switch():
+    """Whether frames set NumPy's handler variable directly (tests)."""
+    return _handler_var is not None
+
+
 cdef object _context_get(object var):
     """`var`'s value in the running context (None if unset without a default).
     The C call: no method lookups on the per-cycle path."""
@@ -693,10 +780,15 @@ cdef object set_heap(bint aligned):
 # error-state variable to the very object it already reads as makes the read
 # a cache hit and changes nothing NumPy can see; np.errstate and np.seterr
 # set it over ours as usual.  (A private NumPy name: without it, nothing.)
+# A C global, not a module attribute: read on every frame push, and a module
+# attribute costs a dictionary lookup there.
+cdef object _errstate_var = None
 try:
-    from numpy._core.umath import _extobj_contextvar as _errstate_var
+    from numpy._core.umath import _extobj_contextvar
+    _errstate_var = _extobj_contextvar
+    del _extobj_contextvar
 except ImportError:
-    _errstate_var = None
+    pass
 
 
 cdef object _UNSET = object()

@@ -10,6 +10,11 @@ from wsmem._capture cimport (make_handler, detach_handler, set_handler, restore_
 from wsmem._arena cimport Block
 from libc.stdlib cimport realloc, free
 
+cdef extern from "Python.h":
+    ctypedef struct PyThreadState
+    PyThreadState* PyThreadState_Get()
+    unsigned long long PyThreadState_GetID(PyThreadState* tstate)
+
 cdef extern from "sys/resource.h" nogil:
     enum: RUSAGE_THREAD
     struct rusage:
@@ -208,11 +213,21 @@ cdef class Workspace(Arena):
             if self.track:
                 self.hist_minflt0 = _thread_minflt()
         self.depth += 1
-        _push(self, _stack())
+        _push(self, self._own_stack())
         return self
 
+    cdef list _own_stack(self):
+        """This thread's frame stack (_stack()), cached for the owner thread.
+        Thread-state ids are never reused, so a new thread (even one with the
+        old thread's ident) looks its own stack up again."""
+        cdef unsigned long long tsid = PyThreadState_GetID(PyThreadState_Get())
+        if self._tstack is None or self._tstack_id != tsid:
+            self._tstack = _stack()
+            self._tstack_id = tsid
+        return self._tstack
+
     def __exit__(self, exc_type, exc, tb):
-        cdef list stack = _stack()
+        cdef list stack = self._own_stack()
         cdef size_t cap
         cdef bint was_init
         if self.depth <= 0:
