@@ -10,10 +10,17 @@ set: glibc reads them at start), the ``out=`` limit, and the same step inside
 ``with ws:``; and, to tell the cost of the ``with ws:`` frame from that of
 the captured allocations, the step inside ``with ws:`` of a ``capture=False``
 workspace (frames pushed and popped, NumPy's handler switched, NumPy
-allocating as it does outside).  The inputs of all of them are made under
+allocating as it does outside), the plain step after an empty ``with ws:``
+block (the frame's cost, paid once per step with the caches as the step
+left them), and the plain step between one context-variable set and its
+reset (the floor under any frame: NumPy keeps its handler in a context
+variable).  The inputs of all of them are made under
 :func:`wsmem.aligned_heap`, as in the cyclic benchmark's wsmem and limit
 workers.  Interleaved blocks of ~0.03 s (``--rounds`` of each); reported: the
-minimum, quartile and median time per step and the median relative to plain.
+minimum, quartile and median time per step, the median relative to plain,
+and the median of the per-round ratios to plain with its confidence interval
+(as ``bench/cyclic.py``; rounds are measured back to back, so this is the
+sharper comparison).
 
 Usage, from the repository root::
 
@@ -22,6 +29,7 @@ Usage, from the repository root::
 Writes ``bench/results/inprocess.txt``.
 """
 import argparse
+import contextvars
 import os
 import sys
 import time
@@ -34,6 +42,7 @@ _ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "42949
 def measure(workload, size, rounds):
     import numpy as np  # noqa: F401  (imported before wsmem, as a user would)
     import wsmem
+    from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
     from wsmem.benchmarks._env import time_interleaved
     from wsmem.benchmarks.cyclic import _MAKERS
 
@@ -42,6 +51,8 @@ def measure(workload, size, rounds):
         limit = _MAKERS[workload](size, True)
     ws = wsmem.Workspace(f"inprocess_{workload}_{size}")
     frame_only = wsmem.Workspace(f"inprocess_nocap_{workload}_{size}", capture=False)
+    empty = wsmem.Workspace(f"inprocess_empty_{workload}_{size}")
+    var = contextvars.ContextVar(f"inprocess_{workload}_{size}")
 
     def in_ws():
         with ws:
@@ -51,7 +62,20 @@ def measure(workload, size, rounds):
         with frame_only:
             return plain()
 
+    def after_empty_frame():
+        with empty:
+            pass
+        return plain()
+
+    def in_var_set():
+        token = var.set(size)
+        try:
+            return plain()
+        finally:
+            var.reset(token)
+
     configs = {"plain (tuned glibc)": plain, "limit (out=)": limit,
+               "one contextvar set": in_var_set, "empty with ws: first": after_empty_frame,
                "ws, capture=False": in_frame_only, "wsmem": in_ws}
     values = set()
     for f in configs.values():
@@ -62,17 +86,21 @@ def measure(workload, size, rounds):
     n = max(1, int(0.03 / max(time.perf_counter() - t0, 1e-6)))
     times = time_interleaved(configs, rounds, n)
     spilled = ws.stats().spilled_count
-    ws.destroy()
-    frame_only.destroy()
-    base = sorted(times["plain (tuned glibc)"])[rounds // 2]
+    for w in (ws, frame_only, empty):
+        w.destroy()
+    plain_times = times["plain (tuned glibc)"]
+    base = sorted(plain_times)[rounds // 2]
     lines = [f"{workload} {'rows' if workload == 'train' else 'n'}={size}: {n} steps per block, "
              f"{rounds} blocks each; wsmem spilled_count after the last cycle: {spilled}; "
              f"results {'agree' if len(values) == 1 else 'DIFFER: ' + repr(values)}",
-             f"  {'config':20s} {'min':>10s} {'q25':>10s} {'median':>10s} {'median/plain':>13s}"]
+             f"  {'config':21s} {'min':>10s} {'q25':>10s} {'median':>10s} {'median/plain':>13s}"
+             f"  paired /plain [CI]"]
     for k, t in times.items():
+        lo, hi, _ = _paired_ratio_ci(t, plain_times)
+        paired = f"{_paired_ratio(t, plain_times):.4f} [{lo:.4f}..{hi:.4f}]"
         t = sorted(t)
-        lines.append(f"  {k:20s} {t[0] * 1e6:8.1f}us {t[rounds // 4] * 1e6:8.1f}us "
-                     f"{t[rounds // 2] * 1e6:8.1f}us {t[rounds // 2] / base:12.3f}x")
+        lines.append(f"  {k:21s} {t[0] * 1e6:8.1f}us {t[rounds // 4] * 1e6:8.1f}us "
+                     f"{t[rounds // 2] * 1e6:8.1f}us {t[rounds // 2] / base:12.3f}x  {paired}")
     return "\n".join(lines)
 
 

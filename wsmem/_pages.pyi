@@ -1,1 +1,3 @@
-"""wsmem._pages (compiled) exposes no Python API: page sources are C-level only."""
+"""wsmem._pages (compiled): page sources are C-level; one hook for benchmarks."""
+
+def _set_huge_threshold(nbytes: int) -> int: ...

@@ -21,6 +21,17 @@ cdef size_t HUGE_PAGE = 2 * 1024 * 1024
 cdef size_t HUGE_THRESHOLD = 4 * 1024 * 1024
 
 
+def _set_huge_threshold(size_t nbytes):
+    """Host mappings of at least `nbytes` get 2 MiB alignment and
+    ``MADV_HUGEPAGE`` from now on (default 4 MiB; ``2**64 - 1``: never).
+    Returns the previous value.  For ``bench/hugepages.py`` and tests, which
+    measure what huge pages are worth; blocks already mapped keep theirs."""
+    global HUGE_THRESHOLD
+    old = HUGE_THRESHOLD
+    HUGE_THRESHOLD = nbytes
+    return old
+
+
 cdef inline size_t _round_up(size_t n, size_t a) noexcept nogil:
     return (n + a - 1) & ~(a - 1)
 

@@ -1,0 +1,128 @@
+"""What huge pages are worth to wsmem's blocks, in one process.
+
+wsmem maps main blocks of 4 MiB and more 2 MiB aligned and advises them
+``MADV_HUGEPAGE`` (``pyx/wsmem/_pages.pyx``).  Here the cyclic benchmark's
+steps (``wsmem.benchmarks.cyclic``) run inside three workspaces that differ
+only in that threshold when their block was mapped: the default (4 MiB),
+never (no advice, 4 KiB pages), and 256 KiB (every block but the smallest
+advised), interleaved with the plain step (tuned glibc: the script re-executes
+itself with ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` raised, as
+``bench/inprocess.py``).  The inputs of all of them are made under
+:func:`wsmem.aligned_heap`.  Reported per case: each workspace's block size
+and how much of it the kernel backed with huge pages (``AnonHugePages`` of its
+mapping in /proc/self/smaps, after the run), and the median of the per-round
+time ratios to plain and to the default, with confidence intervals (as
+``bench/cyclic.py``).  NumPy's own handler (plain) also advises arrays of
+4 MiB and more, but a heap array covers whole huge pages only in part.
+
+Usage, from the repository root::
+
+    python bench/hugepages.py [--cases train:512 cg:1024] [--rounds 31]
+
+Writes ``bench/results/hugepages.txt``.
+"""
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296",
+        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
+NEVER = 2 ** 64 - 1
+THRESHOLDS = {"4 MiB (default)": 4 << 20, "never": NEVER, "256 KiB": 256 << 10}
+
+
+def huge_kib(addr):
+    """(mapping size, AnonHugePages) in KiB of the mapping holding `addr`."""
+    current = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                current = (hi - lo) // 1024 if lo <= addr < hi else None
+            elif head == "AnonHugePages:" and current is not None:
+                return current, int(line.split()[1])
+    return None, None
+
+
+def measure(workload, size, rounds):
+    import numpy as np
+    import wsmem
+    from wsmem import _pages
+    from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
+    from wsmem.benchmarks._env import time_interleaved
+    from wsmem.benchmarks.cyclic import _MAKERS
+
+    with wsmem.aligned_heap():
+        plain = _MAKERS[workload](size, False)
+    fns, spaces = {"plain (tuned glibc)": plain}, {}
+    for label, threshold in THRESHOLDS.items():
+        old = _pages._set_huge_threshold(threshold)
+        try:
+            ws = wsmem.Workspace(f"hugepages_{workload}_{size}_{len(spaces)}")
+
+            def cycle(ws=ws):
+                with ws:
+                    return plain()
+            for _ in range(3):          # learns and maps its block here
+                cycle()
+        finally:
+            _pages._set_huge_threshold(old)
+        spaces[label] = ws
+        fns[f"wsmem, huge from {label}"] = cycle
+    t0 = time.perf_counter()
+    plain()
+    n = max(1, int(0.03 / max(time.perf_counter() - t0, 1e-6)))
+    times = time_interleaved(fns, rounds, n)
+    lines = [f"{workload} {'rows' if workload == 'train' else 'n'}={size}: {n} steps per "
+             f"block, {rounds} blocks each",
+             f"  {'config':32s} {'median':>10s} {'mapping':>10s} {'huge':>10s}  "
+             f"{'time/plain [CI]':>26s}  {'time/default [CI]':>26s}"]
+    base, default = times["plain (tuned glibc)"], times["wsmem, huge from 4 MiB (default)"]
+    for k, t in times.items():
+        ws = spaces.get(k.replace("wsmem, huge from ", ""))
+        block = huge = ""
+        if ws is not None:
+            with ws:
+                a = np.empty(1)
+                mapped, anon = huge_kib(a.ctypes.data)
+                del a
+            block, huge = f"{mapped / 1024:.1f} MiB", f"{anon / 1024:.1f} MiB"
+            if ws.stats().spilled_count:
+                block += " (spilled)"
+        cells = []
+        for ref in (base, default):
+            lo, hi, _ = _paired_ratio_ci(t, ref)
+            cells.append(f"{_paired_ratio(t, ref):.4f} [{lo:.4f}..{hi:.4f}]")
+        lines.append(f"  {k:32s} {sorted(t)[rounds // 2] * 1e6:8.1f}us {block:>10s} "
+                     f"{huge:>10s}  {cells[0]:>26s}  {cells[1]:>26s}")
+    for ws in spaces.values():
+        ws.destroy()
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", nargs="+", default=CASES, metavar="WORKLOAD:SIZE")
+    p.add_argument("--rounds", type=int, default=31)
+    args = p.parse_args()
+    if any(os.environ.get(k) != v for k, v in _ENV.items()):
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:],
+                  dict(os.environ, **_ENV))
+    sys.path.insert(0, ROOT)
+    from wsmem.benchmarks._env import parse_cases, transparent_hugepage, thp_defrag, \
+        write_script_results
+    cases = parse_cases(p, args.cases)
+    write_script_results(__file__, "hugepages", [
+        "environment: " + " ".join(f"{k}={v}" for k, v in _ENV.items()),
+        f"transparent_hugepage={transparent_hugepage()} defrag={thp_defrag()}",
+        "ratios: median over rounds of this config's time / the reference's, paired by "
+        "round (< 1: this config faster), with the confidence interval of that median"],
+        (measure(workload, size, args.rounds) for workload, size in cases))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
