@@ -50,6 +50,7 @@ cdef struct Block:
     Pin* pins               # live pins on this block (owned by their exporters)
     size_t n_pins
     bint is_main            # main (bump) block, else a spill (one allocation)
+    bint ring               # main block of a circular arena: its pins mark holes dirty
     ArenaState* state       # borrowed: the arena that made it (alive while any block lives)
     Block* prev             # links in state.blocks (every live block of the arena)
     Block* next
@@ -94,6 +95,8 @@ cdef class Arena:
     cdef int depth                  # open `with` frames (re-entry nests); > 0 means open
     cdef bint destroyed
     cdef unsigned long owner_thread
+    cdef bint track                 # tracebacks for leaks(); here, beside the fields every
+                                    # captured allocation reads, to share their cache line
     cdef bint init_pending          # initialize() requested while open
     # --- statistics (cycle_* describe the open cycle, else the last one)
     cdef size_t cycle_bytes
@@ -124,7 +127,6 @@ cdef class Arena:
     cdef object gpu                 # wsmem._gpu.DeviceState (device/pinned), else None
     cdef size_t initial_size, min_size, max_size, cycles_before_init
     cdef double overallocation
-    cdef bint track
     cdef bytes mmap_path            # file behind LOC_MMAP blocks
     cdef bint mmap_temp             # mmap_path is a temporary file: unlink once mapped
     cdef readonly object name
@@ -237,8 +239,8 @@ cdef inline void pin_fini(Pin* p) noexcept:
         return
     list_unlink(&b.pins, p)
     b.n_pins -= 1
-    if b.is_main:
-        b.state.holes_dirty = True      # rings may reuse these bytes now
+    if b.ring:
+        b.state.holes_dirty = True      # the ring may reuse these bytes now
     p.block = NULL
     p.owner = NULL
     block_decref(b)

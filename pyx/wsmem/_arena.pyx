@@ -116,6 +116,7 @@ cdef Block* _block_new(ArenaState* st, size_t size, bint is_main, Arena arena) e
     b.size = size
     b.refs = 1
     b.is_main = is_main
+    b.ring = is_main and arena.reset == RESET_ENDOFBUFFER
     b.state = st
     list_push(&st.blocks, b)
     st.n_live_blocks += 1
