@@ -34,26 +34,12 @@ NEVER = 2 ** 64 - 1
 THRESHOLDS = {"4 MiB (default)": 4 << 20, "never": NEVER, "256 KiB": 256 << 10}
 
 
-def huge_kib(addr):
-    """(mapping size, AnonHugePages) in KiB of the mapping holding `addr`."""
-    current = None
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and all(c in "0123456789abcdef-" for c in head):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                current = (hi - lo) // 1024 if lo <= addr < hi else None
-            elif head == "AnonHugePages:" and current is not None:
-                return current, int(line.split()[1])
-    return None, None
-
-
 def measure(workload, size, rounds):
     import numpy as np
     import wsmem
     from wsmem import _pages
     from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
-    from wsmem.benchmarks._env import time_interleaved
+    from wsmem.benchmarks._env import mapping_huge_kib, time_interleaved
     from wsmem.benchmarks.cyclic import _MAKERS
 
     with wsmem.aligned_heap():
@@ -88,7 +74,7 @@ def measure(workload, size, rounds):
         if ws is not None:
             with ws:
                 a = np.empty(1)
-                mapped, anon = huge_kib(a.ctypes.data)
+                mapped, anon = mapping_huge_kib(a.ctypes.data) or (0, 0)
                 del a
             block, huge = f"{mapped / 1024:.1f} MiB", f"{anon / 1024:.1f} MiB"
             if ws.stats().spilled_count:

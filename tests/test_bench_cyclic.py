@@ -7,6 +7,7 @@ asserted here.
 """
 import io
 import json
+import os
 
 import pytest
 
@@ -49,6 +50,9 @@ def test_worker_json_and_agreement(config, workload, reference):
         else:
             assert "spilled_count" not in b
     assert final["done"] is True and final["maxrss_kib"] > 0
+    if config == "wsmem" and os.path.exists("/proc/self/smaps"):
+        block_kib, huge_kib = final["ws_huge"]          # the block's mapping, found
+        assert block_kib * 1024 >= final["ws_capacity"] and 0 <= huge_kib <= block_kib
 
 
 def test_worker_rejects_unknown_names():
@@ -69,6 +73,9 @@ def test_missing_peer_library_is_skipped_with_a_note(monkeypatch):
     assert "Note: jemalloc skipped" in table and "| 8 | 64 KiB | wsmem |" in table
     ws_row = res["rows"][1]
     assert ws_row["ratio_vs_best_peer"] > 0 and ws_row["best_peer"] == "numpy"
+    if os.path.exists("/proc/self/smaps"):
+        huge = f"{ws_row['ws_huge_kib'] / 1024:.0f} of {ws_row['ws_block_kib'] / 1024:.1f} MiB"
+        assert f"| 0 | {huge} |" in table             # wsmem: spilled, huge pages
     assert {t["target"].split(":")[0] for t in res["targets"]} == {"train rows=8"}
 
 

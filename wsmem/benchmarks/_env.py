@@ -6,7 +6,7 @@ import os
 import platform
 import sys
 
-__all__ = ["cpu_model", "transparent_hugepage", "thp_defrag", "hugetlb_pages",
+__all__ = ["cpu_model", "transparent_hugepage", "thp_defrag", "hugetlb_pages", "mapping_huge_kib",
            "cupy_status", "cuda_devices", "matplotlib_status", "machine_info"]
 
 _THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -44,6 +44,24 @@ def transparent_hugepage() -> str:
 def thp_defrag() -> str:
     """The transparent hugepage defrag mode (bracketed word), or "unavailable"."""
     return _bracketed_mode(_THP_PATH.replace("enabled", "defrag"))
+
+
+def mapping_huge_kib(addr: int) -> tuple[int, int] | None:
+    """(size, AnonHugePages) in KiB of this process's mapping that holds
+    address `addr` (/proc/self/smaps), or None where that cannot be read."""
+    current = None
+    try:
+        with open("/proc/self/smaps", encoding="ascii", errors="replace") as f:
+            for line in f:
+                head = line.split(maxsplit=1)[0] if line.strip() else ""
+                if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    current = (hi - lo) // 1024 if lo <= addr < hi else None
+                elif head == "AnonHugePages:" and current is not None:
+                    return current, int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def hugetlb_pages() -> str:

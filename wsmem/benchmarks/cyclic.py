@@ -269,6 +269,19 @@ def _preloaded():
     return sorted(name for name in ("jemalloc", "mimalloc") if f"lib{name}" in maps)
 
 
+def _block_huge_kib(ws):
+    """[block mapping KiB, of it on huge pages KiB] for ws's main block, or
+    None (no /proc/self/smaps): a block the kernel could not back with huge
+    pages runs large steps several percent slower (bench/hugepages.py)."""
+    import numpy as np
+    from wsmem.benchmarks._env import mapping_huge_kib
+    with ws:
+        probe = np.empty(1)          # the cycle's first bump: the main block's start
+        found = mapping_huge_kib(probe.ctypes.data)
+        del probe
+    return None if found is None else list(found)
+
+
 def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=None,
                 stdout=None) -> int:
     """Run one worker: warm up, print a ready line, then answer ``run``/``quit``.
@@ -346,6 +359,7 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
         final["ws_capacity"] = st.capacity
         final["ws_peak_cycle_bytes"] = st.peak_cycle_bytes
         final["ws_pages"] = st.pages
+        final["ws_huge"] = _block_huge_kib(ws)
         ws.destroy()
     send(final)
     gc.enable()
@@ -461,8 +475,11 @@ def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress
                 got[k].append(workers[k, p].ask("run"))
             for k in configs:
                 batches[k].append(_merge_round(got[k]))
+        huge = []
         for k, p in order:
             f = workers[k, p].close()
+            if f.get("ws_huge"):
+                huge.append(f["ws_huge"])
             prev = final.get(k)
             if prev is None or f["maxrss_kib"] > prev["maxrss_kib"]:
                 final[k] = f
@@ -504,6 +521,8 @@ def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress
             row["steady_spilled_bytes"] = max(b["spilled_bytes"] for b in batches[k])
             row["ws_capacity"] = final[k]["ws_capacity"]
             row["ws_peak_cycle_bytes"] = final[k]["ws_peak_cycle_bytes"]
+            if huge:         # the worker whose block had the least on huge pages
+                row["ws_block_kib"], row["ws_huge_kib"] = min(huge, key=lambda h: h[1])
         rows.append(row)
     by = {r["config"]: r for r in rows}
     peers = [by[k] for k in PEERS if k in by]
@@ -692,7 +711,7 @@ def format_table(results: dict) -> str:
         lines.append("")
         header = [dim, "temporaries", "config", "time/step (min..max)", "vs NumPy",
                   "vs best peer", "vs limit", "faults/step", "peak RSS", "RSS vs NumPy",
-                  "spilled"]
+                  "spilled", "huge pages"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(header)))
                      + "|")
@@ -713,7 +732,9 @@ def format_table(results: dict) -> str:
                      ratio("ratio_vs_numpy"), best, ratio("ratio_vs_limit"),
                      f"{r['faults_per_step']:,.1f}",
                      f"{r['peak_rss_kib'] / 1024:,.1f} MiB", ratio("rss_vs_numpy"),
-                     "-" if "steady_spilled_count" not in r else str(r["steady_spilled_count"])]
+                     "-" if "steady_spilled_count" not in r else str(r["steady_spilled_count"]),
+                     "-" if "ws_huge_kib" not in r else
+                     f"{r['ws_huge_kib'] / 1024:.0f} of {r['ws_block_kib'] / 1024:.1f} MiB"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     m = results["method"]
@@ -725,7 +746,9 @@ def format_table(results: dict) -> str:
                  "time / this row's time (> 1: this row faster), with [a..b] the "
                  "distribution-free confidence interval of that median (order statistics "
                  "of the per-round ratios; 96% for 9 rounds); 'spilled' = wsmem "
-                 "spilled_count per cycle after warm-up.")
+                 "spilled_count per cycle after warm-up; 'huge pages' = how much of "
+                 "wsmem's block mapping the kernel backed with huge pages "
+                 "(AnonHugePages, the least over its worker processes).")
     spread = [r["time_max_s"] / r["time_min_s"] for r in rows if r["time_min_s"] > 0]
     if spread:
         lines.append(f"Noise: max/min time over rounds per row: median "
