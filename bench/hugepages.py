@@ -22,13 +22,11 @@ Usage, from the repository root::
 Writes ``bench/results/hugepages.txt``.
 """
 import argparse
-import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296",
-        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+from inprocess import tuned_process  # bench/ is this script's directory
+
 CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
 NEVER = 2 ** 64 - 1
 THRESHOLDS = {"4 MiB (default)": 4 << 20, "never": NEVER, "256 KiB": 256 << 10}
@@ -95,15 +93,12 @@ def main():
     p.add_argument("--cases", nargs="+", default=CASES, metavar="WORKLOAD:SIZE")
     p.add_argument("--rounds", type=int, default=31)
     args = p.parse_args()
-    if any(os.environ.get(k) != v for k, v in _ENV.items()):
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:],
-                  dict(os.environ, **_ENV))
-    sys.path.insert(0, ROOT)
+    env_line = tuned_process(__file__)
     from wsmem.benchmarks._env import parse_cases, transparent_hugepage, thp_defrag, \
         write_script_results
     cases = parse_cases(p, args.cases)
     write_script_results(__file__, "hugepages", [
-        "environment: " + " ".join(f"{k}={v}" for k, v in _ENV.items()),
+        env_line,
         f"transparent_hugepage={transparent_hugepage()} defrag={thp_defrag()}",
         "ratios: median over rounds of this config's time / the reference's, paired by "
         "round (< 1: this config faster), with the confidence interval of that median"],

@@ -39,6 +39,17 @@ _ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "42949
         "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
+def tuned_process(script):
+    """Re-execute `script` (with this process's arguments) under `_ENV` unless
+    it is in force already (glibc reads its thresholds at start), then make
+    the checkout importable.  Returns the results header line for `_ENV`."""
+    if any(os.environ.get(k) != v for k, v in _ENV.items()):
+        os.execve(sys.executable, [sys.executable, os.path.abspath(script)] + sys.argv[1:],
+                  dict(os.environ, **_ENV))
+    sys.path.insert(0, ROOT)
+    return "environment: " + " ".join(f"{k}={v}" for k, v in _ENV.items())
+
+
 def measure(workload, size, rounds):
     import numpy as np  # noqa: F401  (imported before wsmem, as a user would)
     import wsmem
@@ -110,14 +121,11 @@ def main():
                    help="WORKLOAD:SIZE, e.g. train:8 cg:1024")
     p.add_argument("--rounds", type=int, default=41)
     args = p.parse_args()
-    if any(os.environ.get(k) != v for k, v in _ENV.items()):
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:],
-                  dict(os.environ, **_ENV))
-    sys.path.insert(0, ROOT)
+    env_line = tuned_process(__file__)
     from wsmem.benchmarks._env import parse_cases, write_script_results
     cases = parse_cases(p, args.cases)
     write_script_results(__file__, "inprocess", [
-        "environment: " + " ".join(f"{k}={v}" for k, v in _ENV.items())],
+        env_line],
         (measure(workload, size, args.rounds) for workload, size in cases))
 
 
