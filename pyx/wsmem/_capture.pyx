@@ -691,7 +691,7 @@ cdef object _heap_var = contextvars.ContextVar("wsmem_heap", default=None)
 # token on the way out: the same values in the same context, as NumPy would
 # have set them.  If NumPy stops keeping the handler this way the probe finds
 # nothing and PyDataMem_SetHandler is used as before.
-_Token = contextvars.Token
+cdef object _Token = contextvars.Token
 cdef object _handler_var = None
 cdef object _numpy_default = None    # the variable's default: NumPy's default handler
 
@@ -725,16 +725,22 @@ def _probe_handler_var():
 
 
 cdef void _keep_set(object var, object default) except *:
-    # As keep_errstate_cached below: a variable that is unset in the running
-    # context would come back unset after the frame's reset, and reads of an
-    # unset variable are never cached (NumPy reads this one in every
-    # allocation).  Set it to what it reads as, once per context.
+    # CPython caches a context variable's value per thread only while the
+    # variable is *set* in the running context: an unset one walks the
+    # context's mapping on every read.  Given a sentinel default,
+    # PyContextVar_Get returns it only for a variable not set here: one read
+    # (a cache hit once set) tells whether this context needs the set, which
+    # gives the variable the value it already reads as (`default`, or None
+    # for the variable's own default), so nothing that reads it sees a change.
     cdef PyObject* value = NULL
     if PyContextVar_Get(var, <PyObject*>_UNSET, &value) < 0:
-        raise RuntimeError("wsmem: cannot read NumPy's handler context variable")
-    Py_DECREF(<object>value)
+        raise RuntimeError(f"wsmem: cannot read the context variable {var.name!r}")
+    Py_DECREF(<object>value)                 # a new reference; _UNSET or a live value
     if value == <PyObject*>_UNSET:
-        PyContextVar_Set(var, default)        # the token is dropped
+        if default is None:
+            default = _context_get(var)
+        if default is not None:
+            PyContextVar_Set(var, default)    # the token is dropped
 
 
 _found = _probe_handler_var()
@@ -795,19 +801,9 @@ cdef object _UNSET = object()
 
 
 cdef void keep_errstate_cached() except *:
-    # Given a default, PyContextVar_Get returns it for a variable that is not
-    # set in the running context (the variable's own default otherwise): one
-    # read (a cache hit once set) tells whether this context needs the set.
-    cdef PyObject* value = NULL
-    if _errstate_var is None:
-        return
-    if PyContextVar_Get(_errstate_var, <PyObject*>_UNSET, &value) < 0:
-        raise RuntimeError("wsmem: cannot read NumPy's error-state context variable")
-    Py_DECREF(<object>value)                 # a new reference; _UNSET or a live value
-    if value == <PyObject*>_UNSET:
-        value_obj = _context_get(_errstate_var)        # NumPy's default
-        if value_obj is not None:
-            PyContextVar_Set(_errstate_var, value_obj)  # the token is dropped
+    # Every ufunc call reads NumPy's error state: keep it set (see _keep_set).
+    if _errstate_var is not None:
+        _keep_set(_errstate_var, None)
 
 
 cdef void reset_heap(object token) except *:
