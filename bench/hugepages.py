@@ -33,12 +33,11 @@ THRESHOLDS = {"4 MiB (default)": 4 << 20, "never": NEVER, "256 KiB": 256 << 10}
 
 
 def measure(workload, size, rounds):
-    import numpy as np
     import wsmem
     from wsmem import _pages
     from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
-    from wsmem.benchmarks._env import mapping_huge_kib, time_interleaved
-    from wsmem.benchmarks.cyclic import _MAKERS
+    from wsmem.benchmarks._env import time_interleaved
+    from wsmem.benchmarks.cyclic import _MAKERS, _block_huge_kib
 
     with wsmem.aligned_heap():
         plain = _MAKERS[workload](size, False)
@@ -70,10 +69,7 @@ def measure(workload, size, rounds):
         ws = spaces.get(k.replace("wsmem, huge from ", ""))
         block = huge = ""
         if ws is not None:
-            with ws:
-                a = np.empty(1)
-                mapped, anon = mapping_huge_kib(a.ctypes.data) or (0, 0)
-                del a
+            mapped, anon = _block_huge_kib(ws) or (0, 0)
             block, huge = f"{mapped / 1024:.1f} MiB", f"{anon / 1024:.1f} MiB"
             if ws.stats().spilled_count:
                 block += " (spilled)"

@@ -11,6 +11,7 @@ import pytest
 
 import wsmem
 from wsmem import _pages
+from wsmem.benchmarks._env import smaps_of
 
 SMAPS = "/proc/self/smaps"
 pytestmark = pytest.mark.skipif(
@@ -18,18 +19,11 @@ pytestmark = pytest.mark.skipif(
     reason="needs /proc/self/smaps and a kernel with transparent huge pages")
 
 
-def mapping_of(addr):
-    """(start, end, VmFlags) of the mapping that holds address `addr`."""
-    current = None
-    with open(SMAPS) as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and all(c in "0123456789abcdef-" for c in head):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                current = (lo, hi) if lo <= addr < hi else None
-            elif head == "VmFlags:" and current is not None:
-                return current[0], current[1], line.split()[1:]
-    raise AssertionError(f"no mapping holds {addr:#x}")
+def vm_flags(addr):
+    """The VmFlags of the mapping that holds address `addr`."""
+    entry = smaps_of(addr)
+    assert entry is not None, f"no mapping holds {addr:#x}"
+    return entry["VmFlags"].split()
 
 
 def block_address(ws, nbytes):
@@ -43,12 +37,12 @@ def block_address(ws, nbytes):
 def test_large_block_is_advised_and_aligned_small_is_not():
     big = wsmem.Workspace("huge_big", learning="none", initial_size=8 << 20)
     small = wsmem.Workspace("huge_small", learning="none", initial_size=1 << 20)
-    assert "hg" in mapping_of(block_address(big, 1 << 20))[2]
+    assert "hg" in vm_flags(block_address(big, 1 << 20))
     with big:
         a = np.empty(1 << 17)
         assert (a.ctypes.data - 64) % (2 << 20) == 0     # first bump: block start + header
         del a
-    assert "hg" not in mapping_of(block_address(small, 1 << 16))[2]
+    assert "hg" not in vm_flags(block_address(small, 1 << 16))
     big.destroy()
     small.destroy()
 
@@ -57,10 +51,10 @@ def test_threshold_hook_turns_advice_off_and_back():
     old = _pages._set_huge_threshold(2 ** 64 - 1)
     try:
         off = wsmem.Workspace("huge_off", learning="none", initial_size=8 << 20)
-        assert "hg" not in mapping_of(block_address(off, 1 << 20))[2]
+        assert "hg" not in vm_flags(block_address(off, 1 << 20))
         assert _pages._set_huge_threshold(256 << 10) == 2 ** 64 - 1
         low = wsmem.Workspace("huge_low", learning="none", initial_size=1 << 20)
-        assert "hg" in mapping_of(block_address(low, 1 << 16))[2]
+        assert "hg" in vm_flags(block_address(low, 1 << 16))
     finally:
         assert _pages._set_huge_threshold(old) == 256 << 10
     assert old == 4 << 20

@@ -7,6 +7,7 @@ import platform
 import sys
 
 __all__ = ["cpu_model", "transparent_hugepage", "thp_defrag", "hugetlb_pages", "mapping_huge_kib",
+           "smaps_of",
            "cupy_status", "cuda_devices", "matplotlib_status", "machine_info"]
 
 _THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -46,22 +47,35 @@ def thp_defrag() -> str:
     return _bracketed_mode(_THP_PATH.replace("enabled", "defrag"))
 
 
-def mapping_huge_kib(addr: int) -> tuple[int, int] | None:
-    """(size, AnonHugePages) in KiB of this process's mapping that holds
-    address `addr` (/proc/self/smaps), or None where that cannot be read."""
-    current = None
+def smaps_of(addr: int) -> dict | None:
+    """The /proc/self/smaps entry of this process's mapping that holds
+    address `addr`: ``{"size_kib": ..., "AnonHugePages": "18432 kB",
+    "VmFlags": "rd wr mr mw me ac hg", ...}``, or None where that cannot be read."""
+    entry = None
     try:
         with open("/proc/self/smaps", encoding="ascii", errors="replace") as f:
             for line in f:
-                head = line.split(maxsplit=1)[0] if line.strip() else ""
+                head, _, rest = line.strip().partition(" ")
                 if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                    if entry is not None:
+                        return entry
                     lo, hi = (int(x, 16) for x in head.split("-"))
-                    current = (hi - lo) // 1024 if lo <= addr < hi else None
-                elif head == "AnonHugePages:" and current is not None:
-                    return current, int(line.split()[1])
+                    if lo <= addr < hi:
+                        entry = {"size_kib": (hi - lo) // 1024}
+                elif entry is not None and head.endswith(":"):
+                    entry[head[:-1]] = rest.strip()
     except (OSError, ValueError):
         return None
-    return None
+    return entry
+
+
+def mapping_huge_kib(addr: int) -> tuple[int, int] | None:
+    """(size, AnonHugePages) in KiB of this process's mapping that holds
+    address `addr` (/proc/self/smaps), or None where that cannot be read."""
+    entry = smaps_of(addr)
+    if entry is None or "AnonHugePages" not in entry:
+        return None
+    return entry["size_kib"], int(entry["AnonHugePages"].split()[0])
 
 
 def hugetlb_pages() -> str:
