@@ -465,14 +465,13 @@ cdef void detach_handler(object capsule) noexcept:
 
 cdef object set_handler(object capsule):
     if capsule is None:
-        capsule = _context_heap()
-        if capsule is None and _handler_var is None:
-            return PyDataMem_SetDefaultHandler(NULL)     # NULL: NumPy's default handler
-        if capsule is None:
-            capsule = _numpy_default
+        capsule = _context_heap()       # None still: NumPy's default handler
     if _handler_var is not None:
         _keep_set(_handler_var, _numpy_default)
-        return PyContextVar_Set(_handler_var, capsule)   # a contextvars.Token
+        return PyContextVar_Set(_handler_var, _numpy_default if capsule is None
+                                else capsule)             # a contextvars.Token
+    if capsule is None:
+        return PyDataMem_SetDefaultHandler(NULL)
     return PyDataMem_SetHandler(capsule)                  # the handler it replaced
 
 
