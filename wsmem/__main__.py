@@ -37,7 +37,7 @@ def _cmd_info(args) -> int:
     print(f"python {sys.version.split()[0]} ({sys.executable})")
     print(f"cpu: {cpu_model()} ({os.cpu_count()} logical cores)")
     print(f"transparent hugepages: {transparent_hugepage()} (defrag: {thp_defrag()}); "
-          f"wsmem asks for them (MADV_HUGEPAGE) on blocks of 4 MiB and more")
+          f"wsmem asks for them (MADV_HUGEPAGE) on blocks of 2 MiB and more")
     print(f"hugetlb pages: {hugetlb_pages()}")
     print(f"cupy: {cupy_status()}")
     print(f"cuda: {cuda_status()}")

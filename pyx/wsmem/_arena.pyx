@@ -103,7 +103,7 @@ cdef Block* _block_new(ArenaState* st, size_t size, bint is_main, Arena arena) e
             err = pages_map_file(&b.region, size, path)
     elif is_main or size >= SPILL_MMAP_THRESHOLD:
         with nogil:
-            err = pages_map_host(&b.region, size, align)
+            err = pages_map_host(&b.region, size, align, is_main)
     else:
         err = pages_malloc(&b.region, size, align)
     if err != 0:

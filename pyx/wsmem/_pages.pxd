@@ -40,7 +40,8 @@ cdef size_t HUGE_PAGE
 cdef size_t HUGE_THRESHOLD
 
 # Each returns 0 on success, or an errno value (memory is untouched on failure).
-cdef int pages_map_host(PageRegion* out, size_t size, size_t alignment) noexcept nogil
+cdef int pages_map_host(PageRegion* out, size_t size, size_t alignment,
+                        bint whole_huge=*) noexcept nogil
 cdef int pages_map_file(PageRegion* out, size_t size, const char* path) noexcept nogil
 cdef int pages_malloc(PageRegion* out, size_t size, size_t alignment) noexcept nogil
 # Release a region obtained above; idempotent (clears the region).

@@ -18,12 +18,13 @@ cdef gpu_map_fn _gpu_map = NULL
 cdef gpu_release_fn _gpu_release = NULL
 
 cdef size_t HUGE_PAGE = 2 * 1024 * 1024
-cdef size_t HUGE_THRESHOLD = 4 * 1024 * 1024
+cdef size_t HUGE_THRESHOLD = 2 * 1024 * 1024
 
 
 def _set_huge_threshold(size_t nbytes):
-    """Host mappings of at least `nbytes` get 2 MiB alignment and
-    ``MADV_HUGEPAGE`` from now on (default 4 MiB; ``2**64 - 1``: never).
+    """Host mappings of at least `nbytes` get 2 MiB alignment, a length of
+    whole 2 MiB pages and ``MADV_HUGEPAGE`` from now on (default 2 MiB;
+    ``2**64 - 1``: never).
     Returns the previous value.  For ``bench/hugepages.py`` and tests, which
     measure what huge pages are worth; blocks already mapped keep theirs."""
     global HUGE_THRESHOLD
@@ -46,13 +47,23 @@ cdef void _clear(PageRegion* r) noexcept nogil:
     r.device = -1
 
 
-cdef int pages_map_host(PageRegion* out, size_t size, size_t alignment) noexcept nogil:
+cdef int pages_map_host(PageRegion* out, size_t size, size_t alignment,
+                        bint whole_huge=False) noexcept nogil:
     """Map `size` bytes of anonymous memory aligned to `alignment`.
 
-    Large regions are aligned to HUGE_PAGE and advised MADV_HUGEPAGE so that
-    first touch costs one fault per 2 MiB instead of one per 4 KiB.
+    Regions of HUGE_THRESHOLD and more are aligned to HUGE_PAGE and advised
+    MADV_HUGEPAGE, so that first touch costs one fault per 2 MiB instead of
+    one per 4 KiB and the TLB holds the block in few entries.  With
+    `whole_huge` (main blocks) their length is rounded up to whole huge
+    pages, so that the last, partly used 2 MiB can be a huge page too (the
+    kernel backs a huge page only where the mapping covers all of it): a
+    2.6 MiB block is mapped as 4 MiB, of which only what the bump touches is
+    ever faulted in, in 2 MiB units.  Spills (one array each, touched to
+    their end) are not rounded: a 4 MiB array after a 64-byte header would
+    fault a whole third huge page for its last 64 bytes.
     """
     cdef size_t align = alignment if alignment > 4096 else 4096
+    cdef bint huge = size >= HUGE_THRESHOLD
     cdef size_t length
     cdef char* base
     cdef char* start
@@ -60,10 +71,10 @@ cdef int pages_map_host(PageRegion* out, size_t size, size_t alignment) noexcept
     _clear(out)
     if size == 0:
         return 0
-    if size >= HUGE_THRESHOLD and align < HUGE_PAGE:
+    if huge and align < HUGE_PAGE:
         align = HUGE_PAGE
-    length = _round_up(size, 4096)
-    if length < size:
+    length = _round_up(size, HUGE_PAGE if huge and whole_huge else 4096)
+    if length < size or length > <size_t>-1 - align:
         return ENOMEM
     # Over-map by `align` and trim, so the start is aligned.
     base = <char*>mmap(NULL, length + align, PROT_READ | PROT_WRITE,
@@ -77,7 +88,7 @@ cdef int pages_map_host(PageRegion* out, size_t size, size_t alignment) noexcept
         munmap(base, head)
     if tail:
         munmap(start + length, tail)
-    if length >= HUGE_THRESHOLD:
+    if huge:
         madvise(start, length, MADV_HUGEPAGE)   # advisory: failure is harmless
     out.ptr = start
     out.size = length

@@ -49,8 +49,9 @@ def thp_defrag() -> str:
 
 def smaps_of(addr: int) -> dict | None:
     """The /proc/self/smaps entry of this process's mapping that holds
-    address `addr`: ``{"size_kib": ..., "AnonHugePages": "18432 kB",
-    "VmFlags": "rd wr mr mw me ac hg", ...}``, or None where that cannot be read."""
+    address `addr`: ``{"start": ..., "end": ..., "size_kib": ...,
+    "AnonHugePages": "18432 kB", "VmFlags": "rd wr mr mw me ac hg", ...}``
+    (``end`` exclusive), or None where that cannot be read."""
     entry = None
     try:
         with open("/proc/self/smaps", encoding="ascii", errors="replace") as f:
@@ -61,7 +62,7 @@ def smaps_of(addr: int) -> dict | None:
                         return entry
                     lo, hi = (int(x, 16) for x in head.split("-"))
                     if lo <= addr < hi:
-                        entry = {"size_kib": (hi - lo) // 1024}
+                        entry = {"start": lo, "end": hi, "size_kib": (hi - lo) // 1024}
                 elif entry is not None and head.endswith(":"):
                     entry[head[:-1]] = rest.strip()
     except (OSError, ValueError):
