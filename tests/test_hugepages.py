@@ -51,7 +51,7 @@ def test_large_block_is_advised_and_aligned_small_is_not():
 def test_block_mapping_covers_whole_huge_pages():
     """A 2.6 MiB block (the training step's at rows=64) is mapped to the end
     of its second 2 MiB page, so that the kernel may back that page too; a
-    1.5 MiB one is not advised and keeps its 4 KiB-rounded length."""
+    1.5 MiB one is not advised."""
     mid = wsmem.Workspace("huge_mid", learning="none", initial_size=2600 << 10,
                           spill="fail")
     start = block_address(mid, 1 << 20) - 64
