@@ -6,8 +6,9 @@ the cyclic benchmark's steps (``wsmem.benchmarks.cyclic``) run inside three
 workspaces that differ only in that threshold when their block was mapped:
 the default (2 MiB), never (no advice, 4 KiB pages), and 4 MiB (the default
 until the blocks of the training step at rows=64 and of CG n=256, 2.6 and
-3.9 MiB, were measured faster on huge pages), interleaved with the plain step (tuned glibc: the script re-executes
-itself with ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` raised, as
+3.9 MiB, were measured faster on huge pages), interleaved with the plain
+step (tuned glibc: the script re-executes itself with
+``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` raised, as
 ``bench/inprocess.py``).  The inputs of all of them are made under
 :func:`wsmem.aligned_heap`.  Reported per case: each workspace's block size
 and how much of it the kernel backed with huge pages (``AnonHugePages`` of its

@@ -60,8 +60,8 @@ def test_block_mapping_covers_whole_huge_pages():
     assert "hg" in entry["VmFlags"].split()
     assert entry["start"] <= start and entry["end"] >= start + (4 << 20), entry
     cap = mid.stats().capacity
-    assert cap < 4 << 20 and entry["end"] - start >= 4 << 20   # the capacity stays logical
-    with mid:                                                  # and the bump stops there
+    assert cap < 4 << 20                            # the capacity stays logical
+    with mid:                                       # and the bump stops there
         a = np.empty((cap - 64) // 8)
         with pytest.raises(MemoryError):
             np.empty(1)
