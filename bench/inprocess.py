@@ -20,17 +20,29 @@ workers.  Interleaved blocks of ~0.03 s (``--rounds`` of each); reported: the
 minimum, quartile and median time per step, the median relative to plain,
 and the median of the per-round ratios to plain with its confidence interval
 (as ``bench/cyclic.py``; rounds are measured back to back, so this is the
-sharper comparison).
+sharper comparison), and how much of wsmem's block the kernel backed with
+huge pages.
+
+One process is not enough at the large sizes: which physical pages a
+process gets moves a step by several percent there (CG n=1024 with the
+same code measured wsmem 0.97x to 1.15x of plain's time in three
+processes), and within one process that luck is the same in every round,
+so the confidence interval does not show it.  Each case therefore runs in
+``--processes`` fresh processes (3 by default); the summary gives each
+process's paired ratio and their median, and the full tables follow.
 
 Usage, from the repository root::
 
-    python bench/inprocess.py [--cases train:64 cg:90] [--rounds 41]
+    python bench/inprocess.py [--cases train:64 cg:90] [--rounds 41] [--processes 3]
 
 Writes ``bench/results/inprocess.txt``.
 """
 import argparse
 import contextvars
+import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 
@@ -55,7 +67,7 @@ def measure(workload, size, rounds):
     import wsmem
     from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
     from wsmem.benchmarks._env import time_interleaved
-    from wsmem.benchmarks.cyclic import _MAKERS
+    from wsmem.benchmarks.cyclic import _MAKERS, _block_huge_kib
 
     with wsmem.aligned_heap():
         plain = _MAKERS[workload](size, False)
@@ -97,22 +109,55 @@ def measure(workload, size, rounds):
     n = max(1, int(0.03 / max(time.perf_counter() - t0, 1e-6)))
     times = time_interleaved(configs, rounds, n)
     spilled = ws.stats().spilled_count
+    huge = _block_huge_kib(ws)
     for w in (ws, frame_only, empty):
         w.destroy()
     plain_times = times["plain (tuned glibc)"]
     base = sorted(plain_times)[rounds // 2]
-    lines = [f"{workload} {'rows' if workload == 'train' else 'n'}={size}: {n} steps per block, "
+    lines = [f"{case_name(workload, size)}: {n} steps per block, "
              f"{rounds} blocks each; wsmem spilled_count after the last cycle: {spilled}; "
+             f"wsmem's block on huge pages: "
+             f"{'unknown' if huge is None else f'{huge[1] / 1024:.0f} of {huge[0] / 1024:.1f} MiB'}; "
              f"results {'agree' if len(values) == 1 else 'DIFFER: ' + repr(values)}",
              f"  {'config':21s} {'min':>10s} {'q25':>10s} {'median':>10s} {'median/plain':>13s}"
              f"  paired /plain [CI]"]
+    paired = {}
     for k, t in times.items():
+        paired[k] = _paired_ratio(t, plain_times)
         lo, hi, _ = _paired_ratio_ci(t, plain_times)
-        paired = f"{_paired_ratio(t, plain_times):.4f} [{lo:.4f}..{hi:.4f}]"
         t = sorted(t)
         lines.append(f"  {k:21s} {t[0] * 1e6:8.1f}us {t[rounds // 4] * 1e6:8.1f}us "
-                     f"{t[rounds // 2] * 1e6:8.1f}us {t[rounds // 2] / base:12.3f}x  {paired}")
-    return "\n".join(lines)
+                     f"{t[rounds // 2] * 1e6:8.1f}us {t[rounds // 2] / base:12.3f}x  "
+                     f"{paired[k]:.4f} [{lo:.4f}..{hi:.4f}]")
+    return {"text": "\n".join(lines), "paired": paired, "huge": huge}
+
+
+def case_name(workload, size):
+    return f"{workload} {'rows' if workload == 'train' else 'n'}={size}"
+
+
+def run_case(workload, size, rounds, processes):
+    """Measure one case in `processes` fresh processes (this script with
+    ``--child``); returns the section text: a summary of the paired ratios
+    to plain per process and their median, then each process's table."""
+    runs = []
+    for _ in range(processes):
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
+                              "--cases", f"{workload}:{size}", "--rounds", str(rounds)],
+                             check=True, capture_output=True, text=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    heads = " ".join(f"{f'process {i + 1}':>10s}" for i in range(processes))
+    lines = [f"{case_name(workload, size)}: paired time ratio to plain (> 1: slower), "
+             f"per process, and their median",
+             f"  {'config':21s} {heads} {'median':>8s}"]
+    for k in runs[0]["paired"]:
+        values = [r["paired"][k] for r in runs]
+        lines.append(f"  {k:21s} " + " ".join(f"{v:10.4f}" for v in values)
+                     + f" {statistics.median(values):8.4f}")
+    lines.append("")
+    for i, r in enumerate(runs):
+        lines += [f"process {i + 1}: {r['text']}", ""]
+    return "\n".join(lines).rstrip()
 
 
 def main():
@@ -120,13 +165,24 @@ def main():
     p.add_argument("--cases", nargs="+", default=["train:64", "cg:90"],
                    help="WORKLOAD:SIZE, e.g. train:8 cg:1024")
     p.add_argument("--rounds", type=int, default=41)
+    p.add_argument("--processes", type=int, default=3,
+                   help="fresh processes per case (default 3)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.rounds < 3 or args.processes < 1:
+        p.error(f"--rounds must be at least 3 and --processes at least 1, got "
+                f"{args.rounds} and {args.processes}")
     env_line = tuned_process(__file__)
     from wsmem.benchmarks._env import parse_cases, write_script_results
     cases = parse_cases(p, args.cases)
+    if args.child:                  # one case, one JSON line for run_case
+        result = measure(*cases[0], args.rounds)
+        print(json.dumps(result))
+        return 0
     write_script_results(__file__, "inprocess", [
-        env_line],
-        (measure(workload, size, args.rounds) for workload, size in cases))
+        env_line, f"each case in {args.processes} fresh process(es)"],
+        (run_case(workload, size, args.rounds, args.processes) for workload, size in cases))
+    return 0
 
 
 if __name__ == "__main__":
