@@ -255,4 +255,7 @@ cdef object current_arena()
 cdef void set_current_arena(object arena)
 # Process-wide debug mode (DEBUG_*), as ND4J's workspace manager has it.
 cdef int get_debug_mode() noexcept
+# Where the mode lives, for the capture handler's per-allocation checks (a
+# load instead of a call across modules).
+cdef const int* debug_mode_address() noexcept
 cdef void set_debug_mode(int mode) noexcept

@@ -60,6 +60,10 @@ cdef int get_debug_mode() noexcept:
     return _debug_mode
 
 
+cdef const int* debug_mode_address() noexcept:
+    return &_debug_mode
+
+
 cdef void set_debug_mode(int mode) noexcept:
     global _debug_mode
     _debug_mode = mode

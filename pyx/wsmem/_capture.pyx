@@ -30,7 +30,8 @@ from libc.string cimport memset, memcpy, strncpy
 
 from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_init, pin_fini,
                            arena_drop_dead_spill, RESET_BLOCK_LEFT,
-                           get_debug_mode, DEBUG_OFF, DEBUG_BYPASS_EVERYTHING)
+                           debug_mode_address, DEBUG_OFF,
+                           DEBUG_BYPASS_EVERYTHING)
 
 import contextvars
 import traceback
@@ -71,11 +72,21 @@ cdef extern from *:
     #else
     #define WSMEM_TSTATE() _PyThreadState_UncheckedGet()
     #endif
+    /* This thread's ident as CPython records it in its thread state: on
+       POSIX PyThread_get_thread_ident() is pthread_self() behind a call and
+       an initialisation check; asking pthread directly saves both on every
+       captured malloc and free. */
+    #if defined(_POSIX_THREADS) || defined(__linux__) || defined(__APPLE__)
+    #include <pthread.h>
+    #define WSMEM_SELF() ((unsigned long)pthread_self())
+    #else
+    #define WSMEM_SELF() PyThread_get_thread_ident()
+    #endif
     /* The thread holding the GIL: CPython <= 3.11 reads the process-wide
        current thread state, 3.12+ this thread's (NULL while detached). */
     static inline int wsmem_gil_held(void) {
         PyThreadState* ts = WSMEM_TSTATE();
-        return ts != NULL && ts->thread_id == PyThread_get_thread_ident();
+        return ts != NULL && ts->thread_id == WSMEM_SELF();
     }
     /* This thread's ident, with the GIL held: read from its thread state
        instead of asking pthread again. */
@@ -113,6 +124,8 @@ cdef void _share_numpy_capsule_name() except *:
 
 
 _share_numpy_capsule_name()
+# wsmem._arena's debug mode, read in place on every captured malloc and free.
+cdef const int* _debug_mode = debug_mode_address()
 # The WorkspaceOverflowError of the last refused allocation (see take_error).
 cdef object _last_error = None
 
@@ -209,7 +222,7 @@ cdef inline bint _serves(CapCtx* ctx) noexcept:
     counting per allocation."""
     cdef PyObject* a = ctx.arena
     return (a != NULL and (<Arena>a).depth > 0 and not (<Arena>a).destroyed
-            and get_debug_mode() != DEBUG_BYPASS_EVERYTHING
+            and _debug_mode[0] != DEBUG_BYPASS_EVERYTHING
             and (<Arena>a).owner_thread == wsmem_thread_ident())
 
 
@@ -257,7 +270,7 @@ cdef void* _cap_malloc_tracked(CapCtx* ctx, size_t size) noexcept:
     return _cap_place(ctx, size, <PyObject*>owner)
 
 
-cdef void* _cap_malloc_gil(CapCtx* ctx, size_t size) noexcept:
+cdef inline void* _cap_malloc_gil(CapCtx* ctx, size_t size) noexcept:
     cdef PyObject* a = ctx.arena
     if not _serves(ctx):
         return _heap_alloc(size)
@@ -275,7 +288,7 @@ cdef bint _retire(CapCtx* ctx, CapHdr* h) noexcept:
     cdef Block* blk = h.pin.block
     cdef PyObject* a = ctx.arena
     cdef bint drop
-    if a != NULL and blk.is_main and get_debug_mode() == DEBUG_OFF:
+    if a != NULL and blk.is_main and _debug_mode[0] == DEBUG_OFF:
         if (<Arena>a).depth > 0 and blk == (<Arena>a).main:
             # Freed while the workspace is open: reusable by the next allocation
             # of this size in this cycle.  Memory of this cycle lies behind the
@@ -301,7 +314,7 @@ cdef bint _retire(CapCtx* ctx, CapHdr* h) noexcept:
     # ever-new sizes does not hold all its dead temporaries: past the bound,
     # the spill is unmapped at once.
     drop = a != NULL and not blk.is_main and blk.in_spills
-    if drop and blk.refs == 2 and get_debug_mode() == DEBUG_OFF:
+    if drop and blk.refs == 2 and _debug_mode[0] == DEBUG_OFF:
         if ((<Arena>a).depth > 0 and blk.state == (<Arena>a).state and
                 ctx.spill_parked + blk.size <= _park_limit(<Arena>a)):
             if ctx.free_gen != (<Arena>a).generation:
@@ -320,7 +333,7 @@ cdef bint _retire(CapCtx* ctx, CapHdr* h) noexcept:
     return False
 
 
-cdef void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
+cdef inline void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
     cdef CapHdr* h
     if ptr == NULL:
         return
