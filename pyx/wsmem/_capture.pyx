@@ -354,11 +354,27 @@ cdef inline void _cap_free_gil(CapCtx* ctx, void* ptr) noexcept:
 cdef extern from *:
     """
     static void* (*wsmem_malloc_impl)(void*, size_t);
+    static void* (*wsmem_calloc_impl)(void*, size_t, size_t);
+    static void* (*wsmem_realloc_impl)(void*, void*, size_t);
     static void (*wsmem_free_impl)(void*, void*);
     static void* wsmem_cap_malloc(void* ctx, size_t n) {
         if (wsmem_gil_held()) return wsmem_malloc_impl(ctx, n);
         PyGILState_STATE st = PyGILState_Ensure();
         void* p = wsmem_malloc_impl(ctx, n);
+        PyGILState_Release(st);
+        return p;
+    }
+    static void* wsmem_cap_calloc(void* ctx, size_t nelem, size_t elsize) {
+        if (wsmem_gil_held()) return wsmem_calloc_impl(ctx, nelem, elsize);
+        PyGILState_STATE st = PyGILState_Ensure();
+        void* p = wsmem_calloc_impl(ctx, nelem, elsize);
+        PyGILState_Release(st);
+        return p;
+    }
+    static void* wsmem_cap_realloc(void* ctx, void* ptr, size_t n) {
+        if (wsmem_gil_held()) return wsmem_realloc_impl(ctx, ptr, n);
+        PyGILState_STATE st = PyGILState_Ensure();
+        void* p = wsmem_realloc_impl(ctx, ptr, n);
         PyGILState_Release(st);
         return p;
     }
@@ -371,8 +387,12 @@ cdef extern from *:
     }
     """
     void* (*wsmem_malloc_impl)(void*, size_t) noexcept
+    void* (*wsmem_calloc_impl)(void*, size_t, size_t) noexcept
+    void* (*wsmem_realloc_impl)(void*, void*, size_t) noexcept
     void (*wsmem_free_impl)(void*, void*) noexcept
     void* wsmem_cap_malloc(void* ctx, size_t n) noexcept nogil
+    void* wsmem_cap_calloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil
+    void* wsmem_cap_realloc(void* ctx, void* ptr, size_t n) noexcept nogil
     void wsmem_cap_free(void* ctx, void* ptr, size_t size) noexcept nogil
 
 
@@ -384,11 +404,13 @@ cdef void _free_impl(void* ctx, void* ptr) noexcept:
     _cap_free_gil(<CapCtx*>ctx, ptr)
 
 
-wsmem_malloc_impl = _malloc_impl
-wsmem_free_impl = _free_impl
+# Zeroing this much or more releases the GIL (other threads run meanwhile);
+# below it, releasing and taking the GIL back would cost more than the memset
+# (np.zeros(8) in a workspace: 165 ns with it, 116 ns outside).
+cdef size_t _NOGIL_MEMSET = 1 << 20
 
 
-cdef void* _cap_calloc(void* ctx, size_t nelem, size_t elsize) noexcept with gil:
+cdef void* _calloc_impl(void* ctx, size_t nelem, size_t elsize) noexcept:
     cdef size_t n
     cdef void* p
     if elsize and nelem > (<size_t>-1) / elsize:
@@ -396,12 +418,15 @@ cdef void* _cap_calloc(void* ctx, size_t nelem, size_t elsize) noexcept with gil
     n = nelem * elsize
     p = _cap_malloc_gil(<CapCtx*>ctx, n)
     if p != NULL and n:
-        with nogil:
+        if n >= _NOGIL_MEMSET:
+            with nogil:
+                memset(p, 0, n)
+        else:
             memset(p, 0, n)
     return p
 
 
-cdef void* _cap_realloc(void* ctx, void* ptr, size_t new_size) noexcept with gil:
+cdef void* _realloc_impl(void* ctx, void* ptr, size_t new_size) noexcept:
     cdef CapHdr* h
     cdef void* q
     cdef size_t old
@@ -417,6 +442,12 @@ cdef void* _cap_realloc(void* ctx, void* ptr, size_t new_size) noexcept with gil
     memcpy(q, ptr, old if old < new_size else new_size)
     _cap_free_gil(<CapCtx*>ctx, ptr)
     return q
+
+
+wsmem_malloc_impl = _malloc_impl
+wsmem_calloc_impl = _calloc_impl
+wsmem_realloc_impl = _realloc_impl
+wsmem_free_impl = _free_impl
 
 
 cdef void _capsule_destructor(object capsule) noexcept:
@@ -456,7 +487,7 @@ cdef object make_handler(Arena arena):
         raise MemoryError("wsmem: out of memory for a NumPy memory handler")
     ctx.arena = <PyObject*>arena
     return _handler_capsule(f"wsmem:{arena.name}".encode(), ctx, wsmem_cap_malloc,
-                            _cap_calloc, _cap_realloc, wsmem_cap_free,
+                            wsmem_cap_calloc, wsmem_cap_realloc, wsmem_cap_free,
                             <PyCapsule_Destructor>_capsule_destructor)
 
 
