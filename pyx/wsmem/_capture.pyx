@@ -88,6 +88,23 @@ cdef extern from *:
         PyThreadState* ts = WSMEM_TSTATE();
         return ts != NULL && ts->thread_id == WSMEM_SELF();
     }
+    /* An allocator entry point's body: run `call` directly when this thread
+       holds the GIL (NumPy and CuPy call their allocators with it held),
+       else take the GIL around it.  RETURN for a call that yields a
+       pointer, DO for one that yields nothing. */
+    #define WSMEM_GIL_RETURN(call) do {                                   \
+        if (wsmem_gil_held()) return (call);                              \
+        PyGILState_STATE wsmem_st_ = PyGILState_Ensure();                 \
+        void* wsmem_p_ = (call);                                          \
+        PyGILState_Release(wsmem_st_);                                    \
+        return wsmem_p_;                                                  \
+    } while (0)
+    #define WSMEM_GIL_DO(call) do {                                       \
+        if (wsmem_gil_held()) { call; return; }                           \
+        PyGILState_STATE wsmem_st_ = PyGILState_Ensure();                 \
+        call;                                                             \
+        PyGILState_Release(wsmem_st_);                                    \
+    } while (0)
     /* This thread's ident, with the GIL held: read from its thread state
        instead of asking pthread again. */
     static inline unsigned long wsmem_thread_ident(void) {
@@ -358,32 +375,17 @@ cdef extern from *:
     static void* (*wsmem_realloc_impl)(void*, void*, size_t);
     static void (*wsmem_free_impl)(void*, void*);
     static void* wsmem_cap_malloc(void* ctx, size_t n) {
-        if (wsmem_gil_held()) return wsmem_malloc_impl(ctx, n);
-        PyGILState_STATE st = PyGILState_Ensure();
-        void* p = wsmem_malloc_impl(ctx, n);
-        PyGILState_Release(st);
-        return p;
+        WSMEM_GIL_RETURN(wsmem_malloc_impl(ctx, n));
     }
     static void* wsmem_cap_calloc(void* ctx, size_t nelem, size_t elsize) {
-        if (wsmem_gil_held()) return wsmem_calloc_impl(ctx, nelem, elsize);
-        PyGILState_STATE st = PyGILState_Ensure();
-        void* p = wsmem_calloc_impl(ctx, nelem, elsize);
-        PyGILState_Release(st);
-        return p;
+        WSMEM_GIL_RETURN(wsmem_calloc_impl(ctx, nelem, elsize));
     }
     static void* wsmem_cap_realloc(void* ctx, void* ptr, size_t n) {
-        if (wsmem_gil_held()) return wsmem_realloc_impl(ctx, ptr, n);
-        PyGILState_STATE st = PyGILState_Ensure();
-        void* p = wsmem_realloc_impl(ctx, ptr, n);
-        PyGILState_Release(st);
-        return p;
+        WSMEM_GIL_RETURN(wsmem_realloc_impl(ctx, ptr, n));
     }
     static void wsmem_cap_free(void* ctx, void* ptr, size_t size) {
         (void)size;
-        if (wsmem_gil_held()) { wsmem_free_impl(ctx, ptr); return; }
-        PyGILState_STATE st = PyGILState_Ensure();
-        wsmem_free_impl(ctx, ptr);
-        PyGILState_Release(st);
+        WSMEM_GIL_DO(wsmem_free_impl(ctx, ptr));
     }
     """
     void* (*wsmem_malloc_impl)(void*, size_t) noexcept
@@ -1042,17 +1044,10 @@ cdef extern from *:
     static void* (*wsmem_dev_malloc_impl)(void*, size_t, int);
     static void (*wsmem_dev_free_impl)(void*, void*, int);
     static void* wsmem_dev_malloc(void* ctx, size_t n, int dev) {
-        if (wsmem_gil_held()) return wsmem_dev_malloc_impl(ctx, n, dev);
-        PyGILState_STATE st = PyGILState_Ensure();
-        void* p = wsmem_dev_malloc_impl(ctx, n, dev);
-        PyGILState_Release(st);
-        return p;
+        WSMEM_GIL_RETURN(wsmem_dev_malloc_impl(ctx, n, dev));
     }
     static void wsmem_dev_free(void* ctx, void* ptr, int dev) {
-        if (wsmem_gil_held()) { wsmem_dev_free_impl(ctx, ptr, dev); return; }
-        PyGILState_STATE st = PyGILState_Ensure();
-        wsmem_dev_free_impl(ctx, ptr, dev);
-        PyGILState_Release(st);
+        WSMEM_GIL_DO(wsmem_dev_free_impl(ctx, ptr, dev));
     }
     """
     void* (*wsmem_dev_malloc_impl)(void*, size_t, int) noexcept
