@@ -23,11 +23,12 @@ and the median of the per-round ratios to plain with its confidence interval
 sharper comparison), and how much of wsmem's block the kernel backed with
 huge pages.
 
-One process is not enough at the large sizes: which physical pages a
-process gets moves a step by several percent there (CG n=1024 with the
-same code measured wsmem 0.97x to 1.15x of plain's time in three
-processes), and within one process that luck is the same in every round,
-so the confidence interval does not show it.  Each case therefore runs in
+One process is not enough from rows=64 up: a process's memory layout
+(which physical pages it gets) moves a step by several percent there (the
+training step at rows=64 measured wsmem at 1.015x to 1.115x of plain's time
+in the three processes of one run, ``bench/results/inprocess.txt``), and
+within one process that luck is the same in every round, so the confidence
+interval does not show it.  Each case therefore runs in
 ``--processes`` fresh processes (3 by default); the summary gives each
 process's paired ratio and their median, and the full tables follow.
 
