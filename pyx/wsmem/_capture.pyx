@@ -22,7 +22,6 @@ NumPy frees an array through the handler that allocated it, so the capsule
 cimport cython
 from cpython.pycapsule cimport (PyCapsule_New, PyCapsule_GetPointer, PyCapsule_IsValid,
                                PyCapsule_GetName, PyCapsule_Destructor)
-from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_Clear, PyErr_SetObject
 from libc.stdlib cimport malloc, calloc, free
@@ -72,11 +71,12 @@ cdef extern from *:
     #else
     #define WSMEM_TSTATE() _PyThreadState_UncheckedGet()
     #endif
-    /* This thread's ident as CPython records it in its thread state: on
-       POSIX PyThread_get_thread_ident() is pthread_self() behind a call and
-       an initialisation check; asking pthread directly saves both on every
-       captured malloc and free. */
-    #if defined(_POSIX_THREADS) || defined(__linux__) || defined(__APPLE__)
+    /* This thread's ident as CPython records it in its thread state: where
+       CPython uses pthreads (its own test: _POSIX_THREADS, from unistd.h via
+       Python.h) PyThread_get_thread_ident() is pthread_self() behind a call
+       and an initialisation check; asking pthread directly saves both on
+       every captured malloc and free. */
+    #ifdef _POSIX_THREADS
     #include <pthread.h>
     #define WSMEM_SELF() ((unsigned long)pthread_self())
     #else
@@ -1015,7 +1015,7 @@ cdef inline bint _parkable_here(CapCtx* ctx) noexcept:
     # Device memory freed in another thread may still be in use by kernels on
     # that thread's stream: it is not handed to this cycle's next allocation
     # (stream order covers only the owner thread's cycle stream).
-    return ctx.arena != NULL and (<Arena>ctx.arena).owner_thread == PyThread_get_thread_ident()
+    return ctx.arena != NULL and (<Arena>ctx.arena).owner_thread == wsmem_thread_ident()
 
 
 cdef void _dev_free_gil(CapCtx* ctx, void* ptr, int device_id) noexcept:
