@@ -628,6 +628,44 @@ def test_handler_calloc_zeroes_large_blocks_on_dirty_memory():
     w.destroy()
 
 
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_zeros_in_a_fresh_spill_stay_lazy(ws):
+    """A spill straight from mmap is the kernel's zero pages: calloc leaves
+    them untouched, as glibc's calloc leaves a fresh mmap (a 1 GiB np.zeros
+    in a cycle used to memset it all and grow RSS by 1 GiB)."""
+    with ws:
+        np.ones(16)                                 # learn a small block
+    with ws:
+        before = _rss_mib()
+        z = np.zeros((2, 1 << 29), np.uint8)        # 1 GiB: a spill
+        grown = _rss_mib() - before
+        assert get_handler_name(z) == hname(ws)
+        assert grown < 64, f"np.zeros touched {grown:.0f} MiB of 1024"
+        assert not z[:, ::1 << 16].any() and not z[:, -100:].any()
+        z[0, :3] = 5
+        assert z[0, :4].tolist() == [5, 5, 5, 0]
+        del z
+
+
+@pytest.mark.parametrize("first", ["empty", "zeros"])
+def test_zeros_on_a_reused_spill_are_zeroed(ws, first):
+    """A dead spill parked in the free table holds what its array wrote:
+    calloc zeroes it whether the spill was first handed out by malloc or
+    by calloc."""
+    n = (4 << 20) // 8
+    with ws:
+        np.ones(16)                                 # learn a small block
+    with ws:
+        a = np.empty(n) if first == "empty" else np.zeros(n)
+        a[:] = 7.0
+        addr = a.ctypes.data
+        del a                                       # parked for this cycle
+        z = np.zeros(n)
+        assert z.ctypes.data == addr                # the same spill, reused
+        assert not z.any()
+        del z
+
+
 def test_resize_grow_and_shrink_preserve_data(ws):
     with ws:
         a = np.arange(10.0)

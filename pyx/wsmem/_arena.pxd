@@ -57,6 +57,8 @@ cdef struct Block:
     Block* next_spill       # links in state.spills (spills of the open cycle)
     Block* prev_spill
     bint in_spills          # linked in state.spills (the arena holds a ref for it)
+    bint untouched          # a spill fresh from an anonymous mmap, not yet handed
+                            # out: its pages are still the kernel's zero pages
 
 cdef struct RingInfo:
     # A circular workspace's former ring, frozen when the ring grew: nothing

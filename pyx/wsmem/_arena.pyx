@@ -108,6 +108,7 @@ cdef Block* _block_new(ArenaState* st, size_t size, bint is_main, Arena arena) e
     elif is_main or size >= SPILL_MMAP_THRESHOLD:
         with nogil:
             err = pages_map_host(&b.region, size, align, is_main)
+        b.untouched = not is_main
     else:
         err = pages_malloc(&b.region, size, align)
     if err != 0:
