@@ -1,4 +1,4 @@
-"""The pytest plugin: --wsmem-leaks and the wsmem_workspace fixture.
+"""The pytest plugin: --wsmem-leaks, --wsmem-capture and the wsmem_workspace fixture.
 
 Each inner session runs in a subprocess: an inner test that leaks on purpose
 must not leave pinned memory in this process (conftest checks that).
@@ -140,4 +140,137 @@ def test_two(wsmem_workspace):
 
 def test_help_lists_the_option(run):
     result = run("--help")
-    result.stdout.fnmatch_lines(["*--wsmem-leaks*"])
+    result.stdout.fnmatch_lines(["*--wsmem-leaks*", "*--wsmem-capture*",
+                                 "*--wsmem-spill-everything*"])
+
+
+CAPTURED = '''
+import numpy as np
+import pytest
+import wsmem
+
+seen = {}
+
+@pytest.fixture
+def made_in_fixture():
+    assert wsmem.current_workspace() is None       # fixtures run outside the cycle
+    return np.arange(100.0)
+
+def test_body_runs_in_a_cycle(made_in_fixture):
+    ws = wsmem.current_workspace()
+    assert ws is not None and ws.name == "pytest-wsmem-capture" and ws.is_open
+    a = np.exp(-made_in_fixture)                    # NumPy's own allocation
+    assert ws.stats().cycle_bytes >= a.nbytes
+    seen["ws"], seen["debug"] = ws, wsmem.get_debug_mode_name().value
+    seen["fixture_bytes"] = made_in_fixture.copy()
+
+def test_same_workspace_next_cycle():
+    ws = wsmem.current_workspace()
+    assert ws is seen["ws"] and ws.stats().cycles >= 1
+    assert wsmem.get_debug_mode_name().value == seen["debug"]
+
+@pytest.fixture
+def destroyer():
+    yield
+    seen["ws"].destroy()                            # in teardown: the cycle has ended
+
+def test_workspace_destroyed_after_this_body(destroyer):
+    seen["kept"] = np.ones(1000) * 3                # captured, outlives the workspace
+
+def test_a_destroyed_workspace_is_replaced():
+    ws = wsmem.current_workspace()
+    assert ws is not seen["ws"] and ws.is_open and not ws.is_destroyed
+    assert seen["ws"].is_destroyed and float(seen["kept"].sum()) == 3000.0
+    assert float((np.ones(10) + 1).sum()) == 20.0
+
+def test_other_thread_is_not_captured():
+    import threading
+    out = {}
+    def work():
+        out["ws"] = wsmem.current_workspace()
+        out["sum"] = float((np.ones(100) * 2).sum())
+    t = threading.Thread(target=work)
+    t.start(); t.join()
+    assert out == {"ws": None, "sum": 200.0}
+
+def test_fails_inside_the_cycle():
+    assert float(np.ones(4).sum()) == 5.0
+'''
+
+
+@pytest.mark.parametrize("option, debug", [("--wsmem-capture", "disabled"),
+                                           ("--wsmem-spill-everything", "spill_everything")])
+def test_capture_option_runs_each_test_body_in_a_cycle(run, pytester, option, debug):
+    pytester.makepyfile(test_captured=CAPTURED)
+    result = run(option, "-p", "no:randomly")
+    result.assert_outcomes(passed=5, failed=1)
+    out = result.stdout.str()
+    assert "assert 4.0 == 5.0" in out
+    mode = " in debug mode 'spill_everything'" if debug != "disabled" else ""
+    m = re.search(r"wsmem --wsmem-capture: (\d+) test bodies ran inside a cycle" + re.escape(mode)
+                  + r" \((\d+) of them allocated there\); the workspace served (\d+) bytes, "
+                  r"(\d+) allocations spilled", out)
+    assert m, out
+    cycles, active, served, spilled = map(int, m.groups())
+    # six bodies; two of them allocate nothing in the main thread
+    assert cycles == 6 and active == 4 and served >= 800 + 8000 + 80, out
+    if debug == "spill_everything":      # every allocation of every body spilled
+        assert spilled >= 7, out
+
+
+def test_capture_replaces_a_workspace_a_huge_test_grew(run, pytester):
+    pytester.makepyfile(test_huge='''
+import numpy as np
+import wsmem
+
+seen = []
+
+def test_huge():
+    seen.append(wsmem.current_workspace())
+    big = np.empty(300 << 17)                 # 300 MiB, never touched: no RSS
+    seen.append(big)
+
+def test_next():
+    ws = wsmem.current_workspace()
+    assert seen[0].is_destroyed and ws is not seen[0]
+    assert ws.stats().capacity == 0           # a fresh workspace, learning again
+    seen[1][:4] = 1.0                         # the kept array outlives its workspace
+    assert float(seen[1][:4].sum()) == 4.0
+''')
+    result = run("--wsmem-capture", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert "the workspace was replaced 1 time(s) after a test grew its block past 256 MiB" \
+        in result.stdout.str()
+
+
+def test_capture_without_the_option_leaves_tests_alone(run, pytester):
+    pytester.makepyfile(test_plain='''
+import numpy as np
+import wsmem
+
+def test_plain():
+    assert wsmem.current_workspace() is None
+    assert float(np.ones(3).sum()) == 3.0
+''')
+    result = run()
+    result.assert_outcomes(passed=1)
+    assert "--wsmem-capture:" not in result.stdout.str()
+
+
+def test_capture_with_leaks_flags_arrays_kept_past_the_test(run, pytester):
+    pytester.makepyfile(test_kept='''
+import numpy as np
+
+kept = []
+
+def test_keeps_a_result():
+    kept.append(np.ones(3000) + 1)          # captured, outlives the test's cycle
+
+def test_clean():
+    assert float((np.ones(3000) + 1).sum()) == 6000.0
+''')
+    result = run("--wsmem-capture", "--wsmem-leaks", "-p", "no:randomly", "-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_keeps_a_result FAILED*", "*test_clean PASSED*"])
+    out = result.stdout.str()
+    assert "workspace 'pytest-wsmem-capture'" in out and "kept.append(np.ones(3000) + 1)" in out

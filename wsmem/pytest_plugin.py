@@ -12,6 +12,19 @@ hand with ``pytest -p wsmem.pytest_plugin``).
     created during the session, so the tracebacks exist.  Tests that failed
     already are not checked (their traceback keeps locals alive).
 
+``pytest --wsmem-capture``, ``pytest --wsmem-spill-everything``
+    Run the body of every test inside a cycle of one session workspace
+    (``capture=True``, ``spill="reallocate"``: the block grows to the largest
+    test, and a workspace whose block grew past 256 MiB is replaced by a new
+    one after that test), so that NumPy allocates the test's own arrays in it: an existing test suite then checks that its code runs unchanged
+    under wsmem.  With ``--wsmem-spill-everything`` the cycles also run in
+    that debug mode (every allocation its own mapping, unmapped when its cycle
+    ends and it died), which turns a read of reused memory into a crash or
+    a wrong value instead of a silent pass.  Fixtures (setup and teardown)
+    run outside the cycle, and so does code in other threads (NumPy's
+    handler is per thread).  The terminal summary says how many test bodies
+    ran in a cycle and how many bytes the workspace served.
+
 ``wsmem_workspace`` fixture
     A fresh :class:`wsmem.Workspace` named after the test, destroyed after
     it.
@@ -41,10 +54,87 @@ from typing import Any, Iterator
 import pytest
 
 __all__ = ["pytest_addoption", "pytest_configure", "pytest_unconfigure",
-           "pytest_runtest_call", "wsmem_workspace"]
+           "pytest_runtest_call", "pytest_terminal_summary", "wsmem_workspace"]
 
 # Tracking setting before --wsmem-leaks turned it on (restored at the end).
 _prev_tracking = pytest.StashKey[bool]()
+# --wsmem-capture: the session's workspace and what its cycles served.
+_capture = pytest.StashKey["_CaptureRun"]()
+# --wsmem-capture drops a session workspace whose block grew past this.
+KEEP_BLOCK_MAX = 256 << 20
+
+
+class _CaptureRun:
+    """The session workspace of ``--wsmem-capture`` and its tallies."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.ws: Any = None
+        self.thread: Any = None
+        self.cycles = 0          # test bodies run inside a cycle
+        self.served = 0          # bytes the cycles took from the workspace
+        self.spilled = 0         # allocations that spilled
+        self.active = 0          # cycles that allocated anything
+        self.other_thread = 0    # test bodies run outside the session thread
+        self.replaced = 0        # workspaces dropped for growing past KEEP_BLOCK_MAX
+
+    def workspace(self) -> Any:
+        """The session workspace (a new one if a test destroyed it)."""
+        import wsmem
+
+        if self.ws is None or self.ws.is_destroyed:
+            # Every test is a different cycle: growing the block to the
+            # largest one seen keeps most allocations on the block's own
+            # path (bump, free table, pins) instead of in spills.
+            self.ws = wsmem.Workspace("pytest-wsmem-capture", spill="reallocate")
+        return self.ws
+
+    def run(self) -> Iterator[None]:
+        import threading
+
+        import wsmem
+
+        if self.thread is None:
+            self.thread = threading.get_ident()
+        if threading.get_ident() != self.thread:   # a workspace has one owner thread
+            self.other_thread += 1
+            return (yield)
+        ws = self.workspace()
+        try:
+            if self.mode == "spill_everything":
+                with wsmem.debug_mode("spill_everything"), ws:
+                    return (yield)
+            with ws:
+                return (yield)
+        finally:
+            if not ws.is_destroyed:
+                st = ws.stats()
+                self.cycles += 1
+                self.served += st.last_cycle_bytes
+                self.spilled += st.spilled_count
+                self.active += st.last_cycle_bytes > 0
+                if st.capacity > KEEP_BLOCK_MAX:
+                    # A test with a huge cycle grew the block: do not hold
+                    # that memory for the rest of the session.  Arrays the
+                    # test kept stay valid; the next test gets a new one.
+                    ws.destroy()
+                    self.replaced += 1
+
+    def summary(self) -> str:
+        ws = self.ws
+        pinned = 0 if ws is None or ws.is_destroyed else ws.stats().pinned_bytes
+        mode = "" if self.mode == "on" else f" in debug mode {self.mode!r}"
+        text = (f"wsmem --wsmem-capture: {self.cycles} test bodies ran inside a cycle"
+                f"{mode} ({self.active} of them allocated there); the workspace served "
+                f"{self.served} bytes, {self.spilled} allocations spilled, "
+                f"{pinned} bytes still pinned by arrays that outlived their test")
+        if self.replaced:
+            text += (f"; the workspace was replaced {self.replaced} time(s) after a test "
+                     f"grew its block past {KEEP_BLOCK_MAX >> 20} MiB")
+        if self.other_thread:
+            text += (f"; {self.other_thread} test bodies ran in another thread "
+                     f"than the first and were not captured")
+        return text
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,9 +143,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="fail tests that leave workspace memory pinned by an escaped "
                          "view, printing the allocation tracebacks (turns on wsmem "
                          "allocation tracking)")
+    group.addoption("--wsmem-capture", action="store_true", default=False,
+                    help="run every test body inside a cycle of one wsmem workspace "
+                         "(capture=True), so NumPy allocates the test's arrays there")
+    group.addoption("--wsmem-spill-everything", action="store_true", default=False,
+                    help="as --wsmem-capture, with wsmem's 'spill_everything' debug mode "
+                         "on during the cycles: every allocation gets its own mapping, "
+                         "unmapped once its cycle has ended and it died")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("wsmem_spill_everything"):
+        config.stash[_capture] = _CaptureRun("spill_everything")
+    elif config.getoption("wsmem_capture"):
+        config.stash[_capture] = _CaptureRun("on")
     if config.getoption("wsmem_leaks"):
         from wsmem._config import force_tracking
         config.stash[_prev_tracking] = force_tracking(True)
@@ -120,11 +221,15 @@ def _format(new: Counter, infos: dict) -> str:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    run = item.config.stash.get(_capture, None)
+    # The leak check goes around the capture cycle: what the test body kept
+    # alive past its cycle counts.
+    body = _plain() if run is None else run.run()
     if not item.config.getoption("wsmem_leaks"):
-        return (yield)
+        return (yield from body)
     gc.collect()
     before, _, hold = _leak_snapshot()
-    result = yield                   # a failing test raises here: not checked
+    result = yield from body         # a failing test raises here: not checked
     gc.collect()
     after, infos, _ = _leak_snapshot()
     new = after - before
@@ -132,6 +237,16 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if new:
         pytest.fail(_format(new, infos), pytrace=False)
     return result
+
+
+def _plain() -> Iterator[None]:
+    return (yield)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    run = terminalreporter.config.stash.get(_capture, None)
+    if run is not None:
+        terminalreporter.write_line(run.summary())
 
 
 @pytest.fixture
