@@ -877,6 +877,62 @@ def test_parked_spills_are_bounded(ws):
     assert 32 < held < 100, held                   # unbounded: ~384 MiB
 
 
+def test_a_loop_of_huge_temporaries_learns_one_of_them(ws):
+    """A spill over the parking bound is still parked when it is larger than
+    all parked bytes together (small dead spills, such as the 0-d scalar
+    of `a[::4096] = 1`, do not stop it): a loop of 100 MB temporaries in
+    the learning cycle reuses one mapping,
+    so the block learns ~1.3 x 100 MB, not the sum (NumPy's
+    test_memoryleak: 1000 x 100 MB learned 121 GiB and failed at exit)."""
+    n = 100_000_000
+    with ws:
+        for _ in range(50):
+            a = np.empty(n, np.int8)
+            a[::4096] = 1
+            del a
+    assert n <= ws.stats().capacity <= 1.5 * n
+    with ws:                                       # and the steady state fits
+        for _ in range(5):
+            a = np.empty(n, np.int8)
+            del a
+        assert ws.stats().spilled_count == 0
+
+
+def test_a_learned_block_the_system_refuses_warns_and_keeps_going():
+    """Ever-new large sizes add up; when the learned block cannot be mapped
+    the cycle still ends normally, with one RuntimeWarning saying what to do."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    w = wsmem.Workspace("learn_refused")
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (_address_space() + (3 << 30), hard))
+        with pytest.warns(RuntimeWarning, match="refused to map a block that large.*max_size"):
+            with w:
+                for k in range(40):                # 40 x ~100 MB, each size new: ~4 GB
+                    a = np.empty(100_000_000 + 4096 * k, np.int8)
+                    del a
+        assert w.stats().capacity == 0 and w.stats().initialized
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")         # warned once per workspace
+            for _ in range(2):
+                with w:
+                    b = np.ones(1000) * 2
+                    assert float(b.sum()) == 2000.0
+                    del b
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        w.destroy()
+
+
+def _address_space():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize in /proc/self/status")
+
+
 def test_different_sizes_do_not_alias_live_arrays(ws):
     sizes = [1, 3, 8, 17, 100, 1000, 3, 8, 1, 4096, 17, 100]
     for _ in range(3):

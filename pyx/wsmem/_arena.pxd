@@ -110,6 +110,7 @@ cdef class Arena:
     cdef size_t learn_peak          # max cycle_bytes since the last (re)initialisation
     cdef unsigned long long cycles
     cdef bint initialized           # learning finished (or learning == none)
+    cdef bint warned_resize         # a learned/grown block was refused once (warned)
     # --- circular workspaces (reset == RESET_ENDOFBUFFER).  The cursor is
     # not reset between cycles; a ring array (position serial, lap, offset)
     # is valid until the ring writes over it, or the floor passes it.
@@ -138,6 +139,7 @@ cdef class Arena:
     cdef size_t learned_size(self, size_t peak) noexcept
     cdef int begin_cycle(self) except -1
     cdef int end_cycle(self) except -1
+    cdef int _resize_after_cycle(self, size_t size) except -1
     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL
     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL
     cdef int release_all(self) except -1

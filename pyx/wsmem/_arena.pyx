@@ -26,6 +26,7 @@ from wsmem._pages cimport (PageRegion, pages_map_host, pages_map_file, pages_mal
 
 import os
 import tempfile
+import warnings
 
 from wsmem._errors import WorkspaceError, WorkspaceOverflowError
 
@@ -668,11 +669,30 @@ cdef class Arena:
                  self.cycles >= max(self.cycles_before_init, 1)))):
             self.initialized = True
             self.init_pending = False
-            self.set_capacity(self.learned_size(self.learn_peak))
+            self._resize_after_cycle(self.learned_size(self.learn_peak))
         elif grow:
             target = self.learned_size(need)
             if target > self.capacity():
-                self.set_capacity(target)
+                self._resize_after_cycle(target)
+        return 0
+
+    cdef int _resize_after_cycle(self, size_t size) except -1:
+        """Learning or growth at the end of a cycle.  The user's code is done:
+        a block the system refuses to map leaves the old one in place, with a
+        warning (once per workspace) instead of an error from ``with``."""
+        try:
+            self.set_capacity(size)
+        except WorkspaceOverflowError:
+            if not self.warned_resize:
+                self.warned_resize = True
+                warnings.warn(
+                    f"workspace {self.name!r} learned that its cycles need "
+                    f"{_nbytes_str(size)}, but the system refused to map a block that "
+                    f"large; it keeps its "
+                    f"{_nbytes_str(self.capacity())} block and spills the rest. Cycles that "
+                    f"allocate many large arrays of ever-new sizes add them all up: set "
+                    f"max_size (or initial_size with learning='none') to bound the block.",
+                    RuntimeWarning, stacklevel=1)
         return 0
 
     cdef int release_all(self) except -1:
