@@ -33,6 +33,7 @@ import concurrent.futures
 import datetime
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -83,7 +84,8 @@ def run_mode(mode, pyargs, workdir):
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
     lines = proc.stdout.strip().splitlines()
-    tail = [ln for ln in lines[-40:] if "wsmem --wsmem-capture:" in ln or " in " in ln]
+    tail = [ln for ln in lines[-40:] if ln.startswith("wsmem --wsmem-capture:")
+            or re.match(r"=* ?\d+ (passed|failed|error)", ln)]
     return {"mode": mode, "cmd": cmd, "rc": proc.returncode, "elapsed": elapsed,
             "xml": xml if os.path.exists(xml) else None, "tail": tail,
             "stderr": proc.stderr[-2000:]}

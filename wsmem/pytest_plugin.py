@@ -90,6 +90,7 @@ class _CaptureRun:
         return self.ws
 
     def run(self) -> Iterator[None]:
+        import contextlib
         import threading
 
         import wsmem
@@ -100,11 +101,10 @@ class _CaptureRun:
             self.other_thread += 1
             return (yield)
         ws = self.workspace()
+        debug = (wsmem.debug_mode("spill_everything") if self.mode == "spill_everything"
+                 else contextlib.nullcontext())
         try:
-            if self.mode == "spill_everything":
-                with wsmem.debug_mode("spill_everything"), ws:
-                    return (yield)
-            with ws:
+            with debug, ws:
                 return (yield)
         finally:
             if not ws.is_destroyed:
