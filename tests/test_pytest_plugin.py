@@ -3,25 +3,17 @@
 Each inner session runs in a subprocess: an inner test that leaks on purpose
 must not leave pinned memory in this process (conftest checks that).
 """
-import importlib.metadata
 import os
 import re
 
 import pytest
 
 import wsmem
+from run_numpy_suite import plugin_args
 
 pytest_plugins = ["pytester"]
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(wsmem.__file__)))
-
-
-def _plugin_args():
-    # Load the plugin by hand unless the installed entry point already does.
-    eps = importlib.metadata.entry_points(group="pytest11")
-    if any(ep.value == "wsmem.pytest_plugin" for ep in eps):
-        return []
-    return ["-p", "wsmem.pytest_plugin"]
 
 
 @pytest.fixture
@@ -31,7 +23,7 @@ def run(pytester, monkeypatch):
     monkeypatch.delenv("WSMEM_TRACK", raising=False)
 
     def run(*args):
-        return pytester.runpytest_subprocess(*_plugin_args(), "-p", "no:cacheprovider",
+        return pytester.runpytest_subprocess(*plugin_args(), "-p", "no:cacheprovider",
                                              *args)
     return run
 

@@ -16,7 +16,8 @@ hand with ``pytest -p wsmem.pytest_plugin``).
     Run the body of every test inside a cycle of one session workspace
     (``capture=True``, ``spill="reallocate"``: the block grows to the largest
     test, and a workspace whose block grew past 256 MiB is replaced by a new
-    one after that test), so that NumPy allocates the test's own arrays in it: an existing test suite then checks that its code runs unchanged
+    one after that test), so that NumPy allocates the test's own arrays in
+    it: an existing test suite then checks that its code runs unchanged
     under wsmem.  With ``--wsmem-spill-everything`` the cycles also run in
     that debug mode (every allocation its own mapping, unmapped when its cycle
     ends and it died), which turns a read of reused memory into a crash or
