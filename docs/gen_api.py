@@ -33,7 +33,8 @@ SECTIONS = [
                   "Location", "DebugMode"]),
     ("Training-loop toolkit", ["ArrayType", "WorkspaceMgr", "WorkspaceMode", "prefetch",
                                "shield", "set_gc_window", "toggle_periodic_gc"]),
-    ("Errors", ["WorkspaceError", "WorkspaceLeakError", "WorkspaceOverflowError"]),
+    ("Errors and warnings", ["WorkspaceError", "WorkspaceLeakError", "WorkspaceOverflowError",
+                             "PerformanceWarning"]),
 ]
 PLUGIN = "wsmem.pytest_plugin"
 

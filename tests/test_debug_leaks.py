@@ -8,7 +8,7 @@ import pytest
 import wsmem
 from wsmem import DebugMode, WorkspaceLeakError
 
-LINE = 128
+LINE = 64     # pyx/wsmem/_arena.pxd LINE: pins round out to 64-byte lines
 ALIGN = 64
 
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -27,26 +28,37 @@ def test_max_size_overflow_carries_stats_and_workspace_goes_on(workspace_factory
     ws = workspace_factory("OOM_MAX")(learning="none", initial_size=MiB,
                                       allocation="strict", max_size=2 * MiB)
     baseline = None
-    for rep in range(200):
-        with ws:
-            a = wsmem.full(MiB // 8, 1.0)                # fills the block
-            b = wsmem.full(MiB // 16, 2.0)               # spills (block + 0.5 MiB <= 2 MiB)
-            with pytest.raises(WorkspaceOverflowError, match="max_size") as info:
-                wsmem.empty(MiB // 8)                     # 1 MiB more: over max_size
-            _check_error(info.value, ws)
-            st = info.value.stats
-            assert st.capacity == MiB and st.is_open
-            assert st.spilled_bytes == MiB // 2 and st.spilled_count == 1
-            # the same cycle goes on: earlier arrays intact, smaller requests served
-            c = wsmem.full(MiB // 32, 3.0)
-            assert float(a.sum()) == MiB // 8 and float(b.sum()) == MiB // 8
-            assert float(c.sum()) == 3 * (MiB // 32)
-        s = ws.stats()
-        if baseline is None:
-            baseline = s.pages
-        assert s.pages == baseline == 1, s               # spills released, nothing kept
-        assert s.pinned_bytes == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for rep in range(200):
+            _overflow_cycle(ws)
+            s = ws.stats()
+            if baseline is None:
+                baseline = s.pages
+            assert s.pages == baseline == 1, s               # spills released, nothing kept
+            assert s.pinned_bytes == 0
     assert ws.stats().cycles == 200
+    # a 0.5 MiB spill in every cycle: wsmem says once that the block is too small
+    perf = [w for w in caught if issubclass(w.category, wsmem.PerformanceWarning)]
+    assert len(perf) == 1 and "OOM_MAX" in str(perf[0].message), [str(w.message) for w in caught]
+    assert len(caught) == 1
+
+
+def _overflow_cycle(ws):
+    """One cycle: fill the block, spill 0.5 MiB, overflow max_size, go on."""
+    with ws:
+        a = wsmem.full(MiB // 8, 1.0)                # fills the block
+        b = wsmem.full(MiB // 16, 2.0)               # spills (block + 0.5 MiB <= 2 MiB)
+        with pytest.raises(WorkspaceOverflowError, match="max_size") as info:
+            wsmem.empty(MiB // 8)                     # 1 MiB more: over max_size
+        _check_error(info.value, ws)
+        st = info.value.stats
+        assert st.capacity == MiB and st.is_open
+        assert st.spilled_bytes == MiB // 2 and st.spilled_count == 1
+        # the same cycle goes on: earlier arrays intact, smaller requests served
+        c = wsmem.full(MiB // 32, 3.0)
+        assert float(a.sum()) == MiB // 8 and float(b.sum()) == MiB // 8
+        assert float(c.sum()) == 3 * (MiB // 32)
 
 
 def test_spill_fail_overflow(workspace_factory):

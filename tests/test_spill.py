@@ -1,6 +1,8 @@
 """Spill policies and max_size (after ND4J's WorkspaceProviderTests testReallocate*,
 BasicWorkspaceTests testSpill*/testMaxSize and SpecialWorkspaceTests)."""
 import gc
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import wsmem
 from wsmem import SpillPolicy, WorkspaceError, WorkspaceLeakError, WorkspaceOverflowError
 
 ALIGN = 64
-LINE = 128
+LINE = 64     # pyx/wsmem/_arena.pxd LINE: pins round out to 64-byte lines
 
 
 def _r(n, a=ALIGN):
@@ -135,7 +137,7 @@ def test_reallocate_while_view_pins_old_block():
         v = np.asarray(a)
         wsmem.empty(8192, dtype=np.uint8)       # spills -> grow at cycle end
     # grows to the cycle's bytes plus what is still pinned for the next cycle (v's line)
-    assert ws.stats().capacity == _r(64) + 8192 + 128
+    assert ws.stats().capacity == _r(64) + 8192 + LINE
     with ws:
         b = wsmem.full(1024, -1.0)              # 8192 bytes: fits the new block
         assert ws.stats().spilled_count == 0
@@ -245,3 +247,90 @@ def test_config_rejects_initial_above_max():
         wsmem.WorkspaceConfig(initial_size=-1)
     with pytest.raises(TypeError):
         wsmem.WorkspaceConfig(initial_size=1.5)
+
+
+# ------------------------------------------------------------------ recurring spills
+
+KiB = 1024
+
+
+def _batches(ws, rows_seq, cols=128):
+    """One cycle per batch size: a small variable-length batch step (float64)."""
+    w = np.ones((cols, cols))
+    for rows in rows_seq:
+        with ws:
+            x = np.ones((rows, cols))
+            h = np.maximum(x @ w, 0)
+            s = float((h * 2 + 1).sum())
+        assert s == rows * cols * (2 * cols + 1)
+
+
+def _perf(caught):
+    return [w for w in caught if issubclass(w.category, wsmem.PerformanceWarning)]
+
+
+def test_recurring_external_spills_warn_once_with_what_to_do():
+    # The first batch (64 rows) teaches the block; most later ones are bigger
+    # (2048 rows: 2 MiB arrays) and spill 2 MiB and more every cycle.
+    ws = wsmem.Workspace("VARBATCH")
+    with pytest.warns(wsmem.PerformanceWarning) as caught:
+        _batches(ws, [64] + [2048, 64] * 12)
+    assert len(_perf(caught)) == 1
+    msg = str(_perf(caught)[0].message)
+    assert "'VARBATCH'" in msg and "8 of its last 16 cycles" in msg
+    assert "learned from its first cycle" in msg
+    assert "spill='reallocate'" in msg and "learning='over_time'" in msg
+    suggested = int(re.search(r"min_size=(\d+)", msg).group(1))
+    assert suggested >= ws.stats().peak_cycle_bytes   # the largest cycle, plus what was pinned
+    # once per workspace: more spilling cycles say nothing more
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _batches(ws, [2048] * 20)
+    # the advice works: that min_size holds every batch, no spill, no warning
+    ws2 = wsmem.Workspace("VARBATCH_SIZED", min_size=suggested)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _batches(ws2, [64] + [2048, 64] * 12)
+    # (the first cycle is the learning one: it spills by design)
+    assert max(ws2.history().spilled_count[1:]) == 0 and ws2.stats().capacity >= suggested
+    ws.destroy()
+    ws2.destroy()
+
+
+@pytest.mark.parametrize("case", ["reallocate", "rare", "small", "learning_cycles",
+                                  "spill_everything"])
+def test_no_spill_warning_where_spills_are_cheap_or_rare(case):
+    kw = {"spill": "reallocate"} if case == "reallocate" else {}
+    if case == "learning_cycles":
+        kw = {"learning": "over_time", "cycles_before_init": 30}
+    ws = wsmem.Workspace(f"QUIET_{case}", **kw)
+    seq = [64] + [2048, 64] * 12                   # spills 2 MiB in every other cycle
+    if case == "rare":
+        seq = [64] + [2048, 64, 64] * 12           # 1 cycle in 3: at most 6 of 16
+    elif case == "small":
+        seq = [8] + [96, 8] * 12                   # spills under 256 KiB: heap memory
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if case == "spill_everything":
+            with wsmem.debug_mode("spill_everything"):
+                _batches(ws, seq)
+        else:
+            _batches(ws, seq)
+    spilled = ws.history().spilled_count
+    if case in ("rare", "small"):
+        assert max(spilled[1:]) > 0                # it did spill: the warning chose not to
+    ws.destroy()
+
+
+def test_spill_warning_as_error_leaves_the_cycle_closed():
+    ws = wsmem.Workspace("VARBATCH_ERR")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", wsmem.PerformanceWarning)
+        with pytest.raises(wsmem.PerformanceWarning):
+            _batches(ws, [64] + [2048, 64] * 12)
+        # the cycle that raised did end: not open, its spill released, usable again
+        st = ws.stats()
+        assert not st.is_open and wsmem.current_workspace() is None
+        assert st.pages == 1
+        _batches(ws, [2048, 64] * 4)               # warned once already: no error now
+    ws.destroy()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import wsmem
+from wsmem._arena import PIN_LINE
 from threadutil import run_in_thread as _in_thread
 from wsmem import WorkspaceError
 
@@ -224,7 +225,7 @@ def test_view_released_in_other_thread():
     ws = wsmem.Workspace("XVIEW", learning="none", initial_size=4096)
     with ws:
         v = np.asarray(wsmem.full(4, 1.0))
-    assert ws.stats().pinned_bytes == 128
+    assert ws.stats().pinned_bytes == PIN_LINE       # 32 bytes: one line
     box = [v]
     del v
 

@@ -19,7 +19,8 @@ of reading reused memory.
 """
 from wsmem._config import (AllocationPolicy, DebugMode, LearningPolicy, Location,
                            ResetPolicy, SpillPolicy, WorkspaceConfig)
-from wsmem._errors import WorkspaceError, WorkspaceLeakError, WorkspaceOverflowError
+from wsmem._errors import (PerformanceWarning, WorkspaceError, WorkspaceLeakError,
+                           WorkspaceOverflowError)
 from wsmem._stats import LeakInfo, WorkspaceHistory, WorkspaceStats
 from wsmem._array import (WsArray, asarray, empty, empty_like, full, full_like, ones,
                           ones_like, zeros, zeros_like)
@@ -37,7 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AllocationPolicy", "DebugMode", "LearningPolicy", "Location", "ResetPolicy",
     "SpillPolicy", "WorkspaceConfig", "WorkspaceError", "WorkspaceLeakError",
-    "WorkspaceOverflowError", "LeakInfo", "WorkspaceHistory", "WorkspaceStats", "WsArray", "Workspace",
+    "WorkspaceOverflowError", "PerformanceWarning", "LeakInfo", "WorkspaceHistory", "WorkspaceStats", "WsArray", "Workspace",
     "asarray", "empty", "empty_like", "full", "full_like", "ones", "ones_like", "zeros",
     "zeros_like", "current_workspace", "debug_mode", "get_debug_mode_name", "scope_out",
     "aligned_heap", "heap_is_aligned", "destroy_thread_workspaces", "get_workspace", "thread_workspaces",

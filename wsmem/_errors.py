@@ -3,7 +3,8 @@
 Every message says what happened and what to do next.
 """
 
-__all__ = ["WorkspaceError", "WorkspaceLeakError", "WorkspaceOverflowError"]
+__all__ = ["WorkspaceError", "WorkspaceLeakError", "WorkspaceOverflowError",
+           "PerformanceWarning"]
 
 
 class WorkspaceError(RuntimeError):
@@ -37,3 +38,19 @@ class WorkspaceOverflowError(WorkspaceError, MemoryError):
     def __init__(self, message, stats=None):
         super().__init__(message)
         self.stats = stats
+
+
+class PerformanceWarning(UserWarning):
+    """A workspace works, but its configuration makes it slow.
+
+    Issued once per workspace.  Now for one case: a workspace with
+    ``spill="external"`` that, after learning, spills into memory of its own
+    (an array of 256 KiB or more, or any array of a device or pinned
+    workspace) in 8 of its last 16 cycles.  Each such spill is allocated and
+    released again every cycle (on the host, a page fault per page), which a
+    block sized for the largest cycle avoids; variable-length batches whose
+    first batch was a small one do this.  The message gives the sizes and the
+    settings that fix it (``spill="reallocate"``, ``learning="over_time"``,
+    or a ``min_size``).  Silence it with
+    ``warnings.filterwarnings("ignore", category=wsmem.PerformanceWarning)``.
+    """

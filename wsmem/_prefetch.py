@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from wsmem._arena import PIN_LINE
 from wsmem._array import WsArray
 from wsmem._errors import WorkspaceError
 from wsmem._workspace import Workspace
@@ -53,8 +54,8 @@ from wsmem._workspace import Workspace
 __all__ = ["prefetch", "shield", "PrefetchIterator", "ShieldedIterator", "Shielded"]
 
 # Pin granularity of the arena (LINE in pyx/wsmem/_arena.pxd): an export pins
-# its bytes rounded out to 128-byte lines.  Used only to size the ring.
-_LINE = 128
+# its bytes rounded out to lines of this many bytes.  Used only to size the ring.
+_LINE = PIN_LINE
 # Smallest ring mapped (bytes); items without arrays still need a marker.
 _MIN_RING = 64 * 1024
 # How often (seconds) blocked producer/consumer calls look at the stop flag

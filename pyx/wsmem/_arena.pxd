@@ -10,8 +10,8 @@ from wsmem._pages cimport PageRegion
 # Pins are recorded in lines: an escaped view keeps its own bytes rounded out
 # to LINE-byte boundaries out of reuse, never a page.
 cdef enum:
-    LINE_SHIFT = 7
-    LINE = 128
+    LINE_SHIFT = 6
+    LINE = 64
 
 # Policy codes (mirror the enums of wsmem._config).
 cdef enum:
@@ -104,6 +104,8 @@ cdef class Arena:
     cdef size_t cycle_bytes
     cdef size_t spilled_bytes       # every byte spilled this cycle (stats, learning)
     cdef size_t spill_held          # spilled bytes still mapped this cycle (max_size)
+    cdef size_t spill_mapped        # bytes spilled this cycle in mappings of their own (the
+                                    # costly kind: not from the heap), for the recurring-spill warning
     cdef size_t spilled_count
     cdef size_t last_cycle_bytes
     cdef size_t peak_cycle_bytes
@@ -111,6 +113,8 @@ cdef class Arena:
     cdef unsigned long long cycles
     cdef bint initialized           # learning finished (or learning == none)
     cdef bint warned_resize         # a learned/grown block was refused once (warned)
+    cdef unsigned int spill_bits    # bit i: the i-th last cycle after learning spilled
+    cdef bint warned_spills         # recurring external spills were warned about once
     # --- circular workspaces (reset == RESET_ENDOFBUFFER).  The cursor is
     # not reset between cycles; a ring array (position serial, lap, offset)
     # is valid until the ring writes over it, or the floor passes it.
@@ -140,6 +144,7 @@ cdef class Arena:
     cdef int begin_cycle(self) except -1
     cdef int end_cycle(self) except -1
     cdef int _resize_after_cycle(self, size_t size) except -1
+    cdef int _warn_spills(self) except -1
     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL
     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL
     cdef int release_all(self) except -1

@@ -28,7 +28,7 @@ import os
 import tempfile
 import warnings
 
-from wsmem._errors import WorkspaceError, WorkspaceOverflowError
+from wsmem._errors import PerformanceWarning, WorkspaceError, WorkspaceOverflowError
 
 cdef extern from *:
     """
@@ -74,14 +74,33 @@ cdef inline size_t _round_up(size_t n, size_t a) noexcept nogil:
     return (n + a - 1) & ~(a - 1)
 
 
+# Pin granularity (bytes), for Python code that sizes by it (wsmem._prefetch).
+PIN_LINE = LINE
+
+
+# Recurring external spills (after learning) warn once per workspace when at
+# least SPILL_WARN_OF of the last SPILL_WINDOW cycles spilled.
+cdef enum:
+    SPILL_WINDOW = 16
+    SPILL_WARN_OF = 8
+
+
+cdef inline int _recent_spills(unsigned int bits) noexcept:
+    cdef int n = 0, i
+    for i in range(SPILL_WINDOW):
+        n += (bits >> i) & 1
+    return n
+
+
 def _nbytes_str(size_t n):
+    # Floating-point division: size_t / int would be C's integer division.
     if n < 1024:
         return f"{n} B"
     if n < 1 << 20:
-        return f"{n / 1024:.1f} KiB"
+        return f"{n / 1024.0:.1f} KiB"
     if n < 1 << 30:
-        return f"{n / (1 << 20):.1f} MiB"
-    return f"{n / (1 << 30):.2f} GiB"
+        return f"{n / 1048576.0:.1f} MiB"
+    return f"{n / 1073741824.0:.2f} GiB"
 
 
 # ---------------------------------------------------------------- blocks
@@ -440,7 +459,7 @@ cdef class Arena:
         """
         self.generation += 1
         self.cycle_bytes = self.spilled_bytes = self.spilled_count = 0
-        self.spill_held = 0
+        self.spill_held = self.spill_mapped = 0
         if self.reset == RESET_ENDOFBUFFER:
             if not self.ring_started and self.main != NULL:
                 self.ring_started = True
@@ -635,6 +654,9 @@ cdef class Arena:
         self.spill_held += sz
         self.spilled_bytes += sz
         self.spilled_count += 1
+        if self.location == LOC_DEVICE or self.location == LOC_PINNED or \
+                sz >= SPILL_MMAP_THRESHOLD:
+            self.spill_mapped += sz         # not a heap block (see _block_new)
         self.cycle_bytes += sz
         block[0] = b
         return b.region.ptr
@@ -651,6 +673,7 @@ cdef class Arena:
             return 0            # the ring keeps its cursor; nothing to learn
         self.cursor = self.limit = 0
         self.n_holes = self.hole_index = 0
+        was_init = self.initialized and not self.init_pending
         learn = self.init_pending or (not self.initialized and self.learning != LEARN_NONE)
         grow = (self.initialized and self.spill == SPILL_REALLOCATE and self.spilled_bytes
                 and _debug_mode == DEBUG_OFF)
@@ -670,10 +693,46 @@ cdef class Arena:
             self.initialized = True
             self.init_pending = False
             self._resize_after_cycle(self.learned_size(self.learn_peak))
+            self.spill_bits = 0
         elif grow:
             target = self.learned_size(need)
             if target > self.capacity():
                 self._resize_after_cycle(target)
+        if was_init and self.spill == SPILL_EXTERNAL and _debug_mode == DEBUG_OFF:
+            self.spill_bits = (self.spill_bits << 1) | (self.spill_mapped != 0)
+            if not self.warned_spills and _recent_spills(self.spill_bits) >= SPILL_WARN_OF:
+                self.warned_spills = True
+                self._warn_spills()     # last: with warnings as errors, the cycle is closed
+        return 0
+
+    cdef int _warn_spills(self) except -1:
+        """Recurring external spills into memory of their own (a mapping of
+        SPILL_MMAP_THRESHOLD or more, any device or pinned spill): the block
+        is too small for most cycles, and every such spill is allocated and
+        released again each cycle.  Heap spills (small host ones) are cheap
+        and do not count."""
+        cdef size_t pinned = self.pinned_bytes()
+        if self.learning == LEARN_FIRST_LOOP:
+            origin = "learned from its first cycle"
+        elif self.learning == LEARN_OVER_TIME:
+            origin = f"learned over its first {max(self.cycles_before_init, 1)} cycles"
+        else:
+            origin = "its initial_size, learning='none'"
+        held = (f", and arrays kept from earlier cycles still pin {_nbytes_str(pinned)} of it"
+                if pinned else "")
+        warnings.warn(
+            f"workspace {self.name!r} spilled into memory of its own (arrays of "
+            f"{_nbytes_str(SPILL_MMAP_THRESHOLD)} or more, or any array of a device or pinned "
+            f"workspace) in {_recent_spills(self.spill_bits)} of its last {SPILL_WINDOW} "
+            f"cycles ({_nbytes_str(self.spill_mapped)} in the last one): its "
+            f"{_nbytes_str(self.capacity())} block ({origin}) is smaller than these cycles "
+            f"allocate (the largest so far: {_nbytes_str(self.peak_cycle_bytes)}){held}. "
+            f"With spill='external' every spill is allocated afresh and released again at "
+            f"each cycle's end (on the host: page faults on every page). Use "
+            f"spill='reallocate' to grow the block to the largest cycle, "
+            f"learning='over_time' with cycles_before_init covering the cycle sizes, or "
+            f"min_size={self.peak_cycle_bytes + pinned}. (Shown once per workspace.)",
+            PerformanceWarning, stacklevel=1)
         return 0
 
     cdef int _resize_after_cycle(self, size_t size) except -1:

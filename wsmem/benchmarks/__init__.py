@@ -87,12 +87,13 @@ register_suite("gpu", "wsmem.benchmarks.gpu",
                "(skipped without CuPy and a CUDA device)")
 
 
-def save_full_run(name: str, script: str) -> str:
+def save_full_run(name: str, script: str, out_name: str | None = None, **run_kwargs) -> str:
     """Run suite `name` in full and keep its results (the ``bench/*.py`` scripts).
 
     `script` is the calling script's ``__file__``: results go to ``results/``
-    beside it, as ``<name>.txt`` (command, date, machine, load, the table) and
-    ``<name>.json`` (every number).  Returns the table.
+    beside it, as ``<out_name>.txt`` (command, date, machine, load, the table)
+    and ``<out_name>.json`` (every number); `out_name` defaults to `name`.
+    `run_kwargs` go to the suite's ``run`` (sizes, configs).  Returns the table.
     """
     import argparse
     import json
@@ -113,7 +114,8 @@ def save_full_run(name: str, script: str) -> str:
 
     module = get_suite(name).load()
     results = module.run(quick=False,
-                         progress=lambda m: print(m, file=sys.stderr, flush=True))
+                         progress=lambda m: print(m, file=sys.stderr, flush=True),
+                         **run_kwargs)
     results["command"] = command
     try:
         with open("/proc/loadavg", encoding="ascii") as f:
@@ -134,9 +136,10 @@ def save_full_run(name: str, script: str) -> str:
         "",
     ]
     os.makedirs(results_dir, exist_ok=True)
-    with open(os.path.join(results_dir, f"{name}.txt"), "w", encoding="utf-8") as f:
+    out_name = name if out_name is None else out_name
+    with open(os.path.join(results_dir, f"{out_name}.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(header) + "\n" + table + "\n")
-    with open(os.path.join(results_dir, f"{name}.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(results_dir, f"{out_name}.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
         f.write("\n")
     return table

@@ -62,7 +62,7 @@ from typing import Callable
 
 from wsmem.benchmarks._compare import _median_ci, _paired_ratio, _paired_ratio_ci  # noqa: F401
 
-__all__ = ["DESCRIPTION", "CONFIGS", "WORKLOADS", "SIZES", "CG_ITERS", "run", "make_step",
+__all__ = ["DESCRIPTION", "CONFIGS", "DEFAULT_CONFIGS", "WORKLOADS", "SIZES", "CG_ITERS", "run", "make_step",
            "train_limit_step",
            "format_table", "worker_main", "config_available", "run_worker_once"]
 
@@ -83,20 +83,33 @@ CONFIGS = {
     "mimalloc": ("mimalloc", {}, MIMALLOC),
     "limit": ("limit (out=)", {}, None),
     "wsmem": ("wsmem", {}, None),
+    "wsmem_grow": ("wsmem, spill='reallocate'", {}, None),
 }
+DEFAULT_CONFIGS = ("numpy", "glibc_tuned", "jemalloc", "mimalloc", "limit", "wsmem")
 PEERS = ("numpy", "glibc_tuned", "jemalloc", "mimalloc")
+WSMEM_CONFIGS = {"wsmem": {}, "wsmem_grow": {"spill": "reallocate"}}
 
 TRAIN_IN, TRAIN_OUT = 256, 1024
 CG_ITERS = 10
+# batch: layer widths, and each step's batch sizes as fractions of the size
+# (max rows).  The first batch is the smallest: first_loop learning sees it.
+BATCH_DIMS = (256, 512, 512, 10)
+BATCH_FRACTIONS = (1 / 8, 1, 3 / 8, 5 / 8, 1 / 4, 7 / 8, 1 / 2, 3 / 4)
 WORKLOADS = {
     "train": ("training-style step: x @ w, maximum, *2+1, exp(-y), sum",
               "rows", lambda rows: rows * TRAIN_OUT * 8),
     "cg": (f"2-D Poisson CG, {CG_ITERS} iterations per step, matrix-free slicing matvec",
            "n", lambda n: n * n * 8),
+    "batch": (f"variable-length batches: MLP {BATCH_DIMS[0]}-{BATCH_DIMS[1]}-{BATCH_DIMS[2]}-"
+              f"{BATCH_DIMS[3]} forward and backward, {len(BATCH_FRACTIONS)} batches of "
+              "1/8..1 x max rows per step, one cycle each",
+              "max rows", lambda rows: rows * BATCH_DIMS[1] * 8),
 }
 SIZES = {"train": (8, 64, 512, 4096), "cg": (90, 256, 1024)}
 QUICK_SIZES = {"train": (64, 4096), "cg": (256,)}
 TINY_SIZES = {"train": (8,), "cg": (16,)}
+# Not in the default run (SIZES): bench/varbatch.py runs it, with
+# DEFAULT_CONFIGS plus "wsmem_grow".
 
 # (rounds, target seconds per batch) per mode.
 # mode: (rounds, seconds per batch, worker processes per config)
@@ -217,28 +230,132 @@ def _make_cg(n, limit):
     return step_limit
 
 
-_MAKERS = {"train": _make_train, "cg": _make_cg}
+def _batch_inputs(rows):
+    import numpy as np
+    d0, d1, d2, d3 = BATCH_DIMS
+    rng = np.random.default_rng(777)
+    x = rng.standard_normal((rows, d0))
+    labels = rng.integers(0, d3, rows)
+    ws_ = [rng.standard_normal((a, b)) / np.sqrt(a) for a, b in ((d0, d1), (d1, d2), (d2, d3))]
+    sizes = [max(1, int(round(f * rows))) for f in BATCH_FRACTIONS]
+    return x, labels, ws_, sizes
+
+
+def _make_batch(rows, limit, cycle=None):
+    """One step: every batch size of BATCH_FRACTIONS once, each batch a
+    forward and backward pass (softmax cross-entropy, gradients of the three
+    weight matrices; no update, so every step computes the same).  `cycle`
+    (a workspace) wraps each batch in its own cycle."""
+    import numpy as np
+    x, labels, (w1, w2, w3), sizes = _batch_inputs(rows)
+    if not limit:
+        def one(b):
+            xb, yb = x[:b], labels[:b]
+            h1 = np.maximum(xb @ w1, 0)
+            h2 = np.maximum(h1 @ w2, 0)
+            lg = h2 @ w3
+            lg = lg - lg.max(axis=1, keepdims=True)
+            p = np.exp(lg)
+            p /= p.sum(axis=1, keepdims=True)
+            rows_b = np.arange(b)
+            loss = -np.log(p[rows_b, yb]).sum() / b
+            p[rows_b, yb] -= 1
+            p /= b
+            g3 = h2.T @ p
+            d2 = (p @ w3.T) * (h2 > 0)
+            g2 = h1.T @ d2
+            d1 = (d2 @ w2.T) * (h1 > 0)
+            g1 = xb.T @ d1
+            return float(loss) + float((g1 * g1).sum() + (g2 * g2).sum() + (g3 * g3).sum())
+
+        if cycle is None:
+            def step():
+                return sum(one(b) for b in sizes)
+        else:
+            def step():
+                total = 0.0
+                for b in sizes:
+                    with cycle:
+                        total += one(b)
+                return total
+        return step
+    return _batch_limit_step(x, labels, (w1, w2, w3), sizes)
+
+
+def _batch_limit_step(x, labels, weights, sizes):
+    """The batch step's zero-allocation form: the same arithmetic into
+    buffers of the largest batch, used through their leading rows."""
+    import numpy as np
+    w1, w2, w3 = weights
+    d0, d1, d2, d3 = BATCH_DIMS
+    rows = x.shape[0]
+    h1, h2, t1, t2 = (np.empty((rows, d)) for d in (d1, d2, d1, d2))
+    m1, m2 = np.empty((rows, d1), bool), np.empty((rows, d2), bool)
+    lg, mx, ps = np.empty((rows, d3)), np.empty((rows, 1)), np.empty((rows, 1))
+    g1, g2, g3 = np.empty((d0, d1)), np.empty((d1, d2)), np.empty((d2, d3))
+    s1, s2, s3 = np.empty((d0, d1)), np.empty((d1, d2)), np.empty((d2, d3))
+    picked = np.empty(rows)
+    flat = np.arange(rows) * d3 + labels            # p[rows_b, yb] as flat indices
+    mm, mxm, sub, ex, div, mul, gt, lg_, tk = (np.matmul, np.maximum, np.subtract, np.exp,
+                                               np.divide, np.multiply, np.greater, np.log,
+                                               np.take)
+
+    def one(b):
+        xb = x[:b]
+        a1, a2, L = h1[:b], h2[:b], lg[:b]
+        mxm(mm(xb, w1, out=a1), 0, out=a1)
+        mxm(mm(a1, w2, out=a2), 0, out=a2)
+        mm(a2, w3, out=L)
+        np.max(L, axis=1, keepdims=True, out=mx[:b])
+        sub(L, mx[:b], out=L)
+        ex(L, out=L)
+        np.sum(L, axis=1, keepdims=True, out=ps[:b])
+        div(L, ps[:b], out=L)
+        pf = L.reshape(-1)
+        pk = picked[:b]
+        lg_(tk(pf, flat[:b], out=pk), out=pk)
+        loss = -pk.sum() / b
+        np.subtract.at(pf, flat[:b], 1)
+        div(L, b, out=L)
+        mm(a2.T, L, out=g3)
+        e2, e1 = t2[:b], t1[:b]
+        mul(mm(L, w3.T, out=e2), gt(a2, 0, out=m2[:b]), out=e2)
+        mm(a1.T, e2, out=g2)
+        mul(mm(e2, w2.T, out=e1), gt(a1, 0, out=m1[:b]), out=e1)
+        mm(xb.T, e1, out=g1)
+        return float(loss) + float(mul(g1, g1, out=s1).sum() + mul(g2, g2, out=s2).sum()
+                                   + mul(g3, g3, out=s3).sum())
+
+    def step_limit():
+        return sum(one(b) for b in sizes)
+    return step_limit
+
+
+_MAKERS = {"train": _make_train, "cg": _make_cg, "batch": _make_batch}
 
 
 def make_step(config, workload, size):
-    """The step a config runs, and its workspace (None but for ``"wsmem"``).
+    """The step a config runs, and its workspace (None but for the wsmem configs).
 
     The workload's step (its ``out=`` form for ``"limit"``); for ``"wsmem"``
-    the same step as one cycle of a fresh workspace.  ``"wsmem"`` and
-    ``"limit"`` turn on :func:`wsmem.aligned_heap` for this context before the
-    inputs are made.  The peers differ only by their process environment
+    (and ``"wsmem_grow"``: ``spill="reallocate"``) the same step as one cycle
+    of a fresh workspace, or for ``"batch"`` one cycle per batch.  The wsmem
+    configs and ``"limit"`` turn on :func:`wsmem.aligned_heap` for this
+    context before the inputs are made.  The peers differ only by their process environment
     (``LD_PRELOAD``, ``MALLOC_*``).
     """
-    if config in ("wsmem", "limit"):
+    if config in ("wsmem", "wsmem_grow", "limit"):
         import wsmem
         # The inputs (and the limit's buffers) are made before the loop,
         # outside any cycle: on the aligned heap, cache-line aligned as
         # jemalloc and mimalloc place them (glibc: 16 bytes into a line).
         wsmem.aligned_heap()
-    step = _MAKERS[workload](size, config == "limit")
-    if config != "wsmem":
-        return step, None
-    ws = wsmem.Workspace(f"bench_cyclic_{workload}_{size}")
+    if config not in WSMEM_CONFIGS:
+        return _MAKERS[workload](size, config == "limit"), None
+    ws = wsmem.Workspace(f"bench_cyclic_{workload}_{size}", **WSMEM_CONFIGS[config])
+    if workload == "batch":                         # a cycle per batch, inside the step
+        return _make_batch(size, False, cycle=ws), ws
+    step = _MAKERS[workload](size, False)
 
     def cycle():
         with ws:
@@ -301,7 +418,7 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
         send({"error": f"unknown config/workload {config!r}/{workload!r}"})
         return 2
     rss_start = _maxrss_kib()
-    if config == "wsmem":
+    if config in WSMEM_CONFIGS:
         import wsmem
         if wsmem.current_workspace() is not None:
             send({"error": "a workspace is already open"})
@@ -323,6 +440,7 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
             break
         n *= 2
     steps = max(1, math.ceil(n * target_s / max(t, 1e-9)))
+    cycles_per_step = len(BATCH_FRACTIONS) if workload == "batch" else 1
     ready = {"ready": True, "config": config, "workload": workload, "size": size,
              "steps_per_batch": steps, "s_warmup": s_values, "rss_start_kib": rss_start,
              "pid": os.getpid(), "preloaded": _preloaded()}
@@ -344,10 +462,13 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
             reply = {"time_per_step_s": t / steps, "faults_per_step": (f1 - f0) / steps,
                      "steps": steps, "s": s}
             if ws is not None:
-                st = ws.stats()        # describes the last finished cycle
-                reply["spilled_count"] = st.spilled_count
-                reply["spilled_bytes"] = st.spilled_bytes
-                reply["ws_capacity"] = st.capacity
+                # the most any cycle of the batch spilled (a step may be
+                # several cycles; the history keeps the last 1024)
+                h = ws.history()
+                k = min(len(h.cycle), steps * cycles_per_step)
+                reply["spilled_count"] = int(h.spilled_count[-k:].max())
+                reply["spilled_bytes"] = int(h.spilled_bytes[-k:].max())
+                reply["ws_capacity"] = ws.stats().capacity
             send(reply)
         elif cmd == "quit" or not cmd:
             break
@@ -516,7 +637,7 @@ def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress
             "s_max_rel_err": max(abs(s - ref) / max(abs(ref), 1e-300) for s in s_all),
             "s_matches": not bad,
         }
-        if k == "wsmem":
+        if k in WSMEM_CONFIGS:
             row["steady_spilled_count"] = max(b["spilled_count"] for b in batches[k])
             row["steady_spilled_bytes"] = max(b["spilled_bytes"] for b in batches[k])
             row["ws_capacity"] = final[k]["ws_capacity"]
@@ -570,34 +691,46 @@ def _targets(rows):
         sizes = sorted({r["size"] for r in rows if r["workload"] == wl})
         for size in sizes:
             by = {r["config"]: r for r in rows if r["workload"] == wl and r["size"] == size}
-            ws = by.get("wsmem")
-            if ws is None:
-                continue
-            name = f"{wl} {WORKLOADS[wl][1]}={size}"
-            if "ratio_vs_best_peer" in ws:
-                detail = f"best peer {ws['best_peer']}"
-                ci = ws.get("ratio_vs_best_peer_ci")
-                if ci is not None:
-                    lo, hi, cov = ci
-                    detail += f"; {cov:.0%} CI of the paired ratio {lo:.2f}..{hi:.2f}"
-                    if lo < 1.0 <= hi:
-                        detail += ": the interval holds 1.0, a tie within this run's noise"
-                    elif hi < 1.0:
-                        detail += ": slower beyond this run's noise"
-                out.append({"target": f"{name}: wsmem >= 1.0x best of peers",
-                            "value": ws["ratio_vs_best_peer"],
-                            "met": ws["ratio_vs_best_peer"] >= 1.0,
-                            "detail": detail})
-            if "ratio_vs_limit" in ws:
-                out.append({"target": f"{name}: wsmem within 10% of limit (ratio >= 0.909)",
-                            "value": ws["ratio_vs_limit"],
-                            "met": ws["ratio_vs_limit"] >= 1 / 1.1})
-            if "rss_vs_numpy" in ws:
-                out.append({"target": f"{name}: wsmem peak RSS <= 1.3x NumPy's",
-                            "value": ws["rss_vs_numpy"], "met": ws["rss_vs_numpy"] <= 1.3})
-            if wl == "train" and size == 64 and "ratio_vs_numpy" in ws:
-                out.append({"target": f"{name}: wsmem >= 1.8x plain NumPy (512 KiB temps)",
-                            "value": ws["ratio_vs_numpy"], "met": ws["ratio_vs_numpy"] >= 1.8})
+            for key in WSMEM_CONFIGS:
+                if key in by:
+                    out.extend(_targets_of(by, key, wl, size))
+    return out
+
+
+def _targets_of(by, key, wl, size):
+    """The targets for one wsmem config's row (``by``: the size's rows by config)."""
+    out = []
+    ws = by[key]
+    name = f"{wl} {WORKLOADS[wl][1]}={size}"
+    if key != "wsmem":
+        name += f" ({CONFIGS[key][0]})"
+    if "ratio_vs_best_peer" in ws:
+        detail = f"best peer {ws['best_peer']}"
+        ci = ws.get("ratio_vs_best_peer_ci")
+        if ci is not None:
+            lo, hi, cov = ci
+            detail += f"; {cov:.0%} CI of the paired ratio {lo:.2f}..{hi:.2f}"
+            if lo < 1.0 <= hi:
+                detail += ": the interval holds 1.0, a tie within this run's noise"
+            elif hi < 1.0:
+                detail += ": slower beyond this run's noise"
+        out.append({"target": f"{name}: wsmem >= 1.0x best of peers",
+                    "value": ws["ratio_vs_best_peer"],
+                    "met": ws["ratio_vs_best_peer"] >= 1.0,
+                    "detail": detail})
+    if "ratio_vs_limit" in ws:
+        out.append({"target": f"{name}: wsmem within 10% of limit (ratio >= 0.909)",
+                    "value": ws["ratio_vs_limit"],
+                    "met": ws["ratio_vs_limit"] >= 1 / 1.1})
+    if "rss_vs_numpy" in ws:
+        out.append({"target": f"{name}: wsmem peak RSS <= 1.3x NumPy's",
+                    "value": ws["rss_vs_numpy"], "met": ws["rss_vs_numpy"] <= 1.3})
+    if wl == "train" and size == 64 and "ratio_vs_numpy" in ws:
+        out.append({"target": f"{name}: wsmem >= 1.8x plain NumPy (512 KiB temps)",
+                    "value": ws["ratio_vs_numpy"], "met": ws["ratio_vs_numpy"] >= 1.8})
+    if "faults_per_step" in ws:
+        out.append({"target": f"{name}: wsmem no page faults in steady state (< 1 per step)",
+                    "value": ws["faults_per_step"], "met": ws["faults_per_step"] < 1})
     return out
 
 
@@ -619,7 +752,8 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
     sizes : dict, optional
         ``{"train": (rows, ...), "cg": (n, ...)}``; a workload left out is not run.
     configs : iterable of str, optional
-        Subset of :data:`CONFIGS` (default: all that are available here).
+        Subset of :data:`CONFIGS` (default: :data:`DEFAULT_CONFIGS`, those
+        available here).
     blas_threads : int
         Threads for BLAS in every worker (default 1).
 
@@ -646,7 +780,9 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
     for wl in sizes:
         if wl not in WORKLOADS:
             raise ValueError(f"unknown workload {wl!r}; known: {', '.join(WORKLOADS)}")
-    use, skipped = select_configs("cyclic", CONFIGS, configs, config_available, progress)
+    use, skipped = select_configs("cyclic", CONFIGS,
+                                  DEFAULT_CONFIGS if configs is None else configs,
+                                  config_available, progress)
 
     t0 = time.perf_counter()
     rows = []
@@ -746,7 +882,7 @@ def format_table(results: dict) -> str:
                  "time / this row's time (> 1: this row faster), with [a..b] the "
                  "distribution-free confidence interval of that median (order statistics "
                  "of the per-round ratios; 96% for 9 rounds); 'spilled' = wsmem "
-                 "spilled_count per cycle after warm-up; 'huge pages' = how much of "
+                 "spilled_count after warm-up, the most in any cycle; 'huge pages' = how much of "
                  "wsmem's block mapping the kernel backed with huge pages "
                  "(AnonHugePages, the least over its worker processes).")
     spread = [r["time_max_s"] / r["time_min_s"] for r in rows if r["time_min_s"] > 0]
