@@ -53,9 +53,6 @@ from wsmem._workspace import Workspace
 
 __all__ = ["prefetch", "shield", "PrefetchIterator", "ShieldedIterator", "Shielded"]
 
-# Pin granularity of the arena (LINE in pyx/wsmem/_arena.pxd): an export pins
-# its bytes rounded out to lines of this many bytes.  Used only to size the ring.
-_LINE = PIN_LINE
 # Smallest ring mapped (bytes); items without arrays still need a marker.
 _MIN_RING = 64 * 1024
 # How often (seconds) blocked producer/consumer calls look at the stop flag
@@ -181,7 +178,8 @@ def _item_bytes(x: Any) -> int:
         a = x if isinstance(x, np.ndarray) else np.asarray(x)
         if a.dtype.hasobject:
             return 0
-        return -(-a.nbytes // _LINE) * _LINE + _LINE
+        # an export pins its bytes rounded out to the arena's lines (PIN_LINE)
+        return -(-a.nbytes // PIN_LINE) * PIN_LINE + PIN_LINE
     return 0
 
 

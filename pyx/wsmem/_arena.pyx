@@ -718,7 +718,7 @@ cdef class Arena:
             origin = f"learned over its first {max(self.cycles_before_init, 1)} cycles"
         else:
             origin = "its initial_size, learning='none'"
-        held = (f", and arrays kept from earlier cycles still pin {_nbytes_str(pinned)} of it"
+        held = (f", and arrays kept from earlier cycles still pin {_nbytes_str(pinned)}"
                 if pinned else "")
         warnings.warn(
             f"workspace {self.name!r} spilled into memory of its own (arrays of "

@@ -62,8 +62,8 @@ from typing import Callable
 
 from wsmem.benchmarks._compare import _median_ci, _paired_ratio, _paired_ratio_ci  # noqa: F401
 
-__all__ = ["DESCRIPTION", "CONFIGS", "DEFAULT_CONFIGS", "WORKLOADS", "SIZES", "CG_ITERS", "run", "make_step",
-           "train_limit_step",
+__all__ = ["DESCRIPTION", "CONFIGS", "DEFAULT_CONFIGS", "WORKLOADS", "SIZES", "CG_ITERS",
+           "run", "make_step", "train_limit_step",
            "format_table", "worker_main", "config_available", "run_worker_once"]
 
 DESCRIPTION = ("cyclic NumPy steps (training-style step; matrix-free 2-D Poisson CG) "
@@ -341,10 +341,10 @@ def make_step(config, workload, size):
     (and ``"wsmem_grow"``: ``spill="reallocate"``) the same step as one cycle
     of a fresh workspace, or for ``"batch"`` one cycle per batch.  The wsmem
     configs and ``"limit"`` turn on :func:`wsmem.aligned_heap` for this
-    context before the inputs are made.  The peers differ only by their process environment
-    (``LD_PRELOAD``, ``MALLOC_*``).
+    context before the inputs are made.  The peers differ only by their
+    process environment (``LD_PRELOAD``, ``MALLOC_*``).
     """
-    if config in ("wsmem", "wsmem_grow", "limit"):
+    if config in WSMEM_CONFIGS or config == "limit":
         import wsmem
         # The inputs (and the limit's buffers) are made before the loop,
         # outside any cycle: on the aligned heap, cache-line aligned as
