@@ -486,6 +486,81 @@ def test_result_kept_into_the_next_cycle_does_not_push_its_neighbour_out():
     ws.destroy()
 
 
+PLACE_MIN = 1 << 20   # pyx/wsmem/_capture.pyx: _place_min
+
+
+@pytest.mark.parametrize("allocation", ["overallocate", "strict"])
+def test_large_arrays_start_at_one_page_offset(allocation):
+    """Captured arrays of 1 MiB and more have their data at offset 64 of a
+    page, so that no ufunc output lies a little after its input modulo 4096
+    (4K aliasing): in the learning cycle (spills) and after it (the block),
+    with small arrays bumped in between, and for a reuse of a freed slot.
+    The block learned holds the pads (strict: no slack beyond them)."""
+    ws = wsmem.Workspace("PLACE", allocation=allocation)
+    x = np.full((PLACE_MIN // 8 // 256, 256), 0.5)      # exactly 1 MiB
+    for i in range(6):
+        with ws:
+            a = x * 2
+            small = np.ones(3) * i
+            b = np.exp(a)
+            del a                                       # its slot is reused
+            c = b + 1
+            big = np.ones(PLACE_MIN // 8 + 5)           # 1 MiB and 40 bytes
+            offsets = [arr.ctypes.data % 4096 for arr in (b, c, big)]
+            assert offsets == [64, 64, 64], (i, offsets)
+            assert get_handler_name(c) == hname(ws)
+            assert (c == np.e + 1).all() and (small == i).all() and big.sum() == big.size
+            del b, c, big, small
+    assert ws.history().spilled_count[1:].tolist() == [0] * 5
+    ws.destroy()
+
+
+def test_arrays_under_the_placement_size_are_bumped_as_before():
+    ws = wsmem.Workspace("NO_PLACE")
+    for i in range(3):                      # the first cycle learns the block
+        with ws:
+            a = np.empty(PLACE_MIN // 8 - 512)          # 4 KiB under the size
+            b = np.empty(PLACE_MIN // 8 - 512)
+            if i:                           # b's header right after a's end
+                assert b.ctypes.data - a.ctypes.data == a.nbytes + 64
+            del a, b
+    ws.destroy()
+
+
+def test_large_result_kept_into_the_next_cycle_stays_placed_and_spills_nothing():
+    ws = wsmem.Workspace("KEEP_BIG")
+    x = np.ones((512, 512)) / 512                       # 2 MiB
+    for _ in range(20):
+        with ws:
+            y = np.exp(-(x @ x))
+            assert y.ctypes.data % 4096 == 64
+    h = ws.history()
+    assert h.spilled_count[1:].tolist() == [0] * 19, h.spilled_count
+    assert ws.stats().pinned_bytes == -(-(64 + y.nbytes) // LINE) * LINE
+    assert np.allclose(y, np.exp(-1.0 / 512))
+    del y
+    ws.destroy()
+
+
+def test_set_placement_checks_its_mode_and_returns_the_previous():
+    from wsmem import _capture
+    old = _capture._set_placement(PLACE_MIN, 1)
+    try:
+        assert old == (PLACE_MIN, 1)                    # the default
+        with pytest.raises(ValueError, match="mode=3 must be 1 or 2"):
+            _capture._set_placement(PLACE_MIN, 3)
+        assert _capture._set_placement(PLACE_MIN, 2) == (PLACE_MIN, 1)
+        ws = wsmem.Workspace("ALT_PLACE")
+        for _ in range(3):
+            with ws:
+                arrays = [np.ones(PLACE_MIN // 8) for _ in range(4)]
+                assert sorted({a.ctypes.data % 4096 for a in arrays}) == [64, 2112]
+                del arrays
+        ws.destroy()
+    finally:
+        _capture._set_placement(*old)
+
+
 def test_200_cycles_keeping_small_results_pin_lines_not_pages(ws):
     results = []
     growth = []

@@ -260,6 +260,81 @@ cdef char* _bump(Arena a, size_t nbytes, Block** blk) noexcept:
         return NULL
 
 
+# Large captured arrays start at one page offset: their data at offset
+# WSMEM_HDR of a page (the header at the page start), the bytes skipped to
+# get there left free.  A streaming ufunc whose output lies a little *after*
+# its input modulo 4096 runs slower: its loads falsely wait on recent stores
+# with the same low address bits ("4K aliasing"; bench/aliasing.py).  A plain
+# bump puts each array 64-448 bytes further into its page than the one
+# before, which on an Intel Xeon made the training step 14% slower at 4 MiB
+# and 32 MiB temporaries than with every array at one offset (as mimalloc
+# places them; bench/placement.py, bench/results/placement_ab.txt,
+# cyclic_xeon.txt); on the AMD EPYC the gain is 0.5-1%.  Only from 1 MiB:
+# below it the gain was within the noise on both CPUs, and CG n=256 (512 KiB
+# arrays) ran 0.8% slower on the EPYC.  The page offset of NumPy's aligned
+# heap is the same (wsmem.aligned_heap: data at +64).  Cost: under a page of
+# free space per large bump; reuses from the free table keep their place.
+# mode 2 (an experiment for bench/placement_ab.py): alternately at offsets
+# WSMEM_HDR and WSMEM_HDR + 2048.
+cdef size_t _place_min = 1 << 20
+cdef size_t SPILL_MMAP_MIN = 256 * 1024    # _arena.pyx SPILL_MMAP_THRESHOLD: spills mmapped
+cdef int _place_mode = 1
+cdef size_t _place_flip = 0
+
+
+def _set_placement(size_t min_bytes, int mode=1):
+    """Captured allocations of at least `min_bytes` made by a bump start at
+    page offset 64 (mode 1, the default from 1 MiB) or alternately at 64 and
+    2112 (mode 2); a `min_bytes` of ``2**64 - 1`` turns placement off.
+    Returns the previous ``(min_bytes, mode)``.  For tests and
+    bench/placement_ab.py."""
+    global _place_min, _place_mode
+    if mode not in (1, 2):
+        raise ValueError(f"mode={mode} must be 1 or 2")
+    old = (_place_min, _place_mode)
+    _place_min = min_bytes
+    _place_mode = mode
+    return old
+
+
+cdef char* _bump_placed(Arena a, size_t need, Block** blk) noexcept:
+    """_bump `need` bytes (header + data) so that the data lands at the page
+    offset the placement mode asks for.  In the current hole: skip to it.
+    When nothing is left but a spill (mapped on its own, page-aligned: the
+    header at the page start is the default place): just `need`, counting
+    the largest pad in the cycle's bytes so that the block learned from
+    this cycle has room to place it.  Elsewhere
+    (a later hole, a ring): ask for a page more and place within.  The
+    skipped bytes stay unpinned.  A misplaced array is slower at worst,
+    never unsafe: the result always lies inside what the arena handed out."""
+    global _place_flip
+    cdef size_t page = 4096
+    cdef size_t target = WSMEM_HDR
+    cdef size_t pad
+    cdef char* p
+    if _place_mode == 2:
+        target += (_place_flip & 1) * 2048
+        _place_flip += 1
+    target -= WSMEM_HDR             # where the header starts, mod page
+    if a.main != NULL:
+        pad = (target - <size_t>(a.main.region.ptr + a.cursor)) & (page - 1)
+        if pad + need <= a.limit - a.cursor:
+            p = _bump(a, pad + need, blk)
+            return p + pad if p != NULL else NULL
+    if target == 0 and a.reset == RESET_BLOCK_LEFT and a.hole_index >= a.n_holes and \
+            need >= SPILL_MMAP_MIN:
+        p = _bump(a, need, blk)
+        if p != NULL:
+            # Learned from this cycle's need: the block must hold the pad
+            # that placing this array there can cost (a spill needs none).
+            a.cycle_bytes += page - WSMEM_HDR
+        return p
+    p = _bump(a, page + need, blk)
+    if p == NULL:
+        return NULL
+    return p + ((target - <size_t>p) & (page - 1))
+
+
 cdef inline void* _cap_place(CapCtx* ctx, size_t size, PyObject* owner,
                              bint* zeroed) noexcept:
     """Serve `size` bytes in the open cycle (the free table first, else a
@@ -276,7 +351,10 @@ cdef inline void* _cap_place(CapCtx* ctx, size_t size, PyObject* owner,
         if not blk.is_main:
             ctx.spill_parked -= blk.size
     else:
-        p = _bump(<Arena>a, WSMEM_HDR + size, &blk)
+        if size >= _place_min and _debug_mode[0] == DEBUG_OFF:
+            p = _bump_placed(<Arena>a, WSMEM_HDR + size, &blk)
+        else:
+            p = _bump(<Arena>a, WSMEM_HDR + size, &blk)
         if p == NULL:
             return NULL
         h = <CapHdr*>p

@@ -1,0 +1,95 @@
+"""wsmem placement policies for large captured arrays, A/B in one process.
+
+``bench/placement.py`` shows where each allocator puts the training step's
+temporaries: mimalloc puts every large array at the same page offset, so a
+ufunc's output never lies a little after its input modulo 4096 ("4K
+aliasing", ``bench/aliasing.py``).  Here the cyclic benchmark's steps run in
+workspaces that differ only in the placement policy their large
+allocations were made under (``wsmem._capture._set_placement``), interleaved
+with the plain step (tuned glibc, as ``bench/inprocess.py``); the inputs of
+all are made under :func:`wsmem.aligned_heap`.  Policies:
+
+- ``off``: a plain bump (each array right after the one before);
+- ``same >= T``: arrays of T bytes and more start at page offset 64
+  (header at the page start), the skipped bytes left free;
+- ``alt >= T``: as ``same``, alternately at page offsets 64 and 2112.
+
+Reported per case: the median time per step and the median of the
+per-round ratios time / ``off``'s time (< 1: the policy is faster) with its
+confidence interval.
+
+Usage, from the repository root::
+
+    python bench/placement_ab.py [--cases train:512 cg:1024] [--rounds 21]
+
+Writes ``bench/results/placement_ab.txt``.
+"""
+import argparse
+import sys
+import time
+
+from inprocess import tuned_process  # bench/ is this script's directory
+
+CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
+OFF = 2 ** 64 - 1
+POLICIES = {"off": (OFF, 1), "same >= 1 MiB": (1 << 20, 1), "alt >= 1 MiB": (1 << 20, 2),
+            "same >= 256 KiB": (256 << 10, 1), "same >= 32 KiB": (32 << 10, 1)}
+
+
+def measure(workload, size, rounds):
+    import wsmem
+    from wsmem import _capture
+    from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
+    from wsmem.benchmarks._env import time_interleaved
+    from wsmem.benchmarks.cyclic import _MAKERS
+
+    with wsmem.aligned_heap():
+        plain = _MAKERS[workload](size, False)
+    fns, spaces = {"plain (tuned glibc)": plain}, []
+    for label, (threshold, mode) in POLICIES.items():
+        ws = wsmem.Workspace(f"placement_{workload}_{size}_{len(spaces)}")
+        spaces.append(ws)
+
+        def cycle(ws=ws, threshold=threshold, mode=mode):
+            _capture._set_placement(threshold, mode)
+            with ws:
+                return plain()
+        for _ in range(3):          # learns and maps its block
+            cycle()
+        fns[label] = cycle
+    _capture._set_placement(OFF, 1)
+    t0 = time.perf_counter()
+    plain()
+    n = max(1, int(0.03 / max(time.perf_counter() - t0, 1e-6)))
+    times = time_interleaved(fns, rounds, n)
+    lines = [f"{workload} {'rows' if workload == 'train' else 'n'}={size}: {n} steps per "
+             f"block, {rounds} blocks each",
+             f"  {'policy':20s} {'median':>10s}  {'time/off [CI]':>26s}  spilled"]
+    for k, t in times.items():
+        lo, hi, _ = _paired_ratio_ci(t, times["off"])
+        lines.append(f"  {k:20s} {sorted(t)[rounds // 2] * 1e6:8.1f}us  "
+                     f"{_paired_ratio(t, times['off']):.4f} [{lo:.4f}..{hi:.4f}]")
+    for ws, k in zip(spaces, POLICIES):
+        if ws.stats().spilled_count:
+            lines.append(f"  ({k}: spilled in its last cycle)")
+        ws.destroy()
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", nargs="+", default=CASES, metavar="WORKLOAD:SIZE")
+    p.add_argument("--rounds", type=int, default=21)
+    args = p.parse_args()
+    env_line = tuned_process(__file__)
+    from wsmem.benchmarks._env import parse_cases, write_script_results
+    cases = parse_cases(p, args.cases)
+    write_script_results(__file__, "placement_ab", [
+        env_line,
+        "ratios: median over rounds of this policy's time / off's, paired by round "
+        "(< 1: this policy faster), with the confidence interval of that median"],
+        (measure(workload, size, args.rounds) for workload, size in cases))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
