@@ -143,3 +143,23 @@ def test_parse_cases_reads_workload_size_and_rejects_the_rest():
     for bad in ("train", "cg:n", "fft:64", "train:-1"):
         with pytest.raises(SystemExit):
             parse_cases(p, [bad])
+
+
+def test_best_peer_is_the_lowest_paired_ratio_not_the_fastest_median():
+    """In a noisy run the peer with the lowest median time can be one wsmem
+    beats round by round more often; the best peer (and the target) is the
+    one with the lowest paired ratio, as the comparison table picks it."""
+    from wsmem.benchmarks.cyclic import _fill_ratios
+    rows = [{"config": "jemalloc", "time_rounds_s": [1.5, 1.5, 3.5], "peak_rss_kib": 1},
+            {"config": "mimalloc", "time_rounds_s": [1.2, 1.9, 2.9], "peak_rss_kib": 1},
+            {"config": "wsmem", "time_rounds_s": [1.0, 2.0, 3.0], "peak_rss_kib": 1}]
+    _fill_ratios(rows)
+    ws = rows[2]
+    assert ws["ratio_vs_jemalloc"] == pytest.approx(7 / 6)      # fastest median (1.5)
+    assert ws["ratio_vs_mimalloc"] == pytest.approx(2.9 / 3)    # lower paired ratio
+    assert ws["best_peer"] == "mimalloc"
+    assert ws["ratio_vs_best_peer"] == pytest.approx(2.9 / 3)
+    # a peer's row counts itself (ratio 1.0) among its peers
+    assert rows[0]["best_peer"] == "mimalloc"
+    assert rows[0]["ratio_vs_best_peer"] == pytest.approx(2.9 / 3.5)
+    assert rows[1]["best_peer"] == "mimalloc" and rows[1]["ratio_vs_best_peer"] == 1.0

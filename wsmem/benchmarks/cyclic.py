@@ -577,6 +577,28 @@ def _s_matches(s, ref):
     return s == ref or abs(s - ref) <= RTOL * max(abs(ref), 1e-300)
 
 
+def _fill_ratios(rows):
+    """Set each row's ratios to the peers and the limit, its best peer and
+    RSS over NumPy's, from the rows of one workload and size."""
+    by = {r["config"]: r for r in rows}
+    peers = [by[k] for k in PEERS if k in by]
+    for r in rows:
+        t = r["time_rounds_s"]
+        for k in list(PEERS) + ["limit"]:
+            if k in by:
+                r[f"ratio_vs_{k}"] = _paired_ratio(by[k]["time_rounds_s"], t)
+        # The best peer for this row: the lowest paired ratio peer/this (as
+        # the comparison table picks it).  In a noisy run the peer with the
+        # lowest median time can have a higher paired ratio.
+        best_peer = min(peers, key=lambda p: r[f"ratio_vs_{p['config']}"]) if peers else None
+        if best_peer is not None:
+            r["best_peer"] = best_peer["config"]
+            r["ratio_vs_best_peer"] = _paired_ratio(best_peer["time_rounds_s"], t)
+            r["ratio_vs_best_peer_ci"] = list(_paired_ratio_ci(best_peer["time_rounds_s"], t))
+        if "numpy" in by:
+            r["rss_vs_numpy"] = r["peak_rss_kib"] / by["numpy"]["peak_rss_kib"]
+
+
 def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress, procs=1):
     """Run `rounds` interleaved rounds.  Each config has `procs` independent
     worker processes (a process's memory layout alone moves small steps by
@@ -645,20 +667,7 @@ def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress
             if huge:         # the worker whose block had the least on huge pages
                 row["ws_block_kib"], row["ws_huge_kib"] = min(huge, key=lambda h: h[1])
         rows.append(row)
-    by = {r["config"]: r for r in rows}
-    peers = [by[k] for k in PEERS if k in by]
-    best_peer = min(peers, key=lambda r: r["time_per_step_s"]) if peers else None
-    for r in rows:
-        t = r["time_rounds_s"]
-        for k in list(PEERS) + ["limit"]:
-            if k in by:
-                r[f"ratio_vs_{k}"] = _paired_ratio(by[k]["time_rounds_s"], t)
-        if best_peer is not None:
-            r["best_peer"] = best_peer["config"]
-            r["ratio_vs_best_peer"] = _paired_ratio(best_peer["time_rounds_s"], t)
-            r["ratio_vs_best_peer_ci"] = list(_paired_ratio_ci(best_peer["time_rounds_s"], t))
-        if "numpy" in by:
-            r["rss_vs_numpy"] = r["peak_rss_kib"] / by["numpy"]["peak_rss_kib"]
+    _fill_ratios(rows)
     if progress is not None:
         parts = ", ".join(f"{r['config']} {_fmt_time(r['time_per_step_s'])}" for r in rows)
         progress(f"cyclic {workload} {WORKLOADS[workload][1]}={size}: {parts}")
