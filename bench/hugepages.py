@@ -23,11 +23,10 @@ Usage, from the repository root::
 
 Writes ``bench/results/hugepages.txt``.
 """
-import argparse
 import sys
 import time
 
-from inprocess import tuned_process  # bench/ is this script's directory
+from inprocess import cases_main  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
 NEVER = 2 ** 64 - 1
@@ -86,21 +85,15 @@ def measure(workload, size, rounds):
     return "\n".join(lines)
 
 
+def notes():
+    from wsmem.benchmarks._env import thp_defrag, transparent_hugepage
+    return [f"transparent_hugepage={transparent_hugepage()} defrag={thp_defrag()}",
+            "ratios: median over rounds of this config's time / the reference's, paired by "
+            "round (< 1: this config faster), with the confidence interval of that median"]
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", nargs="+", default=CASES, metavar="WORKLOAD:SIZE")
-    p.add_argument("--rounds", type=int, default=31)
-    args = p.parse_args()
-    env_line = tuned_process(__file__)
-    from wsmem.benchmarks._env import parse_cases, transparent_hugepage, thp_defrag, \
-        write_script_results
-    cases = parse_cases(p, args.cases)
-    write_script_results(__file__, "hugepages", [
-        env_line,
-        f"transparent_hugepage={transparent_hugepage()} defrag={thp_defrag()}",
-        "ratios: median over rounds of this config's time / the reference's, paired by "
-        "round (< 1: this config faster), with the confidence interval of that median"],
-        (measure(workload, size, args.rounds) for workload, size in cases))
+    return cases_main(__file__, "hugepages", __doc__, measure, CASES, 31, notes)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,24 @@ def tuned_process(script):
     return "environment: " + " ".join(f"{k}={v}" for k, v in _ENV.items())
 
 
+def cases_main(script, name, doc, measure, cases, rounds, notes=lambda: []):
+    """main() of a script that times `measure(workload, size, rounds)` per
+    case in one tuned-glibc process (bench/hugepages.py,
+    bench/placement_ab.py): parses ``--cases`` and ``--rounds``, re-executes
+    under tuned glibc, and writes ``bench/results/<name>.txt`` with
+    ``notes()`` (called once the checkout is importable) under the header."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--cases", nargs="+", default=cases, metavar="WORKLOAD:SIZE")
+    p.add_argument("--rounds", type=int, default=rounds)
+    args = p.parse_args()
+    env_line = tuned_process(script)
+    from wsmem.benchmarks._env import parse_cases, write_script_results
+    parsed = parse_cases(p, args.cases)
+    write_script_results(script, name, [env_line, *notes()],
+                         (measure(workload, size, args.rounds) for workload, size in parsed))
+    return 0
+
+
 def measure(workload, size, rounds):
     import numpy as np  # noqa: F401  (imported before wsmem, as a user would)
     import wsmem

@@ -24,11 +24,10 @@ Usage, from the repository root::
 
 Writes ``bench/results/placement_ab.txt``.
 """
-import argparse
 import sys
 import time
 
-from inprocess import tuned_process  # bench/ is this script's directory
+from inprocess import cases_main  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
 OFF = 2 ** 64 - 1
@@ -77,18 +76,9 @@ def measure(workload, size, rounds):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", nargs="+", default=CASES, metavar="WORKLOAD:SIZE")
-    p.add_argument("--rounds", type=int, default=21)
-    args = p.parse_args()
-    env_line = tuned_process(__file__)
-    from wsmem.benchmarks._env import parse_cases, write_script_results
-    cases = parse_cases(p, args.cases)
-    write_script_results(__file__, "placement_ab", [
-        env_line,
+    return cases_main(__file__, "placement_ab", __doc__, measure, CASES, 21, lambda: [
         "ratios: median over rounds of this policy's time / off's, paired by round "
-        "(< 1: this policy faster), with the confidence interval of that median"],
-        (measure(workload, size, args.rounds) for workload, size in cases))
+        "(< 1: this policy faster), with the confidence interval of that median"])
 
 
 if __name__ == "__main__":
