@@ -12,6 +12,9 @@ from wsmem._pages cimport PageRegion
 cdef enum:
     LINE_SHIFT = 6
     LINE = 64
+    # Spills below this size come from posix_memalign, larger ones from mmap
+    # (page-aligned: _capture's page placement relies on it).
+    SPILL_MMAP_THRESHOLD = 256 * 1024
 
 # Policy codes (mirror the enums of wsmem._config).
 cdef enum:

@@ -38,8 +38,6 @@ cdef extern from *:
     PyObject* wsmem_tls_top
     char wsmem_zero_area[4096]
 
-# Spills below this size come from posix_memalign, larger ones from mmap.
-cdef size_t SPILL_MMAP_THRESHOLD = 256 * 1024
 # Largest single request accepted (guards size arithmetic against overflow).
 cdef size_t MAX_REQUEST = (<size_t>1) << 62
 

@@ -28,7 +28,7 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy, strncpy
 
 from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_init, pin_fini,
-                           arena_drop_dead_spill, RESET_BLOCK_LEFT,
+                           arena_drop_dead_spill, RESET_BLOCK_LEFT, SPILL_MMAP_THRESHOLD,
                            debug_mode_address, DEBUG_OFF,
                            DEBUG_BYPASS_EVERYTHING)
 
@@ -277,7 +277,6 @@ cdef char* _bump(Arena a, size_t nbytes, Block** blk) noexcept:
 # mode 2 (an experiment for bench/placement_ab.py): alternately at offsets
 # WSMEM_HDR and WSMEM_HDR + 2048.
 cdef size_t _place_min = 1 << 20
-cdef size_t SPILL_MMAP_MIN = 256 * 1024    # _arena.pyx SPILL_MMAP_THRESHOLD: spills mmapped
 cdef int _place_mode = 1
 cdef size_t _place_flip = 0
 
@@ -303,8 +302,8 @@ cdef char* _bump_placed(Arena a, size_t need, Block** blk) noexcept:
     When nothing is left but a spill (mapped on its own, page-aligned: the
     header at the page start is the default place): just `need`, counting
     the largest pad in the cycle's bytes so that the block learned from
-    this cycle has room to place it.  Elsewhere
-    (a later hole, a ring): ask for a page more and place within.  The
+    this cycle has room to place it.  Elsewhere (a later hole, a ring): ask
+    for a page more and place within.  The
     skipped bytes stay unpinned.  A misplaced array is slower at worst,
     never unsafe: the result always lies inside what the arena handed out."""
     global _place_flip
@@ -322,7 +321,7 @@ cdef char* _bump_placed(Arena a, size_t need, Block** blk) noexcept:
             p = _bump(a, pad + need, blk)
             return p + pad if p != NULL else NULL
     if target == 0 and a.reset == RESET_BLOCK_LEFT and a.hole_index >= a.n_holes and \
-            need >= SPILL_MMAP_MIN:
+            need >= SPILL_MMAP_THRESHOLD:
         p = _bump(a, need, blk)
         if p != NULL:
             # Learned from this cycle's need: the block must hold the pad
