@@ -63,6 +63,17 @@ def tuned_process(script):
     return "environment: " + " ".join(f"{k}={v}" for k, v in _ENV.items())
 
 
+def time_blocks(fns, plain, rounds):
+    """``time_interleaved(fns, rounds, n)`` with n steps per block, n sized
+    so that a block of the plain step takes about 30 ms.  Returns
+    ``(times, n)``."""
+    from wsmem.benchmarks._env import time_interleaved
+    t0 = time.perf_counter()
+    plain()
+    n = max(1, int(0.03 / max(time.perf_counter() - t0, 1e-6)))
+    return time_interleaved(fns, rounds, n), n
+
+
 def cases_main(script, name, doc, measure, cases, rounds, notes=lambda: []):
     """main() of a script that times `measure(workload, size, rounds)` per
     case in one tuned-glibc process (bench/hugepages.py,
@@ -85,7 +96,6 @@ def measure(workload, size, rounds):
     import numpy as np  # noqa: F401  (imported before wsmem, as a user would)
     import wsmem
     from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
-    from wsmem.benchmarks._env import time_interleaved
     from wsmem.benchmarks.cyclic import _MAKERS, _block_huge_kib
 
     with wsmem.aligned_heap():
@@ -123,10 +133,7 @@ def measure(workload, size, rounds):
     for f in configs.values():
         for _ in range(3):
             values.add(round(f(), 6))
-    t0 = time.perf_counter()
-    plain()
-    n = max(1, int(0.03 / max(time.perf_counter() - t0, 1e-6)))
-    times = time_interleaved(configs, rounds, n)
+    times, n = time_blocks(configs, plain, rounds)
     spilled = ws.stats().spilled_count
     huge = _block_huge_kib(ws)
     for w in (ws, frame_only, empty):

@@ -65,17 +65,16 @@ def child(config, rows, rounds):
         return s
 
     step = _make_train(rows, False)
+    fns = {"written out": written_out, "benchmark step": lambda record=False: step()}
     if config == "wsmem":
         ws = wsmem.Workspace(f"placement_{rows}")
 
-        def cycle(fn):
+        def in_cycle(fn):
             def run(record=False):
                 with ws:
-                    return fn(record) if fn is written_out else fn()
+                    return fn(record)
             return run
-        fns = {"written out": cycle(written_out), "benchmark step": cycle(step)}
-    else:
-        fns = {"written out": written_out, "benchmark step": step}
+        fns = {k: in_cycle(fn) for k, fn in fns.items()}
     for _ in range(4):
         fns["written out"]()
         fns["benchmark step"]()

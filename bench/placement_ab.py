@@ -25,9 +25,8 @@ Usage, from the repository root::
 Writes ``bench/results/placement_ab.txt``.
 """
 import sys
-import time
 
-from inprocess import cases_main  # bench/ is this script's directory
+from inprocess import case_name, cases_main, time_blocks  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
 OFF = 2 ** 64 - 1
@@ -39,7 +38,6 @@ def measure(workload, size, rounds):
     import wsmem
     from wsmem import _capture
     from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
-    from wsmem.benchmarks._env import time_interleaved
     from wsmem.benchmarks.cyclic import _MAKERS
 
     with wsmem.aligned_heap():
@@ -57,12 +55,8 @@ def measure(workload, size, rounds):
             cycle()
         fns[label] = cycle
     _capture._set_placement(OFF, 1)
-    t0 = time.perf_counter()
-    plain()
-    n = max(1, int(0.03 / max(time.perf_counter() - t0, 1e-6)))
-    times = time_interleaved(fns, rounds, n)
-    lines = [f"{workload} {'rows' if workload == 'train' else 'n'}={size}: {n} steps per "
-             f"block, {rounds} blocks each",
+    times, n = time_blocks(fns, plain, rounds)
+    lines = [f"{case_name(workload, size)}: {n} steps per block, {rounds} blocks each",
              f"  {'policy':20s} {'median':>10s}  {'time/off [CI]':>26s}  spilled"]
     for k, t in times.items():
         lo, hi, _ = _paired_ratio_ci(t, times["off"])
