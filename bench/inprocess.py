@@ -23,6 +23,14 @@ and the median of the per-round ratios to plain with its confidence interval
 sharper comparison), and how much of wsmem's block the kernel backed with
 huge pages.
 
+``--under mimalloc`` (or ``jemalloc``) runs the same measurement in
+processes with that allocator preloaded (``LD_PRELOAD``, the Debian
+library ``bench/cyclic.py`` uses) instead of tuned glibc: then "plain" is
+the step with NumPy's temporaries served by that allocator, in the same
+process as wsmem's step, so the comparison with each peer is free of the
+per-process luck described below (results in
+``bench/results/inprocess_<allocator>.txt``).
+
 One process is not enough from rows=64 up: a process's memory layout
 (which physical pages it gets) moves a step by several percent there (the
 training step at rows=64 measured wsmem at 1.015x to 1.115x of plain's time
@@ -35,8 +43,10 @@ process's paired ratio and their median, and the full tables follow.
 Usage, from the repository root::
 
     python bench/inprocess.py [--cases train:64 cg:90] [--rounds 41] [--processes 3]
+                              [--under glibc_tuned|mimalloc|jemalloc]
 
-Writes ``bench/results/inprocess.txt``.
+Writes ``bench/results/inprocess.txt`` (``inprocess_mimalloc.txt``,
+``inprocess_jemalloc.txt`` with ``--under``).
 """
 import argparse
 import contextvars
@@ -50,17 +60,41 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296",
         "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+_BLAS1 = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+# The process's allocator for NumPy's own (uncaptured) allocations: tuned
+# glibc, or a Debian library preloaded as bench/cyclic.py's peers are.
+UNDER = ("glibc_tuned", "mimalloc", "jemalloc")
 
 
-def tuned_process(script):
-    """Re-execute `script` (with this process's arguments) under `_ENV` unless
-    it is in force already (glibc reads its thresholds at start), then make
-    the checkout importable.  Returns the results header line for `_ENV`."""
-    if any(os.environ.get(k) != v for k, v in _ENV.items()):
-        os.execve(sys.executable, [sys.executable, os.path.abspath(script)] + sys.argv[1:],
-                  dict(os.environ, **_ENV))
+def _under_env(under):
+    if under == "glibc_tuned":
+        return dict(_ENV)
+    from wsmem.benchmarks.cyclic import JEMALLOC, MIMALLOC
+    lib = MIMALLOC if under == "mimalloc" else JEMALLOC
+    if not os.path.exists(lib):
+        sys.exit(f"--under {under}: {lib} is not installed (apt-get install "
+                 f"{'libmimalloc2.0' if under == 'mimalloc' else 'libjemalloc2'})")
+    return dict(_BLAS1, LD_PRELOAD=lib)
+
+
+def under_label(under):
+    return "tuned glibc" if under == "glibc_tuned" else under
+
+
+def tuned_process(script, under="glibc_tuned"):
+    """Re-execute `script` (with this process's arguments) under `_ENV` (or,
+    for `under` "mimalloc"/"jemalloc", with that library preloaded) unless
+    it is in force already (glibc reads its thresholds at start, a preload
+    acts only at start), then make the checkout importable.  Returns the
+    results header line for the environment."""
     sys.path.insert(0, ROOT)
-    return "environment: " + " ".join(f"{k}={v}" for k, v in _ENV.items())
+    env = _under_env(under)
+    if any(os.environ.get(k) != v for k, v in env.items()) or \
+            ("LD_PRELOAD" in os.environ and "LD_PRELOAD" not in env):
+        base = {k: v for k, v in os.environ.items() if k not in _ENV and k != "LD_PRELOAD"}
+        os.execve(sys.executable, [sys.executable, os.path.abspath(script)] + sys.argv[1:],
+                  dict(base, **env))
+    return "environment: " + " ".join(f"{k}={v}" for k, v in env.items())
 
 
 def time_blocks(fns, plain, rounds):
@@ -92,7 +126,7 @@ def cases_main(script, name, doc, measure, cases, rounds, notes=lambda: []):
     return 0
 
 
-def measure(workload, size, rounds):
+def measure(workload, size, rounds, under="glibc_tuned"):
     import numpy as np  # noqa: F401  (imported before wsmem, as a user would)
     import wsmem
     from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
@@ -126,7 +160,8 @@ def measure(workload, size, rounds):
         finally:
             var.reset(token)
 
-    configs = {"plain (tuned glibc)": plain, "limit (out=)": limit,
+    plain_key = f"plain ({under_label(under)})"
+    configs = {plain_key: plain, "limit (out=)": limit,
                "one contextvar set": in_var_set, "empty with ws: first": after_empty_frame,
                "ws, capture=False": in_frame_only, "wsmem": in_ws}
     values = set()
@@ -138,7 +173,7 @@ def measure(workload, size, rounds):
     huge = _block_huge_kib(ws)
     for w in (ws, frame_only, empty):
         w.destroy()
-    plain_times = times["plain (tuned glibc)"]
+    plain_times = times[plain_key]
     base = sorted(plain_times)[rounds // 2]
     lines = [f"{case_name(workload, size)}: {n} steps per block, "
              f"{rounds} blocks each; wsmem spilled_count after the last cycle: {spilled}; "
@@ -162,14 +197,16 @@ def case_name(workload, size):
     return f"{workload} {'rows' if workload == 'train' else 'n'}={size}"
 
 
-def run_case(workload, size, rounds, processes):
+def run_case(workload, size, rounds, processes, under="glibc_tuned"):
     """Measure one case in `processes` fresh processes (this script with
-    ``--child``); returns the section text: a summary of the paired ratios
-    to plain per process and their median, then each process's table."""
+    ``--child``, under the same allocator); returns the section text: a
+    summary of the paired ratios to plain per process and their median,
+    then each process's table."""
     runs = []
     for _ in range(processes):
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
-                              "--cases", f"{workload}:{size}", "--rounds", str(rounds)],
+                              "--cases", f"{workload}:{size}", "--rounds", str(rounds),
+                              "--under", under],
                              check=True, capture_output=True, text=True).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
     heads = " ".join(f"{f'process {i + 1}':>10s}" for i in range(processes))
@@ -193,21 +230,26 @@ def main():
     p.add_argument("--rounds", type=int, default=41)
     p.add_argument("--processes", type=int, default=3,
                    help="fresh processes per case (default 3)")
+    p.add_argument("--under", choices=UNDER, default="glibc_tuned",
+                   help="the allocator NumPy's own allocations come from (preloaded for "
+                        "mimalloc and jemalloc; default: glibc with raised thresholds)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rounds < 3 or args.processes < 1:
         p.error(f"--rounds must be at least 3 and --processes at least 1, got "
                 f"{args.rounds} and {args.processes}")
-    env_line = tuned_process(__file__)
+    env_line = tuned_process(__file__, args.under)
     from wsmem.benchmarks._env import parse_cases, write_script_results
     cases = parse_cases(p, args.cases)
     if args.child:                  # one case, one JSON line for run_case
-        result = measure(*cases[0], args.rounds)
+        result = measure(*cases[0], args.rounds, args.under)
         print(json.dumps(result))
         return 0
-    write_script_results(__file__, "inprocess", [
+    name = "inprocess" if args.under == "glibc_tuned" else f"inprocess_{args.under}"
+    write_script_results(__file__, name, [
         env_line, f"each case in {args.processes} fresh process(es)"],
-        (run_case(workload, size, args.rounds, args.processes) for workload, size in cases))
+        (run_case(workload, size, args.rounds, args.processes, args.under)
+         for workload, size in cases))
     return 0
 
 
