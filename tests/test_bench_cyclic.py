@@ -163,3 +163,31 @@ def test_best_peer_is_the_lowest_paired_ratio_not_the_fastest_median():
     assert rows[0]["best_peer"] == "mimalloc"
     assert rows[0]["ratio_vs_best_peer"] == pytest.approx(2.9 / 3.5)
     assert rows[1]["best_peer"] == "mimalloc" and rows[1]["ratio_vs_best_peer"] == 1.0
+
+
+def test_targets_tell_process_luck_from_a_shortfall():
+    # The interval is over rounds; worker processes of one config differ by
+    # their memory layout, which it does not cover: a shortfall smaller than
+    # that spread must not read as a plain "slower".
+    def row(config, procs):
+        return {"workload": "train", "size": 8, "config": config,
+                "time_rounds_s": [1.0] * 9, "time_procs_s": procs}
+    wsr, peer = row("wsmem", [1.0, 1.05, 1.02]), row("mimalloc", [0.99, 1.0, 1.01])
+    wsr.update(best_peer="mimalloc", ratio_vs_best_peer=0.99,
+               ratio_vs_best_peer_ci=[0.98, 0.995, 0.96])
+    (t,) = [t for t in cyclic._targets([wsr, peer]) if "best of peers" in t["target"]]
+    assert not t["met"]
+    assert "by less than the worker processes of one config differ" in t["detail"]
+    assert "differ by up to 5.0% within one config" in t["detail"]
+    # A shortfall larger than the spread is a plain one.
+    wsr.update(time_procs_s=[1.0, 1.001, 1.0], ratio_vs_best_peer=0.95,
+               ratio_vs_best_peer_ci=[0.94, 0.96, 0.96])
+    (t,) = [t for t in cyclic._targets([wsr, peer]) if "best of peers" in t["target"]]
+    assert "slower beyond this run's noise" in t["detail"]
+    assert "differ by up to 2.0% within one config" in t["detail"]       # 1.01 / 0.99: the peer's
+    # One process per config: nothing to say about process luck.
+    wsr["time_procs_s"] = [1.0]
+    (t,) = [t for t in cyclic._targets([wsr, peer]) if "best of peers" in t["target"]]
+    assert "process luck" not in t["detail"]
+    assert cyclic._process_spread(wsr, peer) is None
+    assert cyclic._process_spread(peer, None) is None
