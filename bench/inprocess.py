@@ -58,9 +58,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296",
-        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 _BLAS1 = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296", **_BLAS1}
 # The process's allocator for NumPy's own (uncaptured) allocations: tuned
 # glibc, or a Debian library preloaded as bench/cyclic.py's peers are.
 UNDER = ("glibc_tuned", "mimalloc", "jemalloc")
