@@ -699,13 +699,18 @@ def _merge_round(batches):
     return out
 
 
+def _procs_ratio(row):
+    """max/min of a row's per-process median times, or None (no row, one
+    process, or no times)."""
+    t = () if row is None else row.get("time_procs_s", ())
+    return max(t) / min(t) if len(t) > 1 and min(t) > 0 else None
+
+
 def _process_spread(*rows):
     """The largest max/min - 1 of the per-process median times of `rows`
     (None where a row is missing or ran in one process)."""
-    spreads = [max(r["time_procs_s"]) / min(r["time_procs_s"]) - 1 for r in rows
-               if r is not None and len(r.get("time_procs_s", ())) > 1
-               and min(r["time_procs_s"]) > 0]
-    return max(spreads) if len(spreads) == len(rows) else None
+    ratios = [_procs_ratio(r) for r in rows]
+    return None if None in ratios else max(ratios) - 1
 
 
 def _targets(rows):
@@ -921,8 +926,7 @@ def format_table(results: dict) -> str:
     if spread:
         lines.append(f"Noise: max/min time over rounds per row: median "
                      f"{statistics.median(spread):.2f}x, worst {max(spread):.2f}x.")
-    procs_spread = [max(r["time_procs_s"]) / min(r["time_procs_s"]) for r in rows
-                    if len(r.get("time_procs_s", ())) > 1 and min(r["time_procs_s"]) > 0]
+    procs_spread = [x for x in map(_procs_ratio, rows) if x is not None]
     if procs_spread:
         lines.append(f"Process luck: max/min of one config's per-process median times: "
                      f"median {statistics.median(procs_spread):.3f}x, worst "
