@@ -22,7 +22,8 @@ from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport strerror
 
 from wsmem._pages cimport (PageRegion, pages_map_host, pages_map_file, pages_malloc,
-                           pages_map_gpu, pages_release, PAGES_DEVICE, PAGES_PINNED)
+                           pages_map_gpu, pages_release, PAGES_DEVICE, PAGES_PINNED,
+                           PAGES_MALLOC)
 
 import os
 import tempfile
@@ -652,9 +653,8 @@ cdef class Arena:
         self.spill_held += sz
         self.spilled_bytes += sz
         self.spilled_count += 1
-        if self.location == LOC_DEVICE or self.location == LOC_PINNED or \
-                sz >= SPILL_MMAP_THRESHOLD:
-            self.spill_mapped += sz         # not a heap block (see _block_new)
+        if b.region.kind != PAGES_MALLOC:
+            self.spill_mapped += sz         # a mapping of its own, not a heap block
         self.cycle_bytes += sz
         block[0] = b
         return b.region.ptr

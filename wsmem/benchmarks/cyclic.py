@@ -593,7 +593,7 @@ def _fill_ratios(rows):
         best_peer = min(peers, key=lambda p: r[f"ratio_vs_{p['config']}"]) if peers else None
         if best_peer is not None:
             r["best_peer"] = best_peer["config"]
-            r["ratio_vs_best_peer"] = _paired_ratio(best_peer["time_rounds_s"], t)
+            r["ratio_vs_best_peer"] = r[f"ratio_vs_{best_peer['config']}"]
             r["ratio_vs_best_peer_ci"] = list(_paired_ratio_ci(best_peer["time_rounds_s"], t))
         if "numpy" in by:
             r["rss_vs_numpy"] = r["peak_rss_kib"] / by["numpy"]["peak_rss_kib"]
