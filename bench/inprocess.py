@@ -16,7 +16,9 @@ left them), and the plain step between one context-variable set and its
 reset (the floor under any frame: NumPy keeps its handler in a context
 variable).  The inputs of all of them are made under
 :func:`wsmem.aligned_heap`, as in the cyclic benchmark's wsmem and limit
-workers.  Interleaved blocks of ~0.03 s (``--rounds`` of each); reported: the
+workers.  Interleaved blocks of ~0.03 s (``--rounds`` of each; each block
+after untimed warm-in calls, a fresh random order each round:
+``time_interleaved``, ``bench/harness_ab.py``); reported: the
 minimum, quartile and median time per step, the median relative to plain,
 and the median of the per-round ratios to plain with its confidence interval
 (as ``bench/cyclic.py``; rounds are measured back to back, so this is the

@@ -5,7 +5,8 @@ same cyclic-benchmark step (``wsmem.benchmarks.cyclic``), interleaved
 blocks, and each is compared with the first, paired by round.  Nothing
 differs between them but where their arenas lie: their addresses modulo
 4096 relative to the step's inputs and the physical pages behind them (L2
-sets).  The order rotates from round to round (``time_interleaved``).
+sets).  Blocks are interleaved by ``time_interleaved`` (untimed warm-in
+calls before each block, a fresh random order each round).
 The same is done for plain NumPy: ``--copies`` copies of the step's
 inputs, each on its own heap allocation.  A difference between two
 allocators smaller than this spread cannot be credited to either.

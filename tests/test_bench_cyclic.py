@@ -118,19 +118,45 @@ def test_targets_say_when_a_shortfall_is_within_noise():
     assert "slower beyond this run's noise" in t["detail"]
 
 
-def test_time_interleaved_rotates_the_order_per_round():
-    # The first block of a round can run slower; each function must take the
-    # first place in turn, and every function gets one sample per round.
+def test_time_interleaved_warms_each_block_and_varies_the_order():
+    # A block starts on the previous block's caches and heap layout: each
+    # timed block must follow untimed calls of the same function, and the
+    # order must change from round to round so that no function always
+    # follows the same one (nor always runs first).
     from wsmem.benchmarks._env import time_interleaved
 
     calls = []
-    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
-    times = time_interleaved(fns, rounds=4, steps=2)
-    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abcd"}
+    rounds, steps, warm = 24, 3, 2
+    times = time_interleaved(fns, rounds=rounds, steps=steps, warm=warm)
+    assert {k: len(v) for k, v in times.items()} == {k: rounds for k in "abcd"}
     assert all(t >= 0 for v in times.values() for t in v)
-    blocks = calls[::2]                      # one entry per block of 2 steps
-    assert calls[1::2] == blocks
-    assert blocks == list("abc" "bca" "cab" "abc")
+    per = warm + steps
+    blocks = [calls[i:i + per] for i in range(0, len(calls), per)]
+    assert len(blocks) == rounds * 4 and all(len(set(b)) == 1 for b in blocks)
+    order = [b[0] for b in blocks]
+    rounds_order = [order[i:i + 4] for i in range(0, len(order), 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds_order)   # each once a round
+    assert {r[0] for r in rounds_order} == set("abcd")             # each runs first
+    for k in "abcd":                                               # several predecessors
+        before = {order[i - 1] for i in range(1, len(order)) if order[i] == k}
+        assert len(before) >= 2, (k, before)
+    # seeded: the same seed gives the same order, another seed another one
+    again = []
+    time_interleaved({k: (lambda k=k: again.append(k)) for k in "abcd"}, rounds=rounds,
+                     steps=steps, warm=warm)
+    assert again == calls
+    other = []
+    time_interleaved({k: (lambda k=k: other.append(k)) for k in "abcd"}, rounds=rounds,
+                     steps=steps, warm=warm, seed=1)
+    assert other != calls
+    # default warm-in: a fifth of the block, at least one call
+    calls.clear()
+    time_interleaved({"a": lambda: calls.append(1)}, rounds=2, steps=10)
+    assert len(calls) == 2 * (10 + 2)
+    calls.clear()
+    time_interleaved({"a": lambda: calls.append(1)}, rounds=2, steps=1)
+    assert len(calls) == 2 * (1 + 1)
 
 
 def test_parse_cases_reads_workload_size_and_rejects_the_rest():

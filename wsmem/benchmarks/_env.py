@@ -165,27 +165,50 @@ def machine_info() -> dict:
     }
 
 
-def time_interleaved(fns: dict, rounds: int, steps: int) -> dict:
+def time_interleaved(fns: dict, rounds: int, steps: int, *, warm: int | None = None,
+                     seed: int = 0) -> dict:
     """Seconds per call of each function in ``fns``, one block of ``steps``
-    calls per function per round, the functions in turn (slow drift of the
-    machine hits all alike), ``rounds`` rounds, the garbage collector off
-    (as ``timeit`` does).  Each round starts one function later than the
-    one before: the first block of a round can run measurably slower (up
-    to 2% at CG n=90, ``bench/spread.py``), and a fixed order would charge
-    that to one function.  Returns ``{name: [seconds per call, per round]}``.
+    timed calls per function per round, the functions in turn (slow drift
+    of the machine hits all alike), ``rounds`` rounds, the garbage
+    collector off (as ``timeit`` does).
+
+    A block that follows another function's block starts on that
+    function's caches, TLB and heap layout: at rows=8 the first step after
+    another step's block ran 1.7x its steady time and the next ~20 steps
+    still slower, so a block's time depended on which function ran before
+    it (up to 3% on a block of 200 steps, ``bench/results/harness_ab.txt``).
+    Two measures keep that out of the comparison:
+
+    - each timed block is preceded by ``warm`` untimed calls of the same
+      function (default ``max(1, steps // 5)``);
+    - each round runs the functions in a fresh random order (seeded by
+      ``seed``, so a run can be repeated): a fixed or rotated order gives
+      every function the same predecessor in every round, and a lasting
+      effect of that predecessor (glibc's heap left in another layout)
+      would be charged to the function as a constant bias instead of
+      showing as round-to-round noise.
+
+    Returns ``{name: [seconds per call, per round]}``.
     """
     import gc
+    import random
     import time
 
+    if warm is None:
+        warm = max(1, steps // 5)
     names = list(fns)
     times: dict = {k: [] for k in names}
+    order = list(names)
+    rng = random.Random(seed)
     gc.collect()
     gc.disable()
     try:
-        for r in range(rounds):
-            for j in range(len(names)):
-                k = names[(r + j) % len(names)]
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for k in order:
                 f = fns[k]
+                for _ in range(warm):
+                    f()
                 t0 = time.perf_counter()
                 for _ in range(steps):
                     f()

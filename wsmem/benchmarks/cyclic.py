@@ -36,10 +36,11 @@ Configurations, each in its own process (a worker started as
 Method: for one workload and size, the workers are started one after the
 other; each builds its inputs, runs :data:`WARMUP_STEPS` steps (the workspace
 learns its size in the first) and calibrates how many steps make a batch of
-about ``target_s``.  Then in every round each worker runs one batch, in an
-order rotated per round, while the others wait on their stdin; a batch reports
-its time per step and its minor page faults per step (``ru_minflt`` delta over
-the timed steps).  Reported: the median over rounds (and min/max, to show the
+about ``target_s``.  Then in every round each worker runs one batch, in a
+fresh random order each round (seeded), while the others wait on their stdin;
+a batch first runs a tenth of its steps untimed (it starts on the caches and
+TLB the previous worker's batch left), then reports its time per step and its
+minor page faults per step (``ru_minflt`` delta over the timed steps).  Reported: the median over rounds (and min/max, to show the
 noise), peak RSS (``ru_maxrss`` of the worker at the end, warm-up included),
 and for wsmem ``ws.stats().spilled_count`` after every batch (steady state:
 0).  Every worker returns its ``s`` after warm-up and after every batch; each
@@ -54,6 +55,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -440,6 +442,7 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
             break
         n *= 2
     steps = max(1, math.ceil(n * target_s / max(t, 1e-9)))
+    warm_in = max(1, steps // 10)
     cycles_per_step = len(BATCH_FRACTIONS) if workload == "batch" else 1
     ready = {"ready": True, "config": config, "workload": workload, "size": size,
              "steps_per_batch": steps, "s_warmup": s_values, "rss_start_kib": rss_start,
@@ -453,6 +456,11 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
     for line in stdin:
         cmd = line.strip()
         if cmd == "run":
+            # Untimed steps first: a batch starts on the caches and TLB the
+            # previous worker's batch left (bench/harness_ab.py: the first
+            # steps after another step's block ran up to 1.8x slower).
+            for _ in range(warm_in):
+                step()
             f0 = _minflt()
             t0 = clock()
             for _ in range(steps):
@@ -602,8 +610,8 @@ def _fill_ratios(rows):
 def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress, procs=1):
     """Run `rounds` interleaved rounds.  Each config has `procs` independent
     worker processes (a process's memory layout alone moves small steps by
-    several percent); a round runs one batch on every worker, in rotated
-    order.  A config's time in a round is the median over its processes."""
+    several percent); a round runs one batch on every worker, in a fresh
+    random order.  A config's time in a round is the median over its processes."""
     workers, ready, batches, final = {}, {}, {k: [] for k in configs}, {}
     per_proc = {k: [[] for _ in range(procs)] for k in configs}   # time per step, per round
     order = [(k, p) for p in range(procs) for k in configs]
@@ -612,10 +620,14 @@ def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress
             workers[k, p] = _Worker(k, workload, size, target_s, blas_threads)
             first = workers[k, p].read()      # warm-up report (s, steps per batch)
             ready.setdefault(k, first)
+        rng = random.Random(0)        # seeded: a run's order can be repeated
         for r in range(rounds):
-            start = r % len(order)
+            # A fresh order each round: a rotated one keeps every worker's
+            # predecessor (whose caches and TLB its batch starts on) the same.
+            this_round = list(order)
+            rng.shuffle(this_round)
             got = {k: [] for k in configs}
-            for k, p in order[start:] + order[:start]:
+            for k, p in this_round:
                 got[k].append(workers[k, p].ask("run"))
                 per_proc[k][p].append(got[k][-1]["time_per_step_s"])
             for k in configs:
@@ -843,7 +855,8 @@ def run(quick: bool = False, *, tiny: bool = False, rounds: int | None = None,
                             "ld_preload": CONFIGS[k][2]} for k in use},
             "workloads": {wl: WORKLOADS[wl][0] for wl in sizes},
             "statistic": "time per step: median over interleaved rounds (every worker "
-                         "runs one batch per round, rotated order; a config's time in a "
+                         "runs one batch per round (after untimed warm-in steps, a tenth of "
+                         "a batch), in a random order per round; a config's time in a "
                          "round is the median over its worker processes); ratio: median "
                          "over rounds of the paired per-round ratio other / this (> 1: "
                          "this faster); faults = ru_minflt delta over a batch / steps; "
