@@ -6,7 +6,8 @@ true times are known to be equal, in one tuned-glibc process (as
 ``bench/inprocess.py``), inputs made under :func:`wsmem.aligned_heap`:
 
 - ``step``, and ``step again``: the very same cyclic-benchmark step object
-  under a second name (an A/A pair: any difference is the harness's);
+  under a second name (an A/A pair: any difference is the harness's; the
+  rotated order runs it right after ``copy`` in every round);
 - ``wrapped``: ``step`` called through a one-line Python function (~40 ns
   more per call);
 - ``copy``: the same step built again, on its own inputs (another place in
@@ -108,7 +109,9 @@ def measure(workload, size, rounds):
         with ws:
             return step()
 
-    fns = {"step": step, "step again": step, "wrapped": wrapped, "copy": copy, "wsmem": in_ws}
+    # In this order the rotated harness runs "step again" right after "copy"
+    # in every round.
+    fns = {"step": step, "copy": copy, "step again": step, "wrapped": wrapped, "wsmem": in_ws}
     for f in fns.values():
         for _ in range(3):
             f()
