@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 
-from inprocess import case_name, cases_main  # bench/ is this script's directory
+from inprocess import case_name, cases_main, paired_cell  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "cg:90"]
 BINS = [(0, 1), (1, 2), (2, 5), (5, 10), (10, 20), (20, 50), (50, 100)]
@@ -93,7 +93,6 @@ def first_steps(step, other, n, reps):
 
 def measure(workload, size, rounds):
     import wsmem
-    from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
     from wsmem.benchmarks._env import time_interleaved
     from wsmem.benchmarks.cyclic import _MAKERS
 
@@ -126,9 +125,8 @@ def measure(workload, size, rounds):
                           time_interleaved(fns, rounds, n))):
         lines.append(f"  harness: {label}")
         for k, t in times.items():
-            lo, hi, _ = _paired_ratio_ci(t, times["step"])
             lines.append(f"    {k:12s} {statistics.median(t) * 1e6:8.1f}us  "
-                         f"{_paired_ratio(t, times['step']):.4f} [{lo:.4f}..{hi:.4f}]")
+                         f"{paired_cell(t, times['step'])}")
     ws.destroy()
     return "\n".join(lines)
 

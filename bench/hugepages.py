@@ -25,7 +25,7 @@ Writes ``bench/results/hugepages.txt``.
 """
 import sys
 
-from inprocess import case_name, cases_main, time_blocks  # bench/ is this script's directory
+from inprocess import case_name, cases_main, paired_cell, time_blocks  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
 NEVER = 2 ** 64 - 1
@@ -35,7 +35,6 @@ THRESHOLDS = {"2 MiB (default)": 2 << 20, "never": NEVER, "4 MiB": 4 << 20}
 def measure(workload, size, rounds):
     import wsmem
     from wsmem import _pages
-    from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
     from wsmem.benchmarks.cyclic import _MAKERS, _block_huge_kib
 
     with wsmem.aligned_heap():
@@ -68,10 +67,7 @@ def measure(workload, size, rounds):
             block, huge = f"{mapped / 1024:.1f} MiB", f"{anon / 1024:.1f} MiB"
             if ws.stats().spilled_count:
                 block += " (spilled)"
-        cells = []
-        for ref in (base, default):
-            lo, hi, _ = _paired_ratio_ci(t, ref)
-            cells.append(f"{_paired_ratio(t, ref):.4f} [{lo:.4f}..{hi:.4f}]")
+        cells = [paired_cell(t, ref) for ref in (base, default)]
         lines.append(f"  {k:32s} {sorted(t)[rounds // 2] * 1e6:8.1f}us {block:>10s} "
                      f"{huge:>10s}  {cells[0]:>26s}  {cells[1]:>26s}")
     for ws in spaces.values():

@@ -109,6 +109,15 @@ def time_blocks(fns, plain, rounds):
     return time_interleaved(fns, rounds, n), n
 
 
+def paired_cell(times, ref):
+    """``"ratio [lo..hi]"``: the median of the per-round ratios of `times` to
+    `ref` (paired by round) and its confidence interval, as every in-process
+    script prints it."""
+    from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
+    lo, hi, _ = _paired_ratio_ci(times, ref)
+    return f"{_paired_ratio(times, ref):.4f} [{lo:.4f}..{hi:.4f}]"
+
+
 def cases_main(script, name, doc, measure, cases, rounds, notes=lambda: []):
     """main() of a script that times `measure(workload, size, rounds)` per
     case in one tuned-glibc process (bench/hugepages.py,

@@ -26,7 +26,7 @@ Writes ``bench/results/placement_ab.txt``.
 """
 import sys
 
-from inprocess import case_name, cases_main, time_blocks  # bench/ is this script's directory
+from inprocess import case_name, cases_main, paired_cell, time_blocks  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
 OFF = 2 ** 64 - 1
@@ -37,7 +37,6 @@ POLICIES = {"off": (OFF, 1), "same >= 1 MiB": (1 << 20, 1), "alt >= 1 MiB": (1 <
 def measure(workload, size, rounds):
     import wsmem
     from wsmem import _capture
-    from wsmem.benchmarks._compare import _paired_ratio, _paired_ratio_ci
     from wsmem.benchmarks.cyclic import _MAKERS
 
     with wsmem.aligned_heap():
@@ -59,9 +58,8 @@ def measure(workload, size, rounds):
     lines = [f"{case_name(workload, size)}: {n} steps per block, {rounds} blocks each",
              f"  {'policy':20s} {'median':>10s}  {'time/off [CI]':>26s}  spilled"]
     for k, t in times.items():
-        lo, hi, _ = _paired_ratio_ci(t, times["off"])
         lines.append(f"  {k:20s} {sorted(t)[rounds // 2] * 1e6:8.1f}us  "
-                     f"{_paired_ratio(t, times['off']):.4f} [{lo:.4f}..{hi:.4f}]")
+                     f"{paired_cell(t, times['off'])}")
     for ws, k in zip(spaces, POLICIES):
         if ws.stats().spilled_count:
             lines.append(f"  ({k}: spilled in its last cycle)")
