@@ -174,9 +174,10 @@ def time_interleaved(fns: dict, rounds: int, steps: int, *, warm: int | None = N
 
     A block that follows another function's block starts on that
     function's caches, TLB and heap layout: at rows=8 the first step after
-    another step's block ran 1.7x its steady time and the next ~20 steps
-    still slower, so a block's time depended on which function ran before
-    it (up to 3% on a block of 200 steps, ``bench/results/harness_ab.txt``).
+    a block of the same step on other inputs ran 1.6x its steady time, so a
+    block's time depended on which function ran before it (an A/A pair, one
+    function under two names, read 1.005 instead of 1.00 under a rotated
+    order without warm-in: ``bench/results/harness_ab.txt``).
     Two measures keep that out of the comparison:
 
     - each timed block is preceded by ``warm`` untimed calls of the same

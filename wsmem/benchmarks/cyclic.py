@@ -40,8 +40,8 @@ about ``target_s``.  Then in every round each worker runs one batch, in a
 fresh random order each round (seeded), while the others wait on their stdin;
 a batch first runs a tenth of its steps untimed (it starts on the caches and
 TLB the previous worker's batch left), then reports its time per step and its
-minor page faults per step (``ru_minflt`` delta over the timed steps).  Reported: the median over rounds (and min/max, to show the
-noise), peak RSS (``ru_maxrss`` of the worker at the end, warm-up included),
+minor page faults per step (``ru_minflt`` delta over the timed steps).
+Reported: the median over rounds (and min/max, to show the noise), peak RSS (``ru_maxrss`` of the worker at the end, warm-up included),
 and for wsmem ``ws.stats().spilled_count`` after every batch (steady state:
 0).  Every worker returns its ``s`` after warm-up and after every batch; each
 must equal plain NumPy's (to a relative 1e-9) or the results say MISMATCH.
@@ -457,8 +457,8 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
         cmd = line.strip()
         if cmd == "run":
             # Untimed steps first: a batch starts on the caches and TLB the
-            # previous worker's batch left (bench/harness_ab.py: the first
-            # steps after another step's block ran up to 1.8x slower).
+            # previous worker's batch left (bench/results/harness_ab.txt: the
+            # first step after another step's block ran 1.6x slower).
             for _ in range(warm_in):
                 step()
             f0 = _minflt()
