@@ -163,6 +163,12 @@ def measure(workload, size, rounds, under="glibc_tuned"):
             pass
         return plain()
 
+    def in_scope_out():
+        # wsmem's frame with no workspace: NumPy's handler variable set to
+        # NumPy's default and put back, what any frame must do at the least.
+        with wsmem.scope_out():
+            return plain()
+
     def in_var_set():
         token = var.set(size)
         try:
@@ -172,7 +178,8 @@ def measure(workload, size, rounds, under="glibc_tuned"):
 
     plain_key = f"plain ({under_label(under)})"
     configs = {plain_key: plain, "limit (out=)": limit,
-               "one contextvar set": in_var_set, "empty with ws: first": after_empty_frame,
+               "one contextvar set": in_var_set, "scope_out() frame": in_scope_out,
+               "empty with ws: first": after_empty_frame,
                "ws, capture=False": in_frame_only, "wsmem": in_ws}
     values = set()
     for f in configs.values():
