@@ -902,6 +902,36 @@ def test_same_size_reuses_freed_memory_within_cycle(ws):
                 del b
 
 
+def test_steps_looped_inside_one_cycle_take_one_steps_bytes(ws):
+    # A cycle around several small steps pays the frame once; the free table
+    # hands each step the temporaries the step before it dropped, so the
+    # cycle needs no more of the block than a cycle of one step.
+    x = np.linspace(-1.0, 1.0, 8 * 64).reshape(8, 64)
+    w = np.linspace(1.0, -1.0, 64 * 128).reshape(64, 128)
+
+    def step():
+        h = np.maximum(x @ w, 0)
+        return float(np.exp(-(h * 2 + 1)).sum())
+
+    expected = step()
+    one = wsmem.Workspace("one_step_per_cycle")
+    try:
+        for _ in range(3):
+            with one:
+                assert step() == pytest.approx(expected, rel=1e-12)
+        with ws:
+            assert step() == pytest.approx(expected, rel=1e-12)
+        for _ in range(3):
+            with ws:
+                results = [step() for _ in range(10)]
+            assert results == pytest.approx([expected] * 10, rel=1e-12)
+            st = ws.stats()
+            assert st.spilled_count == 0
+            assert st.last_cycle_bytes == one.stats().last_cycle_bytes > 0
+    finally:
+        one.destroy()
+
+
 def test_learning_cycle_reuses_its_dead_spills(ws):
     # The learning cycle spills; a temporary that dies is handed to the next
     # one of its size, so the block learns the live need, not the total.
