@@ -486,18 +486,18 @@ def test_result_kept_into_the_next_cycle_does_not_push_its_neighbour_out():
     ws.destroy()
 
 
-PLACE_MIN = 1 << 20   # pyx/wsmem/_capture.pyx: _place_min
+PLACE_MIN = 256 << 10   # pyx/wsmem/_capture.pyx: _place_min
 
 
 @pytest.mark.parametrize("allocation", ["overallocate", "strict"])
 def test_large_arrays_start_at_one_page_offset(allocation):
-    """Captured arrays of 1 MiB and more have their data at offset 64 of a
+    """Captured arrays of 256 KiB and more have their data at offset 64 of a
     page, so that no ufunc output lies a little after its input modulo 4096
     (4K aliasing): in the learning cycle (spills) and after it (the block),
     with small arrays bumped in between, and for a reuse of a freed slot.
     The block learned holds the pads (strict: no slack beyond them)."""
     ws = wsmem.Workspace("PLACE", allocation=allocation)
-    x = np.full((PLACE_MIN // 8 // 256, 256), 0.5)      # exactly 1 MiB
+    x = np.full((PLACE_MIN // 8 // 256, 256), 0.5)      # exactly 256 KiB
     for i in range(6):
         with ws:
             a = x * 2
@@ -505,7 +505,7 @@ def test_large_arrays_start_at_one_page_offset(allocation):
             b = np.exp(a)
             del a                                       # its slot is reused
             c = b + 1
-            big = np.ones(PLACE_MIN // 8 + 5)           # 1 MiB and 40 bytes
+            big = np.ones(PLACE_MIN // 8 + 5)           # 256 KiB and 40 bytes
             offsets = [arr.ctypes.data % 4096 for arr in (b, c, big)]
             assert offsets == [64, 64, 64], (i, offsets)
             assert get_handler_name(c) == hname(ws)
@@ -1100,7 +1100,13 @@ def test_design_step_steady_state(ws):
         cycle_bytes.append(s.cycle_bytes)
         if cycle >= 2:
             assert s.spilled_count == 0, (cycle, s)
-            assert s.cycle_bytes == cycle_bytes[2], cycle_bytes
+        if cycle >= 4:
+            # The last cycle's h, y, z are still bound when a cycle starts
+            # (pinned), so the bump alternates between two layouts, and the
+            # 512 KiB arrays' page pads (placement) differ by up to a page
+            # between them: a steady state of period 2.
+            assert s.cycle_bytes == cycle_bytes[cycle - 2], cycle_bytes
+            assert abs(s.cycle_bytes - cycle_bytes[cycle - 1]) <= 4096, cycle_bytes
         np.testing.assert_array_equal(z, z_ref)
     assert ws.stats().pages == 1
     del h, y, z

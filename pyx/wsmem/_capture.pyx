@@ -269,21 +269,26 @@ cdef char* _bump(Arena a, size_t nbytes, Block** blk) noexcept:
 # before, which on an Intel Xeon made the training step 14% slower at 4 MiB
 # and 32 MiB temporaries than with every array at one offset (as mimalloc
 # places them; bench/placement.py, bench/results/placement_ab.txt,
-# cyclic_xeon.txt); on the AMD EPYC the gain is 0.5-1%.  Only from 1 MiB:
-# below it the gain was within the noise on both CPUs, and CG n=256 (512 KiB
-# arrays) ran 0.8% slower on the EPYC.  The page offset of NumPy's aligned
+# cyclic_xeon.txt); on the AMD EPYC the gain is 0.5-1%.  From 256 KiB (NumPy's
+# temporary-elision size): on the EPYC a bumped 512 KiB layout (the training
+# step at rows=64) runs 5-13% slower on some physical pages and not on others
+# (a block's pages dropped and faulted again move it in and out), placed
+# layouts never did, and their median is 1-1.5% faster at 256 and 512 KiB;
+# CG n=256 (512 KiB vectors) pays 0.3-0.4% (bench/results/placement_256k.txt).
+# Below 256 KiB placement was tried and gained nothing beyond the noise
+# (bench/results/aliasing.txt, tries_small_sizes.txt).  The page offset of NumPy's aligned
 # heap is the same (wsmem.aligned_heap: data at +64).  Cost: under a page of
 # free space per large bump; reuses from the free table keep their place.
 # mode 2 (an experiment for bench/placement_ab.py): alternately at offsets
 # WSMEM_HDR and WSMEM_HDR + 2048.
-cdef size_t _place_min = 1 << 20
+cdef size_t _place_min = 256 << 10
 cdef int _place_mode = 1
 cdef size_t _place_flip = 0
 
 
 def _set_placement(size_t min_bytes, int mode=1):
     """Captured allocations of at least `min_bytes` made by a bump start at
-    page offset 64 (mode 1, the default from 1 MiB) or alternately at 64 and
+    page offset 64 (mode 1, the default from 256 KiB) or alternately at 64 and
     2112 (mode 2); a `min_bytes` of ``2**64 - 1`` turns placement off.
     Returns the previous ``(min_bytes, mode)``.  For tests and
     bench/placement_ab.py."""
