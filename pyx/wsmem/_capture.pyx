@@ -275,9 +275,9 @@ cdef char* _bump(Arena a, size_t nbytes, Block** blk) noexcept:
 # (a block's pages dropped and faulted again move it in and out), placed
 # layouts never did, and their median is 1-1.5% faster at 256 and 512 KiB;
 # CG n=256 (512 KiB vectors) pays 0.3-0.4% (bench/results/placement_256k.txt).
-# Below 256 KiB placement was tried and gained nothing beyond the noise
-# (bench/results/aliasing.txt, tries_small_sizes.txt).  The page offset of NumPy's aligned
-# heap is the same (wsmem.aligned_heap: data at +64).  Cost: under a page of
+# Below 256 KiB it gains nothing: rows=8 is level, CG n=90 (63 KiB vectors)
+# 2% slower placed (the same file, section 3).  The page offset of NumPy's
+# aligned heap is the same (wsmem.aligned_heap: data at +64).  Cost: under a page of
 # free space per large bump; reuses from the free table keep their place.
 # mode 2 (an experiment for bench/placement_ab.py): alternately at offsets
 # WSMEM_HDR and WSMEM_HDR + 2048.
