@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 
-from inprocess import case_name, cases_main, paired_cell  # bench/ is this script's directory
+from inprocess import case_name, cases_main, paired_rows  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "cg:90"]
 BINS = [(0, 1), (1, 2), (2, 5), (5, 10), (10, 20), (20, 50), (50, 100)]
@@ -124,9 +124,7 @@ def measure(workload, size, rounds):
                          (f"random order, {max(1, n // 5)} warm-in calls (time_interleaved)",
                           time_interleaved(fns, rounds, n))):
         lines.append(f"  harness: {label}")
-        for k, t in times.items():
-            lines.append(f"    {k:12s} {statistics.median(t) * 1e6:8.1f}us  "
-                         f"{paired_cell(t, times['step'])}")
+        lines += paired_rows(times, "step", 12, indent="    ")
     ws.destroy()
     return "\n".join(lines)
 

@@ -118,6 +118,14 @@ def paired_cell(times, ref):
     return f"{_paired_ratio(times, ref):.4f} [{lo:.4f}..{hi:.4f}]"
 
 
+def paired_rows(times, ref_key, width, indent="  "):
+    """One line per set-up of `times`: its name, median time and
+    `paired_cell` against ``times[ref_key]`` (bench/harness_ab.py,
+    bench/placement_ab.py)."""
+    return [f"{indent}{k:{width}s} {statistics.median(t) * 1e6:8.1f}us  "
+            f"{paired_cell(t, times[ref_key])}" for k, t in times.items()]
+
+
 def cases_main(script, name, doc, measure, cases, rounds, notes=lambda: []):
     """main() of a script that times `measure(workload, size, rounds)` per
     case in one tuned-glibc process (bench/hugepages.py,

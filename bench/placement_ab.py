@@ -26,7 +26,7 @@ Writes ``bench/results/placement_ab.txt``.
 """
 import sys
 
-from inprocess import case_name, cases_main, paired_cell, time_blocks  # bench/ is this script's directory
+from inprocess import case_name, cases_main, paired_rows, time_blocks  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
 OFF = 2 ** 64 - 1
@@ -57,9 +57,7 @@ def measure(workload, size, rounds):
     times, n = time_blocks(fns, plain, rounds)
     lines = [f"{case_name(workload, size)}: {n} steps per block, {rounds} blocks each",
              f"  {'policy':20s} {'median':>10s}  {'time/off [CI]':>26s}  spilled"]
-    for k, t in times.items():
-        lines.append(f"  {k:20s} {sorted(t)[rounds // 2] * 1e6:8.1f}us  "
-                     f"{paired_cell(t, times['off'])}")
+    lines += paired_rows(times, "off", 20)
     for ws, k in zip(spaces, POLICIES):
         if ws.stats().spilled_count:
             lines.append(f"  ({k}: spilled in its last cycle)")
