@@ -132,6 +132,74 @@ def test_nesting_innermost_wins(ws):
         inner.destroy()
 
 
+def test_deep_nesting_and_out_of_order_exits_restore_each_handler():
+    # The frame stack is a C array that starts with room for 8 frames: nest
+    # far past that (workspaces, re-entries, scope_out and borrow frames) and
+    # check NumPy's handler and the current workspace at every level, on the
+    # way in and on the way out; then close a borrow frame from under
+    # another frame (its entry is taken from the middle of the stack).
+    spaces = [wsmem.Workspace(f"deep_{i}") for i in range(6)]
+    try:
+        managers, expect = [], []
+        for k in range(30):
+            if k % 5 == 4:
+                cm, name, cur = wsmem.scope_out(), DEFAULT, None
+            else:
+                w = spaces[k % len(spaces)]
+                cm, name, cur = w, hname(w), w
+            cm.__enter__()
+            managers.append(cm)
+            expect.append((name, cur))
+            assert get_handler_name() == name
+            assert wsmem.current_workspace() is cur
+            assert get_handler_name(np.ones(3)) == name
+        while managers:
+            managers.pop().__exit__(None, None, None)
+            expect.pop()
+            name, cur = expect[-1] if expect else (DEFAULT, None)
+            assert get_handler_name() == name
+            assert wsmem.current_workspace() is cur
+        assert get_handler_name() == DEFAULT
+
+        a, b = spaces[0], spaces[1]
+        with a:
+            lent = b.borrow()
+            with b:                              # b open, so it can lend
+                lent.__enter__()                 # borrow frame of b on top
+                with wsmem.scope_out():
+                    lent.__exit__(None, None, None)  # taken from under scope_out
+                    assert get_handler_name() == DEFAULT
+                    assert wsmem.current_workspace() is None
+                assert get_handler_name() == hname(b)
+                assert wsmem.current_workspace() is b
+            assert get_handler_name() == hname(a)
+        assert get_handler_name() == DEFAULT
+    finally:
+        for w in spaces:
+            w.destroy()
+
+
+def test_thread_ending_inside_a_cycle_releases_its_frames():
+    # A thread that ends with frames still open drops its frame stack: the
+    # stack's references go, so the workspace can be collected.
+    import weakref
+    ref = {}
+
+    def body():
+        ws = wsmem.Workspace("ends_open")
+        ref["ws"] = weakref.ref(ws)
+        ws.__enter__()
+        wsmem.scope_out().__enter__()
+        np.ones(100)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    gc.collect()
+    assert ref["ws"]() is None
+    assert get_handler_name() == DEFAULT
+
+
 def test_scope_out_gives_default_allocator(ws):
     with ws:
         with wsmem.scope_out():

@@ -9,6 +9,8 @@ from wsmem._capture cimport (make_handler, detach_handler, set_handler, restore_
                              set_heap, reset_heap, heap_aligned, keep_errstate_cached)
 from wsmem._arena cimport Block
 from libc.stdlib cimport realloc, free
+from libc.string cimport memmove
+from cpython.ref cimport PyObject, Py_INCREF, Py_XINCREF, Py_XDECREF
 
 cdef extern from "Python.h":
     ctypedef struct PyThreadState
@@ -73,11 +75,67 @@ cdef long long _thread_minflt() noexcept nogil:
     return ru.ru_minflt
 
 
-cdef list _stack():
+cdef struct FrameEntry:
+    PyObject* frame     # owned; NULL for scope_out() (the heap)
+    PyObject* token     # owned: what restore_handler puts back
+    PyObject* ctoken    # owned; NULL when no CuPy allocator was switched
+
+
+@cython.final
+@cython.no_gc       # refers to frames only, and no frame refers to it (Workspace
+                    # keeps a borrowed pointer): it cannot be part of a cycle
+cdef class _FrameStack:
+    """A thread's active frames, innermost last: a C array, so that a frame
+    push or pop touches no tuple or list (`with ws:` runs once per step, after
+    the step has pushed wsmem's code and data out of the caches)."""
+    cdef FrameEntry* items
+    cdef Py_ssize_t n, cap
+
+    def __dealloc__(self):
+        cdef FrameEntry e
+        while self.n > 0:           # the thread ended with frames open
+            self.n -= 1
+            e = self.items[self.n]
+            Py_XDECREF(e.token)
+            Py_XDECREF(e.ctoken)
+            Py_XDECREF(e.frame)
+        free(self.items)
+        self.items = NULL
+
+    def __len__(self):
+        return self.n
+
+    cdef int push(self, object frame, object token, PyObject* ctoken) except -1:
+        cdef FrameEntry* grown
+        cdef Py_ssize_t cap
+        if self.n == self.cap:
+            cap = 8 if self.cap == 0 else 2 * self.cap
+            grown = <FrameEntry*>realloc(self.items, cap * sizeof(FrameEntry))
+            if grown == NULL:
+                raise MemoryError("wsmem: out of memory for the frame stack")
+            self.items = grown
+            self.cap = cap
+        self.items[self.n].frame = NULL if frame is None else <PyObject*>frame
+        self.items[self.n].token = <PyObject*>token
+        self.items[self.n].ctoken = ctoken
+        Py_XINCREF(self.items[self.n].frame)
+        Py_INCREF(token)
+        Py_XINCREF(ctoken)
+        self.n += 1
+        return 0
+
+    cdef object top(self):
+        """The innermost frame (None for scope_out() or an empty stack)."""
+        if self.n == 0 or self.items[self.n - 1].frame == NULL:
+            return None
+        return <object>self.items[self.n - 1].frame
+
+
+cdef _FrameStack _stack():
     try:
         return _tls.stack
     except AttributeError:
-        _tls.stack = []
+        _tls.stack = _FrameStack()
         return _tls.stack
 
 
@@ -85,45 +143,72 @@ cdef list _stack():
 # also switch CuPy's (thread-local) allocator.  Host-only programs never
 # import CuPy.
 cdef object _gpu = None
-cdef object _NO_CUPY = object()
 
 
-cdef void _push(object frame, list stack) except *:
+cdef void _push(object frame, _FrameStack stack) except *:
     """Make `frame` (a Workspace, or None for the heap) current; NumPy's
     memory handler follows it (the workspace's when it captures, else
-    NumPy's default), and so does CuPy's allocator once GPU workspaces exist.
-    Each stack entry is (frame, handler token, CuPy allocator token)."""
+    NumPy's default), and so does CuPy's allocator once GPU workspaces exist."""
+    cdef PyObject* ctoken = NULL
     handler = None
     if frame is not None:
         handler = (<Workspace>frame)._handler
     keep_errstate_cached()
     token = set_handler(handler)
-    ctoken = _NO_CUPY
-    if _gpu is not None:
-        try:
-            ctoken = _gpu.push_allocator(frame)
-        except BaseException:
-            restore_handler(token)
-            raise
-    stack.append((frame, token, ctoken))
+    try:
+        if _gpu is not None:
+            ctok = _gpu.push_allocator(frame)
+            ctoken = <PyObject*>ctok
+        stack.push(frame, token, ctoken)
+    except BaseException:
+        if ctoken != NULL:
+            try:
+                _gpu.pop_allocator(<object>ctoken)
+            except BaseException:
+                pass
+        restore_handler(token)
+        raise
     set_current_arena(frame)
 
 
-cdef void _pop(object frame, list stack) noexcept:
-    # Remove the innermost entry of this frame (normally the top) and restore
-    # the NumPy handler (and CuPy allocator) current when it was pushed.
-    cdef Py_ssize_t i
-    for i in range(len(stack) - 1, -1, -1):
-        if stack[i][0] is frame:
-            restore_handler(stack[i][1])
-            if stack[i][2] is not _NO_CUPY:
-                try:
-                    _gpu.pop_allocator(stack[i][2])
-                except BaseException:
-                    pass
-            del stack[i]
-            break
-    set_current_arena(stack[-1][0] if stack else None)
+cdef void _pop(object frame, _FrameStack stack) noexcept:
+    # Remove the innermost entry of this frame and restore the NumPy handler
+    # (and CuPy allocator) current when it was pushed.  Normally it is the
+    # top.  A frame closed from under another one (a borrow() or scope_out()
+    # object left out of order) leaves the handler of the frame above in
+    # place, and hands that frame its own tokens: when the frame above
+    # closes, it restores what was current before the removed one.
+    cdef PyObject* f = NULL if frame is None else <PyObject*>frame
+    cdef Py_ssize_t i = stack.n - 1
+    cdef FrameEntry e
+    cdef FrameEntry* above
+    while i >= 0 and stack.items[i].frame != f:
+        i -= 1
+    if i < 0:
+        set_current_arena(stack.top())
+        return
+    e = stack.items[i]
+    if i < stack.n - 1:
+        above = &stack.items[i + 1]
+        e.token, above.token = above.token, e.token     # above's own token goes unused
+        if e.ctoken != NULL and above.ctoken != NULL and \
+                <object>e.ctoken is not _gpu._NO_CHANGE:
+            e.ctoken, above.ctoken = above.ctoken, e.ctoken
+        memmove(&stack.items[i], &stack.items[i + 1], (stack.n - 1 - i) * sizeof(FrameEntry))
+        stack.n -= 1
+        set_current_arena(stack.top())
+    else:
+        stack.n -= 1
+        set_current_arena(stack.top())
+        restore_handler(<object>e.token)
+        if e.ctoken != NULL:
+            try:
+                _gpu.pop_allocator(<object>e.ctoken)
+            except BaseException:
+                pass
+    Py_XDECREF(e.token)
+    Py_XDECREF(e.ctoken)
+    Py_XDECREF(e.frame)     # last: a frame's last reference may go here
 
 
 cdef object _load_gpu(location, device):
@@ -201,6 +286,7 @@ cdef class Workspace(Arena):
         self.hist = NULL
 
     # ------------------------------------------------------------ cycles
+    @cython.binding(False)     # a method descriptor: `with` binds it more cheaply
     def __enter__(self):
         if self.destroyed:
             raise WorkspaceError(f"workspace {self.name!r} was destroyed; create a new one "
@@ -216,18 +302,21 @@ cdef class Workspace(Arena):
         _push(self, self._own_stack())
         return self
 
-    cdef list _own_stack(self):
+    cdef object _own_stack(self):
         """This thread's frame stack (_stack()), cached for the owner thread.
         Thread-state ids are never reused, so a new thread (even one with the
         old thread's ident) looks its own stack up again."""
         cdef unsigned long long tsid = PyThreadState_GetID(PyThreadState_Get())
-        if self._tstack is None or self._tstack_id != tsid:
-            self._tstack = _stack()
+        cdef _FrameStack stack
+        if self._tstack == NULL or self._tstack_id != tsid:
+            stack = _stack()            # owned by the thread's threading.local
+            self._tstack = <PyObject*>stack
             self._tstack_id = tsid
-        return self._tstack
+        return <_FrameStack>self._tstack
 
+    @cython.binding(False)
     def __exit__(self, exc_type, exc, tb):
-        cdef list stack = self._own_stack()
+        cdef _FrameStack stack = self._own_stack()
         cdef size_t cap
         cdef bint was_init
         if self.depth <= 0:
@@ -518,11 +607,13 @@ cdef class _Borrow:
     def __cinit__(self, Workspace ws):
         self.ws = ws
 
+    @cython.binding(False)     # a method descriptor: `with` binds it more cheaply
     def __enter__(self):
         self.ws._require_open()
         _push(self.ws, _stack())
         return self.ws
 
+    @cython.binding(False)
     def __exit__(self, *exc):
         _pop(self.ws, _stack())
         return False
@@ -532,10 +623,12 @@ cdef class _Borrow:
 cdef class _ScopeOut:
     """Context manager of wsmem.scope_out()."""
 
+    @cython.binding(False)     # a method descriptor: `with` binds it more cheaply
     def __enter__(self):
         _push(None, _stack())
         return None
 
+    @cython.binding(False)
     def __exit__(self, *exc):
         _pop(None, _stack())
         return False
@@ -553,7 +646,12 @@ def scope_out():
     >>> kept.workspace is None, kept.is_valid
     (True, True)
     """
-    return _ScopeOut()
+    return _SCOPE_OUT
+
+
+# Stateless (its frames live on the thread's stack): one object serves every
+# scope_out() block, nested, in any thread.
+cdef _ScopeOut _SCOPE_OUT = _ScopeOut()
 
 
 @cython.final
@@ -623,9 +721,9 @@ cdef class aligned_heap:
 
 
 cdef void _require_no_frame(str what) except *:
-    cdef list stack = _stack()
-    if stack:
-        top = stack[-1][0]
+    cdef _FrameStack stack = _stack()
+    if stack.n:
+        top = stack.top()
         where = "wsmem.scope_out()" if top is None else f"workspace {top.name!r}"
         raise WorkspaceError(
             f"{what} changes NumPy's allocator outside workspaces and {where} is "
