@@ -33,7 +33,11 @@ from wsmem._errors import PerformanceWarning, WorkspaceError, WorkspaceOverflowE
 
 cdef extern from *:
     """
-    static __thread PyObject *wsmem_tls_top = NULL;
+    /* initial-exec: read at a fixed offset from the thread pointer, not
+       through __tls_get_addr (the default for a shared object), on every
+       allocation and frame; one pointer of the static TLS surplus that glibc
+       keeps for dlopen()ed modules. */
+    static __thread PyObject *wsmem_tls_top __attribute__((tls_model("initial-exec"))) = NULL;
     static char wsmem_zero_area[4096] __attribute__((aligned(4096)));
     """
     PyObject* wsmem_tls_top
