@@ -102,9 +102,6 @@ cdef class _FrameStack:
         free(self.items)
         self.items = NULL
 
-    def __len__(self):
-        return self.n
-
     cdef int push(self, object frame, object token, PyObject* ctoken) except -1:
         cdef FrameEntry* grown
         cdef Py_ssize_t cap
