@@ -81,6 +81,12 @@ cdef struct FrameEntry:
     PyObject* ctoken    # owned; NULL when no CuPy allocator was switched
 
 
+cdef inline void _release(FrameEntry e) noexcept:
+    Py_XDECREF(e.token)
+    Py_XDECREF(e.ctoken)
+    Py_XDECREF(e.frame)     # last: a frame's last reference may go here
+
+
 @cython.final
 @cython.no_gc       # refers to frames only, and no frame refers to it (Workspace
                     # keeps a borrowed pointer): it cannot be part of a cycle
@@ -92,13 +98,9 @@ cdef class _FrameStack:
     cdef Py_ssize_t n, cap
 
     def __dealloc__(self):
-        cdef FrameEntry e
         while self.n > 0:           # the thread ended with frames open
             self.n -= 1
-            e = self.items[self.n]
-            Py_XDECREF(e.token)
-            Py_XDECREF(e.ctoken)
-            Py_XDECREF(e.frame)
+            _release(self.items[self.n])
         free(self.items)
         self.items = NULL
 
@@ -179,33 +181,31 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
     cdef Py_ssize_t i = stack.n - 1
     cdef FrameEntry e
     cdef FrameEntry* above
+    cdef bint top
     while i >= 0 and stack.items[i].frame != f:
         i -= 1
     if i < 0:
         set_current_arena(stack.top())
         return
     e = stack.items[i]
-    if i < stack.n - 1:
+    top = i == stack.n - 1
+    if not top:
         above = &stack.items[i + 1]
         e.token, above.token = above.token, e.token     # above's own token goes unused
         if e.ctoken != NULL and above.ctoken != NULL and \
                 <object>e.ctoken is not _gpu._NO_CHANGE:
             e.ctoken, above.ctoken = above.ctoken, e.ctoken
         memmove(&stack.items[i], &stack.items[i + 1], (stack.n - 1 - i) * sizeof(FrameEntry))
-        stack.n -= 1
-        set_current_arena(stack.top())
-    else:
-        stack.n -= 1
-        set_current_arena(stack.top())
+    stack.n -= 1
+    set_current_arena(stack.top())
+    if top:
         restore_handler(<object>e.token)
         if e.ctoken != NULL:
             try:
                 _gpu.pop_allocator(<object>e.ctoken)
             except BaseException:
                 pass
-    Py_XDECREF(e.token)
-    Py_XDECREF(e.ctoken)
-    Py_XDECREF(e.frame)     # last: a frame's last reference may go here
+    _release(e)
 
 
 cdef object _load_gpu(location, device):
