@@ -382,6 +382,141 @@ def test_asyncio_tasks_see_their_own_handler(ws):
     assert get_handler_name() == DEFAULT
 
 
+def test_asyncio_tasks_leaving_frames_out_of_order_keep_their_own_handlers():
+    # Tasks of one thread share its frame stack, but NumPy's handler is per
+    # task (context): A leaving its workspace under B's frame must restore
+    # A's handler in A and leave B's frames (and B's outer workspace) alone.
+    wa, wb, wd = (wsmem.Workspace(n) for n in ("ooo_a", "ooo_b", "ooo_d"))
+    seen = {}
+
+    async def task_a(a_in, b_in):
+        with wa:
+            a_in.set()
+            await b_in.wait()
+        seen["a_after"] = get_handler_name()
+        seen["a_arr"] = get_handler_name(np.ones(10))
+
+    async def task_b(a_in, b_in):
+        await a_in.wait()
+        with wd:
+            with wb:
+                b_in.set()
+                await asyncio.sleep(0.01)          # A leaves wa meanwhile
+                seen["b_in"] = get_handler_name()
+            seen["b_in_wd"] = get_handler_name()
+            seen["b_in_wd_arr"] = get_handler_name(np.ones(10))
+            seen["b_current"] = wsmem.current_workspace()
+        seen["b_after"] = get_handler_name()
+
+    async def main():
+        a_in, b_in = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(task_a(a_in, b_in), task_b(a_in, b_in))
+
+    try:
+        asyncio.run(main())
+        assert seen == {
+            "a_after": DEFAULT, "a_arr": DEFAULT,
+            "b_in": hname(wb), "b_in_wd": hname(wd), "b_in_wd_arr": hname(wd),
+            "b_current": wd, "b_after": DEFAULT,
+        }
+        assert not (wa.is_open or wb.is_open or wd.is_open)
+        assert get_handler_name() == DEFAULT and wsmem.current_workspace() is None
+    finally:
+        for w in (wa, wb, wd):
+            w.destroy()
+
+
+def test_one_workspace_open_in_two_asyncio_tasks_closes_each_tasks_own_frame(ws):
+    # Both tasks enter the same workspace (depth 2); the first to enter
+    # leaves first: its own frame goes, not the other task's.
+    seen = {}
+
+    async def first(a_in, b_in):
+        with ws:
+            a_in.set()
+            await b_in.wait()
+        seen["first_after"] = get_handler_name()
+
+    async def second(a_in, b_in):
+        await a_in.wait()
+        with ws:
+            b_in.set()
+            await asyncio.sleep(0.01)              # first leaves meanwhile
+            seen["second_in"] = get_handler_name()
+            seen["open"] = ws.is_open
+        seen["second_after"] = get_handler_name()
+
+    async def main():
+        a_in, b_in = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(first(a_in, b_in), second(a_in, b_in))
+
+    asyncio.run(main())
+    assert seen == {"first_after": DEFAULT, "second_in": hname(ws), "open": True,
+                    "second_after": DEFAULT}
+    assert not ws.is_open and get_handler_name() == DEFAULT
+
+
+_TEARDOWN_SCRIPT = r'''
+import sys, threading
+import numpy as np, wsmem
+
+other = threading.local()
+
+
+class Closer:
+    # Dies when its thread's state is cleared: after wsmem's own thread-local
+    # (and the thread's frame stack) may already be gone.
+    def __init__(self, ws):
+        self.ws = ws
+
+    def __del__(self):
+        with self.ws:
+            np.ones(10)
+        print("teardown frame ok", flush=True)
+
+
+def body():
+    ws = wsmem.Workspace("teardown")
+    with ws:
+        pass
+    other.obj = Closer(ws)
+
+
+t = threading.Thread(target=body)
+t.start()
+t.join()
+
+
+def suspended(ws):
+    with ws:
+        yield 1
+        yield 2
+
+
+# Closed during interpreter shutdown, after wsmem's modules are torn down.
+ws = wsmem.Workspace("shutdown")
+g = suspended(ws)
+next(g)
+sys._wsmem_kept = g
+print("main ok", flush=True)
+'''
+
+
+def test_frames_in_thread_teardown_and_interpreter_shutdown():
+    # A frame opened while a thread's state is being cleared, and one closed
+    # while the interpreter shuts down, must not touch a freed frame stack
+    # (PYTHONMALLOC=debug fills freed memory, so such a use crashes).
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONMALLOC="debug",
+               PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(
+                   os.path.abspath(wsmem.__file__))), os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _TEARDOWN_SCRIPT],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.split() == ["teardown", "frame", "ok", "main", "ok"], r.stdout
+
+
 def test_thread_started_inside_with_does_not_capture(ws):
     out = {}
 

@@ -24,17 +24,6 @@ cdef class Workspace(Arena):
     cdef CycleRecord* hist          # owned (malloc/realloc), NULL until the first cycle ends
     cdef size_t hist_cap, hist_len, hist_head
     cdef long long hist_minflt0     # thread's minor faults at cycle start (track=True), else -1
-    # The owner thread's frame stack (the _FrameStack _stack() returns there),
-    # kept so that `with ws:` skips the threading.local lookup.  Borrowed:
-    # the thread's threading.local owns it for the thread's life, and it is
-    # used only while the running thread state is the one it was taken in
-    # (its unique id, never reused); a strong reference would make a cycle
-    # (the stack holds every open frame).
-    cdef PyObject* _tstack
-    cdef unsigned long long _tstack_id
-
-    cdef object _own_stack(self)
-
     cdef void _record_cycle(self, size_t cap_before, bint was_init) noexcept
 
     cdef int _require_open(self) except -1

@@ -13,9 +13,9 @@ from libc.string cimport memmove
 from cpython.ref cimport PyObject, Py_INCREF, Py_XINCREF, Py_XDECREF
 
 cdef extern from "Python.h":
-    ctypedef struct PyThreadState
+    ctypedef struct PyThreadState:
+        PyObject* context       # the running contextvars.Context (CPython 3.7+)
     PyThreadState* PyThreadState_Get()
-    unsigned long long PyThreadState_GetID(PyThreadState* tstate)
 
 cdef extern from "sys/resource.h" nogil:
     enum: RUSAGE_THREAD
@@ -75,21 +75,37 @@ cdef long long _thread_minflt() noexcept nogil:
     return ru.ru_minflt
 
 
+cdef extern from *:
+    """
+    /* The running thread's _FrameStack, borrowed from the thread's
+       threading.local (which owns it), so that a frame push or pop skips the
+       threading.local lookup.  _FrameStack's dealloc clears it, so it never
+       outlives the stack: a thread's stack dies in that thread (the thread's
+       state is cleared there), or in the finalizing main thread when wsmem's
+       threading.local itself goes, after which no other thread runs Python.
+       initial-exec: a load at a fixed offset from the thread pointer. */
+    static __thread PyObject *wsmem_tls_stack __attribute__((tls_model("initial-exec"))) = NULL;
+    """
+    PyObject* wsmem_tls_stack
+
+
 cdef struct FrameEntry:
     PyObject* frame     # owned; NULL for scope_out() (the heap)
     PyObject* token     # owned: what restore_handler puts back
     PyObject* ctoken    # owned; NULL when no CuPy allocator was switched
+    PyObject* context   # owned: the contextvars.Context the frame was entered in
 
 
 cdef inline void _release(FrameEntry e) noexcept:
     Py_XDECREF(e.token)
     Py_XDECREF(e.ctoken)
+    Py_XDECREF(e.context)
     Py_XDECREF(e.frame)     # last: a frame's last reference may go here
 
 
 @cython.final
-@cython.no_gc       # refers to frames only, and no frame refers to it (Workspace
-                    # keeps a borrowed pointer): it cannot be part of a cycle
+@cython.no_gc       # refers to frames and contexts, and neither refers to it: it
+                    # cannot be part of a cycle
 cdef class _FrameStack:
     """A thread's active frames, innermost last: a C array, so that a frame
     push or pop touches no tuple or list (`with ws:` runs once per step, after
@@ -98,6 +114,9 @@ cdef class _FrameStack:
     cdef Py_ssize_t n, cap
 
     def __dealloc__(self):
+        global wsmem_tls_stack
+        if wsmem_tls_stack == <PyObject*>self:
+            wsmem_tls_stack = NULL
         while self.n > 0:           # the thread ended with frames open
             self.n -= 1
             _release(self.items[self.n])
@@ -117,6 +136,8 @@ cdef class _FrameStack:
         self.items[self.n].frame = NULL if frame is None else <PyObject*>frame
         self.items[self.n].token = <PyObject*>token
         self.items[self.n].ctoken = ctoken
+        self.items[self.n].context = PyThreadState_Get().context
+        Py_XINCREF(self.items[self.n].context)
         Py_XINCREF(self.items[self.n].frame)
         Py_INCREF(token)
         Py_XINCREF(ctoken)
@@ -131,11 +152,18 @@ cdef class _FrameStack:
 
 
 cdef _FrameStack _stack():
+    """This thread's frame stack (made on first use)."""
+    global wsmem_tls_stack
+    cdef _FrameStack stack
+    if wsmem_tls_stack != NULL:
+        return <_FrameStack>wsmem_tls_stack
     try:
-        return _tls.stack
+        stack = _tls.stack
     except AttributeError:
-        _tls.stack = _FrameStack()
-        return _tls.stack
+        stack = _FrameStack()
+        _tls.stack = stack
+    wsmem_tls_stack = <PyObject*>stack
+    return stack
 
 
 # wsmem._gpu once a device or pinned workspace exists: from then on, frames
@@ -170,41 +198,66 @@ cdef void _push(object frame, _FrameStack stack) except *:
     set_current_arena(frame)
 
 
+cdef Py_ssize_t _find(_FrameStack stack, PyObject* f) noexcept:
+    """Index of the innermost entry of frame `f`, preferring one entered in
+    the running context (asyncio tasks of one thread share its stack, and
+    two of them may have the same workspace open), else -1."""
+    cdef PyObject* ctx = PyThreadState_Get().context
+    cdef Py_ssize_t i = stack.n - 1
+    cdef Py_ssize_t other = -1
+    while i >= 0:
+        if stack.items[i].frame == f:
+            if stack.items[i].context == ctx:
+                return i
+            if other < 0:
+                other = i
+        i -= 1
+    return other
+
+
 cdef void _pop(object frame, _FrameStack stack) noexcept:
     # Remove the innermost entry of this frame and restore the NumPy handler
     # (and CuPy allocator) current when it was pushed.  Normally it is the
     # top.  A frame closed from under another one (a borrow() or scope_out()
-    # object left out of order) leaves the handler of the frame above in
-    # place, and hands that frame its own tokens: when the frame above
-    # closes, it restores what was current before the removed one.
-    cdef PyObject* f = NULL if frame is None else <PyObject*>frame
-    cdef Py_ssize_t i = stack.n - 1
+    # object left out of order, or a frame of another asyncio task on this
+    # thread) leaves the handler of the frame above in place, and hands that
+    # frame its own tokens: when the frame above closes, it restores what was
+    # current before the removed one.  NumPy's handler lives in a context
+    # variable, so its token goes to the nearest frame above entered in the
+    # same context (none: it is restored now, in that context); CuPy's
+    # allocator is per thread, so its token goes to the frame just above.
+    cdef Py_ssize_t i = _find(stack, NULL if frame is None else <PyObject*>frame)
+    cdef Py_ssize_t j
     cdef FrameEntry e
     cdef FrameEntry* above
-    cdef bint top
-    while i >= 0 and stack.items[i].frame != f:
-        i -= 1
+    cdef bint restore_np = True, restore_cupy = True
     if i < 0:
         set_current_arena(stack.top())
         return
     e = stack.items[i]
-    top = i == stack.n - 1
-    if not top:
-        above = &stack.items[i + 1]
+    j = i + 1
+    while j < stack.n and stack.items[j].context != e.context:
+        j += 1
+    if j < stack.n:
+        above = &stack.items[j]
         e.token, above.token = above.token, e.token     # above's own token goes unused
+        restore_np = False
+    if i < stack.n - 1:
+        above = &stack.items[i + 1]
         if e.ctoken != NULL and above.ctoken != NULL and \
                 <object>e.ctoken is not _gpu._NO_CHANGE:
             e.ctoken, above.ctoken = above.ctoken, e.ctoken
+        restore_cupy = False
         memmove(&stack.items[i], &stack.items[i + 1], (stack.n - 1 - i) * sizeof(FrameEntry))
     stack.n -= 1
     set_current_arena(stack.top())
-    if top:
+    if restore_np:
         restore_handler(<object>e.token)
-        if e.ctoken != NULL:
-            try:
-                _gpu.pop_allocator(<object>e.ctoken)
-            except BaseException:
-                pass
+    if restore_cupy and e.ctoken != NULL:
+        try:
+            _gpu.pop_allocator(<object>e.ctoken)
+        except BaseException:
+            pass
     _release(e)
 
 
@@ -296,24 +349,12 @@ cdef class Workspace(Arena):
             if self.track:
                 self.hist_minflt0 = _thread_minflt()
         self.depth += 1
-        _push(self, self._own_stack())
+        _push(self, _stack())
         return self
-
-    cdef object _own_stack(self):
-        """This thread's frame stack (_stack()), cached for the owner thread.
-        Thread-state ids are never reused, so a new thread (even one with the
-        old thread's ident) looks its own stack up again."""
-        cdef unsigned long long tsid = PyThreadState_GetID(PyThreadState_Get())
-        cdef _FrameStack stack
-        if self._tstack == NULL or self._tstack_id != tsid:
-            stack = _stack()            # owned by the thread's threading.local
-            self._tstack = <PyObject*>stack
-            self._tstack_id = tsid
-        return <_FrameStack>self._tstack
 
     @cython.binding(False)
     def __exit__(self, exc_type, exc, tb):
-        cdef _FrameStack stack = self._own_stack()
+        cdef _FrameStack stack = _stack()
         cdef size_t cap
         cdef bint was_init
         if self.depth <= 0:
