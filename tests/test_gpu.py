@@ -17,6 +17,7 @@ import pytest
 import wsmem
 from wsmem import WorkspaceError, WorkspaceLeakError, WorkspaceOverflowError
 from wsmem import _gpu
+from numpy._core.multiarray import get_handler_name
 
 
 def _cuda_ok():
@@ -218,6 +219,46 @@ def test_with_switches_cupys_thread_allocator(host_backed):
             with wsmem.scope_out():
                 assert get() is user_allocator            # the user's, not CuPy's global
         assert get() is user_allocator
+
+
+def test_enter_that_fails_leaves_the_workspace_as_it_was(host_backed, monkeypatch):
+    # `with` does not call __exit__ when __enter__ raises: a failure while
+    # switching CuPy's allocator (or binding the stream) must not leave the
+    # cycle open, the depth counted or the frame half pushed.
+    ws = host_backed("dev", location="device")
+    host = host_backed("host")
+    handler_before = get_handler_name()
+
+    def broken(*args):
+        raise RuntimeError("CUDA error: out of memory")
+    for name in ("push_allocator", "begin_cycle"):
+        with monkeypatch.context() as m:
+            m.setattr(_gpu, name, broken)
+            with pytest.raises(RuntimeError, match="out of memory"):
+                with ws:
+                    raise AssertionError("the body must not run")
+            assert not ws.is_open
+            assert wsmem.current_workspace() is None
+            assert get_handler_name() == handler_before
+        with host:                                        # nested in another frame
+            host_handler = get_handler_name()
+            with monkeypatch.context() as m:
+                m.setattr(_gpu, name, broken)
+                with pytest.raises(RuntimeError, match="out of memory"):
+                    with ws:
+                        pass
+            assert not ws.is_open
+            assert wsmem.current_workspace() is host
+            assert get_handler_name() == host_handler
+            with ws:                                      # and the stack is intact
+                assert wsmem.current_workspace() is ws
+            assert wsmem.current_workspace() is host
+        assert wsmem.current_workspace() is None
+    with ws:                                              # usable again, one level deep
+        b = wsmem.empty(16)
+        assert b.nbytes == 128 and ws.stats().generation >= 1
+        assert ws.is_open and wsmem.current_workspace() is ws
+    assert not ws.is_open
 
 
 def test_allocator_refusal_raises_overflow_through_cupy(host_backed):

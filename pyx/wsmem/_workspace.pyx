@@ -344,12 +344,23 @@ cdef class Workspace(Arena):
         self.check_owner()
         if self.depth == 0:
             self.begin_cycle()
-            if self.gpu is not None:
-                _gpu.begin_cycle(self)
             if self.track:
                 self.hist_minflt0 = _thread_minflt()
         self.depth += 1
-        _push(self, _stack())
+        try:
+            if self.depth == 1 and self.gpu is not None:
+                _gpu.begin_cycle(self)
+            _push(self, _stack())
+        except BaseException:
+            # `with` does not call __exit__ when __enter__ raises: leave the
+            # workspace as it was (closed, or open at the depth it had).
+            self.depth -= 1
+            if self.depth == 0:
+                try:
+                    self.end_cycle()        # an empty cycle: nothing was handed out
+                except BaseException:
+                    pass
+            raise
         return self
 
     @cython.binding(False)
@@ -775,7 +786,22 @@ def heap_is_aligned():
 
 
 def current_workspace():
-    """The innermost active workspace of this thread, or None (heap)."""
+    """The innermost active workspace of this thread, or None (heap).
+
+    Returns
+    -------
+    Workspace or None
+        Where ``wsmem.empty`` and the other module-level creation functions
+        allocate now.
+
+    Notes
+    -----
+    This is per thread, not per asyncio task: tasks of one event loop share
+    their thread's frames, so while a task awaits inside ``with ws:``,
+    another task of that thread sees ``ws`` here. NumPy's own allocations
+    under ``capture=True`` follow NumPy's handler context variable, which is
+    per task, so they go to the workspace the running task opened.
+    """
     return current_arena()
 
 
