@@ -382,6 +382,16 @@ def test_asyncio_tasks_see_their_own_handler(ws):
     assert get_handler_name() == DEFAULT
 
 
+def _run_interleaved(first, second):
+    """Run two coroutine functions as tasks of one loop; each gets the events
+    (a_in, b_in): the first sets a_in once inside its frame, the second
+    b_in once inside its own."""
+    async def main():
+        a_in, b_in = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(first(a_in, b_in), second(a_in, b_in))
+    asyncio.run(main())
+
+
 def test_asyncio_tasks_leaving_frames_out_of_order_keep_their_own_handlers():
     # Tasks of one thread share its frame stack, but NumPy's handler is per
     # task (context): A leaving its workspace under B's frame must restore
@@ -408,12 +418,8 @@ def test_asyncio_tasks_leaving_frames_out_of_order_keep_their_own_handlers():
             seen["b_current"] = wsmem.current_workspace()
         seen["b_after"] = get_handler_name()
 
-    async def main():
-        a_in, b_in = asyncio.Event(), asyncio.Event()
-        await asyncio.gather(task_a(a_in, b_in), task_b(a_in, b_in))
-
     try:
-        asyncio.run(main())
+        _run_interleaved(task_a, task_b)
         assert seen == {
             "a_after": DEFAULT, "a_arr": DEFAULT,
             "b_in": hname(wb), "b_in_wd": hname(wd), "b_in_wd_arr": hname(wd),
@@ -446,11 +452,7 @@ def test_one_workspace_open_in_two_asyncio_tasks_closes_each_tasks_own_frame(ws)
             seen["open"] = ws.is_open
         seen["second_after"] = get_handler_name()
 
-    async def main():
-        a_in, b_in = asyncio.Event(), asyncio.Event()
-        await asyncio.gather(first(a_in, b_in), second(a_in, b_in))
-
-    asyncio.run(main())
+    _run_interleaved(first, second)
     assert seen == {"first_after": DEFAULT, "second_in": hname(ws), "open": True,
                     "second_after": DEFAULT}
     assert not ws.is_open and get_handler_name() == DEFAULT
