@@ -433,8 +433,10 @@ def test_asyncio_tasks_leaving_frames_out_of_order_keep_their_own_handlers():
 
 
 def test_one_workspace_open_in_two_asyncio_tasks_closes_each_tasks_own_frame(ws):
-    # Both tasks enter the same workspace (depth 2); the first to enter
-    # leaves first: its own frame goes, not the other task's.
+    # Both tasks enter the same workspace (depth 2), the second inside
+    # another workspace wb; the first to enter leaves first: its own frame
+    # goes, not the second task's (whose wb must come back when it leaves ws).
+    wb = wsmem.Workspace("two_tasks_wb")
     seen = {}
 
     async def first(a_in, b_in):
@@ -445,17 +447,62 @@ def test_one_workspace_open_in_two_asyncio_tasks_closes_each_tasks_own_frame(ws)
 
     async def second(a_in, b_in):
         await a_in.wait()
-        with ws:
-            b_in.set()
-            await asyncio.sleep(0.01)              # first leaves meanwhile
-            seen["second_in"] = get_handler_name()
-            seen["open"] = ws.is_open
+        with wb:
+            with ws:
+                b_in.set()
+                await asyncio.sleep(0.01)          # first leaves meanwhile
+                seen["second_in"] = get_handler_name()
+                seen["open"] = ws.is_open
+            seen["second_in_wb"] = get_handler_name()
+            seen["second_current"] = wsmem.current_workspace()
         seen["second_after"] = get_handler_name()
 
-    _run_interleaved(first, second)
-    assert seen == {"first_after": DEFAULT, "second_in": hname(ws), "open": True,
-                    "second_after": DEFAULT}
-    assert not ws.is_open and get_handler_name() == DEFAULT
+    try:
+        _run_interleaved(first, second)
+        assert seen == {"first_after": DEFAULT, "second_in": hname(ws), "open": True,
+                        "second_in_wb": hname(wb), "second_current": wb,
+                        "second_after": DEFAULT}
+        assert not (ws.is_open or wb.is_open) and get_handler_name() == DEFAULT
+    finally:
+        wb.destroy()
+
+
+def test_generator_closed_by_another_task_leaves_that_tasks_frame_alone():
+    # A generator suspended inside `with wa:` by task A is closed by task B
+    # inside B's own `with wb:`: wa's frame goes (its handler is reset in
+    # A's context, which is not running), and B's handler stays wb's.
+    wa, wb = wsmem.Workspace("gen_wa"), wsmem.Workspace("gen_wb")
+    seen = {}
+
+    def gen():
+        with wa:
+            yield
+
+    async def task_a(g):
+        next(g)
+        seen["a_in_wa"] = get_handler_name()
+
+    async def task_b(g):
+        with wb:
+            g.close()
+            seen["b_after_close"] = get_handler_name()
+            seen["b_arr"] = get_handler_name(np.ones(10))
+            seen["b_current"] = wsmem.current_workspace()
+        seen["b_after"] = get_handler_name()
+
+    async def main():
+        g = gen()
+        await asyncio.create_task(task_a(g))
+        await asyncio.create_task(task_b(g))
+
+    try:
+        asyncio.run(main())
+        assert seen == {"a_in_wa": hname(wa), "b_after_close": hname(wb), "b_arr": hname(wb),
+                        "b_current": wb, "b_after": DEFAULT}
+        assert not (wa.is_open or wb.is_open) and get_handler_name() == DEFAULT
+    finally:
+        wa.destroy()
+        wb.destroy()
 
 
 _TEARDOWN_SCRIPT = r'''

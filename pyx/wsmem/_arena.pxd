@@ -146,6 +146,7 @@ cdef class Arena:
     cdef size_t learned_size(self, size_t peak) noexcept
     cdef int begin_cycle(self) except -1
     cdef int end_cycle(self) except -1
+    cdef void abandon_cycle(self) noexcept
     cdef int _resize_after_cycle(self, size_t size) except -1
     cdef int _warn_spills(self) except -1
     cdef char* alloc_slow(self, size_t nbytes, Block** block) except NULL

@@ -663,6 +663,16 @@ cdef class Arena:
         block[0] = b
         return b.region.ptr
 
+    cdef void abandon_cycle(self) noexcept:
+        """Undo begin_cycle() for a cycle that handed nothing out (an
+        ``__enter__`` that failed after starting it): the workspace is closed
+        again, and no cycle is counted, learned from or recorded.  The
+        generation stays bumped (no array has it)."""
+        self._drop_spills()
+        if self.reset != RESET_ENDOFBUFFER:
+            self.cursor = self.limit = 0
+            self.n_holes = self.hole_index = 0
+
     cdef int end_cycle(self) except -1:
         """Close the cycle: free spills, learn, grow; the generation's arrays go stale."""
         cdef size_t target

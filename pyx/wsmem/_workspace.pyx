@@ -16,6 +16,9 @@ cdef extern from "Python.h":
     ctypedef struct PyThreadState:
         PyObject* context       # the running contextvars.Context (CPython 3.7+)
     PyThreadState* PyThreadState_Get()
+    int PyContext_Enter(PyObject* ctx)
+    int PyContext_Exit(PyObject* ctx)
+    void PyErr_Clear()
 
 cdef extern from "sys/resource.h" nogil:
     enum: RUSAGE_THREAD
@@ -215,6 +218,28 @@ cdef Py_ssize_t _find(_FrameStack stack, PyObject* f) noexcept:
     return other
 
 
+cdef void _restore_elsewhere(PyObject* token, PyObject* ctx, _FrameStack stack) noexcept:
+    """Restore NumPy's handler for a frame left in another context than
+    the one it was entered in (`ctx`; e.g. a generator suspended in
+    ``with ws:`` by one asyncio task and closed by another): reset the
+    variable in `ctx` itself when that context can be entered (it is not
+    running).  Else put the handler the frame replaced in the running
+    context, as PyDataMem_SetHandler would, unless a frame entered in the
+    running context is still open: its handler stays."""
+    cdef PyObject* running = PyThreadState_Get().context
+    cdef Py_ssize_t k
+    if ctx != NULL and PyContext_Enter(ctx) == 0:
+        restore_handler(<object>token)
+        if PyContext_Exit(ctx) != 0:
+            PyErr_Clear()
+        return
+    PyErr_Clear()                           # RuntimeError: ctx is entered elsewhere
+    for k in range(stack.n):
+        if stack.items[k].context == running:
+            return
+    restore_handler(<object>token)
+
+
 cdef void _pop(object frame, _FrameStack stack) noexcept:
     # Remove the innermost entry of this frame and restore the NumPy handler
     # (and CuPy allocator) current when it was pushed.  Normally it is the
@@ -252,7 +277,10 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
     stack.n -= 1
     set_current_arena(stack.top())
     if restore_np:
-        restore_handler(<object>e.token)
+        if e.context == PyThreadState_Get().context:
+            restore_handler(<object>e.token)
+        else:
+            _restore_elsewhere(e.token, e.context, stack)
     if restore_cupy and e.ctoken != NULL:
         try:
             _gpu.pop_allocator(<object>e.ctoken)
@@ -343,23 +371,20 @@ cdef class Workspace(Arena):
                                  f"(wsmem.Workspace or wsmem.get_workspace)")
         self.check_owner()
         if self.depth == 0:
+            if self.gpu is not None:
+                _gpu.begin_cycle(self)      # binds the stream; may raise (CUDA)
             self.begin_cycle()
             if self.track:
                 self.hist_minflt0 = _thread_minflt()
         self.depth += 1
         try:
-            if self.depth == 1 and self.gpu is not None:
-                _gpu.begin_cycle(self)
             _push(self, _stack())
         except BaseException:
             # `with` does not call __exit__ when __enter__ raises: leave the
             # workspace as it was (closed, or open at the depth it had).
             self.depth -= 1
             if self.depth == 0:
-                try:
-                    self.end_cycle()        # an empty cycle: nothing was handed out
-                except BaseException:
-                    pass
+                self.abandon_cycle()
             raise
         return self
 
