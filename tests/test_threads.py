@@ -148,6 +148,46 @@ def test_current_workspace_is_per_thread():
     ws.destroy()
 
 
+def test_frame_closed_from_another_thread_leaves_no_current_workspace():
+    # A generator suspended inside `with ws:` in thread T and finalized in
+    # the main thread ends the cycle there; T's stack still holds the entry,
+    # but the closed workspace is no longer T's current one: T allocates on
+    # the heap (valid arrays, not stale ones), and `with ws:` works again.
+    box, seen = {}, {}
+    suspended, closed = threading.Event(), threading.Event()
+
+    def owner():
+        ws = wsmem.Workspace("closed_elsewhere")
+
+        def gen():
+            with ws:
+                yield
+
+        g = gen()
+        next(g)
+        box["g"], box["ws"] = g, ws
+        suspended.set()
+        closed.wait(10)
+        seen["current"] = wsmem.current_workspace()
+        a = wsmem.ones(4)
+        seen["a"] = (a.workspace, a.is_valid, float(a.sum()))
+        with ws:
+            b = wsmem.ones(4)
+            seen["b"] = (b.workspace is ws, b.is_valid, wsmem.current_workspace() is ws)
+        seen["after"] = (wsmem.current_workspace(), ws.is_open)
+        ws.destroy()
+
+    t = threading.Thread(target=owner)
+    t.start()
+    assert suspended.wait(10)
+    box["g"].close()                                  # __exit__ runs here, not in the owner
+    assert not box["ws"].is_open
+    closed.set()
+    t.join(10)
+    assert seen == {"current": None, "a": (None, True, 4.0), "b": (True, True, True),
+                    "after": (None, False)}
+
+
 def test_thread_reusing_a_dead_owners_ident_uses_its_own_frame_stack():
     # A workspace keeps its owner thread's frame stack for `with ws:`.  A new
     # thread may get the ident of the dead owner (pthread reuses them), and

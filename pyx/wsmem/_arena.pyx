@@ -50,7 +50,12 @@ cdef int _debug_mode = DEBUG_OFF
 
 
 cdef object current_arena():
-    if wsmem_tls_top == NULL:
+    # A closed workspace is not current even when its frame is still on this
+    # thread's stack: a frame left from another thread (a generator suspended
+    # in `with ws:` here and finalized there) ends the cycle there, and the
+    # entry here cannot be reached from that thread.  Creation functions then
+    # allocate on the heap, as the capture handler does for a closed cycle.
+    if wsmem_tls_top == NULL or (<Arena>wsmem_tls_top).depth <= 0:
         return None
     return <object>wsmem_tls_top
 
