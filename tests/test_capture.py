@@ -382,10 +382,16 @@ def test_asyncio_tasks_see_their_own_handler(ws):
     assert get_handler_name() == DEFAULT
 
 
-def _run_interleaved(first, second):
-    """Run two coroutine functions as tasks of one loop; each gets the events
-    (a_in, b_in): the first sets a_in once inside its frame, the second
-    b_in once inside its own."""
+def _run_interleaved(w, after_first, second):
+    """Run two tasks of one loop.  The first enters `w`, sets the event a_in
+    inside it, waits for b_in, leaves `w` and calls ``after_first()``;
+    ``second(a_in, b_in)`` sets b_in once inside its own frame."""
+    async def first(a_in, b_in):
+        with w:
+            a_in.set()
+            await b_in.wait()
+        after_first()
+
     async def main():
         a_in, b_in = asyncio.Event(), asyncio.Event()
         await asyncio.gather(first(a_in, b_in), second(a_in, b_in))
@@ -399,10 +405,7 @@ def test_asyncio_tasks_leaving_frames_out_of_order_keep_their_own_handlers():
     wa, wb, wd = (wsmem.Workspace(n) for n in ("ooo_a", "ooo_b", "ooo_d"))
     seen = {}
 
-    async def task_a(a_in, b_in):
-        with wa:
-            a_in.set()
-            await b_in.wait()
+    def a_after():
         seen["a_after"] = get_handler_name()
         seen["a_arr"] = get_handler_name(np.ones(10))
 
@@ -419,7 +422,7 @@ def test_asyncio_tasks_leaving_frames_out_of_order_keep_their_own_handlers():
         seen["b_after"] = get_handler_name()
 
     try:
-        _run_interleaved(task_a, task_b)
+        _run_interleaved(wa, a_after, task_b)
         assert seen == {
             "a_after": DEFAULT, "a_arr": DEFAULT,
             "b_in": hname(wb), "b_in_wd": hname(wd), "b_in_wd_arr": hname(wd),
@@ -439,10 +442,7 @@ def test_one_workspace_open_in_two_asyncio_tasks_closes_each_tasks_own_frame(ws)
     wb = wsmem.Workspace("two_tasks_wb")
     seen = {}
 
-    async def first(a_in, b_in):
-        with ws:
-            a_in.set()
-            await b_in.wait()
+    def first_after():
         seen["first_after"] = get_handler_name()
 
     async def second(a_in, b_in):
@@ -458,7 +458,7 @@ def test_one_workspace_open_in_two_asyncio_tasks_closes_each_tasks_own_frame(ws)
         seen["second_after"] = get_handler_name()
 
     try:
-        _run_interleaved(first, second)
+        _run_interleaved(ws, first_after, second)
         assert seen == {"first_after": DEFAULT, "second_in": hname(ws), "open": True,
                         "second_in_wb": hname(wb), "second_current": wb,
                         "second_after": DEFAULT}

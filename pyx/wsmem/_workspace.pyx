@@ -201,11 +201,10 @@ cdef void _push(object frame, _FrameStack stack) except *:
     set_current_arena(frame)
 
 
-cdef Py_ssize_t _find(_FrameStack stack, PyObject* f) noexcept:
+cdef Py_ssize_t _find(_FrameStack stack, PyObject* f, PyObject* ctx) noexcept:
     """Index of the innermost entry of frame `f`, preferring one entered in
-    the running context (asyncio tasks of one thread share its stack, and
-    two of them may have the same workspace open), else -1."""
-    cdef PyObject* ctx = PyThreadState_Get().context
+    the running context `ctx` (asyncio tasks of one thread share its stack,
+    and two of them may have the same workspace open), else -1."""
     cdef Py_ssize_t i = stack.n - 1
     cdef Py_ssize_t other = -1
     while i >= 0:
@@ -218,16 +217,20 @@ cdef Py_ssize_t _find(_FrameStack stack, PyObject* f) noexcept:
     return other
 
 
-cdef void _restore_elsewhere(PyObject* token, PyObject* ctx, _FrameStack stack) noexcept:
-    """Restore NumPy's handler for a frame left in another context than
-    the one it was entered in (`ctx`; e.g. a generator suspended in
-    ``with ws:`` by one asyncio task and closed by another): reset the
-    variable in `ctx` itself when that context can be entered (it is not
-    running).  Else put the handler the frame replaced in the running
-    context, as PyDataMem_SetHandler would, unless a frame entered in the
-    running context is still open: its handler stays."""
-    cdef PyObject* running = PyThreadState_Get().context
+cdef void _restore_in(PyObject* token, PyObject* ctx, PyObject* running,
+                      _FrameStack stack) noexcept:
+    """Restore NumPy's handler `token` for a frame entered in context `ctx`
+    and left in context `running`.  The same context: reset it there.  Left
+    in another (e.g. a generator suspended in ``with ws:`` by one asyncio
+    task and closed by another): reset the variable in `ctx` itself when
+    that context can be entered (it is not running).  Else put the handler
+    the frame replaced in the running context, as PyDataMem_SetHandler
+    would, unless a frame entered in the running context is still open: its
+    handler stays."""
     cdef Py_ssize_t k
+    if ctx == running:
+        restore_handler(<object>token)
+        return
     if ctx != NULL and PyContext_Enter(ctx) == 0:
         restore_handler(<object>token)
         if PyContext_Exit(ctx) != 0:
@@ -251,7 +254,8 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
     # variable, so its token goes to the nearest frame above entered in the
     # same context (none: it is restored now, in that context); CuPy's
     # allocator is per thread, so its token goes to the frame just above.
-    cdef Py_ssize_t i = _find(stack, NULL if frame is None else <PyObject*>frame)
+    cdef PyObject* running = PyThreadState_Get().context
+    cdef Py_ssize_t i = _find(stack, NULL if frame is None else <PyObject*>frame, running)
     cdef Py_ssize_t j
     cdef FrameEntry e
     cdef FrameEntry* above
@@ -277,10 +281,7 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
     stack.n -= 1
     set_current_arena(stack.top())
     if restore_np:
-        if e.context == PyThreadState_Get().context:
-            restore_handler(<object>e.token)
-        else:
-            _restore_elsewhere(e.token, e.context, stack)
+        _restore_in(e.token, e.context, running, stack)
     if restore_cupy and e.ctoken != NULL:
         try:
             _gpu.pop_allocator(<object>e.ctoken)
