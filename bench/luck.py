@@ -13,8 +13,12 @@ median of its batches; a config's time is the median over its workers.
 
 Reported per config: that median, every worker's time (sorted), and the
 config's median time over the first config's (with wsmem first, as by
-default: > 1 means wsmem is faster, the convention of the cyclic tables).  No confidence interval: the point is the distribution of
-workers, which the cyclic table's intervals (over rounds) do not cover.
+default: > 1 means wsmem is faster, the convention of the cyclic tables),
+with a 95% bootstrap interval over workers (both configs' workers
+resampled, 2,000 times): an interval that holds 1.0 is a difference that
+this many workers cannot tell from per-process luck.  The interval covers
+the spread of workers, which the cyclic table's intervals (over rounds)
+do not.
 
 Usage, from the repository root::
 
@@ -33,6 +37,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def median_ratio_ci(these, ref, draws=2000, seed=12345):
+    """95% bootstrap interval of ``median(these) / median(ref)``, each
+    list resampled with replacement (workers are independent)."""
+    rng = random.Random(seed)
+    ratios = sorted(statistics.median(rng.choices(these, k=len(these))) /
+                    statistics.median(rng.choices(ref, k=len(ref))) for _ in range(draws))
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
 
 
 def main(argv=None):
@@ -76,8 +89,9 @@ def main(argv=None):
     for c in configs:
         v = sorted(times[c])
         spread = v[-1] / v[0]
-        print(f"  {c:12s} median {med[c] * 1e6:9.1f} us  this/{first} {med[c] / med[first]:.4f}  "
-              f"max/min {spread:.3f}")
+        lo, hi = median_ratio_ci(times[c], times[first])
+        print(f"  {c:12s} median {med[c] * 1e6:9.1f} us  this/{first} {med[c] / med[first]:.4f} "
+              f"[{lo:.3f}..{hi:.3f}]  max/min {spread:.3f}")
         print("      workers (us): " + " ".join(f"{x * 1e6:.1f}" for x in v))
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
