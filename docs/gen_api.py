@@ -24,7 +24,8 @@ OUT = os.path.join(HERE, "api.md")
 SECTIONS = [
     ("Workspaces", ["Workspace", "WorkspaceConfig", "get_workspace", "current_workspace",
                     "thread_workspaces", "destroy_thread_workspaces", "scope_out",
-                    "aligned_heap", "heap_is_aligned", "debug_mode", "get_debug_mode_name"]),
+                    "aligned_heap", "heap_is_aligned", "align_ufunc_buffers",
+                    "ufunc_buffers_aligned", "debug_mode", "get_debug_mode_name"]),
     ("Arrays", ["WsArray", "empty", "zeros", "ones", "full", "empty_like", "zeros_like",
                 "ones_like", "full_like", "asarray"]),
     ("Statistics, history, leaks", ["WorkspaceStats", "WorkspaceHistory", "HISTORY_LENGTH",

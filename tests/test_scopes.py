@@ -1,6 +1,10 @@
 """Scopes: current workspace, borrow, scope_out, detach, leverage_to
 (after ND4J's BasicWorkspaceTests testOutOfScope1, testLeverage*, testDetach1,
 testIsAttached*, testBreakout* and WorkspaceProviderTests nested tests)."""
+import asyncio
+import contextvars
+import threading
+
 import numpy as np
 import pytest
 
@@ -37,6 +41,106 @@ def test_current_workspace_follows_with_blocks(pair):
             assert wsmem.current_workspace() is inner
         assert wsmem.current_workspace() is outer
     assert wsmem.current_workspace() is None
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_current_workspace_is_per_asyncio_task(capture):
+    # Tasks of one event loop share their thread's frames: a task that waits
+    # inside `with ws:` must not make ws current for the other tasks, and a
+    # task that resumes under another task's frame still sees its own.
+    wa = wsmem.Workspace("task_a", capture=capture)
+    wb = wsmem.Workspace("task_b", capture=capture)
+    seen = {}
+
+    async def task_a(a_in, b_in, b_checked):
+        with wa:
+            a_in.set()
+            await b_in.wait()                      # B is inside wb now
+            seen["a_current"] = wsmem.current_workspace()
+            seen["a_alloc"] = wsmem.empty(4).workspace
+            b_checked.set()
+            await asyncio.sleep(0)
+        seen["a_after"] = wsmem.current_workspace()
+
+    async def task_b(a_in, b_in, b_checked):
+        await a_in.wait()                          # A waits inside wa
+        seen["b_before"] = wsmem.current_workspace()
+        seen["b_alloc"] = wsmem.empty(4).workspace
+        with wb:
+            seen["b_in"] = wsmem.current_workspace()
+            b_in.set()
+            await b_checked.wait()
+            seen["b_still"] = wsmem.current_workspace()
+        seen["b_after"] = wsmem.current_workspace()
+
+    async def main():
+        events = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        await asyncio.gather(task_a(*events), task_b(*events))
+
+    try:
+        asyncio.run(main())
+        assert seen == {"b_before": None, "b_alloc": None, "b_in": wb,
+                        "a_current": wa, "a_alloc": wa, "b_still": wb,
+                        "a_after": None, "b_after": None}
+        assert wsmem.current_workspace() is None
+        assert not (wa.is_open or wb.is_open)
+    finally:
+        wa.destroy()
+        wb.destroy()
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_current_workspace_is_inherited_by_contexts_copied_inside(capture):
+    # As NumPy's handler: a task created inside `with ws:` (its context a
+    # copy of the creator's) sees ws, also after the creator has moved on to
+    # another frame; one created inside scope_out() sees the heap.
+    ws = wsmem.Workspace("inherit", capture=capture)
+    other = wsmem.Workspace("inherit_other", capture=capture)
+    seen = {}
+
+    async def child(tag, started, go):
+        started.set()
+        await go.wait()
+        seen[tag] = wsmem.current_workspace()
+        seen[tag + "_alloc"] = wsmem.empty(2).workspace
+
+    async def main():
+        go = asyncio.Event()
+        s1, s2 = asyncio.Event(), asyncio.Event()
+        with ws:
+            seen["copy"] = contextvars.copy_context().run(wsmem.current_workspace)
+            inside = asyncio.create_task(child("inside", s1, go))
+            with wsmem.scope_out():
+                heap = asyncio.create_task(child("scope_out", s2, go))
+            await s1.wait()
+            await s2.wait()
+            with other:                      # the creator's innermost frame now
+                go.set()
+                await asyncio.gather(inside, heap)
+                seen["main"] = wsmem.current_workspace()
+
+    try:
+        asyncio.run(main())
+        assert seen == {"copy": ws, "inside": ws, "inside_alloc": ws,
+                        "scope_out": None, "scope_out_alloc": None, "main": other}
+        assert wsmem.current_workspace() is None
+    finally:
+        ws.destroy()
+        other.destroy()
+
+
+def test_current_workspace_in_a_copied_context_on_another_thread(ws):
+    # A context copied inside `with ws:` and run on another thread (what
+    # asyncio.to_thread does): ws is not open there, so the heap is current.
+    seen = {}
+    with ws:
+        ctx = contextvars.copy_context()
+        t = threading.Thread(target=lambda: seen.update(
+            current=ctx.run(wsmem.current_workspace), alloc=ctx.run(wsmem.empty, 3).workspace))
+        t.start()
+        t.join()
+        assert wsmem.current_workspace() is ws
+    assert seen == {"current": None, "alloc": None}
 
 
 def test_breakout_array_stays_attached_but_stale(pair):

@@ -24,8 +24,9 @@ from wsmem._errors import (PerformanceWarning, WorkspaceError, WorkspaceLeakErro
 from wsmem._stats import LeakInfo, WorkspaceHistory, WorkspaceStats
 from wsmem._array import (WsArray, asarray, empty, empty_like, full, full_like, ones,
                           ones_like, zeros, zeros_like)
-from wsmem._workspace import (HISTORY_LENGTH, Workspace, aligned_heap, current_workspace,
-                              debug_mode, get_debug_mode_name, heap_is_aligned, scope_out)
+from wsmem._workspace import (HISTORY_LENGTH, Workspace, align_ufunc_buffers, aligned_heap,
+                              current_workspace, debug_mode, get_debug_mode_name,
+                              heap_is_aligned, scope_out, ufunc_buffers_aligned)
 from wsmem._registry import destroy_thread_workspaces, get_workspace, thread_workspaces
 from wsmem._mgr import ArrayType, WorkspaceMgr, WorkspaceMode
 from wsmem._gc import set_gc_window, toggle_periodic_gc
@@ -41,7 +42,7 @@ __all__ = [
     "WorkspaceOverflowError", "PerformanceWarning", "LeakInfo", "WorkspaceHistory", "WorkspaceStats", "WsArray", "Workspace",
     "asarray", "empty", "empty_like", "full", "full_like", "ones", "ones_like", "zeros",
     "zeros_like", "current_workspace", "debug_mode", "get_debug_mode_name", "scope_out",
-    "aligned_heap", "heap_is_aligned", "destroy_thread_workspaces", "get_workspace", "thread_workspaces",
+    "aligned_heap", "heap_is_aligned", "align_ufunc_buffers", "ufunc_buffers_aligned", "destroy_thread_workspaces", "get_workspace", "thread_workspaces",
     "ArrayType", "WorkspaceMgr", "WorkspaceMode", "set_gc_window", "toggle_periodic_gc",
     "prefetch", "shield", "HISTORY_LENGTH", "plot_history",
 ]

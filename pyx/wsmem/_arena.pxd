@@ -261,11 +261,16 @@ cdef inline void pin_fini(Pin* p) noexcept:
 
 cdef void pin_release(Pin* pin) noexcept
 
-# Per-thread state: the innermost active arena (None under scope_out or when
-# no workspace is open).  The strong references live in wsmem._workspace's
-# per-thread stack; these read and write a C thread-local borrowed pointer.
+# Per-thread state: the innermost active arena of the running context (None
+# under scope_out or when no workspace is open).  The strong references live
+# in wsmem._workspace's per-thread stack; set_current_arena publishes its top
+# entry (arena, and the context it was entered in) as C thread-locals, read
+# by current_arena when the running context is that one; for any other
+# context it asks the function wsmem._workspace registers (which must not raise).
+ctypedef object (*current_fn)()
 cdef object current_arena()
-cdef void set_current_arena(object arena)
+cdef void set_current_arena(object arena, PyObject* context) noexcept
+cdef void set_current_elsewhere(current_fn fn) noexcept
 # Process-wide debug mode (DEBUG_*), as ND4J's workspace manager has it.
 cdef int get_debug_mode() noexcept
 # Where the mode lives, for the capture handler's per-allocation checks (a

@@ -38,15 +38,35 @@ cdef extern from *:
        allocation and frame; one pointer of the static TLS surplus that glibc
        keeps for dlopen()ed modules. */
     static __thread PyObject *wsmem_tls_top __attribute__((tls_model("initial-exec"))) = NULL;
+    /* The contextvars.Context the innermost frame was entered in (borrowed
+       from its frame-stack entry); NULL when no frame is open. */
+    static __thread PyObject *wsmem_tls_top_ctx __attribute__((tls_model("initial-exec"))) = NULL;
     static char wsmem_zero_area[4096] __attribute__((aligned(4096)));
     """
     PyObject* wsmem_tls_top
+    PyObject* wsmem_tls_top_ctx
     char wsmem_zero_area[4096]
+
+cdef extern from "Python.h":
+    ctypedef struct PyThreadState:
+        PyObject* context       # the running contextvars.Context
+    PyThreadState* PyThreadState_Get()
 
 # Largest single request accepted (guards size arithmetic against overflow).
 cdef size_t MAX_REQUEST = (<size_t>1) << 62
 
 cdef int _debug_mode = DEBUG_OFF
+
+
+# wsmem._workspace's lookup of the current frame for a context other than the
+# one the innermost frame was entered in (asyncio tasks share their thread's
+# frames); registered when that module is imported, which opening a frame needs.
+cdef current_fn _current_elsewhere = NULL
+
+
+cdef void set_current_elsewhere(current_fn fn) noexcept:
+    global _current_elsewhere
+    _current_elsewhere = fn
 
 
 cdef object current_arena():
@@ -55,14 +75,19 @@ cdef object current_arena():
     # in `with ws:` here and finalized there) ends the cycle there, and the
     # entry here cannot be reached from that thread.  Creation functions then
     # allocate on the heap, as the capture handler does for a closed cycle.
+    if wsmem_tls_top_ctx == NULL:
+        return None                 # no frame open in this thread
+    if wsmem_tls_top_ctx != PyThreadState_Get().context:
+        return _current_elsewhere()
     if wsmem_tls_top == NULL or (<Arena>wsmem_tls_top).depth <= 0:
         return None
     return <object>wsmem_tls_top
 
 
-cdef void set_current_arena(object arena):
-    global wsmem_tls_top
+cdef void set_current_arena(object arena, PyObject* context) noexcept:
+    global wsmem_tls_top, wsmem_tls_top_ctx
     wsmem_tls_top = NULL if arena is None else <PyObject*>arena
+    wsmem_tls_top_ctx = context
 
 
 cdef int get_debug_mode() noexcept:
@@ -354,7 +379,7 @@ cdef class Arena:
             free(st)
         self.state = NULL
         if wsmem_tls_top == <PyObject*>self:   # never leave a dangling current
-            set_current_arena(None)
+            set_current_arena(None, NULL)
 
     cdef void _drop_spills(self) noexcept:
         """Drop the arena's reference on every spill of the open cycle."""

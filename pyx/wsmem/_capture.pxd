@@ -64,6 +64,14 @@ cdef object captured_in(object arr, unsigned long long* gen, Block** block)
 cdef object heap_copy(object arr)
 # The WorkspaceOverflowError behind the last NULL the handler returned (or None).
 cdef object take_error()
+# NumPy's ufunc (iterator) buffers, and every other raw allocation of 32 KiB
+# and more, on page boundaries through a hook on Python's raw allocator (.pyx).
+cdef bint buffers_aligned() noexcept
+# Returns the previous state; RuntimeError (nothing changed) when not possible.
+cdef bint set_buffers_aligned(bint enabled) except -1
+# Called by each capturing workspace: installs the hook the first time
+# (unless WSMEM_ALIGN_BUFFERS=0 or set_buffers_aligned was called).
+cdef void auto_align_buffers() noexcept
 
 # The C side of a device workspace's CuPy allocator: an owner object whose
 # .addresses are (param, malloc, free) for cupy.cuda.memory.CFunctionAllocator

@@ -33,6 +33,7 @@ from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_init
                            DEBUG_BYPASS_EVERYTHING)
 
 import contextvars
+import os
 import traceback
 
 cdef extern from "Python.h":
@@ -821,6 +822,179 @@ cdef extern from *:
     void* wsmem_heap_calloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil
     void* wsmem_heap_realloc(void* ctx, void* ptr, size_t n) noexcept nogil
     void wsmem_heap_free(void* ctx, void* ptr, size_t size) noexcept nogil
+
+
+# ---------------------------------------------------------------- NumPy's ufunc buffers
+#
+# A ufunc over strided operands (CG's stencil, `au[:, 1:] -= u[:, :-1]`)
+# runs buffered: NumPy's iterator copies rows into scratch buffers of up to
+# 8,192 elements (64 KiB of float64) and runs the loop over those.  The
+# buffers are not array data, so no NEP 49 handler sees them: they come from
+# PyMem_RawMalloc, that is malloc, and on glibc they land wherever the
+# heap's history puts them: 16-byte aligned, at any page offset.  CG n=256
+# in a workspace (its vectors at page offset 64, see _bump_placed) then ran
+# 9-10% behind mimalloc, whose blocks of that size start on 64 KiB
+# boundaries, on a 2-core Intel Xeon in most heap histories, and level with
+# it with the buffers on page boundaries; 64-byte alignment alone was level
+# in some histories and 6% slower in another (bench/ufunc_buffers.py,
+# bench/results/ufunc_buffers_xeon.txt).  So wsmem wraps the raw domain as
+# tracemalloc does: allocations of WSMEM_RAW_ALIGN_MIN bytes and more come
+# from posix_memalign(4096); all else, and every free and realloc, goes to
+# the allocator it wraps.  That is only sound when that allocator is
+# CPython's own malloc wrapper (PYTHONMALLOC malloc or pymalloc, no debug
+# hooks, no tracemalloc, not an embedder's): free() then takes
+# posix_memalign's blocks, before and after the hook.  Anything else: not
+# installed (and align_ufunc_buffers says why).  32 KiB: float32 buffers
+# and up, and Python's own objects of that size waste at most 1/8 to the
+# alignment (glibc keeps the skipped bytes as a free chunk).
+cdef extern from *:
+    """
+    #include <dlfcn.h>
+    #define WSMEM_RAW_ALIGN_MIN 32768
+    static PyMemAllocatorEx wsmem_raw_prev;
+    static int wsmem_raw_on = 0;
+    static size_t wsmem_raw_align = 4096;
+
+    static void* wsmem_raw_malloc(void* ctx, size_t n) {
+        void* p = NULL;
+        (void)ctx;
+        if (n >= WSMEM_RAW_ALIGN_MIN)
+            return posix_memalign(&p, wsmem_raw_align, n) == 0 ? p : NULL;
+        return wsmem_raw_prev.malloc(wsmem_raw_prev.ctx, n);
+    }
+    static void* wsmem_raw_calloc(void* ctx, size_t nelem, size_t elsize) {
+        (void)ctx;
+        return wsmem_raw_prev.calloc(wsmem_raw_prev.ctx, nelem, elsize);
+    }
+    static void* wsmem_raw_realloc(void* ctx, void* ptr, size_t n) {
+        (void)ctx;
+        return wsmem_raw_prev.realloc(wsmem_raw_prev.ctx, ptr, n);
+    }
+    static void wsmem_raw_free(void* ctx, void* ptr) {
+        (void)ctx;
+        wsmem_raw_prev.free(wsmem_raw_prev.ctx, ptr);
+    }
+    /* Whether the raw allocator's functions are CPython's own (they lie in
+       the object that holds PyMem_RawMalloc): its malloc wrapper, its debug
+       hooks or tracemalloc's, which the caller tells apart; not an
+       embedder's allocator, whose free may not take posix_memalign's blocks. */
+    static int wsmem_raw_is_cpythons(void) {
+        PyMemAllocatorEx cur;
+        Dl_info a, b;
+        PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &cur);
+        if (!dladdr((void*)cur.malloc, &a) || !dladdr((void*)&PyMem_RawMalloc, &b))
+            return 0;
+        return a.dli_fbase == b.dli_fbase;
+    }
+    /* 1: installed now; 0: it was; -1: the raw allocator is not CPython's.
+       The caller has ruled out its debug hooks and tracemalloc's. */
+    static int wsmem_raw_install(void) {
+        PyMemAllocatorEx mine;
+        if (wsmem_raw_on) return 0;
+        if (!wsmem_raw_is_cpythons()) return -1;
+        PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &wsmem_raw_prev);
+        mine.ctx = wsmem_raw_prev.ctx;
+        mine.malloc = wsmem_raw_malloc;
+        mine.calloc = wsmem_raw_calloc;
+        mine.realloc = wsmem_raw_realloc;
+        mine.free = wsmem_raw_free;
+        PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &mine);
+        wsmem_raw_on = 1;
+        return 1;
+    }
+    /* 1: removed now; 0: it was not installed; -1: another hook wraps it. */
+    static int wsmem_raw_remove(void) {
+        PyMemAllocatorEx cur;
+        if (!wsmem_raw_on) return 0;
+        PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &cur);
+        if (cur.malloc != wsmem_raw_malloc) return -1;
+        PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &wsmem_raw_prev);
+        wsmem_raw_on = 0;
+        return 1;
+    }
+    """
+    int wsmem_raw_install() noexcept
+    int wsmem_raw_remove() noexcept
+    int wsmem_raw_on
+    size_t wsmem_raw_align
+    size_t WSMEM_RAW_ALIGN_MIN
+
+
+def _set_raw_align(size_t n):
+    """The alignment of the hook's large allocations (a power of two from
+    64; 4096 by default); returns the previous one.  For
+    bench/ufunc_buffers.py --align."""
+    global wsmem_raw_align
+    if n < 64 or n & (n - 1):
+        raise ValueError(f"alignment {n} must be a power of two, at least 64")
+    old = wsmem_raw_align
+    wsmem_raw_align = n
+    return old
+
+
+cdef bint buffers_aligned() noexcept:
+    return wsmem_raw_on != 0
+
+
+cdef str _raw_refusal():
+    """Why the raw allocator may not be wrapped now (None: it may): it must
+    be CPython's malloc wrapper, whose free takes posix_memalign's blocks."""
+    import sys
+    mode = os.environ.get("PYTHONMALLOC", "").strip().lower()
+    if mode not in ("", "default", "malloc", "pymalloc"):
+        return f"PYTHONMALLOC={mode} is set"
+    if sys.flags.dev_mode or hasattr(sys, "gettotalrefcount"):
+        return "Python's debug memory hooks are installed (-X dev or a debug build)"
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return "this is a free-threaded Python (its allocators are mimalloc's)"
+    import tracemalloc
+    if tracemalloc.is_tracing():
+        return "tracemalloc is tracing (start it after this call)"
+    return None
+
+
+cdef bint _install_checked() except -1:
+    """Install the hook if allowed; True when it is on.  Raises RuntimeError
+    with the reason otherwise (nothing changed)."""
+    why = _raw_refusal() if not wsmem_raw_on else None
+    if why is None and wsmem_raw_install() >= 0:
+        return True
+    if why is None:
+        why = "Python's raw memory allocator is not its own (an embedding application set it)"
+    raise RuntimeError(f"wsmem cannot align NumPy's ufunc buffers: {why}; nothing was changed")
+
+
+cdef bint set_buffers_aligned(bint enabled) except -1:
+    """Install (or remove) the raw-domain hook; returns the previous state.
+    Raises RuntimeError when it cannot be done, saying why."""
+    global _auto_buffers
+    cdef bint was = wsmem_raw_on != 0
+    _auto_buffers = False           # the user's choice from now on
+    if enabled:
+        _install_checked()
+    elif wsmem_raw_remove() < 0:
+        raise RuntimeError(
+            "wsmem cannot stop aligning NumPy's ufunc buffers: another hook (tracemalloc?) "
+            "was installed over its allocator since; stop that one first "
+            "(tracemalloc.stop()); nothing was changed")
+    return was
+
+
+cdef bint _auto_buffers = os.environ.get("WSMEM_ALIGN_BUFFERS", "1").strip().lower() \
+    not in ("0", "false", "no", "off")
+
+
+cdef void auto_align_buffers() noexcept:
+    """The first capturing workspace aligns NumPy's ufunc buffers, unless
+    WSMEM_ALIGN_BUFFERS=0, a call turned that off, or it cannot be done
+    (then quietly: plain NumPy works as before)."""
+    global _auto_buffers
+    if _auto_buffers:
+        _auto_buffers = False
+        try:
+            _install_checked()
+        except Exception:
+            pass
 
 
 # The one aligned-heap handler, and which heap this context uses outside

@@ -18,6 +18,7 @@ cdef class Workspace(Arena):
     cdef object _handler            # NEP 49 capsule (capture=True), else None; arrays
                                     # allocated through it keep it alive after us
     cdef object __weakref__
+    cdef object _frame_key          # weakref.ref(self): what its frames set _frame_var to
     # --- per-cycle history: a ring of the last HISTORY_LENGTH outermost cycles.
     # Invariant: hist_len <= hist_cap <= HISTORY_LENGTH; the oldest record is at
     # hist_head once the ring is full (hist_len == HISTORY_LENGTH), else at 0.

@@ -1,12 +1,14 @@
 """Workspace: the public face of an arena (cycles, scopes, stats, leaks)."""
 cimport cython
-from wsmem._arena cimport (Arena, current_arena, set_current_arena, get_debug_mode,
+from wsmem._arena cimport (Arena, current_arena, set_current_arena, set_current_elsewhere,
+                           get_debug_mode,
                            set_debug_mode, RESET_ENDOFBUFFER,
                            ring_expire_before,
                            DEBUG_OFF, DEBUG_SPILL_EVERYTHING, DEBUG_BYPASS_EVERYTHING)
 from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
 from wsmem._capture cimport (make_handler, detach_handler, set_handler, restore_handler,
-                             set_heap, reset_heap, heap_aligned, keep_errstate_cached)
+                             set_heap, reset_heap, heap_aligned, keep_errstate_cached,
+                             buffers_aligned, set_buffers_aligned, auto_align_buffers)
 from wsmem._arena cimport Block
 from libc.stdlib cimport realloc, free
 from libc.string cimport memmove
@@ -18,6 +20,9 @@ cdef extern from "Python.h":
     PyThreadState* PyThreadState_Get()
     int PyContext_Enter(PyObject* ctx)
     int PyContext_Exit(PyObject* ctx)
+    int PyContextVar_Get(object var, PyObject* default_value, PyObject** value)
+    object PyContextVar_Set(object var, object value)
+    int PyContextVar_Reset(object var, object token) except -1
     void PyErr_Clear()
 
 cdef extern from "sys/resource.h" nogil:
@@ -26,6 +31,7 @@ cdef extern from "sys/resource.h" nogil:
         long ru_minflt
     int getrusage(int who, rusage* usage)
 
+import contextvars
 import threading
 import weakref
 
@@ -36,9 +42,19 @@ from wsmem._errors import WorkspaceError
 from wsmem._stats import WorkspaceStats, LeakInfo, WorkspaceHistory
 
 # Per-thread stack of active frames: a Workspace, or None for scope_out().
-# It holds the strong references; wsmem._arena's thread-local pointer
-# mirrors its top for the allocation fast path.
+# It holds the strong references; wsmem._arena's thread-local pointers
+# mirror its top (and the context it was entered in) for the allocation
+# fast path.
 _tls = threading.local()
+# The innermost frame of the running context, as NumPy keeps its memory
+# handler: per thread and per asyncio task, and inherited by a context copied
+# inside a frame (a task created inside `with ws:`).  Each frame sets it to
+# the workspace's _frame_key (a weak reference: a context kept by a long-lived
+# task must not keep a workspace's memory alive), scope_out() to None, and
+# resets it on the way out.  Read only when the running context is not the
+# one the thread's innermost frame was entered in (current_arena).
+cdef object _frame_var = contextvars.ContextVar("wsmem_frame", default=None)
+cdef object _Token = contextvars.Token
 # Every live Workspace of the process (weakly), for diagnostics and tests.
 _all = weakref.WeakSet()
 # Cycles kept by Workspace.history() (the last ones; older records are overwritten).
@@ -95,12 +111,14 @@ cdef extern from *:
 cdef struct FrameEntry:
     PyObject* frame     # owned; NULL for scope_out() (the heap)
     PyObject* token     # owned: what restore_handler puts back
+    PyObject* wtoken    # owned: _frame_var's token, reset with `token`
     PyObject* ctoken    # owned; NULL when no CuPy allocator was switched
     PyObject* context   # owned: the contextvars.Context the frame was entered in
 
 
 cdef inline void _release(FrameEntry e) noexcept:
     Py_XDECREF(e.token)
+    Py_XDECREF(e.wtoken)
     Py_XDECREF(e.ctoken)
     Py_XDECREF(e.context)
     Py_XDECREF(e.frame)     # last: a frame's last reference may go here
@@ -120,13 +138,15 @@ cdef class _FrameStack:
         global wsmem_tls_stack
         if wsmem_tls_stack == <PyObject*>self:
             wsmem_tls_stack = NULL
+            set_current_arena(None, NULL)   # its context is one of ours
         while self.n > 0:           # the thread ended with frames open
             self.n -= 1
             _release(self.items[self.n])
         free(self.items)
         self.items = NULL
 
-    cdef int push(self, object frame, object token, PyObject* ctoken) except -1:
+    cdef int push(self, object frame, object token, object wtoken,
+                  PyObject* ctoken) except -1:
         cdef FrameEntry* grown
         cdef Py_ssize_t cap
         if self.n == self.cap:
@@ -138,14 +158,23 @@ cdef class _FrameStack:
             self.cap = cap
         self.items[self.n].frame = NULL if frame is None else <PyObject*>frame
         self.items[self.n].token = <PyObject*>token
+        self.items[self.n].wtoken = <PyObject*>wtoken
         self.items[self.n].ctoken = ctoken
         self.items[self.n].context = PyThreadState_Get().context
         Py_XINCREF(self.items[self.n].context)
         Py_XINCREF(self.items[self.n].frame)
         Py_INCREF(token)
+        Py_INCREF(wtoken)
         Py_XINCREF(ctoken)
         self.n += 1
         return 0
+
+    cdef void publish(self) noexcept:
+        """Mirror the top entry in wsmem._arena's thread-locals."""
+        if self.n == 0:
+            set_current_arena(None, NULL)
+        else:
+            set_current_arena(self.top(), self.items[self.n - 1].context)
 
     cdef object top(self):
         """The innermost frame (None for scope_out() or an empty stack)."""
@@ -186,19 +215,71 @@ cdef void _push(object frame, _FrameStack stack) except *:
     keep_errstate_cached()
     token = set_handler(handler)
     try:
+        wtoken = PyContextVar_Set(_frame_var, None if frame is None
+                                  else (<Workspace>frame)._frame_key)
+    except BaseException:
+        restore_handler(token)
+        raise
+    try:
         if _gpu is not None:
             ctok = _gpu.push_allocator(frame)
             ctoken = <PyObject*>ctok
-        stack.push(frame, token, ctoken)
+        stack.push(frame, token, wtoken, ctoken)
     except BaseException:
         if ctoken != NULL:
             try:
                 _gpu.pop_allocator(<object>ctoken)
             except BaseException:
                 pass
+        _reset_frame_var(wtoken)
         restore_handler(token)
         raise
-    set_current_arena(frame)
+    stack.publish()
+
+
+cdef void _reset_frame_var(object wtoken) noexcept:
+    """Reset _frame_var with a frame's token; set in another context (a frame
+    left from another task than it was entered in): put back the value the
+    frame replaced in the running context, as restore_handler does."""
+    try:
+        try:
+            PyContextVar_Reset(_frame_var, wtoken)
+        except (ValueError, RuntimeError):
+            old = wtoken.old_value
+            PyContextVar_Set(_frame_var, None if old is _Token.MISSING else old)
+    except BaseException:
+        PyErr_Clear()
+
+
+cdef object _current_elsewhere():
+    """current_workspace() while the running context is not the one this
+    thread's innermost frame was entered in (another asyncio task, or a
+    copied context, runs while a task waits inside `with ws:`): the workspace
+    whose key _frame_var holds in the running context, if its frame is open
+    on this thread; else None (the running context entered no frame, or
+    scope_out())."""
+    cdef PyObject* value = NULL
+    cdef _FrameStack stack
+    cdef Py_ssize_t i
+    cdef PyObject* f
+    if wsmem_tls_stack == NULL or PyContextVar_Get(_frame_var, NULL, &value) < 0:
+        PyErr_Clear()
+        return None
+    key = <object>value
+    Py_XDECREF(value)               # PyContextVar_Get returned a new reference
+    if key is None:
+        return None
+    stack = <_FrameStack>wsmem_tls_stack
+    i = stack.n - 1
+    while i >= 0:
+        f = stack.items[i].frame
+        if f != NULL and (<Workspace>f)._frame_key is key:
+            return <object>f if (<Arena>f).depth > 0 else None
+        i -= 1
+    return None
+
+
+set_current_elsewhere(_current_elsewhere)
 
 
 cdef Py_ssize_t _find(_FrameStack stack, PyObject* f, PyObject* ctx) noexcept:
@@ -217,10 +298,10 @@ cdef Py_ssize_t _find(_FrameStack stack, PyObject* f, PyObject* ctx) noexcept:
     return other
 
 
-cdef void _restore_in(PyObject* token, PyObject* ctx, PyObject* running,
-                      _FrameStack stack) noexcept:
-    """Restore NumPy's handler `token` for a frame entered in context `ctx`
-    and left in context `running`.  The same context: reset it there.  Left
+cdef void _restore_in(PyObject* token, PyObject* wtoken, PyObject* ctx,
+                      PyObject* running, _FrameStack stack) noexcept:
+    """Restore NumPy's handler `token` (and _frame_var's `wtoken`) for a
+    frame entered in context `ctx` and left in context `running`.  The same context: reset it there.  Left
     in another (e.g. a generator suspended in ``with ws:`` by one asyncio
     task and closed by another): reset the variable in `ctx` itself when
     that context can be entered (it is not running).  Else put the handler
@@ -229,9 +310,11 @@ cdef void _restore_in(PyObject* token, PyObject* ctx, PyObject* running,
     handler stays."""
     cdef Py_ssize_t k
     if ctx == running:
+        _reset_frame_var(<object>wtoken)
         restore_handler(<object>token)
         return
     if ctx != NULL and PyContext_Enter(ctx) == 0:
+        _reset_frame_var(<object>wtoken)
         restore_handler(<object>token)
         if PyContext_Exit(ctx) != 0:
             PyErr_Clear()
@@ -240,6 +323,7 @@ cdef void _restore_in(PyObject* token, PyObject* ctx, PyObject* running,
     for k in range(stack.n):
         if stack.items[k].context == running:
             return
+    _reset_frame_var(<object>wtoken)
     restore_handler(<object>token)
 
 
@@ -261,7 +345,7 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
     cdef FrameEntry* above
     cdef bint restore_np = True, restore_cupy = True
     if i < 0:
-        set_current_arena(stack.top())
+        stack.publish()
         return
     e = stack.items[i]
     j = i + 1
@@ -269,7 +353,8 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
         j += 1
     if j < stack.n:
         above = &stack.items[j]
-        e.token, above.token = above.token, e.token     # above's own token goes unused
+        e.token, above.token = above.token, e.token     # above's own tokens go unused
+        e.wtoken, above.wtoken = above.wtoken, e.wtoken
         restore_np = False
     if i < stack.n - 1:
         above = &stack.items[i + 1]
@@ -279,9 +364,9 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
         restore_cupy = False
         memmove(&stack.items[i], &stack.items[i + 1], (stack.n - 1 - i) * sizeof(FrameEntry))
     stack.n -= 1
-    set_current_arena(stack.top())
+    stack.publish()
     if restore_np:
-        _restore_in(e.token, e.context, running, stack)
+        _restore_in(e.token, e.wtoken, e.context, running, stack)
     if restore_cupy and e.ctoken != NULL:
         try:
             _gpu.pop_allocator(<object>e.ctoken)
@@ -346,12 +431,14 @@ cdef class Workspace(Arena):
                 config = config.replace(device=gpu.current_device())
         self.name = name
         self.config = config
+        self._frame_key = weakref.ref(self)
         self.track = config.track or tracking_forced()
         self._configure(config)
         if gpu is not None:
             gpu.setup(self, config.capture)
         if config.capture and config.location is not Location.DEVICE:
             self._handler = make_handler(self)
+            auto_align_buffers()
         _all.add(self)
 
     def __dealloc__(self):
@@ -806,13 +893,71 @@ cdef void _require_no_frame(str what) except *:
             f"block (before the loop), and close the blocks opened inside it first")
 
 
+def ufunc_buffers_aligned():
+    """Whether NumPy's ufunc buffers are page-aligned (see
+    :func:`align_ufunc_buffers`).
+
+    Returns
+    -------
+    bool
+    """
+    return buffers_aligned()
+
+
+def align_ufunc_buffers(enabled=True):
+    """Put NumPy's ufunc buffers on page boundaries (process-wide), or stop.
+
+    A ufunc over strided operands (``a[:, 1:] -= b[:, :-1]``) runs buffered:
+    NumPy copies rows into scratch buffers of up to 8,192 elements and runs
+    its loop over those.  They are not array data, so no NEP 49 handler (and
+    no workspace) serves them: they come from Python's raw allocator, on
+    glibc 16-byte aligned at whatever page offset the heap's history gives,
+    and the loop runs up to 10% slower for it (CG on a 256 x 256 grid in a
+    workspace, against the same with the buffers on page boundaries, as
+    mimalloc places them).  This wraps Python's raw allocator, as
+    ``tracemalloc`` does, so that allocations of 32 KiB and more come from
+    ``posix_memalign(4096)``; everything else, and every free and realloc,
+    goes to the allocator it wraps.  The first capturing workspace turns it on
+    unless the environment has ``WSMEM_ALIGN_BUFFERS=0`` or this function
+    was called first.
+
+    Parameters
+    ----------
+    enabled : bool
+        True to install the hook, False to remove it.
+
+    Returns
+    -------
+    bool
+        Whether it was on before the call.
+
+    Raises
+    ------
+    RuntimeError
+        Python's raw allocator is not its own malloc wrapper (debug hooks
+        under ``PYTHONMALLOC=malloc_debug`` or ``-X dev``, ``tracemalloc``
+        running, a custom allocator), or, to remove it, another hook was
+        installed over it since.  Nothing is changed.
+
+    Examples
+    --------
+    >>> import wsmem
+    >>> was = wsmem.align_ufunc_buffers(True)
+    >>> wsmem.ufunc_buffers_aligned()
+    True
+    >>> _ = wsmem.align_ufunc_buffers(was)
+    """
+    return set_buffers_aligned(bool(enabled))
+
+
 def heap_is_aligned():
     """Whether :func:`aligned_heap` is on for the running context."""
     return heap_aligned()
 
 
 def current_workspace():
-    """The innermost active workspace of this thread, or None (heap).
+    """The innermost active workspace of the running thread and context, or
+    None (heap).
 
     Returns
     -------
@@ -822,11 +967,14 @@ def current_workspace():
 
     Notes
     -----
-    This is per thread, not per asyncio task: tasks of one event loop share
-    their thread's frames, so while a task awaits inside ``with ws:``,
-    another task of that thread sees ``ws`` here. NumPy's own allocations
-    under ``capture=True`` follow NumPy's handler context variable, which is
-    per task, so they go to the workspace the running task opened.
+    Per thread and per asyncio task, as NumPy keeps its memory handler: while
+    a task awaits inside ``with ws:``, the other tasks of that thread do not
+    see ``ws`` here, and a task that resumes under another task's frame sees
+    its own.  A context copied inside ``with ws:`` (a task created there,
+    ``contextvars.copy_context()``) inherits ``ws`` while ``ws`` stays open
+    on this thread; one copied inside ``scope_out()`` inherits the heap.  On
+    another thread (``asyncio.to_thread``) the workspace is not open, so the
+    heap is current there.
     """
     return current_arena()
 

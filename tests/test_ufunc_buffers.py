@@ -1,0 +1,149 @@
+"""NumPy's ufunc buffers on page boundaries: the hook on Python's raw allocator
+(wsmem.align_ufunc_buffers; bench/ufunc_buffers.py measures what it is for)."""
+import ctypes
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import wsmem
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_raw_malloc = ctypes.pythonapi.PyMem_RawMalloc
+_raw_malloc.restype, _raw_malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+_raw_realloc = ctypes.pythonapi.PyMem_RawRealloc
+_raw_realloc.restype = ctypes.c_void_p
+_raw_realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_raw_free = ctypes.pythonapi.PyMem_RawFree
+_raw_free.restype, _raw_free.argtypes = None, [ctypes.c_void_p]
+
+
+def _python(code, **env):
+    """Run `code` in a fresh interpreter with the checkout importable."""
+    full = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    full.pop("WSMEM_ALIGN_BUFFERS", None)
+    full.update(env)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+@pytest.fixture
+def aligned():
+    """The hook on for the test (as a capturing workspace leaves it), then
+    as it was."""
+    was = wsmem.align_ufunc_buffers(True)
+    yield
+    wsmem.align_ufunc_buffers(was)
+
+
+def test_large_raw_allocations_are_page_aligned_and_work(aligned):
+    assert wsmem.ufunc_buffers_aligned()
+    blocks = [_raw_malloc(n) for n in (32768, 65280, 65536, 1 << 20)]
+    try:
+        assert all(p and p % 4096 == 0 for p in blocks)
+        for p, n in zip(blocks, (32768, 65280, 65536, 1 << 20)):
+            ctypes.memset(p, 0x5A, n)              # all of it is ours to write
+        # realloc (the wrapped allocator's) keeps the bytes of an aligned block
+        grown = _raw_realloc(blocks[1], 200_000)
+        assert grown
+        blocks[1] = grown
+        assert ctypes.string_at(grown, 65280) == b"\x5a" * 65280
+        shrunk = _raw_realloc(blocks[2], 100)
+        assert shrunk
+        blocks[2] = shrunk
+        assert ctypes.string_at(shrunk, 100) == b"\x5a" * 100
+    finally:
+        for p in blocks:
+            _raw_free(p)
+    small = _raw_malloc(100)            # below 32 KiB: the wrapped allocator's
+    assert small
+    ctypes.memset(small, 1, 100)
+    _raw_free(small)
+
+
+def test_buffered_ufuncs_give_the_same_results_aligned_or_not(ws):
+    rng = np.random.default_rng(5)
+    u = rng.standard_normal((300, 300))
+
+    def stencil():
+        au = 4 * u
+        au[1:, :] -= u[:-1, :]
+        au[:, 1:] -= u[:, :-1]
+        au[:, :-1] -= u[:, 1:]
+        return au.copy()
+
+    was = wsmem.align_ufunc_buffers(False)
+    try:
+        plain = stencil()
+        wsmem.align_ufunc_buffers(True)
+        with ws:
+            inside = stencil()
+    finally:
+        wsmem.align_ufunc_buffers(was)
+    np.testing.assert_array_equal(inside, plain)
+
+
+def test_first_capturing_workspace_turns_it_on_unless_told_not_to():
+    code = """
+        import wsmem
+        before = wsmem.ufunc_buffers_aligned()
+        wsmem.Workspace("no_capture", capture=False)
+        mid = wsmem.ufunc_buffers_aligned()
+        wsmem.Workspace("capture")
+        print(before, mid, wsmem.ufunc_buffers_aligned())
+    """
+    assert _python(code) == ["False", "False", "True"]
+    assert _python(code, WSMEM_ALIGN_BUFFERS="0") == ["False", "False", "False"]
+
+
+def test_an_explicit_choice_outlasts_the_first_workspace():
+    assert _python("""
+        import wsmem
+        print(wsmem.align_ufunc_buffers(False))
+        wsmem.Workspace("capture")
+        print(wsmem.ufunc_buffers_aligned(), wsmem.align_ufunc_buffers(True),
+              wsmem.ufunc_buffers_aligned(), wsmem.align_ufunc_buffers(False),
+              wsmem.ufunc_buffers_aligned())
+    """) == ["False", "False", "False", "True", "True", "False"]
+
+
+def test_tracemalloc_over_the_hook_is_refused_clearly_and_changes_nothing():
+    out = _python("""
+        import tracemalloc, numpy as np, wsmem
+        wsmem.align_ufunc_buffers(True)
+        tracemalloc.start()                       # wraps wsmem's hook: fine
+        a = np.ones((200, 200)); a[:, 1:] -= a[:, :-1]
+        try:
+            wsmem.align_ufunc_buffers(False)
+        except RuntimeError as e:
+            print("refused:", "tracemalloc.stop()" in str(e), wsmem.ufunc_buffers_aligned())
+        tracemalloc.stop()
+        print("off:", wsmem.align_ufunc_buffers(False), wsmem.ufunc_buffers_aligned())
+        tracemalloc.start()
+        try:
+            wsmem.align_ufunc_buffers(True)
+        except RuntimeError as e:
+            print("refused:", "tracemalloc is tracing" in str(e), wsmem.ufunc_buffers_aligned())
+        tracemalloc.stop()
+    """)
+    assert out == ["refused:", "True", "True", "off:", "True", "False",
+                   "refused:", "True", "False"]
+
+
+def test_debug_allocators_are_left_alone():
+    out = _python("""
+        import wsmem
+        wsmem.Workspace("capture")                 # quietly not installed
+        print(wsmem.ufunc_buffers_aligned())
+        try:
+            wsmem.align_ufunc_buffers(True)
+        except RuntimeError as e:
+            print("PYTHONMALLOC=malloc_debug" in str(e), wsmem.ufunc_buffers_aligned())
+    """, PYTHONMALLOC="malloc_debug")
+    assert out == ["False", "True", "False"]
