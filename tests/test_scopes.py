@@ -129,6 +129,29 @@ def test_current_workspace_is_inherited_by_contexts_copied_inside(capture):
         other.destroy()
 
 
+@pytest.mark.parametrize("outer_capture", [True, False])
+def test_copied_context_inherits_the_innermost_of_mixed_frames(outer_capture):
+    # A capturing frame is told by NumPy's handler, the others by wsmem's
+    # own variable: nested either way round, the innermost one wins.
+    outer = wsmem.Workspace("mixed_outer", capture=outer_capture)
+    inner = wsmem.Workspace("mixed_inner", capture=not outer_capture)
+    seen = []
+    try:
+        with outer:
+            seen.append(contextvars.copy_context().run(wsmem.current_workspace))
+            with inner:
+                seen.append(contextvars.copy_context().run(wsmem.current_workspace))
+                with wsmem.scope_out():
+                    seen.append(contextvars.copy_context().run(wsmem.current_workspace))
+                seen.append(contextvars.copy_context().run(wsmem.current_workspace))
+            seen.append(contextvars.copy_context().run(wsmem.current_workspace))
+        seen.append(contextvars.copy_context().run(wsmem.current_workspace))
+        assert seen == [outer, inner, None, inner, outer, None]
+    finally:
+        outer.destroy()
+        inner.destroy()
+
+
 def test_current_workspace_in_a_copied_context_on_another_thread(ws):
     # A context copied inside `with ws:` and run on another thread (what
     # asyncio.to_thread does): ws is not open there, so the heap is current.

@@ -62,6 +62,9 @@ cdef void keep_errstate_cached() except *
 cdef object captured_in(object arr, unsigned long long* gen, Block** block)
 # np.array(arr, copy=True) on the plain heap, whatever handler is current.
 cdef object heap_copy(object arr)
+# The workspace whose capture handler is NumPy's current handler in the
+# running context, or None.
+cdef object handler_arena()
 # The WorkspaceOverflowError behind the last NULL the handler returned (or None).
 cdef object take_error()
 # NumPy's ufunc (iterator) buffers, and every other raw allocation of 32 KiB

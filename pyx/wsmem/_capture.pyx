@@ -57,6 +57,7 @@ cdef extern from "numpy/arrayobject.h":
         unsigned char version
         PyDataMemAllocator allocator
     object PyDataMem_SetHandler(object handler)
+    object PyDataMem_GetHandler()
     object PyDataMem_SetDefaultHandler "PyDataMem_SetHandler"(PyObject* handler)
     PyObject* PyArray_HANDLER(PyObject* arr)
     int NPY_ARRAY_OWNDATA
@@ -645,6 +646,19 @@ cdef void restore_handler(object token) noexcept:
             PyDataMem_SetHandler(token)
     except BaseException:
         PyErr_Clear()
+
+
+cdef object handler_arena():
+    """The workspace whose capture handler is NumPy's handler in the running
+    context (entered there, or inherited by a copied context), or None."""
+    cdef PyDataMem_Handler* h
+    cdef PyObject* a
+    cap = _context_get(_handler_var) if _handler_var is not None else PyDataMem_GetHandler()
+    h = _ours(cap)
+    if h == NULL:
+        return None
+    a = (<CapCtx*>h.allocator.ctx).arena
+    return None if a == NULL else <object>a
 
 
 cdef object captured_in(object arr, unsigned long long* gen, Block** block):

@@ -8,7 +8,8 @@ from wsmem._arena cimport (Arena, current_arena, set_current_arena, set_current_
 from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
 from wsmem._capture cimport (make_handler, detach_handler, set_handler, restore_handler,
                              set_heap, reset_heap, heap_aligned, keep_errstate_cached,
-                             buffers_aligned, set_buffers_aligned, auto_align_buffers)
+                             buffers_aligned, set_buffers_aligned, auto_align_buffers,
+                             handler_arena)
 from wsmem._arena cimport Block
 from libc.stdlib cimport realloc, free
 from libc.string cimport memmove
@@ -48,11 +49,15 @@ from wsmem._stats import WorkspaceStats, LeakInfo, WorkspaceHistory
 _tls = threading.local()
 # The innermost frame of the running context, as NumPy keeps its memory
 # handler: per thread and per asyncio task, and inherited by a context copied
-# inside a frame (a task created inside `with ws:`).  Each frame sets it to
-# the workspace's _frame_key (a weak reference: a context kept by a long-lived
-# task must not keep a workspace's memory alive), scope_out() to None, and
-# resets it on the way out.  Read only when the running context is not the
-# one the thread's innermost frame was entered in (current_arena).
+# inside a frame (a task created inside `with ws:`).  NumPy's handler
+# variable already tells a capturing workspace's frame (its own handler);
+# the frames that set NumPy's default handler (capture=False and device
+# workspaces, scope_out()) also set this one: to the workspace's _frame_key
+# (a weak reference: a context kept by a long-lived task must not keep a
+# workspace's memory alive), or None for scope_out(), reset on the way out.
+# A capturing frame leaves it alone: the per-step drop-in frame pays no
+# second variable.  Read only when the running context is not the one the
+# thread's innermost frame was entered in (current_arena).
 cdef object _frame_var = contextvars.ContextVar("wsmem_frame", default=None)
 cdef object _Token = contextvars.Token
 # Every live Workspace of the process (weakly), for diagnostics and tests.
@@ -111,7 +116,8 @@ cdef extern from *:
 cdef struct FrameEntry:
     PyObject* frame     # owned; NULL for scope_out() (the heap)
     PyObject* token     # owned: what restore_handler puts back
-    PyObject* wtoken    # owned: _frame_var's token, reset with `token`
+    PyObject* wtoken    # owned: _frame_var's token, reset with `token`; NULL when
+                        # the frame left _frame_var alone (a capturing workspace)
     PyObject* ctoken    # owned; NULL when no CuPy allocator was switched
     PyObject* context   # owned: the contextvars.Context the frame was entered in
 
@@ -158,13 +164,13 @@ cdef class _FrameStack:
             self.cap = cap
         self.items[self.n].frame = NULL if frame is None else <PyObject*>frame
         self.items[self.n].token = <PyObject*>token
-        self.items[self.n].wtoken = <PyObject*>wtoken
+        self.items[self.n].wtoken = NULL if wtoken is None else <PyObject*>wtoken
         self.items[self.n].ctoken = ctoken
         self.items[self.n].context = PyThreadState_Get().context
         Py_XINCREF(self.items[self.n].context)
         Py_XINCREF(self.items[self.n].frame)
         Py_INCREF(token)
-        Py_INCREF(wtoken)
+        Py_XINCREF(<PyObject*>wtoken)
         Py_XINCREF(ctoken)
         self.n += 1
         return 0
@@ -214,12 +220,14 @@ cdef void _push(object frame, _FrameStack stack) except *:
         handler = (<Workspace>frame)._handler
     keep_errstate_cached()
     token = set_handler(handler)
-    try:
-        wtoken = PyContextVar_Set(_frame_var, None if frame is None
-                                  else (<Workspace>frame)._frame_key)
-    except BaseException:
-        restore_handler(token)
-        raise
+    wtoken = None
+    if handler is None:
+        try:
+            wtoken = PyContextVar_Set(_frame_var, None if frame is None
+                                      else (<Workspace>frame)._frame_key)
+        except BaseException:
+            restore_handler(token)
+            raise
     try:
         if _gpu is not None:
             ctok = _gpu.push_allocator(frame)
@@ -231,16 +239,20 @@ cdef void _push(object frame, _FrameStack stack) except *:
                 _gpu.pop_allocator(<object>ctoken)
             except BaseException:
                 pass
-        _reset_frame_var(wtoken)
+        if wtoken is not None:
+            _reset_frame_var(wtoken)
         restore_handler(token)
         raise
     stack.publish()
 
 
 cdef void _reset_frame_var(object wtoken) noexcept:
-    """Reset _frame_var with a frame's token; set in another context (a frame
+    """Reset _frame_var with a frame's token (None: the frame did not set it);
+    set in another context (a frame
     left from another task than it was entered in): put back the value the
     frame replaced in the running context, as restore_handler does."""
+    if wtoken is None:
+        return
     try:
         try:
             PyContextVar_Reset(_frame_var, wtoken)
@@ -254,27 +266,39 @@ cdef void _reset_frame_var(object wtoken) noexcept:
 cdef object _current_elsewhere():
     """current_workspace() while the running context is not the one this
     thread's innermost frame was entered in (another asyncio task, or a
-    copied context, runs while a task waits inside `with ws:`): the workspace
-    whose key _frame_var holds in the running context, if its frame is open
-    on this thread; else None (the running context entered no frame, or
-    scope_out())."""
+    copied context, runs while a task waits inside `with ws:`).  The running
+    context's innermost frame set NumPy's handler: a capturing workspace's
+    handler names it; NumPy's default (or the aligned heap) leaves it to
+    _frame_var: the key of a capture=False or device workspace, None for
+    scope_out() or no frame.  That workspace if its frame is open on this
+    thread, else None."""
     cdef PyObject* value = NULL
     cdef _FrameStack stack
     cdef Py_ssize_t i
     cdef PyObject* f
-    if wsmem_tls_stack == NULL or PyContextVar_Get(_frame_var, NULL, &value) < 0:
-        PyErr_Clear()
-        return None
-    key = <object>value
-    Py_XDECREF(value)               # PyContextVar_Get returned a new reference
-    if key is None:
+    if wsmem_tls_stack == NULL:
         return None
     stack = <_FrameStack>wsmem_tls_stack
+    try:
+        found = handler_arena()
+        if found is None:
+            if PyContextVar_Get(_frame_var, NULL, &value) < 0:
+                raise RuntimeError("wsmem: cannot read its frame variable")
+            key = <object>value
+            Py_XDECREF(value)           # PyContextVar_Get returned a new reference
+            if key is None:
+                return None
+            found = key()               # the weak reference's workspace, or None
+            if found is None:
+                return None
+    except BaseException:
+        PyErr_Clear()
+        return None
     i = stack.n - 1
     while i >= 0:
         f = stack.items[i].frame
-        if f != NULL and (<Workspace>f)._frame_key is key:
-            return <object>f if (<Arena>f).depth > 0 else None
+        if f == <PyObject*>found:
+            return found if (<Arena>f).depth > 0 else None
         i -= 1
     return None
 
@@ -309,12 +333,13 @@ cdef void _restore_in(PyObject* token, PyObject* wtoken, PyObject* ctx,
     would, unless a frame entered in the running context is still open: its
     handler stays."""
     cdef Py_ssize_t k
+    wtok = None if wtoken == NULL else <object>wtoken
     if ctx == running:
-        _reset_frame_var(<object>wtoken)
+        _reset_frame_var(wtok)
         restore_handler(<object>token)
         return
     if ctx != NULL and PyContext_Enter(ctx) == 0:
-        _reset_frame_var(<object>wtoken)
+        _reset_frame_var(wtok)
         restore_handler(<object>token)
         if PyContext_Exit(ctx) != 0:
             PyErr_Clear()
@@ -323,7 +348,7 @@ cdef void _restore_in(PyObject* token, PyObject* wtoken, PyObject* ctx,
     for k in range(stack.n):
         if stack.items[k].context == running:
             return
-    _reset_frame_var(<object>wtoken)
+    _reset_frame_var(wtok)
     restore_handler(<object>token)
 
 
@@ -354,7 +379,8 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
     if j < stack.n:
         above = &stack.items[j]
         e.token, above.token = above.token, e.token     # above's own tokens go unused
-        e.wtoken, above.wtoken = above.wtoken, e.wtoken
+        if e.wtoken != NULL:            # else above's own _frame_var token stays right
+            e.wtoken, above.wtoken = above.wtoken, e.wtoken
         restore_np = False
     if i < stack.n - 1:
         above = &stack.items[i + 1]
