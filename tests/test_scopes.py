@@ -43,13 +43,18 @@ def test_current_workspace_follows_with_blocks(pair):
     assert wsmem.current_workspace() is None
 
 
+def _current_in_a_copy():
+    """current_workspace() as a context copied from the running one sees it."""
+    return contextvars.copy_context().run(wsmem.current_workspace)
+
+
 @pytest.mark.parametrize("capture", [True, False])
-def test_current_workspace_is_per_asyncio_task(capture):
+def test_current_workspace_is_per_asyncio_task(capture, workspace_factory):
     # Tasks of one event loop share their thread's frames: a task that waits
     # inside `with ws:` must not make ws current for the other tasks, and a
     # task that resumes under another task's frame still sees its own.
-    wa = wsmem.Workspace("task_a", capture=capture)
-    wb = wsmem.Workspace("task_b", capture=capture)
+    make = workspace_factory("task")
+    wa, wb = make(capture=capture), make(capture=capture)
     seen = {}
 
     async def task_a(a_in, b_in, b_checked):
@@ -77,25 +82,21 @@ def test_current_workspace_is_per_asyncio_task(capture):
         events = asyncio.Event(), asyncio.Event(), asyncio.Event()
         await asyncio.gather(task_a(*events), task_b(*events))
 
-    try:
-        asyncio.run(main())
-        assert seen == {"b_before": None, "b_alloc": None, "b_in": wb,
-                        "a_current": wa, "a_alloc": wa, "b_still": wb,
-                        "a_after": None, "b_after": None}
-        assert wsmem.current_workspace() is None
-        assert not (wa.is_open or wb.is_open)
-    finally:
-        wa.destroy()
-        wb.destroy()
+    asyncio.run(main())
+    assert seen == {"b_before": None, "b_alloc": None, "b_in": wb,
+                    "a_current": wa, "a_alloc": wa, "b_still": wb,
+                    "a_after": None, "b_after": None}
+    assert wsmem.current_workspace() is None
+    assert not (wa.is_open or wb.is_open)
 
 
 @pytest.mark.parametrize("capture", [True, False])
-def test_current_workspace_is_inherited_by_contexts_copied_inside(capture):
+def test_current_workspace_is_inherited_by_contexts_copied_inside(capture, workspace_factory):
     # As NumPy's handler: a task created inside `with ws:` (its context a
     # copy of the creator's) sees ws, also after the creator has moved on to
     # another frame; one created inside scope_out() sees the heap.
-    ws = wsmem.Workspace("inherit", capture=capture)
-    other = wsmem.Workspace("inherit_other", capture=capture)
+    make = workspace_factory("inherit")
+    ws, other = make(capture=capture), make(capture=capture)
     seen = {}
 
     async def child(tag, started, go):
@@ -108,7 +109,7 @@ def test_current_workspace_is_inherited_by_contexts_copied_inside(capture):
         go = asyncio.Event()
         s1, s2 = asyncio.Event(), asyncio.Event()
         with ws:
-            seen["copy"] = contextvars.copy_context().run(wsmem.current_workspace)
+            seen["copy"] = _current_in_a_copy()
             inside = asyncio.create_task(child("inside", s1, go))
             with wsmem.scope_out():
                 heap = asyncio.create_task(child("scope_out", s2, go))
@@ -119,37 +120,30 @@ def test_current_workspace_is_inherited_by_contexts_copied_inside(capture):
                 await asyncio.gather(inside, heap)
                 seen["main"] = wsmem.current_workspace()
 
-    try:
-        asyncio.run(main())
-        assert seen == {"copy": ws, "inside": ws, "inside_alloc": ws,
-                        "scope_out": None, "scope_out_alloc": None, "main": other}
-        assert wsmem.current_workspace() is None
-    finally:
-        ws.destroy()
-        other.destroy()
+    asyncio.run(main())
+    assert seen == {"copy": ws, "inside": ws, "inside_alloc": ws,
+                    "scope_out": None, "scope_out_alloc": None, "main": other}
+    assert wsmem.current_workspace() is None
 
 
 @pytest.mark.parametrize("outer_capture", [True, False])
-def test_copied_context_inherits_the_innermost_of_mixed_frames(outer_capture):
+def test_copied_context_inherits_the_innermost_of_mixed_frames(outer_capture,
+                                                               workspace_factory):
     # A capturing frame is told by NumPy's handler, the others by wsmem's
     # own variable: nested either way round, the innermost one wins.
-    outer = wsmem.Workspace("mixed_outer", capture=outer_capture)
-    inner = wsmem.Workspace("mixed_inner", capture=not outer_capture)
+    make = workspace_factory("mixed")
+    outer, inner = make(capture=outer_capture), make(capture=not outer_capture)
     seen = []
-    try:
-        with outer:
-            seen.append(contextvars.copy_context().run(wsmem.current_workspace))
-            with inner:
-                seen.append(contextvars.copy_context().run(wsmem.current_workspace))
-                with wsmem.scope_out():
-                    seen.append(contextvars.copy_context().run(wsmem.current_workspace))
-                seen.append(contextvars.copy_context().run(wsmem.current_workspace))
-            seen.append(contextvars.copy_context().run(wsmem.current_workspace))
-        seen.append(contextvars.copy_context().run(wsmem.current_workspace))
-        assert seen == [outer, inner, None, inner, outer, None]
-    finally:
-        outer.destroy()
-        inner.destroy()
+    with outer:
+        seen.append(_current_in_a_copy())
+        with inner:
+            seen.append(_current_in_a_copy())
+            with wsmem.scope_out():
+                seen.append(_current_in_a_copy())
+            seen.append(_current_in_a_copy())
+        seen.append(_current_in_a_copy())
+    seen.append(_current_in_a_copy())
+    assert seen == [outer, inner, None, inner, outer, None]
 
 
 def test_current_workspace_in_a_copied_context_on_another_thread(ws):

@@ -49,6 +49,12 @@ cdef void detach_handler(object capsule) noexcept
 # restore with restore_handler.
 cdef object set_handler(object capsule)
 cdef void restore_handler(object token)
+# Reset context variable `var` with `token`; a token of another context (a
+# frame left from another task) puts back, in the running context, the value
+# it replaced (`unset` for a variable that was unset).
+cdef void reset_var(object var, object token, object unset) noexcept
+# `var`'s value in the running context (None if unset without a default).
+cdef object _context_get(object var)
 # The heap outside workspaces for the running context (contextvar): aligned
 # (wsmem's aligned-heap handler) or NumPy's default; returns the var's token.
 cdef object set_heap(bint aligned)

@@ -628,22 +628,27 @@ cdef object set_handler(object capsule):
     return PyDataMem_SetHandler(capsule)                  # the handler it replaced
 
 
-cdef void restore_handler(object token) noexcept:
+cdef void reset_var(object var, object token, object unset) noexcept:
     try:
-        if type(token) is _Token:
-            try:
-                PyContextVar_Reset(_handler_var, token)
-            except (ValueError, RuntimeError):
-                # Set in another context (a frame left from a different task
-                # than it was entered in), or used already: put the handler
-                # the frame replaced back in the running context instead, as
-                # PyDataMem_SetHandler would.
-                PyErr_Clear()
-                old = token.old_value
-                PyContextVar_Set(_handler_var, _numpy_default if old is _Token.MISSING
-                                 else old)
-        else:
-            PyDataMem_SetHandler(token)
+        try:
+            PyContextVar_Reset(var, token)
+        except (ValueError, RuntimeError):
+            # Set in another context (a frame left from a different task
+            # than it was entered in), or used already: put the value the
+            # frame replaced back in the running context instead, as
+            # PyDataMem_SetHandler would.
+            old = token.old_value
+            PyContextVar_Set(var, unset if old is _Token.MISSING else old)
+    except BaseException:
+        PyErr_Clear()
+
+
+cdef void restore_handler(object token) noexcept:
+    if type(token) is _Token:
+        reset_var(_handler_var, token, _numpy_default)
+        return
+    try:
+        PyDataMem_SetHandler(token)
     except BaseException:
         PyErr_Clear()
 
@@ -970,10 +975,12 @@ cdef str _raw_refusal():
 cdef bint _install_checked() except -1:
     """Install the hook if allowed; True when it is on.  Raises RuntimeError
     with the reason otherwise (nothing changed)."""
-    why = _raw_refusal() if not wsmem_raw_on else None
-    if why is None and wsmem_raw_install() >= 0:
+    if wsmem_raw_on:
         return True
+    why = _raw_refusal()
     if why is None:
+        if wsmem_raw_install() >= 0:
+            return True
         why = "Python's raw memory allocator is not its own (an embedding application set it)"
     raise RuntimeError(f"wsmem cannot align NumPy's ufunc buffers: {why}; nothing was changed")
 

@@ -9,7 +9,7 @@ from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
 from wsmem._capture cimport (make_handler, detach_handler, set_handler, restore_handler,
                              set_heap, reset_heap, heap_aligned, keep_errstate_cached,
                              buffers_aligned, set_buffers_aligned, auto_align_buffers,
-                             handler_arena)
+                             handler_arena, reset_var, _context_get)
 from wsmem._arena cimport Block
 from libc.stdlib cimport realloc, free
 from libc.string cimport memmove
@@ -21,9 +21,7 @@ cdef extern from "Python.h":
     PyThreadState* PyThreadState_Get()
     int PyContext_Enter(PyObject* ctx)
     int PyContext_Exit(PyObject* ctx)
-    int PyContextVar_Get(object var, PyObject* default_value, PyObject** value)
     object PyContextVar_Set(object var, object value)
-    int PyContextVar_Reset(object var, object token) except -1
     void PyErr_Clear()
 
 cdef extern from "sys/resource.h" nogil:
@@ -59,7 +57,6 @@ _tls = threading.local()
 # second variable.  Read only when the running context is not the one the
 # thread's innermost frame was entered in (current_arena).
 cdef object _frame_var = contextvars.ContextVar("wsmem_frame", default=None)
-cdef object _Token = contextvars.Token
 # Every live Workspace of the process (weakly), for diagnostics and tests.
 _all = weakref.WeakSet()
 # Cycles kept by Workspace.history() (the last ones; older records are overwritten).
@@ -170,7 +167,7 @@ cdef class _FrameStack:
         Py_XINCREF(self.items[self.n].context)
         Py_XINCREF(self.items[self.n].frame)
         Py_INCREF(token)
-        Py_XINCREF(<PyObject*>wtoken)
+        Py_XINCREF(self.items[self.n].wtoken)
         Py_XINCREF(ctoken)
         self.n += 1
         return 0
@@ -246,21 +243,10 @@ cdef void _push(object frame, _FrameStack stack) except *:
     stack.publish()
 
 
-cdef void _reset_frame_var(object wtoken) noexcept:
-    """Reset _frame_var with a frame's token (None: the frame did not set it);
-    set in another context (a frame
-    left from another task than it was entered in): put back the value the
-    frame replaced in the running context, as restore_handler does."""
-    if wtoken is None:
-        return
-    try:
-        try:
-            PyContextVar_Reset(_frame_var, wtoken)
-        except (ValueError, RuntimeError):
-            old = wtoken.old_value
-            PyContextVar_Set(_frame_var, None if old is _Token.MISSING else old)
-    except BaseException:
-        PyErr_Clear()
+cdef inline void _reset_frame_var(object wtoken) noexcept:
+    """Reset _frame_var with a frame's token (None: the frame did not set it)."""
+    if wtoken is not None:
+        reset_var(_frame_var, wtoken, None)
 
 
 cdef object _current_elsewhere():
@@ -272,7 +258,6 @@ cdef object _current_elsewhere():
     _frame_var: the key of a capture=False or device workspace, None for
     scope_out() or no frame.  That workspace if its frame is open on this
     thread, else None."""
-    cdef PyObject* value = NULL
     cdef _FrameStack stack
     cdef Py_ssize_t i
     cdef PyObject* f
@@ -282,10 +267,7 @@ cdef object _current_elsewhere():
     try:
         found = handler_arena()
         if found is None:
-            if PyContextVar_Get(_frame_var, NULL, &value) < 0:
-                raise RuntimeError("wsmem: cannot read its frame variable")
-            key = <object>value
-            Py_XDECREF(value)           # PyContextVar_Get returned a new reference
+            key = _context_get(_frame_var)
             if key is None:
                 return None
             found = key()               # the weak reference's workspace, or None
@@ -325,10 +307,10 @@ cdef Py_ssize_t _find(_FrameStack stack, PyObject* f, PyObject* ctx) noexcept:
 cdef void _restore_in(PyObject* token, PyObject* wtoken, PyObject* ctx,
                       PyObject* running, _FrameStack stack) noexcept:
     """Restore NumPy's handler `token` (and _frame_var's `wtoken`) for a
-    frame entered in context `ctx` and left in context `running`.  The same context: reset it there.  Left
-    in another (e.g. a generator suspended in ``with ws:`` by one asyncio
-    task and closed by another): reset the variable in `ctx` itself when
-    that context can be entered (it is not running).  Else put the handler
+    frame entered in context `ctx` and left in context `running`.  The same
+    context: reset them there.  Left in another (e.g. a generator suspended
+    in ``with ws:`` by one asyncio task and closed by another): reset them
+    in `ctx` itself when that context can be entered (it is not running).  Else put the handler
     the frame replaced in the running context, as PyDataMem_SetHandler
     would, unless a frame entered in the running context is still open: its
     handler stays."""
