@@ -210,6 +210,32 @@ def test_capture_option_runs_each_test_body_in_a_cycle(run, pytester, option, de
         assert spilled >= 7, out
 
 
+@pytest.mark.parametrize("env", [None, "0"])
+def test_capture_summary_says_whether_ufunc_buffers_were_aligned(run, pytester, monkeypatch,
+                                                                 env):
+    # NumPy's suite under --wsmem-capture is the widest check of the raw
+    # allocator hook, so its summary must say whether the hook was live.
+    import subprocess
+    import sys
+    if env is None:
+        monkeypatch.delenv("WSMEM_ALIGN_BUFFERS", raising=False)
+    else:
+        monkeypatch.setenv("WSMEM_ALIGN_BUFFERS", env)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import wsmem; wsmem.Workspace('probe'); "
+         "print(wsmem.ufunc_buffers_aligned())"],
+        capture_output=True, text=True, check=True, env=os.environ.copy())
+    want = {"True": "yes", "False": "no"}[probe.stdout.strip()]
+    if env == "0":
+        assert want == "no"
+    pytester.makepyfile(test_captured=CAPTURED)
+    out = run("--wsmem-capture", "-p", "no:randomly").stdout.str()
+    m = re.search(r"NumPy's ufunc buffers page-aligned \(wsmem.align_ufunc_buffers\): "
+                  r"(yes|no)", out)
+    assert m, out
+    assert m.group(1) == want, out
+
+
 def test_capture_replaces_a_workspace_a_huge_test_grew(run, pytester):
     pytester.makepyfile(test_huge='''
 import numpy as np

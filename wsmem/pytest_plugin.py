@@ -135,6 +135,9 @@ class _CaptureRun:
         if self.other_thread:
             text += (f"; {self.other_thread} test bodies ran in another thread "
                      f"than the first and were not captured")
+        import wsmem
+        text += ("; NumPy's ufunc buffers page-aligned (wsmem.align_ufunc_buffers): "
+                 f"{'yes' if wsmem.ufunc_buffers_aligned() else 'no'}")
         return text
 
 

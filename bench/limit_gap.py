@@ -1,0 +1,116 @@
+"""Where the training step's gap to the zero-allocation limit comes from.
+
+The cyclic benchmark's ``limit`` rewrites the training step in place: every
+ufunc writes into the one buffer it reads (``maximum(h, 0, out=h)`` ...).
+The unchanged step writes each result into a new array, so its ufuncs read
+one buffer and write another.  That is a different program, with more
+memory traffic, and no allocator can turn it into the in-place one.  This
+script separates the two parts, in one process (tuned glibc), blocks
+interleaved in a random order per round:
+
+- ``wsmem``: the unchanged step in ``with ws:`` (the reference);
+- ``same calls, 4 buffers``: the unchanged step's ufunc calls, each result
+  written out of place into a buffer made before the loop, a buffer reused
+  once the result it held is dead in the unchanged code (``h = x @ w``'s
+  buffer takes ``h * 2``; NumPy's temporary elision makes ``+ 1`` in place,
+  so it is here too).  Zero allocations, the unchanged step's arithmetic
+  and live ranges: what an allocator could reach at best;
+- ``same calls, 5 buffers``: the same with one buffer per result, no reuse
+  (what preallocating "the arrays the code makes" gives);
+- ``limit (in place)``: the cyclic benchmark's limit;
+- ``plain (tuned glibc)``: the unchanged step, for scale.
+
+All inputs and buffers are made under :func:`wsmem.aligned_heap`, and every
+set-up's result must equal the unchanged step's (relative 1e-9).  Reported
+per size: the median time per step and the median of the per-round ratios
+to wsmem's time (< 1: faster than wsmem) with its confidence interval.
+
+Usage, from the repository root::
+
+    python bench/limit_gap.py [--cases train:512 train:4096] [--rounds 21]
+
+Writes ``bench/results/limit_gap.txt``.
+"""
+import sys
+
+from inprocess import case_name, cases_main, paired_rows, time_blocks  # bench/ is this script's directory
+
+CASES = ["train:8", "train:64", "train:512", "train:4096"]
+
+
+def same_calls_step(x, w, bufs):
+    """The unchanged training step's ufunc calls, out of place into `bufs`
+    (four or five ``(rows, 1024)`` float64 buffers, see the module doc)."""
+    import numpy as np
+    matmul, maximum, multiply, add, negative, exp = (
+        np.matmul, np.maximum, np.multiply, np.add, np.negative, np.exp)
+    if len(bufs) == 4:
+        h1, h2, ny, z = bufs
+        y = h1                      # h = x @ w is dead once h = maximum(h, 0)
+    else:
+        h1, h2, y, ny, z = bufs
+
+    def step():
+        matmul(x, w, out=h1)        # h = x @ w
+        maximum(h1, 0, out=h2)      # h = np.maximum(h, 0)
+        multiply(h2, 2, out=y)      # y = h * 2 + 1 (NumPy elides the + 1's
+        add(y, 1, out=y)            # temporary: in place)
+        negative(y, out=ny)         # z = np.exp(-y)
+        exp(ny, out=z)
+        return float(z.sum())
+    return step
+
+
+def measure(workload, size, rounds):
+    import numpy as np
+    import wsmem
+    from wsmem.benchmarks.cyclic import _MAKERS, TRAIN_OUT
+
+    if workload != "train":
+        raise SystemExit("limit_gap: only the train workload has a same-calls form")
+    with wsmem.aligned_heap():
+        plain = _MAKERS[workload](size, False)
+        limit = _MAKERS[workload](size, True)
+    x, w = _inputs_of(plain)
+    with wsmem.aligned_heap():
+        four = same_calls_step(x, w, [np.empty((size, TRAIN_OUT)) for _ in range(4)])
+        five = same_calls_step(x, w, [np.empty((size, TRAIN_OUT)) for _ in range(5)])
+    ws = wsmem.Workspace(f"limit_gap_{workload}_{size}")
+
+    def in_ws():
+        with ws:
+            return plain()
+
+    fns = {"wsmem": in_ws, "same calls, 4 buffers": four, "same calls, 5 buffers": five,
+           "limit (in place)": limit, "plain (tuned glibc)": plain}
+    want = plain()
+    for k, f in fns.items():
+        for _ in range(3):          # warm up; wsmem learns its block
+            got = f()
+        if abs(got - want) > 1e-9 * abs(want):
+            raise SystemExit(f"limit_gap: {k} returned {got!r}, the unchanged step {want!r}")
+    times, n = time_blocks(fns, plain, rounds)
+    lines = [f"{case_name(workload, size)}: {n} steps per block, {rounds} blocks each",
+             f"  {'set-up':24s} {'median':>10s}  {'time/wsmem [CI]':>26s}"]
+    lines += paired_rows(times, "wsmem", 24)
+    st = ws.stats()
+    lines.append(f"  (wsmem: {st.last_cycle_bytes} bytes per cycle, "
+                 f"{st.spilled_count} spills in the last cycle)")
+    ws.destroy()
+    return "\n".join(lines)
+
+
+def _inputs_of(step):
+    """The ``x`` and ``w`` the unchanged step closes over."""
+    cells = dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__)))
+    return cells["x"], cells["w"]
+
+
+def main():
+    return cases_main(__file__, "limit_gap", __doc__, measure, CASES, 21, lambda: [
+        "ratios: median over rounds of this set-up's time / wsmem's, paired by round "
+        "(< 1: faster than wsmem), with the confidence interval of that median"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
