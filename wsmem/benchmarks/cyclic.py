@@ -33,6 +33,14 @@ Configurations, each in its own process (a worker started as
   the unchanged NumPy step inside ``with ws:`` for a workspace created once
   (default config: ``capture=True``, ``learning="first_loop"``).
 
+Not run by default (``--configs`` or ``bench/luck.py --configs`` name them):
+``wsmem_grow`` (``spill="reallocate"``), and two that tell wsmem's arrays
+apart from the rest of the process's memory: ``wsmem_mimalloc`` (the wsmem
+worker with mimalloc preloaded, so NumPy's other allocations, such as its
+iterators, come from mimalloc) and ``wsmem_tcache`` (the wsmem worker with
+glibc's per-thread cache raised to 4 KiB blocks,
+``GLIBC_TUNABLES=glibc.malloc.tcache_max=4096``).
+
 Method: for one workload and size, the workers are started one after the
 other; each builds its inputs, runs :data:`WARMUP_STEPS` steps (the workspace
 learns its size in the first) and calibrates how many steps make a batch of
@@ -86,10 +94,14 @@ CONFIGS = {
     "limit": ("limit (out=)", {}, None),
     "wsmem": ("wsmem", {}, None),
     "wsmem_grow": ("wsmem, spill='reallocate'", {}, None),
+    "wsmem_mimalloc": ("wsmem under mimalloc", {}, MIMALLOC),
+    "wsmem_tcache": ("wsmem, tcache to 4 KiB",
+                     {"GLIBC_TUNABLES": "glibc.malloc.tcache_max=4096"}, None),
 }
 DEFAULT_CONFIGS = ("numpy", "glibc_tuned", "jemalloc", "mimalloc", "limit", "wsmem")
 PEERS = ("numpy", "glibc_tuned", "jemalloc", "mimalloc")
-WSMEM_CONFIGS = {"wsmem": {}, "wsmem_grow": {"spill": "reallocate"}}
+WSMEM_CONFIGS = {"wsmem": {}, "wsmem_grow": {"spill": "reallocate"},
+                 "wsmem_mimalloc": {}, "wsmem_tcache": {}}
 
 TRAIN_IN, TRAIN_OUT = 256, 1024
 CG_ITERS = 10
