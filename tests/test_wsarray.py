@@ -624,6 +624,58 @@ def test_custom_alignment_holds_under_a_preloaded_mimalloc():
     assert out.stdout.strip() == "misaligned: []", out.stdout
 
 
+_MISALIGNING_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+/* posix_memalign that breaks its word for alignments of 256 and more: it
+   returns a plain malloc block (free() takes it) that is not so aligned. */
+int posix_memalign(void** out, size_t align, size_t n) {
+    static int (*real)(void**, size_t, size_t);
+    void* held[64];
+    int k = 0;
+    void* p;
+    if (!real) real = (int (*)(void**, size_t, size_t))dlsym(RTLD_NEXT, "posix_memalign");
+    if (align < 256) return real(out, align, n);
+    for (;;) {
+        p = malloc(n ? n : 1);
+        if (p == NULL || (uintptr_t)p % align || k == 64) break;
+        held[k++] = p;                  /* aligned by chance: keep it aside */
+    }
+    while (k) free(held[--k]);
+    if (p == NULL) return ENOMEM;
+    *out = p;
+    return 0;
+}
+"""
+
+
+def test_custom_alignment_holds_when_posix_memalign_misaligns(tmp_path):
+    # The same check as under mimalloc, on any machine with a C compiler:
+    # a preloaded posix_memalign that misaligns every block of 256 and more.
+    import os
+    import shutil
+    import subprocess
+    import sys
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the misaligning posix_memalign")
+    src, lib = tmp_path / "misalign.c", tmp_path / "misalign.so"
+    src.write_text(_MISALIGNING_SHIM)
+    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"],
+                   check=True, capture_output=True)
+    probe = ("import ctypes; p = ctypes.c_void_p(); libc = ctypes.CDLL(None); "
+             "assert libc.posix_memalign(ctypes.byref(p), ctypes.c_size_t(256), "
+             "ctypes.c_size_t(256)) == 0; print('shim misaligns:', p.value % 256 != 0)\n")
+    env = dict(os.environ, LD_PRELOAD=str(lib))
+    out = subprocess.run([sys.executable, "-c", probe + _ALIGN_UNDER_PRELOAD], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["shim misaligns: True", "misaligned: []"], out.stdout
+
+
 def test_ptr_of_views(ws):
     with ws:
         a = wsmem.empty((4, 8), dtype=np.float32)
