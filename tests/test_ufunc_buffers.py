@@ -33,10 +33,32 @@ def _python(code, **env):
     return r.stdout.split()
 
 
+def _refused_here():
+    """Why this interpreter refuses the hook by design (None: it does not):
+    the tests that need it on skip there; test_debug_allocators_are_left_alone
+    and test_dev_mode_is_left_alone check the refusal itself."""
+    import tracemalloc
+    mode = os.environ.get("PYTHONMALLOC", "").strip().lower()
+    if mode not in ("", "default", "malloc", "pymalloc"):
+        return f"PYTHONMALLOC={mode}"
+    if sys.flags.dev_mode or hasattr(sys, "gettotalrefcount"):
+        return "-X dev or a debug build"
+    if tracemalloc.is_tracing():
+        return "tracemalloc is tracing"
+    return None
+
+
+def _need_hook():
+    why = _refused_here()
+    if why is not None:
+        pytest.skip(f"the raw-allocator hook is refused by design here ({why})")
+
+
 @pytest.fixture
 def aligned():
     """The hook on for the test (as a capturing workspace leaves it), then
     as it was."""
+    _need_hook()
     was = wsmem.align_ufunc_buffers(True)
     yield
     wsmem.align_ufunc_buffers(was)
@@ -78,6 +100,7 @@ def test_buffered_ufuncs_give_the_same_results_aligned_or_not(ws):
         au[:, :-1] -= u[:, 1:]
         return au.copy()
 
+    _need_hook()
     was = wsmem.align_ufunc_buffers(False)
     try:
         plain = stencil()
@@ -147,3 +170,23 @@ def test_debug_allocators_are_left_alone():
             print("PYTHONMALLOC=malloc_debug" in str(e), wsmem.ufunc_buffers_aligned())
     """, PYTHONMALLOC="malloc_debug")
     assert out == ["False", "True", "False"]
+
+
+def test_dev_mode_is_left_alone():
+    # -X dev installs Python's debug hooks on every allocator domain.
+    full = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    full.pop("WSMEM_ALIGN_BUFFERS", None)
+    full.pop("PYTHONMALLOC", None)
+    code = textwrap.dedent("""
+        import wsmem
+        wsmem.Workspace("capture")                 # quietly not installed
+        print(wsmem.ufunc_buffers_aligned())
+        try:
+            wsmem.align_ufunc_buffers(True)
+        except RuntimeError as e:
+            print("-X dev" in str(e), wsmem.ufunc_buffers_aligned())
+    """)
+    r = subprocess.run([sys.executable, "-X", "dev", "-c", code], env=full,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True", "False"]
