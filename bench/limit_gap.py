@@ -64,15 +64,15 @@ def same_calls_step(x, w, bufs):
 def measure(workload, size, rounds):
     import numpy as np
     import wsmem
-    from wsmem.benchmarks.cyclic import _MAKERS, TRAIN_OUT
+    from wsmem.benchmarks.cyclic import (TRAIN_OUT, _train_inputs, train_limit_step,
+                                         train_step)
 
     if workload != "train":
         raise SystemExit("limit_gap: only the train workload has a same-calls form")
     with wsmem.aligned_heap():
-        plain = _MAKERS[workload](size, False)
-        limit = _MAKERS[workload](size, True)
-    x, w = _inputs_of(plain)
-    with wsmem.aligned_heap():
+        x, w = _train_inputs(size)
+        plain = train_step(x, w)
+        limit = train_limit_step(x, w, np.empty((size, TRAIN_OUT)))
         four = same_calls_step(x, w, [np.empty((size, TRAIN_OUT)) for _ in range(4)])
         five = same_calls_step(x, w, [np.empty((size, TRAIN_OUT)) for _ in range(5)])
     ws = wsmem.Workspace(f"limit_gap_{workload}_{size}")
@@ -98,12 +98,6 @@ def measure(workload, size, rounds):
                  f"{st.spilled_count} spills in the last cycle)")
     ws.destroy()
     return "\n".join(lines)
-
-
-def _inputs_of(step):
-    """The ``x`` and ``w`` the unchanged step closes over."""
-    cells = dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__)))
-    return cells["x"], cells["w"]
 
 
 def main():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import wsmem
+from wsmem import _capture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,34 +23,23 @@ _raw_free = ctypes.pythonapi.PyMem_RawFree
 _raw_free.restype, _raw_free.argtypes = None, [ctypes.c_void_p]
 
 
-def _python(code, **env):
-    """Run `code` in a fresh interpreter with the checkout importable."""
+def _python(code, flags=(), **env):
+    """Run `code` in a fresh interpreter (options `flags`) with the checkout
+    importable."""
     full = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     full.pop("WSMEM_ALIGN_BUFFERS", None)
     full.update(env)
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full,
+    r = subprocess.run([sys.executable, *flags, "-c", textwrap.dedent(code)], env=full,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return r.stdout.split()
 
 
-def _refused_here():
-    """Why this interpreter refuses the hook by design (None: it does not):
-    the tests that need it on skip there; test_debug_allocators_are_left_alone
-    and test_dev_mode_is_left_alone check the refusal itself."""
-    import tracemalloc
-    mode = os.environ.get("PYTHONMALLOC", "").strip().lower()
-    if mode not in ("", "default", "malloc", "pymalloc"):
-        return f"PYTHONMALLOC={mode}"
-    if sys.flags.dev_mode or hasattr(sys, "gettotalrefcount"):
-        return "-X dev or a debug build"
-    if tracemalloc.is_tracing():
-        return "tracemalloc is tracing"
-    return None
-
-
 def _need_hook():
-    why = _refused_here()
+    # Where this interpreter refuses the hook by design (-X dev, a debug
+    # PYTHONMALLOC, tracemalloc); test_debug_allocators_are_left_alone checks
+    # the refusal itself.
+    why = _capture._raw_refusal()
     if why is not None:
         pytest.skip(f"the raw-allocator hook is refused by design here ({why})")
 
@@ -159,34 +149,19 @@ def test_tracemalloc_over_the_hook_is_refused_clearly_and_changes_nothing():
                    "refused:", "True", "False"]
 
 
-def test_debug_allocators_are_left_alone():
-    out = _python("""
+@pytest.mark.parametrize("flags, env, reason", [
+    ((), {"PYTHONMALLOC": "malloc_debug"}, "PYTHONMALLOC=malloc_debug"),
+    # -X dev installs Python's debug hooks on every allocator domain
+    (("-X", "dev"), {"PYTHONMALLOC": ""}, "-X dev"),
+])
+def test_debug_allocators_are_left_alone(flags, env, reason):
+    out = _python(f"""
         import wsmem
         wsmem.Workspace("capture")                 # quietly not installed
         print(wsmem.ufunc_buffers_aligned())
         try:
             wsmem.align_ufunc_buffers(True)
         except RuntimeError as e:
-            print("PYTHONMALLOC=malloc_debug" in str(e), wsmem.ufunc_buffers_aligned())
-    """, PYTHONMALLOC="malloc_debug")
+            print({reason!r} in str(e), wsmem.ufunc_buffers_aligned())
+    """, flags, **env)
     assert out == ["False", "True", "False"]
-
-
-def test_dev_mode_is_left_alone():
-    # -X dev installs Python's debug hooks on every allocator domain.
-    full = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    full.pop("WSMEM_ALIGN_BUFFERS", None)
-    full.pop("PYTHONMALLOC", None)
-    code = textwrap.dedent("""
-        import wsmem
-        wsmem.Workspace("capture")                 # quietly not installed
-        print(wsmem.ufunc_buffers_aligned())
-        try:
-            wsmem.align_ufunc_buffers(True)
-        except RuntimeError as e:
-            print("-X dev" in str(e), wsmem.ufunc_buffers_aligned())
-    """)
-    r = subprocess.run([sys.executable, "-X", "dev", "-c", code], env=full,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["False", "True", "False"]

@@ -608,20 +608,26 @@ print("misaligned:", bad)
 """
 
 
+def _run_preloaded(lib, code):
+    """stdout of `code` in a fresh interpreter with `lib` preloaded."""
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, LD_PRELOAD=str(lib)),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_custom_alignment_holds_under_a_preloaded_mimalloc():
     # Debian's mimalloc 2.0.9 returns posix_memalign(256, 256) 128 bytes off
     # (and five more pairs up to 1 KiB); a small spill must still be aligned.
     import os
-    import subprocess
-    import sys
     from wsmem.benchmarks.cyclic import MIMALLOC
     if not os.path.exists(MIMALLOC):
         pytest.skip(f"{MIMALLOC} is not installed (apt-get install libmimalloc2.0)")
-    env = dict(os.environ, LD_PRELOAD=MIMALLOC)
-    out = subprocess.run([sys.executable, "-c", _ALIGN_UNDER_PRELOAD], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "misaligned: []", out.stdout
+    out = _run_preloaded(MIMALLOC, _ALIGN_UNDER_PRELOAD)
+    assert out.strip() == "misaligned: []", out
 
 
 _MISALIGNING_SHIM = r"""
@@ -655,10 +661,8 @@ int posix_memalign(void** out, size_t align, size_t n) {
 def test_custom_alignment_holds_when_posix_memalign_misaligns(tmp_path):
     # The same check as under mimalloc, on any machine with a C compiler:
     # a preloaded posix_memalign that misaligns every block of 256 and more.
-    import os
     import shutil
     import subprocess
-    import sys
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler to build the misaligning posix_memalign")
@@ -669,11 +673,8 @@ def test_custom_alignment_holds_when_posix_memalign_misaligns(tmp_path):
     probe = ("import ctypes; p = ctypes.c_void_p(); libc = ctypes.CDLL(None); "
              "assert libc.posix_memalign(ctypes.byref(p), ctypes.c_size_t(256), "
              "ctypes.c_size_t(256)) == 0; print('shim misaligns:', p.value % 256 != 0)\n")
-    env = dict(os.environ, LD_PRELOAD=str(lib))
-    out = subprocess.run([sys.executable, "-c", probe + _ALIGN_UNDER_PRELOAD], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["shim misaligns: True", "misaligned: []"], out.stdout
+    out = _run_preloaded(lib, probe + _ALIGN_UNDER_PRELOAD)
+    assert out.split("\n")[:2] == ["shim misaligns: True", "misaligned: []"], out
 
 
 def test_ptr_of_views(ws):

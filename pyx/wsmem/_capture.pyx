@@ -955,9 +955,10 @@ cdef bint buffers_aligned() noexcept:
     return wsmem_raw_on != 0
 
 
-cdef str _raw_refusal():
+def _raw_refusal():
     """Why the raw allocator may not be wrapped now (None: it may): it must
-    be CPython's malloc wrapper, whose free takes posix_memalign's blocks."""
+    be CPython's malloc wrapper, whose free takes posix_memalign's blocks.
+    (Private; tests/test_ufunc_buffers.py skips on it.)"""
     import sys
     mode = os.environ.get("PYTHONMALLOC", "").strip().lower()
     if mode not in ("", "default", "malloc", "pymalloc"):

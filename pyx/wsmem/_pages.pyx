@@ -137,21 +137,18 @@ cdef int pages_malloc(PageRegion* out, size_t size, size_t alignment) noexcept n
     off, and five more such pairs up to 1 KiB.  A misaligned block is given
     back and the spill taken `align` bytes larger and aligned here
     (`map_base` keeps what free() needs)."""
-    cdef void* p = NULL
+    cdef void* base = NULL
     cdef size_t align = alignment if alignment >= sizeof(void*) else sizeof(void*)
     cdef size_t n = size if size else 1
     _clear(out)
-    if posix_memalign(&p, align, n) != 0:
+    if posix_memalign(&base, align, n) != 0:
         return ENOMEM
-    out.map_base = p
-    if <size_t>p & (align - 1):
-        free(p)
-        if n > <size_t>-1 - align or posix_memalign(&p, align, n + align) != 0:
-            out.map_base = NULL
+    if <size_t>base & (align - 1):
+        free(base)
+        if n > <size_t>-1 - align or posix_memalign(&base, align, n + align) != 0:
             return ENOMEM
-        out.map_base = p
-        p = <void*>((<size_t>p + align - 1) & ~(align - 1))
-    out.ptr = <char*>p
+    out.map_base = base
+    out.ptr = <char*>((<size_t>base + align - 1) & ~(align - 1))
     out.size = size
     out.kind = PAGES_MALLOC
     return 0

@@ -147,15 +147,21 @@ def _make_train(rows, limit):
     import numpy as np
     x, w = _train_inputs(rows)
     if not limit:
-        def step():
-            h = x @ w
-            h = np.maximum(h, 0)
-            y = h * 2 + 1
-            z = np.exp(-y)
-            return float(z.sum())
-        return step
-
+        return train_step(x, w)
     return train_limit_step(x, w, np.empty((rows, TRAIN_OUT)))
+
+
+def train_step(x, w):
+    """The training step as NumPy code is written: a new array per result."""
+    import numpy as np
+
+    def step():
+        h = x @ w
+        h = np.maximum(h, 0)
+        y = h * 2 + 1
+        z = np.exp(-y)
+        return float(z.sum())
+    return step
 
 
 def train_limit_step(x, w, h):
