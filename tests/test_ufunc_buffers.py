@@ -165,3 +165,142 @@ def test_debug_allocators_are_left_alone(flags, env, reason):
             print({reason!r} in str(e), wsmem.ufunc_buffers_aligned())
     """, flags, **env)
     assert out == ["False", "True", "False"]
+
+
+# ---------------------------------------------------------------- the hook's block cache
+# (docs/design.md, "What the hook keeps"; bench/raw_cache.py measures it)
+
+
+@pytest.fixture
+def cache(aligned):
+    """The hook and its block cache on, the calling thread's cache empty."""
+    was = _capture._set_raw_cache(False)           # gives this thread's blocks back
+    _capture._set_raw_cache(True)
+    yield
+    _capture._set_raw_cache(was)
+
+
+@pytest.mark.parametrize("n, m", [(1104, 1104), (1104, 1280), (3000, 2900),
+                                  (40000, 40000), (65536, 64080), (1 << 20, 900_000)])
+def test_a_freed_block_serves_the_next_request_of_its_size(cache, n, m):
+    p = _raw_malloc(n)
+    assert p
+    ctypes.memset(p, 0x33, n)
+    _raw_free(p)
+    before = _capture._raw_cache_info()
+    assert before["small"] + before["big"] == 1
+    q = _raw_malloc(m)
+    try:
+        assert q == p                                # the same block, from the cache
+        assert _capture._raw_cache_info()["hits"] == before["hits"] + 1
+        if m >= 32768:
+            assert q % 4096 == 0
+        ctypes.memset(q, 0x44, m)                   # all m bytes are the caller's
+        grown = _raw_realloc(q, 3 * m)              # a cached block is malloc's own
+        assert grown
+        q = grown
+        assert ctypes.string_at(q, m) == b"\x44" * m
+    finally:
+        _raw_free(q)
+
+
+@pytest.mark.parametrize("n, m", [(65536, 40000), (1300, 1100), (2000, 5000), (1 << 20, 4 << 20)])
+def test_a_cached_block_is_not_used_for_another_class(cache, n, m):
+    # 40000 would waste over 1/4 of the 64 KiB block; 1,100 is below 1,280's
+    # class; 5,000 and 4 MiB are outside what the cache serves
+    p = _raw_malloc(n)
+    _raw_free(p)
+    q = _raw_malloc(m)
+    try:
+        assert q and q != p
+        ctypes.memset(q, 0x55, m)
+        assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 1
+    finally:
+        _raw_free(q)
+
+
+def test_the_cache_is_bounded(cache):
+    small = [_raw_malloc(2000) for _ in range(40)]
+    big = [_raw_malloc(300_000) for _ in range(20)]
+    assert all(small) and all(big)
+    for p in small + big:
+        _raw_free(p)
+    info = _capture._raw_cache_info()
+    assert info["small"] == 8                        # one class, 8 deep: the rest freed
+    assert 1 <= info["big"] <= 8
+    assert info["bytes"] <= (2 << 20) + 8 * 2304     # 2 MiB of aligned blocks at most
+
+
+def test_turning_it_off_gives_the_blocks_back(cache):
+    for p in [_raw_malloc(n) for n in (1500, 2500, 50000)]:
+        _raw_free(p)
+    assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 3
+    assert _capture._set_raw_cache(False) is True
+    try:
+        assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 0
+        hits = _capture._raw_cache_info()["hits"]
+        p = _raw_malloc(1500)
+        _raw_free(p)
+        assert _raw_malloc(1500) != 0                # (freed below by the allocator)
+        info = _capture._raw_cache_info()
+        assert info["hits"] == hits and info["small"] == 0
+    finally:
+        _capture._set_raw_cache(True)
+
+
+def test_removing_the_hook_gives_the_blocks_back(cache):
+    for p in [_raw_malloc(n) for n in (1500, 50000)]:
+        _raw_free(p)
+    assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 2
+    wsmem.align_ufunc_buffers(False)
+    try:
+        info = _capture._raw_cache_info()
+        assert info["small"] + info["big"] == 0 and info["bytes"] == 0
+    finally:
+        wsmem.align_ufunc_buffers(True)
+
+
+def test_a_thread_gives_its_cached_blocks_back_when_it_exits(cache):
+    import threading
+    # allocated here, freed there: they join the other thread's cache
+    mine = [_raw_malloc(n) for n in (1500, 1500, 3000, 40000, 64080)]
+    held = {}
+
+    def worker():
+        for p in mine:
+            _raw_free(p)
+        for _ in range(50):                          # its own traffic, served by its cache
+            q = _raw_malloc(2200)
+            ctypes.memset(q, 1, 2200)
+            _raw_free(q)
+        held.update(_capture._raw_cache_info())
+
+    before = _capture._raw_cache_info()["exit_freed"]
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert held["small"] == 4 and held["big"] == 2 and held["hits"] >= 49
+    # its exit gave them to free() (another thread's exit in between may add)
+    assert _capture._raw_cache_info()["exit_freed"] >= before + 6
+    assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 0
+
+
+def test_numpy_under_the_cache_in_many_threads_gets_right_answers(cache):
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(9)
+    u = rng.standard_normal((120, 120))
+    want = 4 * u
+    want[:, 1:] -= u[:, :-1]
+    want[:, :-1] -= u[:, 1:]
+
+    def stencil(_):
+        for _ in range(30):
+            au = 4 * u
+            au[:, 1:] -= u[:, :-1]                  # buffered: iterators and buffers
+            au[:, :-1] -= u[:, 1:]
+            if not np.array_equal(au, want):
+                return False
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(stencil, range(16)))
