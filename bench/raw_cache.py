@@ -3,7 +3,7 @@
 wsmem's raw-domain hook (``wsmem.align_ufunc_buffers``) keeps, per thread,
 a few freed blocks of the sizes glibc serves from its bins rather than its
 per-thread cache: NumPy's iterators (1,033 to 4,096 bytes) and the
-page-aligned ufunc buffers (32 KiB to 1 MiB), and hands them to the
+page-aligned ufunc buffers (32 to 512 KiB), and hands them to the
 thread's next requests (``docs/design.md``, "What the hook keeps").  Here the
 cyclic benchmark's steps run with that cache on and off
 (``wsmem._capture._set_raw_cache``), inside a workspace and as plain NumPy

@@ -876,8 +876,8 @@ cdef extern from *:
 # that step, mimalloc's at 0.9%.  So each thread keeps a few freed blocks
 # of those sizes and hands them to its next requests, as glibc's own tcache
 # does for smaller ones: small blocks (1,033 to 4,096 bytes) in 256-byte
-# classes, WSMEM_RC_DEPTH per class; aligned blocks (32 KiB to 1 MiB) in
-# WSMEM_RC_BIG_SLOTS slots, at most WSMEM_RC_BIG_BYTES per thread, best fit
+# classes, WSMEM_RC_DEPTH per class; aligned blocks (32 to 512 KiB) in
+# WSMEM_RC_BIG_SLOTS slots, at most 1 MiB in all per thread, best fit
 # within 1/4 of the request.  The blocks stay malloc's own: a free learns a
 # block's size from malloc_usable_size, whoever allocated it and whenever,
 # and a cached block goes back to free() when its thread exits (a pthread
@@ -901,9 +901,9 @@ cdef extern from *:
     #define WSMEM_RC_SMALL_MAX 4096
     #define WSMEM_RC_DEPTH 8
     #define WSMEM_RC_BIG_SLOTS 8
-    #define WSMEM_RC_BIG_MAX (1u << 20)
-    #define WSMEM_RC_BIG_KEEP (WSMEM_RC_BIG_MAX + WSMEM_RC_BIG_MAX / 4)  /* a 1 MiB request's block */
-    #define WSMEM_RC_BIG_BYTES (2u << 20)
+    #define WSMEM_RC_BIG_MAX (1u << 19)
+    #define WSMEM_RC_BIG_KEEP (WSMEM_RC_BIG_MAX + WSMEM_RC_BIG_MAX / 4)  /* a 512 KiB request's block */
+    #define WSMEM_RC_BIG_BYTES (1u << 20)
     typedef struct {
         void* small[WSMEM_RC_NCLASS][WSMEM_RC_DEPTH];
         unsigned char nsmall[WSMEM_RC_NCLASS];

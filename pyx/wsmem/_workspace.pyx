@@ -924,10 +924,14 @@ def align_ufunc_buffers(enabled=True):
     workspace, against the same with the buffers on page boundaries, as
     mimalloc places them).  This wraps Python's raw allocator, as
     ``tracemalloc`` does, so that allocations of 32 KiB and more come from
-    ``posix_memalign(4096)``; everything else, and every free and realloc,
-    goes to the allocator it wraps.  The first capturing workspace turns it on
-    unless the environment has ``WSMEM_ALIGN_BUFFERS=0`` or this function
-    was called first.
+    ``posix_memalign(4096)``; everything else, and every realloc, goes to the
+    allocator it wraps.  Each thread also keeps a few freed blocks of the
+    sizes glibc serves slowly (these buffers, 32 to 512 KiB, and NumPy's
+    iterators, 1,033 to 4,096 bytes) for its next requests of that size,
+    and gives them back to ``free()`` when full, when it exits and when the
+    hook is removed.  The first capturing workspace turns it on unless the
+    environment has ``WSMEM_ALIGN_BUFFERS=0`` or this function was called
+    first.
 
     Parameters
     ----------
