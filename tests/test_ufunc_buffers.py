@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -180,19 +181,44 @@ def cache(aligned):
     _capture._set_raw_cache(was)
 
 
-@pytest.mark.parametrize("n, m", [(1104, 1104), (1104, 1280), (3000, 2900),
+_usable = ctypes.CDLL(None).malloc_usable_size
+_usable.restype, _usable.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+_PRELOADED = bool(os.environ.get("LD_PRELOAD"))
+
+
+def _kept(u, p):
+    """Whether the cache keeps a freed block of usable size u at p (its rule,
+    design.md "What the hook keeps"): small classes of 256 bytes from 1,280
+    to 4,351 usable bytes; aligned blocks of 32 KiB to 640 KiB."""
+    return 1280 <= u < 17 * 256 or (32768 <= u <= 655360 and p % 4096 == 0)
+
+
+def _serves(u, m):
+    """Whether a kept block of usable size u serves a request of m bytes."""
+    if 1033 <= m <= 4096:
+        return u < 17 * 256 and 0 <= u // 256 - -(-m // 256) <= 3
+    return 32768 <= m <= 524288 and m <= u <= m + m // 4
+
+
+@pytest.mark.parametrize("n, m", [(1104, 1104), (1104, 1280), (3000, 2900), (1800, 1104),
                                   (40000, 40000), (65536, 64080), (1 << 19, 450_000)])
 def test_a_freed_block_serves_the_next_request_of_its_size(cache, n, m):
     p = _raw_malloc(n)
     assert p
     ctypes.memset(p, 0x33, n)
+    u = _usable(p)
     _raw_free(p)
     before = _capture._raw_cache_info()
-    assert before["small"] + before["big"] == 1
+    assert before["small"] + before["big"] == _kept(u, p)
     q = _raw_malloc(m)
     try:
-        assert q == p                                # the same block, from the cache
-        assert _capture._raw_cache_info()["hits"] == before["hits"] + 1
+        hit = _capture._raw_cache_info()["hits"] == before["hits"] + 1
+        # glibc's usable sizes make every case a hit; another malloc's
+        # rounding may not, but the rule is the same
+        assert hit == (_kept(u, p) and _serves(u, m))
+        assert hit or _PRELOADED
+        if hit:
+            assert q == p                            # the same block, from the cache
         if m >= 32768:
             assert q % 4096 == 0
         ctypes.memset(q, 0x44, m)                   # all m bytes are the caller's
@@ -204,17 +230,21 @@ def test_a_freed_block_serves_the_next_request_of_its_size(cache, n, m):
         _raw_free(q)
 
 
-@pytest.mark.parametrize("n, m", [(65536, 40000), (1300, 1100), (2000, 5000), (1 << 19, 1 << 20)])
+@pytest.mark.parametrize("n, m", [(65536, 40000), (2300, 1100), (2000, 5000), (1 << 19, 1 << 20)])
 def test_a_cached_block_is_not_used_for_another_class(cache, n, m):
-    # 40000 would waste over 1/4 of the 64 KiB block; 1,100 is below 1,280's
-    # class; 5,000 and 1 MiB are outside what the cache serves
+    # 40000 would waste over 1/4 of the 64 KiB block; 1,100 (class 5) is
+    # more than 3 classes below 2,300's block (class 9); 5,000 and 1 MiB are
+    # outside what the cache serves
     p = _raw_malloc(n)
     _raw_free(p)
+    before = _capture._raw_cache_info()
     q = _raw_malloc(m)
     try:
-        assert q and q != p
+        assert q
         ctypes.memset(q, 0x55, m)
-        assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 1
+        after = _capture._raw_cache_info()
+        assert after["hits"] == before["hits"]       # a miss: the cached block stays
+        assert after["small"] + after["big"] == before["small"] + before["big"]
     finally:
         _raw_free(q)
 
@@ -270,8 +300,8 @@ def test_a_thread_gives_its_cached_blocks_back_when_it_exits(cache):
         for p in mine:
             _raw_free(p)
         for _ in range(50):                          # its own traffic, served by its cache
-            q = _raw_malloc(2200)
-            ctypes.memset(q, 1, 2200)
+            q = _raw_malloc(1400)
+            ctypes.memset(q, 1, 1400)
             _raw_free(q)
         held.update(_capture._raw_cache_info())
 
@@ -279,9 +309,16 @@ def test_a_thread_gives_its_cached_blocks_back_when_it_exits(cache):
     t = threading.Thread(target=worker)
     t.start()
     t.join()
-    assert held["small"] == 4 and held["big"] == 2 and held["hits"] >= 49
-    # its exit gave them to free() (another thread's exit in between may add)
-    assert _capture._raw_cache_info()["exit_freed"] >= before + 6
+    # (the thread's own start and Python's frees may add blocks of those sizes)
+    assert held["small"] >= 3 and held["big"] >= 2 and held["hits"] >= 50
+    # its exit gives them all to free() (another thread's exit in between may
+    # add): the key's destructor runs when the pthread exits, which may be a
+    # little after join() returns (Python's part of the thread is done then)
+    want = before + held["small"] + held["big"]
+    deadline = time.monotonic() + 10
+    while _capture._raw_cache_info()["exit_freed"] < want and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert _capture._raw_cache_info()["exit_freed"] >= want
     assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 0
 
 

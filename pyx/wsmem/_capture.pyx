@@ -975,8 +975,12 @@ cdef extern from *:
     }
     static void* wsmem_rc_get_small(size_t n) {
         wsmem_rc_t* c = &wsmem_rc;
-        size_t k = (n + WSMEM_RC_STEP - 1) / WSMEM_RC_STEP;
-        if (c->nsmall[k]) { c->hits++; return c->small[k][--c->nsmall[k]]; }
+        size_t k = (n + WSMEM_RC_STEP - 1) / WSMEM_RC_STEP, j;
+        /* its class, or up to 3 above: a malloc whose size classes are
+           coarser than 256 bytes (jemalloc's and mimalloc's are 512 apart
+           from 2 KiB) returns class k's blocks to a higher class */
+        for (j = k; j <= k + 3 && j < WSMEM_RC_NCLASS; j++)
+            if (c->nsmall[j]) { c->hits++; return c->small[j][--c->nsmall[j]]; }
         c->misses++;
         /* the class's full size, so that its free comes back to this class */
         return wsmem_raw_prev.malloc(wsmem_raw_prev.ctx, k * WSMEM_RC_STEP);
