@@ -872,11 +872,13 @@ cdef extern from *:
 # puts them back in its bins, and free() merges them again, 66 times per CG
 # n=90 step (the stencil's buffers, 32-64 KiB); NumPy's iterators (1,104
 # bytes there, 22 per step) are just past glibc's per-thread cache (1,032
-# bytes) and take its bins too.  perf put glibc's malloc family at 2.2% of
-# that step, mimalloc's at 0.9%.  So each thread keeps a few freed blocks
-# of those sizes and hands them to its next requests, as glibc's own tcache
-# does for smaller ones: small blocks (1,033 to 4,096 bytes) in 256-byte
-# classes, WSMEM_RC_DEPTH per class; aligned blocks (32 to 512 KiB) in
+# bytes) and take its bins too.  perf put glibc's malloc family at 1.6-2.2%
+# of that step, mimalloc's at 0.9% (bench/results/perf_cg90_malloc_xeon.txt).
+# So each thread keeps a few freed blocks of those sizes and hands them to
+# its next requests, as glibc's own tcache does for smaller ones: small
+# blocks (1,033 to 4,096 bytes) in 256-byte classes, WSMEM_RC_DEPTH per
+# class, a request served from its class or up to 3 above (jemalloc's and
+# mimalloc's classes are coarser); aligned blocks (32 to 512 KiB) in
 # WSMEM_RC_BIG_SLOTS slots, at most 1 MiB in all per thread, best fit
 # within 1/4 of the request.  The blocks stay malloc's own: a free learns a
 # block's size from malloc_usable_size, whoever allocated it and whenever,
