@@ -126,6 +126,24 @@ def paired_rows(times, ref_key, width, indent="  "):
             f"{paired_cell(t, times[ref_key])}" for k, t in times.items()]
 
 
+def paired_table(workload, size, n, rounds, times, ref_key, column, ref_label, width,
+                 extra="", more=""):
+    """A case's lines as the A/B scripts print them (bench/limit_gap.py,
+    bench/placement_ab.py, bench/raw_cache.py): the block line (`extra`
+    appended), a header (`column`, the median, ``time/<ref_label> [CI]``,
+    then `more`) and `paired_rows` against ``times[ref_key]``."""
+    return [f"{case_name(workload, size)}: {n} steps per block, {rounds} blocks each{extra}",
+            f"  {column:{width}s} {'median':>10s}  {f'time/{ref_label} [CI]':>26s}{more}",
+            *paired_rows(times, ref_key, width)]
+
+
+def ratio_note(this, ref, reading):
+    """The results header's line on what the ratios are: `this` set-up's
+    time over `ref`'s, `reading` saying which way is faster."""
+    return (f"ratios: median over rounds of {this}'s time / {ref}'s, paired by round "
+            f"({reading}), with the confidence interval of that median")
+
+
 def cases_main(script, name, doc, measure, cases, rounds, notes=lambda: []):
     """main() of a script that times `measure(workload, size, rounds)` per
     case in one tuned-glibc process (bench/hugepages.py,

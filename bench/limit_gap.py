@@ -33,7 +33,7 @@ Writes ``bench/results/limit_gap.txt``.
 """
 import sys
 
-from inprocess import case_name, cases_main, paired_rows, time_blocks  # bench/ is this script's directory
+from inprocess import cases_main, paired_table, ratio_note, time_blocks  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "train:512", "train:4096"]
 
@@ -90,9 +90,7 @@ def measure(workload, size, rounds):
         if abs(got - want) > 1e-9 * abs(want):
             raise SystemExit(f"limit_gap: {k} returned {got!r}, the unchanged step {want!r}")
     times, n = time_blocks(fns, plain, rounds)
-    lines = [f"{case_name(workload, size)}: {n} steps per block, {rounds} blocks each",
-             f"  {'set-up':24s} {'median':>10s}  {'time/wsmem [CI]':>26s}"]
-    lines += paired_rows(times, "wsmem", 24)
+    lines = paired_table(workload, size, n, rounds, times, "wsmem", "set-up", "wsmem", 24)
     st = ws.stats()
     lines.append(f"  (wsmem: {st.last_cycle_bytes} bytes per cycle, "
                  f"{st.spilled_count} spills in the last cycle)")
@@ -102,8 +100,7 @@ def measure(workload, size, rounds):
 
 def main():
     return cases_main(__file__, "limit_gap", __doc__, measure, CASES, 21, lambda: [
-        "ratios: median over rounds of this set-up's time / wsmem's, paired by round "
-        "(< 1: faster than wsmem), with the confidence interval of that median"])
+        ratio_note("this set-up", "wsmem", "< 1: faster than wsmem")])
 
 
 if __name__ == "__main__":

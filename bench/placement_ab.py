@@ -26,7 +26,7 @@ Writes ``bench/results/placement_ab.txt``.
 """
 import sys
 
-from inprocess import case_name, cases_main, paired_rows, time_blocks  # bench/ is this script's directory
+from inprocess import cases_main, paired_table, ratio_note, time_blocks  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
 OFF = 2 ** 64 - 1
@@ -55,9 +55,8 @@ def measure(workload, size, rounds):
         fns[label] = cycle
     _capture._set_placement(OFF, 1)
     times, n = time_blocks(fns, plain, rounds)
-    lines = [f"{case_name(workload, size)}: {n} steps per block, {rounds} blocks each",
-             f"  {'policy':20s} {'median':>10s}  {'time/off [CI]':>26s}  spilled"]
-    lines += paired_rows(times, "off", 20)
+    lines = paired_table(workload, size, n, rounds, times, "off", "policy", "off", 20,
+                         more="  spilled")
     for ws, k in zip(spaces, POLICIES):
         if ws.stats().spilled_count:
             lines.append(f"  ({k}: spilled in its last cycle)")
@@ -67,8 +66,7 @@ def measure(workload, size, rounds):
 
 def main():
     return cases_main(__file__, "placement_ab", __doc__, measure, CASES, 21, lambda: [
-        "ratios: median over rounds of this policy's time / off's, paired by round "
-        "(< 1: this policy faster), with the confidence interval of that median"])
+        ratio_note("this policy", "off", "< 1: this policy faster")])
 
 
 if __name__ == "__main__":

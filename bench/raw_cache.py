@@ -24,7 +24,7 @@ Writes ``bench/results/raw_cache.txt``.
 """
 import sys
 
-from inprocess import case_name, cases_main, paired_rows, time_blocks  # bench/ is this script's directory
+from inprocess import cases_main, paired_table, ratio_note, time_blocks  # bench/ is this script's directory
 
 CASES = ["train:8", "train:64", "train:512", "train:4096", "cg:90", "cg:256", "cg:1024"]
 OFF = "wsmem, cache off"
@@ -67,18 +67,15 @@ def measure(workload, size, rounds):
     misses = (after["misses"] - before["misses"]) / 10
     times, n = time_blocks(fns, plain, rounds)
     _capture._set_raw_cache(True)
-    lines = [f"{case_name(workload, size)}: {n} steps per block, {rounds} blocks each; "
-             f"cache hits per step {hits:g}, misses {misses:g}",
-             f"  {'config':20s} {'median':>10s}  {'time/off [CI]':>26s}"]
-    lines += paired_rows(times, OFF, 20)
+    lines = paired_table(workload, size, n, rounds, times, OFF, "config", "off", 20,
+                         f"; cache hits per step {hits:g}, misses {misses:g}")
     ws.destroy()
     return "\n".join(lines)
 
 
 def main():
     return cases_main(__file__, "raw_cache", __doc__, measure, CASES, 21, lambda: [
-        "ratios: median over rounds of this config's time / 'wsmem, cache off''s, paired "
-        "by round (< 1: faster), with the confidence interval of that median"])
+        ratio_note("this config", f"'{OFF}'", "< 1: faster")])
 
 
 if __name__ == "__main__":

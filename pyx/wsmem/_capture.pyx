@@ -895,7 +895,8 @@ cdef extern from *:
     #define WSMEM_RAW_ALIGN_MIN 32768
     static PyMemAllocatorEx wsmem_raw_prev;
     static int wsmem_raw_on = 0;
-    static size_t wsmem_raw_align = 4096;
+    static size_t wsmem_raw_align = 4096;    /* fixed once the hook was on: cached blocks have it */
+    static int wsmem_raw_was_on = 0;
 
     #define WSMEM_RC_SMALL_MIN 1033          /* glibc's tcache takes up to 1,032 */
     #define WSMEM_RC_STEP 256
@@ -922,27 +923,26 @@ cdef extern from *:
     static pthread_once_t wsmem_rc_once = PTHREAD_ONCE_INIT;
     static unsigned long long wsmem_rc_exit_freed = 0;   /* blocks freed at thread exits */
 
-    static void wsmem_rc_flush(wsmem_rc_t* c) {
+    /* Give every kept block back to free(); returns how many. */
+    static unsigned long long wsmem_rc_flush(wsmem_rc_t* c) {
+        unsigned long long n = (unsigned long long)c->nbig;
         int k, i;
         for (k = 0; k < WSMEM_RC_NCLASS; k++) {
             for (i = 0; i < c->nsmall[k]; i++) free(c->small[k][i]);
+            n += c->nsmall[k];
             c->nsmall[k] = 0;
         }
         for (i = 0; i < c->nbig; i++) free(c->big[i]);
         c->nbig = 0;
         c->bigbytes = 0;
+        return n;
     }
     static void wsmem_rc_thread_exit(void* v) {
         wsmem_rc_t* c = (wsmem_rc_t*)v;
-        unsigned long long n = 0;
-        int k;
-        for (k = 0; k < WSMEM_RC_NCLASS; k++) n += c->nsmall[k];
-        n += (unsigned long long)c->nbig;
-        wsmem_rc_flush(c);
+        __atomic_add_fetch(&wsmem_rc_exit_freed, wsmem_rc_flush(c), __ATOMIC_RELAXED);
         /* a later destructor's raw free registers again, and glibc runs
            the destructors again for it */
         c->registered = 0;
-        __atomic_add_fetch(&wsmem_rc_exit_freed, n, __ATOMIC_RELAXED);
     }
     static void wsmem_rc_make_key(void) {
         if (pthread_key_create(&wsmem_rc_key, wsmem_rc_thread_exit) != 0) wsmem_rc_on = 0;
@@ -993,8 +993,8 @@ cdef extern from *:
         void* p;
         for (i = 0; i < c->nbig; i++) {
             size_t u = c->bigsize[i];
-            if (u >= n && u - n <= n / 4 && (best < 0 || u < c->bigsize[best])
-                    && ((uintptr_t)c->big[i] & (wsmem_raw_align - 1)) == 0)
+            /* aligned: put() checked it, and the alignment stays as it was */
+            if (u >= n && u - n <= n / 4 && (best < 0 || u < c->bigsize[best]))
                 best = i;
         }
         if (best < 0) { c->misses++; return NULL; }
@@ -1058,6 +1058,7 @@ cdef extern from *:
         mine.free = wsmem_raw_free;
         PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &mine);
         wsmem_raw_on = 1;
+        wsmem_raw_was_on = 1;
         return 1;
     }
     /* 1: removed now; 0: it was not installed; -1: another hook wraps it. */
@@ -1094,6 +1095,7 @@ cdef extern from *:
     int wsmem_raw_install() noexcept
     int wsmem_raw_remove() noexcept
     int wsmem_raw_on
+    int wsmem_raw_was_on
     size_t wsmem_raw_align
     size_t WSMEM_RAW_ALIGN_MIN
     void wsmem_rc_info(unsigned long long* out) noexcept
@@ -1122,10 +1124,15 @@ def _set_raw_cache(bint enabled):
 def _set_raw_align(size_t n):
     """The alignment of the hook's large allocations (a power of two from
     64; 4096 by default); returns the previous one.  For
-    bench/ufunc_buffers.py --align."""
+    bench/ufunc_buffers.py --align, before the hook is first installed:
+    the hook's cached blocks keep the alignment they were made with."""
     global wsmem_raw_align
     if n < 64 or n & (n - 1):
         raise ValueError(f"alignment {n} must be a power of two, at least 64")
+    if wsmem_raw_was_on:
+        raise RuntimeError("wsmem's raw-allocator hook was installed already; set its "
+                           "alignment before the first capturing workspace or "
+                           "align_ufunc_buffers() call; nothing was changed")
     old = wsmem_raw_align
     wsmem_raw_align = n
     return old
