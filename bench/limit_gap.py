@@ -9,13 +9,15 @@ script separates the two parts, in one process (tuned glibc), blocks
 interleaved in a random order per round:
 
 - ``wsmem``: the unchanged step in ``with ws:`` (the reference);
-- ``same calls, 4 buffers``: the unchanged step's ufunc calls, each result
+- ``same calls, reused``: the unchanged step's ufunc calls, each result
   written out of place into a buffer made before the loop, a buffer reused
   once the result it held is dead in the unchanged code (``h = x @ w``'s
-  buffer takes ``h * 2``; NumPy's temporary elision makes ``+ 1`` in place,
-  so it is here too).  Zero allocations, the unchanged step's arithmetic
-  and live ranges: what an allocator could reach at best;
-- ``same calls, 5 buffers``: the same with one buffer per result, no reuse
+  buffer takes ``h * 2``; where NumPy's temporary elision makes ``+ 1`` in
+  place, from 256 KiB, it is in place here too): four buffers.  Zero
+  allocations, the unchanged step's arithmetic and live ranges: what an
+  allocator could reach at best (the cyclic benchmark's ``limit_same``,
+  ``wsmem.benchmarks.cyclic.train_same_calls_step``);
+- ``same calls, own``: the same with one buffer per result, no reuse
   (what preallocating "the arrays the code makes" gives);
 - ``limit (in place)``: the cyclic benchmark's limit;
 - ``plain (tuned glibc)``: the unchanged step, for scale.
@@ -38,34 +40,11 @@ from inprocess import cases_main, paired_table, ratio_note, time_blocks  # bench
 CASES = ["train:8", "train:64", "train:512", "train:4096"]
 
 
-def same_calls_step(x, w, bufs):
-    """The unchanged training step's ufunc calls, out of place into `bufs`
-    (four or five ``(rows, 1024)`` float64 buffers, see the module doc)."""
-    import numpy as np
-    matmul, maximum, multiply, add, negative, exp = (
-        np.matmul, np.maximum, np.multiply, np.add, np.negative, np.exp)
-    if len(bufs) == 4:
-        h1, h2, ny, z = bufs
-        y = h1                      # h = x @ w is dead once h = maximum(h, 0)
-    else:
-        h1, h2, y, ny, z = bufs
-
-    def step():
-        matmul(x, w, out=h1)        # h = x @ w
-        maximum(h1, 0, out=h2)      # h = np.maximum(h, 0)
-        multiply(h2, 2, out=y)      # y = h * 2 + 1 (NumPy elides the + 1's
-        add(y, 1, out=y)            # temporary: in place)
-        negative(y, out=ny)         # z = np.exp(-y)
-        exp(ny, out=z)
-        return float(z.sum())
-    return step
-
-
 def measure(workload, size, rounds):
     import numpy as np
     import wsmem
     from wsmem.benchmarks.cyclic import (TRAIN_OUT, _train_inputs, train_limit_step,
-                                         train_step)
+                                         train_same_calls_step, train_step)
 
     if workload != "train":
         raise SystemExit("limit_gap: only the train workload has a same-calls form")
@@ -73,15 +52,15 @@ def measure(workload, size, rounds):
         x, w = _train_inputs(size)
         plain = train_step(x, w)
         limit = train_limit_step(x, w, np.empty((size, TRAIN_OUT)))
-        four = same_calls_step(x, w, [np.empty((size, TRAIN_OUT)) for _ in range(4)])
-        five = same_calls_step(x, w, [np.empty((size, TRAIN_OUT)) for _ in range(5)])
+        reused = train_same_calls_step(x, w, reuse=True)
+        own = train_same_calls_step(x, w, reuse=False)
     ws = wsmem.Workspace(f"limit_gap_{workload}_{size}")
 
     def in_ws():
         with ws:
             return plain()
 
-    fns = {"wsmem": in_ws, "same calls, 4 buffers": four, "same calls, 5 buffers": five,
+    fns = {"wsmem": in_ws, "same calls, reused": reused, "same calls, own": own,
            "limit (in place)": limit, "plain (tuned glibc)": plain}
     want = plain()
     for k, f in fns.items():

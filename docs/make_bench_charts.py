@@ -55,7 +55,7 @@ def comparison_from_results() -> str:
 
 # The plain-NumPy baseline of each suite, and peers that are not allocators.
 _BASELINE = {"alloc": "np.empty", "cyclic": "NumPy (glibc)", "example": "plain NumPy"}
-_NOT_PEERS = {"limit (out=)"}
+_NOT_PEERS = {"limit (out=)", "limit, same calls (out=)"}
 README = os.path.join(os.path.dirname(HERE), "README.md")
 README_BEGIN = "<!-- results:begin (written by docs/make_bench_charts.py from bench/results/*.json) -->"
 README_END = "<!-- results:end -->"

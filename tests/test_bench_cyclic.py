@@ -27,6 +27,8 @@ def reference():
 @pytest.mark.parametrize("workload", sorted(_TINY))
 @pytest.mark.parametrize("config", _AVAILABLE)
 def test_worker_json_and_agreement(config, workload, reference):
+    if config == "limit_same" and workload not in cyclic.SAME_CALLS_WORKLOADS:
+        pytest.skip("no same-calls form (test_limit_same_refuses_batch)")
     res = cyclic.run_worker_once(config, workload, _TINY[workload], batches=2)
     ready, batches, final = res["ready"], res["batches"], res["final"]
     assert ready["ready"] is True and ready["config"] == config
@@ -64,6 +66,53 @@ def test_worker_rejects_unknown_names():
     assert cyclic.worker_main("nope", "train", 8, 0.001, stdin=io.StringIO(""),
                               stdout=out) == 2
     assert "error" in json.loads(out.getvalue())
+
+
+def test_limit_same_refuses_batch():
+    out = io.StringIO()
+    assert cyclic.worker_main("limit_same", "batch", 16, 0.001, stdin=io.StringIO(""),
+                              stdout=out) == 2
+    msg = json.loads(out.getvalue())["error"]
+    assert "no same-calls limit" in msg and "'limit'" in msg
+    with pytest.raises(ValueError, match="no same-calls limit"):
+        cyclic._make_batch(16, "same")
+
+
+def test_numpy_elides_from_256_kib():
+    # NumPy's temporary elision (a * 2 + 1 in place) starts at 256 KiB on
+    # CPython builds that allow it; the same-calls form follows the probe.
+    assert cyclic.numpy_elides(64 << 10) is False
+    big = cyclic.numpy_elides(1 << 20)
+    assert big is (cyclic.numpy_elides(256 << 10))
+
+
+@pytest.mark.parametrize("rows", [8, 64])
+@pytest.mark.parametrize("reuse", [True, False])
+def test_train_same_calls_matches_the_unchanged_step(rows, reuse):
+    import numpy as np
+    x, w = cyclic._train_inputs(rows)
+    plain = cyclic.train_step(x, w)
+    same = cyclic.train_same_calls_step(x, w, reuse=reuse)
+    ref = plain()
+    for _ in range(3):                  # buffers reused across steps too
+        assert same() == ref
+    cells = same.__closure__
+    bufs = {id(c.cell_contents) for c in cells
+            if isinstance(c.cell_contents, np.ndarray) and c.cell_contents.shape == (rows, 1024)}
+    elide = cyclic.numpy_elides(rows * 1024 * 8)
+    # reuse: the unchanged code's most results live at once (4); no reuse:
+    # one per result (6 ufunc results, 5 where + 1 is elided in place)
+    assert len(bufs) == (4 if reuse else 5 if elide else 6)
+
+
+@pytest.mark.parametrize("n", [16, 90])
+def test_cg_same_calls_matches_the_unchanged_step(n):
+    plain = cyclic._make_cg(n, False)
+    same = cyclic._make_cg(n, "same")
+    inplace = cyclic._make_cg(n, True)
+    ref = plain()
+    assert same() == ref and same() == ref
+    assert inplace() == pytest.approx(ref, rel=1e-12)
 
 
 def test_missing_peer_library_is_skipped_with_a_note(monkeypatch):

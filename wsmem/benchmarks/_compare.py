@@ -115,9 +115,10 @@ def _cyclic(results: Row) -> list[Row]:
         size = f"{param}={r['size']}"
         if "temp_bytes" in r:
             size += f" ({_fmt_bytes(r['temp_bytes'])})"
-        # The best peer has the lowest paired ratio; the out= limit is not a peer
-        # (it is the same math without allocations).
-        best = _best({k: v for k, v in peers.items() if k != labels.get("limit")})
+        # The best peer has the lowest paired ratio; the out= limits are not
+        # peers (they are the same math without allocations).
+        limits = {labels.get("limit"), labels.get("limit_same")}
+        best = _best({k: v for k, v in peers.items() if k not in limits})
         row = {"suite": "cyclic", "workload": workload, "size": size,
                "wsmem": r["label"], "wsmem_time_s": r["time_per_step_s"],
                "peers": peers, "best_peer": best}
@@ -177,6 +178,6 @@ def format_comparison(rows: list[Row]) -> str:
                     f"| {r['suite']} | {r['workload']} | {r['size']} | "
                     f"{_fmt_time(r['wsmem_time_s'])} | - | - | {each} |")
     note = ("\nRatios are peer time / wsmem time: > 1 means wsmem is faster, < 1 slower. "
-            "Best peer: the fastest one (lowest ratio; cyclic's out= limit is not a peer). "
+            "Best peer: the fastest one (lowest ratio; cyclic's out= limits are not peers). "
             "wsmem time per allocation (alloc), per step (cyclic), per epoch (example).")
     return "\n".join(head + body) + "\n" + note

@@ -24,9 +24,20 @@ Configurations, each in its own process (a worker started as
 - ``jemalloc``, ``mimalloc``: the Debian libraries through ``LD_PRELOAD``
   (skipped, with a note, when the library is not installed);
 - ``limit``: the same arithmetic with preallocated buffers and ``out=``
-  arguments, so a step allocates nothing: the zero-allocation limit; its
-  inputs and buffers are made under :func:`wsmem.aligned_heap`, so it has
-  every advantage wsmem's set-up has;
+  arguments, rewritten in place where the math allows it (``maximum(h, 0,
+  out=h)``, ``add(x, tmp, out=x)``), so a step allocates nothing: the
+  zero-allocation limit as such code is usually written; its inputs and
+  buffers are made under :func:`wsmem.aligned_heap`, so it has every
+  advantage wsmem's set-up has;
+- ``limit_same``: the zero-allocation limit of the unchanged program: its
+  very ufunc calls, each writing out of place into a preallocated buffer as
+  the unchanged code writes into a new array, a buffer taken again (most
+  recently freed first) once the result it held is dead in the unchanged
+  code.  It allocates nothing and keeps the program's arithmetic, memory
+  traffic and live ranges, so it is what a memory layer could reach at best;
+  ``limit`` also changes the program (an in-place ufunc reads and writes
+  one buffer: less memory traffic), which no memory layer can do for
+  unchanged code.  Aligned heap as ``limit``; ``train`` and ``cg`` only;
 - ``wsmem``: :func:`wsmem.aligned_heap` before the inputs are made (the
   arrays a loop makes before it starts are outside every cycle: this puts
   them on cache lines, as jemalloc and mimalloc do and glibc does not), then
@@ -73,7 +84,7 @@ from typing import Callable
 from wsmem.benchmarks._compare import _median_ci, _paired_ratio, _paired_ratio_ci  # noqa: F401
 
 __all__ = ["DESCRIPTION", "CONFIGS", "DEFAULT_CONFIGS", "WORKLOADS", "SIZES", "CG_ITERS",
-           "run", "make_step", "train_limit_step",
+           "run", "make_step", "train_limit_step", "train_same_calls_step",
            "format_table", "worker_main", "config_available", "run_worker_once"]
 
 DESCRIPTION = ("cyclic NumPy steps (training-style step; matrix-free 2-D Poisson CG) "
@@ -92,14 +103,20 @@ CONFIGS = {
     "jemalloc": ("jemalloc", {}, JEMALLOC),
     "mimalloc": ("mimalloc", {}, MIMALLOC),
     "limit": ("limit (out=)", {}, None),
+    "limit_same": ("limit, same calls (out=)", {}, None),
     "wsmem": ("wsmem", {}, None),
     "wsmem_grow": ("wsmem, spill='reallocate'", {}, None),
     "wsmem_mimalloc": ("wsmem under mimalloc", {}, MIMALLOC),
     "wsmem_tcache": ("wsmem, tcache to 4 KiB",
                      {"GLIBC_TUNABLES": "glibc.malloc.tcache_max=4096"}, None),
 }
-DEFAULT_CONFIGS = ("numpy", "glibc_tuned", "jemalloc", "mimalloc", "limit", "wsmem")
+DEFAULT_CONFIGS = ("numpy", "glibc_tuned", "jemalloc", "mimalloc", "limit", "limit_same",
+                   "wsmem")
 PEERS = ("numpy", "glibc_tuned", "jemalloc", "mimalloc")
+# The zero-allocation limits: not peers (no allocator), compared against.
+LIMITS = ("limit", "limit_same")
+# The workloads with a same-calls form (``limit_same``); the others skip it.
+SAME_CALLS_WORKLOADS = ("train", "cg")
 WSMEM_CONFIGS = {"wsmem": {}, "wsmem_grow": {"spill": "reallocate"},
                  "wsmem_mimalloc": {}, "wsmem_tcache": {}}
 
@@ -144,10 +161,14 @@ def _train_inputs(rows):
 
 
 def _make_train(rows, limit):
+    """The training step: plain (`limit` false), its in-place ``out=`` form
+    (True) or its same-calls form (``"same"``)."""
     import numpy as np
     x, w = _train_inputs(rows)
     if not limit:
         return train_step(x, w)
+    if limit == "same":
+        return train_same_calls_step(x, w, [np.empty((rows, TRAIN_OUT)) for _ in range(4)])
     return train_limit_step(x, w, np.empty((rows, TRAIN_OUT)))
 
 
@@ -180,6 +201,64 @@ def train_limit_step(x, w, h):
         exp(h, out=h)
         return float(h.sum())
     return step_limit
+
+
+def numpy_elides(nbytes):
+    """Whether NumPy's temporary elision makes ``a * 2 + 1``'s ``+ 1`` in
+    place for a float64 array of `nbytes` here (NumPy does it from 256 KiB,
+    where its build and the running Python allow it), measured with
+    :mod:`tracemalloc` (the rule, when tracemalloc is already on)."""
+    import tracemalloc
+
+    import numpy as np
+    if tracemalloc.is_tracing():
+        return nbytes >= 256 << 10
+    a = np.ones(max(1, nbytes // 8))
+    tracemalloc.start()
+    try:
+        y = _elide_probe(a)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del y
+    return peak < 1.5 * a.nbytes
+
+
+def _elide_probe(a):
+    return a * 2 + 1
+
+
+def train_same_calls_step(x, w, reuse=True):
+    """The unchanged training step's own ufunc calls, each out of place into
+    a buffer made here: the zero-allocation limit of the unchanged program.
+
+    With `reuse`, a buffer is taken again once the unchanged code's result
+    in it is dead (``h = x @ w``'s buffer takes ``h * 2``), as an ideal
+    allocator would reuse it: four buffers.  Without, every result has its
+    own.  The ``+ 1`` of ``h * 2 + 1`` is in place where NumPy's temporary
+    elision makes the unchanged code's in place (:func:`numpy_elides`), and
+    out of place where it does not.
+    """
+    import numpy as np
+    matmul, maximum, multiply, add, negative, exp = (
+        np.matmul, np.maximum, np.multiply, np.add, np.negative, np.exp)
+    shape = (x.shape[0], w.shape[1])
+    elide = numpy_elides(shape[0] * shape[1] * 8)
+    h1, h2 = np.empty(shape), np.empty(shape)
+    t = h1 if reuse else np.empty(shape)        # h * 2: x @ w's result is dead
+    y = t if elide else np.empty(shape)         # + 1: in place only where elided
+    ny = h1 if reuse and not elide else np.empty(shape)   # -y: h * 2 is dead
+    z = np.empty(shape)
+
+    def step_same():
+        matmul(x, w, out=h1)            # h = x @ w
+        maximum(h1, 0, out=h2)          # h = np.maximum(h, 0)
+        multiply(h2, 2, out=t)          # y = h * 2 + 1
+        add(t, 1, out=y)
+        negative(y, out=ny)             # z = np.exp(-y)
+        exp(ny, out=z)
+        return float(z.sum())
+    return step_same
 
 
 def _cg_rhs(n):
@@ -219,6 +298,8 @@ def _make_cg(n, limit):
             return float(rs)
         return step
 
+    if limit == "same":
+        return _cg_same_calls_step(b, iters)
     x, r, p, ap, tmp = (np.empty_like(b) for _ in range(5))
     multiply, subtract, add, vdot = np.multiply, np.subtract, np.add, np.vdot
 
@@ -250,6 +331,82 @@ def _make_cg(n, limit):
     return step_limit
 
 
+def _cg_same_calls_step(b, iters):
+    """The unchanged CG step's own ufunc calls, each out of place into a
+    preallocated vector taken as an ideal allocator would give it: from a
+    pool of six, the most recently freed first, given back where the
+    unchanged code's result dies.  The first step records which vector each
+    result gets; later steps replay that order (no pool bookkeeping)."""
+    import numpy as np
+    multiply, subtract, add, vdot, copyto = (np.multiply, np.subtract, np.add, np.vdot,
+                                             np.copyto)
+
+    def run(take, give):
+        def laplacian(u):
+            au = multiply(4, u, out=take())            # au = 4 * u
+            subtract(au[1:, :], u[:-1, :], out=au[1:, :])
+            subtract(au[:-1, :], u[1:, :], out=au[:-1, :])
+            subtract(au[:, 1:], u[:, :-1], out=au[:, 1:])
+            subtract(au[:, :-1], u[:, 1:], out=au[:, :-1])
+            return au
+
+        x = take()                                  # x = np.zeros_like(b)
+        x.fill(0)
+        au = laplacian(x)
+        r = subtract(b, au, out=take())                 # r = b - laplacian(x)
+        give(au)
+        p = take()                                  # p = r.copy()
+        copyto(p, r)
+        rs = vdot(r, r)
+        ap = None
+        for _ in range(iters):
+            new_ap = laplacian(p)                   # ap = laplacian(p)
+            if ap is not None:
+                give(ap)
+            ap = new_ap
+            alpha = rs / vdot(p, ap)
+            t = multiply(alpha, p, out=take())          # x = x + alpha * p
+            xn = add(x, t, out=take())
+            give(t)
+            give(x)
+            x = xn
+            t = multiply(alpha, ap, out=take())         # r = r - alpha * ap
+            rn = subtract(r, t, out=take())
+            give(t)
+            give(r)
+            r = rn
+            rs_new = vdot(r, r)
+            t = multiply(rs_new / rs, p, out=take())    # p = r + (rs_new / rs) * p
+            pn = add(r, t, out=take())
+            give(t)
+            give(p)
+            p = pn
+            rs = rs_new
+        for v in (x, r, p, ap):                     # the step's end: all dead
+            if v is not None:
+                give(v)
+        return float(rs)
+
+    pool = [np.empty_like(b) for _ in range(6)]     # most vectors live at once
+    order = []
+
+    def take():
+        order.append(pool.pop())
+        return order[-1]
+
+    for _ in range(2):              # record the order of a step after a step
+        order.clear()
+        run(take, pool.append)
+    replay = tuple(order)
+
+    def nothing(v):
+        pass
+
+    def step_same():
+        return run(iter(replay).__next__, nothing)
+    return step_same
+
+
 def _batch_inputs(rows):
     import numpy as np
     d0, d1, d2, d3 = BATCH_DIMS
@@ -267,6 +424,9 @@ def _make_batch(rows, limit, cycle=None):
     weight matrices; no update, so every step computes the same).  `cycle`
     (a workspace) wraps each batch in its own cycle."""
     import numpy as np
+    if limit == "same":
+        raise ValueError("the batch workload has no same-calls limit (limit_same); "
+                         "run it with the in-place limit (config 'limit')")
     x, labels, (w1, w2, w3), sizes = _batch_inputs(rows)
     if not limit:
         def one(b):
@@ -357,21 +517,23 @@ _MAKERS = {"train": _make_train, "cg": _make_cg, "batch": _make_batch}
 def make_step(config, workload, size):
     """The step a config runs, and its workspace (None but for the wsmem configs).
 
-    The workload's step (its ``out=`` form for ``"limit"``); for ``"wsmem"``
+    The workload's step (its in-place ``out=`` form for ``"limit"``, its
+    same-calls form for ``"limit_same"``); for ``"wsmem"``
     (and ``"wsmem_grow"``: ``spill="reallocate"``) the same step as one cycle
     of a fresh workspace, or for ``"batch"`` one cycle per batch.  The wsmem
-    configs and ``"limit"`` turn on :func:`wsmem.aligned_heap` for this
+    configs and the limits turn on :func:`wsmem.aligned_heap` for this
     context before the inputs are made.  The peers differ only by their
     process environment (``LD_PRELOAD``, ``MALLOC_*``).
     """
-    if config in WSMEM_CONFIGS or config == "limit":
+    if config in WSMEM_CONFIGS or config in LIMITS:
         import wsmem
         # The inputs (and the limit's buffers) are made before the loop,
         # outside any cycle: on the aligned heap, cache-line aligned as
         # jemalloc and mimalloc place them (glibc: 16 bytes into a line).
         wsmem.aligned_heap()
     if config not in WSMEM_CONFIGS:
-        return _MAKERS[workload](size, config == "limit"), None
+        form = {"limit": True, "limit_same": "same"}.get(config, False)
+        return _MAKERS[workload](size, form), None
     ws = wsmem.Workspace(f"bench_cyclic_{workload}_{size}", **WSMEM_CONFIGS[config])
     if workload == "batch":                         # a cycle per batch, inside the step
         return _make_batch(size, False, cycle=ws), ws
@@ -436,6 +598,10 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
 
     if config not in CONFIGS or workload not in _MAKERS:
         send({"error": f"unknown config/workload {config!r}/{workload!r}"})
+        return 2
+    if config == "limit_same" and workload not in SAME_CALLS_WORKLOADS:
+        send({"error": f"workload {workload!r} has no same-calls limit; limit_same runs "
+                       f"{' and '.join(SAME_CALLS_WORKLOADS)} (use config 'limit')"})
         return 2
     rss_start = _maxrss_kib()
     if config in WSMEM_CONFIGS:
@@ -610,7 +776,7 @@ def _fill_ratios(rows):
     peers = [by[k] for k in PEERS if k in by]
     for r in rows:
         t = r["time_rounds_s"]
-        for k in list(PEERS) + ["limit"]:
+        for k in list(PEERS) + list(LIMITS):
             if k in by:
                 r[f"ratio_vs_{k}"] = _paired_ratio(by[k]["time_rounds_s"], t)
         # The best peer for this row: the lowest paired ratio peer/this (as
@@ -630,6 +796,8 @@ def _bench_one(workload, size, configs, rounds, target_s, blas_threads, progress
     worker processes (a process's memory layout alone moves small steps by
     several percent); a round runs one batch on every worker, in a fresh
     random order.  A config's time in a round is the median over its processes."""
+    # limit_same exists for some workloads only (SAME_CALLS_WORKLOADS)
+    configs = [k for k in configs if k != "limit_same" or workload in SAME_CALLS_WORKLOADS]
     workers, ready, batches, final = {}, {}, {k: [] for k in configs}, {}
     per_proc = {k: [[] for _ in range(procs)] for k in configs}   # time per step, per round
     order = [(k, p) for p in range(procs) for k in configs]
@@ -788,7 +956,14 @@ def _targets_of(by, key, wl, size):
     if "ratio_vs_limit" in ws:
         out.append({"target": f"{name}: wsmem within 10% of limit (ratio >= 0.909)",
                     "value": ws["ratio_vs_limit"],
-                    "met": ws["ratio_vs_limit"] >= 1 / 1.1})
+                    "met": ws["ratio_vs_limit"] >= 1 / 1.1,
+                    "detail": "the in-place out= rewrite"})
+    if "ratio_vs_limit_same" in ws:
+        out.append({"target": f"{name}: wsmem within 10% of the same-calls limit "
+                              "(ratio >= 0.909)",
+                    "value": ws["ratio_vs_limit_same"],
+                    "met": ws["ratio_vs_limit_same"] >= 1 / 1.1,
+                    "detail": "the unchanged program's calls, zero allocations"})
     if "rss_vs_numpy" in ws:
         out.append({"target": f"{name}: wsmem peak RSS <= 1.3x NumPy's",
                     "value": ws["rss_vs_numpy"], "met": ws["rss_vs_numpy"] <= 1.3})
@@ -914,7 +1089,7 @@ def format_table(results: dict) -> str:
         lines.append(f"### {wl}: {desc}")
         lines.append("")
         header = [dim, "temporaries", "config", "time/step (min..max)", "vs NumPy",
-                  "vs best peer", "vs limit", "faults/step", "peak RSS", "RSS vs NumPy",
+                  "vs best peer", "vs limit", "vs same-calls limit", "faults/step", "peak RSS", "RSS vs NumPy",
                   "spilled", "huge pages"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(header)))
@@ -934,6 +1109,7 @@ def format_table(results: dict) -> str:
                      f"{_fmt_time(r['time_per_step_s'])} ({_fmt_time(r['time_min_s'])}.."
                      f"{_fmt_time(r['time_max_s'])})",
                      ratio("ratio_vs_numpy"), best, ratio("ratio_vs_limit"),
+                     ratio("ratio_vs_limit_same"),
                      f"{r['faults_per_step']:,.1f}",
                      f"{r['peak_rss_kib'] / 1024:,.1f} MiB", ratio("rss_vs_numpy"),
                      "-" if "steady_spilled_count" not in r else str(r["steady_spilled_count"]),
