@@ -81,9 +81,10 @@ def test_limit_same_refuses_batch():
 def test_numpy_elides_from_256_kib():
     # NumPy's temporary elision (a * 2 + 1 in place) starts at 256 KiB on
     # CPython builds that allow it; the same-calls form follows the probe.
-    assert cyclic.numpy_elides(64 << 10) is False
-    big = cyclic.numpy_elides(1 << 20)
-    assert big is (cyclic.numpy_elides(256 << 10))
+    for right in (False, True):
+        assert cyclic.numpy_elides(64 << 10, right=right) is False
+        big = cyclic.numpy_elides(1 << 20, right=right)
+        assert big is (cyclic.numpy_elides(256 << 10, right=right))
 
 
 @pytest.mark.parametrize("rows", [8, 64])
@@ -105,7 +106,7 @@ def test_train_same_calls_matches_the_unchanged_step(rows, reuse):
     assert len(bufs) == (4 if reuse else 5 if elide else 6)
 
 
-@pytest.mark.parametrize("n", [16, 90])
+@pytest.mark.parametrize("n", [16, 90, 256])
 def test_cg_same_calls_matches_the_unchanged_step(n):
     plain = cyclic._make_cg(n, False)
     same = cyclic._make_cg(n, "same")

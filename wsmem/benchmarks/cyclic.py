@@ -203,11 +203,13 @@ def train_limit_step(x, w, h):
     return step_limit
 
 
-def numpy_elides(nbytes):
+def numpy_elides(nbytes, right=False):
     """Whether NumPy's temporary elision makes ``a * 2 + 1``'s ``+ 1`` in
-    place for a float64 array of `nbytes` here (NumPy does it from 256 KiB,
-    where its build and the running Python allow it), measured with
-    :mod:`tracemalloc` (the rule, when tracemalloc is already on)."""
+    place for float64 arrays of `nbytes` here, or with `right`, the ``+``
+    of ``b + a * 2`` (the temporary on the right of a commutative operator).
+    NumPy does both from 256 KiB, where its build and the running Python
+    allow it; measured with :mod:`tracemalloc` (that rule, when tracemalloc
+    is already on)."""
     import tracemalloc
 
     import numpy as np
@@ -216,7 +218,7 @@ def numpy_elides(nbytes):
     a = np.ones(max(1, nbytes // 8))
     tracemalloc.start()
     try:
-        y = _elide_probe(a)
+        y = _elide_probe_right(a, a) if right else _elide_probe(a)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -226,6 +228,10 @@ def numpy_elides(nbytes):
 
 def _elide_probe(a):
     return a * 2 + 1
+
+
+def _elide_probe_right(b, a):
+    return b + a * 2
 
 
 def train_same_calls_step(x, w, reuse=True):
@@ -335,11 +341,15 @@ def _cg_same_calls_step(b, iters):
     """The unchanged CG step's own ufunc calls, each out of place into a
     preallocated vector taken as an ideal allocator would give it: from a
     pool of six, the most recently freed first, given back where the
-    unchanged code's result dies.  The first step records which vector each
-    result gets; later steps replay that order (no pool bookkeeping)."""
+    unchanged code's result dies.  Where NumPy's temporary elision makes the
+    unchanged ``x + alpha * p`` and ``r + (rs_new / rs) * p`` add into their
+    temporary (:func:`numpy_elides`, from 256 KiB), this form adds into it
+    too.  A step after a first one records which vector each result gets;
+    later steps replay that order (no pool bookkeeping)."""
     import numpy as np
     multiply, subtract, add, vdot, copyto = (np.multiply, np.subtract, np.add, np.vdot,
                                              np.copyto)
+    elide = numpy_elides(b.nbytes, right=True)
 
     def run(take, give):
         def laplacian(u):
@@ -366,8 +376,11 @@ def _cg_same_calls_step(b, iters):
             ap = new_ap
             alpha = rs / vdot(p, ap)
             t = multiply(alpha, p, out=take())          # x = x + alpha * p
-            xn = add(x, t, out=take())
-            give(t)
+            if elide:
+                xn = add(x, t, out=t)
+            else:
+                xn = add(x, t, out=take())
+                give(t)
             give(x)
             x = xn
             t = multiply(alpha, ap, out=take())         # r = r - alpha * ap
@@ -377,8 +390,11 @@ def _cg_same_calls_step(b, iters):
             r = rn
             rs_new = vdot(r, r)
             t = multiply(rs_new / rs, p, out=take())    # p = r + (rs_new / rs) * p
-            pn = add(r, t, out=take())
-            give(t)
+            if elide:
+                pn = add(r, t, out=t)
+            else:
+                pn = add(r, t, out=take())
+                give(t)
             give(p)
             p = pn
             rs = rs_new
