@@ -27,8 +27,7 @@ Configurations, each in its own process (a worker started as
   arguments, rewritten in place where the math allows it (``maximum(h, 0,
   out=h)``, ``add(x, tmp, out=x)``), so a step allocates nothing: the
   zero-allocation limit as such code is usually written; its inputs and
-  buffers are made under :func:`wsmem.aligned_heap`, so it has every
-  advantage wsmem's set-up has;
+  buffers are made under :func:`wsmem.aligned_heap`;
 - ``limit_same``: the zero-allocation limit of the unchanged program: its
   very ufunc calls, each writing out of place into a preallocated buffer as
   the unchanged code writes into a new array, a buffer taken again (most
@@ -37,7 +36,12 @@ Configurations, each in its own process (a worker started as
   traffic and live ranges, so it is what a memory layer could reach at best;
   ``limit`` also changes the program (an in-place ufunc reads and writes
   one buffer: less memory traffic), which no memory layer can do for
-  unchanged code.  Aligned heap as ``limit``; ``train`` and ``cg`` only;
+  unchanged code.  Aligned heap as ``limit``; ``train`` and ``cg`` only.
+  Both limits also run with the raw-allocator hook a capturing workspace
+  installs (:func:`wsmem.align_ufunc_buffers`: NumPy's ufunc buffers
+  page-aligned and kept per thread), since 2026-11-24: without it, their
+  ufunc buffers sat wherever glibc's heap put them and the limits' CG
+  times moved with that;
 - ``wsmem``: :func:`wsmem.aligned_heap` before the inputs are made (the
   arrays a loop makes before it starts are outside every cycle: this puts
   them on cache lines, as jemalloc and mimalloc do and glibc does not), then
@@ -547,6 +551,12 @@ def make_step(config, workload, size):
         # outside any cycle: on the aligned heap, cache-line aligned as
         # jemalloc and mimalloc place them (glibc: 16 bytes into a line).
         wsmem.aligned_heap()
+    if config in LIMITS:
+        # NumPy's own raw allocations (ufunc buffers, iterators) are
+        # allocations too: the limits get the raw hook (page-aligned ufunc
+        # buffers, per-thread block cache) that a capturing workspace
+        # installs in the wsmem workers, so only the arrays differ.
+        wsmem.align_ufunc_buffers(True)
     if config not in WSMEM_CONFIGS:
         form = {"limit": True, "limit_same": "same"}.get(config, False)
         return _MAKERS[workload](size, form), None
