@@ -7,7 +7,7 @@ allocators from ``apt-get install libjemalloc2 libmimalloc2.0``)::
 
 A step is 8 batches of an MLP's forward and backward pass, 1/8 to all of
 the size's rows, the smallest first (wsmem/benchmarks/cyclic.py,
-``_make_batch``); wsmem makes each batch its own cycle.  Runs the six configs
+``_make_batch``); wsmem makes each batch its own cycle.  Runs the default configs
 of ``bench/cyclic.py`` plus ``wsmem_grow``: the same workspace with
 ``spill="reallocate"``, the setting the PerformanceWarning and
 docs/recipes.md ("Variable-length batches") point to.  Writes

@@ -78,7 +78,8 @@ register_suite("alloc", "wsmem.benchmarks.alloc",
                "np.asarray(wsmem.empty), 64 B .. 16 MiB")
 register_suite("cyclic", "wsmem.benchmarks.cyclic",
                "cyclic NumPy steps (training-style step, 2-D Poisson CG), one process "
-               "per config: glibc, tuned glibc, jemalloc, mimalloc, out= limit, wsmem")
+               "per config: glibc, tuned glibc, jemalloc, mimalloc, out= limits (in place, "
+               "same calls), wsmem")
 register_suite("example", "wsmem.benchmarks.example",
                "worked example: MLP training epoch and evaluation, plain NumPy vs "
                "WorkspaceMgr (+ prefetch), one process per config")

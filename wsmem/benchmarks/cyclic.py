@@ -1,4 +1,4 @@
-"""Cyclic-step benchmark: unchanged NumPy code per step, six memory set-ups.
+"""Cyclic-step benchmark: unchanged NumPy code per step, seven memory set-ups (two of them zero-allocation limits).
 
 Two workloads, each one *step* repeated many times:
 
