@@ -10,6 +10,7 @@ import os
 
 from wsmem._plot import plot_comparison
 from wsmem.benchmarks._compare import comparison_rows, format_comparison
+from wsmem.benchmarks.cyclic import CONFIGS, LIMITS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(os.path.dirname(HERE), "bench", "results")
@@ -55,7 +56,7 @@ def comparison_from_results() -> str:
 
 # The plain-NumPy baseline of each suite, and peers that are not allocators.
 _BASELINE = {"alloc": "np.empty", "cyclic": "NumPy (glibc)", "example": "plain NumPy"}
-_NOT_PEERS = {"limit (out=)", "limit, same calls (out=)"}
+_NOT_PEERS = {CONFIGS[k][0] for k in LIMITS}
 README = os.path.join(os.path.dirname(HERE), "README.md")
 README_BEGIN = "<!-- results:begin (written by docs/make_bench_charts.py from bench/results/*.json) -->"
 README_END = "<!-- results:end -->"

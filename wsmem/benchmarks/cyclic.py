@@ -364,6 +364,16 @@ def _cg_same_calls_step(b, iters):
             subtract(au[:, :-1], u[:, 1:], out=au[:, :-1])
             return au
 
+        def scaled(op, a, c, v, in_place):
+            """``op(a, c * v)``: into the temporary ``c * v`` where NumPy's
+            elision puts it (`in_place`), else into a vector of its own."""
+            t = multiply(c, v, out=take())
+            if in_place:
+                return op(a, t, out=t)
+            out = op(a, t, out=take())
+            give(t)
+            return out
+
         x = take()                                  # x = np.zeros_like(b)
         x.fill(0)
         au = laplacian(x)
@@ -379,26 +389,14 @@ def _cg_same_calls_step(b, iters):
                 give(ap)
             ap = new_ap
             alpha = rs / vdot(p, ap)
-            t = multiply(alpha, p, out=take())          # x = x + alpha * p
-            if elide:
-                xn = add(x, t, out=t)
-            else:
-                xn = add(x, t, out=take())
-                give(t)
+            xn = scaled(add, x, alpha, p, elide)    # x = x + alpha * p
             give(x)
             x = xn
-            t = multiply(alpha, ap, out=take())         # r = r - alpha * ap
-            rn = subtract(r, t, out=take())
-            give(t)
+            rn = scaled(subtract, r, alpha, ap, False)  # r = r - alpha * ap
             give(r)
             r = rn
             rs_new = vdot(r, r)
-            t = multiply(rs_new / rs, p, out=take())    # p = r + (rs_new / rs) * p
-            if elide:
-                pn = add(r, t, out=t)
-            else:
-                pn = add(r, t, out=take())
-                give(t)
+            pn = scaled(add, r, rs_new / rs, p, elide)  # p = r + (rs_new / rs) * p
             give(p)
             p = pn
             rs = rs_new
@@ -626,6 +624,7 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
         send({"error": f"unknown config/workload {config!r}/{workload!r}"})
         return 2
     if config == "limit_same" and workload not in SAME_CALLS_WORKLOADS:
+        # refused before make_step turns on the aligned heap and the raw hook
         send({"error": f"workload {workload!r} has no same-calls limit; limit_same runs "
                        f"{' and '.join(SAME_CALLS_WORKLOADS)} (use config 'limit')"})
         return 2
