@@ -7,6 +7,26 @@
 from cpython.ref cimport PyObject, Py_XINCREF, Py_XDECREF
 from wsmem._pages cimport PageRegion
 
+cdef extern from *:
+    """
+    #ifndef WSMEM_THREAD_IDENT_DEFINED
+    #define WSMEM_THREAD_IDENT_DEFINED
+    #if PY_VERSION_HEX >= 0x030D0000
+    #define WSMEM_TSTATE() PyThreadState_GetUnchecked()
+    #else
+    #define WSMEM_TSTATE() _PyThreadState_UncheckedGet()
+    #endif
+    /* This thread's ident as CPython recorded it in its thread state (what
+       PyThread_get_thread_ident() returned when the state was made), GIL
+       held: no call into libpython on the owner checks of every cycle,
+       allocation and free. */
+    static inline unsigned long wsmem_thread_ident(void) {
+        return WSMEM_TSTATE()->thread_id;
+    }
+    #endif
+    """
+    unsigned long wsmem_thread_ident() noexcept
+
 # Pins are recorded in lines: an escaped view keeps its own bytes rounded out
 # to LINE-byte boundaries out of reuse, never a page.
 cdef enum:
@@ -166,6 +186,20 @@ cdef class Arena:
 # within the current hole, else the slow path (next hole, spill, or
 # WorkspaceOverflowError).  *block receives the owning block (NULL for 0 bytes).
 cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL
+# arena_alloc's fast path, inline for the capture handler: `nbytes` (1 to
+# 2**62 - 1) from the rest of the current hole, or NULL when they do not fit
+# there (then arena_alloc finds a place or raises).  No debug-mode check: the
+# caller makes it.
+cdef inline char* arena_bump_hole(Arena a, size_t nbytes, Block** block) noexcept:
+    cdef size_t sz = (nbytes + a.alignment - 1) & ~(a.alignment - 1)
+    cdef char* p
+    if nbytes == 0 or nbytes >= (<size_t>1) << 62 or sz > a.limit - a.cursor:
+        return NULL
+    p = a.main.region.ptr + a.cursor
+    a.cursor += sz
+    a.cycle_bytes += sz
+    block[0] = a.main
+    return p
 
 # A spill of the open cycle that nothing uses any more (its captured array
 # was freed): unmap it now instead of at the end of the cycle.

@@ -338,14 +338,11 @@ cdef void ring_expire_before(Arena a, unsigned long long gen, size_t off) noexce
 # ---------------------------------------------------------------- allocation
 
 cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL:
-    cdef size_t sz = _round_up(nbytes, a.alignment)
     cdef char* p
-    if _debug_mode == DEBUG_OFF and nbytes != 0 and nbytes < MAX_REQUEST and sz <= a.limit - a.cursor:
-        p = a.main.region.ptr + a.cursor
-        a.cursor += sz
-        a.cycle_bytes += sz
-        block[0] = a.main
-        return p
+    if _debug_mode == DEBUG_OFF:
+        p = arena_bump_hole(a, nbytes, block)
+        if p != NULL:
+            return p
     return a.alloc_slow(nbytes, block)
 
 
@@ -802,7 +799,7 @@ cdef class Arena:
         return 0
 
     cdef int check_owner(self) except -1:
-        cdef unsigned long me = PyThread_get_thread_ident()
+        cdef unsigned long me = wsmem_thread_ident()
         if me != self.owner_thread:
             if self.owner_thread == 0:
                 why = ("it is file-backed (location='mmap'): the parent process still "

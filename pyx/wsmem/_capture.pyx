@@ -27,10 +27,10 @@ from cpython.exc cimport PyErr_Clear, PyErr_SetObject
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy, strncpy
 
-from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_valid, pin_init, pin_fini,
-                           arena_drop_dead_spill, RESET_BLOCK_LEFT, SPILL_MMAP_THRESHOLD,
+from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_bump_hole, arena_valid,
+                           pin_init, pin_fini, arena_drop_dead_spill, RESET_BLOCK_LEFT, SPILL_MMAP_THRESHOLD,
                            debug_mode_address, DEBUG_OFF,
-                           DEBUG_BYPASS_EVERYTHING)
+                           DEBUG_BYPASS_EVERYTHING, wsmem_thread_ident)
 
 import contextvars
 import os
@@ -68,11 +68,7 @@ cdef extern from *:
     """
     #include <assert.h>
     #define WSMEM_HDR 64
-    #if PY_VERSION_HEX >= 0x030D0000
-    #define WSMEM_TSTATE() PyThreadState_GetUnchecked()
-    #else
-    #define WSMEM_TSTATE() _PyThreadState_UncheckedGet()
-    #endif
+    /* WSMEM_TSTATE() and wsmem_thread_ident(): wsmem/_arena.pxd. */
     /* This thread's ident as CPython records it in its thread state: where
        CPython uses pthreads (its own test: _POSIX_THREADS, from unistd.h via
        Python.h) PyThread_get_thread_ident() is pthread_self() behind a call
@@ -107,15 +103,9 @@ cdef extern from *:
         call;                                                             \
         PyGILState_Release(wsmem_st_);                                    \
     } while (0)
-    /* This thread's ident, with the GIL held: read from its thread state
-       instead of asking pthread again. */
-    static inline unsigned long wsmem_thread_ident(void) {
-        return WSMEM_TSTATE()->thread_id;
-    }
     """
     size_t WSMEM_HDR
     bint wsmem_gil_held() noexcept nogil
-    unsigned long wsmem_thread_ident() noexcept
 
 import numpy as np
 cimport numpy as cnp
@@ -255,6 +245,13 @@ cdef char* _bump(Arena a, size_t nbytes, Block** blk) noexcept:
     spill="fail": NumPy turns NULL into its own MemoryError; wsmem's
     wrappers raise ours instead)."""
     global _last_error
+    cdef char* p
+    if _debug_mode[0] == DEBUG_OFF:
+        # The common case, without the try below: Cython saves and restores
+        # the exception state around a try even when nothing raises.
+        p = arena_bump_hole(a, nbytes, blk)
+        if p != NULL:
+            return p
     try:
         return arena_alloc(a, nbytes, blk)
     except BaseException as exc:
