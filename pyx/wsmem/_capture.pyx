@@ -28,8 +28,8 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy, strncpy
 
 from wsmem._arena cimport (Arena, Block, Pin, arena_alloc, arena_bump_hole, arena_valid,
-                           pin_init, pin_fini, arena_drop_dead_spill, RESET_BLOCK_LEFT, SPILL_MMAP_THRESHOLD,
-                           debug_mode_address, DEBUG_OFF,
+                           pin_init, pin_fini, arena_drop_dead_spill, RESET_BLOCK_LEFT,
+                           SPILL_MMAP_THRESHOLD, debug_mode_address, DEBUG_OFF,
                            DEBUG_BYPASS_EVERYTHING, wsmem_thread_ident)
 
 import contextvars
