@@ -186,6 +186,12 @@ _usable.restype, _usable.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
 _PRELOADED = bool(os.environ.get("LD_PRELOAD"))
 
 
+def _held():
+    """Blocks the calling thread's cache holds now."""
+    info = _capture._raw_cache_info()
+    return info["small"] + info["big"]
+
+
 def _kept(u, p):
     """Whether the cache keeps a freed block of usable size u at p (its rule,
     design.md "What the hook keeps"): small classes of 256 bytes from 1,280
@@ -264,10 +270,10 @@ def test_the_cache_is_bounded(cache):
 def test_turning_it_off_gives_the_blocks_back(cache):
     for p in [_raw_malloc(n) for n in (1500, 2500, 50000)]:
         _raw_free(p)
-    assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 3
+    assert _held() == 3
     assert _capture._set_raw_cache(False) is True
     try:
-        assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 0
+        assert _held() == 0
         hits = _capture._raw_cache_info()["hits"]
         p = _raw_malloc(1500)
         _raw_free(p)
@@ -281,7 +287,7 @@ def test_turning_it_off_gives_the_blocks_back(cache):
 def test_removing_the_hook_gives_the_blocks_back(cache):
     for p in [_raw_malloc(n) for n in (1500, 50000)]:
         _raw_free(p)
-    assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 2
+    assert _held() == 2
     wsmem.align_ufunc_buffers(False)
     try:
         info = _capture._raw_cache_info()
@@ -319,7 +325,7 @@ def test_a_thread_gives_its_cached_blocks_back_when_it_exits(cache):
     while _capture._raw_cache_info()["exit_freed"] < want and time.monotonic() < deadline:
         time.sleep(0.001)
     assert _capture._raw_cache_info()["exit_freed"] >= want
-    assert _capture._raw_cache_info()["small"] + _capture._raw_cache_info()["big"] == 0
+    assert _held() == 0
 
 
 def test_numpy_under_the_cache_in_many_threads_gets_right_answers(cache):

@@ -5,7 +5,7 @@
 # released from other threads against the owner thread's cycle changes.  The
 # owner-thread rule (one thread allocates) is enforced by the callers.
 from cpython.ref cimport PyObject, Py_XINCREF, Py_XDECREF
-from wsmem._pages cimport PageRegion
+from wsmem._pages cimport PageRegion, round_up
 
 cdef extern from *:
     """
@@ -23,9 +23,13 @@ cdef extern from *:
     static inline unsigned long wsmem_thread_ident(void) {
         return WSMEM_TSTATE()->thread_id;
     }
+    /* Requests of this many bytes or more are refused (no address space
+       holds them; rounding them up could wrap). */
+    #define WSMEM_MAX_REQUEST (((size_t)1) << 62)
     #endif
     """
     unsigned long wsmem_thread_ident() noexcept
+    size_t MAX_REQUEST "WSMEM_MAX_REQUEST"
 
 # Pins are recorded in lines: an escaped view keeps its own bytes rounded out
 # to LINE-byte boundaries out of reuse, never a page.
@@ -187,13 +191,13 @@ cdef class Arena:
 # WorkspaceOverflowError).  *block receives the owning block (NULL for 0 bytes).
 cdef char* arena_alloc(Arena a, size_t nbytes, Block** block) except NULL
 # arena_alloc's fast path, inline for the capture handler: `nbytes` (1 to
-# 2**62 - 1) from the rest of the current hole, or NULL when they do not fit
-# there (then arena_alloc finds a place or raises).  No debug-mode check: the
-# caller makes it.
+# MAX_REQUEST - 1) from the rest of the current hole, or NULL when they do
+# not fit there (then Arena.alloc_slow finds a place or raises).  No
+# debug-mode check: the caller makes it.
 cdef inline char* arena_bump_hole(Arena a, size_t nbytes, Block** block) noexcept:
-    cdef size_t sz = (nbytes + a.alignment - 1) & ~(a.alignment - 1)
+    cdef size_t sz = round_up(nbytes, a.alignment)
     cdef char* p
-    if nbytes == 0 or nbytes >= (<size_t>1) << 62 or sz > a.limit - a.cursor:
+    if nbytes == 0 or nbytes >= MAX_REQUEST or sz > a.limit - a.cursor:
         return NULL
     p = a.main.region.ptr + a.cursor
     a.cursor += sz

@@ -17,7 +17,6 @@ list is built only at cycle start, and only when pins exist.
 """
 cimport cython
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
-from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from libc.string cimport strerror
 
@@ -53,7 +52,6 @@ cdef extern from "Python.h":
     PyThreadState* PyThreadState_Get()
 
 # Largest single request accepted (guards size arithmetic against overflow).
-cdef size_t MAX_REQUEST = (<size_t>1) << 62
 
 cdef int _debug_mode = DEBUG_OFF
 
@@ -101,10 +99,6 @@ cdef const int* debug_mode_address() noexcept:
 cdef void set_debug_mode(int mode) noexcept:
     global _debug_mode
     _debug_mode = mode
-
-
-cdef inline size_t _round_up(size_t n, size_t a) noexcept nogil:
-    return (n + a - 1) & ~(a - 1)
 
 
 # Pin granularity (bytes), for Python code that sizes by it (wsmem._prefetch).
@@ -228,7 +222,7 @@ cdef size_t _merged_ranges(Block* b, size_t** out) except? 0:
         raise MemoryError("wsmem: out of memory while listing pins")
     while p != NULL:
         r[2 * n] = p.lo
-        r[2 * n + 1] = p.hi if p.hi < b.size else _round_up(b.size, LINE)
+        r[2 * n + 1] = p.hi if p.hi < b.size else round_up(b.size, LINE)
         n += 1
         p = p.next
     qsort(r, n, 2 * sizeof(size_t), _cmp_range)
@@ -359,7 +353,7 @@ cdef class Arena:
             raise MemoryError("wsmem: out of memory for a workspace")
         self.state.arena_alive = True
         self.alignment = 64
-        self.owner_thread = PyThread_get_thread_ident()
+        self.owner_thread = wsmem_thread_ident()
         self.name = ""
 
     def __dealloc__(self):
@@ -525,7 +519,7 @@ cdef class Arena:
             end = ranges[2 * i] if i < n else self.main.size
             if i < n and ranges[2 * i + 1] <= start:
                 continue
-            s = _round_up(prev_end, self.alignment)
+            s = round_up(prev_end, self.alignment)
             if end > s:
                 self.holes[2 * k] = s
                 self.holes[2 * k + 1] = end
@@ -646,7 +640,7 @@ cdef class Arena:
             return wsmem_zero_area
         if nbytes >= MAX_REQUEST:
             raise ValueError(f"cannot allocate {nbytes} bytes: larger than any address space")
-        sz = _round_up(nbytes, self.alignment)
+        sz = round_up(nbytes, self.alignment)
         if self.reset == RESET_ENDOFBUFFER:
             # Rings never spill (a spill would be freed at the end of the cycle,
             # while ring arrays live until written over), not even in debug modes.
@@ -666,7 +660,7 @@ cdef class Arena:
         return self.spill_alloc(nbytes, block)
 
     cdef char* spill_alloc(self, size_t nbytes, Block** block) except NULL:
-        cdef size_t sz = _round_up(nbytes, self.alignment)
+        cdef size_t sz = round_up(nbytes, self.alignment)
         cdef Block* b
         if self.max_size and self.capacity() + self.spill_held + sz > self.max_size:
             raise WorkspaceOverflowError(
@@ -853,7 +847,7 @@ cdef class Arena:
                     free(r)
                     r = NULL
                 else:
-                    total += _round_up(b.size, LINE)
+                    total += round_up(b.size, LINE)
             b = b.next
         return total
 

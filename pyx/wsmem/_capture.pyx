@@ -243,7 +243,8 @@ cdef inline Arena _serving(CapCtx* ctx):
 cdef char* _bump(Arena a, size_t nbytes, Block** blk) noexcept:
     """arena_alloc, or NULL with the error kept for take_error (max_size or
     spill="fail": NumPy turns NULL into its own MemoryError; wsmem's
-    wrappers raise ours instead)."""
+    wrappers raise ours instead).  The current hole is tried inline; the
+    rest (and every debug mode) is Arena.alloc_slow's, as in arena_alloc."""
     global _last_error
     cdef char* p
     if _debug_mode[0] == DEBUG_OFF:
@@ -253,7 +254,7 @@ cdef char* _bump(Arena a, size_t nbytes, Block** blk) noexcept:
         if p != NULL:
             return p
     try:
-        return arena_alloc(a, nbytes, blk)
+        return a.alloc_slow(nbytes, blk)
     except BaseException as exc:
         _last_error = exc
         return NULL

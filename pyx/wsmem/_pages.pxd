@@ -34,6 +34,10 @@ cdef void pages_set_gpu(gpu_map_fn map_fn, gpu_release_fn release_fn) noexcept
 cdef int pages_map_gpu(PageRegion* out, size_t size, int kind, int device,
                        object arena) except -1
 
+# n rounded up to a multiple of a (a power of two).
+cdef inline size_t round_up(size_t n, size_t a) noexcept nogil:
+    return (n + a - 1) & ~(a - 1)
+
 # Huge page size used for alignment and MADV_HUGEPAGE (x86-64 and aarch64 THP).
 cdef size_t HUGE_PAGE
 # Regions at least this large are mapped with MADV_HUGEPAGE.

@@ -33,10 +33,6 @@ def _set_huge_threshold(size_t nbytes):
     return old
 
 
-cdef inline size_t _round_up(size_t n, size_t a) noexcept nogil:
-    return (n + a - 1) & ~(a - 1)
-
-
 cdef void _clear(PageRegion* r) noexcept nogil:
     r.ptr = NULL
     r.size = 0
@@ -73,7 +69,7 @@ cdef int pages_map_host(PageRegion* out, size_t size, size_t alignment,
         return 0
     if huge and align < HUGE_PAGE:
         align = HUGE_PAGE
-    length = _round_up(size, HUGE_PAGE if huge and whole_huge else 4096)
+    length = round_up(size, HUGE_PAGE if huge and whole_huge else 4096)
     if length < size or length > <size_t>-1 - align:
         return ENOMEM
     # Over-map by `align` and trim, so the start is aligned.
@@ -81,7 +77,7 @@ cdef int pages_map_host(PageRegion* out, size_t size, size_t alignment,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if <void*>base == MAP_FAILED:
         return errno if errno else ENOMEM
-    start = <char*>_round_up(<size_t>base, align)
+    start = <char*>round_up(<size_t>base, align)
     head = <size_t>(start - base)
     tail = align - head
     if head:
@@ -107,7 +103,7 @@ cdef int pages_map_file(PageRegion* out, size_t size, const char* path) noexcept
     _clear(out)
     if size == 0:
         return EINVAL
-    length = _round_up(size, 4096)
+    length = round_up(size, 4096)
     fd = c_open(path, O_RDWR | O_CREAT, 0o600)
     if fd < 0:
         return errno

@@ -104,6 +104,7 @@ _CYCLIC_NAMES = {"train": ("training step", "rows"), "cg": ("CG, 2-D Poisson", "
 
 
 def _cyclic(results: Row) -> list[Row]:
+    from wsmem.benchmarks.cyclic import LIMITS      # cyclic imports this module
     labels = {c["key"]: c["label"] for c in results.get("configs", [])}
     out = []
     for r in results["rows"]:
@@ -117,7 +118,7 @@ def _cyclic(results: Row) -> list[Row]:
             size += f" ({_fmt_bytes(r['temp_bytes'])})"
         # The best peer has the lowest paired ratio; the out= limits are not
         # peers (they are the same math without allocations).
-        limits = {labels.get("limit"), labels.get("limit_same")}
+        limits = {labels.get(k) for k in LIMITS}
         best = _best({k: v for k, v in peers.items() if k not in limits})
         row = {"suite": "cyclic", "workload": workload, "size": size,
                "wsmem": r["label"], "wsmem_time_s": r["time_per_step_s"],

@@ -172,7 +172,7 @@ def _make_train(rows, limit):
     if not limit:
         return train_step(x, w)
     if limit == "same":
-        return train_same_calls_step(x, w, [np.empty((rows, TRAIN_OUT)) for _ in range(4)])
+        return train_same_calls_step(x, w)
     return train_limit_step(x, w, np.empty((rows, TRAIN_OUT)))
 
 
@@ -425,6 +425,12 @@ def _cg_same_calls_step(b, iters):
     return step_same
 
 
+def _no_same_calls(workload):
+    """Why `workload` cannot run ``limit_same``, and what to run instead."""
+    return (f"workload {workload!r} has no same-calls limit; limit_same runs "
+            f"{' and '.join(SAME_CALLS_WORKLOADS)} (use config 'limit')")
+
+
 def _batch_inputs(rows):
     import numpy as np
     d0, d1, d2, d3 = BATCH_DIMS
@@ -443,8 +449,7 @@ def _make_batch(rows, limit, cycle=None):
     (a workspace) wraps each batch in its own cycle."""
     import numpy as np
     if limit == "same":
-        raise ValueError("the batch workload has no same-calls limit (limit_same); "
-                         "run it with the in-place limit (config 'limit')")
+        raise ValueError(_no_same_calls("batch"))
     x, labels, (w1, w2, w3), sizes = _batch_inputs(rows)
     if not limit:
         def one(b):
@@ -625,8 +630,7 @@ def worker_main(config, workload, size, target_s, warmup=WARMUP_STEPS, stdin=Non
         return 2
     if config == "limit_same" and workload not in SAME_CALLS_WORKLOADS:
         # refused before make_step turns on the aligned heap and the raw hook
-        send({"error": f"workload {workload!r} has no same-calls limit; limit_same runs "
-                       f"{' and '.join(SAME_CALLS_WORKLOADS)} (use config 'limit')"})
+        send({"error": _no_same_calls(workload)})
         return 2
     rss_start = _maxrss_kib()
     if config in WSMEM_CONFIGS:
@@ -1114,8 +1118,8 @@ def format_table(results: dict) -> str:
         lines.append(f"### {wl}: {desc}")
         lines.append("")
         header = [dim, "temporaries", "config", "time/step (min..max)", "vs NumPy",
-                  "vs best peer", "vs limit", "vs same-calls limit", "faults/step", "peak RSS", "RSS vs NumPy",
-                  "spilled", "huge pages"]
+                  "vs best peer", "vs limit", "vs same-calls limit", "faults/step", "peak RSS",
+                  "RSS vs NumPy", "spilled", "huge pages"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(header)))
                      + "|")
