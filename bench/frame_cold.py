@@ -6,11 +6,16 @@ frame) out of the caches, so what a frame costs there is mostly how many
 distinct cache lines it touches, not its instruction count (``timeit``
 loops run it hot).  This times one call of each set-up right after reading
 a buffer larger than the L2 cache (``--evict-mib``, 6 MiB by default),
-set-ups in a fresh random order each round, and reports the median over
-rounds minus that of an empty function call:
+set-ups in a fresh random order each round, each set-up in a context of
+its own (as a loop's frames follow one another with nothing else setting
+context variables in between), and reports the median over rounds minus
+that of an empty function call:
 
 - ``null cm``: a ``with`` over a Python object whose ``__enter__`` and
-  ``__exit__`` do nothing (the ``with`` protocol itself);
+  ``__exit__`` do nothing (the ``with`` protocol and two Python calls);
+- ``C cm (lock)``: a ``with`` over a ``threading.Lock``, whose
+  ``__enter__`` and ``__exit__`` are C (the ``with`` protocol itself, the
+  floor of any C-level frame such as wsmem's);
 - ``var set/reset``: one context-variable set and its reset, no ``with``
   (what NumPy's handler variable costs any frame at the least);
 - ``scope_out``: ``with wsmem.scope_out():`` (NumPy's handler variable set
@@ -34,6 +39,7 @@ import os
 import random
 import statistics
 import sys
+import threading
 import time
 
 
@@ -60,12 +66,17 @@ def main(argv=None):
             return False
 
     null = Null()
+    lock = threading.Lock()
 
     def f_none():
         pass
 
     def f_null():
         with null:
+            pass
+
+    def f_lock():
+        with lock:
             pass
 
     def f_var():
@@ -84,8 +95,10 @@ def main(argv=None):
         with ws:
             pass
 
-    fns = {"none": f_none, "null cm": f_null, "var set/reset": f_var,
-           "scope_out": f_scope, "ws capture=False": f_nc, "ws": f_ws}
+    fns = {"none": f_none, "null cm": f_null, "C cm (lock)": f_lock,
+           "var set/reset": f_var, "scope_out": f_scope, "ws capture=False": f_nc,
+           "ws": f_ws}
+    contexts = {k: contextvars.copy_context() for k in fns}
     clock = time.perf_counter_ns
     times = {k: [] for k in fns}
     keys = list(fns)
@@ -94,8 +107,9 @@ def main(argv=None):
         for k in keys:
             big.sum()                   # evict: the frame runs as after a step
             f = fns[k]
+            run = contexts[k].run
             t0 = clock()
-            f()
+            run(f)
             times[k].append(clock() - t0)
     base = statistics.median(times["none"])
     print(f"wsmem from {os.path.dirname(wsmem.__file__)}; {a.rounds} rounds, "

@@ -294,6 +294,193 @@ def test_frames_set_numpys_handler_variable_directly():
     assert _capture._direct_handler_switch()
 
 
+# The direct switch: a capturing frame puts the variable mapping its
+# workspace's last frame built in place (and the one before it back on the
+# way out) instead of building both again.  Every test below runs with it
+# and with the Token path it falls back to.
+
+@pytest.fixture(params=["direct", "token"])
+def switch_mode(request):
+    from wsmem import _capture
+    if request.param == "direct" and not _capture._probe_switch():
+        pytest.skip("this interpreter has no direct handler switch")
+    old = _capture._set_direct_switch(request.param == "direct")
+    yield request.param
+    _capture._set_direct_switch(old)
+
+
+def test_direct_switch_is_on_where_cpython_allows_it():
+    # CPython 3.9-3.14 with the GIL: the probe reads the context structures
+    # right, so frames use the direct switch; elsewhere they must not.
+    import sys
+    import sysconfig
+    from wsmem import _capture
+    expected = (sys.implementation.name == "cpython" and (3, 9) <= sys.version_info < (3, 15)
+                and not sysconfig.get_config_var("Py_GIL_DISABLED"))
+    assert _capture._direct_switch() == expected == _capture._probe_switch()
+
+
+def _switch_ids(ws):
+    from wsmem import _workspace
+    info = _workspace._switch_info(ws)
+    return None if info is None else (id(info[0]), id(info[1]), id(info[2]), info[3])
+
+
+def test_steady_frames_reuse_one_switch(ws, switch_mode):
+    def run():
+        seen = []
+        for step in range(4):
+            with ws:
+                assert get_handler_name() == hname(ws)
+                a = np.full(100, float(step))
+                assert get_handler_name(a) == hname(ws)
+                assert ws.stats().cycle_bytes > 0
+                del a
+                seen.append(_switch_ids(ws))
+            assert get_handler_name() == DEFAULT
+            assert np.geterr()["divide"] == "warn"
+        return seen, _switch_ids(ws)
+
+    seen, after = contextvars.Context().run(run)
+    if switch_mode == "token":
+        assert seen == [None] * 4 and after is None
+        return
+    # in use inside each frame; one switch and one pair of mappings for all
+    assert all(s[3] for s in seen)
+    assert len({s[:3] for s in seen}) == 1
+    assert after == seen[0][:3] + (False,)
+
+
+def test_variable_set_inside_a_frame_outlives_it(ws, switch_mode):
+    # Contextvars set inside `with ws:` stay set after it (the frame resets
+    # only NumPy's handler), and the next frame switches from the new mapping.
+    var = contextvars.ContextVar("capture_inside")
+
+    def run():
+        with ws:
+            var.set(5)
+            with np.errstate(divide="ignore"):
+                np.ones(2) / np.zeros(2)
+            first = _switch_ids(ws)
+        assert var.get() == 5
+        assert get_handler_name() == DEFAULT
+        with ws:
+            assert get_handler_name() == hname(ws)
+            a = np.ones(10)
+            assert get_handler_name(a) == hname(ws)
+            del a
+            var.set(6)
+        assert get_handler_name() == DEFAULT and var.get() == 6
+        with ws:
+            second = _switch_ids(ws)
+        assert get_handler_name() == DEFAULT and var.get() == 6
+        return first, second
+
+    first, second = contextvars.Context().run(run)
+    if switch_mode == "direct":
+        assert first[1:3] != second[1:3]          # built again from the new mapping
+
+
+def test_reentered_and_nested_frames_restore_in_order(workspace_factory, switch_mode):
+    make = workspace_factory("switch_nest")
+    a, b = make(), make()
+
+    def run():
+        with a:
+            with a:                                 # re-entry: its own switch
+                assert get_handler_name() == hname(a)
+                with b:
+                    assert get_handler_name() == hname(b)
+                    x = np.ones(8)
+                assert get_handler_name() == hname(a)
+                assert get_handler_name(x) == hname(b)
+                del x
+            assert get_handler_name() == hname(a)
+            y = np.ones(8)
+            assert get_handler_name(y) == hname(a)
+            del y
+        assert get_handler_name() == DEFAULT
+        # closed out of order: the handler of the frame above stays until it
+        # closes, which restores what was current before both
+        a.__enter__()
+        b.__enter__()
+        a.__exit__(None, None, None)
+        assert get_handler_name() == hname(b)
+        b.__exit__(None, None, None)
+        assert get_handler_name() == DEFAULT
+        with a:                                     # and the switches go on
+            assert get_handler_name() == hname(a)
+        assert get_handler_name() == DEFAULT
+
+    contextvars.Context().run(run)
+    run()
+    assert get_handler_name() == DEFAULT
+
+
+def test_exception_inside_a_frame_restores_the_handler(ws, switch_mode):
+    for _ in range(3):
+        with pytest.raises(KeyError):
+            with ws:
+                np.ones(4)
+                raise KeyError("boom")
+        assert get_handler_name() == DEFAULT
+    with ws:
+        assert get_handler_name() == hname(ws)
+    assert get_handler_name() == DEFAULT
+
+
+def test_context_copied_inside_a_frame_keeps_its_handler(ws, switch_mode):
+    # A copy made inside `with ws:` holds the mapping with ws's handler (as
+    # asyncio tasks started there do); frames entered in it restore that.
+    def run():
+        with ws:
+            inner = contextvars.copy_context()
+        assert get_handler_name() == DEFAULT
+        assert inner.run(get_handler_name) == hname(ws)
+
+        def again():
+            with ws:
+                assert get_handler_name() == hname(ws)
+                a = np.ones(4)
+                assert get_handler_name(a) == hname(ws)
+                del a
+            return get_handler_name()
+
+        assert inner.run(again) == hname(ws)
+        with ws:                      # back in the outer context: its own mapping
+            assert get_handler_name() == hname(ws)
+        assert get_handler_name() == DEFAULT
+
+    contextvars.Context().run(run)
+
+
+def test_asyncio_tasks_interleaving_frames(workspace_factory, switch_mode):
+    make = workspace_factory("switch_tasks")
+    wa, wb = make(), make()
+    seen = []
+
+    async def task(w, mine, other):
+        for _ in range(3):
+            with w:
+                mine.set()
+                await other.wait()
+                seen.append(get_handler_name() == hname(w))
+                arr = np.ones(16)
+                seen.append(get_handler_name(arr) == hname(w))
+                del arr
+                await asyncio.sleep(0)
+            seen.append(get_handler_name() == DEFAULT)
+            await asyncio.sleep(0)
+
+    async def main():
+        ea, eb = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(task(wa, ea, eb), task(wb, eb, ea))
+        seen.append(get_handler_name() == DEFAULT)
+
+    asyncio.run(main())
+    assert len(seen) == 19 and all(seen)
+
+
 def test_frame_left_in_another_context_restores_the_running_one(ws):
     # Entered in one context, left in another: the frame's token cannot reset
     # the variable there, so the handler the frame replaced is set in the

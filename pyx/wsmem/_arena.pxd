@@ -23,12 +23,18 @@ cdef extern from *:
     static inline unsigned long wsmem_thread_ident(void) {
         return WSMEM_TSTATE()->thread_id;
     }
+    /* The running contextvars.Context (borrowed; NULL before the thread's
+       first context-variable use), from the thread state in place. */
+    static inline PyObject *wsmem_running_context(void) {
+        return WSMEM_TSTATE()->context;
+    }
     /* Requests of this many bytes or more are refused (no address space
        holds them; rounding them up could wrap). */
     #define WSMEM_MAX_REQUEST (((size_t)1) << 62)
     #endif
     """
     unsigned long wsmem_thread_ident() noexcept
+    PyObject* wsmem_running_context() noexcept
     size_t MAX_REQUEST "WSMEM_MAX_REQUEST"
 
 # Pins are recorded in lines: an escaped view keeps its own bytes rounded out
@@ -142,6 +148,16 @@ cdef class Arena:
     cdef bint warned_resize         # a learned/grown block was refused once (warned)
     cdef unsigned int spill_bits    # bit i: the i-th last cycle after learning spilled
     cdef bint warned_spills         # recurring external spills were warned about once
+    # --- configuration (validated by wsmem._config); before the ring fields,
+    # so that a frame's begin_cycle and end_cycle (reset, learning, spill, gpu)
+    # read the same cache lines as the cycle and statistics fields
+    cdef int learning, spill, allocation, reset, location
+    cdef int device                 # CUDA device (LOC_DEVICE / LOC_PINNED), else -1
+    cdef object gpu                 # wsmem._gpu.DeviceState (device/pinned), else None
+    cdef size_t initial_size, min_size, max_size, cycles_before_init
+    cdef double overallocation
+    cdef bytes mmap_path            # file behind LOC_MMAP blocks
+    cdef bint mmap_temp             # mmap_path is a temporary file: unlink once mapped
     # --- circular workspaces (reset == RESET_ENDOFBUFFER).  The cursor is
     # not reset between cycles; a ring array (position serial, lap, offset)
     # is valid until the ring writes over it, or the floor passes it.
@@ -155,14 +171,6 @@ cdef class Arena:
     cdef unsigned int floor_serial
     cdef unsigned long long floor_lap
     cdef size_t floor_off
-    # --- configuration (validated by wsmem._config)
-    cdef int learning, spill, allocation, reset, location
-    cdef int device                 # CUDA device (LOC_DEVICE / LOC_PINNED), else -1
-    cdef object gpu                 # wsmem._gpu.DeviceState (device/pinned), else None
-    cdef size_t initial_size, min_size, max_size, cycles_before_init
-    cdef double overallocation
-    cdef bytes mmap_path            # file behind LOC_MMAP blocks
-    cdef bint mmap_temp             # mmap_path is a temporary file: unlink once mapped
     cdef readonly object name
 
     cdef int _configure(self, object cfg) except -1

@@ -46,11 +46,6 @@ cdef extern from *:
     PyObject* wsmem_tls_top_ctx
     char wsmem_zero_area[4096]
 
-cdef extern from "Python.h":
-    ctypedef struct PyThreadState:
-        PyObject* context       # the running contextvars.Context
-    PyThreadState* PyThreadState_Get()
-
 # Largest single request accepted (guards size arithmetic against overflow).
 
 cdef int _debug_mode = DEBUG_OFF
@@ -75,7 +70,7 @@ cdef object current_arena():
     # allocate on the heap, as the capture handler does for a closed cycle.
     if wsmem_tls_top_ctx == NULL:
         return None                 # no frame open in this thread
-    if wsmem_tls_top_ctx != PyThreadState_Get().context:
+    if wsmem_tls_top_ctx != wsmem_running_context():
         return _current_elsewhere()
     if wsmem_tls_top == NULL or (<Arena>wsmem_tls_top).depth <= 0:
         return None

@@ -1,6 +1,7 @@
 # NumPy drop-in: a NEP 49 PyDataMem_Handler per workspace, so that NumPy's
 # own allocations (ufunc results, np.empty, temporaries) come from the arena
 # while the workspace is current.
+cimport cython
 from cpython.ref cimport PyObject
 from wsmem._arena cimport Arena, Block, Pin
 
@@ -49,6 +50,22 @@ cdef void detach_handler(object capsule) noexcept
 # restore with restore_handler.
 cdef object set_handler(object capsule)
 cdef void restore_handler(object token)
+
+# One capturing frame's switch of NumPy's handler variable: the running
+# context's variable mapping before the frame (`before`), after it (`after`:
+# `before` with the handler set) and the handler `before` holds (`old`).  A
+# workspace keeps its last one; its next frame, entered where the mapping is
+# `before` again, puts `after` in place without building anything.
+@cython.final
+cdef class _Switch:
+    cdef object before, after, old
+    cdef bint in_use        # a frame entry holds it (restore_handler clears it)
+
+# set_handler(capsule) for a capturing workspace's frame; `last` is the
+# _Switch its previous frame used (None at first).  Returns the token for
+# restore_handler: a _Switch where the direct switch works on this
+# interpreter (_capture._direct_switch()), else what set_handler returns.
+cdef object enter_handler(object capsule, _Switch last)
 # Reset context variable `var` with `token`; a token of another context (a
 # frame left from another task) puts back, in the running context, the value
 # it replaced (`unset` for a variable that was unset).

@@ -626,6 +626,196 @@ cdef object set_handler(object capsule):
     return PyDataMem_SetHandler(capsule)                  # the handler it replaced
 
 
+# ------------------------------------------------------ the frame's handler switch
+#
+# A capturing workspace's frame sets NumPy's handler variable and resets it on
+# the way out.  CPython does that by building a new variable mapping (HAMT)
+# each time, plus a Token, and resetting builds another: some 600 ns of a
+# cold frame (bench/frame_cold.py), most of a frame's cost beyond the `with`
+# itself.  But a loop's frames go from the same mapping to the same mapping:
+# the mapping is immutable, so a workspace keeps the pair its last frame made
+# (a _Switch: `before`, and `after` = `before` with the handler set) and the
+# next frame, entered where the running context's mapping is `before` again,
+# puts `after` in place, and its exit puts `before` back, where the mapping
+# is still `after`.  That is what PyContextVar_Set and PyContextVar_Reset
+# would leave, by identity instead of by rebuilding: the same values for
+# every variable, the handler's in CPython's per-thread cache as
+# PyContextVar_Set leaves it.  Anything else (another mapping, a variable set
+# inside the frame) goes the public way.  This reads two of CPython's
+# private structures (PyContext's ctx_vars, PyContextVar's cache), unchanged
+# from 3.9 to 3.14; _probe_switch checks them on the running interpreter at
+# import, and without them (a free-threaded build, a layout that does not
+# check out) frames use the Token as before.
+cdef extern from *:
+    """
+    #if !defined(Py_GIL_DISABLED) && PY_VERSION_HEX >= 0x03090000 && PY_VERSION_HEX < 0x030F0000
+    #define WSMEM_SWITCH_BUILT 1
+    /* Include/internal/pycore_context.h: the leading fields of PyContext and
+       PyContextVar. */
+    typedef struct { PyObject_HEAD PyObject *ctx_prev; PyObject *ctx_vars; } wsmem_context;
+    typedef struct {
+        PyObject_HEAD
+        PyObject *var_name;
+        PyObject *var_default;
+        PyObject *var_cached;
+        uint64_t var_cached_tsid;
+        uint64_t var_cached_tsver;
+    } wsmem_contextvar;
+    /* The running context's variable mapping (borrowed), NULL without one. */
+    static inline PyObject *wsmem_ctx_vars(void) {
+        PyObject *c = WSMEM_TSTATE()->context;
+        return c == NULL ? NULL : ((wsmem_context *)c)->ctx_vars;
+    }
+    /* Where the running context's mapping is `from`, make it `to` and cache
+       `val` as `var`'s value for this thread, as PyContextVar_Set does; the
+       caller holds references to both mappings, so nothing is freed here.
+       0 (nothing changed) where the mapping is not `from`. */
+    static inline int wsmem_ctx_switch(PyObject *from, PyObject *to, PyObject *var,
+                                       PyObject *val) {
+        PyThreadState *ts = WSMEM_TSTATE();
+        wsmem_context *c = (wsmem_context *)ts->context;
+        wsmem_contextvar *v = (wsmem_contextvar *)var;
+        if (c == NULL || c->ctx_vars != from)
+            return 0;
+        Py_INCREF(to);
+        c->ctx_vars = to;
+        Py_DECREF(from);
+        v->var_cached = val;
+        v->var_cached_tsid = ts->id;
+        v->var_cached_tsver = ts->context_ver;
+        return 1;
+    }
+    /* The fields _probe_switch checks against the public API. */
+    static inline PyObject *wsmem_var_name(PyObject *var) {
+        return ((wsmem_contextvar *)var)->var_name;
+    }
+    static inline PyObject *wsmem_var_default(PyObject *var) {
+        return ((wsmem_contextvar *)var)->var_default;
+    }
+    #else
+    #define WSMEM_SWITCH_BUILT 0
+    static inline PyObject *wsmem_ctx_vars(void) { return NULL; }
+    static inline int wsmem_ctx_switch(PyObject *f, PyObject *t, PyObject *v, PyObject *x) {
+        return 0;
+    }
+    static inline PyObject *wsmem_var_name(PyObject *var) { return NULL; }
+    static inline PyObject *wsmem_var_default(PyObject *var) { return NULL; }
+    #endif
+    """
+    bint SWITCH_BUILT "WSMEM_SWITCH_BUILT"
+    PyObject* wsmem_ctx_vars() noexcept
+    int wsmem_ctx_switch(PyObject* frm, PyObject* to, PyObject* var, PyObject* val) noexcept
+    PyObject* wsmem_var_name(PyObject* var) noexcept
+    PyObject* wsmem_var_default(PyObject* var) noexcept
+
+
+cdef class _Switch:
+    """One frame's switch of NumPy's handler variable (see above; fields in
+    _capture.pxd)."""
+
+
+cdef bint _switch_ok = False    # set by _probe_switch at import
+
+
+cdef object enter_handler(object capsule, _Switch last):
+    """set_handler(capsule) for a capturing workspace's frame, where `last`
+    is the _Switch its previous frame returned (or None); returns the token
+    for restore_handler (a _Switch where the direct switch is available)."""
+    cdef PyObject* vars
+    cdef _Switch sw
+    if not _switch_ok:
+        return set_handler(capsule)
+    if last is not None and not last.in_use and wsmem_ctx_switch(
+            <PyObject*>last.before, <PyObject*>last.after,
+            <PyObject*>_handler_var, <PyObject*>capsule):
+        last.in_use = True
+        return last
+    keep_errstate_cached()
+    _keep_set(_handler_var, _numpy_default)     # so `old` is never "unset"
+    vars = wsmem_ctx_vars()
+    if vars == NULL:                            # _keep_set made the context
+        raise RuntimeError("wsmem: no context to set NumPy's memory handler in")
+    before = <object>vars
+    old = _context_get(_handler_var)
+    PyContextVar_Set(_handler_var, capsule)     # the token is dropped: `before` replaces it
+    sw = last if last is not None and not last.in_use else _Switch.__new__(_Switch)
+    sw.before = before
+    sw.after = <object>wsmem_ctx_vars()
+    sw.old = old
+    sw.in_use = True
+    return sw
+
+
+cdef void _switch_back(_Switch sw) noexcept:
+    """restore_handler for a _Switch: `before` back where the mapping is
+    still `after`, else the handler it replaced set again in the running
+    context (what a Token's reset or its fallback would leave)."""
+    sw.in_use = False
+    if wsmem_ctx_switch(<PyObject*>sw.after, <PyObject*>sw.before,
+                        <PyObject*>_handler_var, <PyObject*>sw.old):
+        return
+    try:
+        PyContextVar_Set(_handler_var, sw.old)
+    except BaseException:
+        PyErr_Clear()
+
+
+def _probe_switch():
+    """Whether the direct switch reads CPython's structures right on this
+    interpreter: the fields it uses hold what the public API says, and a
+    switch there and back gives the values PyContextVar_Set and its reset
+    give."""
+    if not SWITCH_BUILT or _handler_var is None:
+        return False
+    marker = object()
+    var = contextvars.ContextVar("wsmem_probe", default=marker)
+    other = contextvars.ContextVar("wsmem_probe_other")
+
+    def check():
+        if (wsmem_var_name(<PyObject*>var) != <PyObject*>var.name
+                or wsmem_var_default(<PyObject*>var) != <PyObject*>marker):
+            return False
+        other.set(1)
+        var.set(1)
+        vars0 = wsmem_ctx_vars()
+        if vars0 == NULL or type(<object>vars0).__name__ != "hamt":
+            return False
+        before = <object>vars0
+        var.set(2)
+        after = <object>wsmem_ctx_vars()
+        if after is before or len(after) != 2 or after[var] != 2:
+            return False
+        var.get()                                   # cached: 2
+        if not wsmem_ctx_switch(<PyObject*>after, <PyObject*>before,
+                                <PyObject*>var, <PyObject*>before[var]):
+            return False
+        if var.get() != 1 or contextvars.copy_context()[var] != 1 or other.get() != 1:
+            return False
+        if not wsmem_ctx_switch(<PyObject*>before, <PyObject*>after,
+                                <PyObject*>var, <PyObject*>after[var]):
+            return False
+        return var.get() == 2 and contextvars.copy_context()[var] == 2
+
+    try:
+        return bool(contextvars.Context().run(check))
+    except Exception:
+        return False
+
+
+def _direct_switch():
+    """Whether capturing frames switch NumPy's handler variable directly (tests)."""
+    return _switch_ok
+
+
+def _set_direct_switch(bint on):
+    """Turn the direct switch on (where _probe_switch passes) or off, for
+    frames entered from now on; returns the previous setting (tests)."""
+    global _switch_ok
+    old = _switch_ok
+    _switch_ok = on and _probe_switch()
+    return old
+
+
 cdef void reset_var(object var, object token, object unset) noexcept:
     try:
         try:
@@ -642,6 +832,9 @@ cdef void reset_var(object var, object token, object unset) noexcept:
 
 
 cdef void restore_handler(object token) noexcept:
+    if type(token) is _Switch:
+        _switch_back(<_Switch>token)
+        return
     if type(token) is _Token:
         reset_var(_handler_var, token, _numpy_default)
         return
@@ -1278,6 +1471,7 @@ _found = _probe_handler_var()
 if _found is not None:
     _handler_var, _numpy_default = _found
 del _found
+_switch_ok = _probe_switch()
 
 
 def _direct_handler_switch():

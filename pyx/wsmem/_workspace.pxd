@@ -1,5 +1,6 @@
 from cpython.ref cimport PyObject
 from wsmem._arena cimport Arena
+from wsmem._capture cimport _Switch
 
 # One finished outermost cycle, as kept in Workspace's history ring.
 cdef struct CycleRecord:
@@ -17,6 +18,8 @@ cdef class Workspace(Arena):
     cdef readonly object config     # the WorkspaceConfig it was made with
     cdef object _handler            # NEP 49 capsule (capture=True), else None; arrays
                                     # allocated through it keep it alive after us
+    cdef _Switch _switch            # its last frame's switch of NumPy's handler
+                                    # variable (capture=True), reused by the next
     cdef object __weakref__
     cdef object _frame_key          # weakref.ref(self): what its frames set _frame_var to
     # --- per-cycle history: a ring of the last HISTORY_LENGTH outermost cycles.

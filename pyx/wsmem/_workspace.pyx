@@ -3,10 +3,11 @@ cimport cython
 from wsmem._arena cimport (Arena, current_arena, set_current_arena, set_current_elsewhere,
                            get_debug_mode,
                            set_debug_mode, RESET_ENDOFBUFFER,
-                           ring_expire_before,
+                           ring_expire_before, wsmem_running_context,
                            DEBUG_OFF, DEBUG_SPILL_EVERYTHING, DEBUG_BYPASS_EVERYTHING)
 from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
 from wsmem._capture cimport (make_handler, detach_handler, set_handler, restore_handler,
+                             enter_handler, _Switch,
                              set_heap, reset_heap, heap_aligned, keep_errstate_cached,
                              buffers_aligned, set_buffers_aligned, auto_align_buffers,
                              handler_arena, reset_var, _context_get)
@@ -16,9 +17,6 @@ from libc.string cimport memmove
 from cpython.ref cimport PyObject, Py_INCREF, Py_XINCREF, Py_XDECREF
 
 cdef extern from "Python.h":
-    ctypedef struct PyThreadState:
-        PyObject* context       # the running contextvars.Context (CPython 3.7+)
-    PyThreadState* PyThreadState_Get()
     int PyContext_Enter(PyObject* ctx)
     int PyContext_Exit(PyObject* ctx)
     object PyContextVar_Set(object var, object value)
@@ -163,7 +161,7 @@ cdef class _FrameStack:
         self.items[self.n].token = <PyObject*>token
         self.items[self.n].wtoken = NULL if wtoken is None else <PyObject*>wtoken
         self.items[self.n].ctoken = ctoken
-        self.items[self.n].context = PyThreadState_Get().context
+        self.items[self.n].context = wsmem_running_context()
         Py_XINCREF(self.items[self.n].context)
         Py_XINCREF(self.items[self.n].frame)
         Py_INCREF(token)
@@ -212,11 +210,18 @@ cdef void _push(object frame, _FrameStack stack) except *:
     memory handler follows it (the workspace's when it captures, else
     NumPy's default), and so does CuPy's allocator once GPU workspaces exist."""
     cdef PyObject* ctoken = NULL
+    cdef Workspace ws
     handler = None
     if frame is not None:
-        handler = (<Workspace>frame)._handler
-    keep_errstate_cached()
-    token = set_handler(handler)
+        ws = <Workspace>frame
+        handler = ws._handler
+    if handler is not None:
+        token = enter_handler(handler, ws._switch)
+        if type(token) is _Switch:
+            ws._switch = <_Switch>token
+    else:
+        keep_errstate_cached()
+        token = set_handler(handler)
     wtoken = None
     if handler is None:
         try:
@@ -241,6 +246,15 @@ cdef void _push(object frame, _FrameStack stack) except *:
         restore_handler(token)
         raise
     stack.publish()
+
+
+def _switch_info(Workspace ws):
+    """(the workspace's last handler switch, the mappings before and after
+    it, whether a frame holds it), or None where it has none (tests)."""
+    cdef _Switch sw = ws._switch
+    if sw is None:
+        return None
+    return sw, sw.before, sw.after, sw.in_use
 
 
 cdef inline void _reset_frame_var(object wtoken) noexcept:
@@ -345,7 +359,7 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
     # variable, so its token goes to the nearest frame above entered in the
     # same context (none: it is restored now, in that context); CuPy's
     # allocator is per thread, so its token goes to the frame just above.
-    cdef PyObject* running = PyThreadState_Get().context
+    cdef PyObject* running = wsmem_running_context()
     cdef Py_ssize_t i = _find(stack, NULL if frame is None else <PyObject*>frame, running)
     cdef Py_ssize_t j
     cdef FrameEntry e
