@@ -13,9 +13,10 @@ that of an empty function call:
 
 - ``null cm``: a ``with`` over a Python object whose ``__enter__`` and
   ``__exit__`` do nothing (the ``with`` protocol and two Python calls);
-- ``C cm (lock)``: a ``with`` over a ``threading.Lock``, whose
-  ``__enter__`` and ``__exit__`` are C (the ``with`` protocol itself, the
-  floor of any C-level frame such as wsmem's);
+- ``C null cm``: a ``with`` over ``wsmem._workspace._NullFrame``, whose
+  ``__enter__`` and ``__exit__`` are C, bound as Workspace's are, and do
+  nothing (the ``with`` protocol itself: the floor of a C-level frame;
+  "n/a" for a ``--tree`` without it);
 - ``var set/reset``: one context-variable set and its reset, no ``with``
   (what NumPy's handler variable costs any frame at the least);
 - ``scope_out``: ``with wsmem.scope_out():`` (NumPy's handler variable set
@@ -39,7 +40,6 @@ import os
 import random
 import statistics
 import sys
-import threading
 import time
 
 
@@ -66,7 +66,8 @@ def main(argv=None):
             return False
 
     null = Null()
-    lock = threading.Lock()
+    null_c = getattr(wsmem._workspace, "_NullFrame", None)
+    null_c = null_c() if null_c is not None else None
 
     def f_none():
         pass
@@ -75,8 +76,8 @@ def main(argv=None):
         with null:
             pass
 
-    def f_lock():
-        with lock:
+    def f_null_c():
+        with null_c:
             pass
 
     def f_var():
@@ -95,9 +96,11 @@ def main(argv=None):
         with ws:
             pass
 
-    fns = {"none": f_none, "null cm": f_null, "C cm (lock)": f_lock,
+    fns = {"none": f_none, "null cm": f_null, "C null cm": f_null_c,
            "var set/reset": f_var, "scope_out": f_scope, "ws capture=False": f_nc,
            "ws": f_ws}
+    if null_c is None:
+        del fns["C null cm"]
     contexts = {k: contextvars.copy_context() for k in fns}
     clock = time.perf_counter_ns
     times = {k: [] for k in fns}
@@ -114,6 +117,8 @@ def main(argv=None):
     base = statistics.median(times["none"])
     print(f"wsmem from {os.path.dirname(wsmem.__file__)}; {a.rounds} rounds, "
           f"{a.evict_mib:g} MiB read before each call")
+    if null_c is None:
+        print(f"  {'C null cm':18s} n/a (no wsmem._workspace._NullFrame in this tree)")
     for k in fns:
         m = statistics.median(times[k])
         print(f"  {k:18s} median {m:7.0f} ns   over an empty call {m - base:7.0f} ns")

@@ -248,6 +248,20 @@ cdef void _push(object frame, _FrameStack stack) except *:
     stack.publish()
 
 
+@cython.final
+cdef class _NullFrame:
+    """A ``with`` target whose ``__enter__`` and ``__exit__`` are C and do
+    nothing, bound as Workspace's are: the floor under a C-level frame
+    (bench/frame_cold.py)."""
+    @cython.binding(False)
+    def __enter__(self):
+        return self
+
+    @cython.binding(False)
+    def __exit__(self, exc_type, exc, tb):
+        return False
+
+
 def _switch_info(Workspace ws):
     """(the workspace's last handler switch, the mappings before and after
     it, whether a frame holds it), or None where it has none (tests)."""
