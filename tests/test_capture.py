@@ -481,6 +481,35 @@ def test_asyncio_tasks_interleaving_frames(workspace_factory, switch_mode):
     assert len(seen) == 19 and all(seen)
 
 
+def test_destroy_drops_the_switch_and_what_its_mappings_hold(switch_mode):
+    # The switch keeps the mappings of the workspace's last frame, and with
+    # them the values the context had then; destroy() lets them go.
+    import weakref
+    w = wsmem.Workspace("switch_destroy")
+    var = contextvars.ContextVar("capture_held")
+
+    class Held:
+        pass
+
+    held = Held()
+    ref = weakref.ref(held)
+
+    def run():
+        var.set(held)
+        with w:
+            pass
+        var.set(None)
+
+    contextvars.Context().run(run)
+    del held
+    gc.collect()
+    assert (ref() is not None) == (switch_mode == "direct")
+    w.destroy()
+    gc.collect()
+    assert ref() is None
+    assert _switch_ids(w) is None
+
+
 def test_frame_left_in_another_context_restores_the_running_one(ws):
     # Entered in one context, left in another: the frame's token cannot reset
     # the variable there, so the handler the frame replaced is set in the

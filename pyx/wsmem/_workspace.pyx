@@ -647,6 +647,7 @@ cdef class Workspace(Arena):
             raise WorkspaceError(f"workspace {self.name!r} is open; destroy it after its "
                                  f"`with` block ends")
         self.release_all()
+        self._switch = None         # its mappings hold the context's values of its last frame
         self.destroyed = True
         try:
             from wsmem._registry import _forget
