@@ -75,7 +75,7 @@ def _errstate_in(ctx):
     return ctx.get(_extobj_contextvar, "unset")
 
 
-def test_errstate_is_kept_cached_and_unchanged(ws):
+def test_errstate_is_kept_cached_and_unchanged(ws, switch_mode):
     """Entering a workspace sets NumPy's error-state context variable to the
     very object it already read as (so ufunc calls hit CPython's cache):
     nothing NumPy or the user can see changes."""

@@ -663,7 +663,7 @@ cdef extern from *:
     } wsmem_contextvar;
     /* The running context's variable mapping (borrowed), NULL without one. */
     static inline PyObject *wsmem_ctx_vars(void) {
-        PyObject *c = WSMEM_TSTATE()->context;
+        PyObject *c = wsmem_running_context();
         return c == NULL ? NULL : ((wsmem_context *)c)->ctx_vars;
     }
     /* Where the running context's mapping is `from`, make it `to` and cache
@@ -723,14 +723,14 @@ cdef object enter_handler(object capsule, _Switch last):
     for restore_handler (a _Switch where the direct switch is available)."""
     cdef PyObject* vars
     cdef _Switch sw
-    if not _switch_ok:
-        return set_handler(capsule)
-    if last is not None and not last.in_use and wsmem_ctx_switch(
+    if _switch_ok and last is not None and not last.in_use and wsmem_ctx_switch(
             <PyObject*>last.before, <PyObject*>last.after,
             <PyObject*>_handler_var, <PyObject*>capsule):
-        last.in_use = True
+        last.in_use = True              # `before` was built with the error state set
         return last
     keep_errstate_cached()
+    if not _switch_ok:
+        return set_handler(capsule)
     _keep_set(_handler_var, _numpy_default)     # so `old` is never "unset"
     vars = wsmem_ctx_vars()
     if vars == NULL:                            # _keep_set made the context

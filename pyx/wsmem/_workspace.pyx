@@ -215,18 +215,16 @@ cdef void _push(object frame, _FrameStack stack) except *:
     if frame is not None:
         ws = <Workspace>frame
         handler = ws._handler
+    wtoken = None
     if handler is not None:
         token = enter_handler(handler, ws._switch)
         if type(token) is _Switch:
             ws._switch = <_Switch>token
     else:
         keep_errstate_cached()
-        token = set_handler(handler)
-    wtoken = None
-    if handler is None:
+        token = set_handler(None)
         try:
-            wtoken = PyContextVar_Set(_frame_var, None if frame is None
-                                      else (<Workspace>frame)._frame_key)
+            wtoken = PyContextVar_Set(_frame_var, None if frame is None else ws._frame_key)
         except BaseException:
             restore_handler(token)
             raise
