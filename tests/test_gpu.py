@@ -450,6 +450,24 @@ class TestOnGPU:
             cap2 = a.__dlpack__(stream=2, max_version=(1, 0))
             del cap, cap2, a
 
+    def test_cycle_binds_its_devices_current_stream_and_leaves_the_device(self,
+                                                                          workspace_factory):
+        # Frames read the workspace device's current stream by device id
+        # (CuPy >= 13), without making that device current and back.
+        import cupy as cp
+        from wsmem import _gpu
+        assert _gpu._stream_by_id_for_tests()
+        ws = workspace_factory("gpu")(location="device")
+        s = cp.cuda.Stream(non_blocking=True)
+        for stream, expect in ((s, s.ptr), (cp.cuda.Stream.null, 1)):
+            with stream:
+                with ws:
+                    a = wsmem.ones(8)
+                    assert a.__cuda_array_interface__["stream"] == expect
+                    assert cp.cuda.runtime.getDevice() == 0
+                    del a
+            s.synchronize()
+
     def test_device_oom_raises_overflow_and_workspace_survives(self, workspace_factory):
         import cupy as cp
         ws = workspace_factory("gpu")(location="device", initial_size=1 << 20,

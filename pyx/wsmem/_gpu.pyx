@@ -36,13 +36,40 @@ def _set_host_backing_for_tests(flag):
     _host_backing = bool(flag)
 
 
+# What every frame of a device workspace calls, looked up once with CuPy
+# (a module attribute chain per frame costs more than the call itself).
+cdef object _get_tl_alloc = None    # cupy.cuda.memory._get_thread_local_allocator
+cdef object _set_tl_alloc = None    # cupy.cuda.memory._set_thread_local_allocator
+cdef object _stream_of = None       # cupy.cuda.get_current_stream
+cdef bint _stream_by_id = False     # _stream_of takes a device id (CuPy >= 13)
+
+
 def cupy_module():
     """CuPy, imported on first use (ImportError propagates)."""
-    global _cupy
+    global _cupy, _get_tl_alloc, _set_tl_alloc, _stream_of, _stream_by_id
     if _cupy is None:
         import cupy
+        mem = cupy.cuda.memory
+        _get_tl_alloc = mem._get_thread_local_allocator
+        _set_tl_alloc = mem._set_thread_local_allocator
+        _stream_of = cupy.cuda.get_current_stream
+        _stream_by_id = _takes_device_id(_stream_of)
         _cupy = cupy
     return _cupy
+
+
+cdef bint _takes_device_id(f):
+    """Whether CuPy's get_current_stream takes the device whose stream it
+    returns (CuPy 13 on), so a frame need not make that device current."""
+    if _host_backing:
+        return False
+    try:
+        f(0)
+    except TypeError:
+        return False
+    except Exception:       # no CUDA device here: frames never ask then
+        return False
+    return True
 
 
 def unavailable(what, device=None, fallback="use location='host'"):
@@ -211,10 +238,16 @@ def begin_cycle(Arena ws):
     if _host_backing:
         return
     cp = cupy_module()
-    with cp.cuda.Device(st.device):     # the workspace's device, whatever is current
-        s = cp.cuda.get_current_stream()
-        ptr = s.ptr
-        if st.stream is not None and ptr != st.stream_ptr:
+    if _stream_by_id:
+        # The workspace's device's current stream, whatever device is current:
+        # no device switch (two runtime calls) unless the stream changed.
+        s = _stream_of(st.device)
+    else:
+        with cp.cuda.Device(st.device):
+            s = _stream_of()
+    ptr = s.ptr
+    if st.stream is not None and ptr != st.stream_ptr:
+        with cp.cuda.Device(st.device):     # events live on the stream's device
             ev = cp.cuda.Event(disable_timing=True)
             ev.record(st.stream)
             s.wait_event(ev)
@@ -272,11 +305,9 @@ def push_allocator(Arena ws):
     """Make ws's CuPy allocator current in this thread; returns the token for
     pop_allocator.  Frames without one (scope_out, host workspaces) restore
     the allocator the user had before any wsmem device workspace."""
-    cp = _cupy
-    if cp is None:
+    if _cupy is None:
         return _NO_CHANGE
-    mem = cp.cuda.memory
-    prev = mem._get_thread_local_allocator()
+    prev = _get_tl_alloc()
     alloc = None
     if ws is not None and ws.gpu is not None:
         alloc = (<DeviceState>ws.gpu).malloc
@@ -286,14 +317,14 @@ def push_allocator(Arena ws):
         _replaced[alloc] = prev
     if alloc is prev:
         return _NO_CHANGE
-    mem._set_thread_local_allocator(alloc)
+    _set_tl_alloc(alloc)
     return prev
 
 
 def pop_allocator(token):
     if token is _NO_CHANGE or _cupy is None:
         return
-    _cupy.cuda.memory._set_thread_local_allocator(token)
+    _set_tl_alloc(token)
 
 
 # ---------------------------------------------------------------- device arrays
@@ -360,3 +391,8 @@ def heap_copy(view):
 def state(Arena ws):
     """The DeviceState of a device/pinned workspace (None for host ones)."""
     return ws.gpu
+
+
+def _stream_by_id_for_tests():
+    """Whether frames read the workspace device's stream by device id."""
+    return _stream_by_id
