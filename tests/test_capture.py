@@ -481,11 +481,12 @@ def test_asyncio_tasks_interleaving_frames(workspace_factory, switch_mode):
     assert len(seen) == 19 and all(seen)
 
 
-def test_destroy_drops_the_switch_and_what_its_mappings_hold(switch_mode):
+@pytest.mark.parametrize("capture", [True, False])
+def test_destroy_drops_the_switch_and_what_its_mappings_hold(switch_mode, capture):
     # The switch keeps the mappings of the workspace's last frame, and with
     # them the values the context had then; destroy() lets them go.
     import weakref
-    w = wsmem.Workspace("switch_destroy")
+    w = wsmem.Workspace("switch_destroy", capture=capture)
     var = contextvars.ContextVar("capture_held")
 
     class Held:
@@ -508,6 +509,216 @@ def test_destroy_drops_the_switch_and_what_its_mappings_hold(switch_mode):
     gc.collect()
     assert ref() is None
     assert _switch_ids(w) is None
+
+
+# Non-capturing frames (capture=False, device workspaces) set NumPy's handler
+# to the heap and wsmem's frame variable to the workspace: two variables in
+# one switch.  The frame variable is checked both in the context's mapping
+# (copy_context) and through CPython's per-thread cache (ContextVar.get).
+
+def _frame_var():
+    """(the workspace wsmem's frame variable names in the running context's
+    mapping, the one a cached read gives), None for none."""
+    for var, key in contextvars.copy_context().items():
+        if var.name == "wsmem_frame":
+            cached = var.get()
+            return (None if key is None else key(),
+                    None if cached is None else cached())
+    return None, None
+
+
+def _state():
+    return get_handler_name(), _frame_var(), wsmem.current_workspace()
+
+
+OUTSIDE = (DEFAULT, (None, None), None)
+
+
+def _inside(w):
+    capture = w.config.capture
+    return (hname(w) if capture else DEFAULT, (None, None) if capture else (w, w), w)
+
+
+def test_plain_frames_reuse_one_switch(workspace_factory, switch_mode):
+    w = workspace_factory("switch_plain")(capture=False)
+
+    def run():
+        seen = []
+        for step in range(4):
+            with w:
+                assert _state() == _inside(w)
+                a = wsmem.full(100, float(step))
+                b = np.ones(100)                    # not captured: the heap's
+                assert get_handler_name(b) == DEFAULT
+                assert a.workspace is w and float(a.numpy().sum()) == 100.0 * step
+                del a, b
+                seen.append(_switch_ids(w))
+            assert _state() == OUTSIDE
+            assert np.geterr()["divide"] == "warn"
+        return seen, _switch_ids(w)
+
+    seen, after = contextvars.Context().run(run)
+    assert w.stats().cycles == 4
+    if switch_mode == "token":
+        assert seen == [None] * 4 and after is None
+        return
+    assert all(s[3] for s in seen)
+    assert len({s[:3] for s in seen}) == 1
+    assert after == seen[0][:3] + (False,)
+
+
+def test_plain_frame_errstate_and_variables_set_inside(workspace_factory, switch_mode):
+    w = workspace_factory("switch_plain_vars")(capture=False)
+    var = contextvars.ContextVar("plain_inside")
+
+    def run():
+        before = np.geterr()
+        with w:
+            var.set(1)
+            with np.errstate(divide="ignore"):
+                np.ones(2) / np.zeros(2)
+            assert np.geterr() == before
+            first = _switch_ids(w)
+        assert var.get() == 1 and _state() == OUTSIDE
+        with w:
+            assert _state() == _inside(w)
+            second = _switch_ids(w)
+            var.set(2)
+        assert var.get() == 2 and _state() == OUTSIDE
+        with w:
+            third = _switch_ids(w)
+        assert _state() == OUTSIDE and np.geterr() == before
+        return first, second, third
+
+    first, second, third = contextvars.Context().run(run)
+    if switch_mode == "direct":
+        assert first[1:3] != second[1:3] != third[1:3]     # each from a new mapping
+
+
+def test_plain_frames_under_the_aligned_heap(workspace_factory, switch_mode):
+    # The heap a non-capturing frame puts in place is the context's: the
+    # aligned one inside aligned_heap(), NumPy's default outside it.
+    w = workspace_factory("switch_plain_heap")(capture=False)
+    heap = "wsmem:aligned_heap"
+
+    def run():
+        for _ in range(2):
+            with wsmem.aligned_heap():
+                for _ in range(2):
+                    with w:
+                        assert get_handler_name() == heap
+                        assert _frame_var() == (w, w)
+                        assert get_handler_name(np.ones(4)) == heap
+                    assert get_handler_name() == heap and _frame_var() == (None, None)
+            with w:
+                assert _state() == _inside(w)
+            assert _state() == OUTSIDE
+
+    contextvars.Context().run(run)
+
+
+def test_mixed_frames_nested_and_closed_out_of_order(workspace_factory, switch_mode):
+    # Capturing, non-capturing and scope_out() frames, nested in every order
+    # and closed out of order: whatever frame is still open stays current,
+    # and once all are closed the context is as before.
+    make = workspace_factory("switch_mixed")
+    kinds = {"capture": make(), "plain": make(capture=False), "plain2": make(capture=False)}
+
+    def opener(kind):
+        return wsmem.scope_out() if kind == "scope_out" else kinds[kind]
+
+    def expect(kind):
+        # A capturing frame leaves wsmem's frame variable alone (NumPy's
+        # handler names it), so only its handler and current_workspace count.
+        if kind == "scope_out":
+            return (DEFAULT, (None, None), None)
+        if kind == "capture":
+            return (hname(kinds[kind]), _state()[1], kinds[kind])
+        return _inside(kinds[kind])
+
+    names = ["capture", "plain", "plain2", "scope_out"]
+
+    def run():
+        for x in names:
+            for y in names:
+                if x == y:
+                    continue
+                # nested in order
+                with opener(x):
+                    assert _state() == expect(x)
+                    with opener(y):
+                        assert _state() == expect(y)
+                    assert _state() == expect(x)
+                assert _state() == OUTSIDE
+                # closed out of order
+                fx, fy = opener(x), opener(y)
+                fx.__enter__()
+                fy.__enter__()
+                fx.__exit__(None, None, None)
+                assert _state() == expect(y), (x, y)
+                fy.__exit__(None, None, None)
+                assert _state() == OUTSIDE, (x, y)
+                for w in kinds.values():            # and the frames go on
+                    with w:
+                        assert _state() == _inside(w)
+                    assert _state() == OUTSIDE
+
+    contextvars.Context().run(run)
+    run()
+    assert _state() == OUTSIDE
+
+
+def test_plain_frames_of_interleaving_asyncio_tasks(workspace_factory, switch_mode):
+    make = workspace_factory("switch_plain_tasks")
+    wa, wb = make(capture=False), make(capture=False)
+    seen = []
+
+    async def task(w, mine, other):
+        for _ in range(3):
+            with w:
+                mine.set()
+                await other.wait()
+                seen.append(_state() == _inside(w))
+                a = wsmem.ones(16)
+                seen.append(a.workspace is w)
+                del a
+                await asyncio.sleep(0)
+            seen.append(_state() == OUTSIDE)
+            await asyncio.sleep(0)
+
+    async def main():
+        ea, eb = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(task(wa, ea, eb), task(wb, eb, ea))
+        seen.append(_state() == OUTSIDE)
+
+    asyncio.run(main())
+    assert len(seen) == 19 and all(seen)
+
+
+def test_plain_frame_context_copied_inside_keeps_the_workspace(workspace_factory,
+                                                               switch_mode):
+    w = workspace_factory("switch_plain_copy")(capture=False)
+
+    def run():
+        with w:
+            inner = contextvars.copy_context()
+            assert inner.run(_frame_var) == (w, w)
+            assert inner.run(wsmem.current_workspace) is w
+        assert _state() == OUTSIDE
+        assert inner.run(_frame_var) == (w, w)
+        assert inner.run(wsmem.current_workspace) is None     # w's frame is closed
+
+        def again():
+            with w:
+                assert _state() == _inside(w)
+            return _frame_var()
+
+        assert inner.run(again) == (w, w)
+        with w:
+            assert _state() == _inside(w)
+        assert _state() == OUTSIDE
+
+    contextvars.Context().run(run)
 
 
 def test_frame_left_in_another_context_restores_the_running_one(ws):

@@ -60,12 +60,22 @@ cdef void restore_handler(object token)
 cdef class _Switch:
     cdef object before, after, old
     cdef bint in_use        # a frame entry holds it (restore_handler clears it)
+    # A non-capturing frame's switch also sets a second variable (wsmem's
+    # frame variable) to `val2`; `old2` is what `before` holds for it.  The
+    # handler value `after` holds is `val` (the context's heap).  var2 None:
+    # a capturing frame's switch (the handler variable alone).
+    cdef object var2, val2, old2, val
 
 # set_handler(capsule) for a capturing workspace's frame; `last` is the
 # _Switch its previous frame used (None at first).  Returns the token for
 # restore_handler: a _Switch where the direct switch works on this
 # interpreter (_capture._direct_switch()), else what set_handler returns.
 cdef object enter_handler(object capsule, _Switch last)
+# set_handler(None) plus `var2` set to `val2`, for a non-capturing
+# workspace's frame (capture=False, device), with the direct switch: returns
+# the _Switch token for restore_handler, which resets both, or None where the
+# direct switch is off (the caller then sets both the public way).
+cdef object enter_plain(object var2, object val2, _Switch last)
 # Reset context variable `var` with `token`; a token of another context (a
 # frame left from another task) puts back, in the running context, the value
 # it replaced (`unset` for a variable that was unset).

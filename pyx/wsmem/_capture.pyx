@@ -685,6 +685,15 @@ cdef extern from *:
         v->var_cached_tsver = ts->context_ver;
         return 1;
     }
+    /* Cache `val` as `var`'s value for this thread, as PyContextVar_Set
+       does, after a wsmem_ctx_switch that changed it. */
+    static inline void wsmem_cache_var(PyObject *var, PyObject *val) {
+        PyThreadState *ts = WSMEM_TSTATE();
+        wsmem_contextvar *v = (wsmem_contextvar *)var;
+        v->var_cached = val;
+        v->var_cached_tsid = ts->id;
+        v->var_cached_tsver = ts->context_ver;
+    }
     /* The fields _probe_switch checks against the public API. */
     static inline PyObject *wsmem_var_name(PyObject *var) {
         return ((wsmem_contextvar *)var)->var_name;
@@ -698,6 +707,7 @@ cdef extern from *:
     static inline int wsmem_ctx_switch(PyObject *f, PyObject *t, PyObject *v, PyObject *x) {
         return 0;
     }
+    static inline void wsmem_cache_var(PyObject *var, PyObject *val) { }
     static inline PyObject *wsmem_var_name(PyObject *var) { return NULL; }
     static inline PyObject *wsmem_var_default(PyObject *var) { return NULL; }
     #endif
@@ -705,6 +715,7 @@ cdef extern from *:
     bint SWITCH_BUILT "WSMEM_SWITCH_BUILT"
     PyObject* wsmem_ctx_vars() noexcept
     int wsmem_ctx_switch(PyObject* frm, PyObject* to, PyObject* var, PyObject* val) noexcept
+    void wsmem_cache_var(PyObject* var, PyObject* val) noexcept
     PyObject* wsmem_var_name(PyObject* var) noexcept
     PyObject* wsmem_var_default(PyObject* var) noexcept
 
@@ -723,9 +734,9 @@ cdef object enter_handler(object capsule, _Switch last):
     for restore_handler (a _Switch where the direct switch is available)."""
     cdef PyObject* vars
     cdef _Switch sw
-    if _switch_ok and last is not None and not last.in_use and wsmem_ctx_switch(
-            <PyObject*>last.before, <PyObject*>last.after,
-            <PyObject*>_handler_var, <PyObject*>capsule):
+    if _switch_ok and last is not None and not last.in_use and last.var2 is None and \
+            wsmem_ctx_switch(<PyObject*>last.before, <PyObject*>last.after,
+                             <PyObject*>_handler_var, <PyObject*>capsule):
         last.in_use = True              # `before` was built with the error state set
         return last
     keep_errstate_cached()
@@ -742,22 +753,82 @@ cdef object enter_handler(object capsule, _Switch last):
     sw.before = before
     sw.after = <object>wsmem_ctx_vars()
     sw.old = old
+    sw.var2 = sw.val2 = sw.old2 = sw.val = None
+    sw.in_use = True
+    return sw
+
+
+cdef object enter_plain(object var2, object val2, _Switch last):
+    """enter_handler's twin for a frame that sets NumPy's handler to the
+    context's heap and `var2` to `val2` (see _capture.pxd): the same switch by
+    mapping identity, caching both variables' values."""
+    cdef PyObject* vars
+    cdef PyObject* cur = NULL
+    cdef _Switch sw
+    if not _switch_ok:
+        return None
+    if last is not None and not last.in_use and last.var2 is var2 and \
+            last.val2 is val2 and \
+            wsmem_ctx_switch(<PyObject*>last.before, <PyObject*>last.after,
+                             <PyObject*>_handler_var, <PyObject*>last.val):
+        wsmem_cache_var(<PyObject*>var2, <PyObject*>val2)
+        last.in_use = True
+        return last
+    keep_errstate_cached()
+    _keep_set(_handler_var, _numpy_default)     # so `old` is never "unset"
+    if PyContextVar_Get(var2, <PyObject*>_UNSET, &cur) < 0:
+        raise RuntimeError(f"wsmem: cannot read the context variable {var2.name!r}")
+    Py_DECREF(<object>cur)
+    if cur == <PyObject*>_UNSET:                # nor `old2`: its value, set
+        PyContextVar_Set(var2, _context_get(var2))
+    vars = wsmem_ctx_vars()
+    if vars == NULL:
+        raise RuntimeError("wsmem: no context to set NumPy's memory handler in")
+    before = <object>vars
+    old = _context_get(_handler_var)
+    old2 = _context_get(var2)
+    val = _context_heap()
+    if val is None:
+        val = _numpy_default
+    try:
+        PyContextVar_Set(_handler_var, val)     # the tokens are dropped: `before` replaces them
+        PyContextVar_Set(var2, val2)
+    except BaseException:                       # (MemoryError) leave the context as it was
+        if wsmem_ctx_switch(wsmem_ctx_vars(), <PyObject*>before,
+                            <PyObject*>_handler_var, <PyObject*>old):
+            wsmem_cache_var(<PyObject*>var2, <PyObject*>old2)
+        raise
+    sw = last if last is not None and not last.in_use else _Switch.__new__(_Switch)
+    sw.before = before
+    sw.after = <object>wsmem_ctx_vars()
+    sw.old = old
+    sw.var2 = var2
+    sw.val2 = val2
+    sw.old2 = old2
+    sw.val = val
     sw.in_use = True
     return sw
 
 
 cdef void _switch_back(_Switch sw) noexcept:
     """restore_handler for a _Switch: `before` back where the mapping is
-    still `after`, else the handler it replaced set again in the running
+    still `after`, else the values it replaced set again in the running
     context (what a Token's reset or its fallback would leave)."""
     sw.in_use = False
     if wsmem_ctx_switch(<PyObject*>sw.after, <PyObject*>sw.before,
                         <PyObject*>_handler_var, <PyObject*>sw.old):
+        if sw.var2 is not None:
+            wsmem_cache_var(<PyObject*>sw.var2, <PyObject*>sw.old2)
         return
     try:
         PyContextVar_Set(_handler_var, sw.old)
     except BaseException:
         PyErr_Clear()
+    if sw.var2 is not None:
+        try:
+            PyContextVar_Set(sw.var2, sw.old2)
+        except BaseException:
+            PyErr_Clear()
 
 
 def _probe_switch():

@@ -7,7 +7,7 @@ from wsmem._arena cimport (Arena, current_arena, set_current_arena, set_current_
                            DEBUG_OFF, DEBUG_SPILL_EVERYTHING, DEBUG_BYPASS_EVERYTHING)
 from wsmem._array cimport new_array, INIT_NONE, INIT_ZEROS, WsArray
 from wsmem._capture cimport (make_handler, detach_handler, set_handler, restore_handler,
-                             enter_handler, _Switch,
+                             enter_handler, enter_plain, _Switch,
                              set_heap, reset_heap, heap_aligned, keep_errstate_cached,
                              buffers_aligned, set_buffers_aligned, auto_align_buffers,
                              handler_arena, reset_var, _context_get)
@@ -113,6 +113,7 @@ cdef struct FrameEntry:
     PyObject* token     # owned: what restore_handler puts back
     PyObject* wtoken    # owned: _frame_var's token, reset with `token`; NULL when
                         # the frame left _frame_var alone (a capturing workspace)
+                        # or `token` resets it too (a non-capturing one's _Switch)
     PyObject* ctoken    # owned; NULL when no CuPy allocator was switched
     PyObject* context   # owned: the contextvars.Context the frame was entered in
 
@@ -216,11 +217,16 @@ cdef void _push(object frame, _FrameStack stack) except *:
         ws = <Workspace>frame
         handler = ws._handler
     wtoken = None
+    token = None
     if handler is not None:
         token = enter_handler(handler, ws._switch)
         if type(token) is _Switch:
             ws._switch = <_Switch>token
-    else:
+    elif frame is not None:             # capture=False or device: _frame_var names it
+        token = enter_plain(_frame_var, ws._frame_key, ws._switch)
+        if token is not None:
+            ws._switch = <_Switch>token
+    if token is None:                   # scope_out(), or no direct switch
         keep_errstate_cached()
         token = set_handler(None)
         try:
@@ -270,9 +276,21 @@ def _switch_info(Workspace ws):
 
 
 cdef inline void _reset_frame_var(object wtoken) noexcept:
-    """Reset _frame_var with a frame's token (None: the frame did not set it)."""
-    if wtoken is not None:
+    """Reset _frame_var with a frame's token (None: the frame did not set it;
+    a 1-tuple: set it to the value the tuple holds, see _pop)."""
+    if type(wtoken) is tuple:
+        try:
+            PyContextVar_Set(_frame_var, (<tuple>wtoken)[0])
+        except BaseException:
+            PyErr_Clear()
+    elif wtoken is not None:
         reset_var(_frame_var, wtoken, None)
+
+
+cdef inline bint _sets_frame_var(PyObject* token) noexcept:
+    """Whether a frame's handler token also resets _frame_var (a
+    non-capturing frame's _Switch)."""
+    return type(<object>token) is _Switch and (<_Switch>token).var2 is not None
 
 
 cdef object _current_elsewhere():
@@ -386,6 +404,13 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
         j += 1
     if j < stack.n:
         above = &stack.items[j]
+        if e.wtoken == NULL and above.wtoken == NULL and not _sets_frame_var(e.token) \
+                and _sets_frame_var(above.token):
+            # e leaves _frame_var alone, so the frame above must still reset
+            # it; its switch, which would, goes unused: keep its old value.
+            keep = ((<_Switch>above.token).old2,)
+            Py_INCREF(keep)
+            above.wtoken = <PyObject*>keep
         e.token, above.token = above.token, e.token     # above's own tokens go unused
         if e.wtoken != NULL:            # else above's own _frame_var token stays right
             e.wtoken, above.wtoken = above.wtoken, e.wtoken
