@@ -6,7 +6,7 @@
 # bench, and the cold-frame bench on this Python.
 #   bash bench/gpu_diag/device_checks.sh gpu    -> the GPU-related test files only
 set -o pipefail                 # each "exit N" line is its sanitizer run's status
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=.   # scripts under bench/ import this tree
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 {
   date -u; git log -1 --format='tree %h %s' 2>/dev/null | cut -c1-100
