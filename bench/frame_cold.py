@@ -29,7 +29,7 @@ compare two versions in alternating processes.
 
 Usage, from the repository root::
 
-    python bench/frame_cold.py [--rounds 800] [--evict-mib 6] [--tree DIR]
+    python bench/frame_cold.py [--rounds 800] [--evict-mib 6] [--tree DIR] [--skip ROWS]
 
 Prints one line per set-up (nothing is written: quote runs in
 ``bench/results/`` with the command).
@@ -48,6 +48,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=800)
     p.add_argument("--evict-mib", type=float, default=6.0)
     p.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p.add_argument("--skip", default="", help="rows to leave out of the mix, comma-separated")
     a = p.parse_args(argv)
     sys.path.insert(0, os.path.abspath(a.tree))
     import numpy as np
@@ -101,6 +102,10 @@ def main(argv=None):
            "ws": f_ws}
     if null_c is None:
         del fns["C null cm"]
+    for k in filter(None, a.skip.split(",")):
+        if k not in fns or k == "none":
+            p.error(f"--skip: no row {k!r} to leave out (rows: {', '.join(list(fns)[1:])})")
+        del fns[k]
     contexts = {k: contextvars.copy_context() for k in fns}
     clock = time.perf_counter_ns
     times = {k: [] for k in fns}
