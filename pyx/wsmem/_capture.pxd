@@ -60,11 +60,11 @@ cdef void restore_handler(object token)
 cdef class _Switch:
     cdef object before, after, old
     cdef bint in_use        # a frame entry holds it (restore_handler clears it)
+    cdef object val         # the handler `after` holds
     # A non-capturing frame's switch also sets a second variable (wsmem's
-    # frame variable) to `val2`; `old2` is what `before` holds for it.  The
-    # handler value `after` holds is `val` (the context's heap).  var2 None:
-    # a capturing frame's switch (the handler variable alone).
-    cdef object var2, val2, old2, val
+    # frame variable) to `val2`; `old2` is what `before` holds for it.  var2
+    # None: a capturing frame's switch (the handler variable alone).
+    cdef object var2, val2, old2
 
 # set_handler(capsule) for a capturing workspace's frame; `last` is the
 # _Switch its previous frame used (None at first).  Returns the token for

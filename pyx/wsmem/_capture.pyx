@@ -732,80 +732,67 @@ cdef object enter_handler(object capsule, _Switch last):
     """set_handler(capsule) for a capturing workspace's frame, where `last`
     is the _Switch its previous frame returned (or None); returns the token
     for restore_handler (a _Switch where the direct switch is available)."""
+    if not _switch_ok:
+        keep_errstate_cached()
+        return set_handler(capsule)
+    return _switch_in(capsule, None, None, last)
+
+
+cdef object enter_plain(object var2, object val2, _Switch last):
+    """enter_handler's twin for a non-capturing frame: NumPy's handler to the
+    context's heap and `var2` to `val2` (see _capture.pxd); None where the
+    direct switch is off."""
+    if not _switch_ok:
+        return None
+    return _switch_in(None, var2, val2, last)
+
+
+cdef _Switch _switch_in(object val, object var2, object val2, _Switch last):
+    """Set NumPy's handler variable to `val` (None: the context's heap) and,
+    unless var2 is None, `var2` to `val2`, by putting `last.after` in place
+    where the running context's mapping is `last.before`, else by building a
+    new pair (reusing `last` where no frame holds it)."""
     cdef PyObject* vars
     cdef _Switch sw
-    if _switch_ok and last is not None and not last.in_use and last.var2 is None and \
+    if last is not None and not last.in_use and last.var2 is var2 and \
+            last.val2 is val2 and (val is None or last.val is val) and \
             wsmem_ctx_switch(<PyObject*>last.before, <PyObject*>last.after,
-                             <PyObject*>_handler_var, <PyObject*>capsule):
+                             <PyObject*>_handler_var, <PyObject*>last.val):
+        if var2 is not None:
+            wsmem_cache_var(<PyObject*>var2, <PyObject*>val2)
         last.in_use = True              # `before` was built with the error state set
         return last
     keep_errstate_cached()
-    if not _switch_ok:
-        return set_handler(capsule)
     _keep_set(_handler_var, _numpy_default)     # so `old` is never "unset"
+    if var2 is not None:
+        _keep_set(var2, None)                   # nor `old2`
     vars = wsmem_ctx_vars()
     if vars == NULL:                            # _keep_set made the context
         raise RuntimeError("wsmem: no context to set NumPy's memory handler in")
     before = <object>vars
-    old = _context_get(_handler_var)
-    PyContextVar_Set(_handler_var, capsule)     # the token is dropped: `before` replaces it
-    sw = last if last is not None and not last.in_use else _Switch.__new__(_Switch)
-    sw.before = before
-    sw.after = <object>wsmem_ctx_vars()
-    sw.old = old
-    sw.var2 = sw.val2 = sw.old2 = sw.val = None
-    sw.in_use = True
-    return sw
-
-
-cdef object enter_plain(object var2, object val2, _Switch last):
-    """enter_handler's twin for a frame that sets NumPy's handler to the
-    context's heap and `var2` to `val2` (see _capture.pxd): the same switch by
-    mapping identity, caching both variables' values."""
-    cdef PyObject* vars
-    cdef PyObject* cur = NULL
-    cdef _Switch sw
-    if not _switch_ok:
-        return None
-    if last is not None and not last.in_use and last.var2 is var2 and \
-            last.val2 is val2 and \
-            wsmem_ctx_switch(<PyObject*>last.before, <PyObject*>last.after,
-                             <PyObject*>_handler_var, <PyObject*>last.val):
-        wsmem_cache_var(<PyObject*>var2, <PyObject*>val2)
-        last.in_use = True
-        return last
-    keep_errstate_cached()
-    _keep_set(_handler_var, _numpy_default)     # so `old` is never "unset"
-    if PyContextVar_Get(var2, <PyObject*>_UNSET, &cur) < 0:
-        raise RuntimeError(f"wsmem: cannot read the context variable {var2.name!r}")
-    Py_DECREF(<object>cur)
-    if cur == <PyObject*>_UNSET:                # nor `old2`: its value, set
-        PyContextVar_Set(var2, _context_get(var2))
-    vars = wsmem_ctx_vars()
-    if vars == NULL:
-        raise RuntimeError("wsmem: no context to set NumPy's memory handler in")
-    before = <object>vars
-    old = _context_get(_handler_var)
-    old2 = _context_get(var2)
-    val = _context_heap()
     if val is None:
-        val = _numpy_default
+        val = _context_heap()
+        if val is None:
+            val = _numpy_default
+    old = _context_get(_handler_var)
+    old2 = None if var2 is None else _context_get(var2)
     try:
         PyContextVar_Set(_handler_var, val)     # the tokens are dropped: `before` replaces them
-        PyContextVar_Set(var2, val2)
+        if var2 is not None:
+            PyContextVar_Set(var2, val2)
     except BaseException:                       # (MemoryError) leave the context as it was
         if wsmem_ctx_switch(wsmem_ctx_vars(), <PyObject*>before,
-                            <PyObject*>_handler_var, <PyObject*>old):
+                            <PyObject*>_handler_var, <PyObject*>old) and var2 is not None:
             wsmem_cache_var(<PyObject*>var2, <PyObject*>old2)
         raise
     sw = last if last is not None and not last.in_use else _Switch.__new__(_Switch)
     sw.before = before
     sw.after = <object>wsmem_ctx_vars()
+    sw.val = val
     sw.old = old
     sw.var2 = var2
     sw.val2 = val2
     sw.old2 = old2
-    sw.val = val
     sw.in_use = True
     return sw
 
@@ -1526,16 +1513,22 @@ cdef void _keep_set(object var, object default) except *:
     # PyContextVar_Get returns it only for a variable not set here: one read
     # (a cache hit once set) tells whether this context needs the set, which
     # gives the variable the value it already reads as (`default`, or None
-    # for the variable's own default), so nothing that reads it sees a change.
+    # for the variable's own default, where it has one), so nothing that
+    # reads it sees a change.
     cdef PyObject* value = NULL
     if PyContextVar_Get(var, <PyObject*>_UNSET, &value) < 0:
         raise RuntimeError(f"wsmem: cannot read the context variable {var.name!r}")
     Py_DECREF(<object>value)                 # a new reference; _UNSET or a live value
-    if value == <PyObject*>_UNSET:
-        if default is None:
-            default = _context_get(var)
-        if default is not None:
-            PyContextVar_Set(var, default)    # the token is dropped
+    if value != <PyObject*>_UNSET:
+        return
+    if default is None:
+        if PyContextVar_Get(var, NULL, &value) < 0:
+            raise RuntimeError(f"wsmem: cannot read the context variable {var.name!r}")
+        if value == NULL:                    # unset, without a default: stays unset
+            return
+        default = <object>value
+        Py_DECREF(default)
+    PyContextVar_Set(var, default)           # the token is dropped
 
 
 _found = _probe_handler_var()
