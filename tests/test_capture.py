@@ -326,6 +326,18 @@ def _switch_ids(ws):
     return None if info is None else (id(info[0]), id(info[1]), id(info[2]), info[3])
 
 
+def _assert_one_switch_reused(seen, after, switch_mode):
+    """What a workspace's steady frames leave (`seen`: _switch_ids inside
+    each frame, `after`: after the last): no switch on the Token path; else
+    one switch, in use inside each frame, and one pair of mappings for all."""
+    if switch_mode == "token":
+        assert seen == [None] * 4 and after is None
+        return
+    assert all(s[3] for s in seen)
+    assert len({s[:3] for s in seen}) == 1
+    assert after == seen[0][:3] + (False,)
+
+
 def test_steady_frames_reuse_one_switch(ws, switch_mode):
     def run():
         seen = []
@@ -342,13 +354,7 @@ def test_steady_frames_reuse_one_switch(ws, switch_mode):
         return seen, _switch_ids(ws)
 
     seen, after = contextvars.Context().run(run)
-    if switch_mode == "token":
-        assert seen == [None] * 4 and after is None
-        return
-    # in use inside each frame; one switch and one pair of mappings for all
-    assert all(s[3] for s in seen)
-    assert len({s[:3] for s in seen}) == 1
-    assert after == seen[0][:3] + (False,)
+    _assert_one_switch_reused(seen, after, switch_mode)
 
 
 def test_variable_set_inside_a_frame_outlives_it(ws, switch_mode):
@@ -454,9 +460,10 @@ def test_context_copied_inside_a_frame_keeps_its_handler(ws, switch_mode):
     contextvars.Context().run(run)
 
 
-def test_asyncio_tasks_interleaving_frames(workspace_factory, switch_mode):
-    make = workspace_factory("switch_tasks")
-    wa, wb = make(), make()
+def _interleave_tasks(wa, wb, inside, outside):
+    """Two asyncio tasks, each entering its own workspace three times and
+    taking turns inside the frames; what inside(w) (a list, in the frame)
+    and outside() gave."""
     seen = []
 
     async def task(w, mine, other):
@@ -464,20 +471,27 @@ def test_asyncio_tasks_interleaving_frames(workspace_factory, switch_mode):
             with w:
                 mine.set()
                 await other.wait()
-                seen.append(get_handler_name() == hname(w))
-                arr = np.ones(16)
-                seen.append(get_handler_name(arr) == hname(w))
-                del arr
+                seen.extend(inside(w))
                 await asyncio.sleep(0)
-            seen.append(get_handler_name() == DEFAULT)
+            seen.append(outside())
             await asyncio.sleep(0)
 
     async def main():
         ea, eb = asyncio.Event(), asyncio.Event()
         await asyncio.gather(task(wa, ea, eb), task(wb, eb, ea))
-        seen.append(get_handler_name() == DEFAULT)
+        seen.append(outside())
 
     asyncio.run(main())
+    return seen
+
+
+def test_asyncio_tasks_interleaving_frames(workspace_factory, switch_mode):
+    make = workspace_factory("switch_tasks")
+    seen = _interleave_tasks(
+        make(), make(),
+        lambda w: [get_handler_name() == hname(w),
+                   get_handler_name(np.ones(16)) == hname(w)],
+        lambda: get_handler_name() == DEFAULT)
     assert len(seen) == 19 and all(seen)
 
 
@@ -559,12 +573,7 @@ def test_plain_frames_reuse_one_switch(workspace_factory, switch_mode):
 
     seen, after = contextvars.Context().run(run)
     assert w.stats().cycles == 4
-    if switch_mode == "token":
-        assert seen == [None] * 4 and after is None
-        return
-    assert all(s[3] for s in seen)
-    assert len({s[:3] for s in seen}) == 1
-    assert after == seen[0][:3] + (False,)
+    _assert_one_switch_reused(seen, after, switch_mode)
 
 
 def test_plain_frame_errstate_and_variables_set_inside(workspace_factory, switch_mode):
@@ -617,11 +626,14 @@ def test_plain_frames_under_the_aligned_heap(workspace_factory, switch_mode):
     contextvars.Context().run(run)
 
 
-def test_mixed_frames_nested_and_closed_out_of_order(workspace_factory, switch_mode):
-    # Capturing, non-capturing and scope_out() frames, nested in every order
-    # and closed out of order: whatever frame is still open stays current,
-    # and once all are closed the context is as before.
-    make = workspace_factory("switch_mixed")
+MIXED_KINDS = ["capture", "plain", "plain2", "scope_out"]
+
+
+def _mixed_frames(make):
+    """Workspaces for the mixed-frame tests (a capturing one, two
+    non-capturing ones), and opener(kind) and expect(kind): a frame of that
+    kind, and the _state() it should leave current while it is the
+    innermost open one."""
     kinds = {"capture": make(), "plain": make(capture=False), "plain2": make(capture=False)}
 
     def opener(kind):
@@ -636,11 +648,18 @@ def test_mixed_frames_nested_and_closed_out_of_order(workspace_factory, switch_m
             return (hname(kinds[kind]), _state()[1], kinds[kind])
         return _inside(kinds[kind])
 
-    names = ["capture", "plain", "plain2", "scope_out"]
+    return kinds, opener, expect
+
+
+def test_mixed_frames_nested_and_closed_out_of_order(workspace_factory, switch_mode):
+    # Capturing, non-capturing and scope_out() frames, nested in every order
+    # and closed out of order: whatever frame is still open stays current,
+    # and once all are closed the context is as before.
+    kinds, opener, expect = _mixed_frames(workspace_factory("switch_mixed"))
 
     def run():
-        for x in names:
-            for y in names:
+        for x in MIXED_KINDS:
+            for y in MIXED_KINDS:
                 if x == y:
                     continue
                 # nested in order
@@ -668,30 +687,37 @@ def test_mixed_frames_nested_and_closed_out_of_order(workspace_factory, switch_m
     assert _state() == OUTSIDE
 
 
+def test_three_mixed_frames_closed_in_every_order(workspace_factory, switch_mode):
+    # Three frames of different kinds, closed in each of the six orders:
+    # the innermost frame still open stays current, and once all are closed
+    # the context is as before (a frame's restores pass to the frame above
+    # when it is closed from under it, again and again).
+    import itertools
+    _, opener, expect = _mixed_frames(workspace_factory("switch_three"))
+
+    def run():
+        for trio in itertools.permutations(MIXED_KINDS, 3):
+            for order in itertools.permutations(range(3)):
+                frames = [opener(k) for k in trio]
+                for f in frames:
+                    f.__enter__()
+                open_ = [0, 1, 2]
+                for i in order:
+                    frames[i].__exit__(None, None, None)
+                    open_.remove(i)
+                    want = expect(trio[open_[-1]]) if open_ else OUTSIDE
+                    assert _state() == want, (trio, order, i)
+
+    contextvars.Context().run(run)
+    assert _state() == OUTSIDE
+
+
 def test_plain_frames_of_interleaving_asyncio_tasks(workspace_factory, switch_mode):
     make = workspace_factory("switch_plain_tasks")
-    wa, wb = make(capture=False), make(capture=False)
-    seen = []
-
-    async def task(w, mine, other):
-        for _ in range(3):
-            with w:
-                mine.set()
-                await other.wait()
-                seen.append(_state() == _inside(w))
-                a = wsmem.ones(16)
-                seen.append(a.workspace is w)
-                del a
-                await asyncio.sleep(0)
-            seen.append(_state() == OUTSIDE)
-            await asyncio.sleep(0)
-
-    async def main():
-        ea, eb = asyncio.Event(), asyncio.Event()
-        await asyncio.gather(task(wa, ea, eb), task(wb, eb, ea))
-        seen.append(_state() == OUTSIDE)
-
-    asyncio.run(main())
+    seen = _interleave_tasks(
+        make(capture=False), make(capture=False),
+        lambda w: [_state() == _inside(w), wsmem.ones(16).workspace is w],
+        lambda: _state() == OUTSIDE)
     assert len(seen) == 19 and all(seen)
 
 

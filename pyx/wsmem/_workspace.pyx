@@ -404,12 +404,13 @@ cdef void _pop(object frame, _FrameStack stack) noexcept:
         j += 1
     if j < stack.n:
         above = &stack.items[j]
-        if e.wtoken == NULL and above.wtoken == NULL and not _sets_frame_var(e.token) \
-                and _sets_frame_var(above.token):
+        if e.wtoken == NULL and not _sets_frame_var(e.token) and _sets_frame_var(above.token):
             # e leaves _frame_var alone, so the frame above must still reset
-            # it; its switch, which would, goes unused: keep its old value.
+            # it; its switch, which would, goes unused: keep its old value,
+            # which predates any token the frame above holds for it.
             keep = ((<_Switch>above.token).old2,)
             Py_INCREF(keep)
+            Py_XDECREF(above.wtoken)
             above.wtoken = <PyObject*>keep
         e.token, above.token = above.token, e.token     # above's own tokens go unused
         if e.wtoken != NULL:            # else above's own _frame_var token stays right
