@@ -46,8 +46,6 @@ cdef extern from *:
     PyObject* wsmem_tls_top_ctx
     char wsmem_zero_area[4096]
 
-# Largest single request accepted (guards size arithmetic against overflow).
-
 cdef int _debug_mode = DEBUG_OFF
 
 
